@@ -1,0 +1,1 @@
+"""Recommenders behind one contract (``models.base.Recommender``)."""

@@ -1,0 +1,79 @@
+"""Warehouse access: connections, SQL files from ``sql/`` and the schema migration.
+
+SQL lives in ``sql/``, one statement per file; values are bound as parameters. Identifiers that depend
+on a user's column mapping go through :func:`quote_ident`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from recsys.settings import Settings
+
+
+@cache
+def _read_sql(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def sql_text(settings: Settings, name: str) -> str:
+    """The statement in ``sql/<name>.sql``."""
+    return _read_sql(settings.sql_dir / f"{name}.sql")
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def connect(settings: Settings, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse (creating it and its schema when writable)."""
+    path = settings.warehouse_path
+    if read_only:
+        con = duckdb.connect(str(path), read_only=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(path))
+    # Epoch seconds and ISO strings mean UTC, whatever the machine's zone.
+    con.execute("set TimeZone = 'UTC'")
+    if not read_only:
+        migrate(con, settings)
+    return con
+
+
+@contextmanager
+def warehouse(settings: Settings, read_only: bool = False):
+    con = connect(settings, read_only=read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def migrate(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Create every table in ``sql/schema`` that does not exist yet (idempotent)."""
+    for path in sorted((settings.sql_dir / "schema").glob("*.sql")):
+        con.execute(_read_sql(path))
+
+
+def run(
+    con: duckdb.DuckDBPyConnection, settings: Settings, name: str, params: Mapping[str, Any] | None = None
+) -> list[tuple]:
+    """Execute ``sql/<name>.sql`` and fetch every row (DuckDB 2.0 wants results consumed).
+
+    Only the parameters the statement names are bound, so callers can pass one dict of context.
+    """
+    text = sql_text(settings, name)
+    bound = {key: value for key, value in (params or {}).items() if re.search(rf"\${key}\b", text)}
+    return con.execute(text, bound).fetchall()
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+    rows = con.execute(sql, dict(params or {})).fetchall()
+    return rows[0][0] if rows else None

@@ -1,0 +1,32 @@
+"""Run identity and bookkeeping: every run records its seed and parameters in the ``runs`` table."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, date, datetime
+
+import duckdb
+
+from recsys import db
+from recsys.settings import Settings
+
+
+def new_run_id(flow: str, when: datetime | None = None) -> str:
+    """Sortable and unique: ``<flow>-YYYYMMDDTHHMMSS-<6 hex>`` (UTC)."""
+    when = when or datetime.now(UTC)
+    return f"{flow}-{when:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def start_run(
+    con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, flow: str,
+    run_date: date | None = None, params: dict | None = None,
+) -> None:
+    db.run(con, settings, "runs/start_run", {
+        "run_id": run_id, "flow": flow, "run_date": run_date, "seed": settings.seed,
+        "params": json.dumps(params or {}, default=str, sort_keys=True),
+    })
+
+
+def finish_run(con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, status: str) -> None:
+    db.run(con, settings, "runs/finish_run", {"run_id": run_id, "status": status})

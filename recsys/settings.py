@@ -1,0 +1,83 @@
+"""One typed, frozen settings object, read from ``RECSYS_*`` environment variables.
+
+Built at the entry point (CLI, flow) and passed down; importing this module has no side effects.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", frozen=True, extra="ignore")
+
+    home: Path = Field(Path("var"), description="Root of the warehouse, models, outputs and landing files.")
+    seed: int = Field(42, description="Seed of every stochastic step; recorded with each run.")
+
+    # Rating scale and time window used by ingest and the validation gate.
+    rating_min: float = 1.0
+    rating_max: float = 5.0
+    timestamp_floor: datetime = datetime(1990, 1, 1)
+
+    # Validation gate tuning (see expectations/*.json for which checks use them).
+    duplicate_share_max: float = 0.05
+    volume_band: float = Field(0.9, description="Allowed relative deviation of a batch from the trailing mean.")
+    volume_window: int = Field(7, description="How many previous loaded batches form the trailing mean.")
+    mean_rating_min: float = 2.5
+    mean_rating_max: float = 4.5
+    new_user_share_max: float = 0.5
+    volume_critical: bool = False
+    drift_critical: bool = False
+
+    # Evaluation and publishing.
+    top_n: int = 50
+    ks: tuple[int, ...] = (10,)
+    k_shots: tuple[int, ...] = (0, 1, 3, 5, 10, 20)
+    cold_user_fraction: float = 0.2
+    validation_user_fraction: float = 0.1
+    bootstrap_samples: int = 1000
+    metric_tolerance: float = Field(0.10, description="Allowed relative drop of headline metrics vs last publish.")
+
+    # Models.
+    models: tuple[str, ...] = ("popularity", "segment_popularity", "item_knn", "ease", "two_tower", "hybrid")
+    epochs: int = 30
+    batch_size: int = 1024
+
+    ml100k_url: str = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+    sql_dir: Path = PROJECT_ROOT / "sql"
+    expectations_dir: Path = PROJECT_ROOT / "expectations"
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.home / "warehouse.duckdb"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.home / "output"
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def data_docs_dir(self) -> Path:
+        return self.home / "data_docs"
+
+    def ensure_dirs(self) -> None:
+        """Create the home layout. Called by entry points, never at import."""
+        for path in (self.home, self.models_dir, self.output_dir, self.landing_dir, self.reports_dir):
+            path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+delete from staging_interactions where run_id = $run_id

@@ -1,0 +1,1 @@
+delete from staging_users where run_id = $run_id

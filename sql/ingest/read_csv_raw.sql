@@ -1,0 +1,17 @@
+-- Every column as text, so that nothing is lost to type sniffing; structurally broken rows
+-- (wrong column count, bad encoding) go to the temporary reject tables with their line and raw text.
+create or replace temp table raw_file as
+select *
+from read_csv(
+    $path,
+    header = $header,
+    delim = $delimiter,
+    quote = $quote,
+    escape = $quote,
+    encoding = $encoding,
+    columns = $columns,
+    auto_detect = false,
+    store_rejects = true,
+    rejects_table = 'raw_reject_errors',
+    rejects_scan = 'raw_reject_scans'
+)

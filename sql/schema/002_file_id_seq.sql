@@ -1,0 +1,1 @@
+create sequence if not exists file_id_seq start 1

@@ -1,0 +1,1 @@
+"""Pipeline steps as plain, typed functions. Prefect only wraps them (see ``flows/``)."""

@@ -1,0 +1,375 @@
+"""Lossless, incremental, idempotent ingest of landing files into the DuckDB warehouse.
+
+A batch (one run_id) goes through three steps:
+
+1. :func:`stage_file` parses one file into ``staging_<kind>``. Rows that cannot be parsed (wrong column
+   count, bad encoding, non-numeric id, unparsable timestamp ...) go to ``rejects`` with their line number,
+   raw text and reason. A file that cannot be read at all is recorded in the ledger as ``failed``.
+2. The validation gate (``tasks/validate.py``) looks at the staged batch and may move rows to ``rejects`` or
+   hold the whole batch back.
+3. :func:`promote_batch` moves the staged rows into ``users``, ``items`` and ``interactions``, counting rows
+   that are already there as duplicates.
+
+For every file: rows_read = rows_accepted + rows_rejected + rows_duplicate + rows_held.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from recsys import db, schema
+from recsys.errors import SchemaMismatchError
+from recsys.settings import Settings
+from tasks.sources import FileSpec, sha256_file
+
+
+@dataclass
+class FileResult:
+    path: str
+    kind: str
+    status: str  # staged | loaded | held | skipped | failed
+    file_id: int | None = None
+    version: int = 0
+    rows_read: int = 0
+    rows_accepted: int = 0
+    rows_rejected: int = 0
+    rows_duplicate: int = 0
+    rows_held: int = 0
+    message: str = ""
+    sample_rejects: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IngestReport:
+    run_id: str
+    files: list[FileResult]
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [f for f in self.files if f.status == "failed"]
+
+    def totals(self) -> dict[str, int]:
+        keys = ("rows_read", "rows_accepted", "rows_rejected", "rows_duplicate", "rows_held")
+        return {key: sum(getattr(f, key) for f in self.files) for key in keys}
+
+    def to_dict(self) -> dict:
+        return {"run_id": self.run_id, "files": [asdict(f) for f in self.files], "totals": self.totals()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsing: text in, typed columns plus a reason per row out.
+
+
+def _read_header(spec: FileSpec) -> tuple[str, ...]:
+    with open(spec.path, encoding=spec.encoding, errors="replace", newline="") as fh:
+        first = fh.readline()
+    if not first.strip():
+        return ()
+    reader = csv.reader([first], delimiter=spec.delimiter, quotechar=spec.quote or None)
+    return tuple(name.strip().lstrip(codecs.BOM_UTF8.decode()) for name in next(reader))
+
+
+def _source_columns(spec: FileSpec, available: tuple[str, ...]) -> dict[str, str]:
+    """canonical -> source column; optional canonical columns are found by name when not mapped."""
+    mapped = dict(spec.columns)
+    for name in schema.CANONICAL_COLUMNS[spec.kind]:
+        if name not in mapped and name in available:
+            mapped[name] = name
+    if spec.kind == "interactions" and "ts" not in spec.columns and "timestamp" in available:
+        mapped["ts"] = "timestamp"
+    needed = list(mapped.values()) + [column for column, _ in spec.genre_flags]
+    missing = [column for column in needed if column not in available]
+    if missing:
+        raise SchemaMismatchError(
+            f"{spec.path}: column(s) {', '.join(missing)} named by the mapping are not in the file; "
+            f"the file has {', '.join(available) or 'no columns'}. Fix the mapping (mapping.toml [{spec.kind}] "
+            f"or the --*-col flags), or the delimiter (now {spec.delimiter!r})"
+        )
+    return mapped
+
+
+def _text(column: str) -> str:
+    return f"nullif(trim(cast({db.quote_ident(column)} as varchar)), '')"
+
+
+def _timestamp_expr(text: str, fmt: str) -> str:
+    epoch = f"to_timestamp(try_cast({text} as double))::timestamp"
+    iso = f"try_cast({text} as timestamp)"
+    if fmt == "epoch":
+        return epoch
+    if fmt == "iso":
+        return iso
+    if fmt == "auto":
+        return f"coalesce({epoch}, {iso})"
+    return f"try_strptime({text}, '{fmt.replace(chr(39), chr(39) * 2)}')"
+
+
+_TIMESTAMP_WORDS = {
+    "auto": "epoch seconds or an ISO date-time",
+    "epoch": "epoch seconds",
+    "iso": "an ISO date-time",
+}
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, str, str | None]]:
+    """(canonical name, typed expression, reason expression or None) for each canonical column."""
+    out: list[tuple[str, str, str | None]] = []
+
+    def text_of(name: str) -> str | None:
+        return _text(mapped[name]) if name in mapped else None
+
+    def integer(name: str, required: bool, sql_type: str = "bigint") -> None:
+        raw = text_of(name)
+        if raw is None:
+            out.append((name, f"cast(null as {sql_type})", None))
+            return
+        typed = f"try_cast({raw} as {sql_type})"
+        if required:
+            reason = (f"case when {typed} is null then '{name} is not an integer: ' || "
+                      f"coalesce('\"' || {raw} || '\"', 'empty') end")
+        else:
+            reason = f"case when {raw} is not null and {typed} is null then '{name} is not an integer: \"' || {raw} || '\"' end"
+        out.append((name, typed, reason))
+
+    def text(name: str) -> None:
+        raw = text_of(name)
+        out.append((name, raw if raw is not None else "cast(null as varchar)", None))
+
+    if spec.kind == "interactions":
+        integer("user_id", True)
+        integer("item_id", True)
+        raw = text_of("rating")
+        if raw is None:
+            out.append(("rating", "cast(null as double)", None))
+        else:
+            typed = f"try_cast({raw} as double)"
+            out.append(("rating", typed, f"case when {typed} is null then 'rating is not a number: ' || "
+                                         f"coalesce('\"' || {raw} || '\"', 'empty') end"))
+        raw = text_of("ts")
+        typed = _timestamp_expr(raw, spec.timestamp_format)
+        expected = _TIMESTAMP_WORDS.get(spec.timestamp_format, f"a time in the format {spec.timestamp_format}")
+        expected = expected.replace("'", "''")
+        out.append(("ts", typed, f"case when {typed} is null then 'timestamp is not {expected}: ' || "
+                                 f"coalesce('\"' || {raw} || '\"', 'empty') end"))
+    elif spec.kind == "users":
+        integer("user_id", True)
+        integer("age", False, "integer")
+        for name in ("gender", "occupation", "zip"):
+            text(name)
+    else:  # items
+        integer("item_id", True)
+        text("title")
+        raw = text_of("release_date")
+        if raw is None:
+            out.append(("release_date", "cast(null as date)", None))
+        else:
+            typed = (f"try_strptime({raw}, {_literal(spec.date_format)})::date" if spec.date_format
+                     else f"try_cast({raw} as date)")
+            out.append(("release_date", typed, f"case when {raw} is not null and {typed} is null then "
+                                               f"'release_date is not a date: \"' || {raw} || '\"' end"))
+        if spec.genre_flags:
+            flags = [(_text(column), genre) for column, genre in spec.genre_flags]
+            typed = ("list_filter([" + ", ".join(f"case when {t} = '1' then {_literal(g)} end" for t, g in flags)
+                     + "], lambda x: x is not null)")
+            bad = " or ".join(f"coalesce({t}, '0') not in ('0', '1')" for t, _ in flags)
+            out.append(("genres", typed, f"case when {bad} then 'genre flags must be 0 or 1' end"))
+        else:
+            raw = text_of("genres")
+            typed = ("cast([] as varchar[])" if raw is None else
+                     f"coalesce(list_filter(list_transform(string_split({raw}, {_literal(spec.genres_separator)}), "
+                     f"lambda x: trim(x)), lambda x: x <> ''), cast([] as varchar[]))")
+            out.append(("genres", typed, None))
+    return out
+
+
+def _parse(con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec) -> None:
+    """Fill temp tables ``parsed`` (line_number, raw, canonical columns, reason) and ``structural_rejects``."""
+    if spec.format == "parquet":
+        con.execute(db.sql_text(settings, "ingest/read_parquet_raw"), {"path": str(spec.path)})
+        available = tuple(name for (name,) in con.execute(
+            "select column_name from (describe raw_file) where column_name <> 'file_row_number'").fetchall())
+        mapped = _source_columns(spec, available)
+        con.execute("create or replace temp table structural_rejects "
+                    "(line_number bigint, raw varchar, reason varchar)")
+        line_expr = "file_row_number + 1"
+        source = "raw_file"
+        raw_columns = available
+    else:
+        available = _read_header(spec) if spec.header else tuple(spec.names or ())
+        if not available:
+            raise SchemaMismatchError(
+                f"{spec.path}: the file has no header line to name its columns; add one, or set header = false "
+                f"and name the columns in the mapping"
+            )
+        mapped = _source_columns(spec, available)
+        if len(set(available)) != len(available):
+            raise SchemaMismatchError(f"{spec.path}: the header repeats a column name ({', '.join(available)})")
+        for table in ("raw_reject_errors", "raw_reject_scans"):
+            con.execute(f"drop table if exists {table}")
+        con.execute(db.sql_text(settings, "ingest/read_csv_raw"), {
+            "path": str(spec.path), "header": spec.header, "delimiter": spec.delimiter, "quote": spec.quote,
+            "encoding": spec.encoding, "columns": {name: "VARCHAR" for name in available},
+        })
+        con.execute(db.sql_text(settings, "ingest/structural_rejects"))
+        n_accepted = db.scalar(con, "select count(*) from raw_file")
+        n_rejected = db.scalar(con, "select count(*) from structural_rejects")
+        con.execute(db.sql_text(settings, "ingest/line_map"),
+                    {"first_line": 2 if spec.header else 1, "n_lines": n_accepted + n_rejected})
+        line_expr = "l.line_number"
+        source = "(select rowid as ordinal, * from raw_file) r join line_map l using (ordinal)"
+        raw_columns = available
+
+    typed = _typed_columns(spec, mapped)
+    raw_expr = "concat_ws(" + _literal(spec.delimiter) + ", " + ", ".join(
+        f"coalesce(cast({db.quote_ident(c)} as varchar), '')" for c in raw_columns) + ")"
+    selects = ",\n        ".join(f"{expr} as {db.quote_ident(name)}" for name, expr, _ in typed)
+    reasons = [reason for _, _, reason in typed if reason]
+    reason_expr = "nullif(concat_ws('; ', " + ", ".join(reasons) + "), '')" if reasons else "cast(null as varchar)"
+    con.execute(f"""
+        create or replace temp table parsed as
+        select
+            {line_expr} as line_number,
+            {raw_expr} as raw,
+            {selects},
+            {reason_expr} as reason
+        from {source}
+    """)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Staging and promotion.
+
+
+def stage_file(
+    con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec, run_id: str, source: str
+) -> FileResult:
+    """Parse one file into staging, recording it in the ledger. Never raises for bad data in the file."""
+    path = str(Path(spec.path).resolve())
+    result = FileResult(path=path, kind=spec.kind, status="staged")
+    if not Path(spec.path).exists():
+        result.status, result.message = "failed", f"{path}: no such file"
+        return result
+    sha = sha256_file(spec.path)
+    size = Path(spec.path).stat().st_size
+    previous = db.run(con, settings, "ingest/previous_load", {"sha256": sha, "kind": spec.kind})
+    if previous:
+        file_id, first_path, when = previous[0]
+        result.status = "skipped"
+        result.message = (f"already ingested as file {file_id} ({first_path}) at {when:%Y-%m-%d %H:%M:%S}; "
+                          f"0 rows added")
+        return result
+    result.version = db.run(con, settings, "ingest/next_version", {"path": path, "kind": spec.kind})[0][0]
+    result.file_id = db.scalar(con, "select nextval('file_id_seq')")
+    ledger = {"file_id": result.file_id, "run_id": run_id, "source": source, "kind": spec.kind, "path": path,
+              "sha256": sha, "size_bytes": size, "version": result.version}
+    try:
+        if size == 0:
+            raise SchemaMismatchError(f"{path}: the file is empty (0 bytes); nothing to load")
+        _parse(con, settings, spec)
+    except (SchemaMismatchError, duckdb.Error, UnicodeError, OSError) as exc:
+        result.status, result.message = "failed", str(exc).splitlines()[0] if str(exc) else repr(exc)
+        db.run(con, settings, "ingest/insert_ledger", {**ledger, "rows_read": 0, "rows_accepted": 0,
+                                                        "rows_rejected": 0, "status": "failed",
+                                                        "message": result.message})
+        return result
+
+    n_good = db.scalar(con, "select count(*) from parsed where reason is null")
+    n_bad = db.scalar(con, "select count(*) from parsed where reason is not null")
+    n_structural = db.scalar(con, "select count(*) from structural_rejects")
+    result.rows_read = n_good + n_bad + n_structural
+    result.rows_accepted = n_good
+    result.rows_rejected = n_bad + n_structural
+    result.message = "no data rows" if result.rows_read == 0 else ""
+    con.begin()
+    try:
+        params = {"run_id": run_id, "file_id": result.file_id}
+        db.run(con, settings, f"ingest/stage_{spec.kind}", params)
+        db.run(con, settings, "ingest/insert_parse_rejects", {**params, "path": path, "kind": spec.kind})
+        db.run(con, settings, "ingest/insert_ledger", {**ledger, "rows_read": result.rows_read,
+                                                        "rows_accepted": n_good, "rows_rejected": result.rows_rejected,
+                                                        "status": "staged", "message": result.message})
+        con.commit()
+    except Exception:
+        con.rollback()
+        raise
+    result.sample_rejects = [
+        f"{path}:{line}: {reason}" for line, reason in con.execute(
+            "select line_number, reason from rejects where file_id = $file_id order by line_number limit 3",
+            {"file_id": result.file_id}).fetchall()
+    ]
+    return result
+
+
+def stage_batch(
+    con: duckdb.DuckDBPyConnection, settings: Settings, specs: list[FileSpec], run_id: str, source: str
+) -> IngestReport:
+    order = {kind: i for i, kind in enumerate(schema.FILE_KINDS)}
+    results = [stage_file(con, settings, spec, run_id, source)
+               for spec in sorted(specs, key=lambda s: order[s.kind])]
+    return IngestReport(run_id=run_id, files=results)
+
+
+def promote_batch(
+    con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str,
+    register_unknown_users: bool = False, register_unknown_items: bool = False,
+) -> None:
+    """Move a staged (and validated) batch into the final tables in one transaction."""
+    params = {"run_id": run_id}
+    con.begin()
+    try:
+        for kind in ("users", "items", "interactions"):
+            db.run(con, settings, f"ingest/plan_{kind}", params)
+            if kind == "interactions":
+                if register_unknown_users:
+                    db.run(con, settings, "ingest/register_unknown_users", params)
+                if register_unknown_items:
+                    db.run(con, settings, "ingest/register_unknown_items", params)
+            db.run(con, settings, f"ingest/promote_{kind}", params)
+            for file_id, duplicates in db.run(con, settings, "ingest/count_duplicates",
+                                              {"plan_table": f"plan_{kind}"}):
+                db.run(con, settings, "ingest/mark_loaded", {"file_id": file_id, "duplicates": duplicates})
+            db.run(con, settings, f"ingest/clear_staging_{kind}", params)
+        db.run(con, settings, "ingest/finish_batch", params)
+        con.commit()
+    except Exception:
+        con.rollback()
+        raise
+
+
+def batch_report(con: duckdb.DuckDBPyConnection, settings: Settings, report: IngestReport) -> IngestReport:
+    """Refresh the per-file numbers of a report from the ledger (after the gate and promotion)."""
+    rows = {row[0]: row for row in db.run(con, settings, "ingest/batch_summary", {"run_id": report.run_id})}
+    for result in report.files:
+        row = rows.get(result.file_id)
+        if row is None:
+            continue
+        (_, _, _, result.status, result.version, result.rows_read, result.rows_accepted, result.rows_rejected,
+         result.rows_duplicate, result.rows_held, message) = row
+        result.message = message or result.message
+    return report
+
+
+def format_report(report: IngestReport) -> str:
+    lines = [f"ingest run {report.run_id}"]
+    header = f"  {'status':8} {'kind':12} {'read':>10} {'accepted':>10} {'rejected':>9} {'duplicate':>9} {'held':>8}  file"
+    lines.append(header)
+    for f in report.files:
+        lines.append(f"  {f.status:8} {f.kind:12} {f.rows_read:>10,} {f.rows_accepted:>10,} {f.rows_rejected:>9,} "
+                     f"{f.rows_duplicate:>9,} {f.rows_held:>8,}  {f.path}")
+        if f.message:
+            lines.append(f"           {f.message}")
+        for sample in f.sample_rejects:
+            lines.append(f"           rejected {sample}")
+    t = report.totals()
+    lines.append(f"  {'total':8} {'':12} {t['rows_read']:>10,} {t['rows_accepted']:>10,} {t['rows_rejected']:>9,} "
+                 f"{t['rows_duplicate']:>9,} {t['rows_held']:>8,}")
+    return "\n".join(lines)

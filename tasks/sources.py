@@ -1,0 +1,279 @@
+"""Where landing files come from, and how each is read: one landing contract for every source.
+
+Every source (synthetic, MovieLens-100k, any CSV/Parquet with a column mapping) resolves to a list of
+:class:`FileSpec`, ordered users -> items -> interactions. Ingest only ever sees ``FileSpec``s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import tomllib
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recsys import schema
+from recsys.errors import ConfigError, SourceUnavailableError
+from recsys.settings import Settings
+
+SOURCES = ("synthetic", "movielens-100k", "csv", "parquet")
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """How to read one landing file into the canonical columns of its kind."""
+
+    path: Path
+    kind: str  # users | items | interactions
+    format: str = "csv"  # csv | parquet
+    delimiter: str = ","
+    header: bool = True
+    quote: str = '"'
+    encoding: str = "utf-8"
+    names: tuple[str, ...] | None = None  # column names of a headerless file
+    columns: dict[str, str] = field(default_factory=dict)  # canonical name -> source column
+    timestamp_format: str = "auto"  # auto (epoch seconds or ISO) | epoch | iso | a strptime format
+    date_format: str | None = None  # strptime format of release_date; None: ISO
+    genres_separator: str = "|"
+    genre_flags: tuple[tuple[str, str], ...] = ()  # (source column, genre) for 0/1 flag columns
+
+    def __post_init__(self) -> None:
+        if self.kind not in schema.CANONICAL_COLUMNS:
+            raise ConfigError(f"{self.path}: unknown file kind {self.kind!r}; use one of {schema.FILE_KINDS}")
+        missing = [
+            name
+            for name, required in schema.CANONICAL_COLUMNS[self.kind].items()
+            if required and name not in self.columns
+        ]
+        if missing:
+            raise ConfigError(
+                f"{self.path}: the column mapping for {self.kind} does not name {', '.join(missing)}; "
+                f"add e.g. `{missing[0]} = \"<column in the file>\"` under [{self.kind}] in mapping.toml "
+                f"or pass --{missing[0].replace('_', '-').replace('ts', 'timestamp')}-col"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Synthetic: the generator's own CSV layout (see tasks/generate.py).
+
+SYNTHETIC_FILES = {"users": "users.csv", "items": "items.csv", "interactions": "interactions.csv"}
+
+
+def synthetic_specs(folder: Path) -> list[FileSpec]:
+    folder = Path(folder)
+    if not (folder / SYNTHETIC_FILES["interactions"]).exists():
+        raise SourceUnavailableError(
+            f"{folder}: no {SYNTHETIC_FILES['interactions']} here; create one with "
+            f"`recsys generate --out {folder}` or omit --path to generate the default data set"
+        )
+    return [
+        FileSpec(folder / SYNTHETIC_FILES["users"], "users",
+                 columns={c: c for c in ("user_id", "age", "gender", "occupation", "zip")}),
+        FileSpec(folder / SYNTHETIC_FILES["items"], "items",
+                 columns={c: c for c in ("item_id", "title", "release_date", "genres")}),
+        FileSpec(folder / SYNTHETIC_FILES["interactions"], "interactions", timestamp_format="epoch",
+                 columns={"user_id": "user_id", "item_id": "item_id", "rating": "rating", "ts": "timestamp"}),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MovieLens-100k: u.user, u.item (Latin-1, 19 genre flags), u.data (tab-separated, epoch seconds).
+
+ML100K_SHA256 = {
+    "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+    "u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701",
+    "u.user": "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c",
+}
+_ML_GENRE_COLUMNS = tuple(f"g{i:02d}" for i in range(len(schema.GENRES)))
+
+
+def movielens_specs(folder: Path) -> list[FileSpec]:
+    folder = Path(folder)
+    missing = [name for name in ML100K_SHA256 if not (folder / name).exists()]
+    if missing:
+        raise SourceUnavailableError(
+            f"{folder}: not a MovieLens-100k folder (missing {', '.join(missing)}); pass the folder that "
+            f"holds u.data, u.user and u.item, e.g. --path ../shared/datasets/ml-100k"
+        )
+    return [
+        FileSpec(folder / "u.user", "users", delimiter="|", header=False, quote="",
+                 names=("user_id", "age", "gender", "occupation", "zip"),
+                 columns={c: c for c in ("user_id", "age", "gender", "occupation", "zip")}),
+        FileSpec(folder / "u.item", "items", delimiter="|", header=False, quote="", encoding="latin-1",
+                 names=("item_id", "title", "release_date", "video_release_date", "imdb_url", *_ML_GENRE_COLUMNS),
+                 columns={"item_id": "item_id", "title": "title", "release_date": "release_date"},
+                 date_format="%d-%b-%Y", genre_flags=tuple(zip(_ML_GENRE_COLUMNS, schema.GENRES, strict=True))),
+        FileSpec(folder / "u.data", "interactions", delimiter="\t", header=False, quote="",
+                 names=("user_id", "item_id", "rating", "timestamp"), timestamp_format="epoch",
+                 columns={"user_id": "user_id", "item_id": "item_id", "rating": "rating", "ts": "timestamp"}),
+    ]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_movielens_100k(dest: Path, url: str, timeout: float = 30.0) -> Path:
+    """Download and unpack the official zip into ``dest``; checksums of the three files are checked."""
+    target = Path(dest) / "ml-100k"
+    if all((target / name).exists() for name in ML100K_SHA256):
+        return target
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - fixed public URL
+            payload = response.read()
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise SourceUnavailableError(
+            f"could not download MovieLens-100k from {url} ({exc}). If this machine is offline, pass a local "
+            f"copy: `recsys ingest --source movielens-100k --path /path/to/ml-100k` (the folder with u.data, "
+            f"u.user, u.item)"
+        ) from exc
+    staging = Path(dest) / "ml-100k.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+        for name in ML100K_SHA256:
+            (staging / name).write_bytes(archive.read(f"ml-100k/{name}"))
+    for name, expected in ML100K_SHA256.items():
+        actual = sha256_file(staging / name)
+        if actual != expected:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise SourceUnavailableError(
+                f"{url}: {name} has sha256 {actual}, expected {expected}; the download is corrupt or not the "
+                f"official MovieLens-100k. Retry, or pass a verified local copy with --path"
+            )
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CSV / Parquet with a column mapping.
+
+# Without a mapping, files are expected to use the canonical column names (optional ones are found by name).
+_DEFAULT_TABLES = {
+    "users": {"user_id": "user_id"},
+    "items": {"item_id": "item_id"},
+    "interactions": {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"},
+}
+_SPEC_OPTIONS = {"delimiter", "header", "quote", "encoding", "timestamp_format", "date_format", "genres_separator"}
+
+
+def _spec_from_table(kind: str, table: dict, path: Path, fmt: str) -> FileSpec:
+    columns: dict[str, str] = {}
+    options: dict = {}
+    for key, value in table.items():
+        if key == "path":
+            continue
+        canonical = "ts" if key == "timestamp" else key
+        if key in _SPEC_OPTIONS:
+            options[key] = value
+        elif canonical in schema.CANONICAL_COLUMNS[kind]:
+            columns[canonical] = str(value)
+        else:
+            known = sorted(set(schema.CANONICAL_COLUMNS[kind]) | _SPEC_OPTIONS | {"path"})
+            raise ConfigError(f"mapping [{kind}]: unknown key {key!r}; known keys are {', '.join(known)}")
+    return FileSpec(path, kind, format=fmt, columns=columns, **options)
+
+
+def load_mapping(path: Path) -> dict[str, dict]:
+    try:
+        with open(path, "rb") as fh:
+            mapping = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"mapping file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"mapping file {path} is not valid TOML: {exc}") from exc
+    unknown = set(mapping) - set(schema.FILE_KINDS)
+    if unknown:
+        raise ConfigError(f"mapping file {path}: unknown sections {sorted(unknown)}; use {list(schema.FILE_KINDS)}")
+    return mapping
+
+
+def _expand(path: Path, fmt: str) -> list[Path]:
+    path = Path(path)
+    if path.is_dir():
+        suffixes = {".parquet", ".pq"} if fmt == "parquet" else {".csv", ".tsv", ".txt"}
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
+        if not files:
+            raise SourceUnavailableError(f"{path}: no {fmt} files in this folder")
+        return files
+    if not path.exists():
+        raise SourceUnavailableError(f"{path}: no such file or folder")
+    return [path]
+
+
+def tabular_specs(
+    fmt: str,
+    path: Path | None,
+    mapping: dict[str, dict] | None = None,
+    users: Path | None = None,
+    items: Path | None = None,
+    base_dir: Path | None = None,
+) -> list[FileSpec]:
+    """Specs for ``csv``/``parquet`` sources: interactions at ``path`` (file or folder), optional users/items."""
+    mapping = {kind: dict(table) for kind, table in (mapping or {}).items()}
+    base = Path(base_dir) if base_dir else Path.cwd()
+
+    def where(kind: str, given: Path | None) -> Path | None:
+        if given is not None:
+            return Path(given)
+        rel = mapping.get(kind, {}).get("path")
+        return None if rel is None else (base / rel)
+
+    specs: list[FileSpec] = []
+    for kind, given in (("users", users), ("items", items)):
+        location = where(kind, given)
+        if location is not None:
+            for file in _expand(location, fmt):
+                specs.append(_spec_from_table(kind, mapping.get(kind, _DEFAULT_TABLES[kind]), file, fmt))
+    location = where("interactions", path)
+    if location is None:
+        raise ConfigError(f"--source {fmt} needs --path (the interactions file or folder) or [interactions].path")
+    for file in _expand(location, fmt):
+        specs.append(_spec_from_table("interactions", mapping.get("interactions", _DEFAULT_TABLES["interactions"]),
+                                      file, fmt))
+    return specs
+
+
+def with_overrides(table: dict, **flags: str | None) -> dict:
+    """Merge command-line column flags (``--user-col`` ...) over a mapping table."""
+    merged = dict(table)
+    merged.update({key: value for key, value in flags.items() if value is not None})
+    return merged
+
+
+def resolve_source(
+    settings: Settings,
+    source: str,
+    path: Path | None = None,
+    mapping: dict[str, dict] | None = None,
+    users: Path | None = None,
+    items: Path | None = None,
+    mapping_dir: Path | None = None,
+) -> list[FileSpec]:
+    """Turn a ``--source``/``--path`` pair into file specs, landing data first where needed."""
+    if source == "synthetic":
+        if path is None:
+            from tasks.generate import GeneratorConfig, generate
+
+            config = GeneratorConfig(seed=settings.seed)
+            path = settings.landing_dir / "synthetic" / config.slug()
+            if not (path / SYNTHETIC_FILES["interactions"]).exists():
+                generate(path, config)
+        return synthetic_specs(Path(path))
+    if source == "movielens-100k":
+        if path is None:
+            path = download_movielens_100k(settings.landing_dir / "movielens-100k", settings.ml100k_url)
+        return movielens_specs(Path(path))
+    if source in ("csv", "parquet"):
+        return tabular_specs(source, path, mapping, users=users, items=items, base_dir=mapping_dir)
+    raise ConfigError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
+

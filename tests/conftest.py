@@ -1,0 +1,63 @@
+"""Shared fixtures: temporary homes, the MovieLens-100k location, small synthetic data, the Prefect harness."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from recsys import db  # noqa: E402
+from recsys.settings import Settings  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def ml100k_path() -> Path:
+    return Path(os.environ.get("RECSYS_ML100K_DIR", REPO_ROOT.parent / "shared" / "datasets" / "ml-100k"))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = Settings(home=tmp_path / "home")
+    s.ensure_dirs()
+    return s
+
+
+@pytest.fixture
+def con(settings: Settings):
+    connection = db.connect(settings)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    path = ml100k_path()
+    if not (path / "u.data").exists():
+        pytest.skip(f"MovieLens-100k not found at {path}; set RECSYS_ML100K_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_synthetic(tmp_path_factory) -> Path:
+    from tasks.generate import GeneratorConfig, generate
+
+    out = tmp_path_factory.mktemp("synthetic")
+    generate(out, GeneratorConfig(n_users=300, n_items=120, n_interactions=9000, seed=7))
+    return out
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session (it costs ~15 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

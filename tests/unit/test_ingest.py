@@ -1,0 +1,193 @@
+"""Ingest: every reader, the mapping, the ledger, the accounting identity and unparsable rows."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recsys import db
+from tasks import ingest
+from tasks.sources import FileSpec, movielens_specs, synthetic_specs, tabular_specs
+
+MAPPING = {"interactions": {"user_id": "uid", "item_id": "iid", "rating": "stars", "timestamp": "when"}}
+
+
+def load(con, settings, specs, run_id="r1", source="csv", **kwargs):
+    report = ingest.stage_batch(con, settings, specs, run_id, source)
+    kinds = {s.kind for s in specs}
+    ingest.promote_batch(con, settings, run_id, register_unknown_users="users" not in kinds,
+                         register_unknown_items="items" not in kinds)
+    return ingest.batch_report(con, settings, report)
+
+
+def count(con, table):
+    return db.scalar(con, f"select count(*) from {table}")
+
+
+def assert_identity(con):
+    bad = con.execute("""select path from ingest_ledger
+                         where rows_read <> rows_accepted + rows_rejected + rows_duplicate + rows_held""").fetchall()
+    assert bad == []
+
+
+def test_movielens_100k_loads_fully_and_decodes_latin1(con, settings, ml100k_dir):
+    report = load(con, settings, movielens_specs(ml100k_dir), source="movielens-100k")
+    assert [f.status for f in report.files] == ["loaded"] * 3
+    assert count(con, "interactions") == 100_000
+    assert count(con, "users") == 943
+    assert count(con, "items") == 1682
+    titles = dict(con.execute("select item_id, title from items where item_id in (1, 543, 1633)").fetchall())
+    assert titles == {1: "Toy Story (1995)", 543: "Misérables, Les (1995)", 1633: "Á köldum klaka (Cold Fever) (1994)"}
+    toy = con.execute("select genres, release_date::varchar from items where item_id = 1").fetchall()[0]
+    assert toy == (["Animation", "Children's", "Comedy"], "1995-01-01")
+    first = con.execute("select ts::varchar from interactions where user_id = 196 and item_id = 242").fetchall()
+    assert first == [("1997-12-04 15:55:49",)]  # 881250949 read as UTC epoch seconds
+    assert_identity(con)
+
+    again = load(con, settings, movielens_specs(ml100k_dir), run_id="r2", source="movielens-100k")
+    assert [f.status for f in again.files] == ["skipped"] * 3
+    assert all("0 rows added" in f.message for f in again.files)
+    assert count(con, "interactions") == 100_000
+
+
+def test_synthetic_source_round_trip(con, settings, small_synthetic):
+    report = load(con, settings, synthetic_specs(small_synthetic), source="synthetic")
+    assert report.totals()["rows_rejected"] == 0
+    assert count(con, "interactions") == 9000
+    assert count(con, "users") == 300 and count(con, "items") == 120
+    assert db.scalar(con, "select count(*) from items where len(genres) = 0") == 0
+
+
+def write(path, text, encoding="utf-8"):
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def test_unparsable_rows_are_kept_with_line_and_reason(con, settings, tmp_path):
+    f = write(tmp_path / "ratings.csv", "uid,iid,stars,when\n"
+              "1,10,5,881250949\n"       # 2 good
+              "1,11\n"                    # 3 wrong column count (too few)
+              "x,12,3,881250949\n"       # 4 non-numeric user id
+              "2,13,4,881250949,9\n"     # 5 wrong column count (too many)
+              "3,14,4,notatime\n"        # 6 unparsable timestamp
+              "4,15,abc,881250949\n"     # 7 non-numeric rating
+              "4,16,3.5,2020-01-02T03:04:05\n")  # 8 good, ISO time
+    report = load(con, settings, tabular_specs("csv", f, MAPPING))
+    (result,) = report.files
+    assert (result.rows_read, result.rows_accepted, result.rows_rejected) == (7, 2, 5)
+    rejects = dict(con.execute("select line_number, reason from rejects order by 1").fetchall())
+    assert sorted(rejects) == [3, 4, 5, 6, 7]
+    assert "malformed row" in rejects[3] and "Found: 2" in rejects[3]
+    assert 'user_id is not an integer: "x"' in rejects[4]
+    assert "too many columns" in rejects[5]
+    assert 'timestamp is not epoch seconds or an ISO date-time: "notatime"' in rejects[6]
+    assert 'rating is not a number: "abc"' in rejects[7]
+    raw = dict(con.execute("select line_number, raw from rejects").fetchall())
+    assert raw[4] == "x,12,3,881250949" and raw[5] == "2,13,4,881250949,9"
+    assert count(con, "interactions") == 2
+    assert_identity(con)
+
+
+def test_empty_and_unreadable_files_fail_alone(con, settings, tmp_path):
+    good = write(tmp_path / "b_good.csv", "uid,iid,stars,when\n1,1,4,881250949\n")
+    empty = write(tmp_path / "a_empty.csv", "")
+    wrong = write(tmp_path / "c_wrong.csv", "a;b;c\n1;2;3\n")
+    report = load(con, settings, tabular_specs("csv", tmp_path, MAPPING))
+    status = {r.path.rsplit("/", 1)[1]: (r.status, r.message) for r in report.files}
+    assert status["a_empty.csv"][0] == "failed" and "empty" in status["a_empty.csv"][1]
+    assert status["c_wrong.csv"][0] == "failed" and "uid, iid, stars, when" in status["c_wrong.csv"][1]
+    assert status["b_good.csv"][0] == "loaded"
+    assert count(con, "interactions") == 1
+    failed = con.execute("select path, message from ingest_ledger where status = 'failed' order by path").fetchall()
+    assert [p.rsplit("/", 1)[1] for p, _ in failed] == ["a_empty.csv", "c_wrong.csv"]
+    assert good.exists() and empty.exists() and wrong.exists()
+
+
+def test_duplicates_within_and_across_files_are_counted_not_loaded(con, settings, tmp_path):
+    write(tmp_path / "day1.csv", "uid,iid,stars,when\n1,1,4,100\n1,1,4,100\n2,2,3,100\n")
+    first = load(con, settings, tabular_specs("csv", tmp_path / "day1.csv", MAPPING))
+    assert (first.files[0].rows_accepted, first.files[0].rows_duplicate) == (2, 1)
+    write(tmp_path / "day2.csv", "uid,iid,stars,when\n2,2,3,100\n3,3,5,200\n")
+    second = load(con, settings, tabular_specs("csv", tmp_path / "day2.csv", MAPPING), run_id="r2")
+    assert (second.files[0].rows_accepted, second.files[0].rows_duplicate) == (1, 1)
+    assert count(con, "interactions") == 3
+    assert_identity(con)
+
+
+def test_changed_file_at_known_path_is_a_new_version(con, settings, tmp_path):
+    f = write(tmp_path / "ratings.csv", "uid,iid,stars,when\n1,1,4,100\n")
+    load(con, settings, tabular_specs("csv", f, MAPPING))
+    write(f, "uid,iid,stars,when\n1,1,4,100\n1,2,5,200\n")
+    report = load(con, settings, tabular_specs("csv", f, MAPPING), run_id="r2")
+    (result,) = report.files
+    assert (result.version, result.rows_accepted, result.rows_duplicate) == (2, 1, 1)
+    assert con.execute("select version from ingest_ledger order by file_id").fetchall() == [(1,), (2,)]
+    assert count(con, "interactions") == 2
+
+
+def test_mapping_toml_users_items_and_iso_times(con, settings, tmp_path):
+    write(tmp_path / "people.csv", "id;years;sex;job;postcode\n7;31;F;writer;01234\n8;;M;;\n")
+    write(tmp_path / "things.csv", 'sku;name;genres\n100;"A; film";Comedy|Drama\n101;Plain;\n')
+    write(tmp_path / "events.csv", "who;what;when\n7;100;2024-05-01 10:00:00\n8;101;2024-05-02\n")
+    mapping_file = write(tmp_path / "mapping.toml", """
+[interactions]
+path = "events.csv"
+user_id = "who"
+item_id = "what"
+timestamp = "when"
+timestamp_format = "iso"
+delimiter = ";"
+[users]
+path = "people.csv"
+user_id = "id"
+age = "years"
+gender = "sex"
+occupation = "job"
+zip = "postcode"
+delimiter = ";"
+[items]
+path = "things.csv"
+item_id = "sku"
+title = "name"
+genres = "genres"
+delimiter = ";"
+""")
+    from tasks.sources import load_mapping
+
+    specs = tabular_specs("csv", None, load_mapping(mapping_file), base_dir=tmp_path)
+    report = load(con, settings, specs)
+    assert [f.status for f in report.files] == ["loaded"] * 3
+    assert con.execute("select * exclude (run_id, file_id) from users order by 1").fetchall() == [
+        (7, 31, "F", "writer", "01234"), (8, None, "M", None, None)]
+    assert con.execute("select item_id, title, genres from items order by 1").fetchall() == [
+        (100, "A; film", ["Comedy", "Drama"]), (101, "Plain", [])]
+    assert con.execute("select user_id, rating, ts::varchar from interactions order by 1").fetchall() == [
+        (7, None, "2024-05-01 10:00:00"), (8, None, "2024-05-02 00:00:00")]
+
+
+def test_parquet_reader_with_mapping(con, settings, tmp_path):
+    table = pa.table({"u": ["1", "2", "zz"], "i": [5, 6, 7], "r": [4.0, 3.0, 2.0], "t": [100, 200, 300]})
+    pq.write_table(table, tmp_path / "events.parquet")
+    mapping = {"interactions": {"user_id": "u", "item_id": "i", "rating": "r", "timestamp": "t"}}
+    report = load(con, settings, tabular_specs("parquet", tmp_path / "events.parquet", mapping), source="parquet")
+    (result,) = report.files
+    assert (result.rows_read, result.rows_accepted, result.rows_rejected) == (3, 2, 1)
+    assert con.execute("select line_number, raw from rejects").fetchall() == [(3, "zz,7,2.0,300")]
+    # Without a users file, every user seen gets a bare users row, so referential integrity holds.
+    assert count(con, "users") == 2 and count(con, "items") == 2
+
+
+def test_mapping_must_name_required_columns(tmp_path):
+    from recsys.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not name ts"):
+        FileSpec(tmp_path / "x.csv", "interactions", columns={"user_id": "a", "item_id": "b"})
+
+
+def test_bad_utf8_is_rejected_with_encoding_hint(con, settings, tmp_path):
+    f = tmp_path / "latin.csv"
+    f.write_bytes("uid,iid,stars,when\n1,1,4,100\n2,2,3,200\n".encode() + "3,3,5,300,é\n".encode("latin-1"))
+    report = load(con, settings, tabular_specs("csv", f, MAPPING))
+    assert report.files[0].rows_rejected == 1
+    assert "encoding" in db.scalar(con, "select reason from rejects")
