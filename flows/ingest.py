@@ -1,4 +1,7 @@
-"""``ingest_flow``: land a source, stage its files, pass the validation gate, promote the batch."""
+"""``ingest_flow``: land a source, stage its files, pass the validation gate, promote the batch.
+
+Both ``recsys ingest`` and the nightly flow go through it, so nothing reaches the final tables ungated.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from recsys import db, runs
+from recsys.errors import ValidationFailedError
 from recsys.settings import Settings
-from tasks import ingest, sources
+from tasks import ingest, sources, validate
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -29,9 +33,25 @@ def land_source(
 @task(cache_policy=NO_CACHE)
 def stage_files(settings: Settings, specs: list[sources.FileSpec], run_id: str, source: str) -> ingest.IngestReport:
     with db.warehouse(settings) as con:
-        runs.start_run(con, settings, run_id, "ingest", params={"source": source,
-                                                                "files": [str(s.path) for s in specs]})
+        runs.start_run(con, settings, run_id, "ingest", params={
+            "source": source, "files": [str(s.path) for s in specs], "kinds": sorted({s.kind for s in specs})})
         return ingest.stage_batch(con, settings, specs, run_id, source)
+
+
+@task(cache_policy=NO_CACHE)
+def validate_staged(settings: Settings, run_id: str, kinds: list[str]) -> validate.GateResult:
+    """The Great Expectations gate between staging and promotion."""
+    with db.warehouse(settings) as con:
+        result = validate.validate_batch(con, settings, run_id, all_users_known="users" not in kinds,
+                                         all_items_known="items" not in kinds, raise_on_failure=False)
+        if not result.passed:
+            runs.finish_run(con, settings, run_id, "held")
+    print(validate.format_gate(result))
+    create_markdown_artifact(key="validation-gate", markdown=validate.gate_markdown(result),
+                             description=f"validation gate {run_id}")
+    if not result.passed:
+        raise ValidationFailedError(validate.failure_message(result))
+    return result
 
 
 @task(cache_policy=NO_CACHE)
@@ -62,6 +82,7 @@ def ingest_flow(
     run_id = run_id or runs.new_run_id("ingest")
     specs = land_source(settings, source, path, mapping, users, items, mapping_dir)
     report = stage_files(settings, specs, run_id, source)
+    validate_staged(settings, run_id, sorted({spec.kind for spec in specs}))
     report = promote_files(settings, report, specs)
     text = ingest.format_report(report)
     print(text)

@@ -8,7 +8,6 @@ the batch back; 5 the publish gate kept the last good partition.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -66,6 +65,41 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from recsys import db, runs
+    from recsys.settings import Settings
+    from tasks import ingest, validate
+
+    settings = Settings()
+    with db.warehouse(settings) as con:
+        run_id = args.run_id
+        if run_id is None:
+            waiting = db.run(con, settings, "validate/latest_gated_run")
+            if not waiting:
+                print("no batch is waiting in staging or held back; stored results of the latest gated run:")
+                rows = con.execute("select run_id from validation_results order by validated_at desc limit 1").fetchall()
+                run_id = rows[0][0] if rows else None
+                if run_id is None:
+                    print("  (none: nothing has been validated yet)")
+                    return EXIT_OK
+                for row in db.run(con, settings, "validate/stored_results", {"run_id": run_id}):
+                    print("  " + " | ".join("" if v is None else str(v) for v in row))
+                return EXIT_OK
+            run_id = waiting[0][0]
+        kinds = set(runs.run_params(con, run_id).get("kinds", ["users", "items", "interactions"]))
+        result = validate.validate_batch(con, settings, run_id, all_users_known="users" not in kinds,
+                                         all_items_known="items" not in kinds, raise_on_failure=False)
+        print(validate.format_gate(result))
+        if not result.passed:
+            print(validate.failure_message(result), file=sys.stderr)
+            return 4
+        ingest.promote_batch(con, settings, run_id, register_unknown_users="users" not in kinds,
+                             register_unknown_items="items" not in kinds)
+        runs.finish_run(con, settings, run_id, "loaded")
+        print(f"batch {run_id} passed the gate and was promoted")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="load a source into the warehouse (incremental, idempotent)")
     _add_source_args(ing)
     ing.set_defaults(func=cmd_ingest)
+
+    val = sub.add_parser("validate", help="re-run the validation gate on a staged or held batch")
+    val.add_argument("--run-id", help="the ingest run to validate (default: the newest staged or held batch)")
+    val.set_defaults(func=cmd_validate)
     return parser
 
 

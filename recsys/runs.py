@@ -30,3 +30,8 @@ def start_run(
 
 def finish_run(con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, status: str) -> None:
     db.run(con, settings, "runs/finish_run", {"run_id": run_id, "status": status})
+
+
+def run_params(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
+    rows = con.execute("select params from runs where run_id = $run_id", {"run_id": run_id}).fetchall()
+    return json.loads(rows[0][0]) if rows and rows[0][0] else {}

@@ -187,7 +187,7 @@ def test_mapping_must_name_required_columns(tmp_path):
 
 def test_bad_utf8_is_rejected_with_encoding_hint(con, settings, tmp_path):
     f = tmp_path / "latin.csv"
-    f.write_bytes("uid,iid,stars,when\n1,1,4,100\n2,2,3,200\n".encode() + "3,3,5,300,é\n".encode("latin-1"))
+    f.write_bytes(b"uid,iid,stars,when\n1,1,4,100\n2,2,3,200\n" + "3,3,5,300,é\n".encode("latin-1"))
     report = load(con, settings, tabular_specs("csv", f, MAPPING))
     assert report.files[0].rows_rejected == 1
     assert "encoding" in db.scalar(con, "select reason from rejects")

@@ -6,7 +6,13 @@ import pytest
 
 from recsys.errors import ConfigError, SourceUnavailableError
 from recsys.settings import Settings
-from tasks.sources import download_movielens_100k, load_mapping, movielens_specs, resolve_source, tabular_specs
+from tasks.sources import (
+    download_movielens_100k,
+    load_mapping,
+    movielens_specs,
+    resolve_source,
+    tabular_specs,
+)
 
 
 def test_offline_download_says_how_to_pass_a_local_path(tmp_path):

@@ -1,0 +1,361 @@
+"""The validation gate: Great Expectations suites (``expectations/*.json``) run on the staged batch.
+
+Why pandas batches built from DuckDB rather than a GX SQL datasource on the warehouse: GX has no DuckDB
+dialect, its metric resolution on DuckDB hits known ``IndexError``s, and a second connection would fight
+DuckDB's single-writer lock. A pandas frame of just the new batch is robust and keeps the gate's cost
+proportional to the batch, not to the warehouse.
+
+Semantics:
+- A *row-level* expectation (``meta.row_level``) that fails on a share of rows within its ``mostly`` passes;
+  its failing rows are moved from staging to ``rejects`` with the expectation as the reason.
+- A *critical* expectation that fails stops the batch: it stays in staging, marked ``held`` in the ledger,
+  and :class:`ValidationFailedError` names the suite, the expectation, the observed value and failing rows.
+- A *warning* is recorded and shown; the run goes on. ``meta.severity_setting`` names a setting
+  (``volume_critical``, ``drift_critical``) that turns a warning into a critical check.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from recsys import db
+from recsys.errors import ConfigError, ValidationFailedError
+from recsys.settings import Settings
+
+GATED_SUITES = ("users", "items", "interactions")  # validation order: referenced tables first
+STAGING_TABLE = {"users": "staging_users", "items": "staging_items", "interactions": "staging_interactions"}
+INDEX_COLUMNS = ["file_id", "line_number"]
+
+
+@dataclass
+class Outcome:
+    """One expectation's result, reduced to what the gate and the reports need."""
+
+    suite: str
+    expectation: str
+    column: str | None
+    severity: str
+    row_level: bool
+    success: bool
+    observed_value: Any
+    unexpected_count: int | None
+    element_count: int | None
+    description: str = ""
+    failing_rows: list[dict] = field(default_factory=list)
+    rows_rejected: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.expectation}({self.column})" if self.column else self.expectation
+
+    def observed_text(self) -> str:
+        if self.unexpected_count is not None and self.element_count:
+            share = self.unexpected_count / self.element_count
+            return f"{self.unexpected_count} of {self.element_count} rows unexpected ({share:.1%})"
+        if isinstance(self.observed_value, float):
+            return f"{self.observed_value:.4g}"
+        return str(self.observed_value)
+
+
+@dataclass
+class GateResult:
+    run_id: str
+    outcomes: list[Outcome]
+    docs_path: str | None = None
+
+    @property
+    def critical_failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.severity == "critical" and not o.success]
+
+    @property
+    def warnings(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.severity == "warning" and not o.success]
+
+    @property
+    def passed(self) -> bool:
+        return not self.critical_failures
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(o.rows_rejected for o in self.outcomes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Suites
+
+
+def load_suite_json(settings: Settings, name: str) -> dict:
+    path = settings.expectations_dir / f"{name}.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"expectation suite {path} does not exist") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"expectation suite {path} is not valid JSON: {exc}") from exc
+
+
+def load_suite(settings: Settings, name: str):
+    """The suite as a GX object; raises if GX silently dropped an invalid expectation."""
+    import great_expectations as gx
+
+    data = load_suite_json(settings, name)
+    try:
+        suite = gx.ExpectationSuite(**data)
+    except Exception as exc:  # GX raises pydantic/GX errors of many kinds for a malformed expectation
+        raise ConfigError(f"expectations/{name}.json: an expectation is invalid: {str(exc).splitlines()[0]}") from exc
+    if len(suite.expectations) != len(data["expectations"]):
+        raise ConfigError(
+            f"expectations/{name}.json holds {len(data['expectations'])} expectations but Great Expectations "
+            f"loaded {len(suite.expectations)}: one is invalid (check its type and kwargs)"
+        )
+    return suite
+
+
+def severity_of(meta: dict, settings: Settings) -> str:
+    setting = meta.get("severity_setting")
+    if setting and getattr(settings, setting, False):
+        return "critical"
+    return meta.get("severity", "critical")
+
+
+def suite_parameters(
+    con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, now: datetime, batch_rows: int
+) -> dict[str, Any]:
+    """Values for the suites' ``$PARAMETER``s, from settings and the warehouse's history."""
+    mean_volume, n_batches = db.run(con, settings, "validate/volume_history",
+                                    {"run_id": run_id, "window": settings.volume_window})[0]
+    has_history = db.run(con, settings, "validate/has_history")[0][0]
+    floor = settings.timestamp_floor.replace(tzinfo=settings.timestamp_floor.tzinfo or UTC)
+    return {
+        "rating_min": settings.rating_min,
+        "rating_max": settings.rating_max,
+        "ts_floor": floor.timestamp(),
+        "ts_now": (now + timedelta(hours=1)).timestamp(),  # an hour of clock skew is not "the future"
+        "year_now": float(now.year + 1),
+        "duplicate_share_max": settings.duplicate_share_max,
+        "volume_min": math.floor((1 - settings.volume_band) * mean_volume) if n_batches else 1,
+        "volume_max": math.ceil((1 + settings.volume_band) * mean_volume) if n_batches else None,
+        "mean_rating_min": settings.mean_rating_min,
+        "mean_rating_max": settings.mean_rating_max,
+        # On the first load every user is new: the drift check only means something with history.
+        "new_user_share_max": settings.new_user_share_max if has_history else 1.0,
+        "top_n": settings.top_n,
+        "list_lengths": [settings.top_n],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running GX
+
+
+class GxRunner:
+    """A file-backed GX context under RECSYS_HOME/gx, so results accumulate into Data Docs."""
+
+    def __init__(self, settings: Settings):
+        import great_expectations as gx
+
+        logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        self.settings = settings
+        self.gx = gx
+        self.context = gx.get_context(mode="file", project_root_dir=str(settings.home))
+        try:
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        except (ImportError, AttributeError):  # pragma: no cover - older/newer GX
+            pass
+        try:
+            self.source = self.context.data_sources.get("recsys_batches")
+        except (KeyError, ValueError, LookupError):
+            self.source = self.context.data_sources.add_pandas("recsys_batches")
+
+    def run(self, name: str, frame: pd.DataFrame, parameters: dict, run_id: str, index_columns: list[str]):
+        gx = self.gx
+        suite = self.context.suites.add_or_update(load_suite(self.settings, name))
+        try:
+            asset = self.source.get_asset(name)
+        except (KeyError, ValueError, LookupError):
+            asset = self.source.add_dataframe_asset(name)
+        try:
+            batch = asset.get_batch_definition("batch")
+        except (KeyError, ValueError, LookupError):
+            batch = asset.add_batch_definition_whole_dataframe("batch")
+        definition = self.context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        checkpoint = self.context.checkpoints.add_or_update(gx.Checkpoint(
+            name=name, validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": index_columns},
+        ))
+        result = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters,
+                                run_id=gx.RunIdentifier(run_name=f"{run_id}-{name}"))
+        (validation,) = result.run_results.values()
+        return validation.results
+
+    def docs_path(self) -> str | None:
+        sites = self.context.get_docs_sites_urls()
+        return sites[0]["site_url"].removeprefix("file://") if sites else None
+
+
+def _outcomes(name: str, results, settings: Settings) -> list[Outcome]:
+    outcomes = []
+    for r in results:
+        config = r.expectation_config
+        meta = dict(config.meta or {})
+        res = dict(r.result or {})
+        outcomes.append(Outcome(
+            suite=name,
+            expectation=config.type,
+            column=config.kwargs.get("column"),
+            severity=severity_of(meta, settings),
+            row_level=bool(meta.get("row_level")),
+            success=bool(r.success),
+            observed_value=_plain(res.get("observed_value")),
+            unexpected_count=res.get("unexpected_count"),
+            element_count=res.get("element_count"),
+            description=meta.get("description", ""),
+            failing_rows=[{k: _plain(v) for k, v in row.items()} for row in res.get("unexpected_index_list") or []],
+        ))
+    return outcomes
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The gate
+
+
+def _reject_failing_rows(con, settings: Settings, run_id: str, suite: str, outcomes: list[Outcome]) -> None:
+    """Move rows of row-level expectations that passed within ``mostly`` from staging to rejects."""
+    rows = []
+    for outcome in outcomes:
+        if not (outcome.row_level and outcome.success and outcome.failing_rows):
+            continue
+        for row in outcome.failing_rows:
+            value = row.get(outcome.column) if outcome.column else None
+            rows.append({"file_id": int(row["file_id"]), "line_number": int(row["line_number"]),
+                         "reason": f"validation {suite}.{outcome.label}: {outcome.column}={value!r} "
+                                   f"({outcome.description or 'failed'})"})
+        outcome.rows_rejected = len({(r["file_id"], r["line_number"]) for r in outcome.failing_rows})
+    if not rows:
+        return
+    failing = pd.DataFrame(rows).groupby(INDEX_COLUMNS, as_index=False).agg({"reason": "; ".join})
+    con.register("failing_rows_view", failing)
+    try:
+        con.execute("create or replace temp table failing_rows as select * from failing_rows_view")
+    finally:
+        con.unregister("failing_rows_view")
+    params = {"run_id": run_id, "kind": suite, "staging_table": STAGING_TABLE[suite]}
+    db.run(con, settings, "validate/reject_rows", params)
+    for file_id, n in db.run(con, settings, "validate/reject_counts"):
+        db.run(con, settings, "validate/move_to_rejected", {"file_id": file_id, "n": n})
+    con.execute(f"delete from {STAGING_TABLE[suite]} s using failing_rows f "
+                "where s.run_id = $run_id and s.file_id = f.file_id and s.line_number = f.line_number",
+                {"run_id": run_id})
+
+
+def _store(con, settings: Settings, run_id: str, outcomes: list[Outcome]) -> None:
+    for o in outcomes:
+        sample = o.failing_rows[:5]
+        db.run(con, settings, "validate/insert_result", {
+            "run_id": run_id, "suite": o.suite, "expectation": o.expectation, "column_name": o.column,
+            "severity": o.severity, "success": o.success, "observed_value": o.observed_text(),
+            "unexpected_count": o.unexpected_count, "element_count": o.element_count,
+            "rows_rejected": o.rows_rejected, "details": json.dumps(sample, default=str) if sample else None,
+        })
+
+
+def failure_message(result: GateResult) -> str:
+    lines = [f"validation gate stopped batch {result.run_id}; it is held in staging and nothing reached the "
+             f"final tables:"]
+    for o in result.critical_failures:
+        lines.append(f"  suite '{o.suite}', expectation {o.label} [critical]: observed {o.observed_text()}"
+                     + (f" - {o.description}" if o.description else ""))
+        for row in o.failing_rows[:3]:
+            lines.append(f"    failing row: file {row.get('file_id')} line {row.get('line_number')}: "
+                         + ", ".join(f"{k}={v!r}" for k, v in row.items() if k not in INDEX_COLUMNS))
+    lines.append("Fix the source and ingest it again, or adjust the RECSYS_* thresholds and run "
+                 f"`recsys validate --run-id {result.run_id}`.")
+    return "\n".join(lines)
+
+
+def validate_batch(
+    con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, now: datetime | None = None,
+    all_users_known: bool = False, all_items_known: bool = False, raise_on_failure: bool = True,
+) -> GateResult:
+    """Run the gate on the batch staged under ``run_id``: reject rows, hold the batch, or let it through."""
+    now = now or datetime.now(UTC)
+    db.run(con, settings, "validate/release_batch", {"run_id": run_id})  # re-validating a held batch
+    runner = GxRunner(settings)
+    outcomes: list[Outcome] = []
+    for suite in GATED_SUITES:
+        frame = con.execute(db.sql_text(settings, f"validate/{suite}_batch"), _batch_params(
+            settings, suite, run_id, all_users_known, all_items_known)).df()
+        staged = db.scalar(con, "select count(*) from ingest_ledger where run_id = $run_id and kind = $kind "
+                                "and status = 'staged'", {"run_id": run_id, "kind": suite})
+        if frame.empty and not staged:
+            continue  # this batch has no file of this kind
+        parameters = suite_parameters(con, settings, run_id, now, len(frame))
+        suite_outcomes = _outcomes(suite, runner.run(suite, frame, parameters, run_id, INDEX_COLUMNS), settings)
+        if all(o.success or o.severity != "critical" for o in suite_outcomes):
+            _reject_failing_rows(con, settings, run_id, suite, suite_outcomes)
+        outcomes.extend(suite_outcomes)
+    result = GateResult(run_id=run_id, outcomes=outcomes, docs_path=runner.docs_path())
+    _store(con, settings, run_id, outcomes)
+    if not result.passed:
+        db.run(con, settings, "validate/hold_batch", {"run_id": run_id,
+                                                      "message": failure_message(result).splitlines()[1].strip()})
+        if raise_on_failure:
+            raise ValidationFailedError(failure_message(result))
+    return result
+
+
+def _batch_params(settings, suite, run_id, all_users_known, all_items_known) -> dict:
+    params = {"run_id": run_id}
+    if suite == "interactions":
+        params.update(all_users_known=all_users_known, all_items_known=all_items_known)
+    return params
+
+
+def format_gate(result: GateResult) -> str:
+    lines = [f"validation gate for {result.run_id}: {'PASSED' if result.passed else 'STOPPED'} "
+             f"({len(result.outcomes)} expectations, {len(result.critical_failures)} critical failures, "
+             f"{len(result.warnings)} warnings, {result.rows_rejected} rows moved to rejects)"]
+    for o in result.outcomes:
+        if o.success and not o.rows_rejected:
+            continue
+        status = "ok" if o.success else ("FAIL" if o.severity == "critical" else "warn")
+        extra = f", {o.rows_rejected} rows rejected" if o.rows_rejected else ""
+        lines.append(f"  {status:4} [{o.severity}] {o.suite}.{o.label}: {o.observed_text()}{extra}")
+    if result.docs_path:
+        lines.append(f"  Data Docs: {result.docs_path}")
+    return "\n".join(lines)
+
+
+def gate_markdown(result: GateResult) -> str:
+    rows = ["| suite | expectation | severity | result | observed | rows rejected |", "|---|---|---|---|---|---|"]
+    for o in result.outcomes:
+        rows.append(f"| {o.suite} | {o.label} | {o.severity} | {'pass' if o.success else 'FAIL'} | "
+                    f"{o.observed_text()} | {o.rows_rejected} |")
+    head = f"# Validation gate {result.run_id}: {'passed' if result.passed else 'STOPPED'}\n\n"
+    docs = f"\n\nData Docs: `{result.docs_path}`" if result.docs_path else ""
+    return head + "\n".join(rows) + docs
+
+
+def docs_index(settings: Settings) -> Path:
+    return settings.home / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"

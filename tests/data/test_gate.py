@@ -1,0 +1,113 @@
+"""The gate on real batches: what is stopped, what is rejected row by row, what goes through."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from recsys import db
+from recsys.errors import ValidationFailedError
+from recsys.settings import Settings
+from tasks import ingest, validate
+from tasks.sources import movielens_specs, synthetic_specs
+
+NOW = datetime(2026, 11, 22, tzinfo=UTC)
+GOOD_TS = 1_700_000_000  # 2023-11-14
+FUTURE_TS = 1_900_000_000  # 2030
+
+
+def landing(tmp_path, rows: list[tuple[int, int, float, int]]):
+    """A synthetic-layout folder: 20 users, 30 items, and the given interactions."""
+    folder = tmp_path / "landing"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "users.csv").write_text("user_id,age,gender,occupation,zip\n" + "".join(
+        f"{u},{20 + u},{'MF'[u % 2]},writer,1000{u % 10}\n" for u in range(1, 21)))
+    (folder / "items.csv").write_text("item_id,title,release_date,genres\n" + "".join(
+        f"{i},Item {i},2000-01-01,Drama\n" for i in range(1, 31)))
+    (folder / "interactions.csv").write_text("user_id,item_id,rating,timestamp\n" + "".join(
+        f"{u},{i},{r},{t}\n" for u, i, r, t in rows))
+    return synthetic_specs(folder)
+
+
+def good_rows(n=100):
+    return [(1 + k % 20, 1 + (k * 7) % 30, 1.0 + k % 5, GOOD_TS + k) for k in range(n)]
+
+
+def gate(con, settings, specs, run_id="r1", **kwargs):
+    report = ingest.stage_batch(con, settings, specs, run_id, "synthetic")
+    result = validate.validate_batch(con, settings, run_id, now=NOW, **kwargs)
+    ingest.promote_batch(con, settings, run_id)
+    return ingest.batch_report(con, settings, report), result
+
+
+def test_movielens_passes_every_critical_expectation(con, settings, ml100k_dir):
+    report, result = gate(con, settings, movielens_specs(ml100k_dir))
+    assert result.passed and result.critical_failures == []
+    assert result.rows_rejected == 0
+    assert db.scalar(con, "select count(*) from interactions") == 100_000
+    stored = db.scalar(con, "select count(*) from validation_results where run_id = 'r1'")
+    assert stored == len(result.outcomes) == 15 + 6 + 6
+    assert result.docs_path and validate.docs_index(settings).exists()
+
+
+@pytest.mark.parametrize(("mutate", "expectation"), [
+    (lambda u, i, r, t: (u, i, 9.0, t), "expect_column_values_to_be_between(rating)"),
+    (lambda u, i, r, t: (u, i, r, FUTURE_TS), "expect_column_values_to_be_between(ts_epoch)"),
+    (lambda u, i, r, t: (u + 1000, i, r, t), "expect_column_values_to_be_in_set(user_known)"),
+])
+def test_mostly_bad_batch_is_stopped_and_never_reaches_interactions(con, settings, tmp_path, mutate, expectation):
+    rows = [mutate(*row) if k % 10 < 6 else row for k, row in enumerate(good_rows())]
+    specs = landing(tmp_path, rows)
+    ingest.stage_batch(con, settings, specs, "bad", "synthetic")
+    with pytest.raises(ValidationFailedError) as info:
+        validate.validate_batch(con, settings, "bad", now=NOW)
+    message = str(info.value)
+    assert "suite 'interactions'" in message and expectation in message
+    assert "60 of 100 rows unexpected" in message and "failing row: file" in message
+    assert "held in staging" in message
+    assert db.scalar(con, "select count(*) from interactions") == 0
+    ledger = con.execute("select status, rows_accepted, rows_held from ingest_ledger "
+                         "where kind = 'interactions'").fetchall()
+    assert ledger == [("held", 0, 100)]
+    assert db.scalar(con, "select count(*) from staging_interactions where run_id = 'bad'") == 100
+
+
+def test_a_handful_of_bad_rows_are_rejected_and_the_rest_loads(con, settings, tmp_path):
+    rows = good_rows()
+    rows[3] = (1, 2, 9.0, GOOD_TS)  # rating out of scale
+    rows[4] = (2, 3, 3.0, FUTURE_TS)  # in the future
+    rows[5] = (999, 4, 3.0, GOOD_TS)  # unknown user
+    report, result = gate(con, settings, landing(tmp_path, rows))
+    assert result.passed
+    assert db.scalar(con, "select count(*) from interactions") == 97
+    rejects = con.execute("select line_number, reason from rejects where stage = 'validation' order by 1").fetchall()
+    assert [line for line, _ in rejects] == [5, 6, 7]
+    assert "rating=9.0" in rejects[0][1] and "ts_epoch" in rejects[1][1] and "user_known" in rejects[2][1]
+    inter = next(f for f in report.files if f.kind == "interactions")
+    assert (inter.rows_read, inter.rows_accepted, inter.rows_rejected) == (100, 97, 3)
+    assert db.scalar(con, "select count(*) from ingest_ledger where rows_read <> "
+                          "rows_accepted + rows_rejected + rows_duplicate + rows_held") == 0
+
+
+def test_held_batch_passes_after_threshold_change(con, settings, tmp_path):
+    rows = [(u, i, 7.0, t) for u, i, r, t in good_rows()]
+    ingest.stage_batch(con, settings, landing(tmp_path, rows), "held", "synthetic")
+    assert not validate.validate_batch(con, settings, "held", now=NOW, raise_on_failure=False).passed
+    relaxed = Settings(home=settings.home, rating_max=10, mean_rating_max=8)
+    assert validate.validate_batch(con, relaxed, "held", now=NOW).passed
+    ingest.promote_batch(con, relaxed, "held")
+    assert db.scalar(con, "select count(*) from interactions") == 100
+
+
+def test_volume_is_a_warning_unless_configured_critical(con, settings, tmp_path):
+    gate(con, settings, landing(tmp_path, good_rows(100)))
+    small = [(u, i, r, t + 10_000) for u, i, r, t in good_rows(5)]
+    specs = landing(tmp_path / "day2", small)
+    ingest.stage_batch(con, settings, specs, "r2", "synthetic")
+    result = validate.validate_batch(con, settings, "r2", now=NOW)
+    assert result.passed
+    assert [o.label for o in result.warnings] == ["expect_table_row_count_to_be_between"]
+    strict = Settings(home=settings.home, volume_critical=True)
+    with pytest.raises(ValidationFailedError, match="expect_table_row_count_to_be_between"):
+        validate.validate_batch(con, strict, "r2", now=NOW)
