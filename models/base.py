@@ -1,0 +1,276 @@
+"""One contract for every recommender: ``fit / recommend / save / load``.
+
+The base class owns everything models share: id <-> index maps, encoded side features, the users' known
+items, blockwise scoring with bounded memory, excluding seen items, deterministic tie-breaking, and the
+save/load envelope (``params.json`` + ``metadata.json`` + arrays). A model only implements how to score a
+block of users (:meth:`Recommender.score_block`) and what state it learns.
+
+Users are served three ways, and ``recommend`` tells them apart:
+- **warm**: in the training interactions (their training items are their history);
+- **k-shot**: unseen in training, with a few known interactions passed as ``history``;
+- **zero-shot**: no interactions at all; only their demographics (if in ``user_features``) are known.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recsys import schema
+
+# Memory bound of one scoring block: users x items float32 scores.
+SCORE_BLOCK_CELLS = 16_000_000
+DEMOGRAPHIC_COLUMNS = ("gender", "age_bucket", "occupation", "zip_region")
+
+
+@dataclass
+class UserBlock:
+    """A block of users to score, with everything a model may use."""
+
+    user_ids: np.ndarray  # (b,) external ids
+    train_rows: np.ndarray  # (b,) row in the training matrix, -1 if unseen in training
+    history: sp.csr_matrix  # (b, n_items) known interactions (training items for warm users)
+    demographics: np.ndarray  # (b, len(DEMOGRAPHIC_COLUMNS)) vocabulary indices, 0 = unknown
+
+    @property
+    def history_length(self) -> np.ndarray:
+        return np.diff(self.history.indptr)
+
+
+class Recommender(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, **params: Any):
+        self.params = {**self.default_params(), **params}
+        self.seed: int | None = None
+        self.fitted = False
+        self.meta: dict[str, Any] = {}
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {}
+
+    # -- fitting -------------------------------------------------------------------------------------------
+
+    def fit(
+        self, interactions: pl.DataFrame, user_features: pl.DataFrame, item_features: pl.DataFrame, seed: int
+    ) -> Self:
+        started = time.perf_counter()
+        self.seed = int(seed)
+        self._encode(interactions, user_features, item_features)
+        self._fit(seed)
+        self.fitted = True
+        self.meta = {
+            "model": self.name,
+            "params": self.params,
+            "seed": self.seed,
+            "n_users": int(len(self.user_ids)),
+            "n_items": int(len(self.item_ids)),
+            "n_interactions": int(self.train.nnz),
+            "data_fingerprint": data_fingerprint(interactions),
+            "training_seconds": round(time.perf_counter() - started, 3),
+            "versions": library_versions(),
+        }
+        return self
+
+    @abstractmethod
+    def _fit(self, seed: int) -> None:
+        """Learn from ``self.train`` (users x items CSR) and the encoded side features."""
+
+    def _encode(self, interactions: pl.DataFrame, user_features: pl.DataFrame, item_features: pl.DataFrame) -> None:
+        # The catalogue: every item with features, plus any item seen in training.
+        self.item_ids = np.unique(np.concatenate([
+            item_features["item_id"].to_numpy(), interactions["item_id"].unique().to_numpy()])).astype(np.int64)
+        self.user_ids = np.unique(interactions["user_id"].to_numpy()).astype(np.int64)
+        rows = np.searchsorted(self.user_ids, interactions["user_id"].to_numpy())
+        cols = np.searchsorted(self.item_ids, interactions["item_id"].to_numpy())
+        train = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+                              shape=(len(self.user_ids), len(self.item_ids)))
+        train.sum_duplicates()
+        train.data[:] = 1.0  # implicit feedback: interacted or not
+        self.train = train
+        self.item_popularity = np.asarray(train.sum(axis=0)).ravel().astype(np.float32)
+        # Deterministic tie-breaker: more popular first, then lower item id.
+        order = np.lexsort((self.item_ids, -self.item_popularity))
+        self.tiebreak = np.empty(len(self.item_ids), dtype=np.float32)
+        self.tiebreak[order] = np.linspace(1.0, 0.0, len(order), dtype=np.float32)
+        self._encode_side_features(user_features, item_features)
+
+    def _encode_side_features(self, user_features: pl.DataFrame, item_features: pl.DataFrame) -> None:
+        uf = user_features.sort("user_id")
+        self.feature_user_ids = uf["user_id"].to_numpy().astype(np.int64)
+        self.vocab: dict[str, list[str]] = {}
+        codes = []
+        for column in DEMOGRAPHIC_COLUMNS:
+            values = (uf[column].fill_null("unknown").cast(pl.String) if column in uf.columns
+                      else pl.Series(column, ["unknown"] * uf.height, dtype=pl.String))
+            vocab = ["<unk>"] + sorted(set(values.unique().to_list()) - {"unknown"})
+            self.vocab[column] = vocab
+            codes.append(values.replace_strict({v: i for i, v in enumerate(vocab)}, default=0,
+                                               return_dtype=pl.Int32).to_numpy())
+        self.user_demographics = (np.stack(codes, axis=1) if codes else np.zeros((uf.height, 0), np.int32))
+
+        # Item side features, aligned to self.item_ids (items without features keep zeros).
+        itf = item_features.sort("item_id")
+        self.genre_vocab = list(schema.GENRES)
+        rows = np.searchsorted(self.item_ids, itf["item_id"].to_numpy())
+        pairs = itf.select("item_id", "genres").explode("genres").drop_nulls()
+        pairs = pairs.filter(pl.col("genres").is_in(self.genre_vocab))
+        genres = np.zeros((len(self.item_ids), len(self.genre_vocab)), dtype=np.float32)
+        genres[np.searchsorted(self.item_ids, pairs["item_id"].to_numpy()),
+               pairs["genres"].replace_strict({g: i for i, g in enumerate(self.genre_vocab)},
+                                              return_dtype=pl.Int64).to_numpy()] = 1.0
+        self.item_genres = genres
+        self.item_year = np.zeros(len(self.item_ids), dtype=np.int32)
+        self.item_year[rows] = itf["release_year"].fill_null(0).to_numpy().astype(np.int32)
+
+    # -- serving -------------------------------------------------------------------------------------------
+
+    def recommend(
+        self, user_ids, n: int = schema.DEFAULT_K, exclude_seen: bool = True, history: pl.DataFrame | None = None,
+    ) -> pl.DataFrame:
+        """Top-``n`` items per user as (user_id, item_id, rank, score), scored in blocks of users."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: call fit() or load() before recommend()")
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        n = min(n, len(self.item_ids))
+        extra = self._history_matrix(user_ids, history)
+        block = max(1, SCORE_BLOCK_CELLS // max(1, len(self.item_ids)))
+        frames = []
+        for lo in range(0, len(user_ids), block):
+            ub = self._user_block(user_ids[lo:lo + block], extra[lo:lo + block])
+            scores = np.asarray(self.score_block(ub), dtype=np.float32)
+            scores = scores + 1e-6 * self.tiebreak[None, :]  # deterministic ties
+            if exclude_seen:
+                seen = ub.history.tocoo()
+                scores[seen.row, seen.col] = -np.inf
+            frames.append(_top_n(ub.user_ids, scores, n, self.item_ids))
+        if not frames:
+            return pl.DataFrame(schema=RECOMMENDATION_SCHEMA)
+        return pl.concat(frames)
+
+    def score_users(self, user_ids, history: pl.DataFrame | None = None) -> np.ndarray:
+        """Raw scores (len(user_ids), n_items) aligned with ``self.item_ids``; for small user sets."""
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        block = self._user_block(user_ids, self._history_matrix(user_ids, history))
+        return np.asarray(self.score_block(block), dtype=np.float32)
+
+    def _history_matrix(self, user_ids: np.ndarray, history: pl.DataFrame | None) -> sp.csr_matrix:
+        """Known interactions passed in at serving time, as a (len(user_ids), n_items) matrix."""
+        shape = (len(user_ids), len(self.item_ids))
+        if history is None or history.height == 0:
+            return sp.csr_matrix(shape, dtype=np.float32)
+        order = np.argsort(user_ids, kind="stable")
+        h_users = history["user_id"].to_numpy()
+        h_items = history["item_id"].to_numpy()
+        pos = np.searchsorted(user_ids[order], h_users)
+        pos = np.clip(pos, 0, len(user_ids) - 1)
+        col = np.searchsorted(self.item_ids, h_items)
+        col = np.clip(col, 0, len(self.item_ids) - 1)
+        keep = (user_ids[order][pos] == h_users) & (self.item_ids[col] == h_items)  # unknown items ignored
+        m = sp.csr_matrix((np.ones(keep.sum(), np.float32), (order[pos[keep]], col[keep])), shape=shape)
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        return m
+
+    def _user_block(self, user_ids: np.ndarray, extra: sp.csr_matrix) -> UserBlock:
+        idx = np.searchsorted(self.user_ids, user_ids)
+        idx = np.clip(idx, 0, max(len(self.user_ids) - 1, 0))
+        known = (len(self.user_ids) > 0) & (self.user_ids[idx] == user_ids)
+        train_rows = np.where(known, idx, -1)
+        history = self.train[np.where(known, idx, 0)]
+        history = sp.diags(known.astype(np.float32)) @ history + extra
+        history = history.tocsr()
+        history.data[:] = 1.0
+        fidx = np.clip(np.searchsorted(self.feature_user_ids, user_ids), 0, max(len(self.feature_user_ids) - 1, 0))
+        has_features = (len(self.feature_user_ids) > 0) & (self.feature_user_ids[fidx] == user_ids)
+        demographics = np.where(has_features[:, None], self.user_demographics[fidx], 0).astype(np.int32)
+        return UserBlock(user_ids, train_rows, history, demographics)
+
+    @abstractmethod
+    def score_block(self, users: UserBlock) -> np.ndarray:
+        """Scores (len(users), n_items); higher is better. Seen items are masked by the caller."""
+
+    # -- persistence ---------------------------------------------------------------------------------------
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "params.json").write_text(json.dumps({"model": self.name, "params": self.params,
+                                                      "seed": self.seed}, indent=2, default=str))
+        (path / "metadata.json").write_text(json.dumps(self.meta, indent=2, default=str))
+        sp.save_npz(path / "train.npz", self.train)
+        np.savez(path / "encoding.npz", item_ids=self.item_ids, user_ids=self.user_ids,
+                 feature_user_ids=self.feature_user_ids, user_demographics=self.user_demographics,
+                 item_genres=self.item_genres, item_year=self.item_year, item_popularity=self.item_popularity,
+                 tiebreak=self.tiebreak)
+        (path / "vocab.json").write_text(json.dumps({"demographics": self.vocab, "genres": self.genre_vocab}))
+        self._save_state(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        path = Path(path)
+        saved = json.loads((path / "params.json").read_text())
+        model = cls(**saved["params"])
+        model.seed = saved["seed"]
+        model.meta = json.loads((path / "metadata.json").read_text())
+        model.train = sp.load_npz(path / "train.npz").tocsr()
+        with np.load(path / "encoding.npz") as arrays:
+            for key in arrays.files:
+                setattr(model, key, arrays[key])
+        vocab = json.loads((path / "vocab.json").read_text())
+        model.vocab, model.genre_vocab = vocab["demographics"], vocab["genres"]
+        model._load_state(path)
+        model.fitted = True
+        return model
+
+    def _save_state(self, path: Path) -> None:
+        """Write what ``_fit`` learned (arrays, weights)."""
+
+    def _load_state(self, path: Path) -> None:
+        """Read what ``_save_state`` wrote."""
+
+
+RECOMMENDATION_SCHEMA = {"user_id": pl.Int64, "item_id": pl.Int64, "rank": pl.Int32, "score": pl.Float32}
+
+
+def _top_n(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray) -> pl.DataFrame:
+    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    top = np.take_along_axis(part, order, axis=1)
+    top_scores = np.take_along_axis(part_scores, order, axis=1)
+    valid = np.isfinite(top_scores)  # a user who has seen almost everything gets a shorter list
+    return pl.DataFrame({
+        "user_id": np.repeat(user_ids, n)[valid.ravel()],
+        "item_id": item_ids[top].ravel()[valid.ravel()],
+        "rank": np.tile(np.arange(1, n + 1, dtype=np.int32), len(user_ids))[valid.ravel()],
+        "score": top_scores.ravel()[valid.ravel()].astype(np.float32),
+    }, schema=RECOMMENDATION_SCHEMA)
+
+
+def data_fingerprint(interactions: pl.DataFrame) -> str:
+    """A content hash of the training interactions (order-independent)."""
+    h = interactions.select(pl.struct("user_id", "item_id").hash(seed=0).sum()).item()
+    return f"{interactions.height}-{h:x}"
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("numpy", "scipy", "polars", "keras", "tensorflow-cpu", "tensorflow"):
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions

@@ -1,0 +1,166 @@
+"""A hybrid that blends a feature-based deep model, collaborative filtering and segment popularity.
+
+The blend weights depend on how much history a user has: a user with no interactions is served by
+features and popularity, a user with many by CF. Weights are tuned per history bucket on *validation
+users* drawn from the training interactions (never from test users): their first k interactions by time
+are revealed as history and the rest are the truth, as for cold users at evaluation time. The components
+are then refitted on all training interactions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from models.base import Recommender, UserBlock
+from models.ranking import ndcg_from_hits, standardize_rows, top_k_indices
+
+BUCKET_EDGES = (0, 1, 3, 5, 10, 20)  # bucket b holds history lengths in [edge_b, edge_b+1)
+
+
+def bucket_of(history_length: np.ndarray) -> np.ndarray:
+    return np.searchsorted(np.asarray(BUCKET_EDGES), history_length, side="right") - 1
+
+
+class Hybrid(Recommender):
+    name = "hybrid"
+
+    @classmethod
+    def default_params(cls) -> dict:
+        return {
+            "components": ["two_tower", "ease", "segment_popularity"],
+            "component_params": {},
+            "validation_share": 0.15,
+            "min_validation_history": 5,
+            "grid_step": 0.1,
+            "k": 10,
+            "refit": True,
+        }
+
+    def fit(self, interactions, user_features, item_features, seed):
+        self._frames = (interactions, user_features, item_features)
+        try:
+            return super().fit(interactions, user_features, item_features, seed)
+        finally:
+            del self._frames
+
+    def _component(self, name: str) -> Recommender:
+        from models.registry import build
+
+        return build(name, **self.params["component_params"].get(name, {}))
+
+    def _fit(self, seed: int) -> None:
+        interactions, user_features, item_features = self._frames
+        p = self.params
+        counts = interactions.group_by("user_id").len()
+        eligible = counts.filter(pl.col("len") >= p["min_validation_history"] + 1)["user_id"].sort().to_numpy()
+        rng = np.random.default_rng(seed)
+        n_val = int(round(len(eligible) * p["validation_share"]))
+        val_users = np.sort(rng.choice(eligible, size=n_val, replace=False)) if n_val else np.array([], np.int64)
+        fit_part = interactions.filter(~pl.col("user_id").is_in(val_users))
+        val_part = interactions.filter(pl.col("user_id").is_in(val_users)).sort("user_id", "ts", "item_id")
+
+        components = {name: self._component(name).fit(fit_part, user_features, item_features, seed)
+                      for name in p["components"]}
+        self.weights, self.tuning = self._tune(components, val_users, val_part)
+        if p["refit"]:
+            components = {name: self._component(name).fit(interactions, user_features, item_features, seed)
+                          for name in p["components"]}
+        self.components = components
+
+    def _grid(self) -> list[tuple[float, ...]]:
+        steps = int(round(1 / self.params["grid_step"]))
+        n = len(self.params["components"])
+        return [tuple(c / steps for c in combo) for combo in itertools.product(range(steps + 1), repeat=n)
+                if sum(combo) == steps]
+
+    def _tune(self, components: dict[str, Recommender], val_users: np.ndarray, val_part: pl.DataFrame):
+        names = list(components)
+        grid = self._grid()
+        weights: dict[int, list[float]] = {}
+        tuning: dict[str, dict] = {}
+        default = tuple(1.0 if i == 0 else 0.0 for i in range(len(names)))
+        for b, k in enumerate(BUCKET_EDGES):
+            history = val_part.group_by("user_id", maintain_order=True).head(k)
+            truth = val_part.join(history, on=["user_id", "item_id", "ts"], how="anti")
+            users = np.intersect1d(val_users, truth["user_id"].unique().to_numpy())
+            if len(users) == 0:
+                weights[b] = list(default)
+                continue
+            z, relevant = [], None
+            for name in names:
+                model = components[name]
+                scores = model.score_users(users, history if k else None)
+                scores = self._align(model, scores)
+                seen = self._history_mask(users, history if k else None)
+                scores[seen] = -np.inf
+                z.append(standardize_rows(scores))
+                if relevant is None:
+                    relevant = self._truth_matrix(users, truth)
+            n_rel = relevant.sum(axis=1).astype(np.int64)
+            # A component that cannot rank these users at all (e.g. CF with no history) gets no weight,
+            # so that ties in the grid do not hand it weight that means nothing.
+            silent = [not np.any(np.where(np.isfinite(zi), zi, 0.0)) for zi in z]
+            candidates = [w for w in grid if not any(wi > 0 and quiet for wi, quiet in zip(w, silent, strict=True))]
+            candidates = candidates or grid
+            results = []
+            for w in candidates:
+                blend = sum(wi * zi for wi, zi in zip(w, z, strict=True) if wi > 0)
+                top = top_k_indices(blend, self.params["k"])
+                hits = np.take_along_axis(relevant, top, axis=1).astype(np.float64)
+                results.append(float(ndcg_from_hits(hits, n_rel).mean()))
+            best = int(np.argmax(results))  # first maximum in grid order: deterministic
+            weights[b] = list(candidates[best])
+            tuning[str(k)] = {
+                "users": int(len(users)), "weights": dict(zip(names, candidates[best], strict=True)),
+                "ndcg_blend": results[best],
+                "ndcg_components": {name: self._single(z[i], relevant, n_rel) for i, name in enumerate(names)},
+            }
+        return weights, tuning
+
+    def _single(self, z: np.ndarray, relevant: np.ndarray, n_rel: np.ndarray) -> float:
+        hits = np.take_along_axis(relevant, top_k_indices(z, self.params["k"]), axis=1).astype(np.float64)
+        return float(ndcg_from_hits(hits, n_rel).mean())
+
+    def _align(self, model: Recommender, scores: np.ndarray) -> np.ndarray:
+        if np.array_equal(model.item_ids, self.item_ids):
+            return scores
+        out = np.full((scores.shape[0], len(self.item_ids)), -np.inf, dtype=np.float32)
+        pos = np.searchsorted(self.item_ids, model.item_ids)
+        ok = (pos < len(self.item_ids)) & (self.item_ids[np.clip(pos, 0, len(self.item_ids) - 1)] == model.item_ids)
+        out[:, pos[ok]] = scores[:, ok]
+        return out
+
+    def _history_mask(self, users: np.ndarray, history: pl.DataFrame | None) -> np.ndarray:
+        return self._history_matrix(users, history).toarray() > 0
+
+    def _truth_matrix(self, users: np.ndarray, truth: pl.DataFrame) -> np.ndarray:
+        return self._history_matrix(users, truth).toarray() > 0
+
+    def score_block(self, users: UserBlock) -> np.ndarray:
+        buckets = bucket_of(users.history_length)
+        z = [standardize_rows(np.asarray(self.components[name].score_block(users), dtype=np.float32))
+             for name in self.params["components"]]
+        w = np.array([self.weights[int(b)] for b in buckets], dtype=np.float32)  # (users, components)
+        out = np.zeros_like(z[0])
+        for j, zj in enumerate(z):
+            out += w[:, j:j + 1] * np.where(np.isfinite(zj), zj, 0.0)
+        return out
+
+    def _save_state(self, path: Path) -> None:
+        for name, model in self.components.items():
+            model.save(path / "components" / name)
+        (path / "weights.json").write_text(json.dumps({"weights": {str(b): w for b, w in self.weights.items()},
+                                                       "tuning": self.tuning}, indent=2))
+
+    def _load_state(self, path: Path) -> None:
+        from models.registry import load
+
+        self.components = {name: load(path / "components" / name) for name in self.params["components"]}
+        saved = json.loads((path / "weights.json").read_text())
+        self.weights = {int(b): w for b, w in saved["weights"].items()}
+        self.tuning = saved["tuning"]

@@ -1,0 +1,212 @@
+"""A two-tower deep model in plain Keras 3 (``keras.ops``, no TFRS) that can serve users with no history.
+
+User tower: user-id embedding + demographic embeddings + a bag of the user's known items (mean of item
+embeddings) -> MLP. Item tower: item-id embedding + genres + release decade + log popularity -> MLP.
+Trained with in-batch softmax (accidental hits masked). DropoutNet-style training: the user id is replaced
+by the out-of-vocabulary id and the bag is shortened or emptied at random, so the tower learns to rank
+from demographics alone (zero-shot) and from a few known items (k-shot).
+
+The model itself is backend-agnostic Keras; the training input pipeline is ``tf.data`` on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from models.base import Recommender, UserBlock
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+from keras import ops  # noqa: E402
+
+N_DECADES = 16  # 0 = unknown, 1 = before 1910 ... 15 = 2030s
+
+
+@keras.saving.register_keras_serializable(package="recsys")
+class TwoTowerNet(keras.Model):
+    def __init__(self, n_users, n_items, demo_sizes, item_genres, item_decade, item_logpop, item_logq,
+                 dim=64, hidden=128, temperature=0.05, **kwargs):
+        super().__init__(**kwargs)
+        self.config_ = {"n_users": int(n_users), "n_items": int(n_items), "demo_sizes": [int(s) for s in demo_sizes],
+                        "dim": int(dim), "hidden": int(hidden), "temperature": float(temperature)}
+        self.temperature = float(temperature)
+        self.user_id = keras.layers.Embedding(n_users + 1, dim, name="user_id")  # 0 = unknown user
+        self.demo = [keras.layers.Embedding(size, 16, name=f"demo_{k}") for k, size in enumerate(demo_sizes)]
+        self.bag_items = keras.layers.Embedding(n_items + 1, dim, name="bag_items")  # 0 = padding
+        self.user_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
+        self.item_id = keras.layers.Embedding(n_items, dim, name="item_id")
+        self.decade = keras.layers.Embedding(N_DECADES, 8, name="decade")
+        self.item_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
+        # Item side features live in the model as constants, so the item tower needs only an index.
+        self.genres = ops.convert_to_tensor(np.asarray(item_genres, dtype="float32"))
+        self.decades = ops.convert_to_tensor(np.asarray(item_decade, dtype="int32"))
+        self.logpop = ops.convert_to_tensor(np.asarray(item_logpop, dtype="float32")[:, None])
+        # log of each item's sampling probability as an in-batch negative (logQ correction, Yi et al. 2019):
+        # without it in-batch softmax learns p(i|u)/p(i) and buries popular items.
+        self.logq = ops.convert_to_tensor(np.asarray(item_logq, dtype="float32"))
+
+    def user_tower(self, user, demo, bag):
+        parts = [self.user_id(user)]
+        parts += [layer(demo[:, k]) for k, layer in enumerate(self.demo)]
+        mask = ops.cast(ops.greater(bag, 0), "float32")[:, :, None]
+        bag_sum = ops.sum(self.bag_items(bag) * mask, axis=1)
+        parts.append(bag_sum / ops.maximum(ops.sum(mask, axis=1), 1.0))
+        x = ops.concatenate(parts, axis=-1)
+        for layer in self.user_mlp:
+            x = layer(x)
+        return ops.normalize(x, axis=-1)
+
+    def item_tower(self, item):
+        x = ops.concatenate([
+            self.item_id(item),
+            ops.take(self.genres, item, axis=0),
+            self.decade(ops.take(self.decades, item, axis=0)),
+            ops.take(self.logpop, item, axis=0),
+        ], axis=-1)
+        for layer in self.item_mlp:
+            x = layer(x)
+        return ops.normalize(x, axis=-1)
+
+    def call(self, inputs):
+        item = inputs["item"]
+        u = self.user_tower(inputs["user"], inputs["demo"], inputs["bag"])
+        v = self.item_tower(item)
+        logits = ops.matmul(u, ops.transpose(v)) / self.temperature - ops.take(self.logq, item, axis=0)[None, :]
+        # Mask accidental hits: the same item elsewhere in the batch is not a negative.
+        same = ops.equal(item[:, None], item[None, :])
+        eye = ops.eye(ops.shape(item)[0], dtype="bool")
+        return ops.where(ops.logical_and(same, ops.logical_not(eye)), -1e9, logits)
+
+    def get_config(self):
+        return dict(self.config_)
+
+
+def _decade(years: np.ndarray) -> np.ndarray:
+    return np.where(years > 0, np.clip((years - 1900) // 10 + 1, 1, N_DECADES - 1), 0).astype(np.int32)
+
+
+class TwoTower(Recommender):
+    name = "two_tower"
+
+    @classmethod
+    def default_params(cls) -> dict:
+        return {"dim": 64, "hidden": 128, "temperature": 0.05, "epochs": 30, "batch_size": 1024,
+                "learning_rate": 3e-3, "bag_size": 20, "id_dropout": 0.5, "bag_dropout": 0.3,
+                "patience": 3, "validation_share": 0.05, "verbose": 0}
+
+    # -- training ------------------------------------------------------------------------------------------
+
+    def _build_net(self) -> TwoTowerNet:
+        logpop = np.log1p(self.item_popularity)
+        logpop = (logpop - logpop.mean()) / (logpop.std() + 1e-6)
+        logq = np.log((self.item_popularity + 1.0) / (self.item_popularity.sum() + len(self.item_popularity)))
+        net = TwoTowerNet(len(self.user_ids), len(self.item_ids), [len(self.vocab[c]) for c in self.vocab],
+                          self.item_genres, _decade(self.item_year), logpop, logq, dim=self.params["dim"],
+                          hidden=self.params["hidden"], temperature=self.params["temperature"])
+        dummy = {"user": np.zeros(2, "int32"), "demo": np.zeros((2, len(self.vocab)), "int32"),
+                 "bag": np.zeros((2, self.params["bag_size"]), "int32"), "item": np.arange(2, dtype="int32") % max(
+                     1, len(self.item_ids))}
+        net(dummy)
+        return net
+
+    def _fit(self, seed: int) -> None:
+        import tensorflow as tf
+
+        keras.utils.set_random_seed(seed)
+        tf.config.experimental.enable_op_determinism()
+        p = self.params
+        coo = self.train.tocoo()
+        users, items = coo.row.astype(np.int32), coo.col.astype(np.int32)
+        rng = np.random.default_rng(seed)
+        is_val = rng.random(len(users)) < p["validation_share"]
+        fidx = np.clip(np.searchsorted(self.feature_user_ids, self.user_ids), 0, max(len(self.feature_user_ids) - 1, 0))
+        has = (len(self.feature_user_ids) > 0) & (self.feature_user_ids[fidx] == self.user_ids)
+        self.train_demographics = np.where(has[:, None], self.user_demographics[fidx], 0).astype(np.int32)
+
+        batch = int(min(p["batch_size"], max(2, (~is_val).sum())))
+        train_ds = self._dataset(users[~is_val], items[~is_val], batch, seed, shuffle=True)
+        callbacks = []
+        val_ds = None
+        if is_val.sum() >= batch:
+            val_ds = self._dataset(users[is_val], items[is_val], batch, seed + 1, shuffle=False)
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=p["patience"],
+                                                           restore_best_weights=True))
+        self.net = self._build_net()
+        self.net.compile(optimizer=keras.optimizers.Adam(p["learning_rate"]),
+                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = self.net.fit(train_ds, validation_data=val_ds, epochs=p["epochs"], callbacks=callbacks, shuffle=False,
+                               verbose=p["verbose"])
+        self.history_ = {k: [float(x) for x in v] for k, v in history.history.items()}
+        self._cache_item_embeddings()
+
+    def _dataset(self, users: np.ndarray, items: np.ndarray, batch: int, seed: int, shuffle: bool):
+        """tf.data: (user, item) pairs -> batches with sampled bags and DropoutNet-style id/bag dropout."""
+        import tensorflow as tf
+
+        p = self.params
+        indptr = tf.constant(self.train.indptr.astype(np.int64))
+        indices = tf.constant(self.train.indices.astype(np.int32))
+        demo_table = tf.constant(self.train_demographics)
+        bag_size = int(p["bag_size"])
+
+        def featurize(u, i):
+            n = tf.shape(u)[0]
+            start = tf.gather(indptr, u)
+            degree = tf.gather(indptr, u + 1) - start
+            r = tf.random.uniform((n, bag_size), seed=seed)
+            pos = start[:, None] + tf.cast(tf.floor(r * tf.cast(degree[:, None], tf.float32)), tf.int64)
+            bag = tf.gather(indices, pos) + 1
+            keep_k = tf.cast(tf.floor(tf.random.uniform((n, 1), seed=seed + 1) * (bag_size + 1)), tf.int32)
+            keep = tf.range(bag_size)[None, :] < keep_k
+            keep = keep & tf.not_equal(bag, (i + 1)[:, None])  # never the target itself
+            keep = keep & (tf.random.uniform((n, 1), seed=seed + 2) >= p["bag_dropout"])
+            bag = tf.where(keep, bag, 0)
+            user = tf.where(tf.random.uniform((n,), seed=seed + 3) < p["id_dropout"], 0, u + 1)
+            features = {"user": user, "demo": tf.gather(demo_table, u), "bag": bag, "item": i}
+            return features, tf.range(n)
+
+        ds = tf.data.Dataset.from_tensor_slices((users, items))
+        if shuffle:
+            ds = ds.shuffle(len(users), seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(batch, drop_remainder=True).map(featurize).prefetch(2)
+
+    # -- serving -------------------------------------------------------------------------------------------
+
+    def _cache_item_embeddings(self) -> None:
+        chunks = [ops.convert_to_numpy(self.net.item_tower(np.arange(lo, min(lo + 8192, len(self.item_ids)),
+                                                                     dtype="int32")))
+                  for lo in range(0, len(self.item_ids), 8192)]
+        self.item_embeddings = np.concatenate(chunks).astype(np.float32)
+
+    def user_embeddings(self, users: UserBlock) -> np.ndarray:
+        bag_size = int(self.params["bag_size"])
+        h = users.history
+        lengths = np.diff(h.indptr)
+        take = np.minimum(lengths, bag_size)
+        bag = np.zeros((len(users.user_ids), bag_size), dtype=np.int32)
+        rows = np.repeat(np.arange(len(users.user_ids)), take)
+        offsets = np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)
+        bag[rows, offsets] = h.indices[np.repeat(h.indptr[:-1], take) + offsets] + 1
+        user = np.where(users.train_rows >= 0, users.train_rows + 1, 0).astype(np.int32)
+        emb = self.net.user_tower(user, users.demographics.astype(np.int32), bag)
+        return ops.convert_to_numpy(emb).astype(np.float32)
+
+    def score_block(self, users: UserBlock) -> np.ndarray:
+        return self.user_embeddings(users) @ self.item_embeddings.T
+
+    def _save_state(self, path: Path) -> None:
+        self.net.save_weights(path / "two_tower.weights.h5")
+        np.save(path / "train_demographics.npy", self.train_demographics)
+        (path / "training_history.json").write_text(json.dumps(getattr(self, "history_", {})))
+
+    def _load_state(self, path: Path) -> None:
+        self.train_demographics = np.load(path / "train_demographics.npy")
+        self.net = self._build_net()
+        self.net.load_weights(path / "two_tower.weights.h5")
+        self._cache_item_embeddings()
