@@ -235,9 +235,11 @@ class Recommender(ABC):
         model.fitted = True
         return model
 
+    @abstractmethod
     def _save_state(self, path: Path) -> None:
         """Write what ``_fit`` learned (arrays, weights)."""
 
+    @abstractmethod
     def _load_state(self, path: Path) -> None:
         """Read what ``_save_state`` wrote."""
 
