@@ -159,6 +159,26 @@ class Recommender(ABC):
             return pl.DataFrame(schema=RECOMMENDATION_SCHEMA)
         return pl.concat(frames)
 
+    def recommend_for_profiles(self, profiles: pl.DataFrame, n: int = schema.DEFAULT_K) -> pl.DataFrame:
+        """Top-``n`` for people who are not in the users table yet, from demographics alone.
+
+        ``profiles`` has any of the demographic columns; a missing or unknown value means "unknown". The
+        result's user_id is the profile's row number.
+        """
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: call fit() or load() before recommend_for_profiles()")
+        codes = []
+        for column in DEMOGRAPHIC_COLUMNS:
+            vocab = {v: i for i, v in enumerate(self.vocab[column])}
+            values = (profiles[column].fill_null("unknown").cast(pl.String) if column in profiles.columns
+                      else pl.Series([None] * profiles.height, dtype=pl.String).fill_null("unknown"))
+            codes.append(values.replace_strict(vocab, default=0, return_dtype=pl.Int32).to_numpy())
+        rows = np.arange(profiles.height, dtype=np.int64)
+        block = UserBlock(rows, np.full(len(rows), -1), sp.csr_matrix((len(rows), len(self.item_ids)), dtype=np.float32),
+                          np.stack(codes, axis=1).astype(np.int32))
+        scores = np.asarray(self.score_block(block), dtype=np.float32) + 1e-6 * self.tiebreak[None, :]
+        return _top_n(rows, scores, min(n, len(self.item_ids)), self.item_ids)
+
     def score_users(self, user_ids, history: pl.DataFrame | None = None) -> np.ndarray:
         """Raw scores (len(user_ids), n_items) aligned with ``self.item_ids``; for small user sets."""
         user_ids = np.asarray(user_ids, dtype=np.int64)

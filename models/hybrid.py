@@ -3,8 +3,9 @@
 The blend weights depend on how much history a user has: a user with no interactions is served by
 features and popularity, a user with many by CF. Weights are tuned per history bucket on *validation
 users* drawn from the training interactions (never from test users): their first k interactions by time
-are revealed as history and the rest are the truth, as for cold users at evaluation time. The components
-are then refitted on all training interactions.
+are revealed as history and the rest are the truth, as for cold users at evaluation time. Users seen in
+training form one more bucket, tuned by revealing all but each validation user's latest 20 %. The
+components are then refitted on all training interactions.
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from models.base import Recommender, UserBlock
+from models.base import Recommender, UserBlock, data_fingerprint
 from models.ranking import ndcg_from_hits, standardize_rows, top_k_indices
 
 BUCKET_EDGES = (0, 1, 3, 5, 10, 20)  # bucket b holds history lengths in [edge_b, edge_b+1)
+WARM = len(BUCKET_EDGES)  # one more bucket: users seen in training (their whole history is known)
+WARM_TRUTH_SHARE = 0.2
 
 
-def bucket_of(history_length: np.ndarray) -> np.ndarray:
-    return np.searchsorted(np.asarray(BUCKET_EDGES), history_length, side="right") - 1
+def bucket_of(history_length: np.ndarray, in_training: np.ndarray | None = None) -> np.ndarray:
+    buckets = np.searchsorted(np.asarray(BUCKET_EDGES), history_length, side="right") - 1
+    if in_training is not None:
+        buckets = np.where(in_training, WARM, buckets)
+    return buckets
 
 
 class Hybrid(Recommender):
@@ -48,6 +54,10 @@ class Hybrid(Recommender):
         finally:
             del self._frames
 
+    def use_fitted(self, models: dict[str, Recommender]) -> None:
+        """Offer already-fitted components; one fitted on the same interactions is reused, not refitted."""
+        self._prefitted = dict(models)
+
     def _component(self, name: str) -> Recommender:
         from models.registry import build
 
@@ -68,8 +78,15 @@ class Hybrid(Recommender):
                       for name in p["components"]}
         self.weights, self.tuning = self._tune(components, val_users, val_part)
         if p["refit"]:
-            components = {name: self._component(name).fit(interactions, user_features, item_features, seed)
-                          for name in p["components"]}
+            fingerprint = data_fingerprint(interactions)
+            prefitted = getattr(self, "_prefitted", {})
+            components = {}
+            for name in p["components"]:
+                ready = prefitted.get(name)
+                same = (ready is not None and ready.meta.get("data_fingerprint") == fingerprint
+                        and ready.seed == seed and ready.params == self._component(name).params)
+                components[name] = ready if same else self._component(name).fit(
+                    interactions, user_features, item_features, seed)
         self.components = components
 
     def _grid(self) -> list[tuple[float, ...]]:
@@ -84,8 +101,14 @@ class Hybrid(Recommender):
         weights: dict[int, list[float]] = {}
         tuning: dict[str, dict] = {}
         default = tuple(1.0 if i == 0 else 0.0 for i in range(len(names)))
-        for b, k in enumerate(BUCKET_EDGES):
-            history = val_part.group_by("user_id", maintain_order=True).head(k)
+        ordered = val_part.with_columns(position=pl.int_range(pl.len()).over("user_id"), n=pl.len().over("user_id"))
+        for b, k in enumerate((*BUCKET_EDGES, None)):
+            if k is None:  # warm: all but each user's latest interactions are known
+                history = ordered.filter(pl.col("position") < (pl.col("n") * (1 - WARM_TRUTH_SHARE)).ceil())
+                k = "warm"
+            else:
+                history = ordered.filter(pl.col("position") < k)
+            history = history.drop("position", "n")
             truth = val_part.join(history, on=["user_id", "item_id", "ts"], how="anti")
             users = np.intersect1d(val_users, truth["user_id"].unique().to_numpy())
             if len(users) == 0:
@@ -94,9 +117,9 @@ class Hybrid(Recommender):
             z, relevant = [], None
             for name in names:
                 model = components[name]
-                scores = model.score_users(users, history if k else None)
+                scores = model.score_users(users, history if history.height else None)
                 scores = self._align(model, scores)
-                seen = self._history_mask(users, history if k else None)
+                seen = self._history_mask(users, history if history.height else None)
                 scores[seen] = -np.inf
                 z.append(standardize_rows(scores))
                 if relevant is None:
@@ -142,7 +165,7 @@ class Hybrid(Recommender):
         return self._history_matrix(users, truth).toarray() > 0
 
     def score_block(self, users: UserBlock) -> np.ndarray:
-        buckets = bucket_of(users.history_length)
+        buckets = bucket_of(users.history_length, users.train_rows >= 0)
         z = [standardize_rows(np.asarray(self.components[name].score_block(users), dtype=np.float32))
              for name in self.params["components"]]
         w = np.array([self.weights[int(b)] for b in buckets], dtype=np.float32)  # (users, components)

@@ -100,6 +100,91 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from flows.nightly import nightly_flow
+
+    mapping = _mapping_from_args(args)
+    nightly_flow(run_date=args.run_date, source=args.source, path=args.path, mapping=mapping, users=args.users,
+                 items=args.items, mapping_dir=str(Path(args.mapping).resolve().parent) if args.mapping else None,
+                 models=args.models, publish_model=args.publish_model)
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from recsys import db, runs
+    from recsys.settings import Settings
+    from tasks.features import features_step
+    from tasks.train import train_step
+
+    settings = Settings()
+    settings.ensure_dirs()
+    run_id = runs.new_run_id("train")
+    names = args.models or list(settings.models)
+    with db.warehouse(settings) as con:
+        runs.start_run(con, settings, run_id, "train", params={"models": names})
+    counts = features_step(settings, run_id)
+    print(f"features: {counts['user_features']:,} users ({counts['users_without_history']:,} without history), "
+          f"{counts['item_features']:,} items")
+    result = train_step(settings, run_id, names)
+    with db.warehouse(settings) as con:
+        runs.finish_run(con, settings, run_id, "trained")
+    print(f"models saved under {result['model_dir']}")
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from recsys import db, runs
+    from recsys.settings import Settings
+    from tasks.evaluate import evaluate_step
+    from tasks.report import headline_table
+
+    settings = Settings()
+    settings.ensure_dirs()
+    run_id = runs.new_run_id("evaluate")
+    names = args.models or list(settings.models)
+    with db.warehouse(settings) as con:
+        runs.start_run(con, settings, run_id, "evaluate", params={"models": names})
+    result = evaluate_step(settings, run_id, names)
+    with db.warehouse(settings) as con:
+        runs.finish_run(con, settings, run_id, "evaluated")
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40):
+        print(headline_table(pl.read_parquet(result["metrics"]), k=min(settings.ks)))
+    print(f"report: {result['report_html']}\nmetrics: {result['metrics']} (and the `metrics` table)")
+    return EXIT_OK
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from recsys.settings import Settings
+    from tasks.query import named_query, open_views, run_readonly
+
+    settings = Settings()
+    sql = named_query(settings, args.query) if args.named else args.query
+    params = dict(p.split("=", 1) for p in args.param or [])
+    con = open_views(settings)
+    frame = run_readonly(con, sql, {k: int(v) if v.lstrip("-").isdigit() else v for k, v in params.items()}).pl()
+    with pl.Config(tbl_rows=args.limit, tbl_cols=-1, tbl_width_chars=200):
+        print(frame)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.nightly import nightly_flow
+
+    nightly_flow.serve(name="nightly", cron=args.cron, parameters={"source": args.source, "path": args.path},
+                       tags=["recsys"])
+    return EXIT_OK
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from benchmarks.quality import main as quality_main
+
+    return quality_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +205,45 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="re-run the validation gate on a staged or held batch")
     val.add_argument("--run-id", help="the ingest run to validate (default: the newest staged or held batch)")
     val.set_defaults(func=cmd_validate)
+
+    nig = sub.add_parser("nightly", help="ingest, validate, features, evaluate, train and publish one night")
+    _add_source_args(nig)
+    nig.add_argument("--run-date", help="the night to publish, YYYY-MM-DD (default: today, UTC)")
+    nig.add_argument("--models", nargs="+", help="models to train (default: RECSYS_MODELS)")
+    nig.add_argument("--publish-model", default="hybrid", help="the model whose lists are published")
+    nig.set_defaults(func=cmd_nightly)
+
+    tr = sub.add_parser("train", help="build features and train the models on everything in the warehouse")
+    tr.add_argument("--models", nargs="+", help="models to train (default: RECSYS_MODELS)")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="cold-start and warm evaluation with CIs; writes metrics and a report")
+    ev.add_argument("--models", nargs="+", help="models to evaluate (default: RECSYS_MODELS)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    q = sub.add_parser("sql", help="read-only SQL over the published Parquet (views from sql/views)")
+    q.add_argument("query", help="a SELECT statement, or with --named the name of a file in sql/queries")
+    q.add_argument("--named", action="store_true", help="run sql/queries/<query>.sql")
+    q.add_argument("--param", action="append", help="NAME=VALUE bound as $NAME (repeatable)")
+    q.add_argument("--limit", type=int, default=50, help="rows to print")
+    q.set_defaults(func=cmd_sql)
+
+    sv = sub.add_parser("serve", help="run the nightly flow on a schedule in this process (flow.serve)")
+    sv.add_argument("--cron", default="0 2 * * *", help="cron schedule (default 02:00 daily)")
+    sv.add_argument("--source", default="synthetic")
+    sv.add_argument("--path")
+    sv.set_defaults(func=cmd_serve)
+
+    bench = sub.add_parser("benchmark", help="reproducible benchmarks (see benchmarks/)")
+    bsub = bench.add_subparsers(dest="benchmark", required=True)
+    qual = bsub.add_parser("quality", help="warm (MSR protocol) and cold-start quality on a dataset")
+    qual.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "synthetic"])
+    qual.add_argument("--path", help="dataset folder (ml-100k: the folder with u.data)")
+    qual.add_argument("--out", default="var/benchmarks/quality.json", help="JSON output file")
+    qual.add_argument("--seeds", type=int, default=5, help="seeds of protocol C (cold)")
+    qual.add_argument("--models", nargs="+", help="models (default: all)")
+    qual.add_argument("--epochs", type=int, default=30, help="two-tower epochs (early stopping applies)")
+    qual.set_defaults(func=cmd_benchmark)
     return parser
 
 

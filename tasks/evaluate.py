@@ -255,3 +255,82 @@ def warm_slice(test: pl.DataFrame, train_users: np.ndarray) -> Slice:
     known = test.filter(pl.col("user_id").is_in(train_users))
     excluded = test["user_id"].n_unique() - known["user_id"].n_unique()
     return Slice("warm", None, known, None, excluded)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The evaluation run: one training on a fold that hides the cold users and each warm user's latest items.
+
+
+@dataclass
+class EvaluationResult:
+    metrics: pl.DataFrame
+    models: dict[str, Recommender]
+    protocol: dict
+    tuning: dict
+
+
+def evaluate_protocol(
+    interactions: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame, names, settings, run_id: str = "",
+    log=print,
+) -> EvaluationResult:
+    """Cold users (zero- and k-shot) and warm users (their last 20 % by time), one fit per model."""
+    from tasks.split import cold_user_split, temporal_split
+    from tasks.train import Frames, build_features, train_models
+
+    cold = cold_user_split(interactions, settings.cold_user_fraction, settings.k_shots, settings.seed)
+    warm = temporal_split(cold.train, test_share=0.2)
+    frames = Frames(interactions, users, items)
+    user_features, item_features = build_features(frames, warm.train)
+    models = train_models(names, warm.train, user_features, item_features, settings, log=log)
+    train_users = np.sort(warm.train["user_id"].unique().to_numpy())
+    slices = [warm_slice(warm.test, train_users), *cold_slices(cold)]
+    metrics = evaluate_models(models, slices, settings.ks, settings.seed, settings.bootstrap_samples, run_id=run_id)
+    protocol = {
+        "cold_user_fraction": settings.cold_user_fraction, "cold_users": int(len(cold.cold_users)),
+        "k_shots": list(settings.k_shots), "warm": "temporal: last 20% of each warm user's interactions",
+        "ks": list(settings.ks), "seed": settings.seed, "bootstrap_samples": settings.bootstrap_samples,
+        "train_interactions": warm.train.height, "warm_test_interactions": warm.test.height,
+    }
+    tuning = {name: m.tuning for name, m in models.items() if hasattr(m, "tuning")}
+    return EvaluationResult(metrics, models, protocol, tuning)
+
+
+def headline(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
+    """nDCG@k per model on warm, cold zero-shot and cold k-shot slices (the report's first table)."""
+    view = metrics.filter((pl.col("metric") == "ndcg") & (pl.col("k") == k))
+    view = view.with_columns(slice=pl.when(pl.col("split") == "warm").then(pl.lit("warm"))
+                             .otherwise(pl.format("cold k={}", pl.col("k_shot"))))
+    return view.select("model", "slice", "value", "ci_low", "ci_high", "n_users")
+
+
+def evaluate_step(settings, run_id: str, names, log=print) -> dict:
+    """Run the evaluation protocol on the warehouse, store metrics (DuckDB + Parquet) and write the report."""
+    from recsys import db
+    from tasks.report import write_report
+    from tasks.train import load_frames
+
+    with db.warehouse(settings) as con:
+        frames = load_frames(con)
+    result = evaluate_protocol(frames.interactions, frames.users, frames.items, names, settings, run_id=run_id,
+                               log=log)
+    folder = settings.reports_dir / run_id
+    paths = write_report(result.metrics, folder, run_id, result.protocol, result.tuning, k=min(settings.ks))
+    metrics_path = folder / "metrics.parquet"
+    result.metrics.write_parquet(metrics_path)
+    with db.warehouse(settings) as con:
+        store_metrics(con, settings, run_id, result.metrics)
+    return {"metrics": str(metrics_path), "report_markdown": str(paths["markdown"]),
+            "report_html": str(paths["html"]), "protocol": result.protocol}
+
+
+def store_metrics(con, settings, run_id: str, metrics: pl.DataFrame) -> None:
+    from recsys import db
+
+    con.register("metrics_frame", metrics.with_columns(run_id=pl.lit(run_id)).to_arrow())
+    try:
+        con.begin()
+        db.run(con, settings, "publish/delete_metrics", {"run_id": run_id})
+        db.run(con, settings, "publish/insert_metrics")
+        con.commit()
+    finally:
+        con.unregister("metrics_frame")

@@ -11,7 +11,7 @@ from datetime import datetime
 import duckdb
 import polars as pl
 
-from recsys import schema
+from recsys import db, schema
 from recsys.settings import Settings
 
 USER_FEATURE_COLUMNS = ("user_id", "gender", "age_bucket", "occupation", "zip_region",
@@ -91,3 +91,15 @@ def write_features(
     for name, frame in (("user_features", user_features), ("item_features", item_features)):
         staged = frame.with_columns(run_id=pl.lit(run_id))  # noqa: F841 - queried by name below
         con.execute(f"create or replace table {name} as select * from staged")
+
+
+def features_step(settings: Settings, run_id: str) -> dict:
+    """Build both feature tables from everything loaded (the production training fold) and store them."""
+    from tasks.train import build_features, load_frames
+
+    with db.warehouse(settings) as con:
+        frames = load_frames(con)
+        user_features, item_features = build_features(frames, frames.interactions)
+        write_features(con, settings, run_id, user_features, item_features)
+    return {"user_features": user_features.height, "item_features": item_features.height,
+            "users_without_history": int((~user_features["has_history"]).sum())}

@@ -6,7 +6,9 @@ What is planted:
 - **Individual taste.** Each user and item also has a private latent vector; only collaborative filtering
   on a user's history can learn it, so warm users reward CF.
 - **Popularity skew.** Items get a Zipf-like popularity term.
-- **Time.** Each user's interactions have increasing timestamps from their own sign-up date.
+- **Time.** Each user's interactions have increasing timestamps from their own sign-up date, all before
+  ``start + days``.
+- **Sign-ups without history.** A few users (``zero_history_share``) have no interactions at all.
 
 Users are generated in blocks, so memory stays bounded (about 80 MB of logits a block) at 20 M interactions.
 """
@@ -40,20 +42,25 @@ class GeneratorConfig:
     demographic_weight: float = 2.0
     individual_weight: float = 1.5
     popularity_weight: float = 1.0
+    zero_history_share: float = 0.03
 
     def slug(self) -> str:
         return f"u{self.n_users}-i{self.n_items}-n{self.n_interactions}-s{self.seed}"
 
 
 def _activity(rng: np.random.Generator, config: GeneratorConfig) -> np.ndarray:
-    """Interactions per user: log-normal (a few heavy users), at least 5, at most half the catalogue."""
+    """Interactions per user: log-normal (a few heavy users), at least 5, at most half the catalogue;
+    a ``zero_history_share`` of users get none. The counts add up to ``n_interactions`` exactly."""
     cap = max(5, config.n_items // 2)
-    raw = rng.lognormal(mean=0.0, sigma=0.8, size=config.n_users)
-    counts = np.clip(np.floor(raw / raw.sum() * config.n_interactions), 5, cap).astype(np.int64)
+    silent = rng.random(config.n_users) < config.zero_history_share
+    if silent.all():
+        silent[:] = False
+    raw = rng.lognormal(mean=0.0, sigma=0.8, size=config.n_users) * ~silent
+    counts = np.clip(np.floor(raw / raw.sum() * config.n_interactions), 5, cap).astype(np.int64) * ~silent
     deficit = config.n_interactions - int(counts.sum())
-    order = rng.permutation(config.n_users)
+    order = rng.permutation(np.flatnonzero(~silent))
     step = 1 if deficit > 0 else -1
-    while deficit != 0:  # spread the rounding remainder over users, within [5, cap]
+    while deficit != 0:  # spread the rounding remainder over active users, within [5, cap]
         room = (counts[order] < cap) if step > 0 else (counts[order] > 5)
         chosen = order[room][: abs(deficit)]
         if len(chosen) == 0:
@@ -115,6 +122,8 @@ def generate(out: Path, config: GeneratorConfig | None = None) -> dict[str, Path
         logits += rng.gumbel(size=logits.shape).astype(np.float32)  # Gumbel top-k = sampling w/o replacement
         k = counts[lo:hi]
         kmax = int(k.max())
+        if kmax == 0:
+            continue
         top = np.argpartition(-logits, kmax - 1, axis=1)[:, :kmax]
         keep = np.arange(kmax)[None, :] < k[:, None]
         # Shuffle each user's picks so that time order is not preference order.
@@ -126,7 +135,9 @@ def generate(out: Path, config: GeneratorConfig | None = None) -> dict[str, Path
         z = (aff - affinity.mean()) / (affinity.std() + 1e-6)
         ratings = np.clip(np.rint(3.4 + 0.9 * z + rng.normal(0, 0.7, size=z.shape)), 1, 5).astype(np.int64)
         gaps = rng.exponential(size=top.shape) * (span * 0.3 / np.maximum(k, 1))[:, None]
-        times = signup[lo:hi, None] + np.cumsum(np.where(keep, gaps, 0), axis=1).astype(np.int64)
+        elapsed = np.cumsum(np.where(keep, gaps, 0), axis=1)
+        room = (start + span - signup[lo:hi]) / np.maximum(elapsed[:, -1], 1.0)  # never past the end
+        times = signup[lo:hi, None] + (elapsed * np.minimum(room, 1.0)[:, None]).astype(np.int64)
         table = pa.table({
             "user_id": users_block + 1,
             "item_id": items_block + 1,

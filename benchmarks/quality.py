@@ -1,0 +1,179 @@
+"""Quality benchmark: protocol W (warm, the Microsoft Recommenders ML-100k protocol) and protocol C (cold).
+
+    recsys benchmark quality --dataset ml-100k --path ../shared/datasets/ml-100k --out var/benchmarks/q.json
+
+Prints a readable table and writes every number, the protocol, seeds, versions and wall time as JSON.
+Targets (checked and reported, never asserted in tests): best warm CF nDCG@10 >= 0.48 on protocol W; on
+protocol C a model beating popularity at k=0 with a CI excluding zero, and a hybrid never below popularity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from models.base import library_versions
+from recsys.settings import Settings
+from tasks.evaluate import Catalog, cold_slices, evaluate_models, map_full, ndcg, precision, ranked_lists, recall
+from tasks.split import cold_user_split, stratified_split
+from tasks.train import Frames, build_features, train_models
+
+# Microsoft Recommenders, ML-100k, their benchmark notebook (MAP is their full MAP, not MAP@K).
+MSR_ML100K = {
+    "BiVAE": {"ndcg": 0.475077, "precision": 0.411771, "recall": 0.219145, "map": 0.146126},
+    "BPR": {"ndcg": 0.441997, "precision": 0.388229, "recall": 0.212522, "map": 0.132478},
+    "LightGCN": {"ndcg": 0.419846, "precision": 0.379626, "recall": 0.144336, "map": 0.088526},
+    "NCF": {"ndcg": 0.396118, "precision": 0.347296, "recall": 0.180775, "map": 0.107720},
+    "SAR": {"ndcg": 0.382461, "precision": 0.330753, "recall": 0.176385, "map": 0.110591},
+}
+CF_MODELS = ("item_knn", "ease")
+ALL_MODELS = ("popularity", "segment_popularity", "item_knn", "ease", "two_tower", "hybrid")
+
+
+def load_ml100k(path: Path) -> Frames:
+    """Read MovieLens-100k through the product's own ingest (into a throwaway warehouse)."""
+    import tempfile
+
+    from recsys import db
+    from tasks import ingest
+    from tasks.sources import movielens_specs
+    from tasks.train import load_frames
+
+    with tempfile.TemporaryDirectory() as home:
+        settings = Settings(home=Path(home))
+        with db.warehouse(settings) as con:
+            ingest.stage_batch(con, settings, movielens_specs(path), "benchmark", "movielens-100k")
+            ingest.promote_batch(con, settings, "benchmark")
+            return load_frames(con)
+
+
+def load_synthetic(seed: int = 42) -> Frames:
+    import tempfile
+
+    from recsys import db
+    from tasks import ingest
+    from tasks.generate import GeneratorConfig, generate
+    from tasks.sources import synthetic_specs
+    from tasks.train import load_frames
+
+    with tempfile.TemporaryDirectory() as home:
+        settings = Settings(home=Path(home))
+        generate(Path(home) / "data", GeneratorConfig(seed=seed))
+        with db.warehouse(settings) as con:
+            ingest.stage_batch(con, settings, synthetic_specs(Path(home) / "data"), "benchmark", "synthetic")
+            ingest.promote_batch(con, settings, "benchmark")
+            return load_frames(con)
+
+
+def protocol_w(frames: Frames, names, settings: Settings, log) -> dict:
+    split = stratified_split(frames.interactions, ratio=0.75, seed=42, by="user")
+    uf, itf = build_features(frames, split.train)
+    started = time.perf_counter()
+    models = train_models(names, split.train, uf, itf, settings, log=log)
+    results = {}
+    users = np.sort(split.test["user_id"].unique().to_numpy())
+    for name, model in models.items():
+        recs = model.recommend(users, n=10)
+        lists = ranked_lists(recs, split.test, 10, Catalog.from_model(model))
+        results[name] = {"ndcg": float(ndcg(lists).mean()), "precision": float(precision(lists).mean()),
+                         "recall": float(recall(lists).mean()), "map": float(map_full(lists).mean()),
+                         "train_seconds": model.meta["training_seconds"]}
+    best_cf = max(CF_MODELS, key=lambda n: results.get(n, {}).get("ndcg", -1))
+    return {"protocol": "stratified per-user 75/25 random split, seed 42 (python_stratified_split)",
+            "test_users": int(len(users)), "results": results, "reference": MSR_ML100K,
+            "best_cf": best_cf, "best_cf_ndcg": results.get(best_cf, {}).get("ndcg"),
+            "target_best_cf_ndcg": 0.48, "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log) -> dict:
+    per_seed = []
+    started = time.perf_counter()
+    for seed in seeds:
+        seeded = settings.model_copy(update={"seed": seed})
+        split = cold_user_split(frames.interactions, settings.cold_user_fraction, settings.k_shots, seed)
+        uf, itf = build_features(frames, split.train)
+        models = train_models(names, split.train, uf, itf, seeded, log=log)
+        metrics = evaluate_models(models, cold_slices(split), (10,), seed, settings.bootstrap_samples)
+        per_seed.append(metrics.with_columns(seed=pl.lit(seed)))
+    all_metrics = pl.concat(per_seed)
+    table = (all_metrics.filter(pl.col("metric").is_in(["ndcg", "ndcg_lift"]))
+             .group_by("model", "metric", "k_shot")
+             .agg(value=pl.col("value").mean(), ci_low=pl.col("ci_low").mean(), ci_high=pl.col("ci_high").mean(),
+                  seed_std=pl.col("value").std(), seeds_ci_above_zero=(pl.col("ci_low") > 0).sum(),
+                  n_users=pl.col("n_users").mean())
+             .sort("metric", "model", "k_shot"))
+    ndcg_table = table.filter(pl.col("metric") == "ndcg")
+    lift0 = table.filter((pl.col("metric") == "ndcg_lift") & (pl.col("k_shot") == 0))
+    winners = lift0.filter(pl.col("ci_low") > 0)["model"].to_list()
+    pop = dict(ndcg_table.filter(pl.col("model") == "popularity").select("k_shot", "value").iter_rows())
+    hyb = dict(ndcg_table.filter(pl.col("model") == "hybrid").select("k_shot", "value").iter_rows())
+    below = [k for k in pop if k in hyb and hyb[k] < pop[k]]
+    return {"protocol": f"{settings.cold_user_fraction:.0%} of users held out entirely; first k interactions "
+                        f"by time revealed as history, the rest are the truth",
+            "seeds": seeds, "k_shots": list(settings.k_shots), "table": table.to_dicts(),
+            "models_beating_popularity_at_k0_ci_excluding_zero": winners,
+            "hybrid_below_popularity_at_k": below,
+            "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def format_tables(result: dict) -> str:
+    lines = []
+    if "w" in result:
+        w = result["w"]
+        lines += ["Protocol W (warm, MSR ML-100k protocol): @10", f"  {'model':22} {'nDCG':>8} {'P':>8} {'R':>8} {'MAP':>8}"]
+        for name, r in w["results"].items():
+            lines.append(f"  {name:22} {r['ndcg']:8.4f} {r['precision']:8.4f} {r['recall']:8.4f} {r['map']:8.4f}")
+        for name, r in w["reference"].items():
+            lines.append(f"  {'MSR ' + name:22} {r['ndcg']:8.4f} {r['precision']:8.4f} {r['recall']:8.4f} {r['map']:8.4f}")
+        status = "met" if (w["best_cf_ndcg"] or 0) >= w["target_best_cf_ndcg"] else "MISSED"
+        lines.append(f"  target best CF nDCG@10 >= 0.48: {w['best_cf']} {w['best_cf_ndcg']:.4f} ({status})")
+    if "c" in result:
+        c = result["c"]
+        lines += ["", f"Protocol C (cold users, seeds {c['seeds']}): nDCG@10 [mean 95% CI over seeds]"]
+        rows = [r for r in c["table"] if r["metric"] == "ndcg"]
+        ks = sorted({r["k_shot"] for r in rows})
+        lines.append(f"  {'model':20} " + " ".join(f"{'k=' + str(k):>22}" for k in ks))
+        for model in sorted({r["model"] for r in rows}):
+            cells = {r["k_shot"]: r for r in rows if r["model"] == model}
+            lines.append(f"  {model:20} " + " ".join(
+                f"{cells[k]['value']:.4f} [{cells[k]['ci_low']:.3f},{cells[k]['ci_high']:.3f}]".rjust(22)
+                for k in ks))
+        lines.append(f"  beats popularity at k=0 (CI > 0): {c['models_beating_popularity_at_k0_ci_excluding_zero']}")
+        lines.append(f"  hybrid below popularity at k: {c['hybrid_below_popularity_at_k'] or 'never'}")
+    return "\n".join(lines)
+
+
+def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protocols=("w", "c"), log=print) -> dict:
+    started = time.perf_counter()
+    settings = Settings(epochs=epochs, bootstrap_samples=500)
+    if dataset == "ml-100k":
+        path = Path(path or os.environ.get("RECSYS_ML100K_DIR", "../shared/datasets/ml-100k"))
+        frames = load_ml100k(path)
+    else:
+        frames = load_synthetic()
+    names = list(names or ALL_MODELS)
+    result: dict = {"dataset": dataset, "generated_at": datetime.now(UTC).isoformat(), "models": names,
+                    "versions": library_versions(), "settings": settings.model_dump(mode="json",
+                                                                                     exclude={"sql_dir", "expectations_dir", "home"})}
+    if "w" in protocols:
+        result["w"] = protocol_w(frames, names, settings, log)
+    if "c" in protocols:
+        result["c"] = protocol_c(frames, names, settings, list(range(seeds)), log)
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def main(args) -> int:
+    result = run(args.dataset, Path(args.path) if args.path else None, args.seeds, args.models, args.epochs)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(format_tables(result))
+    print(f"\nwall time {result['wall_seconds']} s; JSON: {out}")
+    return 0

@@ -1,0 +1,197 @@
+"""``nightly_flow``: ingest -> validate -> features -> evaluate -> train -> publish, one night's run.
+
+Each step is one task around a plain function in ``tasks/``. Features, evaluation and training are cached
+on the warehouse's data fingerprint and the parameters that shape them, so re-running a night whose data
+did not change reuses those steps (and re-publishes, which is idempotent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+from flows.ingest import ingest_flow
+from recsys import db, runs
+from recsys.errors import ConfigError
+from recsys.settings import Settings
+from tasks import evaluate, features, publish, train
+
+
+def _step_key(step: str, settings: Settings, fingerprint: str, extra: dict) -> str:
+    shaping = settings.model_dump(mode="json", exclude={"home", "sql_dir", "expectations_dir", "top_n",
+                                                        "metric_tolerance"})
+    blob = json.dumps({"step": step, "fingerprint": fingerprint, "settings": shaping, **extra}, sort_keys=True)
+    return f"{step}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
+
+
+def _index_path(settings: Settings, key: str) -> Path:
+    return settings.home / "cache" / f"{key}.json"
+
+
+def _cached(settings: Settings, key: str) -> dict | None:
+    """A step's earlier output, if it was recorded and every file it names still exists."""
+    path = _index_path(settings, key)
+    if not path.exists():
+        return None
+    output = json.loads(path.read_text())
+    files = [v for v in _leaves(output) if isinstance(v, str) and v.startswith(str(settings.home))]
+    return output if all(Path(f).exists() for f in files) else None
+
+
+def _leaves(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def _remember(settings: Settings, key: str, output: dict) -> dict:
+    path = _index_path(settings, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(output, default=str))
+    return output
+
+
+def _cache_key(context, parameters) -> str | None:
+    """Prefect cache key: the step key, but only while the step's outputs are still on disk."""
+    settings, key = parameters["settings"], parameters["key"]
+    return key if _cached(settings, key) is not None else None
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def fingerprint_warehouse(settings: Settings) -> str:
+    with db.warehouse(settings) as con:
+        return "-".join(str(v) for v in db.run(con, settings, "publish/warehouse_fingerprint")[0])
+
+
+@task(cache_key_fn=_cache_key, persist_result=True)
+def build_features(settings: Settings, run_id: str, key: str) -> dict:
+    if (done := _cached(settings, key)) is not None:
+        return done
+    return _remember(settings, key, features.features_step(settings, run_id))
+
+
+@task(cache_key_fn=_cache_key, persist_result=True)
+def evaluate_models(settings: Settings, run_id: str, key: str, names: list[str]) -> dict:
+    if (done := _cached(settings, key)) is not None:
+        return done
+    return _remember(settings, key, evaluate.evaluate_step(settings, run_id, names))
+
+
+@task(cache_key_fn=_cache_key, persist_result=True)
+def train_models(settings: Settings, run_id: str, key: str, names: list[str]) -> dict:
+    if (done := _cached(settings, key)) is not None:
+        return done
+    return _remember(settings, key, train.train_step(settings, run_id, names))
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def publish_recommendations(settings: Settings, run_id: str, run_date: date, model_dir: str, model: str,
+                            metrics_path: str) -> dict:
+    return publish.publish_step(settings, run_id, run_date, model_dir, model, metrics_path)
+
+
+def query_hint(settings: Settings) -> str:
+    output = settings.output_dir.resolve()
+    return (f"Published under {output}/recommendations/run_date=*/ . Query it:\n"
+            f"  recsys sql \"select * from latest_recommendations where user_id = 1 order by rank limit 10\"\n"
+            f"  duckdb -c \"set variable recsys_output = '{output}'; .read sql/views/recommendations.sql\" ...\n"
+            f"  (or plain SQL: select * from read_parquet('{output}/recommendations/run_date=*/*.parquet', "
+            f"hive_partitioning=true))")
+
+
+@flow(name="nightly", log_prints=True)
+def nightly_flow(
+    run_date: str | None = None,
+    source: str = "synthetic",
+    path: str | None = None,
+    mapping: dict | None = None,
+    users: str | None = None,
+    items: str | None = None,
+    mapping_dir: str | None = None,
+    models: list[str] | None = None,
+    publish_model: str = "hybrid",
+    home: str | None = None,
+) -> dict:
+    settings = Settings(home=Path(home)) if home else Settings()
+    settings.ensure_dirs()
+    night = date.fromisoformat(run_date) if run_date else datetime.now(UTC).date()
+    names = list(models or settings.models)
+    if publish_model not in names:
+        raise ConfigError(f"publish_model {publish_model!r} is not among the models to train ({', '.join(names)})")
+    run_id = runs.new_run_id("nightly")
+    progress = create_progress_artifact(0.0, key="nightly-progress", description=f"nightly {night}")
+    with db.warehouse(settings) as con:
+        runs.start_run(con, settings, run_id, "nightly", run_date=night,
+                       params={"source": source, "path": path, "models": names, "publish_model": publish_model})
+
+    ingested = ingest_flow(source=source, path=path, mapping=mapping, users=users, items=items,
+                           mapping_dir=mapping_dir, home=str(settings.home))
+    update_progress_artifact(progress, 20.0)
+    fingerprint = fingerprint_warehouse(settings)
+    feats = build_features(settings, run_id, _step_key("features", settings, fingerprint, {}))
+    update_progress_artifact(progress, 30.0)
+    evaluation = evaluate_models(settings, run_id, _step_key("evaluate", settings, fingerprint, {"models": names}),
+                                 names)
+    update_progress_artifact(progress, 60.0)
+    trained = train_models(settings, run_id, _step_key("train", settings, fingerprint, {"models": names}), names)
+    update_progress_artifact(progress, 90.0)
+    published = publish_recommendations(settings, run_id, night, trained["model_dir"], publish_model,
+                                        evaluation["metrics"])
+    update_progress_artifact(progress, 100.0)
+    with db.warehouse(settings) as con:
+        runs.finish_run(con, settings, run_id, "published")
+
+    import polars as pl
+
+    metrics = pl.read_parquet(evaluation["metrics"])
+    heads = evaluate.headline(metrics).filter(pl.col("model").is_in(["popularity", publish_model]))
+    create_table_artifact(key="nightly-headline", table=heads.to_dicts(),
+                          description=f"nDCG@10 with 95% CI, {night}")
+    summary = {
+        "run_id": run_id, "run_date": str(night), "fingerprint": fingerprint,
+        "ingest": ingested["totals"], "features": feats, "evaluation": evaluation, "models": trained,
+        "published": published,
+    }
+    create_markdown_artifact(key="nightly-summary", markdown=_summary_markdown(summary, heads),
+                             description=f"nightly {night}")
+    print(_summary_text(summary, heads))
+    print(query_hint(settings))
+    return summary
+
+
+def _summary_text(summary: dict, heads) -> str:
+    t = summary["ingest"]
+    lines = [f"nightly {summary['run_date']} ({summary['run_id']})",
+             f"  ingest: {t['rows_read']:,} read, {t['rows_accepted']:,} accepted, {t['rows_rejected']:,} rejected, "
+             f"{t['rows_duplicate']:,} duplicate",
+             f"  users served: {summary['published']['users']:,} {summary['published']['strategies']}",
+             f"  report: {summary['evaluation']['report_html']}"]
+    for row in heads.sort("model", "slice").iter_rows(named=True):
+        lines.append(f"  nDCG@10 {row['model']:18} {row['slice']:10} {row['value']:.4f} "
+                     f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]")
+    return "\n".join(lines)
+
+
+def _summary_markdown(summary: dict, heads) -> str:
+    t = summary["ingest"]
+    rows = "\n".join(f"| {r['model']} | {r['slice']} | {r['value']:.4f} | [{r['ci_low']:.4f}, {r['ci_high']:.4f}] |"
+                     for r in heads.sort("model", "slice").iter_rows(named=True))
+    paths = "\n".join(f"- {k}: `{v}`" for k, v in summary["published"]["paths"].items())
+    return (f"# Nightly {summary['run_date']}\n\n"
+            f"Rows read {t['rows_read']:,}, accepted {t['rows_accepted']:,}, rejected {t['rows_rejected']:,}, "
+            f"duplicate {t['rows_duplicate']:,}. Gate: passed.\n\n"
+            f"| model | slice | nDCG@10 | 95% CI |\n|---|---|---|---|\n{rows}\n\n"
+            f"Outputs:\n{paths}\n- report: `{summary['evaluation']['report_html']}`\n")

@@ -1,0 +1,1 @@
+delete from metrics where run_id = $run_id

@@ -1,0 +1,162 @@
+"""Publishing: top-N for every user, per-segment defaults, the publish gate, atomic Parquet partitions.
+
+A partition is one file, ``<root>/run_date=YYYY-MM-DD/data.parquet``. It is written to a staging folder
+first and moved into place with ``os.replace``, an atomic rename: a reader sees the old file or the new
+one, never a partial one, and other dates are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from models.base import Recommender
+from recsys import schema
+
+PARTITION_FILE = "data.parquet"
+K_SHOT_MAX = 4  # users with 1..4 known interactions are served as k-shot, more as warm
+
+
+def partition_path(root: Path, run_date: date) -> Path:
+    return Path(root) / f"run_date={run_date.isoformat()}" / PARTITION_FILE
+
+
+def publish_partition(frame: pl.DataFrame, root: Path, run_date: date) -> Path:
+    """Write ``frame`` as the ``run_date`` partition of ``root``, atomically replacing an existing one."""
+    root = Path(root)
+    staging = root / "_staging" / uuid.uuid4().hex
+    staging.mkdir(parents=True)
+    try:
+        tmp = staging / PARTITION_FILE
+        frame.drop("run_date", strict=False).write_parquet(tmp, statistics=True)
+        final = partition_path(root, run_date)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)  # atomic on POSIX within one filesystem
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def strategy_of(history_length: np.ndarray) -> np.ndarray:
+    return np.where(history_length == 0, schema.STRATEGY_ZERO_SHOT,
+                    np.where(history_length <= K_SHOT_MAX, schema.STRATEGY_K_SHOT, schema.STRATEGY_WARM))
+
+
+def build_recommendations(
+    model: Recommender, users: pl.DataFrame, interactions: pl.DataFrame, n: int, run_id: str, run_date: date,
+) -> pl.DataFrame:
+    """Top-n for every user in ``users`` (zero-history users included), with the strategy that served them."""
+    user_ids = np.sort(users["user_id"].to_numpy())
+    recs = model.recommend(user_ids, n=n)
+    counts = interactions.group_by("user_id").agg(history=pl.len())
+    recs = recs.join(counts, on="user_id", how="left").with_columns(pl.col("history").fill_null(0))
+    return recs.select(
+        pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), "user_id", "item_id",
+        pl.col("rank").cast(pl.Int32), "score", pl.lit(model.name).alias("model"),
+        pl.Series("strategy", strategy_of(recs["history"].to_numpy())),
+    )
+
+
+def build_segment_defaults(model: Recommender, n: int, run_id: str, run_date: date) -> pl.DataFrame:
+    """A default list per (gender, age bucket) for sign-ups not yet in the users table, plus 'unknown'."""
+    genders = model.vocab["gender"][1:] + ["unknown"]
+    ages = model.vocab["age_bucket"][1:] + ["unknown"]
+    profiles = pl.DataFrame({"gender": [g for g in genders for _ in ages], "age_bucket": [a for _ in genders for a in ages]})
+    recs = model.recommend_for_profiles(profiles, n=n)
+    profiles = profiles.with_row_index("user_id").with_columns(pl.col("user_id").cast(pl.Int64))
+    return recs.join(profiles, on="user_id").select(
+        pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), "gender", "age_bucket", "item_id",
+        pl.col("rank").cast(pl.Int32), "score", pl.lit(model.name).alias("model"))
+
+
+def gate_frame(recs: pl.DataFrame, interactions: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
+    """The columns the ``recommendations`` suite checks."""
+    seen = interactions.select("user_id", "item_id").unique().with_columns(is_seen=pl.lit(True))
+    known = items.select("item_id").unique().with_columns(item_known=pl.lit(True))
+    return (recs.select("user_id", "item_id", "rank", "score", "model", "strategy")
+            .with_columns(list_length=pl.len().over("user_id").cast(pl.Int64))
+            .join(seen, on=["user_id", "item_id"], how="left")
+            .join(known, on="item_id", how="left")
+            .with_columns(pl.col("is_seen").fill_null(False), pl.col("item_known").fill_null(False))
+            .with_columns(pl.col("rank").cast(pl.Int64), pl.col("score").cast(pl.Float64)))
+
+
+def metric_regressions(current: pl.DataFrame, previous: pl.DataFrame | None, tolerance: float,
+                       model: str, metric: str = "ndcg", k: int = schema.DEFAULT_K) -> list[str]:
+    """Headline metrics of ``model`` that dropped more than ``tolerance`` (relative) since the last publish."""
+    if previous is None or previous.height == 0:
+        return []
+    keys = ["split", "k_shot"]
+    pick = (pl.col("model") == model) & (pl.col("metric") == metric) & (pl.col("k") == k)
+    now = current.filter(pick).select(*keys, now=pl.col("value"))
+    before = previous.filter(pick).select(*keys, before=pl.col("value"))
+    joined = now.join(before, on=keys, how="inner", nulls_equal=True)
+    bad = joined.filter(pl.col("now") < pl.col("before") * (1 - tolerance))
+    return [f"{model} {metric}@{k} on {r['split']}" + (f" k={r['k_shot']}" if r["k_shot"] is not None else "")
+            + f": {r['now']:.4f} < {r['before']:.4f} - {tolerance:.0%}" for r in bad.iter_rows(named=True)]
+
+
+def publish_step(settings, run_id: str, run_date: date, model_dir: str, model_name: str,
+                 metrics_path: str | None) -> dict:
+    """Gate the output (suite + metric regression) and publish recommendations, defaults and metrics."""
+    from models.registry import load
+    from recsys import db
+    from recsys.errors import PublishGateError
+    from tasks.train import load_frames
+    from tasks.validate import GxRunner, _outcomes, suite_parameters
+
+    model = load(Path(model_dir) / model_name)
+    with db.warehouse(settings) as con:
+        frames = load_frames(con)
+        recs = build_recommendations(model, frames.users, frames.interactions, settings.top_n, run_id, run_date)
+        defaults = build_segment_defaults(model, settings.top_n, run_id, run_date)
+        metrics = pl.read_parquet(metrics_path).with_columns(run_id=pl.lit(run_id)) if metrics_path else None
+        previous_publish = db.run(con, settings, "publish/last_published_run", {"run_id": run_id})
+        params = suite_parameters(con, settings, run_id, _now(), recs.height)
+
+    previous = None
+    if previous_publish:
+        previous_path = partition_path(settings.output_dir / "metrics", previous_publish[0][0])
+        previous = pl.read_parquet(previous_path) if previous_path.exists() else None
+    frame = gate_frame(recs, frames.interactions, frames.items)
+    outcomes = _outcomes("recommendations", GxRunner(settings).run(
+        "recommendations", frame.to_pandas(), params, run_id, ["user_id", "rank"]), settings)
+    reasons = [f"suite 'recommendations', expectation {o.label}: observed {o.observed_text()}"
+               + (f"; e.g. {o.failing_rows[:2]}" if o.failing_rows else "")
+               for o in outcomes if not o.success and o.severity == "critical"]
+    if metrics is not None:
+        reasons += metric_regressions(metrics, previous, settings.metric_tolerance, model_name,
+                                      k=min(settings.ks))
+    users = recs["user_id"].n_unique()
+    with db.warehouse(settings) as con:
+        if reasons:
+            db.run(con, settings, "publish/log_publish", {
+                "run_id": run_id, "run_date": run_date, "model": model_name, "status": "rejected",
+                "reason": "; ".join(reasons), "users": users, "rows": recs.height, "path": None})
+            raise PublishGateError(
+                f"publish gate kept the last good partition for {run_date}: " + "; ".join(reasons))
+        out = settings.output_dir
+        paths = {
+            "recommendations": publish_partition(recs, out / "recommendations", run_date),
+            "segment_defaults": publish_partition(defaults, out / "segment_defaults", run_date),
+        }
+        if metrics is not None:
+            paths["metrics"] = publish_partition(metrics, out / "metrics", run_date)
+        db.run(con, settings, "publish/log_publish", {
+            "run_id": run_id, "run_date": run_date, "model": model_name, "status": "published", "reason": None,
+            "users": users, "rows": recs.height, "path": str(paths["recommendations"])})
+    strategies = dict(recs.group_by("strategy").agg(pl.col("user_id").n_unique()).iter_rows())
+    return {"paths": {k: str(v) for k, v in paths.items()}, "users": users, "rows": recs.height,
+            "strategies": strategies}
+
+
+def _now():
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)

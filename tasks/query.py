@@ -1,0 +1,49 @@
+"""Downstream SQL: DuckDB views over the published Parquet, and read-only queries against them.
+
+Readers never open the live warehouse file (DuckDB allows one writer); they read the published Parquet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from recsys.errors import ConfigError, RecsysError
+from recsys.settings import Settings
+
+VIEW_ORDER = ("recommendations", "latest_recommendations", "segment_defaults", "model_metrics", "cold_start_curve")
+READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
+
+
+def open_views(settings: Settings) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with every view in ``sql/views`` defined over ``RECSYS_HOME/output``."""
+    con = duckdb.connect()
+    con.execute("set variable recsys_output = $root", {"root": str(Path(settings.output_dir).resolve())})
+    for name in VIEW_ORDER:
+        con.execute((settings.sql_dir / "views" / f"{name}.sql").read_text())
+    return con
+
+
+def run_readonly(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None):
+    """Run one read-only statement; anything that writes is refused."""
+    statements = con.extract_statements(sql)
+    if len(statements) != 1:
+        raise ConfigError("recsys sql runs exactly one statement")
+    kind = statements[0].type.name
+    if kind not in READ_ONLY_STATEMENTS:
+        raise ConfigError(f"recsys sql is read-only: a {kind} statement is not allowed")
+    try:
+        return con.sql(sql, params=params or None)
+    except duckdb.IOException as exc:
+        if "No files found" in str(exc):
+            raise RecsysError("nothing is published yet: run `recsys nightly` (or `make run`) first") from exc
+        raise
+
+
+def named_query(settings: Settings, name: str) -> str:
+    path = settings.sql_dir / "queries" / f"{name}.sql"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in (settings.sql_dir / "queries").glob("*.sql")))
+        raise ConfigError(f"no query named {name!r}; known: {known}")
+    return path.read_text()

@@ -1,0 +1,183 @@
+"""The evaluation report: Markdown and HTML with plots, written under RECSYS_HOME/reports/<run_id>/."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import polars as pl
+
+from tasks.evaluate import headline
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_cold_start_curve(metrics: pl.DataFrame, path: Path, k: int = 10) -> Path:
+    plt = _plt()
+    cold = metrics.filter((pl.col("split") == "cold") & (pl.col("metric") == "ndcg") & (pl.col("k") == k))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for model in sorted(cold["model"].unique()):
+        m = cold.filter(pl.col("model") == model).sort("k_shot")
+        x = m["k_shot"].to_numpy()
+        ax.plot(x, m["value"].to_numpy(), marker="o", label=model)
+        ax.fill_between(x, m["ci_low"].to_numpy(), m["ci_high"].to_numpy(), alpha=0.15)
+    ax.set_xlabel("known interactions of the cold user (k)")
+    ax.set_ylabel(f"nDCG@{k}")
+    ax.set_title("Cold-start curve (95% bootstrap CI)")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_model_bars(metrics: pl.DataFrame, path: Path, k: int = 10) -> Path:
+    plt = _plt()
+    view = headline(metrics, k)
+    slices = list(dict.fromkeys(view.sort("slice")["slice"].to_list()))
+    models = sorted(view["model"].unique())
+    fig, ax = plt.subplots(figsize=(max(7, len(slices) * 1.3), 4.2))
+    width = 0.8 / max(len(models), 1)
+    for j, model in enumerate(models):
+        m = view.filter(pl.col("model") == model)
+        values = {r["slice"]: r for r in m.iter_rows(named=True)}
+        xs, ys, errs = [], [], [[], []]
+        for i, s in enumerate(slices):
+            if s in values:
+                r = values[s]
+                xs.append(i + j * width)
+                ys.append(r["value"])
+                errs[0].append(max(r["value"] - r["ci_low"], 0))
+                errs[1].append(max(r["ci_high"] - r["value"], 0))
+        ax.bar(xs, ys, width, yerr=errs, label=model, capsize=2)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(slices))], slices, rotation=20)
+    ax.set_ylabel(f"nDCG@{k}")
+    ax.set_title("Models per slice")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_coverage_novelty(metrics: pl.DataFrame, path: Path, k: int = 10) -> Path:
+    plt = _plt()
+    view = metrics.filter((pl.col("split") == "warm") & (pl.col("k") == k)
+                          & pl.col("metric").is_in(["coverage", "novelty"]))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, metric in zip(axes, ("coverage", "novelty"), strict=True):
+        m = view.filter(pl.col("metric") == metric).sort("model")
+        ax.barh(m["model"].to_list(), m["value"].to_list(), color="#4c72b0")
+        ax.set_title(f"{metric}@{k} (warm users)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _table(frame: pl.DataFrame) -> list[str]:
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    for row in frame.iter_rows():
+        lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return lines
+
+
+def headline_table(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
+    view = headline(metrics, k).with_columns(
+        cell=pl.format("{} [{}, {}]", pl.col("value").round(4), pl.col("ci_low").round(4), pl.col("ci_high").round(4)))
+    order = list(dict.fromkeys(view.sort(pl.col("slice").str.replace("warm", "a"))["slice"].to_list()))
+    return view.pivot(on="slice", index="model", values="cell").select("model", *order).sort("model")
+
+
+def lift_table(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
+    view = metrics.filter((pl.col("metric") == "ndcg_lift") & (pl.col("k") == k) & (pl.col("split") == "cold"))
+    view = view.with_columns(cell=pl.format("{}% [{}, {}]", (pl.col("value") * 100).round(1),
+                                            (pl.col("ci_low") * 100).round(1), (pl.col("ci_high") * 100).round(1)))
+    return view.pivot(on="k_shot", index="model", values="cell").sort("model")
+
+
+def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dict, tuning: dict,
+                 k: int = 10) -> dict[str, Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "cold_start_curve": plot_cold_start_curve(metrics, folder / "cold_start_curve.png", k),
+        "model_comparison": plot_model_bars(metrics, folder / "model_comparison.png", k),
+        "coverage_novelty": plot_coverage_novelty(metrics, folder / "coverage_novelty.png", k),
+    }
+    heads = headline_table(metrics, k)
+    lifts = lift_table(metrics, k)
+    beyond = (metrics.filter((pl.col("k") == k) & (pl.col("split") == "warm")
+                             & pl.col("metric").is_in(["coverage", "novelty", "diversity", "popularity_bias"]))
+              .pivot(on="metric", index="model", values="value").sort("model"))
+    md = [f"# Evaluation report {run_id}", "",
+          f"nDCG@{k} with 95% bootstrap confidence intervals over users. Cold users were held out of training "
+          f"entirely; `cold k=n` reveals their first n interactions by time as history.", "",
+          *_table(heads), "", f"## Lift of nDCG@{k} over global popularity (cold users, paired bootstrap CI)", "",
+          *_table(lifts), "", "## Beyond accuracy (warm users)", "", *_table(beyond), "",
+          "## Plots", "", "![cold-start curve](cold_start_curve.png)", "",
+          "![model comparison](model_comparison.png)", "", "![coverage and novelty](coverage_novelty.png)", "",
+          "## Protocol", "", "```json", json.dumps(protocol, indent=2, default=str), "```", ""]
+    if tuning:
+        md += ["## Hybrid weights (tuned on validation users drawn from training users)", "", "```json",
+               json.dumps(tuning, indent=2, default=str), "```", ""]
+    md_path = folder / "report.md"
+    md_path.write_text("\n".join(md))
+    html_path = folder / "report.html"
+    html_path.write_text(_html(md, plots, run_id))
+    return {"markdown": md_path, "html": html_path, **plots}
+
+
+def _html(md_lines: list[str], plots: dict[str, Path], run_id: str) -> str:
+    """A self-contained HTML page (plots inlined) built from the Markdown lines."""
+    body, in_table, in_code = [], False, False
+    for line in md_lines:
+        if line.startswith("```"):
+            body.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            body.append(html.escape(line))
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set(line) <= {"|", "-"}:
+                continue
+            if not in_table:
+                body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
+                in_table = True
+            else:
+                body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("!["):
+            name = line[line.index("(") + 1:line.index(")")]
+            path = next((p for p in plots.values() if p.name == name), None)
+            if path:
+                data = base64.b64encode(path.read_bytes()).decode()
+                body.append(f'<img src="data:image/png;base64,{data}" alt="{html.escape(name)}">')
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line:
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run_id)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
