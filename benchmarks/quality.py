@@ -20,7 +20,16 @@ import polars as pl
 
 from models.base import library_versions
 from recsys.settings import Settings
-from tasks.evaluate import Catalog, cold_slices, evaluate_models, map_full, ndcg, precision, ranked_lists, recall
+from tasks.evaluate import (
+    Catalog,
+    cold_slices,
+    evaluate_models,
+    map_full,
+    ndcg,
+    precision,
+    ranked_lists,
+    recall,
+)
 from tasks.split import cold_user_split, stratified_split
 from tasks.train import Frames, build_features, train_models
 

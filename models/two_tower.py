@@ -31,10 +31,12 @@ N_DECADES = 16  # 0 = unknown, 1 = before 1910 ... 15 = 2030s
 @keras.saving.register_keras_serializable(package="recsys")
 class TwoTowerNet(keras.Model):
     def __init__(self, n_users, n_items, demo_sizes, item_genres, item_decade, item_logpop, item_logq,
-                 dim=64, hidden=128, temperature=0.05, **kwargs):
+                 dim=64, hidden=128, temperature=0.05, full_softmax=True, **kwargs):
         super().__init__(**kwargs)
         self.config_ = {"n_users": int(n_users), "n_items": int(n_items), "demo_sizes": [int(s) for s in demo_sizes],
-                        "dim": int(dim), "hidden": int(hidden), "temperature": float(temperature)}
+                        "dim": int(dim), "hidden": int(hidden), "temperature": float(temperature),
+                        "full_softmax": bool(full_softmax)}
+        self.full_softmax = bool(full_softmax)
         self.temperature = float(temperature)
         self.user_id = keras.layers.Embedding(n_users + 1, dim, name="user_id")  # 0 = unknown user
         self.demo = [keras.layers.Embedding(size, 16, name=f"demo_{k}") for k, size in enumerate(demo_sizes)]
@@ -43,6 +45,10 @@ class TwoTowerNet(keras.Model):
         self.item_id = keras.layers.Embedding(n_items, dim, name="item_id")
         self.decade = keras.layers.Embedding(N_DECADES, 8, name="decade")
         self.item_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
+        # A per-item bias outside the cosine: popularity is shared by everyone, and unit vectors alone
+        # spend personalisation capacity to express it.
+        self.item_bias = keras.layers.Embedding(n_items, 1, embeddings_initializer="zeros", name="item_bias")
+        self.bias_from_popularity = keras.layers.Dense(1, name="bias_from_popularity")
         # Item side features live in the model as constants, so the item tower needs only an index.
         self.genres = ops.convert_to_tensor(np.asarray(item_genres, dtype="float32"))
         self.decades = ops.convert_to_tensor(np.asarray(item_decade, dtype="int32"))
@@ -73,11 +79,18 @@ class TwoTowerNet(keras.Model):
             x = layer(x)
         return ops.normalize(x, axis=-1)
 
+    def bias(self, item):
+        return ops.squeeze(self.item_bias(item) + self.bias_from_popularity(ops.take(self.logpop, item, axis=0)), -1)
+
     def call(self, inputs):
         item = inputs["item"]
         u = self.user_tower(inputs["user"], inputs["demo"], inputs["bag"])
+        if self.full_softmax:  # every item is a candidate: the label is the item index
+            every = ops.arange(self.config_["n_items"], dtype="int32")
+            return ops.matmul(u, ops.transpose(self.item_tower(every))) / self.temperature + self.bias(every)[None, :]
         v = self.item_tower(item)
-        logits = ops.matmul(u, ops.transpose(v)) / self.temperature - ops.take(self.logq, item, axis=0)[None, :]
+        logits = (ops.matmul(u, ops.transpose(v)) / self.temperature + self.bias(item)[None, :]
+                  - ops.take(self.logq, item, axis=0)[None, :])
         # Mask accidental hits: the same item elsewhere in the batch is not a negative.
         same = ops.equal(item[:, None], item[None, :])
         eye = ops.eye(ops.shape(item)[0], dtype="bool")
@@ -98,9 +111,15 @@ class TwoTower(Recommender):
     def default_params(cls) -> dict:
         return {"dim": 64, "hidden": 128, "temperature": 0.05, "epochs": 30, "batch_size": 1024,
                 "learning_rate": 3e-3, "bag_size": 20, "id_dropout": 0.5, "bag_dropout": 0.3,
-                "patience": 3, "validation_share": 0.05, "verbose": 0}
+                "patience": 3, "validation_share": 0.05, "negatives": "auto", "full_softmax_max_items": 20_000,
+                "verbose": 0}
 
     # -- training ------------------------------------------------------------------------------------------
+
+    def _full_softmax(self) -> bool:
+        """Softmax over the whole catalogue when it is small enough, else in-batch negatives with logQ."""
+        mode = self.params["negatives"]
+        return mode == "full" or (mode == "auto" and len(self.item_ids) <= self.params["full_softmax_max_items"])
 
     def _build_net(self) -> TwoTowerNet:
         logpop = np.log1p(self.item_popularity)
@@ -108,7 +127,8 @@ class TwoTower(Recommender):
         logq = np.log((self.item_popularity + 1.0) / (self.item_popularity.sum() + len(self.item_popularity)))
         net = TwoTowerNet(len(self.user_ids), len(self.item_ids), [len(self.vocab[c]) for c in self.vocab],
                           self.item_genres, _decade(self.item_year), logpop, logq, dim=self.params["dim"],
-                          hidden=self.params["hidden"], temperature=self.params["temperature"])
+                          hidden=self.params["hidden"], temperature=self.params["temperature"],
+                          full_softmax=self._full_softmax())
         dummy = {"user": np.zeros(2, "int32"), "demo": np.zeros((2, len(self.vocab)), "int32"),
                  "bag": np.zeros((2, self.params["bag_size"]), "int32"), "item": np.arange(2, dtype="int32") % max(
                      1, len(self.item_ids))}
@@ -154,6 +174,7 @@ class TwoTower(Recommender):
         indices = tf.constant(self.train.indices.astype(np.int32))
         demo_table = tf.constant(self.train_demographics)
         bag_size = int(p["bag_size"])
+        full = self._full_softmax()
 
         def featurize(u, i):
             n = tf.shape(u)[0]
@@ -169,7 +190,7 @@ class TwoTower(Recommender):
             bag = tf.where(keep, bag, 0)
             user = tf.where(tf.random.uniform((n,), seed=seed + 3) < p["id_dropout"], 0, u + 1)
             features = {"user": user, "demo": tf.gather(demo_table, u), "bag": bag, "item": i}
-            return features, tf.range(n)
+            return features, (i if full else tf.range(n))
 
         ds = tf.data.Dataset.from_tensor_slices((users, items))
         if shuffle:
@@ -183,6 +204,9 @@ class TwoTower(Recommender):
                                                                      dtype="int32")))
                   for lo in range(0, len(self.item_ids), 8192)]
         self.item_embeddings = np.concatenate(chunks).astype(np.float32)
+        self.item_biases = np.concatenate([
+            ops.convert_to_numpy(self.net.bias(np.arange(lo, min(lo + 8192, len(self.item_ids)), dtype="int32")))
+            for lo in range(0, len(self.item_ids), 8192)]).astype(np.float32)
 
     def user_embeddings(self, users: UserBlock) -> np.ndarray:
         bag_size = int(self.params["bag_size"])
@@ -198,7 +222,7 @@ class TwoTower(Recommender):
         return ops.convert_to_numpy(emb).astype(np.float32)
 
     def score_block(self, users: UserBlock) -> np.ndarray:
-        return self.user_embeddings(users) @ self.item_embeddings.T
+        return self.user_embeddings(users) @ self.item_embeddings.T / self.net.temperature + self.item_biases[None, :]
 
     def _save_state(self, path: Path) -> None:
         self.net.save_weights(path / "two_tower.weights.h5")

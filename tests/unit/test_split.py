@@ -1,0 +1,70 @@
+"""Splits never leak: no test interaction in training, cold users absent from training."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from tasks.split import cold_user_split, stratified_split, temporal_split
+
+
+def interactions(n_users=50, per_user=12, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        items = rng.choice(200, size=per_user, replace=False)
+        for j, i in enumerate(items):
+            rows.append((u, int(i), 4.0, datetime(2024, 1, 1) + timedelta(hours=u * 100 + j)))
+    return pl.DataFrame(rows, schema=["user_id", "item_id", "rating", "ts"], orient="row")
+
+
+def keys(frame):
+    return set(frame.select("user_id", "item_id", "ts").iter_rows())
+
+
+def test_cold_users_are_absent_from_training_and_history_is_first_k():
+    data = interactions()
+    split = cold_user_split(data, cold_fraction=0.2, k_shots=(0, 1, 3, 5, 20), seed=1)
+    assert len(split.cold_users) == 10
+    assert not set(split.train["user_id"].to_list()) & set(split.cold_users.tolist())
+    for k in (0, 1, 3, 5, 20):
+        history, truth = split.history[k], split.truth[k]
+        assert not keys(history) & keys(truth)
+        assert keys(history) | keys(truth) == keys(data.filter(pl.col("user_id").is_in(split.cold_users)))
+        assert (history.group_by("user_id").len()["len"] <= k).all()
+        if k:  # the revealed items are each user's earliest
+            latest_history = history.group_by("user_id").agg(pl.col("ts").max())
+            earliest_truth = truth.group_by("user_id").agg(pl.col("ts").min())
+            joined = latest_history.join(earliest_truth, on="user_id", suffix="_truth")
+            assert (joined["ts"] < joined["ts_truth"]).all()
+    assert split.excluded[20] == 10 and split.excluded[5] == 0  # 12 interactions each: none left after 20
+
+
+def test_cold_split_is_seeded():
+    data = interactions()
+    a = cold_user_split(data, 0.2, (0,), seed=3)
+    b = cold_user_split(data, 0.2, (0,), seed=3)
+    c = cold_user_split(data, 0.2, (0,), seed=4)
+    assert a.cold_users.tolist() == b.cold_users.tolist() != c.cold_users.tolist()
+
+
+def test_stratified_split_per_user_75_25_without_overlap():
+    data = interactions()
+    split = stratified_split(data, ratio=0.75, seed=42)
+    assert not keys(split.train) & keys(split.test)
+    assert keys(split.train) | keys(split.test) == keys(data)
+    assert (split.train.group_by("user_id").len()["len"] == 9).all()  # 12 * 0.75
+    again = stratified_split(data, ratio=0.75, seed=42)
+    assert keys(again.test) == keys(split.test)
+
+
+def test_temporal_split_holds_out_each_users_latest():
+    data = interactions()
+    split = temporal_split(data, test_share=0.2)
+    assert not keys(split.train) & keys(split.test)
+    last_train = split.train.group_by("user_id").agg(pl.col("ts").max())
+    first_test = split.test.group_by("user_id").agg(pl.col("ts").min())
+    joined = last_train.join(first_test, on="user_id", suffix="_test")
+    assert (joined["ts"] < joined["ts_test"]).all()
