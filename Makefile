@@ -16,7 +16,12 @@ export KERAS_BACKEND = tensorflow
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test venv lint bench clean
+.PHONY: run test venv lint bench deploy clean
+
+# Deployments (see README): a Prefect server must be running and PREFECT_API_URL set.
+RECSYS_TIMEZONE ?= UTC
+RECSYS_WORK_POOL ?= recsys
+export RECSYS_TIMEZONE RECSYS_WORK_POOL
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +41,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/recsys benchmark quality --dataset ml-100k --out var/benchmarks/quality.json
+
+deploy: $(STAMP)
+	$(BIN)/prefect work-pool inspect $(RECSYS_WORK_POOL) >/dev/null 2>&1 || $(BIN)/prefect work-pool create $(RECSYS_WORK_POOL) --type process
+	RECSYS_HOME=$${RECSYS_HOME:-$(CURDIR)/var} $(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 
 clean:
 	rm -rf var .pytest_cache

@@ -171,11 +171,18 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def build_serve_schedule(cron: str, timezone: str):
+    from prefect.schedules import Cron
+
+    return Cron(cron, timezone=timezone)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    """The single-process alternative to deployments: this process schedules and runs the nightly flow."""
     from flows.nightly import nightly_flow
 
-    nightly_flow.serve(name="nightly", cron=args.cron, parameters={"source": args.source, "path": args.path},
-                       tags=["recsys"])
+    nightly_flow.serve(name="nightly", schedules=[build_serve_schedule(args.cron, args.timezone)],
+                       parameters={"source": args.source, "path": args.path}, tags=["recsys", "nightly"])
     return EXIT_OK
 
 
@@ -230,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="run the nightly flow on a schedule in this process (flow.serve)")
     sv.add_argument("--cron", default="0 2 * * *", help="cron schedule (default 02:00 daily)")
+    sv.add_argument("--timezone", default=os.environ.get("RECSYS_TIMEZONE", "UTC"),
+                    help="timezone of the cron schedule (default RECSYS_TIMEZONE or UTC)")
     sv.add_argument("--source", default="synthetic")
     sv.add_argument("--path")
     sv.set_defaults(func=cmd_serve)

@@ -22,3 +22,24 @@ def test_every_command_has_help():
     commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
     for name, sub in commands.items():
         assert sub.format_help(), name
+
+
+def test_serve_schedule_is_0200_in_the_given_timezone():
+    from recsys.cli import build_serve_schedule
+
+    schedule = build_serve_schedule("0 2 * * *", "Europe/Berlin")
+    assert (schedule.cron, schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
+
+
+def test_deployment_file_declares_schedule_and_trigger():
+    from pathlib import Path
+
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "deployments" / "prefect.yaml").read_text())
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    assert by_name["nightly"]["schedules"][0]["cron"] == "0 2 * * *"
+    trigger = by_name["train-and-publish"]["triggers"][0]
+    assert trigger["expect"] == ["prefect.flow-run.Completed"]
+    assert trigger["match_related"]["prefect.resource.name"] == "ingest"
+    assert "flow_run.parameters['home']" in trigger["parameters"]["home"]["template"]
