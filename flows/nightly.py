@@ -130,12 +130,13 @@ def _settings(home: str | None) -> Settings:
 def train_publish_flow(
     run_date: str | None = None,
     models: list[str] | None = None,
-    publish_model: str = "hybrid",
+    publish_model: str | None = None,
     home: str | None = None,
     ingested: dict | None = None,
 ) -> dict:
     """features -> evaluate -> train -> publish on what the warehouse holds (chained after ``ingest``)."""
     settings = _settings(home)
+    publish_model = publish_model or settings.publish_model
     night = date.fromisoformat(run_date) if run_date and run_date != "None" else datetime.now(UTC).date()
     names = list(models or settings.models)
     if publish_model not in names:
@@ -186,7 +187,7 @@ def nightly_flow(
     items: str | None = None,
     mapping_dir: str | None = None,
     models: list[str] | None = None,
-    publish_model: str = "hybrid",
+    publish_model: str | None = None,
     home: str | None = None,
 ) -> dict:
     """The whole night: the ingest flow (with its validation gate), then train-and-publish."""

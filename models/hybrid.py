@@ -43,6 +43,7 @@ class Hybrid(Recommender):
             "components": ["two_tower", "ease", "item_knn", "segment_popularity"],
             "component_params": {},
             "validation_share": 0.25,
+            "max_validation_users": 3000,  # bounds tuning memory: users x items x components floats
             "min_validation_history": 5,
             "grid_step": 0.2,
             "k": 10,
@@ -71,7 +72,7 @@ class Hybrid(Recommender):
         counts = interactions.group_by("user_id").len()
         eligible = counts.filter(pl.col("len") >= p["min_validation_history"] + 1)["user_id"].sort().to_numpy()
         rng = np.random.default_rng(seed)
-        n_val = int(round(len(eligible) * p["validation_share"]))
+        n_val = min(int(round(len(eligible) * p["validation_share"])), int(p["max_validation_users"]))
         val_users = np.sort(rng.choice(eligible, size=n_val, replace=False)) if n_val else np.array([], np.int64)
         fit_part = interactions.filter(~pl.col("user_id").is_in(val_users))
         val_part = interactions.filter(pl.col("user_id").is_in(val_users)).sort("user_id", "ts", "item_id")

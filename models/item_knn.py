@@ -24,16 +24,16 @@ class ItemKNN(Recommender):
         return {"neighbours": 100, "shrinkage": 10.0}
 
     def _fit(self, seed: int) -> None:
-        x = self.train.astype(np.float32)
-        co = (x.T @ x).tocsr()  # items x items co-occurrence, sparse
+        x = self.train.astype(np.float32).tocsr()
+        xt = x.T.tocsr()  # items x users
         norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
         k = int(self.params["neighbours"])
         shrink = float(self.params["shrinkage"])
-        n = co.shape[0]
+        n = x.shape[1]
         rows, cols, vals = [], [], []
         block = max(1, 8_000_000 // max(n, 1))
-        for lo in range(0, n, block):  # dense only one block of rows at a time
-            dense = co[lo:lo + block].toarray()
+        for lo in range(0, n, block):  # co-occurrence of one block of items at a time, densified
+            dense = (xt[lo:lo + block] @ x).toarray()
             hi = lo + dense.shape[0]
             dense /= (norms[lo:hi, None] * norms[None, :] + shrink)
             dense[np.arange(hi - lo), np.arange(lo, hi)] = 0.0

@@ -112,6 +112,9 @@ class TwoTower(Recommender):
         return {"dim": 64, "hidden": 128, "temperature": 0.05, "epochs": 30, "batch_size": 1024,
                 "learning_rate": 3e-3, "bag_size": 20, "id_dropout": 0.5, "bag_dropout": 0.3,
                 "patience": 3, "validation_share": 0.05, "negatives": "auto", "full_softmax_max_items": 20_000,
+                # At 20 M interactions an epoch over everything does not fit a night on 2 cores: each epoch
+                # sees a fresh random sample of at most this many examples.
+                "max_examples_per_epoch": 2_000_000,
                 "verbose": 0}
 
     # -- training ------------------------------------------------------------------------------------------
@@ -194,7 +197,10 @@ class TwoTower(Recommender):
 
         ds = tf.data.Dataset.from_tensor_slices((users, items))
         if shuffle:
-            ds = ds.shuffle(len(users), seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(min(len(users), 4_000_000), seed=seed, reshuffle_each_iteration=True)
+            cap = int(p["max_examples_per_epoch"])
+            if len(users) > cap:
+                ds = ds.repeat().take(cap)
         return ds.batch(batch, drop_remainder=True).map(featurize).prefetch(2)
 
     # -- serving -------------------------------------------------------------------------------------------

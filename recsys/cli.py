@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(nig)
     nig.add_argument("--run-date", help="the night to publish, YYYY-MM-DD (default: today, UTC)")
     nig.add_argument("--models", nargs="+", help="models to train (default: RECSYS_MODELS)")
-    nig.add_argument("--publish-model", default="hybrid", help="the model whose lists are published")
+    nig.add_argument("--publish-model", help="the model whose lists are published (default: RECSYS_PUBLISH_MODEL, "
+                                             "hybrid)")
     nig.set_defaults(func=cmd_nightly)
 
     tr = sub.add_parser("train", help="build features and train the models on everything in the warehouse")

@@ -42,10 +42,13 @@ class Settings(BaseSettings):
     cold_user_fraction: float = 0.2
     validation_user_fraction: float = 0.1
     bootstrap_samples: int = 1000
+    max_eval_users: int = Field(5000, description="Users sampled per evaluation slice (bounds cost at scale).")
     metric_tolerance: float = Field(0.10, description="Allowed relative drop of headline metrics vs last publish.")
 
     # Models.
     models: tuple[str, ...] = ("popularity", "segment_popularity", "item_knn", "ease", "two_tower", "hybrid")
+    publish_model: str = "hybrid"
+    timezone: str = "UTC"
     epochs: int = 30
     batch_size: int = 1024
 

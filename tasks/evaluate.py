@@ -212,13 +212,21 @@ METRIC_COLUMNS = {"run_id": pl.String, "split": pl.String, "k_shot": pl.Int32, "
 
 def evaluate_models(
     models: dict[str, Recommender], slices: list[Slice], ks: tuple[int, ...], seed: int, n_boot: int,
-    baseline: str = "popularity", run_id: str = "",
+    baseline: str = "popularity", run_id: str = "", max_users: int | None = None,
 ) -> pl.DataFrame:
-    """Every metric at every K for every model on every slice, plus lift over ``baseline``."""
+    """Every metric at every K for every model on every slice, plus lift over ``baseline``.
+
+    ``max_users`` evaluates a seeded random sample of a slice's users (bounded cost at 100k+ users; the
+    bootstrap CIs then reflect the sample size).
+    """
     rows = []
     max_k = max(ks)
     for s in slices:
         users = np.sort(s.truth["user_id"].unique().to_numpy())
+        if max_users and len(users) > max_users:
+            users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+            s = Slice(s.split, s.k_shot, s.truth.filter(pl.col("user_id").is_in(users)), s.history,
+                      s.excluded_users)
         resamples = bootstrap_indices(len(users), n_boot, seed)
         per_model: dict[str, dict[tuple[str, int], np.ndarray]] = {}
         for name, model in models.items():
@@ -284,11 +292,13 @@ def evaluate_protocol(
     models = train_models(names, warm.train, user_features, item_features, settings, log=log)
     train_users = np.sort(warm.train["user_id"].unique().to_numpy())
     slices = [warm_slice(warm.test, train_users), *cold_slices(cold)]
-    metrics = evaluate_models(models, slices, settings.ks, settings.seed, settings.bootstrap_samples, run_id=run_id)
+    metrics = evaluate_models(models, slices, settings.ks, settings.seed, settings.bootstrap_samples, run_id=run_id,
+                              max_users=settings.max_eval_users)
     protocol = {
         "cold_user_fraction": settings.cold_user_fraction, "cold_users": int(len(cold.cold_users)),
         "k_shots": list(settings.k_shots), "warm": "temporal: last 20% of each warm user's interactions",
         "ks": list(settings.ks), "seed": settings.seed, "bootstrap_samples": settings.bootstrap_samples,
+        "max_eval_users_per_slice": settings.max_eval_users,
         "train_interactions": warm.train.height, "warm_test_interactions": warm.test.height,
     }
     tuning = {name: m.tuning for name, m in models.items() if hasattr(m, "tuning")}
