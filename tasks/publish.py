@@ -1,8 +1,12 @@
 """Publishing: top-N for every user, per-segment defaults, the publish gate, atomic Parquet partitions.
 
-A partition is one file, ``<root>/run_date=YYYY-MM-DD/data.parquet``. It is written to a staging folder
-first and moved into place with ``os.replace``, an atomic rename: a reader sees the old file or the new
-one, never a partial one, and other dates are never touched.
+A night is published as a new immutable version directory,
+``<root>/run_date=YYYY-MM-DD/version=<sortable stamp>/data.parquet``: written completely under
+``<root>/_staging/`` and then moved into place with one ``os.rename`` of the directory, which is atomic.
+Paths never change content, so a reader that opens a file twice (DuckDB reads the footer and the data
+separately) can never mix two versions: measured, replacing one file in place tore concurrent DuckDB reads
+("don't know what type"). The views in ``sql/views`` read only the newest version of each night; older
+versions are retired after a grace period, keeping one more for readers already in flight. Other dates are never touched.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,27 +24,43 @@ from models.base import Recommender
 from recsys import schema
 
 PARTITION_FILE = "data.parquet"
+KEEP_VERSIONS = 2  # the newest, and the one before it for readers that started before the switch
 K_SHOT_MAX = 4  # users with 1..4 known interactions are served as k-shot, more as warm
 
 
+def partition_dir(root: Path, run_date: date) -> Path:
+    return Path(root) / f"run_date={run_date.isoformat()}"
+
+
 def partition_path(root: Path, run_date: date) -> Path:
-    return Path(root) / f"run_date={run_date.isoformat()}" / PARTITION_FILE
+    """The data file of the newest published version of ``run_date`` (which may not exist)."""
+    versions = sorted(partition_dir(root, run_date).glob("version=*"))
+    return (versions[-1] if versions else partition_dir(root, run_date) / "version=none") / PARTITION_FILE
 
 
-def publish_partition(frame: pl.DataFrame, root: Path, run_date: date) -> Path:
-    """Write ``frame`` as the ``run_date`` partition of ``root``, atomically replacing an existing one."""
+def publish_partition(frame: pl.DataFrame, root: Path, run_date: date, grace_seconds: float = 600.0) -> Path:
+    """Publish ``frame`` as a new version of the ``run_date`` partition of ``root``, atomically.
+
+    Superseded versions are deleted once they are not among the newest ``KEEP_VERSIONS`` and older than
+    ``grace_seconds``, so a reader that listed the files just before the switch can still read them.
+    """
     root = Path(root)
-    staging = root / "_staging" / uuid.uuid4().hex
+    version = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}"
+    staging = root / "_staging" / version
     staging.mkdir(parents=True)
     try:
-        tmp = staging / PARTITION_FILE
-        frame.drop("run_date", strict=False).write_parquet(tmp, statistics=True)
-        final = partition_path(root, run_date)
+        frame.drop("run_date", strict=False).write_parquet(staging / PARTITION_FILE, statistics=True)
+        final = partition_dir(root, run_date) / f"version={version}"
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)  # atomic on POSIX within one filesystem
-        return final
+        os.rename(staging, final)  # atomic: the version directory appears complete or not at all
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    now = datetime.now(UTC)
+    for old in sorted(final.parent.glob("version=*"))[:-KEEP_VERSIONS]:
+        stamp = datetime.strptime(old.name.split("=", 1)[1].split("-")[0], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+        if (now - stamp).total_seconds() >= grace_seconds:
+            shutil.rmtree(old, ignore_errors=True)
+    return final / PARTITION_FILE
 
 
 def strategy_of(history_length: np.ndarray) -> np.ndarray:
@@ -157,6 +177,4 @@ def publish_step(settings, run_id: str, run_date: date, model_dir: str, model_na
 
 
 def _now():
-    from datetime import UTC, datetime
-
     return datetime.now(UTC)

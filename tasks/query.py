@@ -12,6 +12,7 @@ import duckdb
 from recsys.errors import ConfigError, RecsysError
 from recsys.settings import Settings
 
+MACROS = ("published",)
 VIEW_ORDER = ("recommendations", "latest_recommendations", "segment_defaults", "model_metrics", "cold_start_curve")
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
 
@@ -20,8 +21,13 @@ def open_views(settings: Settings) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with every view in ``sql/views`` defined over ``RECSYS_HOME/output``."""
     con = duckdb.connect()
     con.execute("set variable recsys_output = $root", {"root": str(Path(settings.output_dir).resolve())})
-    for name in VIEW_ORDER:
-        con.execute((settings.sql_dir / "views" / f"{name}.sql").read_text())
+    for name in (*MACROS, *VIEW_ORDER):
+        try:
+            con.execute((settings.sql_dir / "views" / f"{name}.sql").read_text())
+        except (duckdb.IOException, duckdb.CatalogException) as exc:
+            if "No files" not in str(exc) and "does not exist" not in str(exc):
+                raise
+            # Nothing published for this view yet: leave it undefined (run_readonly says so).
     return con
 
 
@@ -35,9 +41,10 @@ def run_readonly(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None =
         raise ConfigError(f"recsys sql is read-only: a {kind} statement is not allowed")
     try:
         return con.sql(sql, params=params or None)
-    except duckdb.IOException as exc:
-        if "No files found" in str(exc):
-            raise RecsysError("nothing is published yet: run `recsys nightly` (or `make run`) first") from exc
+    except (duckdb.IOException, duckdb.CatalogException) as exc:
+        if "No files" in str(exc) or any(f"{view} does not exist" in str(exc) for view in VIEW_ORDER):
+            raise RecsysError("nothing is published yet for this query: run `recsys nightly` (or `make run`) "
+                              f"first ({str(exc).splitlines()[0]})") from exc
         raise
 
 

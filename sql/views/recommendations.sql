@@ -1,5 +1,3 @@
--- Every published night (hive partitions run_date=YYYY-MM-DD). Set the root first:
---   set variable recsys_output = 'var/output';
+-- Every published night of top-N lists (needs published.sql).
 create or replace view recommendations as
-select *
-from read_parquet(getvariable('recsys_output') || '/recommendations/run_date=*/*.parquet', hive_partitioning = true)
+select * from published('recommendations')

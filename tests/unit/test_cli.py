@@ -43,3 +43,51 @@ def test_deployment_file_declares_schedule_and_trigger():
     assert trigger["expect"] == ["prefect.flow-run.Completed"]
     assert trigger["match_related"]["prefect.resource.name"] == "ingest"
     assert "flow_run.parameters['home']" in trigger["parameters"]["home"]["template"]
+
+
+def test_validate_command_releases_a_held_batch_after_a_threshold_change(tmp_path, monkeypatch, capsys):
+    from recsys import db
+    from recsys.settings import Settings
+    from tasks import ingest
+    from tasks.sources import tabular_specs
+
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    (tmp_path / "e.csv").write_text("user_id,item_id,rating,timestamp\n" + "".join(
+        f"{u},{u},7,1700000000\n" for u in range(1, 21)))
+    settings = Settings()
+    with db.warehouse(settings) as con:
+        ingest.stage_batch(con, settings, tabular_specs("csv", tmp_path / "e.csv"), "r1", "csv")
+    assert main(["validate"]) == 4
+    assert "expect_column_values_to_be_between(rating)" in capsys.readouterr().err
+    monkeypatch.setenv("RECSYS_RATING_MAX", "10")
+    monkeypatch.setenv("RECSYS_MEAN_RATING_MAX", "8")
+    assert main(["validate", "--run-id", "r1"]) == 0
+    assert "promoted" in capsys.readouterr().out
+    with db.warehouse(Settings()) as con:
+        assert db.scalar(con, "select count(*) from interactions") == 20
+    assert main(["validate"]) == 0  # nothing waiting: shows the stored results
+    assert "stored results" in capsys.readouterr().out
+
+
+def test_train_and_evaluate_commands_on_a_small_warehouse(tmp_path, monkeypatch, capsys, small_synthetic):
+    from recsys import db
+    from recsys.settings import Settings
+    from tasks import ingest
+    from tasks.sources import synthetic_specs
+
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RECSYS_BOOTSTRAP_SAMPLES", "50")
+    settings = Settings()
+    with db.warehouse(settings) as con:
+        ingest.stage_batch(con, settings, synthetic_specs(small_synthetic), "r1", "synthetic")
+        ingest.promote_batch(con, settings, "r1")
+    assert main(["train", "--models", "popularity", "ease"]) == 0
+    out = capsys.readouterr().out
+    assert "users without history" not in out or "features:" in out
+    assert (settings.models_dir.iterdir().__next__() / "ease" / "metadata.json").exists()
+    assert main(["evaluate", "--models", "popularity", "segment_popularity"]) == 0
+    out = capsys.readouterr().out
+    assert "segment_popularity" in out and "report:" in out
+    with db.warehouse(settings) as con:
+        assert db.scalar(con, "select count(distinct model) from metrics") == 2
+        assert db.scalar(con, "select count(*) from user_features") == 300

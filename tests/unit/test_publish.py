@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import date
 
 import duckdb
@@ -16,6 +17,16 @@ def frame(n: int, marker: int) -> pl.DataFrame:
     return pl.DataFrame({"user_id": np.arange(n), "item_id": np.full(n, marker), "rank": np.ones(n, dtype=np.int32)})
 
 
+def views(root):
+    """The downstream view over ``root`` (what readers use), on a fresh in-memory DuckDB."""
+    from recsys.settings import PROJECT_ROOT
+
+    con = duckdb.connect()
+    con.execute("set variable recsys_output = $root", {"root": str(root.parent)})
+    con.execute((PROJECT_ROOT / "sql" / "views" / "published.sql").read_text())
+    return con
+
+
 def test_rerun_replaces_only_its_own_date(tmp_path):
     root = tmp_path / "recommendations"
     publish_partition(frame(10, 1), root, date(2026, 1, 1))
@@ -27,13 +38,23 @@ def test_rerun_replaces_only_its_own_date(tmp_path):
     assert (second.height, second["item_id"][0]) == (20, 2)
     assert sorted(p.name for p in root.iterdir()) == ["_staging", "run_date=2026-01-01", "run_date=2026-01-02"]
     assert list((root / "_staging").iterdir()) == []  # nothing left behind
-    hive = duckdb.sql(f"select run_date, count(*) from read_parquet('{root}/run_date=*/*.parquet', "
-                      "hive_partitioning=true) group by 1 order by 1").fetchall()
-    assert hive == [(date(2026, 1, 1), 30), (date(2026, 1, 2), 20)]
+    seen = views(root).sql("select run_date, count(*), max(item_id) from published('recommendations') "
+                           "group by 1 order by 1").fetchall()
+    assert seen == [(date(2026, 1, 1), 30, 3), (date(2026, 1, 2), 20, 2)]
+
+
+def test_old_versions_are_retired_keeping_one_for_readers_in_flight(tmp_path):
+    root = tmp_path / "recommendations"
+    for k in range(4):
+        publish_partition(frame(5, k), root, date(2026, 1, 1))
+    assert len(list((root / "run_date=2026-01-01").iterdir())) == 4  # all within the grace period
+    publish_partition(frame(5, 9), root, date(2026, 1, 1), grace_seconds=0)
+    assert len(list((root / "run_date=2026-01-01").iterdir())) == 2
+    assert pl.read_parquet(partition_path(root, date(2026, 1, 1)))["item_id"][0] == 9
 
 
 def test_readers_never_see_a_partial_partition(tmp_path):
-    """A reader polling while partitions are rewritten sees the old rows or the new rows, nothing else."""
+    """A reader polling while a night is republished sees the old rows or the new rows, nothing else."""
     root = tmp_path / "recommendations"
     old, new = frame(300_000, 1), frame(600_000, 2)
     publish_partition(old, root, date(2026, 1, 1))
@@ -42,23 +63,23 @@ def test_readers_never_see_a_partial_partition(tmp_path):
     stop = threading.Event()
 
     def read() -> None:
-        con = duckdb.connect()
+        con = views(root)
         while not stop.is_set():
             try:
-                seen.add(con.sql(f"select count(*), max(item_id) from read_parquet('{root}/run_date=*/*.parquet')")
-                         .fetchall()[0])
-            except duckdb.Error as exc:  # a torn file would surface here
+                seen.add(con.sql("select count(*), max(item_id) from published('recommendations')").fetchall()[0])
+            except duckdb.Error as exc:  # a torn or vanished file would surface here
                 errors.append(str(exc))
 
     reader = threading.Thread(target=read)
     reader.start()
-    for k in range(6):
+    for k in range(8):
         publish_partition(new if k % 2 == 0 else old, root, date(2026, 1, 1))
+        time.sleep(0.05)
     stop.set()
     reader.join()
     assert errors == []
     assert seen <= {(300_000, 1), (600_000, 2)}
-    assert len(seen) >= 1
+    assert len(seen) == 2, "the reader should have seen both versions"
 
 
 def test_strategy_by_history_length():
