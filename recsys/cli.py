@@ -86,7 +86,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
                     print("  " + " | ".join("" if v is None else str(v) for v in row))
                 return EXIT_OK
             run_id = waiting[0][0]
-        kinds = set(runs.run_params(con, run_id).get("kinds", ["users", "items", "interactions"]))
+        # Which kinds the source had decides whether unknown users/items are registered or rejected: the
+        # ingest run records it; for a batch staged outside the flow, the ledger's kinds stand in.
+        kinds = set(runs.run_params(con, run_id).get("kinds") or [
+            kind for (kind,) in con.execute("select distinct kind from ingest_ledger where run_id = $run_id",
+                                            {"run_id": run_id}).fetchall()])
         result = validate.validate_batch(con, settings, run_id, all_users_known="users" not in kinds,
                                          all_items_known="items" not in kinds, raise_on_failure=False)
         print(validate.format_gate(result))

@@ -15,10 +15,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+
+from tasks import publish
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -108,7 +110,7 @@ def test_ingest_deployment_triggers_train_and_publish(tmp_path, small_synthetic)
         runs = wait_for(downstream_state, 540, "the triggered train-and-publish run")
         assert runs[0]["parameters"]["home"] == str(home)  # passed through from the upstream run
         today = datetime.now(UTC).date().isoformat()
-        partition = home / "output" / "recommendations" / f"run_date={today}" / "data.parquet"
+        partition = publish.partition_path(home / "output" / "recommendations", date.fromisoformat(today))
         assert partition.exists(), _logs(tmp_path)
     finally:
         for proc in reversed(procs):
