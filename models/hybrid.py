@@ -4,7 +4,8 @@ The blend weights depend on how much history a user has: a user with no interact
 features and popularity, a user with many by CF. Weights are tuned per history bucket on *validation
 users* drawn from the training interactions (never from test users): their first k interactions by time
 are revealed as history and the rest are the truth, as for cold users at evaluation time. Users seen in
-training form one more bucket, tuned by revealing all but each validation user's latest 20 %. The
+training form one more bucket, tuned on other validation users who stay in training without their latest
+20 % (the truth). The
 components are then refitted on all training interactions.
 """
 
@@ -21,7 +22,7 @@ from models.base import Recommender, UserBlock, data_fingerprint
 from models.ranking import ndcg_from_hits, standardize_rows, top_k_indices
 
 BUCKET_EDGES = (0, 1, 3, 5, 10, 20)  # bucket b holds history lengths in [edge_b, edge_b+1)
-WARM = len(BUCKET_EDGES)  # one more bucket: users seen in training (their whole history is known)
+WARM = len(BUCKET_EDGES)  # one more bucket: users seen in training (tuned on warm validation users)
 WARM_TRUTH_SHARE = 0.2
 
 
@@ -73,13 +74,30 @@ class Hybrid(Recommender):
         eligible = counts.filter(pl.col("len") >= p["min_validation_history"] + 1)["user_id"].sort().to_numpy()
         rng = np.random.default_rng(seed)
         n_val = min(int(round(len(eligible) * p["validation_share"])), int(p["max_validation_users"]))
-        val_users = np.sort(rng.choice(eligible, size=n_val, replace=False)) if n_val else np.array([], np.int64)
-        fit_part = interactions.filter(~pl.col("user_id").is_in(val_users))
-        val_part = interactions.filter(pl.col("user_id").is_in(val_users)).sort("user_id", "ts", "item_id")
+        picked = rng.permutation(eligible)
+        # Cold validation users leave training entirely (their first k interactions are revealed when
+        # tuning the k-shot buckets); warm validation users stay in training with all but their latest
+        # interactions, which tune the warm bucket as true warm users.
+        cold_users = np.sort(picked[:n_val])
+        warm_users = np.sort(picked[n_val:2 * n_val])
+        ordered = interactions.sort("user_id", "ts", "item_id").with_columns(
+            position=pl.int_range(pl.len()).over("user_id"), n=pl.len().over("user_id"))
+        warm_rows = ordered.filter(pl.col("user_id").is_in(warm_users))
+        warm_truth = warm_rows.filter(pl.col("position") >= (pl.col("n") * (1 - WARM_TRUTH_SHARE)).ceil())
+        fit_part = (ordered.filter(~pl.col("user_id").is_in(cold_users))
+                    .join(warm_truth.select("user_id", "item_id", "ts"), on=["user_id", "item_id", "ts"], how="anti")
+                    .drop("position", "n"))
+        val_part = ordered.filter(pl.col("user_id").is_in(cold_users))
+        cases = [(str(k), cold_users, val_part.filter(pl.col("position") < k).drop("position", "n"),
+                  val_part.filter(pl.col("position") >= k).drop("position", "n"), k > 0)
+                 for k in BUCKET_EDGES]
+        warm_known = warm_rows.join(warm_truth.select("user_id", "item_id", "ts"), on=["user_id", "item_id", "ts"],
+                                    how="anti").drop("position", "n")
+        cases.append(("warm", warm_users, warm_known, warm_truth.drop("position", "n"), False))
 
         components = {name: self._component(name).fit(fit_part, user_features, item_features, seed)
                       for name in p["components"]}
-        self.weights, self.tuning = self._tune(components, val_users, val_part)
+        self.weights, self.tuning = self._tune(components, cases)
         if p["refit"]:
             fingerprint = data_fingerprint(interactions)
             prefitted = getattr(self, "_prefitted", {})
@@ -98,31 +116,28 @@ class Hybrid(Recommender):
         return [tuple(c / steps for c in combo) for combo in itertools.product(range(steps + 1), repeat=n)
                 if sum(combo) == steps]
 
-    def _tune(self, components: dict[str, Recommender], val_users: np.ndarray, val_part: pl.DataFrame):
+    def _tune(self, components: dict[str, Recommender], cases: list):
+        """Per bucket, the grid weights with the best nDCG@k on that bucket's validation case.
+
+        A case is (label, users, known interactions, truth, pass the known interactions as history): cold
+        cases pass their revealed items as history; the warm case's users are in training already.
+        """
         names = list(components)
         grid = self._grid()
         weights: dict[int, list[float]] = {}
         tuning: dict[str, dict] = {}
         default = tuple(1.0 if i == 0 else 0.0 for i in range(len(names)))
-        ordered = val_part.with_columns(position=pl.int_range(pl.len()).over("user_id"), n=pl.len().over("user_id"))
-        for b, k in enumerate((*BUCKET_EDGES, None)):
-            if k is None:  # warm: all but each user's latest interactions are known
-                history = ordered.filter(pl.col("position") < (pl.col("n") * (1 - WARM_TRUTH_SHARE)).ceil())
-                k = "warm"
-            else:
-                history = ordered.filter(pl.col("position") < k)
-            history = history.drop("position", "n")
-            truth = val_part.join(history, on=["user_id", "item_id", "ts"], how="anti")
-            users = np.intersect1d(val_users, truth["user_id"].unique().to_numpy())
+        for b, (label, case_users, known, truth, as_history) in enumerate(cases):
+            users = np.intersect1d(case_users, truth["user_id"].unique().to_numpy())
             if len(users) == 0:
                 weights[b] = list(default)
                 continue
+            history = known if (as_history and known.height) else None
             z, relevant = [], None
             for name in names:
                 model = components[name]
-                scores = model.score_users(users, history if history.height else None)
-                scores = self._align(model, scores)
-                seen = self._history_mask(users, history if history.height else None)
+                scores = self._align(model, model.score_users(users, history))
+                seen = self._history_mask(users, known if known.height else None)
                 scores[seen] = -np.inf
                 z.append(standardize_rows(scores))
                 if relevant is None:
@@ -141,7 +156,7 @@ class Hybrid(Recommender):
                 results.append(float(ndcg_from_hits(hits, n_rel).mean()))
             best = int(np.argmax(results))  # first maximum in grid order: deterministic
             weights[b] = list(candidates[best])
-            tuning[str(k)] = {
+            tuning[label] = {
                 "users": int(len(users)), "weights": dict(zip(names, candidates[best], strict=True)),
                 "ndcg_blend": results[best],
                 "ndcg_components": {name: self._single(z[i], relevant, n_rel) for i, name in enumerate(names)},

@@ -115,23 +115,19 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from recsys import db, runs
+    from recsys import runs
     from recsys.settings import Settings
     from tasks.features import features_step
     from tasks.train import train_step
 
     settings = Settings()
     settings.ensure_dirs()
-    run_id = runs.new_run_id("train")
     names = args.models or list(settings.models)
-    with db.warehouse(settings) as con:
-        runs.start_run(con, settings, run_id, "train", params={"models": names})
-    counts = features_step(settings, run_id)
-    print(f"features: {counts['user_features']:,} users ({counts['users_without_history']:,} without history), "
-          f"{counts['item_features']:,} items")
-    result = train_step(settings, run_id, names)
-    with db.warehouse(settings) as con:
-        runs.finish_run(con, settings, run_id, "trained")
+    with runs.recorded_run(settings, "train", {"models": names}, done="trained") as run_id:
+        counts = features_step(settings, run_id)
+        print(f"features: {counts['user_features']:,} users ({counts['users_without_history']:,} without "
+              f"history), {counts['item_features']:,} items")
+        result = train_step(settings, run_id, names)
     print(f"models saved under {result['model_dir']}")
     return EXIT_OK
 
@@ -139,20 +135,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from recsys import db, runs
+    from recsys import runs
     from recsys.settings import Settings
     from tasks.evaluate import evaluate_step
     from tasks.report import headline_table
 
     settings = Settings()
     settings.ensure_dirs()
-    run_id = runs.new_run_id("evaluate")
     names = args.models or list(settings.models)
-    with db.warehouse(settings) as con:
-        runs.start_run(con, settings, run_id, "evaluate", params={"models": names})
-    result = evaluate_step(settings, run_id, names)
-    with db.warehouse(settings) as con:
-        runs.finish_run(con, settings, run_id, "evaluated")
+    with runs.recorded_run(settings, "evaluate", {"models": names}, done="evaluated") as run_id:
+        result = evaluate_step(settings, run_id, names)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40):
         print(headline_table(pl.read_parquet(result["metrics"]), k=min(settings.ks)))
     print(f"report: {result['report_html']}\nmetrics: {result['metrics']} (and the `metrics` table)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 
 import duckdb
@@ -35,3 +37,18 @@ def finish_run(con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, 
 def run_params(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
     rows = con.execute("select params from runs where run_id = $run_id", {"run_id": run_id}).fetchall()
     return json.loads(rows[0][0]) if rows and rows[0][0] else {}
+
+
+@contextmanager
+def recorded_run(settings: Settings, flow: str, params: dict | None = None, done: str = "done") -> Iterator[str]:
+    """A run id recorded in ``runs`` for the duration of the block: ``done`` on success, else ``failed``."""
+    run_id = new_run_id(flow)
+    with db.warehouse(settings) as con:
+        start_run(con, settings, run_id, flow, params=params)
+    status = "failed"
+    try:
+        yield run_id
+        status = done
+    finally:
+        with db.warehouse(settings) as con:
+            finish_run(con, settings, run_id, status)
