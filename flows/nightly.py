@@ -112,11 +112,12 @@ def publish_recommendations(settings: Settings, run_id: str, run_date: date, mod
 
 def query_hint(settings: Settings) -> str:
     output = settings.output_dir.resolve()
-    return (f"Published under {output}/recommendations/run_date=*/ . Query it:\n"
+    return (f"Published under {output}/recommendations/run_date=*/version=*/ . Query it:\n"
             f"  recsys sql \"select * from latest_recommendations where user_id = 1 order by rank limit 10\"\n"
-            f"  duckdb -c \"set variable recsys_output = '{output}'; .read sql/views/recommendations.sql\" ...\n"
-            f"  (or plain SQL: select * from read_parquet('{output}/recommendations/run_date=*/*.parquet', "
-            f"hive_partitioning=true))")
+            f"  recsys sql --named top10_for_user --param user_id=1\n"
+            f"  duckdb -cmd \"set variable recsys_output = '{output}'\" -cmd \".read sql/views/published.sql\" \\\n"
+            f"         -c \"select * from published('recommendations') where user_id = 1 "
+            f"order by run_date desc, rank limit 10\"")
 
 
 def _settings(home: str | None) -> Settings:
