@@ -115,7 +115,7 @@ class TwoTower(Recommender):
                 # At 20 M interactions an epoch over everything does not fit a night on 2 cores: each epoch
                 # sees a fresh random sample of at most this many examples.
                 "max_examples_per_epoch": 2_000_000,
-                "verbose": 0}
+                "verbose": 2}  # Keras progress: one line per epoch
 
     # -- training ------------------------------------------------------------------------------------------
 

@@ -333,6 +333,8 @@ def _batch_params(settings, suite, run_id, all_users_known, all_items_known) -> 
 
 
 def format_gate(result: GateResult) -> str:
+    if not result.outcomes:
+        return f"validation gate for {result.run_id}: nothing new was staged (every file was already loaded)"
     lines = [f"validation gate for {result.run_id}: {'PASSED' if result.passed else 'STOPPED'} "
              f"({len(result.outcomes)} expectations, {len(result.critical_failures)} critical failures, "
              f"{len(result.warnings)} warnings, {result.rows_rejected} rows moved to rejects)"]
