@@ -115,6 +115,7 @@ class TwoTower(Recommender):
                 # At 20 M interactions an epoch over everything does not fit a night on 2 cores: each epoch
                 # sees a fresh random sample of at most this many examples.
                 "max_examples_per_epoch": 2_000_000,
+                "max_validation_examples": 100_000,
                 "verbose": 2}  # Keras progress: one line per epoch
 
     # -- training ------------------------------------------------------------------------------------------
@@ -147,7 +148,9 @@ class TwoTower(Recommender):
         coo = self.train.tocoo()
         users, items = coo.row.astype(np.int32), coo.col.astype(np.int32)
         rng = np.random.default_rng(seed)
-        is_val = rng.random(len(users)) < p["validation_share"]
+        # Held-out examples for early stopping: a share, capped so validation stays cheap at 20 M.
+        val_share = min(p["validation_share"], p["max_validation_examples"] / max(len(users), 1))
+        is_val = rng.random(len(users)) < val_share
         fidx = np.clip(np.searchsorted(self.feature_user_ids, self.user_ids), 0, max(len(self.feature_user_ids) - 1, 0))
         has = (len(self.feature_user_ids) > 0) & (self.feature_user_ids[fidx] == self.user_ids)
         self.train_demographics = np.where(has[:, None], self.user_demographics[fidx], 0).astype(np.int32)
