@@ -76,10 +76,6 @@ class Settings(BaseSettings):
     def reports_dir(self) -> Path:
         return self.home / "reports"
 
-    @property
-    def data_docs_dir(self) -> Path:
-        return self.home / "data_docs"
-
     def ensure_dirs(self) -> None:
         """Create the home layout. Called by entry points, never at import."""
         for path in (self.home, self.models_dir, self.output_dir, self.landing_dir, self.reports_dir):
