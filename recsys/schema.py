@@ -6,12 +6,6 @@ USER_ID = "user_id"
 ITEM_ID = "item_id"
 RATING = "rating"
 TIMESTAMP = "ts"
-SCORE = "score"
-RANK = "rank"
-MODEL = "model"
-STRATEGY = "strategy"
-RUN_ID = "run_id"
-RUN_DATE = "run_date"
 
 DEFAULT_K = 10
 DEFAULT_TOP_N = 50

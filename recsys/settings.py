@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recsys import schema
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,8 +38,8 @@ class Settings(BaseSettings):
     drift_critical: bool = False
 
     # Evaluation and publishing.
-    top_n: int = 50
-    ks: tuple[int, ...] = (10,)
+    top_n: int = schema.DEFAULT_TOP_N
+    ks: tuple[int, ...] = (schema.DEFAULT_K,)
     k_shots: tuple[int, ...] = (0, 1, 3, 5, 10, 20)
     cold_user_fraction: float = 0.2
     validation_user_fraction: float = 0.1
