@@ -21,6 +21,13 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def plot_cold_start_curve(metrics: pl.DataFrame, path: Path, k: int = 10) -> Path:
     plt = _plt()
     cold = metrics.filter((pl.col("split") == "cold") & (pl.col("metric") == "ndcg") & (pl.col("k") == k))
@@ -36,10 +43,7 @@ def plot_cold_start_curve(metrics: pl.DataFrame, path: Path, k: int = 10) -> Pat
     ax.set_xscale("symlog", linthresh=1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_model_bars(metrics: pl.DataFrame, path: Path, k: int = 10) -> Path:
@@ -65,10 +69,7 @@ def plot_model_bars(metrics: pl.DataFrame, path: Path, k: int = 10) -> Path:
     ax.set_ylabel(f"nDCG@{k}")
     ax.set_title("Models per slice")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_coverage_novelty(metrics: pl.DataFrame, path: Path, k: int = 10) -> Path:
@@ -80,10 +81,7 @@ def plot_coverage_novelty(metrics: pl.DataFrame, path: Path, k: int = 10) -> Pat
         m = view.filter(pl.col("metric") == metric).sort("model")
         ax.barh(m["model"].to_list(), m["value"].to_list(), color="#4c72b0")
         ax.set_title(f"{metric}@{k} (warm users)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _table(frame: pl.DataFrame) -> list[str]:
