@@ -33,11 +33,13 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/recsys nightly $(ARGS)
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Style and the architecture: ruff, then the import-linter contracts (one-way layers, no cycles).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/recsys benchmark quality --dataset ml-100k --out var/benchmarks/quality.json

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,19 +20,16 @@ import numpy as np
 import polars as pl
 
 from models.base import library_versions
+from recsys import db
 from recsys.settings import Settings
-from tasks.evaluate import (
-    Catalog,
-    cold_slices,
-    evaluate_models,
-    map_full,
-    ndcg,
-    precision,
-    ranked_lists,
-    recall,
-)
+from tasks import ingest
+from tasks.evaluate import cold_slices, evaluate_models
+from tasks.features import Frames, load_frames
+from tasks.generate import GeneratorConfig, generate
+from tasks.metrics import Catalog, map_full, ndcg, precision, ranked_lists, recall
+from tasks.sources import movielens_specs, synthetic_specs
 from tasks.split import cold_user_split, stratified_split
-from tasks.train import Frames, build_features, train_models
+from tasks.train import fit_tuned
 
 # Microsoft Recommenders, ML-100k, their benchmark notebook (MAP is their full MAP, not MAP@K).
 MSR_ML100K = {
@@ -47,13 +45,6 @@ ALL_MODELS = ("popularity", "segment_popularity", "item_knn", "ease", "two_tower
 
 def load_ml100k(path: Path) -> Frames:
     """Read MovieLens-100k through the product's own ingest (into a throwaway warehouse)."""
-    import tempfile
-
-    from recsys import db
-    from tasks import ingest
-    from tasks.sources import movielens_specs
-    from tasks.train import load_frames
-
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(home=Path(home))
         with db.warehouse(settings) as con:
@@ -63,14 +54,6 @@ def load_ml100k(path: Path) -> Frames:
 
 
 def load_synthetic(seed: int = 42) -> Frames:
-    import tempfile
-
-    from recsys import db
-    from tasks import ingest
-    from tasks.generate import GeneratorConfig, generate
-    from tasks.sources import synthetic_specs
-    from tasks.train import load_frames
-
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(home=Path(home))
         generate(Path(home) / "data", GeneratorConfig(seed=seed))
@@ -82,9 +65,9 @@ def load_synthetic(seed: int = 42) -> Frames:
 
 def protocol_w(frames: Frames, names, settings: Settings, log) -> dict:
     split = stratified_split(frames.interactions, ratio=0.75, seed=42, by="user")
-    uf, itf = build_features(frames, split.train)
     started = time.perf_counter()
-    models = train_models(names, split.train, uf, itf, settings, log=log)
+    models = {name: model for name, model in fit_tuned(names, frames, split.train, settings, log=log).items()
+              if name in names}
     results = {}
     users = np.sort(split.test["user_id"].unique().to_numpy())
     for name, model in models.items():
@@ -106,8 +89,8 @@ def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log)
     for seed in seeds:
         seeded = settings.model_copy(update={"seed": seed})
         split = cold_user_split(frames.interactions, settings.cold_user_fraction, settings.k_shots, seed)
-        uf, itf = build_features(frames, split.train)
-        models = train_models(names, split.train, uf, itf, seeded, log=log)
+        models = {name: model for name, model in fit_tuned(names, frames, split.train, seeded, log=log).items()
+                  if name in names}
         metrics = evaluate_models(models, cold_slices(split), (10,), seed, settings.bootstrap_samples)
         per_seed.append(metrics.with_columns(seed=pl.lit(seed)))
     all_metrics = pl.concat(per_seed)

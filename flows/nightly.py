@@ -1,17 +1,20 @@
-"""``nightly_flow``: ingest -> validate -> features -> evaluate -> train -> publish, one night's run.
+"""``nightly_flow``: ingest -> validate -> snapshot -> features -> evaluate -> train -> publish, one night.
 
-Each step is one task around a plain function in ``tasks/``. Features, evaluation and training are cached
-on the warehouse's data fingerprint and the parameters that shape them, so re-running a night whose data
-did not change reuses those steps (and re-publishes, which is idempotent).
+The flow is a table of contents: each step is one task around a plain function in ``tasks/`` and hands the
+next a small record (paths, a fingerprint, counts). The warehouse is read once, into a snapshot; each model
+is fitted once on the evaluation fold and once for production. Features, evaluation and training are
+cached by Prefect (``flows/caching.py``) on the snapshot's fingerprint, the settings that shape them and the
+project's code, so a night whose data did not change reuses them (and re-publishes, which is idempotent).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import resource
+import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import polars as pl
 from prefect import flow, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -21,93 +24,77 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from flows.caching import step_options
 from flows.ingest import ingest_flow
 from recsys import db, runs
 from recsys.errors import ConfigError
 from recsys.settings import Settings
-from tasks import evaluate, features, publish, train
-
-
-def _step_key(step: str, settings: Settings, fingerprint: str, extra: dict) -> str:
-    shaping = settings.model_dump(mode="json", exclude={"sql_dir", "expectations_dir", "top_n", "metric_tolerance"})
-    shaping["home"] = str(settings.home.resolve())
-    blob = json.dumps({"step": step, "fingerprint": fingerprint, "settings": shaping, **extra}, sort_keys=True)
-    return f"{step}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
-
-
-def _index_path(settings: Settings, key: str) -> Path:
-    return settings.home / "cache" / f"{key}.json"
-
-
-def _cached(settings: Settings, key: str) -> dict | None:
-    """A step's earlier output, if it was recorded and every file it names still exists."""
-    path = _index_path(settings, key)
-    if not path.exists():
-        return None
-    output = json.loads(path.read_text())
-    files = [v for v in _leaves(output) if isinstance(v, str) and v.startswith(("/", str(settings.home)))]
-    return output if all(Path(f).exists() for f in files) else None
-
-
-def _leaves(value):
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from _leaves(v)
-    else:
-        yield value
-
-
-def _remember(settings: Settings, key: str, output: dict) -> dict:
-    path = _index_path(settings, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(output, default=str))
-    return output
-
-
-def _cache_key(context, parameters) -> str | None:
-    """Prefect cache key: the step key plus the recorded output, and only while that output is on disk.
-
-    Hashing the recorded output in means a step recomputed after its files were deleted never matches an
-    older persisted result that points at the deleted files.
-    """
-    settings, key = parameters["settings"], parameters["key"]
-    if _cached(settings, key) is None:
-        return None
-    recorded = _index_path(settings, key).read_bytes()
-    return f"{key}-{hashlib.sha256(recorded).hexdigest()[:16]}"
+from tasks import evaluate, features, metrics, publish, snapshot, train
+from tasks.evaluate import Evaluation
+from tasks.features import FeatureSet
+from tasks.snapshot import Snapshot
+from tasks.train import TrainedModels
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def fingerprint_warehouse(settings: Settings) -> str:
-    with db.warehouse(settings) as con:
-        return "-".join(str(v) for v in db.run(con, settings, "publish/warehouse_fingerprint")[0])
+def snapshot_warehouse(settings: Settings) -> Snapshot:
+    return snapshot.take_snapshot(settings)
 
 
-@task(cache_key_fn=_cache_key, persist_result=True)
-def build_features(settings: Settings, run_id: str, key: str) -> dict:
-    if (done := _cached(settings, key)) is not None:
-        return done
-    return _remember(settings, key, features.features_step(settings, run_id))
+@task
+def build_features(settings: Settings, run_id: str, snap: Snapshot) -> FeatureSet:
+    return features.features_step(settings, run_id, snap.frames(), settings.home / "features" / snap.fingerprint)
 
 
-@task(cache_key_fn=_cache_key, persist_result=True)
-def evaluate_models(settings: Settings, run_id: str, key: str, names: list[str]) -> dict:
-    if (done := _cached(settings, key)) is not None:
-        return done
-    return _remember(settings, key, evaluate.evaluate_step(settings, run_id, names))
+@task
+def evaluate_models(settings: Settings, run_id: str, snap: Snapshot, names: list[str]) -> Evaluation:
+    return evaluate.evaluate_step(settings, run_id, snap.frames(), names, settings.reports_dir / run_id)
 
 
-@task(cache_key_fn=_cache_key, persist_result=True)
-def train_models(settings: Settings, run_id: str, key: str, names: list[str]) -> dict:
-    if (done := _cached(settings, key)) is not None:
-        return done
-    return _remember(settings, key, train.train_step(settings, run_id, names))
+@task
+def train_models(settings: Settings, run_id: str, snap: Snapshot, feats: FeatureSet, names: list[str],
+                 evaluation: Evaluation) -> TrainedModels:
+    return train.train_step(settings, feats, snap.frames().interactions, names, evaluation.hybrid_weights(),
+                            settings.models_dir / run_id)
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
-def publish_recommendations(settings: Settings, run_id: str, run_date: date, model_dir: str, model: str,
-                            metrics_path: str) -> dict:
-    return publish.publish_step(settings, run_id, run_date, model_dir, model, metrics_path)
+def publish_recommendations(settings: Settings, run_id: str, run_date: date, snap: Snapshot, model_dir: str,
+                            model: str, metrics_path: str) -> dict:
+    return publish.publish_step(settings, run_id, run_date, snap.frames(), model_dir, model, metrics_path)
+
+
+def cached(step, settings: Settings, *args):
+    """Run a cached step; a cached record whose files were deleted since is recomputed, not trusted."""
+    options = step_options(settings)
+    record = step.with_options(**options)(settings, *args)
+    if not record.exists():
+        record = step.with_options(**options, refresh_cache=True)(settings, *args)
+    return record
+
+
+class Progress:
+    """One line per step with its elapsed time, the Prefect progress artifact, and a timing record."""
+
+    def __init__(self, night: date, steps: int):
+        self.artifact = create_progress_artifact(0.0, key="nightly-progress", description=f"nightly {night}")
+        self.steps, self.done = steps, 0
+        self.started = self.last = time.perf_counter()
+        self.timings: list[dict] = []
+
+    def step(self, name: str, detail: str = "") -> None:
+        self.done += 1
+        now = time.perf_counter()
+        self.timings.append({"step": name, "seconds": round(now - self.last, 2), "peak_rss_gib": round(peak_rss_gib(), 2)})
+        self.last = now
+        update_progress_artifact(self.artifact, 100.0 * self.done / self.steps)
+        print(f"[{self.done}/{self.steps}] {name:10} {self.timings[-1]['seconds']:7.1f} s"
+              + (f"  {detail}" if detail else ""))
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def query_hint(settings: Settings) -> str:
@@ -135,7 +122,7 @@ def train_publish_flow(
     home: str | None = None,
     ingested: dict | None = None,
 ) -> dict:
-    """features -> evaluate -> train -> publish on what the warehouse holds (chained after ``ingest``)."""
+    """snapshot -> features -> evaluate -> train -> publish on what the warehouse holds (chained after ``ingest``)."""
     settings = _settings(home)
     publish_model = publish_model or settings.publish_model
     night = date.fromisoformat(run_date) if run_date and run_date != "None" else datetime.now(UTC).date()
@@ -143,33 +130,33 @@ def train_publish_flow(
     if publish_model not in names:
         raise ConfigError(f"publish_model {publish_model!r} is not among the models to train ({', '.join(names)})")
     run_id = runs.new_run_id("nightly")
-    progress = create_progress_artifact(0.0, key="nightly-progress", description=f"nightly {night}")
     with db.warehouse(settings) as con:
         runs.start_run(con, settings, run_id, "train-and-publish", run_date=night,
                        params={"models": names, "publish_model": publish_model})
-    fingerprint = fingerprint_warehouse(settings)
-    feats = build_features(settings, run_id, _step_key("features", settings, fingerprint, {}))
-    update_progress_artifact(progress, 20.0)
-    evaluation = evaluate_models(settings, run_id, _step_key("evaluate", settings, fingerprint, {"models": names}),
-                                 names)
-    update_progress_artifact(progress, 60.0)
-    trained = train_models(settings, run_id, _step_key("train", settings, fingerprint, {"models": names}), names)
-    update_progress_artifact(progress, 90.0)
-    published = publish_recommendations(settings, run_id, night, trained["model_dir"], publish_model,
-                                        evaluation["metrics"])
-    update_progress_artifact(progress, 100.0)
+    progress = Progress(night, 5)
+    snap = snapshot_warehouse(settings)
+    progress.step("snapshot", f"{snap.interactions:,} interactions, {snap.users:,} users, {snap.items:,} items")
+    feats = cached(build_features, settings, run_id, snap)
+    progress.step("features", f"{feats.users:,} users ({feats.users_without_history:,} without history), "
+                              f"{feats.items:,} items")
+    evaluation = cached(evaluate_models, settings, run_id, snap, names)
+    progress.step("evaluate", evaluation.report_html)
+    trained = cached(train_models, settings, run_id, snap, feats, names, evaluation)
+    progress.step("train", trained.model_dir)
+    published = publish_recommendations(settings, run_id, night, snap, trained.model_dir, publish_model,
+                                        evaluation.metrics)
+    progress.step("publish", published["paths"]["recommendations"])
     with db.warehouse(settings) as con:
         runs.finish_run(con, settings, run_id, "published")
 
-    import polars as pl
-
-    heads = evaluate.headline(pl.read_parquet(evaluation["metrics"])).filter(
+    heads = metrics.headline(pl.read_parquet(evaluation.metrics)).filter(
         pl.col("model").is_in(["popularity", publish_model]))
     create_table_artifact(key="nightly-headline", table=heads.to_dicts(),
                           description=f"nDCG@10 with 95% CI, {night}")
     summary = {
-        "run_id": run_id, "run_date": str(night), "fingerprint": fingerprint, "ingest": ingested,
-        "features": feats, "evaluation": evaluation, "models": trained, "published": published,
+        "run_id": run_id, "run_date": str(night), "fingerprint": snap.fingerprint, "ingest": ingested,
+        "snapshot": snap, "features": feats, "evaluation": evaluation, "models": trained, "published": published,
+        "steps": progress.timings,
     }
     create_markdown_artifact(key="nightly-summary", markdown=_summary_markdown(summary, heads),
                              description=f"nightly {night}")
@@ -210,7 +197,7 @@ def _summary_text(summary: dict, heads) -> str:
     lines = [f"nightly {summary['run_date']} ({summary['run_id']})",
              f"  {_ingest_line(summary['ingest'])}",
              f"  users served: {summary['published']['users']:,} {summary['published']['strategies']}",
-             f"  report: {summary['evaluation']['report_html']}"]
+             f"  report: {summary['evaluation'].report_html}"]
     for row in _ordered(heads).iter_rows(named=True):
         lines.append(f"  nDCG@10 {row['model']:18} {row['slice']:10} {row['value']:.4f} "
                      f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]")
@@ -224,12 +211,10 @@ def _summary_markdown(summary: dict, heads) -> str:
     return (f"# Nightly {summary['run_date']}\n\n"
             f"{_ingest_line(summary['ingest'])}.\n\n"
             f"| model | slice | nDCG@10 | 95% CI |\n|---|---|---|---|\n{rows}\n\n"
-            f"Outputs:\n{paths}\n- report: `{summary['evaluation']['report_html']}`\n")
+            f"Outputs:\n{paths}\n- report: `{summary['evaluation'].report_html}`\n")
 
 
 def _ordered(heads):
     """Model, then warm first and cold slices by k numerically."""
-    import polars as pl
-
     k = pl.col("slice").str.extract(r"k=(\d+)").cast(pl.Int32).fill_null(-1)
     return heads.with_columns(_k=k).sort("model", "_k").drop("_k")

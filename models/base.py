@@ -17,6 +17,7 @@ import json
 import platform
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -55,6 +56,8 @@ class Recommender(ABC):
         self.seed: int | None = None
         self.fitted = False
         self.meta: dict[str, Any] = {}
+        self._loader: Callable[[Path], Recommender] | None = None
+        self.saved_path: Path | None = None  # where save() or load() last put or found this model
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -67,6 +70,7 @@ class Recommender(ABC):
     ) -> Self:
         started = time.perf_counter()
         self.seed = int(seed)
+        self._fingerprint = data_fingerprint(interactions)
         self._encode(interactions, user_features, item_features)
         self._fit(seed)
         self.fitted = True
@@ -77,7 +81,7 @@ class Recommender(ABC):
             "n_users": int(len(self.user_ids)),
             "n_items": int(len(self.item_ids)),
             "n_interactions": int(self.train.nnz),
-            "data_fingerprint": data_fingerprint(interactions),
+            "data_fingerprint": self._fingerprint,
             "training_seconds": round(time.perf_counter() - started, 3),
             "versions": library_versions(),
         }
@@ -236,13 +240,16 @@ class Recommender(ABC):
                  tiebreak=self.tiebreak)
         (path / "vocab.json").write_text(json.dumps({"demographics": self.vocab, "genres": self.genre_vocab}))
         self._save_state(path)
+        self.saved_path = path
         return path
 
     @classmethod
-    def load(cls, path: Path) -> Self:
+    def load(cls, path: Path, loader: Callable[[Path], Recommender] | None = None) -> Self:
+        """Read a saved model. ``loader`` loads nested models of any kind (the hybrid's components)."""
         path = Path(path)
         saved = json.loads((path / "params.json").read_text())
         model = cls(**saved["params"])
+        model._loader = loader
         model.seed = saved["seed"]
         model.meta = json.loads((path / "metadata.json").read_text())
         model.train = sp.load_npz(path / "train.npz").tocsr()
@@ -253,6 +260,7 @@ class Recommender(ABC):
         model.vocab, model.genre_vocab = vocab["demographics"], vocab["genres"]
         model._load_state(path)
         model.fitted = True
+        model.saved_path = path
         return model
 
     @abstractmethod

@@ -1,29 +1,31 @@
 """A hybrid that blends a feature-based deep model, collaborative filtering and segment popularity.
 
 The blend weights depend on how much history a user has: a user with no interactions is served by
-features and popularity, a user with many by CF. Weights are tuned per history bucket on *validation
-users* drawn from the training interactions (never from test users): their first k interactions by time
-are revealed as history and the rest are the truth, as for cold users at evaluation time. Users seen in
-training form one more bucket, tuned on other validation users who stay in training without their latest
-20 % (the truth). The
-components are then refitted on all training interactions.
+features and popularity, a user with many by CF. The hybrid fits nothing itself: it receives its fitted
+components (:meth:`Hybrid.use_components`), and either tunes the weights per history bucket on validation
+cases (:meth:`Hybrid.use_validation`, built by ``tasks.split.carve_validation`` from training users, never
+test users) or takes weights tuned earlier (:meth:`Hybrid.use_weights`: the production fit reuses the
+evaluation fold's weights, so no component is ever fitted twice on the same fold).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from models.base import Recommender, UserBlock, data_fingerprint
+from models.base import Recommender, UserBlock
 from models.ranking import ndcg_from_hits, standardize_rows, top_k_indices
 
 BUCKET_EDGES = (0, 1, 3, 5, 10, 20)  # bucket b holds history lengths in [edge_b, edge_b+1)
 WARM = len(BUCKET_EDGES)  # one more bucket: users seen in training (tuned on warm validation users)
-WARM_TRUTH_SHARE = 0.2
+COMPONENTS = ("two_tower", "ease", "item_knn", "segment_popularity")
 
 
 def bucket_of(history_length: np.ndarray, in_training: np.ndarray | None = None) -> np.ndarray:
@@ -31,6 +33,22 @@ def bucket_of(history_length: np.ndarray, in_training: np.ndarray | None = None)
     if in_training is not None:
         buckets = np.where(in_training, WARM, buckets)
     return buckets
+
+
+@dataclass
+class ValidationCase:
+    """One bucket's tuning data: users, what is known of them, and what they did next (the truth).
+
+    ``as_history``: the known interactions are passed as history (cold users with k revealed items); for
+    the warm bucket the users are in training already and ``known`` only masks what they have seen.
+    """
+
+    label: str
+    bucket: int
+    users: np.ndarray
+    known: pl.DataFrame
+    truth: pl.DataFrame
+    as_history: bool
 
 
 class Hybrid(Recommender):
@@ -41,74 +59,43 @@ class Hybrid(Recommender):
         return {
             # item_knn next to EASE: on short (k-shot) histories neighbourhood CF generalises better,
             # on long ones EASE does; the tuned weights pick per history bucket.
-            "components": ["two_tower", "ease", "item_knn", "segment_popularity"],
-            "component_params": {},
-            "validation_share": 0.25,
-            "max_validation_users": 3000,  # bounds tuning memory: users x items x components floats
-            "min_validation_history": 5,
+            "components": list(COMPONENTS),
             "grid_step": 0.2,
             "k": 10,
-            "refit": True,
         }
 
-    def fit(self, interactions, user_features, item_features, seed):
-        self._frames = (interactions, user_features, item_features)
-        try:
-            return super().fit(interactions, user_features, item_features, seed)
-        finally:
-            del self._frames
+    def use_components(self, fitted: dict[str, Recommender]) -> Hybrid:
+        """The fitted components to blend (fitted on the same interactions the hybrid is fitted on)."""
+        missing = [name for name in self.params["components"] if name not in fitted]
+        if missing:
+            raise ValueError(f"hybrid: components {', '.join(missing)} were not fitted; fit them first")
+        self.components = {name: fitted[name] for name in self.params["components"]}
+        return self
 
-    def use_fitted(self, models: dict[str, Recommender]) -> None:
-        """Offer already-fitted components; one fitted on the same interactions is reused, not refitted."""
-        self._prefitted = dict(models)
+    def use_validation(self, cases: Sequence[ValidationCase]) -> Hybrid:
+        """Tune the weights on these validation cases when fitted."""
+        self._cases = list(cases)
+        return self
 
-    def _component(self, name: str) -> Recommender:
-        from models.registry import build
-
-        return build(name, **self.params["component_params"].get(name, {}))
+    def use_weights(self, weights: dict[int, list[float]], tuning: dict | None = None) -> Hybrid:
+        """Use weights tuned elsewhere (e.g. the evaluation fold's) instead of tuning."""
+        self.weights = {int(b): list(w) for b, w in weights.items()}
+        self.tuning = dict(tuning or {})
+        self._cases = None
+        return self
 
     def _fit(self, seed: int) -> None:
-        interactions, user_features, item_features = self._frames
-        p = self.params
-        counts = interactions.group_by("user_id").len()
-        eligible = counts.filter(pl.col("len") >= p["min_validation_history"] + 1)["user_id"].sort().to_numpy()
-        rng = np.random.default_rng(seed)
-        n_val = min(int(round(len(eligible) * p["validation_share"])), int(p["max_validation_users"]))
-        picked = rng.permutation(eligible)
-        # Cold validation users leave training entirely (their first k interactions are revealed when
-        # tuning the k-shot buckets); warm validation users stay in training with all but their latest
-        # interactions, which tune the warm bucket as true warm users.
-        cold_users = np.sort(picked[:n_val])
-        warm_users = np.sort(picked[n_val:2 * n_val])
-        ordered = interactions.sort("user_id", "ts", "item_id").with_columns(
-            position=pl.int_range(pl.len()).over("user_id"), n=pl.len().over("user_id"))
-        warm_rows = ordered.filter(pl.col("user_id").is_in(warm_users))
-        warm_truth = warm_rows.filter(pl.col("position") >= (pl.col("n") * (1 - WARM_TRUTH_SHARE)).ceil())
-        fit_part = (ordered.filter(~pl.col("user_id").is_in(cold_users))
-                    .join(warm_truth.select("user_id", "item_id", "ts"), on=["user_id", "item_id", "ts"], how="anti")
-                    .drop("position", "n"))
-        val_part = ordered.filter(pl.col("user_id").is_in(cold_users))
-        cases = [(str(k), cold_users, val_part.filter(pl.col("position") < k).drop("position", "n"),
-                  val_part.filter(pl.col("position") >= k).drop("position", "n"), k > 0)
-                 for k in BUCKET_EDGES]
-        warm_known = warm_rows.join(warm_truth.select("user_id", "item_id", "ts"), on=["user_id", "item_id", "ts"],
-                                    how="anti").drop("position", "n")
-        cases.append(("warm", warm_users, warm_known, warm_truth.drop("position", "n"), False))
-
-        components = {name: self._component(name).fit(fit_part, user_features, item_features, seed)
-                      for name in p["components"]}
-        self.weights, self.tuning = self._tune(components, cases)
-        if p["refit"]:
-            fingerprint = data_fingerprint(interactions)
-            prefitted = getattr(self, "_prefitted", {})
-            components = {}
-            for name in p["components"]:
-                ready = prefitted.get(name)
-                same = (ready is not None and ready.meta.get("data_fingerprint") == fingerprint
-                        and ready.seed == seed and ready.params == self._component(name).params)
-                components[name] = ready if same else self._component(name).fit(
-                    interactions, user_features, item_features, seed)
-        self.components = components
+        components = getattr(self, "components", None)
+        if components is None:
+            raise ValueError("hybrid: call use_components() with the fitted components before fit()")
+        for name, model in components.items():
+            if model.meta.get("data_fingerprint") != self._fingerprint:
+                raise ValueError(f"hybrid: component {name} was fitted on other interactions than the hybrid")
+        cases = getattr(self, "_cases", None)
+        if cases is not None:
+            self.weights, self.tuning = self._tune(components, cases)
+        elif not getattr(self, "weights", None):
+            raise ValueError("hybrid: call use_validation() or use_weights() before fit()")
 
     def _grid(self) -> list[tuple[float, ...]]:
         steps = int(round(1 / self.params["grid_step"]))
@@ -119,20 +106,20 @@ class Hybrid(Recommender):
     def _tune(self, components: dict[str, Recommender], cases: list):
         """Per bucket, the grid weights with the best nDCG@k on that bucket's validation case.
 
-        A case is (label, users, known interactions, truth, pass the known interactions as history): cold
-        cases pass their revealed items as history; the warm case's users are in training already.
+        Cold cases pass their revealed items as history; the warm case's users are in training already.
+        A bucket without validation users keeps the first component alone.
         """
         names = list(components)
         grid = self._grid()
-        weights: dict[int, list[float]] = {}
-        tuning: dict[str, dict] = {}
         default = tuple(1.0 if i == 0 else 0.0 for i in range(len(names)))
-        for b, (label, case_users, known, truth, as_history) in enumerate(cases):
-            users = np.intersect1d(case_users, truth["user_id"].unique().to_numpy())
+        weights: dict[int, list[float]] = {b: list(default) for b in range(WARM + 1)}
+        tuning: dict[str, dict] = {}
+        for case in cases:
+            b, label, known, truth = case.bucket, case.label, case.known, case.truth
+            users = np.intersect1d(case.users, truth["user_id"].unique().to_numpy())
             if len(users) == 0:
-                weights[b] = list(default)
                 continue
-            history = known if (as_history and known.height) else None
+            history = known if (case.as_history and known.height) else None
             z, relevant = [], None
             for name in names:
                 model = components[name]
@@ -193,15 +180,21 @@ class Hybrid(Recommender):
         return out
 
     def _save_state(self, path: Path) -> None:
+        """Components already saved elsewhere are referenced by relative path, not copied."""
+        where = {}
         for name, model in self.components.items():
-            model.save(path / "components" / name)
+            saved = model.saved_path if model.saved_path and model.saved_path.exists() else model.save(
+                path / "components" / name)
+            where[name] = os.path.relpath(saved.resolve(), path.resolve())
+        (path / "components.json").write_text(json.dumps(where, indent=2))
         (path / "weights.json").write_text(json.dumps({"weights": {str(b): w for b, w in self.weights.items()},
                                                        "tuning": self.tuning}, indent=2))
 
     def _load_state(self, path: Path) -> None:
-        from models.registry import load
-
-        self.components = {name: load(path / "components" / name) for name in self.params["components"]}
+        if self._loader is None:
+            raise ValueError("a hybrid loads its components by kind: load it with models.registry.load()")
+        where = json.loads((path / "components.json").read_text())
+        self.components = {name: self._loader((path / where[name]).resolve()) for name in self.params["components"]}
         saved = json.loads((path / "weights.json").read_text())
         self.weights = {int(b): w for b, w in saved["weights"].items()}
         self.tuning = saved["tuning"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -14,13 +15,14 @@ from models.popularity import Popularity, SegmentPopularity
 MODELS: dict[str, type[Recommender]] = {
     cls.name: cls for cls in (Popularity, SegmentPopularity, ItemKNN, EASE, Hybrid)
 }
+# Models whose module imports a heavy optional library (TensorFlow: seconds to import), loaded on first use.
+LAZY_MODELS = {"two_tower": ("models.two_tower", "TwoTower")}
 
 
 def model_class(name: str) -> type[Recommender]:
-    if name == "two_tower":  # imported lazily: TensorFlow takes seconds to import
-        from models.two_tower import TwoTower
-
-        return TwoTower
+    if name in LAZY_MODELS:
+        module, attribute = LAZY_MODELS[name]
+        return getattr(importlib.import_module(module), attribute)
     try:
         return MODELS[name]
     except KeyError as exc:
@@ -28,7 +30,7 @@ def model_class(name: str) -> type[Recommender]:
 
 
 def available() -> list[str]:
-    return [*MODELS, "two_tower"]
+    return [*MODELS, *LAZY_MODELS]
 
 
 def build(name: str, **params) -> Recommender:
@@ -37,4 +39,4 @@ def build(name: str, **params) -> Recommender:
 
 def load(path: Path) -> Recommender:
     saved = json.loads((Path(path) / "params.json").read_text())
-    return model_class(saved["model"]).load(path)
+    return model_class(saved["model"]).load(path, loader=load)

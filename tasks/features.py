@@ -6,17 +6,46 @@ materialising per-row Python objects. Cold users (no training interactions) get 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import duckdb
 import polars as pl
 
 from recsys import db, schema
+from recsys.errors import EmptyWarehouseError
 from recsys.settings import Settings
 
 USER_FEATURE_COLUMNS = ("user_id", "gender", "age_bucket", "occupation", "zip_region",
                         "activity_count", "mean_rating", "recency_days", "has_history")
 ITEM_FEATURE_COLUMNS = ("item_id", "genres", "release_year", "popularity", "log_popularity", "mean_rating")
+
+
+@dataclass
+class Frames:
+    """What the warehouse holds: interactions, users and items as Polars frames."""
+
+    interactions: pl.DataFrame
+    users: pl.DataFrame
+    items: pl.DataFrame
+
+
+def load_frames(con: duckdb.DuckDBPyConnection) -> Frames:
+    interactions = read_table(con, "select user_id, item_id, coalesce(rating, 1.0) as rating, ts "
+                                   "from interactions order by user_id, ts, item_id")
+    if interactions.height == 0:
+        raise EmptyWarehouseError("the warehouse has no interactions yet; run `recsys ingest` first")
+    users = read_table(con, "select user_id, age, gender, occupation, zip from users order by user_id")
+    items = read_table(con, "select item_id, title, release_date, genres from items order by item_id")
+    return Frames(interactions, users, items)
+
+
+def build_features(frames: Frames, train: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """User and item features from the training fold only (no test interaction leaks in)."""
+    reference = train["ts"].max() if train.height else datetime(1970, 1, 1)
+    return (build_user_features(frames.users.lazy(), train.lazy(), reference),
+            build_item_features(frames.items.lazy(), train.lazy()))
 
 
 def age_bucket(age: pl.Expr) -> pl.Expr:
@@ -93,13 +122,45 @@ def write_features(
         con.execute(f"create or replace table {name} as select * from staged")
 
 
-def features_step(settings: Settings, run_id: str) -> dict:
-    """Build both feature tables from everything loaded (the production training fold) and store them."""
-    from tasks.train import build_features, load_frames
+@dataclass(frozen=True)
+class FeatureSet:
+    """One fold's stored features: training reads exactly what was stored here."""
 
+    folder: str
+    users: int
+    items: int
+    users_without_history: int
+
+    @property
+    def user_features(self) -> Path:
+        return Path(self.folder) / "user_features.parquet"
+
+    @property
+    def item_features(self) -> Path:
+        return Path(self.folder) / "item_features.parquet"
+
+    def exists(self) -> bool:
+        return self.user_features.exists() and self.item_features.exists()
+
+    def read(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        return pl.read_parquet(self.user_features), pl.read_parquet(self.item_features)
+
+
+def store_features(frames: Frames, train: pl.DataFrame, folder: Path) -> FeatureSet:
+    """Build a fold's features and write them as Parquet under ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    user_features, item_features = build_features(frames, train)
+    user_features.write_parquet(folder / "user_features.parquet")
+    item_features.write_parquet(folder / "item_features.parquet")
+    return FeatureSet(str(folder), user_features.height, item_features.height,
+                      int((~user_features["has_history"]).sum()))
+
+
+def features_step(settings: Settings, run_id: str, frames: Frames, folder: Path) -> FeatureSet:
+    """The production fold's features (everything loaded): stored as Parquet and as the warehouse tables."""
+    feature_set = store_features(frames, frames.interactions, folder)
+    user_features, item_features = feature_set.read()
     with db.warehouse(settings) as con:
-        frames = load_frames(con)
-        user_features, item_features = build_features(frames, frames.interactions)
         write_features(con, settings, run_id, user_features, item_features)
-    return {"user_features": user_features.height, "item_features": item_features.height,
-            "users_without_history": int((~user_features["has_history"]).sum())}
+    return feature_set

@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from recsys import schema
-from tasks.sources import SYNTHETIC_FILES
+
+SYNTHETIC_FILES = {"users": "users.csv", "items": "items.csv", "interactions": "interactions.csv"}
 
 _GENRES = schema.GENRES[1:]  # no item is generated as "unknown"
 

@@ -21,7 +21,11 @@ import numpy as np
 import polars as pl
 
 from models.base import Recommender
-from recsys import schema
+from models.registry import load
+from recsys import db, schema
+from recsys.errors import PublishGateError
+from tasks.features import Frames
+from tasks.validate import GxRunner, suite_outcomes, suite_parameters
 
 PARTITION_FILE = "data.parquet"
 KEEP_VERSIONS = 2  # the newest, and the one before it for readers that started before the switch
@@ -122,18 +126,11 @@ def metric_regressions(current: pl.DataFrame, previous: pl.DataFrame | None, tol
             + f": {r['now']:.4f} < {r['before']:.4f} - {tolerance:.0%}" for r in bad.iter_rows(named=True)]
 
 
-def publish_step(settings, run_id: str, run_date: date, model_dir: str, model_name: str,
+def publish_step(settings, run_id: str, run_date: date, frames: Frames, model_dir: str, model_name: str,
                  metrics_path: str | None) -> dict:
     """Gate the output (suite + metric regression) and publish recommendations, defaults and metrics."""
-    from models.registry import load
-    from recsys import db
-    from recsys.errors import PublishGateError
-    from tasks.train import load_frames
-    from tasks.validate import GxRunner, _outcomes, suite_parameters
-
     model = load(Path(model_dir) / model_name)
     with db.warehouse(settings) as con:
-        frames = load_frames(con)
         recs = build_recommendations(model, frames.users, frames.interactions, settings.top_n, run_id, run_date)
         defaults = build_segment_defaults(model, settings.top_n, run_id, run_date)
         metrics = pl.read_parquet(metrics_path).with_columns(run_id=pl.lit(run_id)) if metrics_path else None
@@ -145,7 +142,7 @@ def publish_step(settings, run_id: str, run_date: date, model_dir: str, model_na
         previous_path = partition_path(settings.output_dir / "metrics", previous_publish[0][0])
         previous = pl.read_parquet(previous_path) if previous_path.exists() else None
     frame = gate_frame(recs, frames.interactions, frames.items)
-    outcomes = _outcomes("recommendations", GxRunner(settings).run(
+    outcomes = suite_outcomes("recommendations", GxRunner(settings).run(
         "recommendations", frame.to_pandas(), params, run_id, ["user_id", "rank"]), settings)
     reasons = [f"suite 'recommendations', expectation {o.label}: observed {o.observed_text()}"
                + (f"; e.g. {o.failing_rows[:2]}" if o.failing_rows else "")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tasks.evaluate import headline
+from tasks.metrics import headline
 
 
 def _plt():

@@ -19,6 +19,7 @@ from pathlib import Path
 from recsys import schema
 from recsys.errors import ConfigError, SourceUnavailableError
 from recsys.settings import Settings
+from tasks.generate import SYNTHETIC_FILES, GeneratorConfig, generate
 
 SOURCES = ("synthetic", "movielens-100k", "csv", "parquet")
 
@@ -60,7 +61,6 @@ class FileSpec:
 # ---------------------------------------------------------------------------------------------------------
 # Synthetic: the generator's own CSV layout (see tasks/generate.py).
 
-SYNTHETIC_FILES = {"users": "users.csv", "items": "items.csv", "interactions": "interactions.csv"}
 
 
 def synthetic_specs(folder: Path) -> list[FileSpec]:
@@ -262,8 +262,6 @@ def resolve_source(
     """Turn a ``--source``/``--path`` pair into file specs, landing data first where needed."""
     if source == "synthetic":
         if path is None:
-            from tasks.generate import GeneratorConfig, generate
-
             config = GeneratorConfig(seed=settings.seed)
             path = settings.landing_dir / "synthetic" / config.slug()
             if not (path / SYNTHETIC_FILES["interactions"]).exists():

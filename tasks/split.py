@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from models.hybrid import BUCKET_EDGES, WARM, ValidationCase
+
+WARM_TRUTH_SHARE = 0.2
+
 
 @dataclass
 class ColdSplit:
@@ -73,3 +77,45 @@ def temporal_split(interactions: pl.DataFrame, test_share: float = 0.2) -> WarmS
     in_train = pl.col("_pos") < (pl.col("_n") * (1 - test_share)).ceil()
     return WarmSplit(train=ordered.filter(in_train).drop("_pos", "_n"),
                      test=ordered.filter(~in_train).drop("_pos", "_n"), protocol="temporal")
+
+
+@dataclass
+class ValidationFold:
+    """Training interactions with validation users carved out, and the cases to tune on."""
+
+    train: pl.DataFrame  # what the components are fitted on
+    cases: list[ValidationCase]
+    cold_users: np.ndarray
+    warm_users: np.ndarray
+
+
+def carve_validation(
+    interactions: pl.DataFrame, share: float, seed: int, max_users: int = 3000, min_history: int = 5,
+) -> ValidationFold:
+    """Validation users drawn from training users (never from test users), shaped like serving.
+
+    Cold validation users leave training entirely; their first k interactions are revealed for the
+    k-shot buckets. Warm validation users stay in training without their latest ``WARM_TRUTH_SHARE`` of
+    interactions by time, which tune the warm bucket as true warm users: the same shape as the nightly's
+    temporal warm test.
+    """
+    counts = interactions.group_by("user_id").len()
+    eligible = counts.filter(pl.col("len") >= min_history + 1)["user_id"].sort().to_numpy()
+    n_val = min(int(round(len(eligible) * share)), int(max_users))
+    picked = np.random.default_rng(seed).permutation(eligible)
+    cold_users, warm_users = np.sort(picked[:n_val]), np.sort(picked[n_val:2 * n_val])
+    ordered = interactions.sort("user_id", "ts", "item_id").with_columns(
+        position=pl.int_range(pl.len()).over("user_id"), n=pl.len().over("user_id"))
+    warm_rows = ordered.filter(pl.col("user_id").is_in(warm_users))
+    is_truth = pl.col("position") >= (pl.col("n") * (1 - WARM_TRUTH_SHARE)).ceil()
+    warm_truth = warm_rows.filter(is_truth).drop("position", "n")
+    warm_known = warm_rows.filter(~is_truth).drop("position", "n")
+    keys = ["user_id", "item_id", "ts"]
+    train = (ordered.filter(~pl.col("user_id").is_in(cold_users)).drop("position", "n")
+             .join(warm_truth.select(keys), on=keys, how="anti"))
+    cold_rows = ordered.filter(pl.col("user_id").is_in(cold_users))
+    cases = [ValidationCase(str(k), b, cold_users, cold_rows.filter(pl.col("position") < k).drop("position", "n"),
+                            cold_rows.filter(pl.col("position") >= k).drop("position", "n"), k > 0)
+             for b, k in enumerate(BUCKET_EDGES)]
+    cases.append(ValidationCase("warm", WARM, warm_users, warm_known, warm_truth, False))
+    return ValidationFold(train, cases, cold_users, warm_users)

@@ -4,68 +4,85 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
-import duckdb
 import polars as pl
 
 from models.base import Recommender
+from models.hybrid import Hybrid, ValidationCase
 from models.registry import build, model_class
-from recsys.errors import EmptyWarehouseError
 from recsys.settings import Settings
-from tasks import features
-
-
-@dataclass
-class Frames:
-    interactions: pl.DataFrame
-    users: pl.DataFrame
-    items: pl.DataFrame
-
-
-def load_frames(con: duckdb.DuckDBPyConnection) -> Frames:
-    interactions = features.read_table(con, "select user_id, item_id, coalesce(rating, 1.0) as rating, ts "
-                                            "from interactions order by user_id, ts, item_id")
-    if interactions.height == 0:
-        raise EmptyWarehouseError("the warehouse has no interactions yet; run `recsys ingest` first")
-    users = features.read_table(con, "select user_id, age, gender, occupation, zip from users order by user_id")
-    items = features.read_table(con, "select item_id, title, release_date, genres from items order by item_id")
-    return Frames(interactions, users, items)
-
-
-def build_features(frames: Frames, train: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """User and item features from the training fold only (no test interaction leaks in)."""
-    reference = train["ts"].max() if train.height else datetime(1970, 1, 1)
-    return (features.build_user_features(frames.users.lazy(), train.lazy(), reference),
-            features.build_item_features(frames.items.lazy(), train.lazy()))
+from tasks.features import FeatureSet, Frames, build_features
+from tasks.split import carve_validation
 
 
 def model_params(name: str, settings: Settings) -> dict:
     """Hyper-parameters that come from settings (the rest are each model's defaults)."""
-    deep = {"epochs": settings.epochs, "batch_size": settings.batch_size}
     if name == "two_tower":
-        return deep
-    if name == "hybrid":
-        return {"component_params": {"two_tower": deep}}
+        return {"epochs": settings.epochs, "batch_size": settings.batch_size}
     return {}
 
 
-def train_models(
-    names: list[str] | tuple[str, ...], train: pl.DataFrame, user_features: pl.DataFrame,
-    item_features: pl.DataFrame, settings: Settings, log=print,
-) -> dict[str, Recommender]:
+def needed(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The models to fit for ``names``: a hybrid's components first, each once."""
+    order: list[str] = []
     for name in names:
         model_class(name)  # fail fast on an unknown name, before any training
+        if name == "hybrid":
+            order += [c for c in build("hybrid").params["components"] if c not in order]
+        if name not in order:
+            order.append(name)
+    return order
+
+
+def fit_models(
+    names: list[str] | tuple[str, ...], train: pl.DataFrame, user_features: pl.DataFrame,
+    item_features: pl.DataFrame, settings: Settings, *, validation: list[ValidationCase] | None = None,
+    weights: dict | None = None, fold: str = "", log=print,
+) -> dict[str, Recommender]:
+    """Fit each model once on ``train``; a hybrid blends the fitted components.
+
+    The hybrid tunes its weights on ``validation`` cases, or takes ``weights`` tuned on another fold (the
+    production fit reuses the evaluation fold's). Returns every fitted model, components included.
+    """
     fitted: dict[str, Recommender] = {}
-    for name in names:
+    label = f" ({fold})" if fold else ""
+    for name in needed(names):
         started = time.perf_counter()
         model = build(name, **model_params(name, settings))
-        if hasattr(model, "use_fitted"):
-            model.use_fitted(fitted)
+        if isinstance(model, Hybrid):
+            model.use_components(fitted)
+            if weights is not None:
+                model.use_weights(weights["weights"], weights.get("tuning"))
+            elif validation is not None:
+                model.use_validation(validation)
         fitted[name] = model.fit(train, user_features, item_features, seed=settings.seed)
-        log(f"  trained {name:20} in {time.perf_counter() - started:6.1f} s")
+        log(f"  fitted {name:20}{label} in {time.perf_counter() - started:6.1f} s")
     return fitted
+
+
+def hybrid_weights(models: dict[str, Recommender]) -> dict | None:
+    """The tuned blend of a fitted set, to hand to another fold's fit."""
+    hybrid = models.get("hybrid")
+    return {"weights": hybrid.weights, "tuning": hybrid.tuning} if isinstance(hybrid, Hybrid) else None
+
+
+def fit_tuned(
+    names: list[str] | tuple[str, ...], frames: Frames, train: pl.DataFrame, settings: Settings, log=print,
+) -> dict[str, Recommender]:
+    """Fit ``names`` on ``train``; a hybrid's weights are tuned first on validation users carved from it.
+
+    Components are then fitted twice (tuning fold, then ``train``): what the nightly does across its
+    evaluation and production folds, for callers that have only one fold (the quality benchmark).
+    """
+    weights = None
+    if "hybrid" in names:
+        fold = carve_validation(train, settings.validation_user_fraction, settings.seed)
+        uf, itf = build_features(frames, fold.train)
+        weights = hybrid_weights(fit_models(["hybrid"], fold.train, uf, itf, settings, validation=fold.cases,
+                                            fold="tuning", log=log))
+    uf, itf = build_features(frames, train)
+    return fit_models(names, train, uf, itf, settings, weights=weights, log=log)
 
 
 def save_models(models: dict[str, Recommender], folder: Path) -> dict[str, Path]:
@@ -81,14 +98,23 @@ def format_training(models: dict[str, Recommender], paths: dict[str, Path]) -> s
     return "\n".join(lines)
 
 
-def train_step(settings: Settings, run_id: str, names: list[str] | tuple[str, ...], log=print) -> dict:
-    """Fit the production models on everything loaded; save them under models/<run_id>/<model>/."""
-    from recsys import db
+@dataclass(frozen=True)
+class TrainedModels:
+    """The production fit, by path: one folder per model."""
 
-    with db.warehouse(settings) as con:
-        frames = load_frames(con)
-    user_features, item_features = build_features(frames, frames.interactions)
-    models = train_models(names, frames.interactions, user_features, item_features, settings, log=log)
-    paths = save_models(models, settings.models_dir / run_id)
+    model_dir: str
+    models: dict[str, str]
+
+    def exists(self) -> bool:
+        return all((Path(p) / "params.json").exists() for p in self.models.values())
+
+
+def train_step(settings: Settings, features: FeatureSet, train: pl.DataFrame, names: list[str] | tuple[str, ...],
+               weights: dict | None, folder: Path, log=print) -> TrainedModels:
+    """Fit the production models once on everything loaded, from the stored features; save each."""
+    user_features, item_features = features.read()
+    models = fit_models(names, train, user_features, item_features, settings, weights=weights, fold="production",
+                        log=log)
+    paths = save_models(models, Path(folder))
     log(format_training(models, paths))
-    return {"model_dir": str(settings.models_dir / run_id), "models": {n: str(p) for n, p in paths.items()}}
+    return TrainedModels(str(folder), {n: str(p) for n, p in paths.items()})

@@ -206,7 +206,7 @@ class GxRunner:
         return sites[0]["site_url"].removeprefix("file://") if sites else None
 
 
-def _outcomes(name: str, results, settings: Settings) -> list[Outcome]:
+def suite_outcomes(name: str, results, settings: Settings) -> list[Outcome]:
     outcomes = []
     for r in results:
         config = r.expectation_config
@@ -311,10 +311,10 @@ def validate_batch(
         if frame.empty and not staged:
             continue  # this batch has no file of this kind
         parameters = suite_parameters(con, settings, run_id, now, len(frame))
-        suite_outcomes = _outcomes(suite, runner.run(suite, frame, parameters, run_id, INDEX_COLUMNS), settings)
-        if all(o.success or o.severity != "critical" for o in suite_outcomes):
-            _reject_failing_rows(con, settings, run_id, suite, suite_outcomes)
-        outcomes.extend(suite_outcomes)
+        found = suite_outcomes(suite, runner.run(suite, frame, parameters, run_id, INDEX_COLUMNS), settings)
+        if all(o.success or o.severity != "critical" for o in found):
+            _reject_failing_rows(con, settings, run_id, suite, found)
+        outcomes.extend(found)
     result = GateResult(run_id=run_id, outcomes=outcomes, docs_path=runner.docs_path())
     _store(con, settings, run_id, outcomes)
     if not result.passed:

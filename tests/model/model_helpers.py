@@ -6,7 +6,11 @@ from datetime import datetime
 
 import polars as pl
 
+from models.base import Recommender
+from models.registry import build
 from tasks import features
+from tasks.split import carve_validation
+from tasks.train import hybrid_weights
 
 FAST_PARAMS = {
     "popularity": {},
@@ -14,10 +18,26 @@ FAST_PARAMS = {
     "item_knn": {"neighbours": 50},
     "ease": {"l2": 50.0},
     "two_tower": {"epochs": 3, "dim": 16, "hidden": 32, "batch_size": 256},
-    "hybrid": {"component_params": {"two_tower": {"epochs": 2, "dim": 16, "hidden": 32, "batch_size": 256},
-                                    "ease": {"l2": 50.0}},
-               "grid_step": 0.25},
+    "hybrid": {"grid_step": 0.25},
 }
+
+
+def fit_model(name: str, train, uf, itf, seed: int, params: dict | None = None) -> Recommender:
+    """Fit one model the way the nightly does; a hybrid's components are fitted first with fast parameters,
+    its weights tuned on validation users carved from ``train``, then the components refitted on all of it."""
+    params = FAST_PARAMS[name] if params is None else params
+    if name != "hybrid":
+        return build(name, **params).fit(train, uf, itf, seed=seed)
+    fold = carve_validation(train, 0.2, seed)
+
+    def fit(interactions, **blend):
+        components = {c: fit_model(c, interactions, uf, itf, seed) for c in build("hybrid").params["components"]}
+        hybrid = build("hybrid", **params).use_components(components)
+        hybrid = hybrid.use_weights(**blend) if "weights" in blend else hybrid.use_validation(fold.cases)
+        return hybrid.fit(interactions, uf, itf, seed=seed)
+
+    tuned = fit(fold.train)
+    return fit(train, **hybrid_weights({"hybrid": tuned}))
 
 
 def load_synthetic(folder):

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-from model_helpers import FAST_PARAMS
+from model_helpers import fit_model
 
-from models.registry import available, build, load
+from models.registry import available, load
 
 N = 10
 
@@ -17,7 +17,7 @@ N = 10
 @pytest.fixture(scope="module", params=available())
 def fitted(request, small_data):
     train, uf, itf, _ = small_data
-    model = build(request.param, **FAST_PARAMS[request.param]).fit(train, uf, itf, seed=11)
+    model = fit_model(request.param, train, uf, itf, seed=11)
     return request.param, model
 
 
@@ -77,6 +77,6 @@ def test_save_load_round_trip_is_identical(fitted, small_data, tmp_path):
 def test_same_seed_same_recommendations(fitted, small_data):
     name, model = fitted
     train, uf, itf, cold = small_data
-    again = build(name, **FAST_PARAMS[name]).fit(train, uf, itf, seed=11)
+    again = fit_model(name, train, uf, itf, seed=11)
     users = np.concatenate([warm_users(small_data), cold[:5]])
     assert model.recommend(users, n=N).equals(again.recommend(users, n=N)), name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recsys.cli import build_parser, main
+from cli.main import build_parser, build_serve_schedule, main
 
 
 def test_generate_command_writes_three_files(tmp_path, capsys):
@@ -25,8 +25,6 @@ def test_every_command_has_help():
 
 
 def test_serve_schedule_is_0200_in_the_given_timezone():
-    from recsys.cli import build_serve_schedule
-
     schedule = build_serve_schedule("0 2 * * *", "Europe/Berlin")
     assert (schedule.cron, schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
 

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.evaluate import (
+from tasks.metrics import (
     Catalog,
     aggregate,
     coverage,
@@ -140,3 +140,12 @@ def test_ties_are_broken_deterministically():
     first = model.recommend([4], n=3)
     assert first["item_id"].to_list() == [10, 20, 30]  # all tied at popularity 1: lower id first
     assert all(model.recommend([4], n=3).equals(first) for _ in range(3))
+
+
+def test_vectorised_coverage_bootstrap_equals_one_resample_at_a_time():
+    rng = np.random.default_rng(3)
+    listed = rng.integers(-1, 40, size=(60, 5))  # -1: a shorter list
+    resamples = rng.integers(0, 60, size=(200, 60))
+    _, lo, hi = aggregate("coverage", listed, resamples, 50)
+    by_hand = np.array([len(np.unique(listed[r][listed[r] >= 0])) / 50 for r in resamples])
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(by_hand, [2.5, 97.5])))

@@ -12,7 +12,23 @@ import os
 import sys
 from pathlib import Path
 
+import polars as pl
+from prefect.schedules import Cron
+
+from benchmarks.quality import main as quality_main
+from flows.ingest import ingest_flow
+from flows.nightly import nightly_flow
+from recsys import db, runs
 from recsys.errors import RecsysError
+from recsys.settings import Settings
+from tasks import ingest, validate
+from tasks.evaluate import evaluate_step
+from tasks.features import features_step, load_frames
+from tasks.generate import GeneratorConfig, generate
+from tasks.query import named_query, open_views, run_readonly
+from tasks.report import headline_table
+from tasks.sources import load_mapping, with_overrides
+from tasks.train import fit_tuned, format_training, save_models
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_FILES_FAILED = 0, 1, 2, 3
 
@@ -25,8 +41,6 @@ def _quiet_prefect() -> None:
 
 
 def _mapping_from_args(args: argparse.Namespace) -> dict | None:
-    from tasks.sources import load_mapping, with_overrides
-
     mapping = load_mapping(Path(args.mapping)) if args.mapping else {}
     flags = {
         "user_id": args.user_col, "item_id": args.item_col, "rating": args.rating_col,
@@ -40,8 +54,6 @@ def _mapping_from_args(args: argparse.Namespace) -> dict | None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tasks.generate import GeneratorConfig, generate
-
     config = GeneratorConfig(n_users=args.users, n_items=args.items, n_interactions=args.interactions,
                              seed=args.seed)
     paths = generate(Path(args.out), config)
@@ -51,8 +63,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from flows.ingest import ingest_flow
-
     mapping = _mapping_from_args(args)
     report = ingest_flow(
         source=args.source, path=args.path, mapping=mapping, users=args.users, items=args.items,
@@ -66,10 +76,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from recsys import db, runs
-    from recsys.settings import Settings
-    from tasks import ingest, validate
-
     settings = Settings()
     with db.warehouse(settings) as con:
         run_id = args.run_id
@@ -105,8 +111,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    from flows.nightly import nightly_flow
-
     mapping = _mapping_from_args(args)
     nightly_flow(run_date=args.run_date, source=args.source, path=args.path, mapping=mapping, users=args.users,
                  items=args.items, mapping_dir=str(Path(args.mapping).resolve().parent) if args.mapping else None,
@@ -115,48 +119,38 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from recsys import runs
-    from recsys.settings import Settings
-    from tasks.features import features_step
-    from tasks.train import train_step
-
+    """Production models on everything loaded; a hybrid is tuned on validation users carved out first."""
     settings = Settings()
     settings.ensure_dirs()
     names = args.models or list(settings.models)
     with runs.recorded_run(settings, "train", {"models": names}, done="trained") as run_id:
-        counts = features_step(settings, run_id)
-        print(f"features: {counts['user_features']:,} users ({counts['users_without_history']:,} without "
-              f"history), {counts['item_features']:,} items")
-        result = train_step(settings, run_id, names)
-    print(f"models saved under {result['model_dir']}")
+        with db.warehouse(settings) as con:
+            frames = load_frames(con)
+        feats = features_step(settings, run_id, frames, settings.home / "features" / run_id)
+        print(f"features: {feats.users:,} users ({feats.users_without_history:,} without history), "
+              f"{feats.items:,} items")
+        models = fit_tuned(names, frames, frames.interactions, settings)
+        paths = save_models(models, settings.models_dir / run_id)
+        print(format_training(models, paths))
+    print(f"models saved under {settings.models_dir / run_id}")
     return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import polars as pl
-
-    from recsys import runs
-    from recsys.settings import Settings
-    from tasks.evaluate import evaluate_step
-    from tasks.report import headline_table
-
     settings = Settings()
     settings.ensure_dirs()
     names = args.models or list(settings.models)
     with runs.recorded_run(settings, "evaluate", {"models": names}, done="evaluated") as run_id:
-        result = evaluate_step(settings, run_id, names)
+        with db.warehouse(settings) as con:
+            frames = load_frames(con)
+        result = evaluate_step(settings, run_id, frames, names, settings.reports_dir / run_id)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40):
-        print(headline_table(pl.read_parquet(result["metrics"]), k=min(settings.ks)))
-    print(f"report: {result['report_html']}\nmetrics: {result['metrics']} (and the `metrics` table)")
+        print(headline_table(pl.read_parquet(result.metrics), k=min(settings.ks)))
+    print(f"report: {result.report_html}\nmetrics: {result.metrics} (and the `metrics` table)")
     return EXIT_OK
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    import polars as pl
-
-    from recsys.settings import Settings
-    from tasks.query import named_query, open_views, run_readonly
-
     settings = Settings()
     sql = named_query(settings, args.query) if args.named else args.query
     params = dict(p.split("=", 1) for p in args.param or [])
@@ -168,14 +162,11 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def build_serve_schedule(cron: str, timezone: str):
-    from prefect.schedules import Cron
-
     return Cron(cron, timezone=timezone)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The single-process alternative to deployments: this process schedules and runs the nightly flow."""
-    from flows.nightly import nightly_flow
 
     nightly_flow.serve(name="nightly", schedules=[build_serve_schedule(args.cron, args.timezone)],
                        parameters={"source": args.source, "path": args.path}, tags=["recsys", "nightly"])
@@ -183,8 +174,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from benchmarks.quality import main as quality_main
-
     return quality_main(args)
 
 

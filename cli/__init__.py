@@ -1,0 +1,1 @@
+"""The ``recsys`` command line: the top layer, above flows, tasks, models and the core."""

@@ -1,0 +1,75 @@
+"""Prefect cache policies for the nightly's expensive steps, with storage and locks under RECSYS_HOME.
+
+A step is reused when its inputs (the snapshot's fingerprint and the records of earlier steps), the
+settings that shape it and the project's code are unchanged. Records and results live under
+``RECSYS_HOME/prefect/``, so a night's cache goes where its warehouse goes; a file lock per key
+(``SERIALIZABLE`` isolation) makes a second run wait for the first instead of computing the same step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import INPUTS, CachePolicy
+from prefect.filesystems import LocalFileSystem
+from prefect.locking.filesystem import FileSystemLockManager
+from prefect.utilities.hashing import hash_objects
+
+from recsys.settings import PROJECT_ROOT, Settings
+
+# Settings that only matter to publishing or to where files are found: changing them recomputes nothing.
+NOT_SHAPING = {"top_n", "metric_tolerance", "sql_dir", "expectations_dir", "timezone", "ml100k_url", "publish_model"}
+CODE_FOLDERS = ("recsys", "models", "tasks", "sql")
+
+
+@dataclass
+class ShapingSettings(CachePolicy):
+    """The settings that shape a step's output (and the home it writes to), taken from its ``settings``."""
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
+        settings = inputs.get("settings")
+        if not isinstance(settings, Settings):
+            return None
+        shaping = settings.model_dump(mode="json", exclude=NOT_SHAPING)
+        shaping["home"] = str(Path(settings.home).resolve())
+        return hash_objects(shaping)
+
+
+@dataclass
+class ProjectCode(CachePolicy):
+    """The source of everything a step runs (models, tasks, SQL), not only the task function's own lines."""
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
+        return code_fingerprint()
+
+
+def code_fingerprint(root: Path = PROJECT_ROOT) -> str:
+    digest = hashlib.sha256()
+    for folder in CODE_FOLDERS:
+        for path in sorted((root / folder).rglob("*")):
+            if path.suffix in (".py", ".sql") and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(root)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def result_storage(base: Path) -> str:
+    """A LocalFileSystem block for this home's results (Prefect wants result storage saved server-side)."""
+    name = "recsys-results-" + hashlib.sha256(str(base).encode()).hexdigest()[:12]
+    LocalFileSystem(basepath=str(base / "results")).save(name, overwrite=True)
+    return f"local-file-system/{name}"
+
+
+def step_options(settings: Settings) -> dict[str, Any]:
+    """``Task.with_options`` arguments that cache a step under ``settings.home``."""
+    base = settings.home.resolve() / "prefect"
+    policy = (INPUTS - "settings" - "run_id" - "log" + ShapingSettings() + ProjectCode()).configure(
+        key_storage=str(base / "cache-keys"),
+        lock_manager=FileSystemLockManager(lock_files_directory=base / "locks"),
+        isolation_level="SERIALIZABLE",
+    )
+    return {"cache_policy": policy, "persist_result": True,
+            "result_storage": result_storage(base)}
