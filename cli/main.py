@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 unexpected error; 2 bad arguments, mapping or unavailable source;
 3 one or more files could not be parsed at all (the others were loaded); 4 the validation gate held
-the batch back; 5 the publish gate kept the last good partition.
+the batch back; 5 the publish gate kept the last good partition; 6 another run holds this home (or the
+warehouse file) longer than RECSYS_LOCK_WAIT_SECONDS / RECSYS_CONNECT_WAIT_SECONDS.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from pathlib import Path
 
 import polars as pl
 from prefect.schedules import Cron
+from prefect.settings import (
+    PREFECT_SERVER_ANALYTICS_ENABLED,
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    temporary_settings,
+)
 
 from benchmarks.quality import main as quality_main
 from flows.ingest import ingest_flow
@@ -31,6 +37,7 @@ from tasks.sources import load_mapping, with_overrides
 from tasks.train import fit_tuned, format_training, save_models
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_FILES_FAILED = 0, 1, 2, 3
+EPHEMERAL_STARTUP_SECONDS = 180
 
 
 def _quiet_prefect() -> None:
@@ -67,6 +74,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     report = ingest_flow(
         source=args.source, path=args.path, mapping=mapping, users=args.users, items=args.items,
         mapping_dir=str(Path(args.mapping).resolve().parent) if args.mapping else None,
+        allow_paths_outside_mapping=args.allow_paths_outside_mapping,
     )
     failed = [f for f in report["files"] if f["status"] == "failed"]
     if failed:
@@ -77,7 +85,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     settings = Settings()
-    with db.warehouse(settings) as con:
+    with runs.run_lock(settings), db.warehouse(settings) as con:
         run_id = args.run_id
         if run_id is None:
             waiting = db.run(con, settings, "validate/latest_gated_run")
@@ -114,6 +122,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     mapping = _mapping_from_args(args)
     nightly_flow(run_date=args.run_date, source=args.source, path=args.path, mapping=mapping, users=args.users,
                  items=args.items, mapping_dir=str(Path(args.mapping).resolve().parent) if args.mapping else None,
+                 allow_paths_outside_mapping=args.allow_paths_outside_mapping,
                  models=args.models, publish_model=args.publish_model)
     return EXIT_OK
 
@@ -123,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = Settings()
     settings.ensure_dirs()
     names = args.models or list(settings.models)
-    with runs.recorded_run(settings, "train", {"models": names}, done="trained") as run_id:
+    with runs.run_lock(settings), runs.recorded_run(settings, "train", {"models": names}, done="trained") as run_id:
         with db.warehouse(settings) as con:
             frames = load_frames(con)
         feats = features_step(settings, run_id, frames, settings.home / "features" / run_id)
@@ -140,7 +149,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = Settings()
     settings.ensure_dirs()
     names = args.models or list(settings.models)
-    with runs.recorded_run(settings, "evaluate", {"models": names}, done="evaluated") as run_id:
+    with runs.run_lock(settings), runs.recorded_run(settings, "evaluate", {"models": names},
+                                                    done="evaluated") as run_id:
         with db.warehouse(settings) as con:
             frames = load_frames(con)
         result = evaluate_step(settings, run_id, frames, names, settings.reports_dir / run_id)
@@ -184,10 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="write a synthetic data set with planted structure")
     gen.add_argument("--out", required=True, help="folder for users.csv, items.csv, interactions.csv")
-    gen.add_argument("--users", type=int, default=1500)
-    gen.add_argument("--items", type=int, default=600)
-    gen.add_argument("--interactions", type=int, default=75_000)
-    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--users", type=int, default=1500, help="users (default 1500; ~3%% sign up without interactions)")
+    gen.add_argument("--items", type=int, default=600, help="items (default 600)")
+    gen.add_argument("--interactions", type=int, default=75_000, help="interactions (default 75,000)")
+    gen.add_argument("--seed", type=int, default=42, help="seed of the planted structure (default 42)")
     gen.set_defaults(func=cmd_generate)
 
     ing = sub.add_parser("ingest", help="load a source into the warehouse (incremental, idempotent)")
@@ -225,14 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--cron", default="0 2 * * *", help="cron schedule (default 02:00 daily)")
     sv.add_argument("--timezone", default=os.environ.get("RECSYS_TIMEZONE", "UTC"),
                     help="timezone of the cron schedule (default RECSYS_TIMEZONE or UTC)")
-    sv.add_argument("--source", default="synthetic")
-    sv.add_argument("--path")
+    sv.add_argument("--source", default="synthetic", choices=["synthetic", "movielens-100k", "csv", "parquet"],
+                    help="the nightly's source (default synthetic)")
+    sv.add_argument("--path", help="file or folder of the source")
     sv.set_defaults(func=cmd_serve)
 
     bench = sub.add_parser("benchmark", help="reproducible benchmarks (see benchmarks/)")
     bsub = bench.add_subparsers(dest="benchmark", required=True)
     qual = bsub.add_parser("quality", help="warm (MSR protocol) and cold-start quality on a dataset")
-    qual.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "synthetic"])
+    qual.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "synthetic"],
+                      help="MovieLens-100k (RECSYS_ML100K_DIR or --path) or the synthetic generator")
     qual.add_argument("--path", help="dataset folder (ml-100k: the folder with u.data)")
     qual.add_argument("--out", default="var/benchmarks/quality.json", help="JSON output file")
     qual.add_argument("--seeds", type=int, default=5, help="seeds of protocol C (cold)")
@@ -243,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", default="synthetic", choices=["synthetic", "movielens-100k", "csv", "parquet"])
+    p.add_argument("--source", default="synthetic", choices=["synthetic", "movielens-100k", "csv", "parquet"],
+                   help="where the data comes from (default synthetic: generated under RECSYS_HOME/landing)")
     p.add_argument("--path", help="file or folder of the source (synthetic/movielens: a folder); "
                                   "omitted: generate (synthetic) or download (movielens-100k)")
     p.add_argument("--mapping", help="TOML file mapping your columns to user_id, item_id, rating, timestamp")
@@ -255,16 +268,36 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timestamp-col", help="column holding the time")
     p.add_argument("--timestamp-format", help="auto (default), epoch, iso, or a strptime format")
     p.add_argument("--delimiter", help="field separator of CSV files (default ',')")
+    p.add_argument("--allow-paths-outside-mapping", action="store_true",
+                   help="let a mapping's [table] path point outside the mapping file's folder")
+
+
+def prefect_settings() -> dict:
+    """Prefect settings for this process, where the user has not set them: a busy 2-core machine can take
+    over a minute to start the temporary API server (Prefect waits 20 s by default), and its telemetry only
+    adds log noise. Commands that orchestrate nothing never start that server at all."""
+    wanted = {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_SECONDS,
+              PREFECT_SERVER_ANALYTICS_ENABLED: False}
+    return {setting: value for setting, value in wanted.items() if setting.name not in os.environ}
 
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_prefect()
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with temporary_settings(updates=prefect_settings()):
+            return args.func(args)
     except RecsysError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        print(f"error: the temporary Prefect API server did not start within {EPHEMERAL_STARTUP_SECONDS} s (a busy "
+              f"machine?). Start one with `.venv/bin/prefect server start` and set "
+              f"PREFECT_API_URL=http://127.0.0.1:4200/api, or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+              file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

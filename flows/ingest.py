@@ -20,19 +20,21 @@ from tasks import ingest, sources, validate
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def land_source(
     settings: Settings, source: str, path: str | None, mapping: dict | None,
-    users: str | None, items: str | None, mapping_dir: str | None,
+    users: str | None, items: str | None, mapping_dir: str | None, allow_outside: bool = False,
 ) -> list[sources.FileSpec]:
     """Resolve the source to file specs (generating or downloading first where needed)."""
     return sources.resolve_source(
         settings, source, Path(path) if path else None, mapping,
         users=Path(users) if users else None, items=Path(items) if items else None,
-        mapping_dir=Path(mapping_dir) if mapping_dir else None,
+        mapping_dir=Path(mapping_dir) if mapping_dir else None, allow_outside=allow_outside,
     )
 
 
 @task(cache_policy=NO_CACHE)
 def stage_files(settings: Settings, specs: list[sources.FileSpec], run_id: str, source: str) -> ingest.IngestReport:
     with db.warehouse(settings) as con:
+        for line in runs.recover_stale_runs(con, settings, run_id):
+            print(line)
         runs.start_run(con, settings, run_id, "ingest", params={
             "source": source, "files": [str(s.path) for s in specs], "kinds": sorted({s.kind for s in specs})})
         return ingest.stage_batch(con, settings, specs, run_id, source)
@@ -73,6 +75,7 @@ def ingest_flow(
     users: str | None = None,
     items: str | None = None,
     mapping_dir: str | None = None,
+    allow_paths_outside_mapping: bool = False,
     run_id: str | None = None,
     home: str | None = None,
 ) -> dict:
@@ -80,10 +83,11 @@ def ingest_flow(
     settings = Settings(home=Path(home)) if home else Settings()
     settings.ensure_dirs()
     run_id = run_id or runs.new_run_id("ingest")
-    specs = land_source(settings, source, path, mapping, users, items, mapping_dir)
-    report = stage_files(settings, specs, run_id, source)
-    validate_staged(settings, run_id, sorted({spec.kind for spec in specs}))
-    report = promote_files(settings, report, specs)
+    with runs.run_lock(settings):
+        specs = land_source(settings, source, path, mapping, users, items, mapping_dir, allow_paths_outside_mapping)
+        report = stage_files(settings, specs, run_id, source)
+        validate_staged(settings, run_id, sorted({spec.kind for spec in specs}))
+        report = promote_files(settings, report, specs)
     text = ingest.format_report(report)
     print(text)
     create_markdown_artifact(key="ingest-summary", markdown=f"```\n{text}\n```",

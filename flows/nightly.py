@@ -130,7 +130,15 @@ def train_publish_flow(
     if publish_model not in names:
         raise ConfigError(f"publish_model {publish_model!r} is not among the models to train ({', '.join(names)})")
     run_id = runs.new_run_id("nightly")
+    with runs.run_lock(settings):
+        return _train_publish(settings, run_id, night, names, publish_model, ingested)
+
+
+def _train_publish(settings: Settings, run_id: str, night: date, names: list[str], publish_model: str,
+                   ingested: dict | None) -> dict:
     with db.warehouse(settings) as con:
+        for line in runs.recover_stale_runs(con, settings, run_id):
+            print(line)
         runs.start_run(con, settings, run_id, "train-and-publish", run_date=night,
                        params={"models": names, "publish_model": publish_model})
     progress = Progress(night, 5)
@@ -174,16 +182,19 @@ def nightly_flow(
     users: str | None = None,
     items: str | None = None,
     mapping_dir: str | None = None,
+    allow_paths_outside_mapping: bool = False,
     models: list[str] | None = None,
     publish_model: str | None = None,
     home: str | None = None,
 ) -> dict:
     """The whole night: the ingest flow (with its validation gate), then train-and-publish."""
     settings = _settings(home)
-    ingested = ingest_flow(source=source, path=path, mapping=mapping, users=users, items=items,
-                           mapping_dir=mapping_dir, home=str(settings.home))
-    return train_publish_flow(run_date=run_date, models=models, publish_model=publish_model,
-                              home=str(settings.home), ingested=ingested["totals"])
+    with runs.run_lock(settings):  # held across both flows: no other run slips in between
+        ingested = ingest_flow(source=source, path=path, mapping=mapping, users=users, items=items,
+                               mapping_dir=mapping_dir, allow_paths_outside_mapping=allow_paths_outside_mapping,
+                               home=str(settings.home))
+        return train_publish_flow(run_date=run_date, models=models, publish_model=publish_model,
+                                  home=str(settings.home), ingested=ingested["totals"])
 
 
 def _ingest_line(totals: dict | None) -> str:

@@ -7,6 +7,7 @@ on a user's column mapping go through :func:`quote_ident`.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 from functools import cache
@@ -15,6 +16,7 @@ from typing import Any
 
 import duckdb
 
+from recsys.errors import WarehouseBusyError
 from recsys.settings import Settings
 
 
@@ -33,13 +35,28 @@ def quote_ident(name: str) -> str:
 
 
 def connect(settings: Settings, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse (creating it and its schema when writable)."""
+    """Open the warehouse (creating it and its schema when writable).
+
+    DuckDB allows one writing process per file, or many readers: while another process holds the file (a
+    reader with ``duckdb -readonly``, say) this waits up to ``settings.connect_wait_seconds`` for it to let
+    go, then says who to close.
+    """
     path = settings.warehouse_path
-    if read_only:
-        con = duckdb.connect(str(path), read_only=True)
-    else:
+    if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(path))
+    deadline = time.monotonic() + settings.connect_wait_seconds
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise WarehouseBusyError(
+                    f"{path} is held by another process ({str(exc).splitlines()[0][:200]}); close it, or read "
+                    f"the published Parquet instead (`recsys sql`)") from exc
+            time.sleep(0.5)
     # Epoch seconds and ISO strings mean UTC, whatever the machine's zone.
     con.execute("set TimeZone = 'UTC'")
     if not read_only:

@@ -47,3 +47,15 @@ class EmptyWarehouseError(RecsysError):
     """A step needs data that is not in the warehouse yet."""
 
     exit_code = 2
+
+
+class RunLockedError(RecsysError):
+    """Another run holds this home's run lock (one nightly at a time)."""
+
+    exit_code = 6
+
+
+class WarehouseBusyError(RecsysError):
+    """Another process holds the warehouse file longer than we wait."""
+
+    exit_code = 6

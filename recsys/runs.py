@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import duckdb
 
 from recsys import db
+from recsys.errors import RunLockedError
 from recsys.settings import Settings
+
+_held: dict[Path, int] = {}  # lock file -> how many nested holders in this process
 
 
 def new_run_id(flow: str, when: datetime | None = None) -> str:
@@ -52,3 +59,69 @@ def recorded_run(settings: Settings, flow: str, params: dict | None = None, done
     finally:
         with db.warehouse(settings) as con:
             finish_run(con, settings, run_id, status)
+
+
+@contextmanager
+def run_lock(settings: Settings) -> Iterator[None]:
+    """One writing run per home at a time: an OS file lock on ``RECSYS_HOME/run.lock``.
+
+    The kernel drops the lock when its process dies, so a killed run never leaves a stale lock behind.
+    Waits up to ``settings.lock_wait_seconds``, then raises :class:`RunLockedError`. Re-entrant within a
+    process (the nightly flow holds it while its ingest and train-and-publish flows take it again).
+    """
+    path = (settings.home / "run.lock").resolve()
+    if _held.get(path):
+        _held[path] += 1
+        try:
+            yield
+        finally:
+            _held[path] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + settings.lock_wait_seconds
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    raise RunLockedError(
+                        f"another recsys run is using {settings.home} ({holder}); wait for it to finish, or set "
+                        f"RECSYS_LOCK_WAIT_SECONDS to wait for it") from None
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC".encode(), 0)
+        _held[path] = 1
+        try:
+            yield
+        finally:
+            del _held[path]
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def recover_stale_runs(con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str) -> list[str]:
+    """Runs left ``running`` by a dead process are marked failed, their staged batches abandoned and cleared.
+
+    Call it while holding :func:`run_lock`: then no other run can be in flight. Returns what was done, one
+    line each, for the log.
+    """
+    message = f"the process ended without finishing (found by {run_id})"
+    stale = db.run(con, settings, "runs/fail_stale_runs", {"run_id": run_id, "message": message})
+    if not stale:
+        return []
+    ids = [row[0] for row in stale]
+    files = db.run(con, settings, "runs/abandon_staging", {
+        "run_ids": ids, "message": f"abandoned: its run died before the gate (cleared by {run_id}); ingest the file "
+                                   f"again to load it"})
+    for kind in ("interactions", "users", "items"):
+        db.run(con, settings, f"runs/clear_abandoned_{kind}", {"run_ids": ids})
+    lines = [f"run {r} ({flow}, started {started:%Y-%m-%d %H:%M:%S}) was left running by a process that died: "
+             f"marked failed" for r, flow, started in stale]
+    lines += [f"  its staged file {path} ({rows:,} rows) was abandoned and cleared from staging"
+              for _, path, rows in files]
+    return lines

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     epochs: int = 30
     batch_size: int = 1024
 
+    lock_wait_seconds: float = Field(0.0, description="How long a run waits for another run on the same home.")
+    connect_wait_seconds: float = Field(60.0, description="How long a connection waits for a reader to let go.")
+
     ml100k_url: str = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
     sql_dir: Path = PROJECT_ROOT / "sql"
     expectations_dir: Path = PROJECT_ROOT / "expectations"

@@ -64,6 +64,14 @@ class IngestReport:
 # ---------------------------------------------------------------------------------------------------------
 # Parsing: text in, typed columns plus a reason per row out.
 
+MAX_ECHO = 200  # characters of a bad value quoted in a reject reason (a 1 MB line is not stored twice)
+
+
+def capped(text: str, limit: int = MAX_ECHO) -> str:
+    """File content echoed in a message or the ledger: at most ``limit`` characters."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit:,} more characters)"
+
+
 
 def _read_header(spec: FileSpec) -> tuple[str, ...]:
     with open(spec.path, encoding=spec.encoding, errors="replace", newline="") as fh:
@@ -86,8 +94,8 @@ def _source_columns(spec: FileSpec, available: tuple[str, ...]) -> dict[str, str
     missing = [column for column in needed if column not in available]
     if missing:
         raise SchemaMismatchError(
-            f"{spec.path}: column(s) {', '.join(missing)} named by the mapping are not in the file; "
-            f"the file has {', '.join(available) or 'no columns'}. Fix the mapping (mapping.toml [{spec.kind}] "
+            f"{spec.path}: column(s) {capped(', '.join(missing))} named by the mapping are not in the file; "
+            f"the file has {capped(', '.join(available)) or 'no columns'}. Fix the mapping (mapping.toml [{spec.kind}] "
             f"or the --*-col flags), or the delimiter (now {spec.delimiter!r})"
         )
     return mapped
@@ -128,16 +136,24 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, st
         return _text(mapped[name]) if name in mapped else None
 
     def integer(name: str, required: bool, sql_type: str = "bigint") -> None:
+        """Exact whole numbers written as digits only: "1.5", "0x10", "1e1", "-3" or "u17" are rejected, never
+        rounded or reinterpreted into another id. Ids must be positive (1 and up)."""
         raw = text_of(name)
         if raw is None:
             out.append((name, f"cast(null as {sql_type})", None))
             return
-        typed = f"try_cast({raw} as {sql_type})"
-        if required:
-            reason = (f"case when {typed} is null then '{name} is not an integer: ' || "
-                      f"coalesce('\"' || {raw} || '\"', 'empty') end")
+        typed = f"case when regexp_full_match({raw}, '[0-9]{{1,18}}') then try_cast({raw} as {sql_type}) end"
+        if name.endswith("_id"):
+            typed = f"nullif({typed}, 0)"
+            expected = ("a positive whole number written in digits (string ids such as \"u17\" or UUIDs are not "
+                        "supported: map them to integers first)")
         else:
-            reason = f"case when {raw} is not null and {typed} is null then '{name} is not an integer: \"' || {raw} || '\"' end"
+            expected = "a whole number written in digits"
+        shown = f"'\"' || left({raw}, {MAX_ECHO}) || '\"'"
+        if required:
+            reason = f"case when {typed} is null then '{name} is not {expected}: ' || coalesce({shown}, 'empty') end"
+        else:
+            reason = f"case when {raw} is not null and {typed} is null then '{name} is not {expected}: ' || {shown} end"
         out.append((name, typed, reason))
 
     def text(name: str) -> None:
@@ -153,13 +169,13 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, st
         else:
             typed = f"try_cast({raw} as double)"
             out.append(("rating", typed, f"case when {typed} is null then 'rating is not a number: ' || "
-                                         f"coalesce('\"' || {raw} || '\"', 'empty') end"))
+                                         f"coalesce('\"' || left({raw}, {MAX_ECHO}) || '\"', 'empty') end"))
         raw = text_of("ts")
         typed = _timestamp_expr(raw, spec.timestamp_format)
         expected = _TIMESTAMP_WORDS.get(spec.timestamp_format, f"a time in the format {spec.timestamp_format}")
         expected = expected.replace("'", "''")
         out.append(("ts", typed, f"case when {typed} is null then 'timestamp is not {expected}: ' || "
-                                 f"coalesce('\"' || {raw} || '\"', 'empty') end"))
+                                 f"coalesce('\"' || left({raw}, {MAX_ECHO}) || '\"', 'empty') end"))
     elif spec.kind == "users":
         integer("user_id", True)
         integer("age", False, "integer")
@@ -175,7 +191,7 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, st
             typed = (f"try_strptime({raw}, {_literal(spec.date_format)})::date" if spec.date_format
                      else f"try_cast({raw} as date)")
             out.append(("release_date", typed, f"case when {raw} is not null and {typed} is null then "
-                                               f"'release_date is not a date: \"' || {raw} || '\"' end"))
+                                               f"'release_date is not a date: \"' || left({raw}, {MAX_ECHO}) || '\"' end"))
         if spec.genre_flags:
             flags = [(_text(column), genre) for column, genre in spec.genre_flags]
             typed = ("list_filter([" + ", ".join(f"case when {t} = '1' then {_literal(g)} end" for t, g in flags)
@@ -249,6 +265,16 @@ def _parse(con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec) -
 # Staging and promotion.
 
 
+COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd",
+                    b"\xfd7zXZ": "xz"}
+
+
+def compression_of(path: Path) -> str | None:
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    return next((kind for magic, kind in COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
+
+
 def stage_file(
     con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec, run_id: str, source: str
 ) -> FileResult:
@@ -274,9 +300,11 @@ def stage_file(
     try:
         if size == 0:
             raise SchemaMismatchError(f"{path}: the file is empty (0 bytes); nothing to load")
+        if (kind := compression_of(Path(spec.path))) is not None:
+            raise SchemaMismatchError(f"{path}: compressed files are not supported ({kind}): unpack it first")
         _parse(con, settings, spec)
     except (SchemaMismatchError, duckdb.Error, UnicodeError, OSError) as exc:
-        result.status, result.message = "failed", str(exc).splitlines()[0] if str(exc) else repr(exc)
+        result.status, result.message = "failed", capped(str(exc).splitlines()[0] if str(exc) else repr(exc))
         db.run(con, settings, "ingest/insert_ledger", {**ledger, "rows_read": 0, "rows_accepted": 0,
                                                         "rows_rejected": 0, "status": "failed",
                                                         "message": result.message})

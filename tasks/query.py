@@ -1,10 +1,15 @@
 """Downstream SQL: DuckDB views over the published Parquet, and read-only queries against them.
 
 Readers never open the live warehouse file (DuckDB allows one writer); they read the published Parquet.
+The query connection is a sandbox that DuckDB itself enforces: once the views are defined, file access is
+limited to the published output folder (``allowed_directories`` with ``enable_external_access = false``),
+no extension can be installed or loaded, and the configuration is locked. Statements are checked too: one
+SELECT (or an EXPLAIN of one, or a PRAGMA that reads), since the allowed folder itself must not be written.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
@@ -18,9 +23,10 @@ READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
 
 
 def open_views(settings: Settings) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with every view in ``sql/views`` defined over ``RECSYS_HOME/output``."""
-    con = duckdb.connect()
-    con.execute("set variable recsys_output = $root", {"root": str(Path(settings.output_dir).resolve())})
+    """An in-memory, locked-down DuckDB with every view in ``sql/views`` defined over ``RECSYS_HOME/output``."""
+    root = str(Path(settings.output_dir).resolve())
+    con = duckdb.connect(config={"autoload_known_extensions": False, "autoinstall_known_extensions": False})
+    con.execute("set variable recsys_output = $root", {"root": root})
     for name in (*MACROS, *VIEW_ORDER):
         try:
             con.execute((settings.sql_dir / "views" / f"{name}.sql").read_text())
@@ -28,6 +34,9 @@ def open_views(settings: Settings) -> duckdb.DuckDBPyConnection:
             if "No files" not in str(exc) and "does not exist" not in str(exc):
                 raise
             # Nothing published for this view yet: leave it undefined (run_readonly says so).
+    con.execute("set allowed_directories = $dirs", {"dirs": [root.rstrip("/") + "/"]})
+    con.execute("set enable_external_access = false")
+    con.execute("set lock_configuration = true")
     return con
 
 
@@ -39,8 +48,16 @@ def run_readonly(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None =
     kind = statements[0].type.name
     if kind not in READ_ONLY_STATEMENTS:
         raise ConfigError(f"recsys sql is read-only: a {kind} statement is not allowed")
+    if kind == "EXPLAIN":  # EXPLAIN ANALYZE runs its statement: only a plain query may be explained
+        inner = re.sub(r"^\s*explain(\s+analy[sz]e)?\b", "", sql, flags=re.IGNORECASE)
+        inner_kind = con.extract_statements(inner)[0].type.name if inner.strip() else "nothing"
+        if inner_kind != "SELECT":
+            raise ConfigError(f"recsys sql is read-only: EXPLAIN of a {inner_kind} statement is not allowed")
     try:
         return con.sql(sql, params=params or None)
+    except duckdb.PermissionException as exc:
+        raise ConfigError("recsys sql reads only the published tables (views over RECSYS_HOME/output): "
+                          f"{str(exc).splitlines()[0]}") from exc
     except (duckdb.IOException, duckdb.CatalogException) as exc:
         if "No files" in str(exc) or any(f"{view} does not exist" in str(exc) for view in VIEW_ORDER):
             raise RecsysError("nothing is published yet for this query: run `recsys nightly` (or `make run`) "

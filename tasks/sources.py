@@ -22,6 +22,9 @@ from recsys.settings import Settings
 from tasks.generate import SYNTHETIC_FILES, GeneratorConfig, generate
 
 SOURCES = ("synthetic", "movielens-100k", "csv", "parquet")
+# Canonical column -> its key in mapping.toml and its command-line flag (see cli/main.py).
+MAPPING_KEY = {"ts": "timestamp"}
+COLUMN_FLAG = {"user_id": "--user-col", "item_id": "--item-col", "rating": "--rating-col", "ts": "--timestamp-col"}
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,8 @@ class FileSpec:
         if missing:
             raise ConfigError(
                 f"{self.path}: the column mapping for {self.kind} does not name {', '.join(missing)}; "
-                f"add e.g. `{missing[0]} = \"<column in the file>\"` under [{self.kind}] in mapping.toml "
-                f"or pass --{missing[0].replace('_', '-').replace('ts', 'timestamp')}-col"
+                f"add e.g. `{MAPPING_KEY.get(missing[0], missing[0])} = \"<column in the file>\"` under "
+                f"[{self.kind}] in mapping.toml or pass {COLUMN_FLAG.get(missing[0], '--' + missing[0] + '-col')}"
             )
 
 
@@ -217,16 +220,29 @@ def tabular_specs(
     users: Path | None = None,
     items: Path | None = None,
     base_dir: Path | None = None,
+    allow_outside: bool = False,
 ) -> list[FileSpec]:
-    """Specs for ``csv``/``parquet`` sources: interactions at ``path`` (file or folder), optional users/items."""
+    """Specs for ``csv``/``parquet`` sources: interactions at ``path`` (file or folder), optional users/items.
+
+    A ``path`` in the mapping is relative to the mapping's folder and must stay inside it (``../..`` or an
+    absolute path elsewhere is refused unless ``allow_outside``): a mapping file cannot make the pipeline
+    read what its author could not put next to it. Paths given on the command line are taken as given.
+    """
     mapping = {kind: dict(table) for kind, table in (mapping or {}).items()}
-    base = Path(base_dir) if base_dir else Path.cwd()
+    base = (Path(base_dir) if base_dir else Path.cwd()).resolve()
 
     def where(kind: str, given: Path | None) -> Path | None:
         if given is not None:
             return Path(given)
         rel = mapping.get(kind, {}).get("path")
-        return None if rel is None else (base / rel)
+        if rel is None:
+            return None
+        target = (base / str(rel)).resolve()
+        if not allow_outside and not target.is_relative_to(base):
+            raise ConfigError(
+                f"mapping [{kind}] path {str(rel)[:200]!r} leaves the mapping's folder {base}; put the file next "
+                f"to the mapping, pass it with --path/--users/--items, or allow it with --allow-paths-outside-mapping")
+        return target
 
     specs: list[FileSpec] = []
     for kind, given in (("users", users), ("items", items)):
@@ -258,6 +274,7 @@ def resolve_source(
     users: Path | None = None,
     items: Path | None = None,
     mapping_dir: Path | None = None,
+    allow_outside: bool = False,
 ) -> list[FileSpec]:
     """Turn a ``--source``/``--path`` pair into file specs, landing data first where needed."""
     if source == "synthetic":
@@ -272,6 +289,7 @@ def resolve_source(
             path = download_movielens_100k(settings.landing_dir / "movielens-100k", settings.ml100k_url)
         return movielens_specs(Path(path))
     if source in ("csv", "parquet"):
-        return tabular_specs(source, path, mapping, users=users, items=items, base_dir=mapping_dir)
+        return tabular_specs(source, path, mapping, users=users, items=items, base_dir=mapping_dir,
+                             allow_outside=allow_outside)
     raise ConfigError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
 

@@ -71,6 +71,16 @@ class GateResult:
     run_id: str
     outcomes: list[Outcome]
     docs_path: str | None = None
+    reject_reasons: list[tuple[str, int]] = field(default_factory=list)  # (kind of reason, rows), most first
+    files_failed: int = 0
+
+    @property
+    def rows_rejected_in_batch(self) -> int:
+        """Every row of the batch that went to ``rejects``, while parsing or at the gate."""
+        return sum(n for _, n in self.reject_reasons)
+
+    def reasons_text(self, top: int = 3) -> str:
+        return "; ".join(f"{reason} ({n:,})" for reason, n in self.reject_reasons[:top])
 
     @property
     def critical_failures(self) -> list[Outcome]:
@@ -203,7 +213,8 @@ class GxRunner:
 
     def docs_path(self) -> str | None:
         sites = self.context.get_docs_sites_urls()
-        return sites[0]["site_url"].removeprefix("file://") if sites else None
+        url = sites[0].get("site_url") if sites else None  # None until something was validated
+        return url.removeprefix("file://") if url else None
 
 
 def suite_outcomes(name: str, results, settings: Settings) -> list[Outcome]:
@@ -283,6 +294,9 @@ def _store(con, settings: Settings, run_id: str, outcomes: list[Outcome]) -> Non
 def failure_message(result: GateResult) -> str:
     lines = [f"validation gate stopped batch {result.run_id}; it is held in staging and nothing reached the "
              f"final tables:"]
+    if result.reject_reasons:
+        lines.append(f"  {result.rows_rejected_in_batch:,} rows of this batch were rejected; top reasons: "
+                     f"{result.reasons_text()}")
     for o in result.critical_failures:
         lines.append(f"  suite '{o.suite}', expectation {o.label} [critical]: observed {o.observed_text()}"
                      + (f" - {o.description}" if o.description else ""))
@@ -315,7 +329,10 @@ def validate_batch(
         if all(o.success or o.severity != "critical" for o in found):
             _reject_failing_rows(con, settings, run_id, suite, found)
         outcomes.extend(found)
-    result = GateResult(run_id=run_id, outcomes=outcomes, docs_path=runner.docs_path())
+    result = GateResult(run_id=run_id, outcomes=outcomes, docs_path=runner.docs_path(),
+                        reject_reasons=[(r, int(n)) for r, n in db.run(con, settings, "validate/batch_rejects",
+                                                                       {"run_id": run_id})],
+                        files_failed=int(db.run(con, settings, "validate/failed_files", {"run_id": run_id})[0][0]))
     _store(con, settings, run_id, outcomes)
     if not result.passed:
         db.run(con, settings, "validate/hold_batch", {"run_id": run_id,
@@ -334,10 +351,16 @@ def _batch_params(settings, suite, run_id, all_users_known, all_items_known) -> 
 
 def format_gate(result: GateResult) -> str:
     if not result.outcomes:
+        if result.files_failed:
+            return (f"validation gate for {result.run_id}: nothing new was staged ({result.files_failed} file(s) "
+                    f"could not be parsed; see the ingest report)")
         return f"validation gate for {result.run_id}: nothing new was staged (every file was already loaded)"
     lines = [f"validation gate for {result.run_id}: {'PASSED' if result.passed else 'STOPPED'} "
              f"({len(result.outcomes)} expectations, {len(result.critical_failures)} critical failures, "
              f"{len(result.warnings)} warnings, {result.rows_rejected} rows moved to rejects)"]
+    if result.reject_reasons:
+        lines.append(f"  rows rejected in this batch: {result.rows_rejected_in_batch:,}; top reasons: "
+                     f"{result.reasons_text()}")
     for o in result.outcomes:
         if o.success and not o.rows_rejected:
             continue

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+from collections import Counter
 from datetime import date
 
 import duckdb
 import polars as pl
 import pytest
 
-from flows.nightly import nightly_flow
-from recsys.errors import PublishGateError
+from flows.caching import CODE_FOLDERS, code_fingerprint
+from flows.nightly import nightly_flow, train_publish_flow
+from models.base import Recommender
+from recsys.errors import ConfigError, PublishGateError
 from recsys.settings import Settings
 from tasks import publish
 from tasks.query import VIEW_ORDER, named_query, open_views, run_readonly
@@ -48,8 +52,9 @@ def test_every_user_gets_exactly_n_including_zero_history(night):
 def test_rerun_reuses_unchanged_steps_and_replaces_the_partition(night):
     _, first, second = night
     assert second["fingerprint"] == first["fingerprint"]
-    assert second["models"]["model_dir"] == first["models"]["model_dir"]  # training reused
-    assert second["evaluation"]["metrics"] == first["evaluation"]["metrics"]  # evaluation reused
+    assert second["models"] == first["models"]  # training reused
+    assert second["evaluation"] == first["evaluation"]  # evaluation reused
+    assert second["features"] == first["features"]
     settings = night[0]
     recs = pl.read_parquet(publish.partition_path(settings.output_dir / "recommendations", date(2026, 11, 20)))
     assert set(recs["run_id"]) == {second["run_id"]}
@@ -71,25 +76,87 @@ def test_every_named_query_runs(night, query, params):
         assert [r[1] for r in rows] == list(range(1, 11))
 
 
-def test_sql_is_read_only(night):
-    from recsys.errors import ConfigError
+ATTACKS = {
+    "copy to a file": "copy (select 1) to 'x.csv'",
+    "explain analyze of a copy into the output folder": "explain analyze copy (select * from recommendations "
+                                                         "limit 1) to '{out}/recommendations/run_date=2099-01-01/x.parquet'",
+    "explain of a copy": "explain copy (select 1) to '{out}/y.csv'",
+    "read_text of a system file": "select * from read_text('/etc/passwd')",
+    "read_csv of a system file": "select * from read_csv('/etc/passwd')",
+    "glob outside the output": "select * from glob('/root/*')",
+    "escape the output folder": "select * from read_text('{out}/../warehouse.duckdb')",
+    "unlock the configuration": "set enable_external_access = true",
+    "attach the warehouse": "attach '{home}/warehouse.duckdb'",
+    "load an extension": "load httpfs",
+    "two statements": "select 1; select 2",
+}
 
-    con = open_views(night[0])
-    with pytest.raises(ConfigError, match="read-only"):
-        run_readonly(con, "copy (select 1) to 'x.csv'")
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_sql_sandbox_refuses(night, attack):
+    settings = night[0]
+    out = settings.output_dir.resolve()
+    con = open_views(settings)
+    sql = ATTACKS[attack].format(out=out, home=settings.home.resolve())
+    with pytest.raises(ConfigError):
+        run_readonly(con, sql).fetchall()
+    assert not (out / "recommendations" / "run_date=2099-01-01").exists()
+    assert run_readonly(con, "select count(*) from latest_recommendations").fetchall()[0][0] > 0
 
 
 def test_regressed_run_keeps_the_last_good_partition(night, tmp_path):
     settings, first, second = night
     path = publish.partition_path(settings.output_dir / "recommendations", date(2026, 11, 20))
     before = path.read_bytes()
-    worse = pl.read_parquet(second["evaluation"]["metrics"]).with_columns(pl.col("value") * 0.5)
+    worse = pl.read_parquet(second["evaluation"].metrics).with_columns(pl.col("value") * 0.5)
     worse_path = tmp_path / "worse.parquet"
     worse.write_parquet(worse_path)
     with pytest.raises(PublishGateError, match="kept the last good partition"):
-        publish.publish_step(settings, "regressed-run", date(2026, 11, 20), second["models"]["model_dir"], "hybrid",
+        publish.publish_step(settings, "regressed-run", date(2026, 11, 20), second["snapshot"].frames(),
+                             second["models"].model_dir, "hybrid",
                              str(worse_path))
     assert path.read_bytes() == before
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         status = con.sql("select status, reason from publish_log where run_id = 'regressed-run'").fetchall()
     assert status[0][0] == "rejected" and "ndcg@10" in status[0][1]
+
+
+def test_a_changed_setting_recomputes_evaluation(night, monkeypatch, small_synthetic):
+    settings, _, second = night
+    monkeypatch.setenv("RECSYS_BOOTSTRAP_SAMPLES", "60")
+    third = train_publish_flow(run_date="2026-11-20", home=str(settings.home))
+    assert third["features"] == second["features"]  # features do not depend on the bootstrap
+    assert third["evaluation"] != second["evaluation"]
+
+
+def test_deleted_model_files_are_recomputed_not_trusted(night):
+    settings, _, second = night
+    shutil.rmtree(second["models"].model_dir)
+    again = train_publish_flow(run_date="2026-11-20", home=str(settings.home))
+    assert again["models"].model_dir != second["models"].model_dir and again["models"].exists()
+    assert again["evaluation"] == second["evaluation"]
+
+
+def test_changed_code_changes_the_cache_key(tmp_path):
+    for folder in CODE_FOLDERS:
+        (tmp_path / folder).mkdir()
+    (tmp_path / "models" / "ease.py").write_text("L2 = 500\n")
+    before = code_fingerprint(tmp_path)
+    (tmp_path / "models" / "ease.py").write_text("L2 = 400\n")
+    assert code_fingerprint(tmp_path) != before
+
+
+def test_each_model_is_fitted_at_most_twice_per_night(prefect_harness, small_synthetic, tmp_path, monkeypatch):
+    fits: Counter = Counter()
+    original = Recommender.fit
+
+    def counting(self, *args, **kwargs):
+        fits[self.name] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Recommender, "fit", counting)
+    for key, value in {"RECSYS_EPOCHS": "1", "RECSYS_TOP_N": str(N), "RECSYS_BOOTSTRAP_SAMPLES": "20"}.items():
+        monkeypatch.setenv(key, value)
+    nightly_flow(run_date="2026-11-21", source="synthetic", path=str(small_synthetic), home=str(tmp_path))
+    assert set(fits) == set(Settings().models)
+    assert max(fits.values()) == 2, fits  # the evaluation fold and production, nothing more

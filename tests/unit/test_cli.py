@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+
 from cli.main import build_parser, build_serve_schedule, main
 
 
@@ -17,11 +24,36 @@ def test_bad_mapping_exits_2_with_message(tmp_path, capsys):
     assert "mapping file" in capsys.readouterr().err
 
 
-def test_every_command_has_help():
+def test_every_command_and_option_has_help():
+    """A command or option without a help text fails here (argparse would print it bare)."""
     parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
-    for name, sub in commands.items():
-        assert sub.format_help(), name
+    missing = []
+
+    def walk(p, path):
+        for action in p._actions:  # noqa: SLF001
+            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+                described = {c.dest: c.help for c in action._choices_actions}  # noqa: SLF001
+                for name, sub in action.choices.items():
+                    if not described.get(name):
+                        missing.append(f"{path} {name}")
+                    walk(sub, f"{path} {name}")
+            elif action.dest != "help" and not (action.help or "").strip():
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(parser, "recsys")
+    assert missing == []
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["sql", "--help"], ["sql", "select 42 as answer"],
+                                  ["nightly", "--no-such-flag"], ["sql", "copy (select 1) to 'x.csv'"]])
+def test_commands_that_orchestrate_nothing_never_reach_a_prefect_server(argv, tmp_path):
+    """With the API pointed at a closed port, anything that touched Prefect's API would fail or hang."""
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api", "RECSYS_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "cli", *argv], env=env, capture_output=True, text=True,
+                          timeout=300)
+    expected = {"--help": 0, "select 42 as answer": 0, "--no-such-flag": 2}.get(argv[-1], 2)
+    assert done.returncode == expected, done.stderr
+    assert "Traceback" not in done.stderr and "4200" not in done.stderr and "127.0.0.1:9" not in done.stderr
 
 
 def test_serve_schedule_is_0200_in_the_given_timezone():
@@ -81,7 +113,7 @@ def test_train_and_evaluate_commands_on_a_small_warehouse(tmp_path, monkeypatch,
         ingest.promote_batch(con, settings, "r1")
     assert main(["train", "--models", "popularity", "ease"]) == 0
     out = capsys.readouterr().out
-    assert "users without history" not in out or "features:" in out
+    assert "features: 300 users" in out and "without history" in out
     assert (settings.models_dir.iterdir().__next__() / "ease" / "metadata.json").exists()
     assert main(["evaluate", "--models", "popularity", "segment_popularity"]) == 0
     out = capsys.readouterr().out

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import zipfile
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from recsys import db
-from tasks import ingest
+from tasks import ingest, validate
 from tasks.sources import FileSpec, movielens_specs, synthetic_specs, tabular_specs
 
 MAPPING = {"interactions": {"user_id": "uid", "item_id": "iid", "rating": "stars", "timestamp": "when"}}
@@ -79,7 +82,7 @@ def test_unparsable_rows_are_kept_with_line_and_reason(con, settings, tmp_path):
     rejects = dict(con.execute("select line_number, reason from rejects order by 1").fetchall())
     assert sorted(rejects) == [3, 4, 5, 6, 7]
     assert "malformed row" in rejects[3] and "Found: 2" in rejects[3]
-    assert 'user_id is not an integer: "x"' in rejects[4]
+    assert 'user_id is not a positive whole number written in digits' in rejects[4] and '"x"' in rejects[4]
     assert "too many columns" in rejects[5]
     assert 'timestamp is not epoch seconds or an ISO date-time: "notatime"' in rejects[6]
     assert 'rating is not a number: "abc"' in rejects[7]
@@ -87,6 +90,29 @@ def test_unparsable_rows_are_kept_with_line_and_reason(con, settings, tmp_path):
     assert raw[4] == "x,12,3,881250949" and raw[5] == "2,13,4,881250949,9"
     assert count(con, "interactions") == 2
     assert_identity(con)
+
+
+@pytest.mark.parametrize("bad", ["1.5", "0x10", "1e1", "-3", "0", "+4", "u17", "2.0", "1_000",
+                                 "3fa85f64-5717-4562-b3fc-2c963f66afa6", "99999999999999999999"])
+def test_ids_are_exact_digits_or_rejected(con, settings, tmp_path, bad):
+    """Never rounded or reinterpreted into another user: try_cast turned "1.5" into 2 and "0x10" into 16."""
+    f = write(tmp_path / "ids.csv", f"uid,iid,stars,when\n2,10,5,881250949\n{bad},11,4,881250949\n"
+                                    f"3,{bad},4,881250949\n007,12,3,881250949\n")
+    report = load(con, settings, tabular_specs("csv", f, MAPPING))
+    (result,) = report.files
+    assert (result.rows_read, result.rows_accepted, result.rows_rejected) == (4, 2, 2)
+    reasons = [r for (r,) in con.execute("select reason from rejects order by line_number").fetchall()]
+    assert "user_id is not a positive whole number" in reasons[0] and "item_id is not" in reasons[1]
+    assert "string ids" in reasons[0]
+    assert sorted(con.execute("select user_id, item_id from interactions").fetchall()) == [(2, 10), (7, 12)]
+    assert_identity(con)
+
+
+def test_a_huge_bad_value_is_not_stored_whole_in_its_reason(con, settings, tmp_path):
+    f = write(tmp_path / "big.csv", "uid,iid,stars,when\n" + "x" * 100_000 + ",1,4,881250949\n")
+    load(con, settings, tabular_specs("csv", f, MAPPING))
+    ((reason,),) = con.execute("select reason from rejects").fetchall()
+    assert len(reason) < 500
 
 
 def test_empty_and_unreadable_files_fail_alone(con, settings, tmp_path):
@@ -191,3 +217,36 @@ def test_bad_utf8_is_rejected_with_encoding_hint(con, settings, tmp_path):
     report = load(con, settings, tabular_specs("csv", f, MAPPING))
     assert report.files[0].rows_rejected == 1
     assert "encoding" in db.scalar(con, "select reason from rejects")
+
+
+@pytest.mark.parametrize(("opener", "kind"), [(gzip.open, "gzip"), (None, "zip")])
+def test_compressed_files_fail_with_a_plain_message(con, settings, tmp_path, opener, kind):
+    path = tmp_path / "ratings.csv"
+    text = "uid,iid,stars,when\n1,10,5,881250949\n"
+    if opener is None:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("ratings.csv", text)
+    else:
+        with opener(path, "wt") as fh:
+            fh.write(text)
+    (result,) = load(con, settings, tabular_specs("csv", path, MAPPING)).files
+    assert result.status == "failed"
+    assert result.message.endswith(f"compressed files are not supported ({kind}): unpack it first")
+
+
+def test_a_file_of_string_ids_is_held_with_its_reasons(con, settings, tmp_path):
+    f = write(tmp_path / "s.csv", "uid,iid,stars,when\n" + "".join(f"u{k},i{k},4,881250949\n" for k in range(5)))
+    ingest.stage_batch(con, settings, tabular_specs("csv", f, MAPPING), "r1", "csv")
+    result = validate.validate_batch(con, settings, "r1", raise_on_failure=False)
+    assert not result.passed
+    message = validate.failure_message(result)
+    assert "5 rows of this batch were rejected" in message
+    assert "string ids" in message and "(5)" in message
+
+
+def test_the_gate_says_when_a_file_failed_rather_than_already_loaded(con, settings, tmp_path):
+    write(tmp_path / "a_empty.csv", "")
+    ingest.stage_batch(con, settings, tabular_specs("csv", tmp_path / "a_empty.csv", MAPPING), "r1", "csv")
+    result = validate.validate_batch(con, settings, "r1", raise_on_failure=False)
+    assert "could not be parsed" in validate.format_gate(result)
+    assert "already loaded" not in validate.format_gate(result)

@@ -43,3 +43,27 @@ def test_synthetic_default_generates_once_under_landing(tmp_path):
     before = specs[-1].path.stat().st_mtime_ns
     resolve_source(settings, "synthetic")
     assert specs[-1].path.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("where", ["../../etc/passwd", "/etc/passwd", "sub/../../outside.csv"])
+def test_mapping_paths_stay_inside_the_mapping_folder(tmp_path, where):
+    folder = tmp_path / "mapping"
+    folder.mkdir()
+    (tmp_path / "outside.csv").write_text("user_id,item_id,timestamp\n1,1,1700000000\n")
+    with pytest.raises(ConfigError, match="leaves the mapping's folder"):
+        tabular_specs("csv", None, {"interactions": {"path": where}}, base_dir=folder)
+
+
+def test_mapping_paths_inside_the_folder_or_allowed_explicitly(tmp_path):
+    folder = tmp_path / "mapping"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "r.csv").write_text("user_id,item_id,timestamp\n1,1,1700000000\n")
+    (tmp_path / "outside.csv").write_text("user_id,item_id,timestamp\n1,1,1700000000\n")
+    inside = tabular_specs("csv", None, {"interactions": {"path": "data/r.csv", **COLUMNS}}, base_dir=folder)
+    assert inside[0].path == (folder / "data" / "r.csv").resolve()
+    allowed = tabular_specs("csv", None, {"interactions": {"path": "../outside.csv", **COLUMNS}}, base_dir=folder,
+                            allow_outside=True)
+    assert allowed[0].path == (tmp_path / "outside.csv").resolve()
+
+
+COLUMNS = {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}

@@ -1,0 +1,2 @@
+delete from staging_items
+where run_id in (select unnest($run_ids))

@@ -1,0 +1,2 @@
+delete from staging_users
+where run_id in (select unnest($run_ids))

@@ -1,0 +1,4 @@
+select count(*)
+from ingest_ledger
+where run_id = $run_id
+  and status = 'failed'
