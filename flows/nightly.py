@@ -55,7 +55,7 @@ def evaluate_models(settings: Settings, run_id: str, snap: Snapshot, names: list
 def train_models(settings: Settings, run_id: str, snap: Snapshot, feats: FeatureSet, names: list[str],
                  evaluation: Evaluation) -> TrainedModels:
     return train.train_step(settings, feats, snap.frames().interactions, names, evaluation.hybrid_weights(),
-                            settings.models_dir / run_id)
+                            settings.models_dir / run_id, warm_from=evaluation.warm_starts)
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)

@@ -87,6 +87,14 @@ class Recommender(ABC):
         }
         return self
 
+    @classmethod
+    def can_warm_start(cls) -> bool:
+        return cls.warm_start is not Recommender.warm_start
+
+    def warm_start(self, previous: Recommender) -> None:  # noqa: B027 - most models have nothing to carry over
+        """Let the next fit start from ``previous`` (a fit of the same model on an earlier fold), where that
+        is sound. Models that cannot use it ignore it."""
+
     @abstractmethod
     def _fit(self, seed: int) -> None:
         """Learn from ``self.train`` (users x items CSR) and the encoded side features."""
@@ -104,10 +112,11 @@ class Recommender(ABC):
         train.data[:] = 1.0  # implicit feedback: interacted or not
         self.train = train
         self.item_popularity = np.asarray(train.sum(axis=0)).ravel().astype(np.float32)
-        # Deterministic tie-breaker: more popular first, then lower item id.
+        # Exact tie-breaking: among equal scores, more popular first, then the lower item id. ``tiebreak`` is
+        # each item's position in that order (an integer rank, compared exactly, never added to a score).
         order = np.lexsort((self.item_ids, -self.item_popularity))
-        self.tiebreak = np.empty(len(self.item_ids), dtype=np.float32)
-        self.tiebreak[order] = np.linspace(1.0, 0.0, len(order), dtype=np.float32)
+        self.tiebreak = np.empty(len(self.item_ids), dtype=np.int64)
+        self.tiebreak[order] = np.arange(len(order))
         self._encode_side_features(user_features, item_features)
 
     def _encode_side_features(self, user_features: pl.DataFrame, item_features: pl.DataFrame) -> None:
@@ -154,11 +163,10 @@ class Recommender(ABC):
         for lo in range(0, len(user_ids), block):
             ub = self._user_block(user_ids[lo:lo + block], extra[lo:lo + block])
             scores = np.asarray(self.score_block(ub), dtype=np.float32)
-            scores = scores + 1e-6 * self.tiebreak[None, :]  # deterministic ties
             if exclude_seen:
                 seen = ub.history.tocoo()
                 scores[seen.row, seen.col] = -np.inf
-            frames.append(_top_n(ub.user_ids, scores, n, self.item_ids))
+            frames.append(_top_n(ub.user_ids, scores, n, self.item_ids, self.tiebreak))
         if not frames:
             return pl.DataFrame(schema=RECOMMENDATION_SCHEMA)
         return pl.concat(frames)
@@ -180,8 +188,8 @@ class Recommender(ABC):
         rows = np.arange(profiles.height, dtype=np.int64)
         block = UserBlock(rows, np.full(len(rows), -1), sp.csr_matrix((len(rows), len(self.item_ids)), dtype=np.float32),
                           np.stack(codes, axis=1).astype(np.int32))
-        scores = np.asarray(self.score_block(block), dtype=np.float32) + 1e-6 * self.tiebreak[None, :]
-        return _top_n(rows, scores, min(n, len(self.item_ids)), self.item_ids)
+        scores = np.asarray(self.score_block(block), dtype=np.float32)
+        return _top_n(rows, scores, min(n, len(self.item_ids)), self.item_ids, self.tiebreak)
 
     def score_users(self, user_ids, history: pl.DataFrame | None = None) -> np.ndarray:
         """Raw scores (len(user_ids), n_items) aligned with ``self.item_ids``; for small user sets."""
@@ -275,18 +283,30 @@ class Recommender(ABC):
 RECOMMENDATION_SCHEMA = {"user_id": pl.Int64, "item_id": pl.Int64, "rank": pl.Int32, "score": pl.Float32}
 
 
-def _top_n(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray) -> pl.DataFrame:
-    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    top = np.take_along_axis(part, order, axis=1)
-    top_scores = np.take_along_axis(part_scores, order, axis=1)
-    valid = np.isfinite(top_scores)  # a user who has seen almost everything gets a shorter list
+def _top_n(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray,
+           tiebreak: np.ndarray) -> pl.DataFrame:
+    """The n best items per row, ordered exactly by (score desc, tiebreak asc).
+
+    ``np.partition`` finds each row's n-th best score; every item at least that good is a candidate (ties at
+    the boundary included), and one ``lexsort`` over the block's candidates orders them by row, score and
+    tie-break rank. Memory stays within the block: no users x items matrix beyond the block's scores.
+    """
+    b, n_items = scores.shape
+    if b == 0:
+        return pl.DataFrame(schema=RECOMMENDATION_SCHEMA)
+    kth = np.partition(scores, n_items - n, axis=1)[:, n_items - n]  # each row's n-th best score
+    rows, cols = np.nonzero(scores >= kth[:, None])
+    values = scores[rows, cols]
+    order = np.lexsort((tiebreak[cols], -values, rows))
+    rows, cols, values = rows[order], cols[order], values[order]
+    starts = np.searchsorted(rows, np.arange(b))
+    rank = np.arange(len(rows)) - starts[rows]
+    keep = (rank < n) & np.isfinite(values)  # a user who has seen almost everything gets a shorter list
     return pl.DataFrame({
-        "user_id": np.repeat(user_ids, n)[valid.ravel()],
-        "item_id": item_ids[top].ravel()[valid.ravel()],
-        "rank": np.tile(np.arange(1, n + 1, dtype=np.int32), len(user_ids))[valid.ravel()],
-        "score": top_scores.ravel()[valid.ravel()].astype(np.float32),
+        "user_id": user_ids[rows[keep]],
+        "item_id": item_ids[cols[keep]],
+        "rank": (rank[keep] + 1).astype(np.int32),
+        "score": values[keep].astype(np.float32),
     }, schema=RECOMMENDATION_SCHEMA)
 
 

@@ -3,7 +3,8 @@
 B = I - P / diag(P) with P = (X^T X + lambda I)^-1 and diag(B) = 0. Scores are history @ B, so k-shot
 users are served from their known items; with no history the scores are zero and the tie-breaker
 (popularity) decides, which is why the hybrid pairs it with a model that sees features.
-Memory is n_items^2 floats: ~3 GB at 27k items, fine on this machine; beyond ~40k items use ALS instead.
+Memory is one n_items^2 float32 matrix (fitted in place): ~2.9 GB at 27k items; beyond ~50k items it no
+longer fits a 24 GiB machine next to everything else, and a low-rank model is the way on.
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ class EASE(Recommender):
         return {"l2": 500.0}
 
     def _fit(self, seed: int) -> None:
-        x = self.train.astype(np.float64)
+        # float32 and in place: one n_items^2 matrix at a time (27k items: 2.9 GB, not the 14 GB of float64
+        # copies). Co-occurrence counts are exact in float32 up to 2^24; the l2 ridge keeps the inverse
+        # well conditioned (measured: weights within 3e-8 of a float64 fit on 1,500 items, largest 0.02).
+        x = self.train.astype(np.float32)
         gram = (x.T @ x).toarray()
-        gram[np.diag_indices_from(gram)] += float(self.params["l2"])
+        gram[np.diag_indices_from(gram)] += np.float32(self.params["l2"])
         p = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
-        b = p / (-np.diag(p))[None, :]
-        b[np.diag_indices_from(b)] = 0.0
-        self.weights = b.astype(np.float32)
+        del gram
+        p /= -np.diag(p)[None, :]
+        p[np.diag_indices_from(p)] = 0.0
+        self.weights = p
 
     def score_block(self, users: UserBlock) -> np.ndarray:
         return np.asarray(users.history @ self.weights, dtype=np.float32)

@@ -170,13 +170,17 @@ class Hybrid(Recommender):
         return self._history_matrix(users, truth).toarray() > 0
 
     def score_block(self, users: UserBlock) -> np.ndarray:
+        """The blend of the components' z-scores; a component no user of the block weighs is not scored."""
         buckets = bucket_of(users.history_length, users.train_rows >= 0)
-        z = [standardize_rows(np.asarray(self.components[name].score_block(users), dtype=np.float32))
-             for name in self.params["components"]]
         w = np.array([self.weights[int(b)] for b in buckets], dtype=np.float32)  # (users, components)
-        out = np.zeros_like(z[0])
-        for j, zj in enumerate(z):
-            out += w[:, j:j + 1] * np.where(np.isfinite(zj), zj, 0.0)
+        out = np.zeros((len(users.user_ids), len(self.item_ids)), dtype=np.float32)
+        for j, name in enumerate(self.params["components"]):
+            if not w[:, j].any():
+                continue
+            z = standardize_rows(self.components[name].score_block(users))
+            z[np.isneginf(z)] = 0.0  # an item this component cannot score adds nothing
+            z *= w[:, j:j + 1]
+            out += z
         return out
 
     def _save_state(self, path: Path) -> None:

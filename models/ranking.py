@@ -28,12 +28,26 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def standardize_rows(scores: np.ndarray) -> np.ndarray:
-    """Per-user z-scores over the finite entries, so models on different scales can be blended."""
+    """Per-user z-scores over the finite entries, so models on different scales can be blended.
+
+    float32 throughout and in few passes (it runs on every scoring block of every component): the masked
+    path only where a row has -inf entries (items a model cannot score).
+    """
+    scores = np.asarray(scores, dtype=np.float32)
     finite = np.isfinite(scores)
-    safe = np.where(finite, scores, 0.0)
+    if finite.all():
+        mean = scores.mean(axis=1, keepdims=True)
+        z = scores - mean
+        std = np.sqrt(np.einsum("ij,ij->i", z, z)[:, None] / max(scores.shape[1], 1))
+        np.divide(z, std, out=z, where=std > 1e-12)
+        z[(std <= 1e-12).ravel()] = 0.0
+        return z
     count = np.maximum(finite.sum(axis=1, keepdims=True), 1)
+    safe = np.where(finite, scores, np.float32(0))
     mean = safe.sum(axis=1, keepdims=True) / count
-    var = (np.where(finite, (safe - mean) ** 2, 0.0)).sum(axis=1, keepdims=True) / count
-    std = np.sqrt(var)
-    z = np.divide(safe - mean, std, out=np.zeros_like(safe, dtype=np.float32), where=std > 1e-12)
-    return np.where(finite, z, -np.inf).astype(np.float32)
+    z = np.where(finite, safe - mean, np.float32(0))
+    std = np.sqrt(np.einsum("ij,ij->i", z, z)[:, None] / count)
+    np.divide(z, std, out=z, where=std > 1e-12)
+    z[(std <= 1e-12).ravel()] = 0.0
+    z[~finite] = -np.inf
+    return z

@@ -25,7 +25,7 @@ from tasks.metrics import (
 )
 from tasks.report import write_report
 from tasks.split import carve_validation, cold_user_split, temporal_split
-from tasks.train import fit_models, hybrid_weights
+from tasks.train import fit_models, hybrid_weights, save_warm_starts
 
 # ---------------------------------------------------------------------------------------------------------
 # Evaluating models on slices.
@@ -124,9 +124,10 @@ class Evaluation:
     report_html: str
     weights: str  # the hybrid's tuned blend (JSON), reused by the production fit
     protocol: dict
+    warm_starts: dict[str, str]  # saved evaluation-fold fits the production fit continues from (two-tower)
 
     def exists(self) -> bool:
-        return all(Path(p).exists() for p in (self.metrics, self.report_html, self.weights))
+        return all(Path(p).exists() for p in (self.metrics, self.report_html, self.weights, *self.warm_starts.values()))
 
     def hybrid_weights(self) -> dict | None:
         return json.loads(Path(self.weights).read_text()) or None
@@ -171,10 +172,11 @@ def evaluate_step(settings, run_id: str, frames: Frames, names, folder: Path, lo
     result.metrics.write_parquet(metrics_path)
     weights_path = folder / "hybrid_weights.json"
     weights_path.write_text(json.dumps(hybrid_weights(result.models)))
+    warm_starts = save_warm_starts(result.models, folder / "models")
     with db.warehouse(settings) as con:
         store_metrics(con, settings, run_id, result.metrics)
     return Evaluation(str(folder), str(metrics_path), str(paths["markdown"]), str(paths["html"]), str(weights_path),
-                      result.protocol)
+                      result.protocol, warm_starts)
 
 
 def store_metrics(con, settings, run_id: str, metrics: pl.DataFrame) -> None:

@@ -10,7 +10,7 @@ import polars as pl
 
 from models.base import Recommender
 from models.hybrid import Hybrid, ValidationCase
-from models.registry import build, model_class
+from models.registry import build, load, model_class
 from recsys.settings import Settings
 from tasks.features import FeatureSet, Frames, build_features
 from tasks.split import carve_validation
@@ -38,18 +38,21 @@ def needed(names: list[str] | tuple[str, ...]) -> list[str]:
 def fit_models(
     names: list[str] | tuple[str, ...], train: pl.DataFrame, user_features: pl.DataFrame,
     item_features: pl.DataFrame, settings: Settings, *, validation: list[ValidationCase] | None = None,
-    weights: dict | None = None, fold: str = "", log=print,
+    weights: dict | None = None, warm_from: dict[str, Recommender] | None = None, fold: str = "", log=print,
 ) -> dict[str, Recommender]:
     """Fit each model once on ``train``; a hybrid blends the fitted components.
 
     The hybrid tunes its weights on ``validation`` cases, or takes ``weights`` tuned on another fold (the
-    production fit reuses the evaluation fold's). Returns every fitted model, components included.
+    production fit reuses the evaluation fold's). ``warm_from``: fits of another fold that models able to
+    continue from (the two-tower) start from. Returns every fitted model, components included.
     """
     fitted: dict[str, Recommender] = {}
     label = f" ({fold})" if fold else ""
     for name in needed(names):
         started = time.perf_counter()
         model = build(name, **model_params(name, settings))
+        if warm_from and name in warm_from:
+            model.warm_start(warm_from[name])
         if isinstance(model, Hybrid):
             model.use_components(fitted)
             if weights is not None:
@@ -89,6 +92,11 @@ def save_models(models: dict[str, Recommender], folder: Path) -> dict[str, Path]
     return {name: model.save(Path(folder) / name) for name, model in models.items()}
 
 
+def save_warm_starts(models: dict[str, Recommender], folder: Path) -> dict[str, str]:
+    """Save the fits another fold can continue from (only those: EASE's weights are GBs at scale)."""
+    return {name: str(model.save(Path(folder) / name)) for name, model in models.items() if model.can_warm_start()}
+
+
 def format_training(models: dict[str, Recommender], paths: dict[str, Path]) -> str:
     lines = [f"  {'model':20} {'users':>8} {'items':>7} {'interactions':>13} {'seconds':>8}  saved to"]
     for name, model in models.items():
@@ -110,11 +118,15 @@ class TrainedModels:
 
 
 def train_step(settings: Settings, features: FeatureSet, train: pl.DataFrame, names: list[str] | tuple[str, ...],
-               weights: dict | None, folder: Path, log=print) -> TrainedModels:
-    """Fit the production models once on everything loaded, from the stored features; save each."""
+               weights: dict | None, folder: Path, warm_from: dict[str, str] | None = None,
+               log=print) -> TrainedModels:
+    """Fit the production models once on everything loaded, from the stored features; save each.
+
+    ``warm_from`` names saved evaluation-fold fits that models able to continue from start from."""
     user_features, item_features = features.read()
-    models = fit_models(names, train, user_features, item_features, settings, weights=weights, fold="production",
-                        log=log)
+    earlier = {name: load(Path(path)) for name, path in (warm_from or {}).items()}
+    models = fit_models(names, train, user_features, item_features, settings, weights=weights, warm_from=earlier,
+                        fold="production", log=log)
     paths = save_models(models, Path(folder))
     log(format_training(models, paths))
     return TrainedModels(str(folder), {n: str(p) for n, p in paths.items()})
