@@ -16,7 +16,7 @@ export KERAS_BACKEND = tensorflow
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test venv lint bench deploy clean
+.PHONY: run test venv lint bench deploy clean sql
 
 # Deployments (see README): a Prefect server must be running and PREFECT_API_URL set.
 RECSYS_TIMEZONE ?= UTC
@@ -24,9 +24,11 @@ RECSYS_WORK_POOL ?= recsys
 export RECSYS_TIMEZONE RECSYS_WORK_POOL
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
-	touch $(STAMP)
+	@test -x $(BIN)/python || { echo "==> creating $(VENV) with $$($(PY) --version)"; $(PY) -m venv $(VENV); }
+	@echo "==> installing recsys-nightly and its dependencies into $(VENV) (about 3 minutes on a fresh machine: TensorFlow, Prefect, Great Expectations, DuckDB, Polars)"
+	@start=$$(date +%s); $(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }; \
+	  echo "==> installed $$($(BIN)/pip list --disable-pip-version-check 2>/dev/null | tail -n +3 | wc -l) packages in $$(( $$(date +%s) - start )) s"
+	@touch $(STAMP)
 
 venv: $(STAMP)
 
@@ -37,6 +39,10 @@ test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Style and the architecture: ruff, then the import-linter contracts (one-way layers, no cycles).
+# Read-only SQL over the published tables: make sql Q="select * from latest_recommendations limit 5"
+sql: $(STAMP)
+	@$(BIN)/recsys sql "$(Q)"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports

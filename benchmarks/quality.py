@@ -66,8 +66,8 @@ def load_synthetic(seed: int = 42) -> Frames:
 def protocol_w(frames: Frames, names, settings: Settings, log) -> dict:
     split = stratified_split(frames.interactions, ratio=0.75, seed=42, by="user")
     started = time.perf_counter()
-    models = {name: model for name, model in fit_tuned(names, frames, split.train, settings, log=log).items()
-              if name in names}
+    models = {name: model for name, model in fit_tuned(names, frames, split.train, settings, label="protocol W",
+                                                       log=log).items() if name in names}
     results = {}
     users = np.sort(split.test["user_id"].unique().to_numpy())
     for name, model in models.items():
@@ -89,7 +89,8 @@ def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log)
     for seed in seeds:
         seeded = settings.model_copy(update={"seed": seed})
         split = cold_user_split(frames.interactions, settings.cold_user_fraction, settings.k_shots, seed)
-        models = {name: model for name, model in fit_tuned(names, frames, split.train, seeded, log=log).items()
+        models = {name: model for name, model in fit_tuned(names, frames, split.train, seeded,
+                                                           label=f"protocol C, seed {seed}", log=log).items()
                   if name in names}
         metrics = evaluate_models(models, cold_slices(split), (10,), seed, settings.bootstrap_samples)
         per_seed.append(metrics.with_columns(seed=pl.lit(seed)))

@@ -9,10 +9,12 @@ warehouse file) longer than RECSYS_LOCK_WAIT_SECONDS / RECSYS_CONNECT_WAIT_SECON
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 
+import duckdb
 import polars as pl
 from prefect.schedules import Cron
 from prefect.settings import (
@@ -25,7 +27,7 @@ from benchmarks.quality import main as quality_main
 from flows.ingest import ingest_flow
 from flows.nightly import nightly_flow
 from recsys import db, runs
-from recsys.errors import RecsysError
+from recsys.errors import ConfigError, RecsysError
 from recsys.settings import Settings
 from tasks import ingest, validate
 from tasks.evaluate import evaluate_step
@@ -163,9 +165,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     settings = Settings()
     sql = named_query(settings, args.query) if args.named else args.query
+    bad = [p for p in args.param or [] if "=" not in p]
+    if bad:
+        raise ConfigError(f"--param takes NAME=VALUE, not {bad[0]!r}")
     params = dict(p.split("=", 1) for p in args.param or [])
     con = open_views(settings)
-    frame = run_readonly(con, sql, {k: int(v) if v.lstrip("-").isdigit() else v for k, v in params.items()}).pl()
+    relation = run_readonly(con, sql, {k: int(v) if v.lstrip("-").isdigit() else v for k, v in params.items()})
+    try:
+        frame = relation.pl()
+    except duckdb.Error as exc:
+        raise ConfigError(f"the query failed: {str(exc).splitlines()[0]}") from exc
     with pl.Config(tbl_rows=args.limit, tbl_cols=-1, tbl_width_chars=200):
         print(frame)
     return EXIT_OK
@@ -272,6 +281,15 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
                    help="let a mapping's [table] path point outside the mapping file's folder")
 
 
+class TemporaryServerNotice(logging.Filter):
+    """Prefect announces its temporary API server with a link to its docs on every call: one line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Starting temporary server"):
+            record.msg = record.msg.split("\n", 1)[0] + " (set PREFECT_API_URL to use a running server instead)"
+        return True
+
+
 def prefect_settings() -> dict:
     """Prefect settings for this process, where the user has not set them: a busy 2-core machine can take
     over a minute to start the temporary API server (Prefect waits 20 s by default), and its telemetry only
@@ -283,6 +301,7 @@ def prefect_settings() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_prefect()
+    logging.getLogger("prefect").addFilter(TemporaryServerNotice())
     args = build_parser().parse_args(argv)
     try:
         with temporary_settings(updates=prefect_settings()):

@@ -21,7 +21,8 @@ from prefect.utilities.hashing import hash_objects
 from recsys.settings import PROJECT_ROOT, Settings
 
 # Settings that only matter to publishing or to where files are found: changing them recomputes nothing.
-NOT_SHAPING = {"top_n", "metric_tolerance", "sql_dir", "expectations_dir", "timezone", "ml100k_url", "publish_model"}
+NOT_SHAPING = {"top_n", "metric_tolerance", "sql_dir", "expectations_dir", "timezone", "ml100k_url", "publish_model",
+               "verbose", "lock_wait_seconds", "connect_wait_seconds"}
 CODE_FOLDERS = ("recsys", "models", "tasks", "sql")
 
 

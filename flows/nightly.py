@@ -97,14 +97,12 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def query_hint(settings: Settings) -> str:
-    output = settings.output_dir.resolve()
-    return (f"Published under {output}/recommendations/run_date=*/version=*/ . Query it:\n"
-            f"  recsys sql \"select * from latest_recommendations where user_id = 1 order by rank limit 10\"\n"
-            f"  recsys sql --named top10_for_user --param user_id=1\n"
-            f"  duckdb -cmd \"set variable recsys_output = '{output}'\" -cmd \".read sql/views/published.sql\" \\\n"
-            f"         -c \"select * from published('recommendations') where user_id = 1 "
-            f"order by run_date desc, rank limit 10\"")
+def query_hint(partition: str) -> str:
+    """How to query what was just published, as commands that run from the repository root."""
+    return (f"Published {partition}\nQuery it from the repository root:\n"
+            f"  .venv/bin/recsys sql \"select * from latest_recommendations where user_id = 1 order by rank limit 10\"\n"
+            f"  .venv/bin/recsys sql --named top10_for_user --param user_id=1\n"
+            f"  make sql Q=\"select strategy, count(distinct user_id) from latest_recommendations group by 1\"")
 
 
 def _settings(home: str | None) -> Settings:
@@ -169,7 +167,7 @@ def _train_publish(settings: Settings, run_id: str, night: date, names: list[str
     create_markdown_artifact(key="nightly-summary", markdown=_summary_markdown(summary, heads),
                              description=f"nightly {night}")
     print(_summary_text(summary, heads))
-    print(query_hint(settings))
+    print(query_hint(published["paths"]["recommendations"]))
     return summary
 
 

@@ -87,6 +87,10 @@ class Recommender(ABC):
         }
         return self
 
+    def summary(self) -> str:
+        """One line on how the last fit went, beyond its time (e.g. epochs and loss); empty for most models."""
+        return ""
+
     @classmethod
     def can_warm_start(cls) -> bool:
         return cls.warm_start is not Recommender.warm_start

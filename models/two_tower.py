@@ -119,7 +119,10 @@ class TwoTower(Recommender):
     def default_params(cls) -> dict:
         return {"dim": 64, "hidden": 128, "temperature": 0.05, "epochs": 30, "batch_size": 1024,
                 "learning_rate": 3e-3, "bag_size": 20, "id_dropout": 0.5, "bag_dropout": 0.3,
-                "patience": 3, "validation_share": 0.05, "negatives": "auto", "full_softmax_max_items": 20_000,
+                "patience": 3, "validation_share": 0.05, "negatives": "auto",
+                # full softmax evaluates the item tower on the whole catalogue every step: worth it on small
+                # catalogues (ML-100k: 1,682 items), 5x slower a step than in-batch negatives at 6.7k items.
+                "full_softmax_max_items": 2_500,
                 # The cost per night is bounded: each epoch sees a fresh random sample of at most
                 # max_examples_per_epoch examples, and a fit sees at most example_budget in all (early
                 # stopping usually ends it sooner). A fit warm-started from an earlier fit (production from the
@@ -129,7 +132,7 @@ class TwoTower(Recommender):
                 "example_budget": 8_000_000,
                 "warm_start_budget": 2_000_000,
                 "max_validation_examples": 100_000,
-                "verbose": 2}  # Keras progress: one line per epoch
+                "verbose": 0}  # Keras progress: 0 quiet (a summary line per fit), 2 one line per epoch
 
     # -- training ------------------------------------------------------------------------------------------
 
@@ -185,10 +188,21 @@ class TwoTower(Recommender):
                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         history = self.net.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, shuffle=False,
                                verbose=p["verbose"])
-        self.training_ = {"epochs_planned": epochs, "epochs_run": len(history.history.get("loss", [])),
-                          "examples_per_epoch": per_epoch, "warm_started": warm}
+        losses = history.history.get("loss", [])
+        self.training_ = {"epochs_planned": epochs, "epochs_run": len(losses), "examples_per_epoch": per_epoch,
+                          "warm_started": warm, "first_loss": losses[0] if losses else None,
+                          "final_loss": losses[-1] if losses else None,
+                          "best_val_loss": min(history.history["val_loss"]) if "val_loss" in history.history else None}
         self.history_ = {k: [float(x) for x in v] for k, v in history.history.items()}
         self._cache_item_embeddings()
+
+    def summary(self) -> str:
+        t = getattr(self, "training_", {})
+        if not t:
+            return ""
+        val = f", best val_loss {t['best_val_loss']:.3f}" if t.get("best_val_loss") is not None else ""
+        return (f"{t['epochs_run']}/{t['epochs_planned']} epochs of {t['examples_per_epoch']:,} examples"
+                f"{' (warm start)' if t['warm_started'] else ''}, loss {t['first_loss']:.3f} -> {t['final_loss']:.3f}{val}")
 
     def warm_start(self, previous: Recommender) -> None:
         """Start the next fit from ``previous``'s weights (same architecture): rows of known users and items

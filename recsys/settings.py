@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     models: tuple[str, ...] = ("popularity", "segment_popularity", "item_knn", "ease", "two_tower", "hybrid")
     publish_model: str = "hybrid"
     timezone: str = "UTC"
+    verbose: bool = Field(False, description="Per-epoch lines from Keras (RECSYS_VERBOSE=1).")
     epochs: int = 30
     batch_size: int = 1024
 

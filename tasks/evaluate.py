@@ -13,7 +13,7 @@ import polars as pl
 from models.base import Recommender
 from models.hybrid import Hybrid
 from recsys import db
-from tasks.features import Frames, build_features
+from tasks.features import Frames, build_features, store_features
 from tasks.metrics import (
     ACCURACY_METRICS,
     METRICS,
@@ -133,7 +133,8 @@ class Evaluation:
         return json.loads(Path(self.weights).read_text()) or None
 
 
-def evaluate_protocol(frames: Frames, names, settings, run_id: str = "", log=print) -> EvaluationResult:
+def evaluate_protocol(frames: Frames, names, settings, run_id: str = "", features_dir: Path | None = None,
+                      log=print) -> EvaluationResult:
     """Cold users (zero- and k-shot) and warm users (their last 20 % by time), one fit per model.
 
     Split once: held-out cold test users, each remaining user's latest 20 % as the warm test, and
@@ -143,7 +144,10 @@ def evaluate_protocol(frames: Frames, names, settings, run_id: str = "", log=pri
     cold = cold_user_split(frames.interactions, settings.cold_user_fraction, settings.k_shots, settings.seed)
     warm = temporal_split(cold.train, test_share=0.2)
     fold = carve_validation(warm.train, settings.validation_user_fraction, settings.seed)
-    user_features, item_features = build_features(frames, fold.train)
+    if features_dir is None:
+        user_features, item_features = build_features(frames, fold.train)
+    else:  # stored, and read back: the fold's models are fitted on exactly what was stored
+        user_features, item_features = store_features(frames, fold.train, features_dir).read()
     fitted = fit_models(names, fold.train, user_features, item_features, settings, validation=fold.cases,
                         fold="evaluation fold", log=log)
     models = {name: fitted[name] for name in names}
@@ -165,8 +169,8 @@ def evaluate_protocol(frames: Frames, names, settings, run_id: str = "", log=pri
 
 def evaluate_step(settings, run_id: str, frames: Frames, names, folder: Path, log=print) -> Evaluation:
     """Run the evaluation protocol, store metrics (DuckDB + Parquet), the hybrid's blend and the report."""
-    result = evaluate_protocol(frames, names, settings, run_id=run_id, log=log)
     folder = Path(folder)
+    result = evaluate_protocol(frames, names, settings, run_id=run_id, features_dir=folder / "features", log=log)
     paths = write_report(result.metrics, folder, run_id, result.protocol, result.tuning, k=min(settings.ks))
     metrics_path = folder / "metrics.parquet"
     result.metrics.write_parquet(metrics_path)

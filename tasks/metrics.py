@@ -207,5 +207,6 @@ def headline(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
     """nDCG@k per model on warm, cold zero-shot and cold k-shot slices (the report's first table)."""
     view = metrics.filter((pl.col("metric") == "ndcg") & (pl.col("k") == k))
     view = view.with_columns(slice=pl.when(pl.col("split") == "warm").then(pl.lit("warm"))
-                             .otherwise(pl.format("cold k={}", pl.col("k_shot"))))
-    return view.select("model", "slice", "value", "ci_low", "ci_high", "n_users")
+                             .otherwise(pl.format("cold k={}", pl.col("k_shot"))),
+                             _order=pl.when(pl.col("split") == "warm").then(-1).otherwise(pl.col("k_shot")))
+    return view.sort("model", "_order").select("model", "slice", "value", "ci_low", "ci_high", "n_users")

@@ -53,6 +53,12 @@ def run_readonly(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None =
         inner_kind = con.extract_statements(inner)[0].type.name if inner.strip() else "nothing"
         if inner_kind != "SELECT":
             raise ConfigError(f"recsys sql is read-only: EXPLAIN of a {inner_kind} statement is not allowed")
+    wanted = sorted(set(re.findall(r"\$([A-Za-z_]\w*)", sql)))
+    missing = [name for name in wanted if name not in (params or {})]
+    if missing:
+        raise ConfigError("this query takes " + ", ".join(f"--param {name}=VALUE" for name in wanted)
+                          + f" (missing: {', '.join(missing)})")
+    params = {k: v for k, v in (params or {}).items() if k in wanted}
     try:
         return con.sql(sql, params=params or None)
     except duckdb.PermissionException as exc:
@@ -62,7 +68,9 @@ def run_readonly(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None =
         if "No files" in str(exc) or any(f"{view} does not exist" in str(exc) for view in VIEW_ORDER):
             raise RecsysError("nothing is published yet for this query: run `recsys nightly` (or `make run`) "
                               f"first ({str(exc).splitlines()[0]})") from exc
-        raise
+        raise ConfigError(f"the query failed: {str(exc).splitlines()[0]}") from exc
+    except duckdb.Error as exc:
+        raise ConfigError(f"the query failed: {str(exc).splitlines()[0]}") from exc
 
 
 def named_query(settings: Settings, name: str) -> str:

@@ -31,7 +31,7 @@ def _save(fig, path: Path) -> Path:
 def plot_cold_start_curve(metrics: pl.DataFrame, path: Path, k: int = 10) -> Path:
     plt = _plt()
     cold = metrics.filter((pl.col("split") == "cold") & (pl.col("metric") == "ndcg") & (pl.col("k") == k))
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     for model in sorted(cold["model"].unique()):
         m = cold.filter(pl.col("model") == model).sort("k_shot")
         x = m["k_shot"].to_numpy()
@@ -41,17 +41,20 @@ def plot_cold_start_curve(metrics: pl.DataFrame, path: Path, k: int = 10) -> Pat
     ax.set_ylabel(f"nDCG@{k}")
     ax.set_title("Cold-start curve (95% bootstrap CI)")
     ax.set_xscale("symlog", linthresh=1)
+    ks = sorted(int(k) for k in cold["k_shot"].unique())
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 
 def plot_model_bars(metrics: pl.DataFrame, path: Path, k: int = 10) -> Path:
     plt = _plt()
     view = headline(metrics, k)
-    slices = list(dict.fromkeys(view.sort("slice")["slice"].to_list()))
+    slices = list(dict.fromkeys(view["slice"].to_list()))  # warm, then cold k ascending
     models = sorted(view["model"].unique())
-    fig, ax = plt.subplots(figsize=(max(7, len(slices) * 1.3), 4.2))
+    fig, ax = plt.subplots(figsize=(max(8.5, len(slices) * 1.5), 4.2))
     width = 0.8 / max(len(models), 1)
     for j, model in enumerate(models):
         m = view.filter(pl.col("model") == model)
@@ -68,7 +71,7 @@ def plot_model_bars(metrics: pl.DataFrame, path: Path, k: int = 10) -> Path:
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(slices))], slices, rotation=20)
     ax.set_ylabel(f"nDCG@{k}")
     ax.set_title("Models per slice")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 
@@ -94,15 +97,41 @@ def _table(frame: pl.DataFrame) -> list[str]:
 def headline_table(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
     view = headline(metrics, k).with_columns(
         cell=pl.format("{} [{}, {}]", pl.col("value").round(4), pl.col("ci_low").round(4), pl.col("ci_high").round(4)))
-    order = list(dict.fromkeys(view.sort(pl.col("slice").str.replace("warm", "a"))["slice"].to_list()))
+    order = list(dict.fromkeys(view["slice"].to_list()))  # warm, then cold k ascending (numerically)
     return view.pivot(on="slice", index="model", values="cell").select("model", *order).sort("model")
 
 
 def lift_table(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
     view = metrics.filter((pl.col("metric") == "ndcg_lift") & (pl.col("k") == k) & (pl.col("split") == "cold"))
-    view = view.with_columns(cell=pl.format("{}% [{}, {}]", (pl.col("value") * 100).round(1),
-                                            (pl.col("ci_low") * 100).round(1), (pl.col("ci_high") * 100).round(1)))
-    return view.pivot(on="k_shot", index="model", values="cell").sort("model")
+    view = view.sort("k_shot").with_columns(
+        cell=pl.format("{}% [{}, {}]", (pl.col("value") * 100).round(1), (pl.col("ci_low") * 100).round(1),
+                       (pl.col("ci_high") * 100).round(1)),
+        column=pl.format("k={}", pl.col("k_shot")))
+    return view.pivot(on="column", index="model", values="cell", sort_columns=False).sort("model")
+
+
+def headlines(metrics: pl.DataFrame, k: int = 10, baseline: str = "popularity") -> list[str]:
+    """One sentence per model: how it does against popularity for users with no history, then with some."""
+    lifts = metrics.filter((pl.col("metric") == "ndcg_lift") & (pl.col("k") == k) & (pl.col("split") == "cold"))
+    lines = []
+    for model in sorted(lifts["model"].unique()):
+        rows = lifts.filter(pl.col("model") == model).sort("k_shot")
+        zero = rows.filter(pl.col("k_shot") == 0)
+        if zero.height == 0:
+            continue
+        z = zero.row(0, named=True)
+        verb = "beats" if z["ci_low"] > 0 else ("trails" if z["ci_high"] < 0 else "is level with")
+        rest = rows.filter(pl.col("k_shot") > 0)
+        tail = ", ".join(f"{r['value']:+.0%} at k={r['k_shot']}" for r in rest.iter_rows(named=True))
+        lines.append(f"For users with no history, {model} {verb} {baseline} by {z['value']:+.1%} "
+                     f"(95% CI [{z['ci_low']:+.1%}, {z['ci_high']:+.1%}])"
+                     + (f"; with k known interactions: {tail}." if tail else "."))
+    return lines
+
+
+def protocol_table(protocol: dict) -> pl.DataFrame:
+    return pl.DataFrame({"setting": list(protocol), "value": [json.dumps(v) if isinstance(v, dict | list) else str(v)
+                                                              for v in protocol.values()]})
 
 
 def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dict, tuning: dict,
@@ -119,14 +148,16 @@ def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dic
     beyond = (metrics.filter((pl.col("k") == k) & (pl.col("split") == "warm")
                              & pl.col("metric").is_in(["coverage", "novelty", "diversity", "popularity_bias"]))
               .pivot(on="metric", index="model", values="value").sort("model"))
-    md = [f"# Evaluation report {run_id}", "",
+    md = [f"# Evaluation report {run_id}", "", *headlines(metrics, k), "",
           f"nDCG@{k} with 95% bootstrap confidence intervals over users. Cold users were held out of training "
           f"entirely; `cold k=n` reveals their first n interactions by time as history.", "",
           *_table(heads), "", f"## Lift of nDCG@{k} over global popularity (cold users, paired bootstrap CI)", "",
+          "At k=0 a collaborative model (EASE, item-kNN) knows nothing of the user, so it ranks by the shared "
+          "popularity tie-break and equals popularity.", "",
           *_table(lifts), "", "## Beyond accuracy (warm users)", "", *_table(beyond), "",
           "## Plots", "", "![cold-start curve](cold_start_curve.png)", "",
           "![model comparison](model_comparison.png)", "", "![coverage and novelty](coverage_novelty.png)", "",
-          "## Protocol", "", "```json", json.dumps(protocol, indent=2, default=str), "```", ""]
+          "## Protocol", "", *_table(protocol_table(protocol)), ""]
     if tuning:
         md += ["## Hybrid weights (tuned on validation users drawn from training users)", "", "```json",
                json.dumps(tuning, indent=2, default=str), "```", ""]

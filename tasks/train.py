@@ -19,7 +19,7 @@ from tasks.split import carve_validation
 def model_params(name: str, settings: Settings) -> dict:
     """Hyper-parameters that come from settings (the rest are each model's defaults)."""
     if name == "two_tower":
-        return {"epochs": settings.epochs, "batch_size": settings.batch_size}
+        return {"epochs": settings.epochs, "batch_size": settings.batch_size, "verbose": 2 if settings.verbose else 0}
     return {}
 
 
@@ -60,7 +60,8 @@ def fit_models(
             elif validation is not None:
                 model.use_validation(validation)
         fitted[name] = model.fit(train, user_features, item_features, seed=settings.seed)
-        log(f"  fitted {name:20}{label} in {time.perf_counter() - started:6.1f} s")
+        detail = model.summary()
+        log(f"  fitted {name:20}{label} in {time.perf_counter() - started:6.1f} s" + (f"  {detail}" if detail else ""))
     return fitted
 
 
@@ -71,7 +72,8 @@ def hybrid_weights(models: dict[str, Recommender]) -> dict | None:
 
 
 def fit_tuned(
-    names: list[str] | tuple[str, ...], frames: Frames, train: pl.DataFrame, settings: Settings, log=print,
+    names: list[str] | tuple[str, ...], frames: Frames, train: pl.DataFrame, settings: Settings, label: str = "",
+    log=print,
 ) -> dict[str, Recommender]:
     """Fit ``names`` on ``train``; a hybrid's weights are tuned first on validation users carved from it.
 
@@ -83,9 +85,9 @@ def fit_tuned(
         fold = carve_validation(train, settings.validation_user_fraction, settings.seed)
         uf, itf = build_features(frames, fold.train)
         weights = hybrid_weights(fit_models(["hybrid"], fold.train, uf, itf, settings, validation=fold.cases,
-                                            fold="tuning", log=log))
+                                            fold=f"{label + ', ' if label else ''}hybrid tuning fold", log=log))
     uf, itf = build_features(frames, train)
-    return fit_models(names, train, uf, itf, settings, weights=weights, log=log)
+    return fit_models(names, train, uf, itf, settings, weights=weights, fold=label, log=log)
 
 
 def save_models(models: dict[str, Recommender], folder: Path) -> dict[str, Path]:

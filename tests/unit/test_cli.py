@@ -121,3 +121,14 @@ def test_train_and_evaluate_commands_on_a_small_warehouse(tmp_path, monkeypatch,
     with db.warehouse(settings) as con:
         assert db.scalar(con, "select count(distinct model) from metrics") == 2
         assert db.scalar(con, "select count(*) from user_features") == 300
+
+
+def test_sql_errors_are_one_line_and_name_the_parameters(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
+    assert main(["sql", "--named", "top10_for_user"]) == 2
+    assert "this query takes --param user_id=VALUE" in capsys.readouterr().err
+    assert main(["sql", "select * from no_such_table"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the query failed") and "Traceback" not in err
+    assert main(["sql", "select $x", "--param", "x"]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err

@@ -1,0 +1,45 @@
+"""The report answers the question at the top, orders slices by k numerically, and renders as a page."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from tasks.evaluate import METRIC_COLUMNS
+from tasks.report import headline_table, headlines, lift_table, write_report
+
+KS = (0, 1, 3, 5, 10, 20)
+
+
+def metrics() -> pl.DataFrame:
+    rows = []
+    for model, base in (("popularity", 0.30), ("hybrid", 0.36)):
+        rows.append(("r", "warm", None, model, "ndcg", 10, base, base - 0.02, base + 0.02, 100, 0))
+        for k in KS:
+            rows.append(("r", "cold", k, model, "ndcg", 10, base - k / 100, base - k / 100 - 0.03,
+                         base - k / 100 + 0.03, 50, 0))
+            for metric in ("coverage", "novelty", "diversity", "popularity_bias"):
+                rows.append(("r", "warm", None, model, metric, 10, 0.5, 0.4, 0.6, 100, 0))
+        if model == "hybrid":
+            for k in KS:
+                rows.append(("r", "cold", k, model, "ndcg_lift", 10, 0.20, 0.05 if k else -0.01, 0.30, 50, 0))
+    return pl.DataFrame(rows, schema=METRIC_COLUMNS, orient="row").unique(maintain_order=True)
+
+
+def test_slices_are_ordered_numerically_and_lift_columns_say_k():
+    assert headline_table(metrics()).columns == ["model", "warm", *[f"cold k={k}" for k in KS]]
+    assert lift_table(metrics()).columns == ["model", *[f"k={k}" for k in KS]]
+
+
+def test_headline_sentence_with_ci():
+    (line,) = headlines(metrics())
+    assert line.startswith("For users with no history, hybrid is level with popularity by +20.0% "
+                           "(95% CI [-1.0%, +30.0%])")
+    assert "+20% at k=1" in line and "k=20" in line
+
+
+def test_report_page_has_headline_and_a_protocol_table(tmp_path):
+    paths = write_report(metrics(), tmp_path, "r", {"seed": 42, "k_shots": [0, 1]}, {}, k=10)
+    page = paths["html"].read_text()
+    assert "For users with no history" in page
+    assert "<td>seed</td><td>42</td>" in page and "```" not in page and "<pre>" not in page
+    assert page.count("<img src=\"data:image/png;base64,") == 3
