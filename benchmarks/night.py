@@ -78,7 +78,7 @@ def run_size(n: int, home: Path, epochs: int, models: list[str] | None) -> dict:
     n_users, n_items = shape(n)
     os.environ["RECSYS_HOME"] = str(home)
     os.environ["RECSYS_EPOCHS"] = str(epochs)
-    landing = home / "landing" / "bench"
+    landing = home / "generated"  # a --path source, outside the landing area
     generate(landing, GeneratorConfig(n_users=n_users, n_items=n_items, n_interactions=n, seed=1))
     raw = raw_read_csv_rows_per_s(landing / SYNTHETIC_FILES["interactions"])
     warm_up()

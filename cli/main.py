@@ -20,6 +20,7 @@ from prefect.schedules import Cron
 from prefect.settings import (
     PREFECT_SERVER_ANALYTICS_ENABLED,
     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    get_current_settings,
     temporary_settings,
 )
 
@@ -303,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_prefect()
     logging.getLogger("prefect").addFilter(TemporaryServerNotice())
     args = build_parser().parse_args(argv)
+    updates = prefect_settings()
     try:
-        with temporary_settings(updates=prefect_settings()):
+        with temporary_settings(updates=updates):
             return args.func(args)
     except RecsysError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -312,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         if "ephemeral Prefect API server" not in str(exc):
             raise
-        print(f"error: the temporary Prefect API server did not start within {EPHEMERAL_STARTUP_SECONDS} s (a busy "
-              f"machine?). Start one with `.venv/bin/prefect server start` and set "
+        waited = updates.get(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+                             get_current_settings().server.ephemeral.startup_timeout_seconds)
+        print(f"error: the temporary Prefect API server did not start within {waited} s (a busy machine?). Start "
+              f"one with `.venv/bin/prefect server start` and set "
               f"PREFECT_API_URL=http://127.0.0.1:4200/api, or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
               file=sys.stderr)
         return EXIT_ERROR

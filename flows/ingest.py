@@ -23,6 +23,10 @@ def land_source(
     users: str | None, items: str | None, mapping_dir: str | None, allow_outside: bool = False,
 ) -> list[sources.FileSpec]:
     """Resolve the source to file specs (generating or downloading first where needed)."""
+    for stray in sources.unread_landing_files(settings):
+        print(f"warning: {stray} is in the landing area but no source reads it; new CSV files go to "
+              f"{sources.drop_folder(settings, 'csv')}/ (with a mapping.toml), Parquet to "
+              f"{sources.drop_folder(settings, 'parquet')}/, and run with --source csv or --source parquet")
     return sources.resolve_source(
         settings, source, Path(path) if path else None, mapping,
         users=Path(users) if users else None, items=Path(items) if items else None,

@@ -48,7 +48,8 @@ def build_features(settings: Settings, run_id: str, snap: Snapshot) -> FeatureSe
 
 @task
 def evaluate_models(settings: Settings, run_id: str, snap: Snapshot, names: list[str]) -> Evaluation:
-    return evaluate.evaluate_step(settings, run_id, snap.frames(), names, settings.reports_dir / run_id)
+    return evaluate.evaluate_step(settings, run_id, snap.frames(), names, settings.reports_dir / run_id,
+                                  gate=snap.gate())
 
 
 @task

@@ -26,6 +26,7 @@ from tasks.metrics import (
 from tasks.report import write_report
 from tasks.split import carve_validation, cold_user_split, temporal_split
 from tasks.train import fit_models, hybrid_weights, save_warm_starts
+from tasks.validate import docs_index
 
 # ---------------------------------------------------------------------------------------------------------
 # Evaluating models on slices.
@@ -167,11 +168,14 @@ def evaluate_protocol(frames: Frames, names, settings, run_id: str = "", feature
     return EvaluationResult(metrics, fitted, protocol, tuning)
 
 
-def evaluate_step(settings, run_id: str, frames: Frames, names, folder: Path, log=print) -> Evaluation:
+def evaluate_step(settings, run_id: str, frames: Frames, names, folder: Path, gate: pl.DataFrame | None = None,
+                  log=print) -> Evaluation:
     """Run the evaluation protocol, store metrics (DuckDB + Parquet), the hybrid's blend and the report."""
     folder = Path(folder)
     result = evaluate_protocol(frames, names, settings, run_id=run_id, features_dir=folder / "features", log=log)
-    paths = write_report(result.metrics, folder, run_id, result.protocol, result.tuning, k=min(settings.ks))
+    docs = docs_index(settings)
+    paths = write_report(result.metrics, folder, run_id, result.protocol, result.tuning, k=min(settings.ks),
+                         gate=gate, docs=str(docs) if docs.exists() else None)
     metrics_path = folder / "metrics.parquet"
     result.metrics.write_parquet(metrics_path)
     weights_path = folder / "hybrid_weights.json"

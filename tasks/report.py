@@ -120,11 +120,16 @@ def headlines(metrics: pl.DataFrame, k: int = 10, baseline: str = "popularity") 
         if zero.height == 0:
             continue
         z = zero.row(0, named=True)
-        verb = "beats" if z["ci_low"] > 0 else ("trails" if z["ci_high"] < 0 else "is level with")
+        ci = f"95% CI [{z['ci_low']:+.1%}, {z['ci_high']:+.1%}]"
+        if z["ci_low"] > 0:
+            claim = f"beats {baseline} by {z['value']:+.1%} ({ci})"
+        elif z["ci_high"] < 0:
+            claim = f"trails {baseline} by {z['value']:+.1%} ({ci})"
+        else:
+            claim = f"is not distinguishable from {baseline}: {z['value']:+.1%} ({ci}, which includes 0)"
         rest = rows.filter(pl.col("k_shot") > 0)
         tail = ", ".join(f"{r['value']:+.0%} at k={r['k_shot']}" for r in rest.iter_rows(named=True))
-        lines.append(f"For users with no history, {model} {verb} {baseline} by {z['value']:+.1%} "
-                     f"(95% CI [{z['ci_low']:+.1%}, {z['ci_high']:+.1%}])"
+        lines.append(f"For users with no history, {model} {claim}"
                      + (f"; with k known interactions: {tail}." if tail else "."))
     return lines
 
@@ -134,8 +139,28 @@ def protocol_table(protocol: dict) -> pl.DataFrame:
                                                               for v in protocol.values()]})
 
 
+def gate_section(gate: pl.DataFrame | None, docs: str | None = None) -> list[str]:
+    """The validation gate's results as a Markdown section: every expectation, pass or fail, failing rows."""
+    if gate is None or gate.height == 0:
+        return []
+    failed = gate.filter(~pl.col("success"))
+    critical = failed.filter(pl.col("severity") == "critical").height
+    verdict = "STOPPED the batch" if critical else "passed"
+    view = gate.select(
+        "suite", pl.concat_str([pl.col("expectation"), pl.col("column_name").fill_null("")], separator=" ")
+        .str.strip_chars().alias("expectation"), "severity",
+        pl.when(pl.col("success")).then(pl.lit("pass")).otherwise(pl.lit("FAIL")).alias("result"),
+        pl.col("observed_value").fill_null("").str.slice(0, 80).alias("observed"),
+        pl.col("unexpected_count").fill_null(0).alias("failing rows"), "rows_rejected")
+    return ["## Validation gate (Great Expectations)", "",
+            f"Batch {gate['run_id'][0]}: the gate {verdict}; {gate.height} expectations, {failed.height} failed "
+            f"({critical} critical), {int(gate['rows_rejected'].sum())} rows moved to rejects."
+            + (f" Detailed view: Great Expectations Data Docs at `{docs}` (they load their styles from the "
+               "internet)." if docs else ""), "", *_table(view), ""]
+
+
 def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dict, tuning: dict,
-                 k: int = 10) -> dict[str, Path]:
+                 k: int = 10, gate: pl.DataFrame | None = None, docs: str | None = None) -> dict[str, Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     plots = {
@@ -155,6 +180,7 @@ def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dic
           "At k=0 a collaborative model (EASE, item-kNN) knows nothing of the user, so it ranks by the shared "
           "popularity tie-break and equals popularity.", "",
           *_table(lifts), "", "## Beyond accuracy (warm users)", "", *_table(beyond), "",
+          *gate_section(gate, docs),
           "## Plots", "", "![cold-start curve](cold_start_curve.png)", "",
           "![model comparison](model_comparison.png)", "", "![coverage and novelty](coverage_novelty.png)", "",
           "## Protocol", "", *_table(protocol_table(protocol)), ""]

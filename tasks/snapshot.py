@@ -42,6 +42,11 @@ class Snapshot:
     def frames(self) -> Frames:
         return Frames(*(pl.read_parquet(self.path(table)) for table in TABLES))
 
+    def gate(self) -> pl.DataFrame:
+        """The results of the newest validation gate when the snapshot was taken (empty if none)."""
+        path = self.path("validation_results")
+        return pl.read_parquet(path) if path.exists() else pl.DataFrame()
+
 
 def warehouse_fingerprint(con, settings: Settings) -> str:
     row = db.run(con, settings, "snapshot/warehouse_fingerprint")[0]
@@ -62,7 +67,7 @@ def take_snapshot(settings: Settings) -> Snapshot:
         staging = settings.home / "snapshots" / f"_staging-{uuid.uuid4().hex[:8]}"
         staging.mkdir(parents=True)
         try:
-            for table in TABLES:
+            for table in (*TABLES, "validation_results"):
                 target = str(staging / f"{table}.parquet").replace("'", "''")
                 con.execute(f"copy ({db.sql_text(settings, f'snapshot/{table}')}) to '{target}' (format parquet)")
             shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from a crash

@@ -289,7 +289,51 @@ def resolve_source(
             path = download_movielens_100k(settings.landing_dir / "movielens-100k", settings.ml100k_url)
         return movielens_specs(Path(path))
     if source in ("csv", "parquet"):
+        if path is None and not (mapping or {}).get("interactions", {}).get("path"):
+            # The drop folder: files placed in RECSYS_HOME/landing/<csv|parquet>/ are read each night (the
+            # ledger skips what was loaded already), with the folder's mapping.toml if there is one.
+            drop = drop_folder(settings, source)
+            drop.mkdir(parents=True, exist_ok=True)
+            if mapping is None and (drop / "mapping.toml").exists():
+                mapping = load_mapping(drop / "mapping.toml")
+            try:
+                return tabular_specs(source, drop, mapping, base_dir=drop, allow_outside=allow_outside)
+            except SourceUnavailableError as exc:
+                raise SourceUnavailableError(
+                    f"--source {source} without --path reads the drop folder {drop}, which has no {source} files "
+                    f"yet: put the files there (with a mapping.toml naming your columns), or pass --path") from exc
         return tabular_specs(source, path, mapping, users=users, items=items, base_dir=mapping_dir,
                              allow_outside=allow_outside)
     raise ConfigError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
 
+
+
+def drop_folder(settings: Settings, source: str) -> Path:
+    """Where new files of a source are dropped to be picked up by the next night."""
+    return settings.landing_dir / source
+
+
+# What the generated and downloaded parts of the landing area hold; anything else there is read by no source.
+_LANDING_READS = {
+    "synthetic": {*SYNTHETIC_FILES.values(), "generator.json"},
+    "movielens-100k": {"u.data", "u.user", "u.item"},
+}
+
+
+def unread_landing_files(settings: Settings) -> list[Path]:
+    """Files under RECSYS_HOME/landing that no source reads: dropped in the wrong place, most likely."""
+    root = settings.landing_dir
+    if not root.exists():
+        return []
+    unread = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        parts = path.relative_to(root).parts
+        area = parts[0] if len(parts) > 1 else None
+        if area in ("csv", "parquet"):  # the drop folders read their top level (not subfolders)
+            suffixes = {".parquet", ".pq"} if area == "parquet" else {".csv", ".tsv", ".txt"}
+            if len(parts) == 2 and (path.suffix.lower() in suffixes or path.name == "mapping.toml"):
+                continue
+        elif path.name in _LANDING_READS.get(area or "", set()):
+            continue
+        unread.append(path)
+    return unread

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import duckdb
+import pytest
 
 from flows.ingest import ingest_flow
+from recsys.errors import ValidationFailedError
 
 
 def test_ingest_flow_loads_and_is_idempotent(prefect_harness, tmp_path, ml100k_dir):
@@ -19,10 +21,6 @@ def test_ingest_flow_loads_and_is_idempotent(prefect_harness, tmp_path, ml100k_d
 
 
 def test_ingest_flow_stops_on_a_critical_failure(prefect_harness, tmp_path):
-    import pytest
-
-    from recsys.errors import ValidationFailedError
-
     folder = tmp_path / "events"
     folder.mkdir()
     (folder / "e.csv").write_text("user_id,item_id,rating,timestamp\n" + "".join(
@@ -33,3 +31,27 @@ def test_ingest_flow_stops_on_a_critical_failure(prefect_harness, tmp_path):
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         assert con.sql("select count(*) from interactions").fetchall() == [(0,)]
         assert con.sql("select status from runs").fetchall() == [("held",)]
+
+
+def test_a_stray_landing_file_is_named_and_the_given_path_still_loads(prefect_harness, tmp_path, small_synthetic,
+                                                                       capsys):
+    home = tmp_path / "home"
+    stray = home / "landing" / "synthetic" / "somewhere" / "new_ratings.csv"
+    stray.parent.mkdir(parents=True)
+    stray.write_text("user_id,item_id,timestamp\n1,1,1700000000\n")
+    report = ingest_flow(source="synthetic", path=str(small_synthetic), home=str(home))
+    assert report["totals"]["rows_accepted"] > 9000
+    assert f"warning: {stray} is in the landing area but no source reads it" in capsys.readouterr().out
+
+
+def test_files_dropped_in_the_csv_folder_load_each_night(prefect_harness, tmp_path):
+    home = tmp_path / "home"
+    drop = home / "landing" / "csv"
+    drop.mkdir(parents=True)
+    (drop / "monday.csv").write_text("user_id,item_id,rating,timestamp\n" + "".join(
+        f"{u},{u % 7 + 1},4,{1_700_000_000 + u}\n" for u in range(1, 41)))
+    assert ingest_flow(source="csv", home=str(home))["totals"]["rows_accepted"] == 40
+    (drop / "tuesday.csv").write_text("user_id,item_id,rating,timestamp\n" + "".join(
+        f"{u},{u % 5 + 1},3,{1_700_100_000 + u}\n" for u in range(1, 41)))
+    second = ingest_flow(source="csv", home=str(home))
+    assert [f["status"] for f in second["files"]] == ["skipped", "loaded"]

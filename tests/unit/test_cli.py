@@ -132,3 +132,14 @@ def test_sql_errors_are_one_line_and_name_the_parameters(tmp_path, monkeypatch, 
     assert err.startswith("error: the query failed") and "Traceback" not in err
     assert main(["sql", "select $x", "--param", "x"]) == 2
     assert "NAME=VALUE" in capsys.readouterr().err
+
+
+def test_a_temporary_server_that_does_not_start_ends_in_one_line_saying_what_to_do(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(RECSYS_HOME=str(tmp_path), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0",
+               PREFECT_HOME=str(tmp_path / "prefect"))
+    done = subprocess.run([sys.executable, "-m", "cli", "ingest", "--source", "synthetic"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "did not start within 0 s" in done.stderr and "PREFECT_API_URL" in done.stderr
+    assert "Traceback" not in done.stderr

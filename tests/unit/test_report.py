@@ -32,8 +32,8 @@ def test_slices_are_ordered_numerically_and_lift_columns_say_k():
 
 def test_headline_sentence_with_ci():
     (line,) = headlines(metrics())
-    assert line.startswith("For users with no history, hybrid is level with popularity by +20.0% "
-                           "(95% CI [-1.0%, +30.0%])")
+    assert line.startswith("For users with no history, hybrid is not distinguishable from popularity: +20.0% "
+                           "(95% CI [-1.0%, +30.0%], which includes 0)")
     assert "+20% at k=1" in line and "k=20" in line
 
 
@@ -43,3 +43,16 @@ def test_report_page_has_headline_and_a_protocol_table(tmp_path):
     assert "For users with no history" in page
     assert "<td>seed</td><td>42</td>" in page and "```" not in page and "<pre>" not in page
     assert page.count("<img src=\"data:image/png;base64,") == 3
+
+
+def test_the_gate_results_are_in_the_report_itself(tmp_path):
+    gate = pl.DataFrame({"run_id": ["ingest-1"] * 2, "suite": ["interactions"] * 2,
+                         "expectation": ["expect_column_values_to_be_between", "expect_table_row_count_to_be_between"],
+                         "column_name": ["rating", None], "severity": ["critical", "warning"],
+                         "success": [False, True], "observed_value": ["3 unexpected", "100"],
+                         "unexpected_count": [3, None], "element_count": [100, 100], "rows_rejected": [0, 0],
+                         "details": [None, None]})
+    page = write_report(metrics(), tmp_path, "r", {"seed": 42}, {}, gate=gate, docs="/x/index.html")["html"].read_text()
+    assert "Validation gate (Great Expectations)" in page and "the gate STOPPED the batch" in page
+    assert "<td>expect_column_values_to_be_between rating</td><td>critical</td><td>FAIL</td>" in page
+    assert "/x/index.html" in page

@@ -12,7 +12,7 @@ import pytest
 
 from cli.main import main
 from recsys import db, runs
-from recsys.errors import RunLockedError
+from recsys.errors import RunLockedError, WarehouseBusyError
 from tasks import ingest
 from tasks.sources import synthetic_specs
 
@@ -78,3 +78,19 @@ def test_the_next_run_marks_a_dead_run_failed_and_clears_its_staging(con, settin
     report = ingest.stage_batch(con, settings, synthetic_specs(small_synthetic), "retry", "synthetic")
     assert all(f.status == "staged" for f in report.files)
 
+
+
+def test_a_writer_waits_for_a_reader_then_says_who_to_close(settings):
+    db.connect(settings).close()  # the warehouse exists
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, time\n"
+         f"con = duckdb.connect({str(settings.warehouse_path)!r}, read_only=True)\nprint('open', flush=True)\n"
+         "time.sleep(600)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        with pytest.raises(WarehouseBusyError, match="held by another process"):
+            db.connect(settings.model_copy(update={"connect_wait_seconds": 0.5}))
+    finally:
+        reader.send_signal(signal.SIGKILL)
+        reader.wait()
+    db.connect(settings).close()  # free again once the reader is gone

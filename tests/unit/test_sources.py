@@ -12,6 +12,7 @@ from tasks.sources import (
     movielens_specs,
     resolve_source,
     tabular_specs,
+    unread_landing_files,
 )
 
 
@@ -31,8 +32,8 @@ def test_unknown_mapping_key_is_named(tmp_path):
         tabular_specs("csv", tmp_path / "m.toml", load_mapping(tmp_path / "m.toml"))
 
 
-def test_csv_needs_a_path(tmp_path):
-    with pytest.raises(ConfigError, match="needs --path"):
+def test_csv_without_a_path_reads_the_drop_folder_and_says_so_when_empty(tmp_path):
+    with pytest.raises(SourceUnavailableError, match="reads the drop folder .*landing/csv, which has no csv files"):
         resolve_source(Settings(home=tmp_path), "csv")
 
 
@@ -67,3 +68,30 @@ def test_mapping_paths_inside_the_folder_or_allowed_explicitly(tmp_path):
 
 
 COLUMNS = {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
+
+
+def test_files_dropped_in_the_csv_folder_are_read_and_strays_are_named(tmp_path):
+    settings = Settings(home=tmp_path)
+    drop = tmp_path / "landing" / "csv"
+    drop.mkdir(parents=True)
+    (drop / "day1.csv").write_text("user_id,item_id,timestamp\n1,1,1700000000\n")
+    (drop / "day2.csv").write_text("user_id,item_id,timestamp\n2,1,1700000001\n")
+    specs = resolve_source(settings, "csv")
+    assert [s.path.name for s in specs] == ["day1.csv", "day2.csv"]
+    stray = tmp_path / "landing" / "synthetic" / "u10-i5-n50-s1" / "new_ratings.csv"
+    stray.parent.mkdir(parents=True)
+    (stray.parent / "interactions.csv").write_text("x\n")
+    stray.write_text("user_id,item_id,timestamp\n")
+    (drop / "old").mkdir()
+    (drop / "old" / "archived.csv").write_text("x\n")
+    assert unread_landing_files(settings) == [drop / "old" / "archived.csv", stray]
+
+
+def test_the_drop_folder_uses_its_mapping(tmp_path):
+    settings = Settings(home=tmp_path)
+    drop = tmp_path / "landing" / "csv"
+    drop.mkdir(parents=True)
+    (drop / "mapping.toml").write_text('[interactions]\nuser_id = "u"\nitem_id = "i"\ntimestamp = "t"\n')
+    (drop / "r.csv").write_text("u,i,t\n1,1,1700000000\n")
+    (spec,) = resolve_source(settings, "csv")
+    assert spec.columns["user_id"] == "u"
