@@ -9,6 +9,7 @@ warehouse file) longer than RECSYS_LOCK_WAIT_SECONDS / RECSYS_CONNECT_WAIT_SECON
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -26,7 +27,7 @@ from prefect.settings import (
 
 from benchmarks.quality import main as quality_main
 from flows.ingest import ingest_flow
-from flows.nightly import nightly_flow
+from flows.nightly import SERVE_DEPLOYMENT, nightly_flow, serve_nightly
 from recsys import db, runs
 from recsys.errors import ConfigError, RecsysError
 from recsys.settings import Settings
@@ -186,10 +187,15 @@ def build_serve_schedule(cron: str, timezone: str):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """The single-process alternative to deployments: this process schedules and runs the nightly flow."""
-
-    nightly_flow.serve(name="nightly", schedules=[build_serve_schedule(args.cron, args.timezone)],
-                       parameters={"source": args.source, "path": args.path}, tags=["recsys", "nightly"])
+    """The single-process alternative to a work pool: this process schedules and runs the nightly flow."""
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError("recsys serve needs a running Prefect server (the temporary one cannot schedule flows): "
+                          "start `.venv/bin/prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+    print(f"serving the nightly flow as deployment nightly/{SERVE_DEPLOYMENT} ({args.cron} {args.timezone}); "
+          "", flush=True)
+    asyncio.run(serve_nightly([build_serve_schedule(args.cron, args.timezone)],
+                              {"source": args.source, "path": args.path}))
+    print("stopped")
     return EXIT_OK
 
 
@@ -291,6 +297,16 @@ class TemporaryServerNotice(logging.Filter):
         return True
 
 
+class UserErrorTracebacks(logging.Filter):
+    """Prefect logs every failed task and flow run with its traceback; for a user error (a bad path, mapping or
+    file: a RecsysError) the one-line message the CLI prints says everything, so the traceback is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RecsysError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def prefect_settings() -> dict:
     """Prefect settings for this process, where the user has not set them: a busy 2-core machine can take
     over a minute to start the temporary API server (Prefect waits 20 s by default), and its telemetry only
@@ -303,6 +319,8 @@ def prefect_settings() -> dict:
 def main(argv: list[str] | None = None) -> int:
     _quiet_prefect()
     logging.getLogger("prefect").addFilter(TemporaryServerNotice())
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).addFilter(UserErrorTracebacks())
     args = build_parser().parse_args(argv)
     updates = prefect_settings()
     try:

@@ -1,4 +1,5 @@
-"""Prefect cache policies for the nightly's expensive steps, with storage and locks under RECSYS_HOME.
+"""Prefect task policies: caching of the nightly's expensive steps (storage and locks under RECSYS_HOME), and
+which failures are worth a retry.
 
 A step is reused when its inputs (the snapshot's fingerprint and the records of earlier steps), the
 settings that shape it and the project's code are unchanged. Records and results live under
@@ -18,6 +19,7 @@ from prefect.filesystems import LocalFileSystem
 from prefect.locking.filesystem import FileSystemLockManager
 from prefect.utilities.hashing import hash_objects
 
+from recsys.errors import RecsysError
 from recsys.settings import PROJECT_ROOT, Settings
 
 # Settings that only matter to publishing or to where files are found: changing them recomputes nothing.
@@ -74,3 +76,10 @@ def step_options(settings: Settings) -> dict[str, Any]:
     )
     return {"cache_policy": policy, "persist_result": True,
             "result_storage": result_storage(base)}
+
+
+def transient_only(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failure the next try may not meet (a file lock, a network
+    hiccup), never a user error (a bad path, mapping or file), which would only fail again."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, RecsysError)

@@ -11,13 +11,14 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.caching import transient_only
 from recsys import db, runs
 from recsys.errors import ValidationFailedError
 from recsys.settings import Settings
 from tasks import ingest, sources, validate
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=transient_only)
 def land_source(
     settings: Settings, source: str, path: str | None, mapping: dict | None,
     users: str | None, items: str | None, mapping_dir: str | None, allow_outside: bool = False,

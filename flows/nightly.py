@@ -9,7 +9,9 @@ project's code, so a night whose data did not change reuses them (and re-publish
 
 from __future__ import annotations
 
+import asyncio
 import resource
+import signal
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -23,8 +25,9 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.runner import Runner
 
-from flows.caching import step_options
+from flows.caching import step_options, transient_only
 from flows.ingest import ingest_flow
 from recsys import db, runs
 from recsys.errors import ConfigError
@@ -36,7 +39,7 @@ from tasks.snapshot import Snapshot
 from tasks.train import TrainedModels
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=transient_only)
 def snapshot_warehouse(settings: Settings) -> Snapshot:
     return snapshot.take_snapshot(settings)
 
@@ -59,7 +62,7 @@ def train_models(settings: Settings, run_id: str, snap: Snapshot, feats: Feature
                             settings.models_dir / run_id, warm_from=evaluation.warm_starts)
 
 
-@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
 def publish_recommendations(settings: Settings, run_id: str, run_date: date, snap: Snapshot, model_dir: str,
                             model: str, metrics_path: str) -> dict:
     return publish.publish_step(settings, run_id, run_date, snap.frames(), model_dir, model, metrics_path)
@@ -228,3 +231,37 @@ def _ordered(heads):
     """Model, then warm first and cold slices by k numerically."""
     k = pl.col("slice").str.extract(r"k=(\d+)").cast(pl.Int32).fill_null(-1)
     return heads.with_columns(_k=k).sort("model", "_k").drop("_k")
+
+
+SERVE_DEPLOYMENT = "nightly-serve"  # not "nightly": that name belongs to deployments/prefect.yaml
+
+
+async def serve_nightly(schedules: list, parameters: dict, stop: asyncio.Event | None = None) -> None:
+    """Schedule and run the nightly flow in this process (``recsys serve``) until SIGINT/SIGTERM or ``stop``.
+
+    Under its own deployment name, so the work-pool deployment of the same flow is left alone. The first
+    signal stops the runner cleanly: the loop ends, runs in flight are cancelled, this deployment's
+    schedule is paused (the runner's shutdown), and the process exits 0.
+    """
+    stop = stop or asyncio.Event()
+    runner = Runner(name="recsys-serve")
+    await runner.aadd_flow(nightly_flow, name=SERVE_DEPLOYMENT, schedules=schedules, parameters=parameters,
+                           tags=["recsys", "nightly", "serve"])
+    started = asyncio.create_task(runner.start())
+    await asyncio.sleep(0)  # let the runner install its own handlers first; ours replace them
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print("ready: Ctrl-C (or SIGTERM) stops it", flush=True)
+    try:
+        done, _ = await asyncio.wait([started, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if started not in done:
+            print("stopping: no new runs will start; waiting for the runner to shut down ...", flush=True)
+            while not runner.started and not started.done():  # a signal during start-up: let it finish first
+                await asyncio.sleep(0.1)
+            if runner.started:
+                await runner.astop()
+            await started
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -62,6 +62,7 @@ class Hybrid(Recommender):
             "components": list(COMPONENTS),
             "grid_step": 0.2,
             "k": 10,
+            "tune_candidates": 100,  # per component and user: the grid search's columns (see _candidate_view)
         }
 
     def use_components(self, fitted: dict[str, Recommender]) -> Hybrid:
@@ -135,11 +136,12 @@ class Hybrid(Recommender):
             silent = [not np.any(np.where(np.isfinite(zi), zi, 0.0)) for zi in z]
             candidates = [w for w in grid if not any(wi > 0 and quiet for wi, quiet in zip(w, silent, strict=True))]
             candidates = candidates or grid
+            zc, rel_c = self._candidate_view(z, relevant)
             results = []
             for w in candidates:
-                blend = sum(wi * zi for wi, zi in zip(w, z, strict=True) if wi > 0)
+                blend = sum(wi * zi for wi, zi in zip(w, zc, strict=True) if wi > 0)
                 top = top_k_indices(blend, self.params["k"])
-                hits = np.take_along_axis(relevant, top, axis=1).astype(np.float64)
+                hits = np.take_along_axis(rel_c, top, axis=1).astype(np.float64)
                 results.append(float(ndcg_from_hits(hits, n_rel).mean()))
             best = int(np.argmax(results))  # first maximum in grid order: deterministic
             weights[b] = list(candidates[best])
@@ -149,6 +151,26 @@ class Hybrid(Recommender):
                 "ndcg_components": {name: self._single(z[i], relevant, n_rel) for i, name in enumerate(names)},
             }
         return weights, tuning
+
+    def _candidate_view(self, z: list[np.ndarray], relevant: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """The grid search's columns: per user, the union of every component's top ``tune_candidates`` items.
+
+        A blend of z-scores ranks an item in its top k only if some component ranks it high, so the grid
+        runs on a few hundred columns instead of the catalogue (at 27k items, 60x less work a weighting).
+        Columns are in item order, so ties break as in the full search; repeats are masked out.
+        """
+        c = int(self.params["tune_candidates"])
+        if c * len(z) >= z[0].shape[1]:
+            return z, relevant
+        cand = np.sort(np.concatenate([top_k_indices(zi, c) for zi in z], axis=1), axis=1)
+        repeat = np.zeros(cand.shape, dtype=bool)
+        repeat[:, 1:] = cand[:, 1:] == cand[:, :-1]
+        zc = []
+        for zi in z:
+            view = np.take_along_axis(zi, cand, axis=1)
+            view[repeat] = -np.inf
+            zc.append(view)
+        return zc, np.take_along_axis(relevant, cand, axis=1) & ~repeat
 
     def _single(self, z: np.ndarray, relevant: np.ndarray, n_rel: np.ndarray) -> float:
         hits = np.take_along_axis(relevant, top_k_indices(z, self.params["k"]), axis=1).astype(np.float64)

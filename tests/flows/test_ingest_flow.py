@@ -55,3 +55,13 @@ def test_files_dropped_in_the_csv_folder_load_each_night(prefect_harness, tmp_pa
         f"{u},{u % 5 + 1},3,{1_700_100_000 + u}\n" for u in range(1, 41)))
     second = ingest_flow(source="csv", home=str(home))
     assert [f["status"] for f in second["files"]] == ["skipped", "loaded"]
+
+
+def test_a_user_error_is_not_retried_and_prints_no_traceback(prefect_harness, tmp_path, monkeypatch, capfd):
+    from cli.main import main
+
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    assert main(["ingest", "--source", "csv", "--path", str(tmp_path / "nonexistent")]) == 2
+    out, err = capfd.readouterr()
+    assert "no such file or folder" in err
+    assert "Traceback" not in out + err and "Retry" not in out + err

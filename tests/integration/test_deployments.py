@@ -112,6 +112,35 @@ def test_ingest_deployment_triggers_train_and_publish(tmp_path, small_synthetic)
         today = datetime.now(UTC).date().isoformat()
         partition = publish.partition_path(home / "output" / "recommendations", date.fromisoformat(today))
         assert partition.exists(), _logs(tmp_path)
+
+        # A no-op ingest (every file loaded already) triggers train-and-publish again: with the warehouse
+        # unchanged it reuses the cached features, evaluation and training, and publishes once more.
+        again = run("deployment", "run", "ingest/ingest", "--param", f"path={small_synthetic}",
+                    "--param", f"home={home}")
+        assert again.returncode == 0, again.stdout + again.stderr
+        wait_for(lambda: (r := downstream_state()) and sum(x["state_type"] == "COMPLETED" for x in r) == 2,
+                 540, "the second triggered train-and-publish run")
+        assert len(list((home / "models").iterdir())) == 1, "training ran again on an unchanged warehouse"
+        assert len(list((home / "reports").iterdir())) == 1, "evaluation ran again on an unchanged warehouse"
+        assert len(list(partition.parent.parent.glob("version=*"))) == 2  # but it published again
+
+        # recsys serve: its own deployment name, the work-pool deployment left alone, a clean first Ctrl-C.
+        serve = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--cron", "0 3 * * *"], cwd=REPO,
+                                 env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+        procs.append(serve)
+        for line in serve.stdout:  # blocks until the next line: no timing involved
+            if line.startswith("ready:") or serve.poll() is not None:
+                break
+        served = {d["name"]: d for d in api(url, "/deployments/filter", {})}
+        assert "nightly-serve" in served and served["nightly"]["id"] == deployments["nightly"]["id"]
+        serve.send_signal(signal.SIGINT)
+        out, _ = serve.communicate(timeout=240)
+        assert serve.returncode == 0 and out.rstrip().endswith("stopped"), out
+        assert "never awaited" not in out and "Traceback" not in out, out
+        after = {d["name"]: d for d in api(url, "/deployments/filter", {})}
+        assert not after["nightly"]["paused"], "serve paused the work-pool deployment"
+        assert after["nightly-serve"]["paused"]  # its own schedule stops with it
     finally:
         for proc in reversed(procs):
             stop(proc)

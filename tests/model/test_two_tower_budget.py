@@ -36,3 +36,20 @@ def test_warm_start_carries_known_rows_by_id(small_data):
     old_items = ops.convert_to_numpy(earlier.net.item_id.embeddings)
     shared = np.isin(later.item_ids, earlier.item_ids)
     assert np.array_equal(new_items[shared], old_items[np.searchsorted(earlier.item_ids, later.item_ids[shared])])
+
+
+def test_pruned_blend_search_scores_like_the_full_search(small_data):
+    """The hybrid's grid search on each user's candidate union reaches the full search's best blends."""
+    from model_helpers import fit_model
+
+    from tasks.split import carve_validation
+
+    train, uf, itf, _ = small_data
+    fold = carve_validation(train, 0.25, seed=2)
+    components = {c: fit_model(c, fold.train, uf, itf, seed=2) for c in build("hybrid").params["components"]}
+    tuned = {}
+    for candidates in (10, 10_000):  # 4 x 10 = 40 of 120 columns, against the whole catalogue
+        hybrid = build("hybrid", grid_step=0.25, tune_candidates=candidates).use_components(components)
+        tuned[candidates] = hybrid.use_validation(fold.cases).fit(fold.train, uf, itf, seed=2).tuning
+    for bucket, full in tuned[10_000].items():
+        assert tuned[10][bucket]["ndcg_blend"] >= full["ndcg_blend"] - 0.02, (bucket, tuned[10][bucket], full)

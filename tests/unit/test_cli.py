@@ -143,3 +143,11 @@ def test_a_temporary_server_that_does_not_start_ends_in_one_line_saying_what_to_
     assert done.returncode == 1
     assert "did not start within 0 s" in done.stderr and "PREFECT_API_URL" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_serve_refuses_without_a_real_server(tmp_path, monkeypatch, capsys):
+    """A temporary Prefect server cannot schedule flows: serve says what to start instead of idling."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
+    assert main(["serve"]) == 2
+    assert "prefect server start" in capsys.readouterr().err
