@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 
 from models.base import Recommender
 from models.ranking import ndcg_from_hits
@@ -159,18 +158,21 @@ ACCURACY_METRICS = ("precision", "recall", "ndcg", "map_at_k", "map", "hit_rate"
 def _coverage_values(listed: np.ndarray, n_items: int, resamples: np.ndarray) -> np.ndarray:
     """Catalogue coverage of each bootstrap resample, all at once.
 
-    A resample's union of listed items is the non-zero columns of (resample counts x user-item incidence):
-    one sparse product instead of a Python loop of ``np.unique`` per resample.
+    An item is covered in a resample if any user who lists it was drawn: a boolean matrix of drawn users
+    (resamples x users), its columns gathered in item order (one per list entry), and an OR per item with
+    ``np.logical_or.reduceat``. Work is resamples x list entries booleans (1,000 x 50,000 at 5,000 users).
     """
-    n_users = listed.shape[0]
     rows, cols = np.nonzero(listed >= 0)
-    incidence = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, listed[rows, cols])),
-                              shape=(n_users, max(n_items, 1)))
-    n_boot = resamples.shape[0]
-    draws = sp.csr_matrix((np.ones(resamples.size, np.float32),
-                           (np.repeat(np.arange(n_boot), resamples.shape[1]), resamples.ravel())),
-                          shape=(n_boot, n_users))
-    return (draws @ incidence).getnnz(axis=1) / max(n_items, 1)
+    items = listed[rows, cols]
+    if len(items) == 0:
+        return np.zeros(resamples.shape[0])
+    order = np.argsort(items, kind="stable")
+    users_by_item, items_sorted = rows[order], items[order]
+    starts = np.flatnonzero(np.r_[True, items_sorted[1:] != items_sorted[:-1]])
+    drawn = np.zeros((resamples.shape[0], listed.shape[0]), dtype=bool)
+    drawn[np.arange(resamples.shape[0])[:, None], resamples] = True
+    covered = np.logical_or.reduceat(drawn[:, users_by_item], starts, axis=1)
+    return covered.sum(axis=1) / max(n_items, 1)
 
 
 def bootstrap_indices(n_users: int, n_boot: int, seed: int) -> np.ndarray:
