@@ -67,13 +67,16 @@ def test_mapping_paths_inside_the_folder_or_allowed_explicitly(tmp_path):
     assert allowed[0].path == (tmp_path / "outside.csv").resolve()
 
 
-COLUMNS = {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
+@pytest.fixture
+def drop(tmp_path):
+    """An empty csv drop folder under a fresh RECSYS_HOME (tmp_path)."""
+    folder = tmp_path / "landing" / "csv"
+    folder.mkdir(parents=True)
+    return folder
 
 
-def test_files_dropped_in_the_csv_folder_are_read_and_strays_are_named(tmp_path):
+def test_files_dropped_in_the_csv_folder_are_read_and_strays_are_named(tmp_path, drop):
     settings = Settings(home=tmp_path)
-    drop = tmp_path / "landing" / "csv"
-    drop.mkdir(parents=True)
     (drop / "day1.csv").write_text("user_id,item_id,timestamp\n1,1,1700000000\n")
     (drop / "day2.csv").write_text("user_id,item_id,timestamp\n2,1,1700000001\n")
     specs = resolve_source(settings, "csv")
@@ -87,11 +90,12 @@ def test_files_dropped_in_the_csv_folder_are_read_and_strays_are_named(tmp_path)
     assert unread_landing_files(settings) == [drop / "old" / "archived.csv", stray]
 
 
-def test_the_drop_folder_uses_its_mapping(tmp_path):
+def test_the_drop_folder_uses_its_mapping(tmp_path, drop):
     settings = Settings(home=tmp_path)
-    drop = tmp_path / "landing" / "csv"
-    drop.mkdir(parents=True)
     (drop / "mapping.toml").write_text('[interactions]\nuser_id = "u"\nitem_id = "i"\ntimestamp = "t"\n')
     (drop / "r.csv").write_text("u,i,t\n1,1,1700000000\n")
     (spec,) = resolve_source(settings, "csv")
     assert spec.columns["user_id"] == "u"
+
+
+COLUMNS = {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
