@@ -17,8 +17,8 @@ import json
 import platform
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -42,6 +42,7 @@ class UserBlock:
     train_rows: np.ndarray  # (b,) row in the training matrix, -1 if unseen in training
     history: sp.csr_matrix  # (b, n_items) known interactions (training items for warm users)
     demographics: np.ndarray  # (b, len(DEMOGRAPHIC_COLUMNS)) vocabulary indices, 0 = unknown
+    scored: dict[int, np.ndarray] = field(default_factory=dict)  # per model (id): its scores of this block
 
     @property
     def history_length(self) -> np.ndarray:
@@ -157,23 +158,21 @@ class Recommender(ABC):
         self, user_ids, n: int = schema.DEFAULT_K, exclude_seen: bool = True, history: pl.DataFrame | None = None,
     ) -> pl.DataFrame:
         """Top-``n`` items per user as (user_id, item_id, rank, score), scored in blocks of users."""
-        if not self.fitted:
-            raise RuntimeError(f"{self.name}: call fit() or load() before recommend()")
-        user_ids = np.asarray(user_ids, dtype=np.int64)
-        n = min(n, len(self.item_ids))
-        extra = self._history_matrix(user_ids, history)
-        block = max(1, SCORE_BLOCK_CELLS // max(1, len(self.item_ids)))
-        frames = []
-        for lo in range(0, len(user_ids), block):
-            ub = self._user_block(user_ids[lo:lo + block], extra[lo:lo + block])
-            scores = np.asarray(self.score_block(ub), dtype=np.float32)
-            if exclude_seen:
-                seen = ub.history.tocoo()
-                scores[seen.row, seen.col] = -np.inf
-            frames.append(_top_n(ub.user_ids, scores, n, self.item_ids, self.tiebreak))
-        if not frames:
-            return pl.DataFrame(schema=RECOMMENDATION_SCHEMA)
-        return pl.concat(frames)
+        return recommend_together({self.name: self}, user_ids, n, exclude_seen, history)[self.name]
+
+    def block_scores(self, users: UserBlock) -> np.ndarray:
+        """:meth:`score_block`, computed once per block: models scored together on the same block (a hybrid
+        and its components in evaluation) share it. The array is shared: callers must not modify it."""
+        key = id(self)
+        if key not in users.scored:
+            users.scored[key] = np.asarray(self.score_block(users), dtype=np.float32)
+        return users.scored[key]
+
+    def same_encoding(self, other: Recommender) -> bool:
+        """Fitted on the same interactions with the same catalogue: a user block of one serves the other."""
+        return (self.meta.get("data_fingerprint") == other.meta.get("data_fingerprint")
+                and np.array_equal(self.item_ids, other.item_ids) and np.array_equal(self.user_ids, other.user_ids)
+                and np.array_equal(self.feature_user_ids, other.feature_user_ids))
 
     def recommend_for_profiles(self, profiles: pl.DataFrame, n: int = schema.DEFAULT_K) -> pl.DataFrame:
         """Top-``n`` for people who are not in the users table yet, from demographics alone.
@@ -285,6 +284,46 @@ class Recommender(ABC):
 
 
 RECOMMENDATION_SCHEMA = {"user_id": pl.Int64, "item_id": pl.Int64, "rank": pl.Int32, "score": pl.Float32}
+
+
+def recommend_together(
+    models: Mapping[str, Recommender], user_ids, n: int = schema.DEFAULT_K, exclude_seen: bool = True,
+    history: pl.DataFrame | None = None,
+) -> dict[str, pl.DataFrame]:
+    """Top-``n`` of several models for the same users, in one blockwise pass.
+
+    Models fitted on the same interactions share each block of users, so a model scored by several
+    (a hybrid's components, scored alone and inside the hybrid) is scored once per block. Models on
+    another encoding get their own pass.
+    """
+    for name, model in models.items():
+        if not model.fitted:
+            raise RuntimeError(f"{name}: call fit() or load() before recommend()")
+    groups: list[list[str]] = []
+    for name in models:
+        group = next((g for g in groups if models[g[0]].same_encoding(models[name])), None)
+        if group is None:
+            groups.append([name])
+        else:
+            group.append(name)
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    frames: dict[str, list[pl.DataFrame]] = {name: [] for name in models}
+    for group in groups:
+        lead = models[group[0]]
+        top = min(n, len(lead.item_ids))
+        extra = lead._history_matrix(user_ids, history)
+        block = max(1, SCORE_BLOCK_CELLS // max(1, len(lead.item_ids)))
+        for lo in range(0, len(user_ids), block):
+            ub = lead._user_block(user_ids[lo:lo + block], extra[lo:lo + block])
+            seen = ub.history.tocoo() if exclude_seen else None
+            for name in group:
+                scores = models[name].block_scores(ub)
+                if seen is not None and seen.nnz:
+                    scores = scores.copy()  # shared with the other models of the block
+                    scores[seen.row, seen.col] = -np.inf
+                frames[name].append(_top_n(ub.user_ids, scores, top, lead.item_ids, lead.tiebreak))
+    return {name: pl.concat(parts) if parts else pl.DataFrame(schema=RECOMMENDATION_SCHEMA)
+            for name, parts in frames.items()}
 
 
 def _top_n(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray,

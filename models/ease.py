@@ -3,8 +3,10 @@
 B = I - P / diag(P) with P = (X^T X + lambda I)^-1 and diag(B) = 0. Scores are history @ B, so k-shot
 users are served from their known items; with no history the scores are zero and the tie-breaker
 (popularity) decides, which is why the hybrid pairs it with a model that sees features.
-Memory is one n_items^2 float32 matrix (fitted in place): ~2.9 GB at 27k items; beyond ~50k items it no
-longer fits a 24 GiB machine next to everything else, and a low-rank model is the way on.
+Memory is one n_items^2 float32 matrix (fitted in place, then laid out in column tiles for scoring, see
+:mod:`models.tiled`; both exist for a moment at the end of a fit): ~2.9 GB at 27k items, 5.8 GB at the
+peak; beyond ~50k items it no longer fits a 24 GiB machine next to everything else, and a low-rank model
+is the way on.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import scipy.linalg
 
 from models.base import Recommender, UserBlock
+from models.tiled import TiledMatrix
 
 
 class EASE(Recommender):
@@ -35,13 +38,13 @@ class EASE(Recommender):
         del gram
         p /= -np.diag(p)[None, :]
         p[np.diag_indices_from(p)] = 0.0
-        self.weights = p
+        self.weights = TiledMatrix.from_dense(p)
 
     def score_block(self, users: UserBlock) -> np.ndarray:
-        return np.asarray(users.history @ self.weights, dtype=np.float32)
+        return self.weights.rmatmul(users.history)
 
     def _save_state(self, path: Path) -> None:
-        np.save(path / "weights.npy", self.weights)
+        self.weights.save(path / "weights.npz")
 
     def _load_state(self, path: Path) -> None:
-        self.weights = np.load(path / "weights.npy")
+        self.weights = TiledMatrix.load(path / "weights.npz")

@@ -199,7 +199,7 @@ class Hybrid(Recommender):
         for j, name in enumerate(self.params["components"]):
             if not w[:, j].any():
                 continue
-            z = standardize_rows(self.components[name].score_block(users))
+            z = standardize_rows(self.components[name].block_scores(users))
             z[np.isneginf(z)] = 0.0  # an item this component cannot score adds nothing
             z *= w[:, j:j + 1]
             out += z

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from models.base import Recommender
+from models.base import Recommender, recommend_together
 from models.hybrid import Hybrid
 from recsys import db
 from tasks.features import Frames, build_features, store_features
@@ -67,8 +67,10 @@ def evaluate_models(
                       s.excluded_users)
         resamples = bootstrap_indices(len(users), n_boot, seed)
         per_model: dict[str, dict[tuple[str, int], np.ndarray]] = {}
+        # One blockwise pass for all models: the hybrid reuses its components' scores of each block.
+        all_recs = recommend_together(models, users, n=max_k, history=s.history)
         for name, model in models.items():
-            recs = model.recommend(users, n=max_k, history=s.history)
+            recs = all_recs[name]
             catalog = Catalog.from_model(model)
             per_model[name] = {}
             for k in ks:

@@ -1,0 +1,54 @@
+"""Blockwise scoring: the tiled EASE product equals the plain one, and models scored together share blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+from model_helpers import fit_model
+from polars.testing import assert_frame_equal
+
+from models.base import recommend_together
+from models.tiled import TILE, TiledMatrix
+
+
+@pytest.mark.parametrize("n_cols", [1, TILE - 1, TILE, 2 * TILE + 7])
+def test_tiled_product_equals_the_plain_product(n_cols, tmp_path):
+    rng = np.random.default_rng(n_cols)
+    weights = rng.standard_normal((n_cols, n_cols)).astype(np.float32)
+    history = sp.random(37, n_cols, density=0.05, format="csr", dtype=np.float32, random_state=1)
+    keep = np.ones(37, dtype=np.float32)
+    keep[3] = 0.0  # a user with no history scores zero everywhere
+    history = (sp.diags(keep) @ history).tocsr()
+    tiled = TiledMatrix.from_dense(weights)
+    np.testing.assert_allclose(tiled.rmatmul(history), history @ weights, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(tiled.to_dense(), weights)
+    tiled.save(tmp_path / "w.npz")
+    again = TiledMatrix.load(tmp_path / "w.npz")
+    assert again.shape == (n_cols, n_cols)
+    assert np.array_equal(again.rmatmul(history), tiled.rmatmul(history))
+
+
+def test_a_hybrid_scored_with_its_components_scores_each_once_and_matches(small_data):
+    train, uf, itf, cold = small_data
+    hybrid = fit_model("hybrid", train, uf, itf, seed=3)
+    models = {"hybrid": hybrid, **hybrid.components}
+    users = np.concatenate([np.sort(train["user_id"].unique().to_numpy())[:40], cold[:10]])
+    history = train.filter(pl.col("user_id").is_in(users[:5]))
+    alone = {name: model.recommend(users, n=10, history=history) for name, model in models.items()}
+
+    calls: dict[str, int] = {}
+    for name, model in models.items():
+        original = model.score_block
+
+        def counted(block, _name=name, _original=original):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _original(block)
+
+        model.score_block = counted
+    together = recommend_together(models, users, n=10, history=history)
+    for name in models:
+        assert_frame_equal(together[name], alone[name])
+    assert set(calls) == set(models)
+    assert all(count == 1 for count in calls.values()), calls  # one block, each model scored once
