@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import duckdb
@@ -297,14 +299,35 @@ class TemporaryServerNotice(logging.Filter):
         return True
 
 
+def _error_names(cls: type = RecsysError) -> set[str]:
+    return {cls.__name__}.union(*(_error_names(sub) for sub in cls.__subclasses__()))
+
+
 class UserErrorTracebacks(logging.Filter):
-    """Prefect logs every failed task and flow run with its traceback; for a user error (a bad path, mapping or
-    file: a RecsysError) the one-line message the CLI prints says everything, so the traceback is dropped."""
+    """Prefect logs every failed task and flow run with its traceback and the error's whole message, three or
+    four times over; for a user error (a bad path, mapping or file: a RecsysError) the message the CLI prints
+    last says everything, so Prefect's records keep only their first line and no traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], RecsysError):
             record.exc_info, record.exc_text = None, None
+        message = record.getMessage()
+        if any(name in message for name in _error_names()):
+            first = message.split("\\n", 1)[0].split("\n", 1)[0]
+            if len(first) < len(message):
+                record.msg, record.args = f"{first} ... (the whole message follows)", ()
         return True
+
+
+def release(error: BaseException) -> None:
+    """Drop the frames a handled error keeps alive (and, through them, closed DuckDB connections), so the
+    interpreter's exit does not end with DuckDB's nanobind listing them as leaked instances."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+    gc.collect()
 
 
 def prefect_settings() -> dict:
@@ -328,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
     except RecsysError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        release(exc)
         return exc.exit_code
     except RuntimeError as exc:
         if "ephemeral Prefect API server" not in str(exc):

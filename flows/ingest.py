@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.caching import transient_only
 from recsys import db, runs
 from recsys.errors import ValidationFailedError
+from recsys.progress import Heartbeat
 from recsys.settings import Settings
 from tasks import ingest, sources, validate
 
@@ -88,10 +89,14 @@ def ingest_flow(
     settings = Settings(home=Path(home)) if home else Settings()
     settings.ensure_dirs()
     run_id = run_id or runs.new_run_id("ingest")
-    with runs.run_lock(settings):
+    with runs.run_lock(settings), Heartbeat() as beat:
+        beat.step("land")
         specs = land_source(settings, source, path, mapping, users, items, mapping_dir, allow_paths_outside_mapping)
+        beat.step("stage")
         report = stage_files(settings, specs, run_id, source)
+        beat.step("validate")
         validate_staged(settings, run_id, sorted({spec.kind for spec in specs}))
+        beat.step("promote")
         report = promote_files(settings, report, specs)
     text = ingest.format_report(report)
     print(text)

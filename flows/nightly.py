@@ -31,6 +31,7 @@ from flows.caching import step_options, transient_only
 from flows.ingest import ingest_flow
 from recsys import db, runs
 from recsys.errors import ConfigError
+from recsys.progress import Heartbeat
 from recsys.settings import Settings
 from tasks import evaluate, features, metrics, publish, snapshot, train
 from tasks.evaluate import Evaluation
@@ -78,15 +79,27 @@ def cached(step, settings: Settings, *args):
 
 
 class Progress:
-    """One line per step with its elapsed time, the Prefect progress artifact, and a timing record."""
+    """One line per step with its elapsed time, the Prefect progress artifact, a timing record, and while a
+    step runs longer than RECSYS_PROGRESS_SECONDS a heartbeat line saying what it is doing."""
 
-    def __init__(self, night: date, steps: int):
+    def __init__(self, night: date, names: list[str]):
         self.artifact = create_progress_artifact(0.0, key="nightly-progress", description=f"nightly {night}")
-        self.steps, self.done = steps, 0
+        self.names, self.steps, self.done = names, len(names), 0
         self.started = self.last = time.perf_counter()
         self.timings: list[dict] = []
+        self.beat = Heartbeat()
+
+    def __enter__(self) -> Progress:
+        self.beat.__enter__()
+        self.beat.step(self.names[0])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.beat.__exit__(*exc)
 
     def step(self, name: str, detail: str = "") -> None:
+        if self.done + 1 < self.steps:
+            self.beat.step(self.names[self.done + 1])
         self.done += 1
         now = time.perf_counter()
         self.timings.append({"step": name, "seconds": round(now - self.last, 2), "peak_rss_gib": round(peak_rss_gib(), 2)})
@@ -143,19 +156,19 @@ def _train_publish(settings: Settings, run_id: str, night: date, names: list[str
             print(line)
         runs.start_run(con, settings, run_id, "train-and-publish", run_date=night,
                        params={"models": names, "publish_model": publish_model})
-    progress = Progress(night, 5)
-    snap = snapshot_warehouse(settings)
-    progress.step("snapshot", f"{snap.interactions:,} interactions, {snap.users:,} users, {snap.items:,} items")
-    feats = cached(build_features, settings, run_id, snap)
-    progress.step("features", f"{feats.users:,} users ({feats.users_without_history:,} without history), "
-                              f"{feats.items:,} items")
-    evaluation = cached(evaluate_models, settings, run_id, snap, names)
-    progress.step("evaluate", evaluation.report_html)
-    trained = cached(train_models, settings, run_id, snap, feats, names, evaluation)
-    progress.step("train", trained.model_dir)
-    published = publish_recommendations(settings, run_id, night, snap, trained.model_dir, publish_model,
-                                        evaluation.metrics)
-    progress.step("publish", published["paths"]["recommendations"])
+    with Progress(night, ["snapshot", "features", "evaluate", "train", "publish"]) as progress:
+        snap = snapshot_warehouse(settings)
+        progress.step("snapshot", f"{snap.interactions:,} interactions, {snap.users:,} users, {snap.items:,} items")
+        feats = cached(build_features, settings, run_id, snap)
+        progress.step("features", f"{feats.users:,} users ({feats.users_without_history:,} without history), "
+                                  f"{feats.items:,} items")
+        evaluation = cached(evaluate_models, settings, run_id, snap, names)
+        progress.step("evaluate", evaluation.report_html)
+        trained = cached(train_models, settings, run_id, snap, feats, names, evaluation)
+        progress.step("train", trained.model_dir)
+        published = publish_recommendations(settings, run_id, night, snap, trained.model_dir, publish_model,
+                                            evaluation.metrics)
+        progress.step("publish", published["paths"]["recommendations"])
     with db.warehouse(settings) as con:
         runs.finish_run(con, settings, run_id, "published")
 

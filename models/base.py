@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from recsys import schema
+from recsys import progress, schema
 
 # Memory bound of one scoring block: users x items float32 scores.
 SCORE_BLOCK_CELLS = 16_000_000
@@ -315,6 +315,7 @@ def recommend_together(
         block = max(1, SCORE_BLOCK_CELLS // max(1, len(lead.item_ids)))
         for lo in range(0, len(user_ids), block):
             ub = lead._user_block(user_ids[lo:lo + block], extra[lo:lo + block])
+            progress.detail(f"{lo:,} of {len(user_ids):,} users scored")
             seen = ub.history.tocoo() if exclude_seen else None
             for name in group:
                 scores = models[name].block_scores(ub)

@@ -22,6 +22,7 @@ import polars as pl
 
 from models.base import Recommender, UserBlock
 from models.ranking import ndcg_from_hits, standardize_rows, top_k_indices
+from recsys import progress
 
 BUCKET_EDGES = (0, 1, 3, 5, 10, 20)  # bucket b holds history lengths in [edge_b, edge_b+1)
 WARM = len(BUCKET_EDGES)  # one more bucket: users seen in training (tuned on warm validation users)
@@ -120,6 +121,7 @@ class Hybrid(Recommender):
             users = np.intersect1d(case.users, truth["user_id"].unique().to_numpy())
             if len(users) == 0:
                 continue
+            progress.detail(f"tuning the blend for {label} validation users")
             history = known if (case.as_history and known.height) else None
             z, relevant = [], None
             for name in names:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from models.base import Recommender, UserBlock
+from recsys import progress
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -182,7 +183,15 @@ class TwoTower(Recommender):
         steps = max(1, per_epoch // batch)
         train_ds = self._dataset(users[~is_val], items[~is_val], batch, seed, shuffle=True, epochs=epochs,
                                  steps=steps)
-        callbacks = []
+        last = {"loss": ""}
+
+        def epoch_started(epoch, logs=None):
+            progress.detail(f"epoch {epoch + 1}/{epochs}{last['loss']}")
+
+        def epoch_ended(epoch, logs=None):
+            last["loss"] = f", last loss {float((logs or {}).get('loss', float('nan'))):.3f}"
+
+        callbacks = [keras.callbacks.LambdaCallback(on_epoch_begin=epoch_started, on_epoch_end=epoch_ended)]
         val_ds = None
         if is_val.sum() >= batch:
             val_ds = self._dataset(users[is_val], items[is_val], batch, seed + 1, shuffle=False)

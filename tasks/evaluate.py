@@ -12,7 +12,7 @@ import polars as pl
 
 from models.base import Recommender, recommend_together
 from models.hybrid import Hybrid
-from recsys import db
+from recsys import db, progress
 from tasks.features import Frames, build_features, store_features
 from tasks.metrics import (
     ACCURACY_METRICS,
@@ -65,6 +65,8 @@ def evaluate_models(
             users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
             s = Slice(s.split, s.k_shot, s.truth.filter(pl.col("user_id").is_in(users)), s.history,
                       s.excluded_users)
+        progress.doing(f"scoring {s.split} users" + (f" (k={s.k_shot})" if s.k_shot is not None else "")
+                       + f" with {len(models)} models")
         resamples = bootstrap_indices(len(users), n_boot, seed)
         per_model: dict[str, dict[tuple[str, int], np.ndarray]] = {}
         # One blockwise pass for all models: the hybrid reuses its components' scores of each block.
@@ -176,6 +178,7 @@ def evaluate_step(settings, run_id: str, frames: Frames, names, folder: Path, ga
     folder = Path(folder)
     result = evaluate_protocol(frames, names, settings, run_id=run_id, features_dir=folder / "features", log=log)
     docs = docs_index(settings)
+    progress.doing("writing the report")
     paths = write_report(result.metrics, folder, run_id, result.protocol, result.tuning, k=min(settings.ks),
                          gate=gate, docs=str(docs) if docs.exists() else None)
     metrics_path = folder / "metrics.parquet"

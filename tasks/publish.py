@@ -22,7 +22,7 @@ import polars as pl
 
 from models.base import Recommender
 from models.registry import load
-from recsys import db, schema
+from recsys import db, progress, schema
 from recsys.errors import PublishGateError
 from tasks.features import Frames
 from tasks.validate import GxRunner, suite_outcomes, suite_parameters
@@ -77,6 +77,7 @@ def build_recommendations(
 ) -> pl.DataFrame:
     """Top-n for every user in ``users`` (zero-history users included), with the strategy that served them."""
     user_ids = np.sort(users["user_id"].to_numpy())
+    progress.doing(f"scoring every user with {model.name}")
     recs = model.recommend(user_ids, n=n)
     counts = interactions.group_by("user_id").agg(history=pl.len())
     recs = recs.join(counts, on="user_id", how="left").with_columns(pl.col("history").fill_null(0))

@@ -11,6 +11,7 @@ import polars as pl
 from models.base import Recommender
 from models.hybrid import Hybrid, ValidationCase
 from models.registry import build, load, model_class
+from recsys import progress
 from recsys.settings import Settings
 from tasks.features import FeatureSet, Frames, build_features
 from tasks.split import carve_validation
@@ -50,6 +51,7 @@ def fit_models(
     label = f" ({fold})" if fold else ""
     for name in needed(names):
         started = time.perf_counter()
+        progress.doing(f"fitting {name}{label}")
         model = build(name, **model_params(name, settings))
         if warm_from and name in warm_from:
             model.warm_start(warm_from[name])

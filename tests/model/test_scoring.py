@@ -13,11 +13,13 @@ from models.base import recommend_together
 from models.tiled import TILE, TiledMatrix
 
 
-@pytest.mark.parametrize("n_cols", [1, TILE - 1, TILE, 2 * TILE + 7])
+@pytest.mark.parametrize("n_cols", [1, 300, 2 * TILE, 2 * TILE + 7])
 def test_tiled_product_equals_the_plain_product(n_cols, tmp_path):
     rng = np.random.default_rng(n_cols)
     weights = rng.standard_normal((n_cols, n_cols)).astype(np.float32)
-    history = sp.random(37, n_cols, density=0.05, format="csr", dtype=np.float32, random_state=1)
+    history = sp.random(37, n_cols, density=0.02, format="csr", dtype=np.float32, random_state=1)
+    if n_cols == 300:  # dense enough for the SGEMM path
+        history = sp.random(37, n_cols, density=0.3, format="csr", dtype=np.float32, random_state=1)
     keep = np.ones(37, dtype=np.float32)
     keep[3] = 0.0  # a user with no history scores zero everywhere
     history = (sp.diags(keep) @ history).tocsr()

@@ -1,0 +1,81 @@
+"""Progress while a long step runs: a line at most every ``RECSYS_PROGRESS_SECONDS`` (default 10) seconds.
+
+A flow opens a :class:`Heartbeat` and names each step as it starts; code deep inside a step (a model's
+epochs, an evaluation slice, a block of users being scored) says what it is doing with :func:`doing` and
+:func:`detail`, which cost an assignment. A background thread prints, only while a step has run longer than
+the interval since the last line, where it is::
+
+      ... evaluate 40 s: fitting two_tower (evaluation fold): epoch 9/30, loss 5.612
+
+A step shorter than the interval prints nothing extra, so a small night reads as before.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+_state = {"activity": "", "detail": ""}
+
+
+def doing(activity: str) -> None:
+    """What the running step does now (clears the detail)."""
+    _state["activity"], _state["detail"] = activity, ""
+
+
+def detail(text: str) -> None:
+    """How far the current activity has come (e.g. ``epoch 3/30``)."""
+    _state["detail"] = text
+
+
+def current() -> str:
+    activity, more = _state["activity"], _state["detail"]
+    return f"{activity}: {more}" if activity and more else activity or more
+
+
+def interval() -> float:
+    return float(os.environ.get("RECSYS_PROGRESS_SECONDS", "10"))
+
+
+class Heartbeat:
+    """``with Heartbeat() as beat: beat.step("evaluate"); ...``: a line every interval while a step runs."""
+
+    def __init__(self, every: float | None = None, out=None):
+        self.every = interval() if every is None else float(every)
+        self.out = out
+        self._step, self._started, self._last = "", 0.0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recsys-progress", daemon=True)
+
+    def step(self, name: str, now: float | None = None) -> None:
+        doing("")
+        self._step, self._started = name, time.monotonic() if now is None else now
+        self._last = self._started
+
+    def tick(self, now: float) -> str | None:
+        """The line due at ``now``, if a step has run an interval since the last line (or its start)."""
+        if not self._step or now - self._last < self.every:
+            return None
+        self._last = now
+        what = current()
+        return f"  ... {self._step} {now - self._started:.0f} s" + (f": {what}" if what else "")
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(1.0, self.every)):
+            line = self.tick(time.monotonic())
+            if line:
+                print(line, file=self.out or sys.stdout, flush=True)
+
+    def __enter__(self) -> Heartbeat:
+        if self.every > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._step = ""
+        doing("")
