@@ -62,15 +62,15 @@ def test_rerun_reuses_unchanged_steps_and_replaces_the_partition(night):
 
 @pytest.mark.parametrize("view", VIEW_ORDER)
 def test_every_view_reads_the_published_run(night, view):
-    con = open_views(night[0])
-    assert run_readonly(con, f"select count(*) from {view}").fetchall()[0][0] > 0
+    with open_views(night[0]) as con:
+        assert run_readonly(con, f"select count(*) from {view}").fetchall()[0][0] > 0
 
 
 @pytest.mark.parametrize(("query", "params"), [("top10_for_user", {"user_id": 1}), ("item_reach", None),
                                                ("coverage_per_day", None), ("strategy_mix", None)])
 def test_every_named_query_runs(night, query, params):
-    con = open_views(night[0])
-    rows = run_readonly(con, named_query(night[0], query), params).fetchall()
+    with open_views(night[0]) as con:
+        rows = run_readonly(con, named_query(night[0], query), params).fetchall()
     assert rows
     if query == "top10_for_user":
         assert [r[1] for r in rows] == list(range(1, 11))
@@ -96,12 +96,12 @@ ATTACKS = {
 def test_sql_sandbox_refuses(night, attack):
     settings = night[0]
     out = settings.output_dir.resolve()
-    con = open_views(settings)
     sql = ATTACKS[attack].format(out=out, home=settings.home.resolve())
-    with pytest.raises(ConfigError):
-        run_readonly(con, sql).fetchall()
-    assert not (out / "recommendations" / "run_date=2099-01-01").exists()
-    assert run_readonly(con, "select count(*) from latest_recommendations").fetchall()[0][0] > 0
+    with open_views(settings) as con:
+        with pytest.raises(ConfigError):
+            run_readonly(con, sql).fetchall()
+        assert not (out / "recommendations" / "run_date=2099-01-01").exists()
+        assert run_readonly(con, "select count(*) from latest_recommendations").fetchall()[0][0] > 0
 
 
 def test_regressed_run_keeps_the_last_good_partition(night, tmp_path):

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import gc
+import logging
 import os
 import subprocess
 import sys
+import weakref
 
 import pytest
 
-from cli.main import build_parser, build_serve_schedule, main
+from cli.main import UserErrorTracebacks, build_parser, build_serve_schedule, main, release
+from recsys.errors import ValidationFailedError
 
 
 def test_generate_command_writes_three_files(tmp_path, capsys):
@@ -151,3 +155,32 @@ def test_serve_refuses_without_a_real_server(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
     assert main(["serve"]) == 2
     assert "prefect server start" in capsys.readouterr().err
+
+
+def test_prefect_records_of_a_user_error_keep_one_line_and_others_are_untouched():
+    keep = UserErrorTracebacks()
+    failed = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "Task run failed with exception: %r",
+                               (ValidationFailedError("gate stopped\n  row 1"),), None)
+    assert keep.filter(failed)
+    assert failed.getMessage() == ("Task run failed with exception: ValidationFailedError('gate stopped"
+                                   " ... (the whole message follows)")
+    other = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "boom\nsecond line", (), None)
+    assert keep.filter(other) and other.getMessage() == "boom\nsecond line"
+
+
+def test_a_handled_error_no_longer_keeps_its_frames_locals_alive():
+    class Connection:
+        pass
+
+    def fail():
+        con = Connection()  # noqa: F841 - kept alive by the traceback's frame
+        raise ValidationFailedError("gate stopped")
+
+    try:
+        fail()
+    except ValidationFailedError as exc:
+        error = exc
+    held = [weakref.ref(obj) for obj in gc.get_objects() if isinstance(obj, Connection)]
+    assert held and held[0]() is not None
+    release(error)
+    assert held[0]() is None
