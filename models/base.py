@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from models.tiled import scoring_pool
 from recsys import progress, schema
 
 # Memory bound of one scoring block: users x items float32 scores.
@@ -331,15 +332,38 @@ def _top_n(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarra
            tiebreak: np.ndarray) -> pl.DataFrame:
     """The n best items per row, ordered exactly by (score desc, tiebreak asc).
 
-    ``np.partition`` finds each row's n-th best score; every item at least that good is a candidate (ties at
-    the boundary included), and one ``lexsort`` over the block's candidates orders them by row, score and
-    tie-break rank. Memory stays within the block: no users x items matrix beyond the block's scores.
+    ``np.partition`` finds each row's n-th best score; every item better than it is a candidate, and of the
+    items tied with it the n with the best tie-break rank (a row with no signal, e.g. CF for a user without
+    history, ties everywhere: its candidates stay n, not the catalogue). One ``lexsort`` over the block's
+    candidates orders them by row, score and tie-break rank. Halves of a large block run on the scoring
+    threads (numpy releases the GIL). Memory stays within the block.
     """
-    b, n_items = scores.shape
+    b = scores.shape[0]
     if b == 0:
         return pl.DataFrame(schema=RECOMMENDATION_SCHEMA)
+    if b < 64:
+        return _top_n_rows(user_ids, scores, n, item_ids, tiebreak)
+    half = b // 2
+    parts = scoring_pool().map(lambda rows: _top_n_rows(user_ids[rows], scores[rows], n, item_ids, tiebreak),
+                               [slice(0, half), slice(half, b)])
+    return pl.concat(list(parts))
+
+
+def _top_n_rows(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray,
+                tiebreak: np.ndarray) -> pl.DataFrame:
+    b, n_items = scores.shape
     kth = np.partition(scores, n_items - n, axis=1)[:, n_items - n]  # each row's n-th best score
-    rows, cols = np.nonzero(scores >= kth[:, None])
+    candidate = scores >= kth[:, None]
+    crowded = np.flatnonzero(np.count_nonzero(candidate, axis=1) > 2 * n)  # many items tied with the n-th
+    if len(crowded):
+        sub, bound = scores[crowded], kth[crowded, None]
+        tied = sub == bound
+        best_tied = np.argpartition(np.where(tied, tiebreak[None, :], np.iinfo(np.int64).max), n - 1, axis=1)[:, :n]
+        keep = sub > bound
+        at = np.arange(len(crowded))[:, None]
+        keep[at, best_tied] |= tied[at, best_tied]
+        candidate[crowded] = keep
+    rows, cols = np.nonzero(candidate)
     values = scores[rows, cols]
     order = np.lexsort((tiebreak[cols], -values, rows))
     rows, cols, values = rows[order], cols[order], values[order]

@@ -27,7 +27,8 @@ DENSE_FROM = 0.06
 
 
 @cache
-def _pool() -> ThreadPoolExecutor:
+def scoring_pool() -> ThreadPoolExecutor:
+    """The threads blockwise scoring and top-n selection share (numpy and scipy release the GIL)."""
     threads = int(os.environ.get("RECSYS_SCORING_THREADS", 0)) or len(os.sched_getaffinity(0))
     return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="recsys-scoring")
 
@@ -80,7 +81,7 @@ class TiledMatrix:
             for t in range(len(self.tiles)):
                 one(t)
         else:
-            list(_pool().map(one, range(len(self.tiles))))
+            list(scoring_pool().map(one, range(len(self.tiles))))
         return out
 
     def save(self, path: Path) -> None:
