@@ -3,10 +3,9 @@
 B = I - P / diag(P) with P = (X^T X + lambda I)^-1 and diag(B) = 0. Scores are history @ B, so k-shot
 users are served from their known items; with no history the scores are zero and the tie-breaker
 (popularity) decides, which is why the hybrid pairs it with a model that sees features.
-Memory is one n_items^2 float32 matrix (fitted in place, then laid out in column tiles for scoring, see
-:mod:`models.tiled`; both exist for a moment at the end of a fit): ~2.9 GB at 27k items, 5.8 GB at the
-peak; beyond ~50k items it no longer fits a 24 GiB machine next to everything else, and a low-rank model
-is the way on.
+Memory is one n_items^2 float32 matrix, fitted in place and laid out in column tiles for scoring in the
+same memory (:mod:`models.tiled`): ~2.9 GB at 27k items; beyond ~50k items it no longer fits a 24 GiB
+machine next to everything else, and a low-rank model is the way on.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
+from scipy.linalg import lapack
 
 from models.base import Recommender, UserBlock
 from models.tiled import TiledMatrix
@@ -30,15 +29,14 @@ class EASE(Recommender):
     def _fit(self, seed: int) -> None:
         # float32 and in place: one n_items^2 matrix at a time (27k items: 2.9 GB, not the 14 GB of float64
         # copies). Co-occurrence counts are exact in float32 up to 2^24; the l2 ridge keeps the inverse
-        # well conditioned (measured: weights within 3e-8 of a float64 fit on 1,500 items, largest 0.02).
+        # well conditioned (measured: weights within 3e-8 of a float64 fit on 1,500 items, largest 0.02). The
+        # Gram matrix is symmetric positive definite, so its inverse is a Cholesky inverse (half an LU's flops).
         x = self.train.astype(np.float32)
         gram = (x.T @ x).toarray()
         gram[np.diag_indices_from(gram)] += np.float32(self.params["l2"])
-        p = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
+        inverse = _spd_inverse_in_place(gram)
         del gram
-        p /= -np.diag(p)[None, :]
-        p[np.diag_indices_from(p)] = 0.0
-        self.weights = TiledMatrix.from_dense(p)
+        self.weights = TiledMatrix.ease_weights_in_place(inverse)  # B = I - P / diag(P), in P's memory
 
     def score_block(self, users: UserBlock) -> np.ndarray:
         return self.weights.rmatmul(users.history)
@@ -48,3 +46,25 @@ class EASE(Recommender):
 
     def _load_state(self, path: Path) -> None:
         self.weights = TiledMatrix.load(path / "weights.npz")
+
+
+def _spd_inverse_in_place(matrix: np.ndarray, block: int = 1024) -> np.ndarray:
+    """The inverse of a symmetric positive definite float32 matrix, in its own memory where LAPACK allows.
+
+    Cholesky (``potrf`` + ``potri``) costs half the flops of an LU inverse (measured 1.6x faster at 4k items,
+    same error against float64). LAPACK sees the C array as its Fortran transpose, the same symmetric
+    matrix, and leaves one triangle; it is mirrored block by block (no n^2 temporaries).
+    """
+    factor, info = lapack.spotrf(matrix.T, lower=False, overwrite_a=True, clean=False)
+    if info == 0:
+        inverse, info = lapack.spotri(factor, lower=False, overwrite_c=True)
+    if info != 0:
+        raise ValueError(f"ease: the regularised Gram matrix is not positive definite (LAPACK info {info}); "
+                         "raise the l2 parameter")
+    n = inverse.shape[0]
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        inverse[lo:hi, :lo] = inverse[:lo, lo:hi].T
+        diagonal = inverse[lo:hi, lo:hi]
+        inverse[lo:hi, lo:hi] = np.triu(diagonal) + np.triu(diagonal, 1).T
+    return np.ascontiguousarray(inverse.T)  # the same memory when LAPACK worked in place

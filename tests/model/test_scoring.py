@@ -32,6 +32,18 @@ def test_tiled_product_equals_the_plain_product(n_cols, tmp_path):
     assert np.array_equal(again.rmatmul(history), tiled.rmatmul(history))
 
 
+@pytest.mark.parametrize("n", [3, 2 * TILE, 2 * TILE + 300])
+def test_ease_weights_are_laid_out_in_the_inverse_memory_and_equal_the_formula(n):
+    rng = np.random.default_rng(n)
+    x = (rng.random((400, n)) < 0.05).astype(np.float32)
+    inverse = np.linalg.inv((x.T @ x + 10 * np.eye(n)).astype(np.float64)).astype(np.float32)
+    expected = -inverse / np.diag(inverse)[None, :]
+    np.fill_diagonal(expected, 0.0)
+    tiled = TiledMatrix.ease_weights_in_place(inverse)
+    assert all(np.shares_memory(tile, inverse) for tile in tiled.tiles)  # no second n x n array
+    np.testing.assert_allclose(tiled.to_dense(), expected, rtol=1e-6, atol=1e-9)
+
+
 def test_a_hybrid_scored_with_its_components_scores_each_once_and_matches(small_data):
     train, uf, itf, cold = small_data
     hybrid = fit_model("hybrid", train, uf, itf, seed=3)
