@@ -308,11 +308,15 @@ class UserErrorTracebacks(logging.Filter):
     four times over; for a user error (a bad path, mapping or file: a RecsysError) the message the CLI prints
     last says everything, so Prefect's records keep only their first line and no traceback."""
 
+    def __init__(self):
+        super().__init__()
+        self.names = _error_names()  # once: the filter sees every record of Prefect's run loggers
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], RecsysError):
             record.exc_info, record.exc_text = None, None
         message = record.getMessage()
-        if any(name in message for name in _error_names()):
+        if any(name in message for name in self.names):
             first = message.split("\\n", 1)[0].split("\n", 1)[0]
             if len(first) < len(message):
                 record.msg, record.args = f"{first} ... (the whole message follows)", ()

@@ -84,7 +84,7 @@ class Progress:
 
     def __init__(self, night: date, names: list[str]):
         self.artifact = create_progress_artifact(0.0, key="nightly-progress", description=f"nightly {night}")
-        self.names, self.steps, self.done = names, len(names), 0
+        self.names, self.done = names, 0
         self.started = self.last = time.perf_counter()
         self.timings: list[dict] = []
         self.beat = Heartbeat()
@@ -98,14 +98,14 @@ class Progress:
         self.beat.__exit__(*exc)
 
     def step(self, name: str, detail: str = "") -> None:
-        if self.done + 1 < self.steps:
+        if self.done + 1 < len(self.names):
             self.beat.step(self.names[self.done + 1])
         self.done += 1
         now = time.perf_counter()
         self.timings.append({"step": name, "seconds": round(now - self.last, 2), "peak_rss_gib": round(peak_rss_gib(), 2)})
         self.last = now
-        update_progress_artifact(self.artifact, 100.0 * self.done / self.steps)
-        print(f"[{self.done}/{self.steps}] {name:10} {self.timings[-1]['seconds']:7.1f} s"
+        update_progress_artifact(self.artifact, 100.0 * self.done / len(self.names))
+        print(f"[{self.done}/{len(self.names)}] {name:10} {self.timings[-1]['seconds']:7.1f} s"
               + (f"  {detail}" if detail else ""))
 
 

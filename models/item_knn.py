@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import Recommender, UserBlock
+from models.base import Recommender, UserBlock, item_cooccurrence
 
 
 class ItemKNN(Recommender):
@@ -24,29 +24,26 @@ class ItemKNN(Recommender):
         return {"neighbours": 100, "shrinkage": 10.0}
 
     def _fit(self, seed: int) -> None:
-        x = self.train.astype(np.float32).tocsr()
-        xt = x.T.tocsr()  # items x users
-        norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
+        norms = np.sqrt(np.asarray(self.train.astype(np.float32).sum(axis=0)).ravel())
         k = int(self.params["neighbours"])
         shrink = float(self.params["shrinkage"])
-        n = x.shape[1]
-        rows, cols, vals = [], [], []
-        block = max(1, 8_000_000 // max(n, 1))
-        for lo in range(0, n, block):  # co-occurrence of one block of items at a time, densified
-            dense = (xt[lo:lo + block] @ x).toarray()
+        n = self.train.shape[1]
+        kk = min(k, n - 1) if n > 1 else 1
+        parts: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+        def neighbours(lo: int, dense: np.ndarray) -> None:  # one block of items' co-occurrence rows
             hi = lo + dense.shape[0]
             dense /= (norms[lo:hi, None] * norms[None, :] + shrink)
             dense[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
-            kk = min(k, n - 1) if n > 1 else 1
             top = np.argpartition(-dense, kk - 1, axis=1)[:, :kk]
             top_vals = np.take_along_axis(dense, top, axis=1)
-            keep = top_vals > 0
-            rows.append(np.repeat(np.arange(lo, hi), kk)[keep.ravel()])
-            cols.append(top.ravel()[keep.ravel()])
-            vals.append(top_vals.ravel()[keep.ravel()])
+            keep = (top_vals > 0).ravel()
+            parts[lo] = (np.repeat(np.arange(lo, hi), kk)[keep], top.ravel()[keep], top_vals.ravel()[keep])
+
+        item_cooccurrence(self.train, 8_000_000 // max(n, 1), neighbours)
+        rows, cols, vals = (np.concatenate([parts[lo][i] for lo in sorted(parts)]) for i in range(3))
         # similarity[i, j]: j is among i's neighbours; scoring uses history @ similarity.
-        self.similarity = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                                        shape=(n, n), dtype=np.float32)
+        self.similarity = sp.csr_matrix((vals, (rows, cols)), shape=(n, n), dtype=np.float32)
 
     def score_block(self, users: UserBlock) -> np.ndarray:
         return np.asarray((users.history @ self.similarity).todense(), dtype=np.float32)
