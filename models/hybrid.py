@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from models.base import Recommender, UserBlock
-from models.ranking import ndcg_from_hits, standardize_rows, top_k_indices
+from models.ranking import bootstrap_indices, ndcg_from_hits, paired_lift, standardize_rows, top_k_indices
 from recsys import progress
 
 BUCKET_EDGES = (0, 1, 3, 5, 10, 20)  # bucket b holds history lengths in [edge_b, edge_b+1)
@@ -64,6 +64,11 @@ class Hybrid(Recommender):
             "grid_step": 0.2,
             "k": 10,
             "tune_candidates": 100,  # per component and user: the grid search's columns (see _candidate_view)
+            # A blend replaces the bucket's best single component only when its validation gain over it is
+            # significant: the lower end of the one-sided (1 - alpha) paired-bootstrap interval above zero.
+            # Otherwise the grid's maximum is chance on a few hundred users, and it does not carry over.
+            "blend_alpha": 0.05,
+            "bootstrap_samples": 1000,
         }
 
     def use_components(self, fitted: dict[str, Recommender]) -> Hybrid:
@@ -95,7 +100,7 @@ class Hybrid(Recommender):
                 raise ValueError(f"hybrid: component {name} was fitted on other interactions than the hybrid")
         cases = getattr(self, "_cases", None)
         if cases is not None:
-            self.weights, self.tuning = self._tune(components, cases)
+            self.weights, self.tuning = self._tune(components, cases, seed)
         elif not getattr(self, "weights", None):
             raise ValueError("hybrid: call use_validation() or use_weights() before fit()")
 
@@ -105,8 +110,9 @@ class Hybrid(Recommender):
         return [tuple(c / steps for c in combo) for combo in itertools.product(range(steps + 1), repeat=n)
                 if sum(combo) == steps]
 
-    def _tune(self, components: dict[str, Recommender], cases: list):
-        """Per bucket, the grid weights with the best nDCG@k on that bucket's validation case.
+    def _tune(self, components: dict[str, Recommender], cases: list, seed: int = 0):
+        """Per bucket, the grid weights with the best nDCG@k on that bucket's validation case, kept only when
+        they beat the bucket's best single component significantly (else that component alone).
 
         Cold cases pass their revealed items as history; the warm case's users are in training already.
         A bucket without validation users keeps the first component alone.
@@ -123,15 +129,14 @@ class Hybrid(Recommender):
                 continue
             progress.detail(f"tuning the blend for {label} validation users")
             history = known if (case.as_history and known.height) else None
-            z, relevant = [], None
+            seen = self._history_mask(users, known if known.height else None)
+            relevant = self._truth_matrix(users, truth)
+            z = []
             for name in names:
                 model = components[name]
                 scores = self._align(model, model.score_users(users, history))
-                seen = self._history_mask(users, known if known.height else None)
                 scores[seen] = -np.inf
                 z.append(standardize_rows(scores))
-                if relevant is None:
-                    relevant = self._truth_matrix(users, truth)
             n_rel = relevant.sum(axis=1).astype(np.int64)
             # A component that cannot rank these users at all (e.g. CF with no history) gets no weight,
             # so that ties in the grid do not hand it weight that means nothing.
@@ -139,18 +144,28 @@ class Hybrid(Recommender):
             candidates = [w for w in grid if not any(wi > 0 and quiet for wi, quiet in zip(w, silent, strict=True))]
             candidates = candidates or grid
             zc, rel_c = self._candidate_view(z, relevant)
-            results = []
-            for w in candidates:
-                blend = sum(wi * zi for wi, zi in zip(w, zc, strict=True) if wi > 0)
-                top = top_k_indices(blend, self.params["k"])
-                hits = np.take_along_axis(rel_c, top, axis=1).astype(np.float64)
-                results.append(float(ndcg_from_hits(hits, n_rel).mean()))
+            per_user = [self._per_user(sum(wi * zi for wi, zi in zip(w, zc, strict=True) if wi > 0), rel_c, n_rel)
+                        for w in candidates]
+            results = [float(p.mean()) for p in per_user]
             best = int(np.argmax(results))  # first maximum in grid order: deterministic
-            weights[b] = list(candidates[best])
+            singles = {name: self._per_user(z[i], relevant, n_rel) for i, name in enumerate(names)}
+            audible = [name for i, name in enumerate(names) if not silent[i]] or names
+            best_single = max(audible, key=lambda name: (float(singles[name].mean()), -names.index(name)))
+            resamples = bootstrap_indices(len(users), int(self.params["bootstrap_samples"]), seed + b)
+            gain = paired_lift(per_user[best], singles[best_single], resamples,
+                               level=100.0 * (1 - 2 * float(self.params["blend_alpha"])))
+            blended = sum(1 for wi in candidates[best] if wi > 0) > 1
+            kept = blended and gain[1] > 0
+            chosen = candidates[best] if kept or not blended else tuple(float(n == best_single) for n in names)
+            weights[b] = list(chosen)
             tuning[label] = {
-                "users": int(len(users)), "weights": dict(zip(names, candidates[best], strict=True)),
-                "ndcg_blend": results[best],
-                "ndcg_components": {name: self._single(z[i], relevant, n_rel) for i, name in enumerate(names)},
+                "users": int(len(users)), "weights": dict(zip(names, chosen, strict=True)),
+                "grid_best": dict(zip(names, candidates[best], strict=True)), "ndcg_blend": results[best],
+                "best_component": best_single,
+                "blend_gain": {"lift": gain[0], "ci_low": gain[1], "ci_high": gain[2],
+                               "one_sided_alpha": float(self.params["blend_alpha"])},
+                "chosen": "blend" if kept else f"{names[int(np.argmax(chosen))]} alone",
+                "ndcg_components": {name: float(values.mean()) for name, values in singles.items()},
             }
         return weights, tuning
 
@@ -174,9 +189,10 @@ class Hybrid(Recommender):
             zc.append(view)
         return zc, np.take_along_axis(relevant, cand, axis=1) & ~repeat
 
-    def _single(self, z: np.ndarray, relevant: np.ndarray, n_rel: np.ndarray) -> float:
+    def _per_user(self, z: np.ndarray, relevant: np.ndarray, n_rel: np.ndarray) -> np.ndarray:
+        """Each validation user's nDCG@k of the ranking ``z`` (columns aligned with ``relevant``)."""
         hits = np.take_along_axis(relevant, top_k_indices(z, self.params["k"]), axis=1).astype(np.float64)
-        return float(ndcg_from_hits(hits, n_rel).mean())
+        return ndcg_from_hits(hits, n_rel)
 
     def _align(self, model: Recommender, scores: np.ndarray) -> np.ndarray:
         if np.array_equal(model.item_ids, self.item_ids):

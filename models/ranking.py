@@ -51,3 +51,22 @@ def standardize_rows(scores: np.ndarray) -> np.ndarray:
     z[(std <= 1e-12).ravel()] = 0.0
     z[~finite] = -np.inf
     return z
+
+
+def bootstrap_indices(n_users: int, n_boot: int, seed: int) -> np.ndarray:
+    """Seeded bootstrap resamples of users: (n_boot, n_users) row indices."""
+    return np.random.default_rng(seed).integers(0, n_users, size=(n_boot, n_users))
+
+
+def paired_lift(model_values: np.ndarray, base_values: np.ndarray, resamples: np.ndarray,
+                level: float = 95.0) -> tuple[float, float, float]:
+    """Relative lift mean(model)/mean(baseline) - 1, with a paired bootstrap ``level`` % CI over the same users."""
+    base = base_values.mean() if len(base_values) else 0.0
+    if len(base_values) == 0 or base <= 0:
+        return float("nan"), float("nan"), float("nan")
+    point = float(model_values.mean() / base - 1.0)
+    boot_base = base_values[resamples].mean(axis=1)
+    boot = model_values[resamples].mean(axis=1) / np.where(boot_base > 0, boot_base, np.nan) - 1.0
+    tail = (100.0 - level) / 2
+    lo, hi = np.nanpercentile(boot, [tail, 100.0 - tail])
+    return point, float(lo), float(hi)

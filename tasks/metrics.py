@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from models.base import Recommender
-from models.ranking import ndcg_from_hits
+from models.ranking import bootstrap_indices, ndcg_from_hits, paired_lift  # noqa: F401 (shared with tuning)
 
 CATALOGUE_METRICS = {"coverage"}
 
@@ -175,10 +175,6 @@ def _coverage_values(listed: np.ndarray, n_items: int, resamples: np.ndarray) ->
     return covered.sum(axis=1) / max(n_items, 1)
 
 
-def bootstrap_indices(n_users: int, n_boot: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n_users, size=(n_boot, n_users))
-
-
 def aggregate(metric: str, values: np.ndarray, resamples: np.ndarray, n_items: int) -> tuple[float, float, float]:
     """(value, 2.5th, 97.5th percentile) over bootstrap resamples of users."""
     if len(values) == 0:
@@ -190,18 +186,6 @@ def aggregate(metric: str, values: np.ndarray, resamples: np.ndarray, n_items: i
         point = float(values.mean())
         boots = values[resamples].mean(axis=1)
     lo, hi = np.percentile(boots, [2.5, 97.5])
-    return point, float(lo), float(hi)
-
-
-def paired_lift(model_values: np.ndarray, base_values: np.ndarray, resamples: np.ndarray) -> tuple[float, float, float]:
-    """Relative lift mean(model)/mean(baseline) - 1, with a paired bootstrap CI over the same users."""
-    base = base_values.mean()
-    if len(base_values) == 0 or base <= 0:
-        return float("nan"), float("nan"), float("nan")
-    point = float(model_values.mean() / base - 1.0)
-    boot_base = base_values[resamples].mean(axis=1)
-    boot = model_values[resamples].mean(axis=1) / np.where(boot_base > 0, boot_base, np.nan) - 1.0
-    lo, hi = np.nanpercentile(boot, [2.5, 97.5])
     return point, float(lo), float(hi)
 
 

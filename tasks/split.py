@@ -91,31 +91,43 @@ class ValidationFold:
 
 def carve_validation(
     interactions: pl.DataFrame, share: float, seed: int, max_users: int = 3000, min_history: int = 5,
+    warm_truth: str = "latest", warm_truth_share: float = WARM_TRUTH_SHARE, warm_share: float | None = None,
 ) -> ValidationFold:
     """Validation users drawn from training users (never from test users), shaped like serving.
 
-    Cold validation users leave training entirely; their first k interactions are revealed for the
-    k-shot buckets. Warm validation users stay in training without their latest ``WARM_TRUTH_SHARE`` of
-    interactions by time, which tune the warm bucket as true warm users: the same shape as the nightly's
-    temporal warm test.
+    Cold validation users (``share`` of the eligible users, at most ``max_users``) leave training entirely;
+    their first k interactions are revealed for the k-shot buckets. Warm validation users (``warm_share``,
+    default ``share``) stay in training without ``warm_truth_share`` of their interactions, which tune the
+    warm bucket as true warm users, taken the way the warm test takes them: ``warm_truth="latest"`` their
+    latest by time (the nightly's temporal warm test), ``"random"`` a seeded random share of each user's
+    (a per-user random holdout such as protocol W). A blend tuned on one shape does not carry over to the
+    other: on ML-100k the latest interactions favour neighbourhood CF, a random holdout EASE.
     """
+    if warm_truth not in ("latest", "random"):
+        raise ValueError(f"warm_truth must be 'latest' or 'random', not {warm_truth!r}")
     counts = interactions.group_by("user_id").len()
     eligible = counts.filter(pl.col("len") >= min_history + 1)["user_id"].sort().to_numpy()
     n_val = min(int(round(len(eligible) * share)), int(max_users))
+    n_warm = min(int(round(len(eligible) * (share if warm_share is None else warm_share))), int(max_users),
+                 len(eligible) - n_val)
     picked = np.random.default_rng(seed).permutation(eligible)
-    cold_users, warm_users = np.sort(picked[:n_val]), np.sort(picked[n_val:2 * n_val])
+    cold_users, warm_users = np.sort(picked[:n_val]), np.sort(picked[n_val:n_val + n_warm])
     ordered = interactions.sort("user_id", "ts", "item_id").with_columns(
         position=pl.int_range(pl.len()).over("user_id"), n=pl.len().over("user_id"))
     warm_rows = ordered.filter(pl.col("user_id").is_in(warm_users))
-    is_truth = pl.col("position") >= (pl.col("n") * (1 - WARM_TRUTH_SHARE)).ceil()
-    warm_truth = warm_rows.filter(is_truth).drop("position", "n")
+    if warm_truth == "random":  # a seeded random order within each user instead of time
+        draw = pl.Series(np.random.default_rng(seed + 1).random(warm_rows.height))
+        warm_rows = warm_rows.with_columns(_draw=draw).with_columns(
+            position=pl.col("_draw").rank("ordinal").over("user_id").cast(pl.Int64) - 1).drop("_draw")
+    is_truth = pl.col("position") >= (pl.col("n") * (1 - warm_truth_share)).ceil()
+    warm_truth_rows = warm_rows.filter(is_truth).drop("position", "n")
     warm_known = warm_rows.filter(~is_truth).drop("position", "n")
     keys = ["user_id", "item_id", "ts"]
     train = (ordered.filter(~pl.col("user_id").is_in(cold_users)).drop("position", "n")
-             .join(warm_truth.select(keys), on=keys, how="anti"))
+             .join(warm_truth_rows.select(keys), on=keys, how="anti"))
     cold_rows = ordered.filter(pl.col("user_id").is_in(cold_users))
     cases = [ValidationCase(str(k), b, cold_users, cold_rows.filter(pl.col("position") < k).drop("position", "n"),
                             cold_rows.filter(pl.col("position") >= k).drop("position", "n"), k > 0)
              for b, k in enumerate(BUCKET_EDGES)]
-    cases.append(ValidationCase("warm", WARM, warm_users, warm_known, warm_truth, False))
+    cases.append(ValidationCase("warm", WARM, warm_users, warm_known, warm_truth_rows, False))
     return ValidationFold(train, cases, cold_users, warm_users)

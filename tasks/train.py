@@ -14,7 +14,12 @@ from models.registry import build, load, model_class
 from recsys import progress
 from recsys.settings import Settings
 from tasks.features import FeatureSet, Frames, build_features
-from tasks.split import carve_validation
+from tasks.split import WARM_TRUTH_SHARE, carve_validation
+
+# Validation users when the tuning fold is a fold of its own (fit_tuned): it is thrown away after tuning, so
+# it can lend many users (a blend's gain of 2 % is within the noise of the nightly's 10 % on ML-100k).
+TUNING_FOLD_COLD_SHARE = 0.25
+TUNING_FOLD_WARM_SHARE = 0.75
 
 
 def model_params(name: str, settings: Settings) -> dict:
@@ -75,16 +80,20 @@ def hybrid_weights(models: dict[str, Recommender]) -> dict | None:
 
 def fit_tuned(
     names: list[str] | tuple[str, ...], frames: Frames, train: pl.DataFrame, settings: Settings, label: str = "",
-    log=print,
+    log=print, warm_truth: str = "latest", warm_truth_share: float = WARM_TRUTH_SHARE,
 ) -> dict[str, Recommender]:
     """Fit ``names`` on ``train``; a hybrid's weights are tuned first on validation users carved from it.
 
     Components are then fitted twice (tuning fold, then ``train``): what the nightly does across its
-    evaluation and production folds, for callers that have only one fold (the quality benchmark).
+    evaluation and production folds, for callers that have only one fold (the quality benchmark, ``recsys
+    train``). The tuning fold is thrown away, so half the users lend a share of their interactions to the
+    warm bucket's validation (``warm_truth``, ``warm_truth_share``: the shape of the warm test it is for).
     """
     weights = None
     if "hybrid" in names:
-        fold = carve_validation(train, settings.validation_user_fraction, settings.seed)
+        fold = carve_validation(train, max(settings.validation_user_fraction, TUNING_FOLD_COLD_SHARE), settings.seed,
+                                warm_truth=warm_truth,
+                                warm_truth_share=warm_truth_share, warm_share=TUNING_FOLD_WARM_SHARE)
         uf, itf = build_features(frames, fold.train)
         weights = hybrid_weights(fit_models(["hybrid"], fold.train, uf, itf, settings, validation=fold.cases,
                                             fold=f"{label + ', ' if label else ''}hybrid tuning fold", log=log))

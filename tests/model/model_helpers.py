@@ -22,13 +22,14 @@ FAST_PARAMS = {
 }
 
 
-def fit_model(name: str, train, uf, itf, seed: int, params: dict | None = None) -> Recommender:
+def fit_model(name: str, train, uf, itf, seed: int, params: dict | None = None, **carve) -> Recommender:
     """Fit one model the way the nightly does; a hybrid's components are fitted first with fast parameters,
-    its weights tuned on validation users carved from ``train``, then the components refitted on all of it."""
+    its weights tuned on validation users carved from ``train`` (``carve``: carve_validation's options), then
+    the components refitted on all of it."""
     params = FAST_PARAMS[name] if params is None else params
     if name != "hybrid":
         return build(name, **params).fit(train, uf, itf, seed=seed)
-    fold = carve_validation(train, 0.2, seed)
+    fold = carve_validation(train, 0.2, seed, **carve)
 
     def fit(interactions, **blend):
         components = {c: fit_model(c, interactions, uf, itf, seed) for c in build("hybrid").params["components"]}

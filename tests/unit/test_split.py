@@ -6,8 +6,9 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
+import pytest
 
-from tasks.split import cold_user_split, stratified_split, temporal_split
+from tasks.split import carve_validation, cold_user_split, stratified_split, temporal_split
 
 
 def interactions(n_users=50, per_user=12, seed=0):
@@ -68,3 +69,28 @@ def test_temporal_split_holds_out_each_users_latest():
     first_test = split.test.group_by("user_id").agg(pl.col("ts").min())
     joined = last_train.join(first_test, on="user_id", suffix="_test")
     assert (joined["ts"] < joined["ts_test"]).all()
+
+
+def test_validation_is_carved_like_the_warm_test_it_tunes_for():
+    """Warm validation truth is each user's latest interactions for the nightly's temporal test, and a seeded
+    random share for a random holdout (protocol W); either way it leaves training and nothing is lost."""
+    data = interactions(n_users=60, per_user=12)
+    latest = carve_validation(data, 0.2, seed=1, warm_truth_share=0.25, warm_share=0.5)
+    random = carve_validation(data, 0.2, seed=1, warm_truth="random", warm_truth_share=0.25, warm_share=0.5)
+    for fold in (latest, random):
+        warm = fold.cases[-1]
+        assert len(fold.cold_users) == 12 and len(fold.warm_users) == 30
+        assert not set(fold.cold_users.tolist()) & set(fold.warm_users.tolist())
+        assert (warm.truth.group_by("user_id").len()["len"] == 3).all()  # 12 * 0.25 per user
+        assert not keys(warm.truth) & keys(fold.train) and keys(warm.known) <= keys(fold.train)
+        assert keys(warm.known) | keys(warm.truth) == keys(data.filter(pl.col("user_id").is_in(fold.warm_users)))
+    joined = (latest.cases[-1].known.group_by("user_id").agg(pl.col("ts").max())
+              .join(latest.cases[-1].truth.group_by("user_id").agg(pl.col("ts").min()), on="user_id", suffix="_t"))
+    assert (joined["ts"] < joined["ts_t"]).all()  # the latest by time
+    joined = (random.cases[-1].known.group_by("user_id").agg(pl.col("ts").max())
+              .join(random.cases[-1].truth.group_by("user_id").agg(pl.col("ts").min()), on="user_id", suffix="_t"))
+    assert not (joined["ts"] < joined["ts_t"]).all()  # not the latest: spread over each user's history
+    again = carve_validation(data, 0.2, seed=1, warm_truth="random", warm_truth_share=0.25, warm_share=0.5)
+    assert keys(again.cases[-1].truth) == keys(random.cases[-1].truth)
+    with pytest.raises(ValueError, match="warm_truth"):
+        carve_validation(data, 0.2, seed=1, warm_truth="oldest")
