@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from models.base import DEMOGRAPHIC_COLUMNS, Recommender, UserBlock
 
@@ -40,33 +41,14 @@ class SegmentPopularity(Recommender):
     def default_params(cls) -> dict:
         return {"segment": ["gender", "age_bucket"], "alpha": 50.0}
 
-    def _segment_of(self, demographics: np.ndarray) -> np.ndarray:
-        cols = [DEMOGRAPHIC_COLUMNS.index(c) for c in self.params["segment"]]
-        sizes = [len(self.vocab[c]) for c in self.params["segment"]]
-        return np.ravel_multi_index(tuple(demographics[:, c] for c in cols), sizes).astype(np.int64), int(np.prod(sizes))
-
     def _fit(self, seed: int) -> None:
-        fidx = np.searchsorted(self.feature_user_ids, self.user_ids)
-        fidx = np.clip(fidx, 0, max(len(self.feature_user_ids) - 1, 0))
-        has = (len(self.feature_user_ids) > 0) & (self.feature_user_ids[fidx] == self.user_ids)
-        demo = np.where(has[:, None], self.user_demographics[fidx], 0)
-        segment, n_segments = self._segment_of(demo)
-        membership = np.zeros((n_segments, len(self.user_ids)), dtype=np.float32)
-        membership[segment, np.arange(len(self.user_ids))] = 1.0
-        counts = np.asarray(self.train.T.dot(membership.T)).T  # (segments, items)
-        prior = self.item_popularity / max(1.0, float(self.item_popularity.sum()))
-        alpha = float(self.params["alpha"])
-        totals = counts.sum(axis=1, keepdims=True)
-        self.segment_scores = ((counts + alpha * prior[None, :]) / (totals + alpha)).astype(np.float32)
-        # Segment 0 of every column is "<unk>": users with unknown demographics get the global ranking.
-        self.global_scores = prior.astype(np.float32)
+        self.segment_scores, self.global_scores = segment_table(self, self.params["segment"],
+                                                                float(self.params["alpha"]))
 
     def score_block(self, users: UserBlock) -> np.ndarray:
-        segment, _ = self._segment_of(users.demographics)
-        unknown = np.any(users.demographics[:, [DEMOGRAPHIC_COLUMNS.index(c) for c in self.params["segment"]]] == 0,
-                         axis=1)
-        scores = self.segment_scores[segment].copy()
-        scores[unknown] = self.global_scores
+        segment = segment_of(self, users.demographics, self.params["segment"])
+        scores = self.segment_scores[np.minimum(segment, len(self.segment_scores) - 1)].copy()
+        scores[segment == len(self.segment_scores)] = self.global_scores  # unknown demographics
         return scores
 
     def _save_state(self, path: Path) -> None:
@@ -75,3 +57,33 @@ class SegmentPopularity(Recommender):
     def _load_state(self, path: Path) -> None:
         with np.load(path / "segments.npz") as z:
             self.segment_scores, self.global_scores = z["segment_scores"], z["global_scores"]
+
+
+def segment_of(model: Recommender, demographics: np.ndarray, columns: list[str]) -> np.ndarray:
+    """Each user's segment (a cell of ``columns``' vocabularies), or the number of segments where one of
+    them is unknown (vocabulary index 0): such users get the global ranking."""
+    cols = [DEMOGRAPHIC_COLUMNS.index(c) for c in columns]
+    sizes = [len(model.vocab[c]) for c in columns]
+    segment = np.ravel_multi_index(tuple(demographics[:, c] for c in cols), sizes).astype(np.int64)
+    return np.where(np.any(demographics[:, cols] == 0, axis=1), int(np.prod(sizes)), segment)
+
+
+def training_demographics(model: Recommender) -> np.ndarray:
+    """Demographic codes of the training users (``model.user_ids``); 0 (unknown) for users without features."""
+    fidx = np.clip(np.searchsorted(model.feature_user_ids, model.user_ids), 0, max(len(model.feature_user_ids) - 1, 0))
+    has = (len(model.feature_user_ids) > 0) & (model.feature_user_ids[fidx] == model.user_ids)
+    return np.where(has[:, None], model.user_demographics[fidx], 0).astype(np.int32)
+
+
+def segment_table(model: Recommender, columns: list[str], alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(segments x items) popularity within each segment, shrunk towards global, and the global popularity:
+    score(i | s) = (count_s(i) + alpha * p(i)) / (n_s + alpha), each row summing to 1."""
+    segment = segment_of(model, training_demographics(model), columns)
+    n_segments = int(np.prod([len(model.vocab[c]) for c in columns]))
+    known = segment < n_segments
+    membership = sp.csr_matrix((np.ones(int(known.sum()), np.float32), (segment[known], np.flatnonzero(known))),
+                               shape=(n_segments, len(model.user_ids)))
+    counts = np.asarray((membership @ model.train).todense())  # (segments, items)
+    prior = model.item_popularity / max(1.0, float(model.item_popularity.sum()))
+    totals = counts.sum(axis=1, keepdims=True)
+    return (((counts + alpha * prior[None, :]) / (totals + alpha)).astype(np.float32), prior.astype(np.float32))
