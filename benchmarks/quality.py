@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from models.base import library_versions
+from benchmarks import peers as peer_models
+from models.base import Recommender, library_versions
 from recsys import db
+from recsys.errors import ConfigError
 from recsys.settings import Settings
 from tasks import ingest
 from tasks.evaluate import cold_slices, evaluate_models
-from tasks.features import Frames, load_frames
+from tasks.features import Frames, build_features, load_frames
 from tasks.generate import GeneratorConfig, generate
 from tasks.metrics import Catalog, map_full, ndcg, precision, ranked_lists, recall
 from tasks.sources import movielens_specs, synthetic_specs
@@ -63,7 +65,18 @@ def load_synthetic(seed: int = 42) -> Frames:
             return load_frames(con)
 
 
-def protocol_w(frames: Frames, names, settings: Settings, log) -> dict:
+def fit_peers(names: list[str], frames: Frames, train: pl.DataFrame, seed: int, log) -> dict[str, Recommender]:
+    """LightFM and implicit ALS fitted on exactly what our models are fitted on (``benchmarks/peers.py``)."""
+    uf, itf = build_features(frames, train)
+    fitted = {}
+    for name in names:
+        started = time.perf_counter()
+        fitted[name] = peer_models.PEER_CLASSES[name]().fit(train, uf, itf, seed=seed)
+        log(f"  fitted {name:20} (peer) in {time.perf_counter() - started:6.1f} s")
+    return fitted
+
+
+def protocol_w(frames: Frames, names, settings: Settings, log, peers: tuple[str, ...] = ()) -> dict:
     split = stratified_split(frames.interactions, ratio=0.75, seed=42, by="user")
     started = time.perf_counter()
     # The hybrid's warm bucket is tuned on validation shaped like this protocol's test: a random quarter of
@@ -71,6 +84,7 @@ def protocol_w(frames: Frames, names, settings: Settings, log) -> dict:
     models = {name: model for name, model in fit_tuned(names, frames, split.train, settings, label="protocol W",
                                                        log=log, warm_truth="random", warm_truth_share=0.25).items()
               if name in names}
+    models.update(fit_peers(list(peers), frames, split.train, settings.seed, log))
     results = {}
     users = np.sort(split.test["user_id"].unique().to_numpy())
     for name, model in models.items():
@@ -87,7 +101,7 @@ def protocol_w(frames: Frames, names, settings: Settings, log) -> dict:
             "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
-def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log) -> dict:
+def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log, peers: tuple[str, ...] = ()) -> dict:
     per_seed = []
     started = time.perf_counter()
     for seed in seeds:
@@ -96,7 +110,10 @@ def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log)
         models = {name: model for name, model in fit_tuned(names, frames, split.train, seeded,
                                                            label=f"protocol C, seed {seed}", log=log).items()
                   if name in names}
+        models.update(fit_peers(list(peers), frames, split.train, seed, log))
         metrics = evaluate_models(models, cold_slices(split), (10,), seed, settings.bootstrap_samples)
+        # ALS has no representation for a user with no interactions: its k = 0 lists would be tie order.
+        metrics = metrics.filter(~((pl.col("model") == "implicit_als") & (pl.col("k_shot") == 0)))
         per_seed.append(metrics.with_columns(seed=pl.lit(seed)))
     all_metrics = pl.concat(per_seed)
     table = (all_metrics.filter(pl.col("metric").is_in(["ndcg", "ndcg_lift"]))
@@ -146,8 +163,12 @@ def format_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protocols=("w", "c"), log=print) -> dict:
+def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protocols=("w", "c"), log=print,
+        peers: bool = False) -> dict:
     started = time.perf_counter()
+    if peers and peer_models.missing():
+        raise ConfigError(f"--peers needs {', '.join(peer_models.missing())}: {peer_models.INSTALL_HINT}")
+    peer_names = peer_models.PEERS if peers else ()
     settings = Settings(epochs=epochs, bootstrap_samples=500)
     if dataset == "ml-100k":
         path = Path(path or os.environ.get("RECSYS_ML100K_DIR", "../shared/datasets/ml-100k"))
@@ -159,15 +180,16 @@ def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protoco
                     "versions": library_versions(), "settings": settings.model_dump(mode="json",
                                                                                      exclude={"sql_dir", "expectations_dir", "home"})}
     if "w" in protocols:
-        result["w"] = protocol_w(frames, names, settings, log)
+        result["w"] = protocol_w(frames, names, settings, log, peer_names)
     if "c" in protocols:
-        result["c"] = protocol_c(frames, names, settings, list(range(seeds)), log)
+        result["c"] = protocol_c(frames, names, settings, list(range(seeds)), log, peer_names)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     return result
 
 
 def main(args) -> int:
-    result = run(args.dataset, Path(args.path) if args.path else None, args.seeds, args.models, args.epochs)
+    result = run(args.dataset, Path(args.path) if args.path else None, args.seeds, args.models, args.epochs,
+                 peers=args.peers)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))

@@ -268,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     qual.add_argument("--seeds", type=int, default=5, help="seeds of protocol C (cold)")
     qual.add_argument("--models", nargs="+", help="models (default: all)")
     qual.add_argument("--epochs", type=int, default=30, help="two-tower epochs (early stopping applies)")
+    qual.add_argument("--peers", action="store_true",
+                      help="also run LightFM and implicit ALS on the same splits (pip install '.[peers]')")
     qual.set_defaults(func=cmd_benchmark)
     return parser
 

@@ -1,0 +1,138 @@
+"""Peers for the quality benchmark: LightFM and implicit's ALS, run on the benchmark's own splits.
+
+    pip install '.[peers]'          # rectools-lightfm (a maintained LightFM build) and implicit
+    recsys benchmark quality --peers ...
+
+Each peer is a :class:`models.base.Recommender`, so it is fitted on exactly the training interactions and
+features our models get, scored blockwise by the same code, masked and tie-broken the same way, and measured
+by the same metric code: a row of the table, not a number copied from a paper. They are benchmark-only:
+nothing in the nightly imports them.
+
+- ``lightfm``: LightFM with WARP loss, user features = id + demographics (gender, age bucket, occupation),
+  item features = id + genres. Users not seen in training are represented by their demographics alone (also
+  when they have revealed k items: LightFM has no fold-in), which is how LightFM serves cold users.
+- ``implicit_als``: implicit's ALS on the binary interaction matrix. Users not seen in training are folded
+  in from their revealed items (``recalculate_user``); with none (k = 0) it cannot rank and is not reported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.base import Recommender, UserBlock
+
+INSTALL_HINT = "the peers are an optional extra: pip install '.[peers]' (rectools-lightfm and implicit)"
+PEERS = ("lightfm", "implicit_als")
+
+
+def missing() -> list[str]:
+    """Peer libraries that are not installed."""
+    return [package for package, module in (("rectools-lightfm", "lightfm"), ("implicit", "implicit"))
+            if importlib.util.find_spec(module) is None]
+
+
+class _Pickled(Recommender):
+    """Peers keep their fitted state in one library object, saved as a pickle."""
+
+    state: tuple[str, ...] = ()
+
+    def _save_state(self, path: Path) -> None:
+        with open(path / "peer.pkl", "wb") as f:
+            pickle.dump({key: getattr(self, key) for key in self.state}, f)
+
+    def _load_state(self, path: Path) -> None:
+        with open(path / "peer.pkl", "rb") as f:
+            for key, value in pickle.load(f).items():
+                setattr(self, key, value)
+
+
+class LightFMPeer(_Pickled):
+    name = "lightfm"
+    state = ("item_biases", "item_embeddings", "model")
+
+    @classmethod
+    def default_params(cls) -> dict:
+        return {"no_components": 64, "loss": "warp", "learning_rate": 0.05, "epochs": 30, "item_alpha": 1e-6,
+                "user_alpha": 1e-6, "num_threads": 2}
+
+    def _demographic_offsets(self) -> np.ndarray:
+        sizes = [len(self.vocab[c]) for c in self.vocab]
+        return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if sizes else np.zeros(0, np.int64)
+
+    def _user_features(self, train_rows: np.ndarray, demographics: np.ndarray) -> sp.csr_matrix:
+        """Rows of [user id one-hot | demographic one-hots], normalised to sum 1 (LightFM's own convention)."""
+        n_ids = len(self.user_ids)
+        width = n_ids + sum(len(self.vocab[c]) for c in self.vocab)
+        rows, cols = [], []
+        known = np.flatnonzero(train_rows >= 0)
+        rows.append(known)
+        cols.append(train_rows[known])
+        offsets = self._demographic_offsets()
+        for j in range(demographics.shape[1]):
+            rows.append(np.arange(len(train_rows)))
+            cols.append(n_ids + offsets[j] + demographics[:, j])
+        r, c = np.concatenate(rows), np.concatenate(cols)
+        m = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(len(train_rows), width))
+        return sp.diags(1.0 / np.maximum(np.asarray(m.sum(axis=1)).ravel(), 1.0)) @ m
+
+    def _item_features(self) -> sp.csr_matrix:
+        features = sp.hstack([sp.identity(len(self.item_ids), dtype=np.float32, format="csr"),
+                              sp.csr_matrix(self.item_genres)]).tocsr()
+        return sp.diags(1.0 / np.maximum(np.asarray(features.sum(axis=1)).ravel(), 1.0)) @ features
+
+    def _fit(self, seed: int) -> None:
+        from lightfm import LightFM  # optional peer library (pip install '.[peers]')
+
+        p = self.params
+        fidx = np.clip(np.searchsorted(self.feature_user_ids, self.user_ids), 0, max(len(self.feature_user_ids) - 1, 0))
+        has = (len(self.feature_user_ids) > 0) & (self.feature_user_ids[fidx] == self.user_ids)
+        demographics = np.where(has[:, None], self.user_demographics[fidx], 0).astype(np.int64)
+        user_features = self._user_features(np.arange(len(self.user_ids)), demographics)
+        item_features = self._item_features()
+        self.model = LightFM(no_components=p["no_components"], loss=p["loss"], learning_rate=p["learning_rate"],
+                             item_alpha=p["item_alpha"], user_alpha=p["user_alpha"], random_state=seed)
+        self.model.fit(self.train.tocoo(), user_features=user_features, item_features=item_features,
+                       epochs=p["epochs"], num_threads=p["num_threads"])
+        self.item_biases, self.item_embeddings = self.model.get_item_representations(item_features)
+
+    def score_block(self, users: UserBlock) -> np.ndarray:
+        features = self._user_features(users.train_rows, users.demographics.astype(np.int64))
+        biases, embeddings = self.model.get_user_representations(features)
+        return (embeddings @ self.item_embeddings.T + biases[:, None] + self.item_biases[None, :]).astype(np.float32)
+
+
+class ImplicitALSPeer(_Pickled):
+    name = "implicit_als"
+    state = ("model",)
+
+    @classmethod
+    def default_params(cls) -> dict:
+        # Chosen on a validation split inside protocol W's training fold (nDCG@10 0.276; 64 factors, l2 0.05: 0.211).
+        return {"factors": 24, "regularization": 30.0, "alpha": 4.0, "iterations": 15}
+
+    def _fit(self, seed: int) -> None:
+        from implicit.cpu.als import AlternatingLeastSquares  # optional peer library (pip install '.[peers]')
+        from threadpoolctl import threadpool_limits  # comes with implicit
+
+        p = self.params
+        self.model = AlternatingLeastSquares(factors=p["factors"], regularization=p["regularization"],
+                                             alpha=p["alpha"], iterations=p["iterations"], random_state=seed)
+        with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS threads under it slow it down
+            self.model.fit(self.train.tocsr(), show_progress=False)
+
+    def score_block(self, users: UserBlock) -> np.ndarray:
+        factors = np.zeros((len(users.user_ids), self.model.factors), dtype=np.float32)
+        known = users.train_rows >= 0
+        factors[known] = self.model.user_factors[users.train_rows[known]]
+        fold_in = np.flatnonzero(~known & (users.history_length > 0))  # from their revealed items
+        if len(fold_in):
+            factors[fold_in] = self.model.recalculate_user(fold_in, users.history[fold_in].tocsr())
+        return factors @ self.model.item_factors.T
+
+
+PEER_CLASSES: dict[str, type[Recommender]] = {cls.name: cls for cls in (LightFMPeer, ImplicitALSPeer)}
