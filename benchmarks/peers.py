@@ -57,7 +57,8 @@ class LightFMPeer(_Pickled):
 
     @classmethod
     def default_params(cls) -> dict:
-        return {"no_components": 64, "loss": "warp", "learning_rate": 0.05, "epochs": 30, "item_alpha": 1e-6,
+        # 60 epochs: chosen on a validation split inside protocol W's training fold (nDCG@10 0.239; 30: 0.199).
+        return {"no_components": 64, "loss": "warp", "learning_rate": 0.05, "epochs": 60, "item_alpha": 1e-6,
                 "user_alpha": 1e-6, "num_threads": 2}
 
     def _demographic_offsets(self) -> np.ndarray:
