@@ -121,9 +121,9 @@ class ImplicitALSPeer(_Pickled):
         from threadpoolctl import threadpool_limits  # comes with implicit
 
         p = self.params
-        self.model = AlternatingLeastSquares(factors=p["factors"], regularization=p["regularization"],
-                                             alpha=p["alpha"], iterations=p["iterations"], random_state=seed)
         with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS threads under it slow it down
+            self.model = AlternatingLeastSquares(factors=p["factors"], regularization=p["regularization"],
+                                                 alpha=p["alpha"], iterations=p["iterations"], random_state=seed)
             self.model.fit(self.train.tocsr(), show_progress=False)
 
     def score_block(self, users: UserBlock) -> np.ndarray:

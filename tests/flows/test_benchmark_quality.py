@@ -14,7 +14,8 @@ pytestmark = pytest.mark.ml100k
 
 def test_reduced_quality_benchmark_writes_every_number(ml100k_dir, tmp_path, capsys):
     out = tmp_path / "quality.json"
-    args = Namespace(dataset="ml-100k", path=str(ml100k_dir), out=str(out), seeds=1, models=None, epochs=10)
+    args = Namespace(dataset="ml-100k", path=str(ml100k_dir), out=str(out), seeds=1, models=None, epochs=10,
+                     peers=False)
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert set(result["w"]["results"]) == {"popularity", "segment_popularity", "item_knn", "ease", "two_tower",
@@ -25,5 +26,17 @@ def test_reduced_quality_benchmark_writes_every_number(ml100k_dir, tmp_path, cap
     assert {"versions", "wall_seconds", "settings"} <= result.keys()
     # A sanity floor, not the target: real CF on ML-100k is far above popularity on the warm protocol.
     assert result["w"]["results"]["ease"]["ndcg"] > result["w"]["results"]["popularity"]["ndcg"] + 0.1
+    warm = result["w"]["hybrid_tuning"]["warm"]  # tuned on a random holdout, like protocol W's test
+    assert warm["users"] > 500 and warm["chosen"] in ("blend", f"{warm['best_component']} alone")
     printed = capsys.readouterr().out
     assert "Protocol W" in printed and "Protocol C" in printed and "MSR BiVAE" in printed
+
+
+def test_peers_that_are_not_installed_are_named_with_the_command_that_installs_them(monkeypatch):
+    from benchmarks import peers
+    from benchmarks.quality import run
+    from recsys.errors import ConfigError
+
+    monkeypatch.setattr(peers, "missing", lambda: ["implicit"])
+    with pytest.raises(ConfigError, match=r"--peers needs implicit: .*pip install '\.\[peers\]'"):
+        run("synthetic", None, 1, None, 1, peers=True)
