@@ -107,16 +107,21 @@ def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log,
     for seed in seeds:
         seeded = settings.model_copy(update={"seed": seed})
         split = cold_user_split(frames.interactions, settings.cold_user_fraction, settings.k_shots, seed)
+        ablate = "two_tower" if {"hybrid", "two_tower"} <= set(names) else None  # what the deep model adds
         models = {name: model for name, model in fit_tuned(names, frames, split.train, seeded,
-                                                           label=f"protocol C, seed {seed}", log=log).items()
-                  if name in names}
+                                                           label=f"protocol C, seed {seed}", log=log,
+                                                           ablate=ablate).items()
+                  if name in names or name == f"hybrid_without_{ablate}"}
         models.update(fit_peers(list(peers), frames, split.train, seed, log))
-        metrics = evaluate_models(models, cold_slices(split), (10,), seed, settings.bootstrap_samples)
+        comparisons = ((("hybrid", f"hybrid_without_{ablate}"),) if ablate else ())
+        metrics = evaluate_models(models, cold_slices(split), (10,), seed, settings.bootstrap_samples,
+                                  comparisons=comparisons)
         # ALS has no representation for a user with no interactions: its k = 0 lists would be tie order.
         metrics = metrics.filter(~((pl.col("model") == "implicit_als") & (pl.col("k_shot") == 0)))
         per_seed.append(metrics.with_columns(seed=pl.lit(seed)))
     all_metrics = pl.concat(per_seed)
-    table = (all_metrics.filter(pl.col("metric").is_in(["ndcg", "ndcg_lift"]))
+    table = (all_metrics.filter(pl.col("metric").is_in(["ndcg", "ndcg_lift"])
+                                | pl.col("metric").str.starts_with("ndcg_lift_over_"))
              .group_by("model", "metric", "k_shot")
              .agg(value=pl.col("value").mean(), ci_low=pl.col("ci_low").mean(), ci_high=pl.col("ci_high").mean(),
                   seed_std=pl.col("value").std(), seeds_ci_above_zero=(pl.col("ci_low") > 0).sum(),
@@ -152,13 +157,23 @@ def format_tables(result: dict) -> str:
         lines += ["", f"Protocol C (cold users, seeds {c['seeds']}): nDCG@10 [mean 95% CI over seeds]"]
         rows = [r for r in c["table"] if r["metric"] == "ndcg"]
         ks = sorted({r["k_shot"] for r in rows})
-        lines.append(f"  {'model':20} " + " ".join(f"{'k=' + str(k):>22}" for k in ks))
+        lines.append(f"  {'model':26} " + " ".join(f"{'k=' + str(k):>22}" for k in ks))
         for model in sorted({r["model"] for r in rows}):
             cells = {r["k_shot"]: r for r in rows if r["model"] == model}
-            lines.append(f"  {model:20} " + " ".join(
+            lines.append(f"  {model:26} " + " ".join(
                 f"{cells[k]['value']:.4f} [{cells[k]['ci_low']:.3f},{cells[k]['ci_high']:.3f}]".rjust(22)
                 for k in ks))
         lines.append(f"  beats popularity at k=0 (CI > 0): {c['models_beating_popularity_at_k0_ci_excluding_zero']}")
+        for label, metric, model in (("hybrid's lift over popularity", "ndcg_lift", "hybrid"),
+                                     ("what the two-tower adds to the hybrid", "ndcg_lift_over_hybrid_without_two_tower",
+                                      "hybrid")):
+            cells = sorted((r for r in c["table"] if r["metric"] == metric and r["model"] == model),
+                           key=lambda r: r["k_shot"])
+            if cells:
+                lines.append(f"  {label} (paired, mean of seeds; seeds with CI > 0):")
+                lines.append("    " + "  ".join(
+                    f"k={r['k_shot']} {r['value']:+.1%} [{r['ci_low']:+.1%},{r['ci_high']:+.1%}] {r['seeds_ci_above_zero']}/"
+                    f"{len(c['seeds'])}" for r in cells))
         lines.append(f"  hybrid below popularity at k: {c['hybrid_below_popularity_at_k'] or 'never'}")
     return "\n".join(lines)
 

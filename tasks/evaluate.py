@@ -51,8 +51,12 @@ METRIC_COLUMNS = {"run_id": pl.String, "split": pl.String, "k_shot": pl.Int32, "
 def evaluate_models(
     models: dict[str, Recommender], slices: list[Slice], ks: tuple[int, ...], seed: int, n_boot: int,
     baseline: str = "popularity", run_id: str = "", max_users: int | None = None,
+    comparisons: tuple[tuple[str, str], ...] = (),
 ) -> pl.DataFrame:
     """Every metric at every K for every model on every slice, plus lift over ``baseline``.
+
+    ``comparisons``: (model, reference) pairs that also get the paired lift of model over reference, as
+    metric ``<metric>_lift_over_<reference>`` (an ablation: the hybrid over the hybrid without a component).
 
     ``max_users`` evaluates a seeded random sample of a slice's users (bounded cost at 100k+ users; the
     bootstrap CIs then reflect the sample size).
@@ -93,6 +97,13 @@ def evaluate_models(
                                                     per_model[baseline][(metric, k)], resamples)
                         rows.append((run_id, s.split, s.k_shot, name, f"{metric}_lift", k, value, lo, hi,
                                      len(users), s.excluded_users))
+        for name, reference in comparisons:
+            for k in ks:
+                for metric in ACCURACY_METRICS:
+                    value, lo, hi = paired_lift(per_model[name][(metric, k)], per_model[reference][(metric, k)],
+                                                resamples)
+                    rows.append((run_id, s.split, s.k_shot, name, f"{metric}_lift_over_{reference}", k, value, lo,
+                                 hi, len(users), s.excluded_users))
     return pl.DataFrame(rows, schema=METRIC_COLUMNS, orient="row")
 
 

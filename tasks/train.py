@@ -80,7 +80,7 @@ def hybrid_weights(models: dict[str, Recommender]) -> dict | None:
 
 def fit_tuned(
     names: list[str] | tuple[str, ...], frames: Frames, train: pl.DataFrame, settings: Settings, label: str = "",
-    log=print, warm_truth: str = "latest", warm_truth_share: float = WARM_TRUTH_SHARE,
+    log=print, warm_truth: str = "latest", warm_truth_share: float = WARM_TRUTH_SHARE, ablate: str | None = None,
 ) -> dict[str, Recommender]:
     """Fit ``names`` on ``train``; a hybrid's weights are tuned first on validation users carved from it.
 
@@ -88,17 +88,32 @@ def fit_tuned(
     evaluation and production folds, for callers that have only one fold (the quality benchmark, ``recsys
     train``). The tuning fold is thrown away, so half the users lend a share of their interactions to the
     warm bucket's validation (``warm_truth``, ``warm_truth_share``: the shape of the warm test it is for).
+    ``ablate``: a component; also returns ``hybrid_without_<it>``, the blend of the other components tuned on
+    the same validation users, from the same fits (the ablation of what that component adds).
     """
-    weights = None
+    weights, lesser = None, None
     if "hybrid" in names:
         fold = carve_validation(train, max(settings.validation_user_fraction, TUNING_FOLD_COLD_SHARE), settings.seed,
                                 warm_truth=warm_truth,
                                 warm_truth_share=warm_truth_share, warm_share=TUNING_FOLD_WARM_SHARE)
         uf, itf = build_features(frames, fold.train)
-        weights = hybrid_weights(fit_models(["hybrid"], fold.train, uf, itf, settings, validation=fold.cases,
-                                            fold=f"{label + ', ' if label else ''}hybrid tuning fold", log=log))
+        tuned = fit_models(["hybrid"], fold.train, uf, itf, settings, validation=fold.cases,
+                           fold=f"{label + ', ' if label else ''}hybrid tuning fold", log=log)
+        weights = hybrid_weights(tuned)
+        if ablate:
+            lesser = _without(ablate, tuned).use_validation(fold.cases).fit(fold.train, uf, itf, seed=settings.seed)
     uf, itf = build_features(frames, train)
-    return fit_models(names, train, uf, itf, settings, weights=weights, fold=label, log=log)
+    fitted = fit_models(names, train, uf, itf, settings, weights=weights, fold=label, log=log)
+    if lesser is not None:
+        fitted[f"hybrid_without_{ablate}"] = _without(ablate, fitted).use_weights(lesser.weights, lesser.tuning).fit(
+            train, uf, itf, seed=settings.seed)
+    return fitted
+
+
+def _without(component: str, fitted: dict[str, Recommender]) -> Hybrid:
+    """A hybrid of the fitted components but ``component``."""
+    components = [c for c in build("hybrid").params["components"] if c != component]
+    return build("hybrid", components=components).use_components(fitted)
 
 
 def save_models(models: dict[str, Recommender], folder: Path) -> dict[str, Path]:

@@ -23,6 +23,10 @@ def test_reduced_quality_benchmark_writes_every_number(ml100k_dir, tmp_path, cap
     assert result["w"]["reference"] == MSR_ML100K
     ks = {row["k_shot"] for row in result["c"]["table"]}
     assert ks == {0, 1, 3, 5, 10, 20}
+    # The ablation: the hybrid against itself without the deep model, paired, at every k.
+    ablation = [r for r in result["c"]["table"] if r["metric"] == "ndcg_lift_over_hybrid_without_two_tower"]
+    assert {r["k_shot"] for r in ablation} == ks and all(r["model"] == "hybrid" for r in ablation)
+    assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in ablation)
     assert {"versions", "wall_seconds", "settings"} <= result.keys()
     # A sanity floor, not the target: real CF on ML-100k is far above popularity on the warm protocol.
     assert result["w"]["results"]["ease"]["ndcg"] > result["w"]["results"]["popularity"]["ndcg"] + 0.1
