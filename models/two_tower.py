@@ -1,6 +1,6 @@
 """A two-tower deep model in plain Keras 3 (``keras.ops``, no TFRS) that can serve users with no history.
 
-User tower: user-id embedding + demographic embeddings + a bag of the user's known items (mean of item
+User tower: user-id embedding + gender and age embeddings + a bag of the user's known items (mean of item
 embeddings) -> MLP. Item tower: item-id embedding + genres + release decade + log popularity -> MLP.
 Trained with in-batch softmax (accidental hits masked). DropoutNet-style training: the user id is replaced
 by the out-of-vocabulary id and the bag is shortened or emptied at random, so the tower learns to rank
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from models.base import DEMOGRAPHIC_COLUMNS, Recommender, UserBlock
-from models.popularity import segment_of, segment_table, training_demographics
+from models.popularity import training_demographics
 from recsys import progress
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -33,20 +33,17 @@ N_DECADES = 16  # 0 = unknown, 1 = before 1910 ... 15 = 2030s
 @keras.saving.register_keras_serializable(package="recsys")
 class TwoTowerNet(keras.Model):
     def __init__(self, n_users, n_items, demo_sizes, item_genres, item_decade, item_logpop, item_logq,
-                 log_prior, dim=64, hidden=128, temperature=0.05, full_softmax=True, gate=True, **kwargs):
+                 dim=64, hidden=128, temperature=0.05, full_softmax=True, **kwargs):
         super().__init__(**kwargs)
         self.config_ = {"n_users": int(n_users), "n_items": int(n_items), "demo_sizes": [int(s) for s in demo_sizes],
                         "dim": int(dim), "hidden": int(hidden), "temperature": float(temperature),
-                        "full_softmax": bool(full_softmax), "gate": bool(gate)}
+                        "full_softmax": bool(full_softmax)}
         self.full_softmax = bool(full_softmax)
         self.temperature = float(temperature)
         self.user_id = keras.layers.Embedding(n_users + 1, dim, name="user_id")  # 0 = unknown user
         self.demo = [keras.layers.Embedding(size, 16, name=f"demo_{k}") for k, size in enumerate(demo_sizes)]
         self.bag_items = keras.layers.Embedding(n_items + 1, dim, name="bag_items")  # 0 = padding
         self.user_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
-        # Confidence: the user vector's length in [0, 1], learned from the same inputs. A user the tower knows
-        # little about (no id, no history) can fall back to the bias and prior instead of a confident guess.
-        self.gate = keras.layers.Dense(1, activation="sigmoid", name="confidence") if gate else None
         self.item_id = keras.layers.Embedding(n_items, dim, name="item_id")
         self.decade = keras.layers.Embedding(N_DECADES, 8, name="decade")
         self.item_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
@@ -61,13 +58,6 @@ class TwoTowerNet(keras.Model):
         # log of each item's sampling probability as an in-batch negative (logQ correction, Yi et al. 2019):
         # without it in-batch softmax learns p(i|u)/p(i) and buries popular items.
         self.logq = ops.convert_to_tensor(np.asarray(item_logq, dtype="float32"))
-        # The wide part: a fixed log prior per (demographic segment, item), segment popularity shrunk towards
-        # global (a row per segment, the last for unknown demographics). The towers learn what a user's id
-        # and history add to what their segment already says, so a user with no history starts from the
-        # segment's ranking instead of from a demographics-only embedding that saw few such examples.
-        prior = np.asarray(log_prior, dtype="float32")
-        self.n_items_ = int(prior.shape[1])
-        self.log_prior = ops.convert_to_tensor(prior.reshape(-1))
 
     def user_tower(self, user, demo, bag):
         parts = [self.user_id(user)]
@@ -76,9 +66,9 @@ class TwoTowerNet(keras.Model):
         bag_sum = ops.sum(self.bag_items(bag) * mask, axis=1)
         parts.append(bag_sum / ops.maximum(ops.sum(mask, axis=1), 1.0))
         x = ops.concatenate(parts, axis=-1)
-        hidden = self.user_mlp[0](x)
-        direction = ops.normalize(self.user_mlp[1](hidden), axis=-1)
-        return direction if self.gate is None else direction * self.gate(hidden)
+        for layer in self.user_mlp:
+            x = layer(x)
+        return ops.normalize(x, axis=-1)
 
     def item_tower(self, item):
         x = ops.concatenate([
@@ -94,20 +84,15 @@ class TwoTowerNet(keras.Model):
     def bias(self, item):
         return ops.squeeze(self.item_bias(item) + self.bias_from_popularity(ops.take(self.logpop, item, axis=0)), -1)
 
-    def prior(self, segment, item):
-        """log prior of each (user's segment, item) pair: (batch, len(item))."""
-        return ops.take(self.log_prior, segment[:, None] * self.n_items_ + item[None, :], axis=0)
-
     def call(self, inputs):
         item = inputs["item"]
         u = self.user_tower(inputs["user"], inputs["demo"], inputs["bag"])
         if self.full_softmax:  # every item is a candidate: the label is the item index
             every = ops.arange(self.config_["n_items"], dtype="int32")
-            return (ops.matmul(u, ops.transpose(self.item_tower(every))) / self.temperature
-                    + self.bias(every)[None, :] + self.prior(inputs["segment"], every))
+            return ops.matmul(u, ops.transpose(self.item_tower(every))) / self.temperature + self.bias(every)[None, :]
         v = self.item_tower(item)
         logits = (ops.matmul(u, ops.transpose(v)) / self.temperature + self.bias(item)[None, :]
-                  + self.prior(inputs["segment"], item) - ops.take(self.logq, item, axis=0)[None, :])
+                  - ops.take(self.logq, item, axis=0)[None, :])
         # Mask accidental hits: the same item elsewhere in the batch is not a negative.
         same = ops.equal(item[:, None], item[None, :])
         eye = ops.eye(ops.shape(item)[0], dtype="bool")
@@ -137,12 +122,10 @@ class TwoTower(Recommender):
         return {"dim": 64, "hidden": 128, "temperature": 0.05, "epochs": 30, "batch_size": 1024,
                 "learning_rate": 3e-3, "bag_size": 20, "id_dropout": 0.5, "bag_dropout": 0.3,
                 "patience": 3, "validation_share": 0.05, "negatives": "auto",
-                # the wide part: log segment popularity (as segment_popularity) added to every logit
-                "prior": "segment", "prior_segment": ["gender", "age_bucket"], "prior_alpha": 50.0,
-                # What the user tower reads of a user's demographics. Occupation and zip region make the
-                # combination nearly unique (3k cells for 943 ML-100k users): the tower memorised users through
-                # it and ranked new users below popularity (zero-shot nDCG@10 0.504 -> 0.554 without them).
-                "user_demographics": ["gender", "age_bucket"], "gate": True,
+                # What the user tower reads of a user's demographics. With occupation and zip region the
+                # combination is nearly unique (3k cells for 943 ML-100k users): the tower memorised users
+                # through it and ranked new users below popularity (zero-shot nDCG@10 0.504 -> 0.554 without).
+                "user_demographics": ["gender", "age_bucket"],
                 # full softmax evaluates the item tower on the whole catalogue every step: worth it on small
                 # catalogues (ML-100k: 1,682 items), 5x slower a step than in-batch negatives at 6.7k items.
                 "full_softmax_max_items": 2_500,
@@ -156,7 +139,7 @@ class TwoTower(Recommender):
                 "max_examples_per_epoch": 1_000_000,
                 "example_budget": 4_000_000,
                 "warm_start_budget": 1_000_000,
-                "max_validation_examples": 100_000, "max_validation_users": 5_000, "early_stopping": "new_users",
+                "max_validation_examples": 100_000,
                 "verbose": 0}  # Keras progress: 0 quiet (a summary line per fit), 2 one line per epoch
 
     # -- training ------------------------------------------------------------------------------------------
@@ -171,34 +154,19 @@ class TwoTower(Recommender):
         logpop = (logpop - logpop.mean()) / (logpop.std() + 1e-6)
         logq = np.log((self.item_popularity + 1.0) / (self.item_popularity.sum() + len(self.item_popularity)))
         net = TwoTowerNet(len(self.user_ids), len(self.item_ids), [len(self.vocab[c]) for c in self.vocab],
-                          self.item_genres, _decade(self.item_year), logpop, logq, self._log_prior(),
-                          dim=self.params["dim"],
+                          self.item_genres, _decade(self.item_year), logpop, logq, dim=self.params["dim"],
                           hidden=self.params["hidden"], temperature=self.params["temperature"],
-                          full_softmax=self._full_softmax(), gate=self.params["gate"])
+                          full_softmax=self._full_softmax())
         dummy = {"user": np.zeros(2, "int32"), "demo": np.zeros((2, len(self.vocab)), "int32"),
-                 "segment": np.zeros(2, "int32"),
                  "bag": np.zeros((2, self.params["bag_size"]), "int32"), "item": np.arange(2, dtype="int32") % max(
                      1, len(self.item_ids))}
         net(dummy)
         return net
 
-    def _log_prior(self) -> np.ndarray:
-        """(segments + 1, items) log segment popularity, floored at a tenth of uniform; zeros without a prior."""
-        if self.params["prior"] == "none":
-            return np.zeros((1, len(self.item_ids)), dtype=np.float32)
-        table, global_scores = segment_table(self, list(self.params["prior_segment"]), float(self.params["prior_alpha"]))
-        floor = 0.1 / max(len(self.item_ids), 1)
-        return np.log(np.vstack([table, global_scores[None, :]]) + floor).astype(np.float32)
-
     def _tower_demographics(self, demographics: np.ndarray) -> np.ndarray:
         """The demographic codes the user tower reads: columns not in ``user_demographics`` read as unknown."""
         used = [c in self.params["user_demographics"] for c in DEMOGRAPHIC_COLUMNS]
         return np.where(np.array(used)[None, :], demographics, 0).astype(np.int32)
-
-    def _segments(self, demographics: np.ndarray) -> np.ndarray:
-        if self.params["prior"] == "none":
-            return np.zeros(len(demographics), dtype=np.int32)
-        return segment_of(self, demographics, list(self.params["prior_segment"])).astype(np.int32)
 
     def _fit(self, seed: int) -> None:
         import tensorflow as tf
@@ -209,35 +177,19 @@ class TwoTower(Recommender):
         coo = self.train.tocoo()
         users, items = coo.row.astype(np.int32), coo.col.astype(np.int32)
         rng = np.random.default_rng(seed)
-        # Early stopping on held-out users, served as the tower serves a new user (no id; a bag of some of
-        # their items, or none): held-out interactions of training users cannot see the tower memorising
-        # users through their demographics or bags, which is what made it worse than popularity for new
-        # users. Their interactions are not trained on and their ids stay untrained (served without id).
-        # ``early_stopping="interactions"``: a random share of all interactions instead (ids all trained).
-        n_users = len(self.user_ids)
-        held_out = np.zeros(n_users, dtype=bool)
-        new_users = p["early_stopping"] == "new_users"
-        if new_users:
-            n_val = min(int(round(n_users * p["validation_share"])), int(p["max_validation_users"]))
-            if n_users > 1 and n_val > 0:
-                held_out[rng.choice(n_users, size=n_val, replace=False)] = True
-            is_train = ~held_out[users]
-        else:
-            is_train = rng.random(len(users)) >= p["validation_share"]
-        val_rows = np.flatnonzero(~is_train)
-        if len(val_rows) > p["max_validation_examples"]:  # validation stays cheap at 20 M
-            val_rows = np.sort(rng.choice(val_rows, size=int(p["max_validation_examples"]), replace=False))
-        self.id_trained = ~held_out
+        # Held-out examples for early stopping: a share, capped so validation stays cheap at 20 M.
+        val_share = min(p["validation_share"], p["max_validation_examples"] / max(len(users), 1))
+        is_val = rng.random(len(users)) < val_share
         self.train_demographics = self._tower_demographics(training_demographics(self))
 
-        batch = int(min(p["batch_size"], max(2, is_train.sum())))
+        batch = int(min(p["batch_size"], max(2, (~is_val).sum())))
         self.net = self._build_net()
         warm = self._continue_from(getattr(self, "_previous", None))
-        per_epoch = min(int(is_train.sum()), int(p["max_examples_per_epoch"]))
+        per_epoch = min(int((~is_val).sum()), int(p["max_examples_per_epoch"]))
         budget = int(p["warm_start_budget"] if warm else p["example_budget"])
         epochs = max(1, min(int(p["epochs"]), budget // max(per_epoch, 1)))
         steps = max(1, per_epoch // batch)
-        train_ds = self._dataset(users[is_train], items[is_train], batch, seed, shuffle=True, epochs=epochs,
+        train_ds = self._dataset(users[~is_val], items[~is_val], batch, seed, shuffle=True, epochs=epochs,
                                  steps=steps)
         last = {"loss": ""}
 
@@ -249,9 +201,8 @@ class TwoTower(Recommender):
 
         callbacks = [keras.callbacks.LambdaCallback(on_epoch_begin=epoch_started, on_epoch_end=epoch_ended)]
         val_ds = None
-        if len(val_rows) >= batch:
-            val_ds = self._dataset(users[val_rows], items[val_rows], batch, seed + 1, shuffle=False,
-                                   new_users=new_users)
+        if is_val.sum() >= batch:
+            val_ds = self._dataset(users[is_val], items[is_val], batch, seed + 1, shuffle=False)
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=p["patience"],
                                                            restore_best_weights=True))
         self.net.compile(optimizer=keras.optimizers.Adam(p["learning_rate"]),
@@ -282,8 +233,7 @@ class TwoTower(Recommender):
     def _continue_from(self, previous: TwoTower | None) -> bool:
         if previous is None or not isinstance(previous, TwoTower):
             return False
-        same = all(previous.params[k] == self.params[k] for k in ("dim", "hidden", "bag_size", "temperature", "prior",
-                                                                    "gate"))
+        same = all(previous.params[k] == self.params[k] for k in ("dim", "hidden", "bag_size", "temperature"))
         if not same or previous.vocab != self.vocab or previous._full_softmax() != self._full_softmax():
             return False
         new, old = self.net, previous.net
@@ -298,16 +248,14 @@ class TwoTower(Recommender):
             table[reserved:][known] = earlier[rows[known] + reserved]
             table[:reserved] = earlier[:reserved]
             layer.embeddings.assign(table)
-        carried = [*new.demo, *new.user_mlp, *new.item_mlp, new.decade, new.bias_from_popularity]
-        earlier = [*old.demo, *old.user_mlp, *old.item_mlp, old.decade, old.bias_from_popularity]
-        if new.gate is not None:
-            carried, earlier = [*carried, new.gate], [*earlier, old.gate]
-        for layer, before in zip(carried, earlier, strict=True):
+        for layer, before in zip([*new.demo, *new.user_mlp, *new.item_mlp, new.decade, new.bias_from_popularity],
+                                 [*old.demo, *old.user_mlp, *old.item_mlp, old.decade, old.bias_from_popularity],
+                                 strict=True):
             layer.set_weights(before.get_weights())
         return True
 
     def _dataset(self, users: np.ndarray, items: np.ndarray, batch: int, seed: int, shuffle: bool,
-                 epochs: int = 1, steps: int = 0, new_users: bool = False):
+                 epochs: int = 1, steps: int = 0):
         """tf.data: (user, item) pairs -> batches with sampled bags and DropoutNet-style id/bag dropout.
 
         Training batches come from a fresh random permutation each epoch (the first ``steps`` batches of
@@ -320,7 +268,6 @@ class TwoTower(Recommender):
         indptr = tf.constant(self.train.indptr.astype(np.int64))
         indices = tf.constant(self.train.indices.astype(np.int32))
         demo_table = tf.constant(self.train_demographics)
-        segment_table_ = tf.constant(self._segments(self.train_demographics))
         bag_size = int(p["bag_size"])
         full = self._full_softmax()
 
@@ -336,10 +283,8 @@ class TwoTower(Recommender):
             keep = keep & tf.not_equal(bag, (i + 1)[:, None])  # never the target itself
             keep = keep & (tf.random.uniform((n, 1), seed=seed + 2) >= p["bag_dropout"])
             bag = tf.where(keep, bag, 0)
-            id_dropout = 1.0 if new_users else p["id_dropout"]  # new users have no id
-            user = tf.where(tf.random.uniform((n,), seed=seed + 3) < id_dropout, 0, u + 1)
-            features = {"user": user, "demo": tf.gather(demo_table, u), "segment": tf.gather(segment_table_, u),
-                        "bag": bag, "item": i}
+            user = tf.where(tf.random.uniform((n,), seed=seed + 3) < p["id_dropout"], 0, u + 1)
+            features = {"user": user, "demo": tf.gather(demo_table, u), "bag": bag, "item": i}
             return features, (i if full else tf.range(n))
 
         if not shuffle:
@@ -362,7 +307,6 @@ class TwoTower(Recommender):
     # -- serving -------------------------------------------------------------------------------------------
 
     def _cache_item_embeddings(self) -> None:
-        self.log_prior = self._log_prior()
         chunks = [ops.convert_to_numpy(self.net.item_tower(np.arange(lo, min(lo + 8192, len(self.item_ids)),
                                                                      dtype="int32")))
                   for lo in range(0, len(self.item_ids), 8192)]
@@ -380,27 +324,21 @@ class TwoTower(Recommender):
         rows = np.repeat(np.arange(len(users.user_ids)), take)
         offsets = np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)
         bag[rows, offsets] = h.indices[np.repeat(h.indptr[:-1], take) + offsets] + 1
-        trained = users.train_rows >= 0
-        trained[trained] = self.id_trained[users.train_rows[trained]]  # held-out users are served without id
-        user = np.where(trained, users.train_rows + 1, 0).astype(np.int32)
+        user = np.where(users.train_rows >= 0, users.train_rows + 1, 0).astype(np.int32)
         emb = self.net.user_tower(user, self._tower_demographics(users.demographics), bag)
         return ops.convert_to_numpy(emb).astype(np.float32)
 
     def score_block(self, users: UserBlock) -> np.ndarray:
-        scores = self.user_embeddings(users) @ self.item_embeddings.T / self.net.temperature + self.item_biases[None, :]
-        scores += self.log_prior[self._segments(users.demographics)]
-        return scores
+        return self.user_embeddings(users) @ self.item_embeddings.T / self.net.temperature + self.item_biases[None, :]
 
     def _save_state(self, path: Path) -> None:
         self.net.save_weights(path / "two_tower.weights.h5")
         np.save(path / "train_demographics.npy", self.train_demographics)
-        np.save(path / "id_trained.npy", self.id_trained)
         (path / "training_history.json").write_text(json.dumps({**getattr(self, "history_", {}),
                                                                  "training": getattr(self, "training_", {})}))
 
     def _load_state(self, path: Path) -> None:
         self.train_demographics = np.load(path / "train_demographics.npy")
-        self.id_trained = np.load(path / "id_trained.npy")
         self.net = self._build_net()
         self.net.load_weights(path / "two_tower.weights.h5")
         self._cache_item_embeddings()
