@@ -161,8 +161,8 @@ def format_tables(result: dict) -> str:
         for model in sorted({r["model"] for r in rows}):
             cells = {r["k_shot"]: r for r in rows if r["model"] == model}
             lines.append(f"  {model:26} " + " ".join(
-                f"{cells[k]['value']:.4f} [{cells[k]['ci_low']:.3f},{cells[k]['ci_high']:.3f}]".rjust(22)
-                for k in ks))
+                (f"{cells[k]['value']:.4f} [{cells[k]['ci_low']:.3f},{cells[k]['ci_high']:.3f}]" if k in cells
+                 else "-").rjust(22) for k in ks))  # "-": not applicable (ALS cannot rank a user with no items)
         lines.append(f"  beats popularity at k=0 (CI > 0): {c['models_beating_popularity_at_k0_ci_excluding_zero']}")
         for label, metric, model in (("hybrid's lift over popularity", "ndcg_lift", "hybrid"),
                                      ("what the two-tower adds to the hybrid", "ndcg_lift_over_hybrid_without_two_tower",
