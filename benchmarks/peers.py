@@ -40,6 +40,7 @@ class _Pickled(Recommender):
     """Peers keep their fitted state in one library object, saved as a pickle."""
 
     state: tuple[str, ...] = ()
+    ranks_users_without_history = True  # False: its lists for a user with no items would be tie order
 
     def _save_state(self, path: Path) -> None:
         with open(path / "peer.pkl", "wb") as f:
@@ -90,10 +91,7 @@ class LightFMPeer(_Pickled):
         from lightfm import LightFM  # optional peer library (pip install '.[peers]')
 
         p = self.params
-        fidx = np.clip(np.searchsorted(self.feature_user_ids, self.user_ids), 0, max(len(self.feature_user_ids) - 1, 0))
-        has = (len(self.feature_user_ids) > 0) & (self.feature_user_ids[fidx] == self.user_ids)
-        demographics = np.where(has[:, None], self.user_demographics[fidx], 0).astype(np.int64)
-        user_features = self._user_features(np.arange(len(self.user_ids)), demographics)
+        user_features = self._user_features(np.arange(len(self.user_ids)), self.demographics_of(self.user_ids))
         item_features = self._item_features()
         self.model = LightFM(no_components=p["no_components"], loss=p["loss"], learning_rate=p["learning_rate"],
                              item_alpha=p["item_alpha"], user_alpha=p["user_alpha"], random_state=seed)
@@ -110,6 +108,7 @@ class LightFMPeer(_Pickled):
 class ImplicitALSPeer(_Pickled):
     name = "implicit_als"
     state = ("model",)
+    ranks_users_without_history = False  # a user with no interactions has no factors to fold in
 
     @classmethod
     def default_params(cls) -> dict:

@@ -116,8 +116,8 @@ def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log,
         comparisons = ((("hybrid", f"hybrid_without_{ablate}"),) if ablate else ())
         metrics = evaluate_models(models, cold_slices(split), (10,), seed, settings.bootstrap_samples,
                                   comparisons=comparisons)
-        # ALS has no representation for a user with no interactions: its k = 0 lists would be tie order.
-        metrics = metrics.filter(~((pl.col("model") == "implicit_als") & (pl.col("k_shot") == 0)))
+        mute = [name for name in peers if not peer_models.PEER_CLASSES[name].ranks_users_without_history]
+        metrics = metrics.filter(~(pl.col("model").is_in(mute) & (pl.col("k_shot") == 0)))
         per_seed.append(metrics.with_columns(seed=pl.lit(seed)))
     all_metrics = pl.concat(per_seed)
     table = (all_metrics.filter(pl.col("metric").is_in(["ndcg", "ndcg_lift"])
@@ -181,8 +181,9 @@ def format_tables(result: dict) -> str:
 def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protocols=("w", "c"), log=print,
         peers: bool = False) -> dict:
     started = time.perf_counter()
-    if peers and peer_models.missing():
-        raise ConfigError(f"--peers needs {', '.join(peer_models.missing())}: {peer_models.INSTALL_HINT}")
+    missing = peer_models.missing() if peers else []
+    if missing:
+        raise ConfigError(f"--peers needs {', '.join(missing)}: {peer_models.INSTALL_HINT}")
     peer_names = peer_models.PEERS if peers else ()
     settings = Settings(epochs=epochs, bootstrap_samples=500)
     if dataset == "ml-100k":

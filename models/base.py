@@ -231,10 +231,13 @@ class Recommender(ABC):
         history = sp.diags(known.astype(np.float32)) @ history + extra
         history = history.tocsr()
         history.data[:] = 1.0
+        return UserBlock(user_ids, train_rows, history, self.demographics_of(user_ids))
+
+    def demographics_of(self, user_ids: np.ndarray) -> np.ndarray:
+        """Demographic vocabulary codes of these users; 0 (unknown) for users without features."""
         fidx = np.clip(np.searchsorted(self.feature_user_ids, user_ids), 0, max(len(self.feature_user_ids) - 1, 0))
         has_features = (len(self.feature_user_ids) > 0) & (self.feature_user_ids[fidx] == user_ids)
-        demographics = np.where(has_features[:, None], self.user_demographics[fidx], 0).astype(np.int32)
-        return UserBlock(user_ids, train_rows, history, demographics)
+        return np.where(has_features[:, None], self.user_demographics[fidx], 0).astype(np.int32)
 
     @abstractmethod
     def score_block(self, users: UserBlock) -> np.ndarray:

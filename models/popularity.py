@@ -68,17 +68,10 @@ def segment_of(model: Recommender, demographics: np.ndarray, columns: list[str])
     return np.where(np.any(demographics[:, cols] == 0, axis=1), int(np.prod(sizes)), segment)
 
 
-def training_demographics(model: Recommender) -> np.ndarray:
-    """Demographic codes of the training users (``model.user_ids``); 0 (unknown) for users without features."""
-    fidx = np.clip(np.searchsorted(model.feature_user_ids, model.user_ids), 0, max(len(model.feature_user_ids) - 1, 0))
-    has = (len(model.feature_user_ids) > 0) & (model.feature_user_ids[fidx] == model.user_ids)
-    return np.where(has[:, None], model.user_demographics[fidx], 0).astype(np.int32)
-
-
 def segment_table(model: Recommender, columns: list[str], alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """(segments x items) popularity within each segment, shrunk towards global, and the global popularity:
     score(i | s) = (count_s(i) + alpha * p(i)) / (n_s + alpha), each row summing to 1."""
-    segment = segment_of(model, training_demographics(model), columns)
+    segment = segment_of(model, model.demographics_of(model.user_ids), columns)
     n_segments = int(np.prod([len(model.vocab[c]) for c in columns]))
     known = segment < n_segments
     membership = sp.csr_matrix((np.ones(int(known.sum()), np.float32), (segment[known], np.flatnonzero(known))),

@@ -61,8 +61,7 @@ def bootstrap_indices(n_users: int, n_boot: int, seed: int) -> np.ndarray:
 def paired_lift(model_values: np.ndarray, base_values: np.ndarray, resamples: np.ndarray,
                 level: float = 95.0) -> tuple[float, float, float]:
     """Relative lift mean(model)/mean(baseline) - 1, with a paired bootstrap ``level`` % CI over the same users."""
-    base = base_values.mean() if len(base_values) else 0.0
-    if len(base_values) == 0 or base <= 0:
+    if len(base_values) == 0 or (base := base_values.mean()) <= 0:
         return float("nan"), float("nan"), float("nan")
     point = float(model_values.mean() / base - 1.0)
     boot_base = base_values[resamples].mean(axis=1)

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from models.base import DEMOGRAPHIC_COLUMNS, Recommender, UserBlock
-from models.popularity import training_demographics
 from recsys import progress
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -180,7 +179,7 @@ class TwoTower(Recommender):
         # Held-out examples for early stopping: a share, capped so validation stays cheap at 20 M.
         val_share = min(p["validation_share"], p["max_validation_examples"] / max(len(users), 1))
         is_val = rng.random(len(users)) < val_share
-        self.train_demographics = self._tower_demographics(training_demographics(self))
+        self.train_demographics = self._tower_demographics(self.demographics_of(self.user_ids))
 
         batch = int(min(p["batch_size"], max(2, (~is_val).sum())))
         self.net = self._build_net()

@@ -12,6 +12,7 @@ import polars as pl
 
 from models.base import Recommender, recommend_together
 from models.hybrid import Hybrid
+from models.ranking import bootstrap_indices, paired_lift
 from recsys import db, progress
 from tasks.features import Frames, build_features, store_features
 from tasks.metrics import (
@@ -19,8 +20,6 @@ from tasks.metrics import (
     METRICS,
     Catalog,
     aggregate,
-    bootstrap_indices,
-    paired_lift,
     ranked_lists,
 )
 from tasks.report import write_report
@@ -87,23 +86,15 @@ def evaluate_models(
                     value, lo, hi = aggregate(metric, values, resamples, len(catalog.item_ids))
                     rows.append((run_id, s.split, s.k_shot, name, metric, k, value, lo, hi, len(users),
                                  s.excluded_users))
-        if baseline in per_model:
-            for name in per_model:
-                if name == baseline:
-                    continue
-                for k in ks:
-                    for metric in ACCURACY_METRICS:
-                        value, lo, hi = paired_lift(per_model[name][(metric, k)],
-                                                    per_model[baseline][(metric, k)], resamples)
-                        rows.append((run_id, s.split, s.k_shot, name, f"{metric}_lift", k, value, lo, hi,
-                                     len(users), s.excluded_users))
-        for name, reference in comparisons:
+        pairs = [(name, baseline, "lift") for name in per_model if baseline in per_model and name != baseline]
+        pairs += [(name, reference, f"lift_over_{reference}") for name, reference in comparisons]
+        for name, reference, suffix in pairs:
             for k in ks:
                 for metric in ACCURACY_METRICS:
                     value, lo, hi = paired_lift(per_model[name][(metric, k)], per_model[reference][(metric, k)],
                                                 resamples)
-                    rows.append((run_id, s.split, s.k_shot, name, f"{metric}_lift_over_{reference}", k, value, lo,
-                                 hi, len(users), s.excluded_users))
+                    rows.append((run_id, s.split, s.k_shot, name, f"{metric}_{suffix}", k, value, lo, hi,
+                                 len(users), s.excluded_users))
     return pl.DataFrame(rows, schema=METRIC_COLUMNS, orient="row")
 
 

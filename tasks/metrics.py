@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from models.base import Recommender
-from models.ranking import bootstrap_indices, ndcg_from_hits, paired_lift  # noqa: F401 (shared with tuning)
+from models.ranking import ndcg_from_hits
 
 CATALOGUE_METRICS = {"coverage"}
 

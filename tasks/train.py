@@ -86,16 +86,16 @@ def fit_tuned(
 
     Components are then fitted twice (tuning fold, then ``train``): what the nightly does across its
     evaluation and production folds, for callers that have only one fold (the quality benchmark, ``recsys
-    train``). The tuning fold is thrown away, so half the users lend a share of their interactions to the
-    warm bucket's validation (``warm_truth``, ``warm_truth_share``: the shape of the warm test it is for).
+    train``). The tuning fold is thrown away, so it lends many validation users (TUNING_FOLD_*_SHARE): the
+    warm ones lend a share of their interactions to the warm bucket's validation (``warm_truth``, ``warm_truth_share``: the shape of the warm test it is for).
     ``ablate``: a component; also returns ``hybrid_without_<it>``, the blend of the other components tuned on
     the same validation users, from the same fits (the ablation of what that component adds).
     """
     weights, lesser = None, None
     if "hybrid" in names:
         fold = carve_validation(train, max(settings.validation_user_fraction, TUNING_FOLD_COLD_SHARE), settings.seed,
-                                warm_truth=warm_truth,
-                                warm_truth_share=warm_truth_share, warm_share=TUNING_FOLD_WARM_SHARE)
+                                warm_truth=warm_truth, warm_truth_share=warm_truth_share,
+                                warm_share=TUNING_FOLD_WARM_SHARE)
         uf, itf = build_features(frames, fold.train)
         tuned = fit_models(["hybrid"], fold.train, uf, itf, settings, validation=fold.cases,
                            fold=f"{label + ', ' if label else ''}hybrid tuning fold", log=log)
@@ -112,7 +112,7 @@ def fit_tuned(
 
 def _without(component: str, fitted: dict[str, Recommender]) -> Hybrid:
     """A hybrid of the fitted components but ``component``."""
-    components = [c for c in build("hybrid").params["components"] if c != component]
+    components = [c for c in Hybrid.default_params()["components"] if c != component]
     return build("hybrid", components=components).use_components(fitted)
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from model_helpers import featurize, fit_model, load_synthetic
 
+from models.ranking import bootstrap_indices
 from models.registry import build
 from tasks.generate import GeneratorConfig, generate
-from tasks.metrics import Catalog, bootstrap_indices, ndcg, ranked_lists
+from tasks.metrics import Catalog, ndcg, ranked_lists
 from tasks.split import carve_validation, cold_user_split, stratified_split
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from models.ranking import paired_lift
 from tasks.metrics import (
     Catalog,
     aggregate,
@@ -19,7 +20,6 @@ from tasks.metrics import (
     mrr,
     ndcg,
     novelty,
-    paired_lift,
     popularity_bias,
     precision,
     ranked_lists,
