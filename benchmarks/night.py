@@ -1,9 +1,13 @@
 """The whole night at scale: the same flows ``recsys nightly`` runs, on synthetic data of ML-20M shape.
 
     python -m benchmarks.night --sizes 1000000 5000000 20000000 --out var/benchmarks/night.json
+    python -m benchmarks.night --sizes 5000000 --runners local dask   # the same night, side by side
 
-For each size, in a fresh home: generate (not timed as part of the night), then the ingest flow and the
-train-and-publish flow, each step's wall seconds and the process's peak RSS after it. Next to them, in the
+For each size (and task runner: ``local``, or ``dask`` with a LocalCluster of ``--dask-workers`` processes),
+in a fresh home: generate (not timed as part of the night), then the ingest flow and the train-and-publish
+flow, each step's wall seconds and the flow process's peak RSS after it; with Dask also the peak RSS of its
+largest child process (a Dask worker, or Prefect's temporary API server) and the content hash of what was
+published, which must be the local run's. Next to them, in the
 same run and on the same files: DuckDB's raw ``read_csv`` of the interactions (the ingest ceiling) and a
 numpy float32 SGEMM (the scoring ceiling), against which ingest rows/s and the published model's scoring
 GFLOP/s are reported. Prints a JSON and a table. Targets (20 M): <= 30 min, <= 12 GiB peak RSS.
@@ -12,8 +16,10 @@ GFLOP/s are reported. Prints a JSON and a table. Targets (20 M): <= 30 min, <= 1
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -23,6 +29,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import polars as pl
 from prefect import flow
 
 from flows.ingest import ingest_flow
@@ -74,10 +81,19 @@ def scoring_gflops(model_dir: Path, model: str = "ease", users: int = 20_000) ->
     return 2 * nnz * len(fitted.item_ids) / (time.perf_counter() - started) / 1e9
 
 
-def run_size(n: int, home: Path, epochs: int, models: list[str] | None) -> dict:
+def published_hash(path: str) -> str:
+    """The content of a published partition, sorted, without its run id: equal for equal answers."""
+    frame = pl.read_parquet(path).drop("run_id").sort("user_id", "rank")
+    return hashlib.sha256(frame.write_csv().encode()).hexdigest()[:16]
+
+
+def run_size(n: int, home: Path, epochs: int, models: list[str] | None, runner: str = "local",
+             dask_workers: int = 2) -> dict:
     n_users, n_items = shape(n)
     os.environ["RECSYS_HOME"] = str(home)
     os.environ["RECSYS_EPOCHS"] = str(epochs)
+    os.environ["RECSYS_TASK_RUNNER"] = runner
+    os.environ["RECSYS_DASK_WORKERS"] = str(dask_workers)
     landing = home / "generated"  # a --path source, outside the landing area
     generate(landing, GeneratorConfig(n_users=n_users, n_items=n_items, n_interactions=n, seed=1))
     raw = raw_read_csv_rows_per_s(landing / SYNTHETIC_FILES["interactions"])
@@ -94,8 +110,12 @@ def run_size(n: int, home: Path, epochs: int, models: list[str] | None) -> dict:
               "peak_rss_gib": None}, *night["steps"]]
     gemm = sgemm_gflops()
     scoring = scoring_gflops(Path(night["models"].model_dir))
-    return {"interactions": n, "users": n_users, "items": n_items, "steps": steps,
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    return {"interactions": n, "runner": runner, "workers": dask_workers if runner == "dask" else 0,
+            "users": n_users, "items": n_items, "steps": steps,
             "total_seconds": round(ingest_seconds + night_seconds, 1), "peak_rss_gib": round(peak_rss_gib(), 2),
+            "peak_rss_child_gib": round(children, 2),
+            "published_hash": published_hash(night["published"]["paths"]["recommendations"]),
             "ingest_rows_per_s": round(rows / ingest_seconds), "raw_read_csv_rows_per_s": round(raw),
             "ingest_vs_raw": round(rows / ingest_seconds / raw, 3),
             "scoring_gflops": round(scoring, 2), "sgemm_gflops": round(gemm, 1),
@@ -104,7 +124,8 @@ def run_size(n: int, home: Path, epochs: int, models: list[str] | None) -> dict:
 
 def format_table(results: list[dict]) -> str:
     names = list(dict.fromkeys(s["step"] for r in results for s in r["steps"]))
-    head = f"{'step':34}" + "".join(f"{r['interactions'] / 1e6:>9.0f} M s  {'GiB':>5}" for r in results)
+    head = f"{'step':34}" + "".join(f"{r['interactions'] / 1e6:>4.0f} M {r.get('runner', 'local'):>5} s  {'GiB':>5}"
+                                    for r in results)
     lines = [head]
     for name in names:
         cells = []
@@ -113,8 +134,9 @@ def format_table(results: list[dict]) -> str:
             rss = "" if s is None or s["peak_rss_gib"] is None else f"{s['peak_rss_gib']:5.1f}"
             cells.append(f"{s['seconds'] if s else float('nan'):11.1f}  {rss:>5}")
         lines.append(f"{name:34}" + "".join(cells))
-    for key in ("total_seconds", "peak_rss_gib", "ingest_vs_raw", "scoring_vs_sgemm"):
-        lines.append(f"{key:34}" + "".join(f"{r[key]:>18}" for r in results))
+    for key in ("total_seconds", "peak_rss_gib", "peak_rss_child_gib", "published_hash", "ingest_vs_raw",
+                "scoring_vs_sgemm"):
+        lines.append(f"{key:34}" + "".join(f"{r.get(key, '-')!s:>18}" for r in results))
     return "\n".join(lines)
 
 
@@ -123,21 +145,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 20_000_000])
     parser.add_argument("--epochs", type=int, default=30, help="two-tower epochs (early stopping applies)")
     parser.add_argument("--models", nargs="+", help="models (default: RECSYS_MODELS)")
+    parser.add_argument("--runners", nargs="+", choices=["local", "dask"], default=["local"],
+                        help="task runners to run each size with, one after the other (RECSYS_TASK_RUNNER)")
+    parser.add_argument("--dask-workers", type=int, default=2, help="worker processes of the dask runner's cluster")
     parser.add_argument("--out", default="var/benchmarks/night.json")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: one size, this process
     args = parser.parse_args(argv)
     if args.one:  # a child: one size in a fresh process, so its peak RSS is its own
         with tempfile.TemporaryDirectory(prefix=f"night-{args.sizes[0]}-") as tmp:
-            Path(args.out).write_text(json.dumps(run_size(args.sizes[0], Path(tmp), args.epochs, args.models)))
+            Path(args.out).write_text(json.dumps(run_size(args.sizes[0], Path(tmp), args.epochs, args.models,
+                                                          args.runners[0], args.dask_workers)))
         return 0
     results = []
     for n in args.sizes:
-        with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            command = [sys.executable, "-m", "benchmarks.night", "--one", "--sizes", str(n), "--epochs",
-                       str(args.epochs), "--out", out.name, *(["--models", *args.models] if args.models else [])]
-            subprocess.run(command, check=True)
-            results.append(json.loads(Path(out.name).read_text()))
-        print(json.dumps(results[-1]), flush=True)
+        for runner in args.runners:
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                command = [sys.executable, "-m", "benchmarks.night", "--one", "--sizes", str(n), "--epochs",
+                           str(args.epochs), "--out", out.name, "--runners", runner, "--dask-workers",
+                           str(args.dask_workers), *(["--models", *args.models] if args.models else [])]
+                subprocess.run(command, check=True)
+                results.append(json.loads(Path(out.name).read_text()))
+            print(json.dumps(results[-1]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(format_table(results))

@@ -146,7 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{feats.items:,} items")
         models = fit_tuned(names, frames, frames.interactions, settings)
         paths = save_models(models, settings.models_dir / run_id)
-        print(format_training(models, paths))
+        print(format_training(paths))
     print(f"models saved under {settings.models_dir / run_id}")
     return EXIT_OK
 

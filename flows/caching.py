@@ -1,10 +1,12 @@
-"""Prefect task policies: caching of the nightly's expensive steps (storage and locks under RECSYS_HOME), and
-which failures are worth a retry.
+"""Prefect task policies: caching of the nightly's expensive steps (storage under RECSYS_HOME), and which
+failures are worth a retry.
 
 A step is reused when its inputs (the snapshot's fingerprint and the records of earlier steps), the
 settings that shape it and the project's code are unchanged. Records and results live under
-``RECSYS_HOME/prefect/``, so a night's cache goes where its warehouse goes; a file lock per key
-(``SERIALIZABLE`` isolation) makes a second run wait for the first instead of computing the same step.
+``RECSYS_HOME/prefect/``, so a night's cache goes where its warehouse goes. No per-key lock
+(``SERIALIZABLE`` isolation): the home's run lock (``recsys.runs.run_lock``) already keeps a second run
+out, and Prefect's lock files outlive a holder that is killed (a Dask worker lost mid-fit, a flow process
+killed mid-step), after which the retry, or the next night, would wait for that lock forever.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect.cache_policies import INPUTS, CachePolicy
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.filesystems import LocalFileSystem
-from prefect.locking.filesystem import FileSystemLockManager
 from prefect.utilities.hashing import hash_objects
 
 from recsys.errors import RecsysError
@@ -24,7 +25,8 @@ from recsys.settings import PROJECT_ROOT, Settings
 
 # Settings that only matter to publishing or to where files are found: changing them recomputes nothing.
 NOT_SHAPING = {"top_n", "metric_tolerance", "sql_dir", "expectations_dir", "timezone", "ml100k_url", "publish_model",
-               "verbose", "lock_wait_seconds", "connect_wait_seconds"}
+               "verbose", "lock_wait_seconds", "connect_wait_seconds", "task_runner", "dask_address",
+               "dask_workers"}
 CODE_FOLDERS = ("recsys", "models", "tasks", "sql")
 
 
@@ -67,13 +69,14 @@ def result_storage(base: Path) -> str:
 
 
 def step_options(settings: Settings) -> dict[str, Any]:
-    """``Task.with_options`` arguments that cache a step under ``settings.home``."""
+    """``Task.with_options`` arguments that cache a step under ``settings.home``. The run id and the folder a
+    step writes to (named after the run) do not make its output different: a cached record keeps the folder
+    of the run that computed it."""
     base = settings.home.resolve() / "prefect"
-    policy = (INPUTS - "settings" - "run_id" - "log" + ShapingSettings() + ProjectCode()).configure(
-        key_storage=str(base / "cache-keys"),
-        lock_manager=FileSystemLockManager(lock_files_directory=base / "locks"),
-        isolation_level="SERIALIZABLE",
-    )
+    # TASK_SOURCE: two steps with the same inputs (features and the evaluation split both take the snapshot)
+    # are different steps.
+    policy = (TASK_SOURCE + INPUTS - "settings" - "run_id" - "folder" + ShapingSettings() + ProjectCode()).configure(
+        key_storage=str(base / "cache-keys"))
     return {"cache_policy": policy, "persist_result": True,
             "result_storage": result_storage(base)}
 

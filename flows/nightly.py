@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import shutil
 import signal
 import time
 from datetime import UTC, date, datetime
@@ -26,18 +27,21 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.runner import Runner
+from prefect.task_runners import TaskRunner
 
 from flows.caching import step_options, transient_only
 from flows.ingest import ingest_flow
+from flows.runners import parallelism, run_all, task_runner
 from recsys import db, runs
 from recsys.errors import ConfigError
 from recsys.progress import Heartbeat
 from recsys.settings import Settings
-from tasks import evaluate, features, metrics, publish, snapshot, train
-from tasks.evaluate import Evaluation
+from tasks import evaluate, features, metrics, publish, snapshot
+from tasks import train as training
+from tasks.evaluate import Evaluation, EvaluationFold, SliceMetrics
 from tasks.features import FeatureSet
 from tasks.snapshot import Snapshot
-from tasks.train import TrainedModels
+from tasks.train import FittedModel, TrainedModels
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=transient_only)
@@ -51,22 +55,46 @@ def build_features(settings: Settings, run_id: str, snap: Snapshot) -> FeatureSe
 
 
 @task
-def evaluate_models(settings: Settings, run_id: str, snap: Snapshot, names: list[str]) -> Evaluation:
-    return evaluate.evaluate_step(settings, run_id, snap.frames(), names, settings.reports_dir / run_id,
-                                  gate=snap.gate())
+def split_for_evaluation(settings: Settings, run_id: str, snap: Snapshot) -> EvaluationFold:
+    return evaluate.split_step(settings, snap.frames(), settings.reports_dir / run_id)
+
+
+@task(task_run_name="fit-{name} ({fold})")
+def fit_model(settings: Settings, name: str, train: str, features: FeatureSet, folder: str, fold: str,
+              components: dict[str, str] | None = None, validation: str | None = None, weights: str | None = None,
+              warm_from: str | None = None) -> FittedModel:
+    return training.fit_step(settings, name, train, features, folder, fold, components=components,
+                             validation=validation, weights=weights, warm_from=warm_from)
+
+
+@task(task_run_name="evaluate-{slice_name}")
+def evaluate_slice(settings: Settings, run_id: str, fold: EvaluationFold, slice_name: str, models: dict[str, str],
+                   folder: str) -> SliceMetrics:
+    return evaluate.evaluate_slice_step(settings, run_id, fold, slice_name, models, folder)
 
 
 @task
-def train_models(settings: Settings, run_id: str, snap: Snapshot, feats: FeatureSet, names: list[str],
-                 evaluation: Evaluation) -> TrainedModels:
-    return train.train_step(settings, feats, snap.frames().interactions, names, evaluation.hybrid_weights(),
-                            settings.models_dir / run_id, warm_from=evaluation.warm_starts)
+def write_evaluation(settings: Settings, run_id: str, snap: Snapshot, fold: EvaluationFold,
+                     parts: list[SliceMetrics], fitted: dict[str, str]) -> Evaluation:
+    return evaluate.write_evaluation_step(settings, run_id, fold, parts, fitted, settings.reports_dir / run_id,
+                                          gate=snap.gate())
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only,
+      task_run_name="score-block-{block}")
+def score_users(model_path: str, users: str, block: int, blocks: int, n: int, folder: str) -> str:
+    return publish.score_step(model_path, users, block, blocks, n, folder)
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
-def publish_recommendations(settings: Settings, run_id: str, run_date: date, snap: Snapshot, model_dir: str,
-                            model: str, metrics_path: str) -> dict:
-    return publish.publish_step(settings, run_id, run_date, snap.frames(), model_dir, model, metrics_path)
+def segment_defaults(model_path: str, n: int, folder: str) -> str:
+    return publish.segment_defaults_step(model_path, n, folder)
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
+def publish_recommendations(settings: Settings, run_id: str, run_date: date, snap: Snapshot, model: str,
+                            scored: list[str], defaults: str, metrics_path: str) -> dict:
+    return publish.publish_step(settings, run_id, run_date, snap.frames(), model, scored, defaults, metrics_path)
 
 
 def cached(step, settings: Settings, *args):
@@ -156,18 +184,19 @@ def _train_publish(settings: Settings, run_id: str, night: date, names: list[str
             print(line)
         runs.start_run(con, settings, run_id, "train-and-publish", run_date=night,
                        params={"models": names, "publish_model": publish_model})
-    with Progress(night, ["snapshot", "features", "evaluate", "train", "publish"]) as progress:
+    runner = task_runner(settings)
+    with Progress(night, ["snapshot", "features", "evaluate", "train", "publish"]) as progress, runner:
         snap = snapshot_warehouse(settings)
         progress.step("snapshot", f"{snap.interactions:,} interactions, {snap.users:,} users, {snap.items:,} items")
         feats = cached(build_features, settings, run_id, snap)
         progress.step("features", f"{feats.users:,} users ({feats.users_without_history:,} without history), "
                                   f"{feats.items:,} items")
-        evaluation = cached(evaluate_models, settings, run_id, snap, names)
+        evaluation = evaluate_night(runner, settings, run_id, snap, names)
         progress.step("evaluate", evaluation.report_html)
-        trained = cached(train_models, settings, run_id, snap, feats, names, evaluation)
+        trained = train_night(runner, settings, run_id, snap, feats, names, evaluation)
         progress.step("train", trained.model_dir)
-        published = publish_recommendations(settings, run_id, night, snap, trained.model_dir, publish_model,
-                                            evaluation.metrics)
+        published = publish_night(runner, settings, run_id, night, snap, trained.models[publish_model],
+                                  publish_model, evaluation.metrics)
         progress.step("publish", published["paths"]["recommendations"])
     with db.warehouse(settings) as con:
         runs.finish_run(con, settings, run_id, "published")
@@ -210,6 +239,58 @@ def nightly_flow(
                                home=str(settings.home))
         return train_publish_flow(run_date=run_date, models=models, publish_model=publish_model,
                                   home=str(settings.home), ingested=ingested["totals"])
+
+
+def fit_fold(runner: TaskRunner, settings: Settings, names: list[str], train: str, feats: FeatureSet, folder: str,
+             fold: str, **shared) -> dict[str, FittedModel]:
+    """Each model fitted once on ``train``, as one task per model: the single models side by side, then
+    the blends of them. ``shared``: ``validation``, ``weights``, ``warm_from`` (see ``fit_arguments``)."""
+    fitted: dict[str, FittedModel] = {}
+    common = {"settings": settings, "train": train, "features": feats, "folder": folder, "fold": fold}
+    for stage in training.fit_stages(names):
+        calls = [{**common, **training.fit_arguments(name, fitted, **shared)} for name in stage]
+        fitted.update(zip(stage, run_all(runner, settings, fit_model, calls), strict=True))
+    return fitted
+
+
+def evaluate_night(runner: TaskRunner, settings: Settings, run_id: str, snap: Snapshot, names: list[str]) -> Evaluation:
+    """Split once; fit each model once on the evaluation fold; every slice scored by every model; the report."""
+    fold = cached(split_for_evaluation, settings, run_id, snap)
+    folder = settings.reports_dir / run_id
+    fitted = fit_fold(runner, settings, names, fold.train, fold.features, str(folder / "models"), "evaluation fold",
+                      validation=fold.validation)
+    models = {name: fitted[name].path for name in names}
+    parts = run_all(runner, settings, evaluate_slice, [
+        {"settings": settings, "run_id": run_id, "fold": fold, "slice_name": name, "models": models,
+         "folder": str(folder / "metrics")} for name in fold.slices])
+    return cached(write_evaluation, settings, run_id, snap, fold, parts, {n: f.path for n, f in fitted.items()})
+
+
+def train_night(runner: TaskRunner, settings: Settings, run_id: str, snap: Snapshot, feats: FeatureSet,
+                names: list[str], evaluation: Evaluation) -> TrainedModels:
+    """The production fit on everything loaded: the blend reuses the evaluation fold's weights and the
+    two-tower continues from its evaluation-fold fit."""
+    fitted = fit_fold(runner, settings, names, str(snap.path("interactions")), feats, str(settings.models_dir / run_id),
+                      "production", weights=evaluation.weights, warm_from=evaluation.warm_starts)
+    paths = {name: fitted[name].path for name in training.needed(names)}
+    print(training.format_training(paths))
+    return TrainedModels(str(Path(paths[names[-1]]).parent), paths)
+
+
+def publish_night(runner: TaskRunner, settings: Settings, run_id: str, night: date, snap: Snapshot, model_path: str,
+                  model: str, metrics_path: str) -> dict:
+    """Every user scored in blocks (one task per block, as many as the runner runs at once), the segment
+    defaults beside them; then the gate and the atomic publish, in this process."""
+    folder = settings.home / "scoring" / run_id
+    blocks = parallelism(runner)
+    defaults = runner.submit(segment_defaults, {"model_path": model_path, "n": settings.top_n, "folder": str(folder)})
+    try:
+        scored = run_all(runner, settings, score_users, [
+            {"model_path": model_path, "users": str(snap.path("users")), "block": block, "blocks": blocks,
+             "n": settings.top_n, "folder": str(folder)} for block in range(blocks)], cache=False)
+        return publish_recommendations(settings, run_id, night, snap, model, scored, defaults.result(), metrics_path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _ingest_line(totals: dict | None) -> str:

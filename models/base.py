@@ -172,6 +172,13 @@ class Recommender(ABC):
             users.shared[key] = np.asarray(self.score_block(users), dtype=np.float32)
         return users.shared[key]
 
+    @property
+    def block_users(self) -> int:
+        """Users scored per block (a block's scores are ``block_users x items`` floats). A user's scores are
+        bit-for-bit the same whenever the blocks are the same: callers that split users among processes cut
+        at multiples of this (BLAS may round a row differently inside a block of another shape)."""
+        return max(1, SCORE_BLOCK_CELLS // max(1, len(self.item_ids)))
+
     def same_encoding(self, other: Recommender) -> bool:
         """Fitted on the same interactions with the same catalogue: a user block of one serves the other."""
         return (self.meta.get("data_fingerprint") == other.meta.get("data_fingerprint")
@@ -335,7 +342,7 @@ def recommend_together(
         lead = models[group[0]]
         top = min(n, len(lead.item_ids))
         extra = lead._history_matrix(user_ids, history)
-        block = max(1, SCORE_BLOCK_CELLS // max(1, len(lead.item_ids)))
+        block = lead.block_users
         for lo in range(0, len(user_ids), block):
             ub = lead._user_block(user_ids[lo:lo + block], extra[lo:lo + block])
             if len(group) > 1:

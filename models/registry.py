@@ -40,3 +40,18 @@ def build(name: str, **params) -> Recommender:
 def load(path: Path) -> Recommender:
     saved = json.loads((Path(path) / "params.json").read_text())
     return model_class(saved["model"]).load(path, loader=load)
+
+
+def load_many(paths: dict[str, str | Path]) -> dict[str, Recommender]:
+    """Load several saved models, each folder once: a hybrid and its components, loaded together, share
+    the component objects (so a block of users is scored once for both)."""
+    loaded: dict[Path, Recommender] = {}
+
+    def load_once(path: Path) -> Recommender:
+        path = Path(path).resolve()
+        if path not in loaded:
+            saved = json.loads((path / "params.json").read_text())
+            loaded[path] = model_class(saved["model"]).load(path, loader=load_once)
+        return loaded[path]
+
+    return {name: load_once(Path(path)) for name, path in paths.items()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,13 @@ class Settings(BaseSettings):
     verbose: bool = Field(False, description="Per-epoch lines from Keras (RECSYS_VERBOSE=1).")
     epochs: int = 30
     batch_size: int = 1024
+
+    # Where the night's independent work runs (model fits, evaluation slices, scoring blocks): ``local`` in
+    # this process, one task at a time; ``dask`` on a Dask cluster through prefect-dask, the one at
+    # ``dask_address`` or, without one, a LocalCluster of ``dask_workers`` processes started for the night.
+    task_runner: Literal["local", "dask"] = Field("local", description="local | dask (RECSYS_TASK_RUNNER).")
+    dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster, tcp://host:8786.")
+    dask_workers: int = Field(2, ge=1, description="Worker processes of the LocalCluster started without an address.")
 
     lock_wait_seconds: float = Field(0.0, description="How long a run waits for another run on the same home.")
     connect_wait_seconds: float = Field(60.0, description="How long a connection waits for a reader to let go.")

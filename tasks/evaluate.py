@@ -11,10 +11,10 @@ import numpy as np
 import polars as pl
 
 from models.base import Recommender, recommend_together
-from models.hybrid import Hybrid
 from models.ranking import bootstrap_indices, paired_lift
+from models.registry import load_many, model_class
 from recsys import db, progress
-from tasks.features import Frames, build_features, store_features
+from tasks.features import FeatureSet, Frames, store_features
 from tasks.metrics import (
     ACCURACY_METRICS,
     METRICS,
@@ -23,8 +23,8 @@ from tasks.metrics import (
     ranked_lists,
 )
 from tasks.report import write_report
-from tasks.split import carve_validation, cold_user_split, temporal_split
-from tasks.train import fit_models, hybrid_weights, save_warm_starts
+from tasks.split import ValidationFold, carve_validation, cold_user_split, temporal_split
+from tasks.train import FittedModel, fit_arguments, fit_stages, fit_step
 from tasks.validate import docs_index
 
 # ---------------------------------------------------------------------------------------------------------
@@ -40,6 +40,28 @@ class Slice:
     truth: pl.DataFrame
     history: pl.DataFrame | None  # None: warm users (their training items are the history) or zero-shot
     excluded_users: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.split if self.k_shot is None else f"{self.split}-k{self.k_shot}"
+
+    def save(self, folder: Path) -> str:
+        """Write the slice under ``folder/<name>``; returns the name."""
+        where = Path(folder) / self.name
+        where.mkdir(parents=True, exist_ok=True)
+        self.truth.write_parquet(where / "truth.parquet")
+        if self.history is not None:
+            self.history.write_parquet(where / "history.parquet")
+        (where / "meta.json").write_text(json.dumps({"split": self.split, "k_shot": self.k_shot,
+                                                     "excluded_users": self.excluded_users}))
+        return self.name
+
+    @classmethod
+    def load(cls, where: Path) -> Slice:
+        meta = json.loads((Path(where) / "meta.json").read_text())
+        history = Path(where) / "history.parquet"
+        return cls(meta["split"], meta["k_shot"], pl.read_parquet(Path(where) / "truth.parquet"),
+                   pl.read_parquet(history) if history.exists() else None, meta["excluded_users"])
 
 
 METRIC_COLUMNS = {"run_id": pl.String, "split": pl.String, "k_shot": pl.Int32, "model": pl.String,
@@ -111,14 +133,46 @@ def warm_slice(test: pl.DataFrame, train_users: np.ndarray) -> Slice:
 
 # ---------------------------------------------------------------------------------------------------------
 # The evaluation run: one training on a fold that hides the cold users and each warm user's latest items.
+# Split once and stored (split_step); each model fitted once on the fold (tasks.train.fit_step); each slice
+# scored by every model (evaluate_slice_step); then one write-up (write_evaluation_step). The steps hand each
+# other paths, so a task runner can spread the fits and the slices over processes or machines.
 
 
-@dataclass
-class EvaluationResult:
-    metrics: pl.DataFrame
-    models: dict[str, Recommender]
+@dataclass(frozen=True)
+class EvaluationFold:
+    """The evaluation protocol's split, stored: the fold to fit on (with its validation users), the fold's
+    features, and the slices to score."""
+
+    folder: str
+    features: FeatureSet
+    slices: tuple[str, ...]
     protocol: dict
-    tuning: dict
+
+    @property
+    def validation(self) -> str:
+        return str(Path(self.folder) / "fold")
+
+    @property
+    def train(self) -> str:
+        return str(ValidationFold.train_path(Path(self.validation)))
+
+    def slice(self, name: str) -> Slice:
+        return Slice.load(Path(self.folder) / "slices" / name)
+
+    def exists(self) -> bool:
+        return (Path(self.train).exists() and self.features.exists()
+                and all((Path(self.folder) / "slices" / name / "meta.json").exists() for name in self.slices))
+
+
+@dataclass(frozen=True)
+class SliceMetrics:
+    """Every model's metrics on one slice, by path."""
+
+    slice: str
+    path: str
+
+    def exists(self) -> bool:
+        return Path(self.path).exists()
 
 
 @dataclass(frozen=True)
@@ -140,28 +194,20 @@ class Evaluation:
         return json.loads(Path(self.weights).read_text()) or None
 
 
-def evaluate_protocol(frames: Frames, names, settings, run_id: str = "", features_dir: Path | None = None,
-                      log=print) -> EvaluationResult:
-    """Cold users (zero- and k-shot) and warm users (their last 20 % by time), one fit per model.
+def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
+    """Cold users (zero- and k-shot) and warm users (their last 20 % by time), split once and stored.
 
-    Split once: held-out cold test users, each remaining user's latest 20 % as the warm test, and
-    validation users carved from what is left for the hybrid's tuning. Each model is fitted once on the
-    rest; the hybrid blends those fits.
+    Held-out cold test users, each remaining user's latest 20 % as the warm test, and validation users carved
+    from what is left for the hybrid's tuning; the fold's features are built on what is left after that.
     """
+    folder = Path(folder)
     cold = cold_user_split(frames.interactions, settings.cold_user_fraction, settings.k_shots, settings.seed)
     warm = temporal_split(cold.train, test_share=0.2)
     fold = carve_validation(warm.train, settings.validation_user_fraction, settings.seed)
-    if features_dir is None:
-        user_features, item_features = build_features(frames, fold.train)
-    else:  # stored, and read back: the fold's models are fitted on exactly what was stored
-        user_features, item_features = store_features(frames, fold.train, features_dir).read()
-    fitted = fit_models(names, fold.train, user_features, item_features, settings, validation=fold.cases,
-                        fold="evaluation fold", log=log)
-    models = {name: fitted[name] for name in names}
+    fold.save(folder / "fold")
+    features = store_features(frames, fold.train, folder / "features")
     train_users = np.sort(fold.train["user_id"].unique().to_numpy())
     slices = [warm_slice(warm.test, train_users), *cold_slices(cold)]
-    metrics = evaluate_models(models, slices, settings.ks, settings.seed, settings.bootstrap_samples, run_id=run_id,
-                              max_users=settings.max_eval_users)
     protocol = {
         "cold_user_fraction": settings.cold_user_fraction, "cold_users": int(len(cold.cold_users)),
         "k_shots": list(settings.k_shots), "warm": "temporal: last 20% of each warm user's interactions",
@@ -170,28 +216,56 @@ def evaluate_protocol(frames: Frames, names, settings, run_id: str = "", feature
         "max_eval_users_per_slice": settings.max_eval_users,
         "train_interactions": fold.train.height, "warm_test_interactions": warm.test.height,
     }
-    tuning = {name: m.tuning for name, m in models.items() if isinstance(m, Hybrid)}
-    return EvaluationResult(metrics, fitted, protocol, tuning)
+    return EvaluationFold(str(folder), features, tuple(s.save(folder / "slices") for s in slices), protocol)
 
 
-def evaluate_step(settings, run_id: str, frames: Frames, names, folder: Path, gate: pl.DataFrame | None = None,
-                  log=print) -> Evaluation:
-    """Run the evaluation protocol, store metrics (DuckDB + Parquet), the hybrid's blend and the report."""
+def evaluate_slice_step(settings, run_id: str, fold: EvaluationFold, slice_name: str, models: dict[str, str],
+                        folder: str) -> SliceMetrics:
+    """Every model in ``models`` (saved fits, by path) on one slice of ``fold``, in one blockwise pass."""
+    loaded = load_many(models)
+    metrics = evaluate_models(loaded, [fold.slice(slice_name)], settings.ks, settings.seed,
+                              settings.bootstrap_samples, run_id=run_id, max_users=settings.max_eval_users)
+    path = Path(folder) / f"metrics-{slice_name}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_parquet(path)
+    return SliceMetrics(slice_name, str(path))
+
+
+def write_evaluation_step(settings, run_id: str, fold: EvaluationFold, parts: list[SliceMetrics],
+                          fitted: dict[str, str], folder: Path, gate: pl.DataFrame | None = None) -> Evaluation:
+    """Store metrics (DuckDB + Parquet), the hybrid's blend and the report; name the fits to continue from."""
     folder = Path(folder)
-    result = evaluate_protocol(frames, names, settings, run_id=run_id, features_dir=folder / "features", log=log)
+    metrics = pl.concat([pl.read_parquet(part.path) for part in parts])
+    blend = json.loads((Path(fitted["hybrid"]) / "weights.json").read_text()) if "hybrid" in fitted else None
     docs = docs_index(settings)
     progress.doing("writing the report")
-    paths = write_report(result.metrics, folder, run_id, result.protocol, result.tuning, k=min(settings.ks),
-                         gate=gate, docs=str(docs) if docs.exists() else None)
+    paths = write_report(metrics, folder, run_id, fold.protocol, {"hybrid": blend["tuning"]} if blend else {},
+                         k=min(settings.ks), gate=gate, docs=str(docs) if docs.exists() else None)
     metrics_path = folder / "metrics.parquet"
-    result.metrics.write_parquet(metrics_path)
+    metrics.write_parquet(metrics_path)
     weights_path = folder / "hybrid_weights.json"
-    weights_path.write_text(json.dumps(hybrid_weights(result.models)))
-    warm_starts = save_warm_starts(result.models, folder / "models")
+    weights_path.write_text(json.dumps(blend))
     with db.warehouse(settings) as con:
-        store_metrics(con, settings, run_id, result.metrics)
+        store_metrics(con, settings, run_id, metrics)
+    warm_starts = {name: path for name, path in fitted.items() if model_class(name).can_warm_start()}
     return Evaluation(str(folder), str(metrics_path), str(paths["markdown"]), str(paths["html"]), str(weights_path),
-                      result.protocol, warm_starts)
+                      fold.protocol, warm_starts)
+
+
+def evaluate_step(settings, run_id: str, frames: Frames, names, folder: Path, log=print) -> Evaluation:
+    """The evaluation run in this process, one step after another (``recsys evaluate``); the nightly flow
+    runs the same steps as tasks on its task runner."""
+    folder = Path(folder)
+    fold = split_step(settings, frames, folder)
+    fitted: dict[str, FittedModel] = {}
+    for stage in fit_stages(names):
+        for name in stage:
+            fitted[name] = fit_step(settings, train=fold.train, features=fold.features, folder=str(folder / "models"),
+                                    fold="evaluation fold", log=log,
+                                    **fit_arguments(name, fitted, validation=fold.validation))
+    models = {name: fitted[name].path for name in names}
+    parts = [evaluate_slice_step(settings, run_id, fold, name, models, str(folder / "metrics")) for name in fold.slices]
+    return write_evaluation_step(settings, run_id, fold, parts, {n: f.path for n, f in fitted.items()}, folder)
 
 
 def store_metrics(con, settings, run_id: str, metrics: pl.DataFrame) -> None:

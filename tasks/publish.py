@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from models.base import Recommender
 from models.registry import load
 from recsys import db, progress, schema
 from recsys.errors import PublishGateError
@@ -72,32 +71,49 @@ def strategy_of(history_length: np.ndarray) -> np.ndarray:
                     np.where(history_length <= K_SHOT_MAX, schema.STRATEGY_K_SHOT, schema.STRATEGY_WARM))
 
 
-def build_recommendations(
-    model: Recommender, users: pl.DataFrame, interactions: pl.DataFrame, n: int, run_id: str, run_date: date,
-) -> pl.DataFrame:
-    """Top-n for every user in ``users`` (zero-history users included), with the strategy that served them."""
-    user_ids = np.sort(users["user_id"].to_numpy())
-    progress.doing(f"scoring every user with {model.name}")
-    recs = model.recommend(user_ids, n=n)
-    counts = interactions.group_by("user_id").agg(history=pl.len())
-    recs = recs.join(counts, on="user_id", how="left").with_columns(pl.col("history").fill_null(0))
-    return recs.select(
-        pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), "user_id", "item_id",
-        pl.col("rank").cast(pl.Int32), "score", pl.lit(model.name).alias("model"),
-        pl.Series("strategy", strategy_of(recs["history"].to_numpy())),
-    )
+def score_step(model_path: str, users: str, block: int, blocks: int, n: int, folder: str) -> str:
+    """Top-``n`` of the saved model for block ``block`` of ``blocks`` of the users in ``users`` (a Parquet
+    file with ``user_id``), written to ``folder``: the unit of scoring a task runner spreads.
+
+    Blocks are contiguous runs of the sorted user ids cut at multiples of the model's own scoring block, so
+    every user is scored in the same company whatever the number of blocks: the rows published are the
+    same, bit for bit, from one process or many."""
+    model = load(Path(model_path))
+    user_ids = np.sort(pl.read_parquet(users, columns=["user_id"])["user_id"].to_numpy())
+    chunks = np.array_split(np.arange(-(-len(user_ids) // model.block_users)), blocks)[block]
+    user_ids = user_ids[chunks[0] * model.block_users:(chunks[-1] + 1) * model.block_users] if len(chunks) else user_ids[:0]
+    progress.doing(f"scoring {len(user_ids):,} users with {model.name}" + (f" (block {block + 1}/{blocks})" if blocks > 1 else ""))
+    path = Path(folder) / f"block-{block:05d}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.recommend(user_ids, n=n).write_parquet(path)
+    return str(path)
 
 
-def build_segment_defaults(model: Recommender, n: int, run_id: str, run_date: date) -> pl.DataFrame:
+def segment_defaults_step(model_path: str, n: int, folder: str) -> str:
     """A default list per (gender, age bucket) for sign-ups not yet in the users table, plus 'unknown'."""
+    model = load(Path(model_path))
     genders = model.vocab["gender"][1:] + ["unknown"]
     ages = model.vocab["age_bucket"][1:] + ["unknown"]
     profiles = pl.DataFrame({"gender": [g for g in genders for _ in ages], "age_bucket": [a for _ in genders for a in ages]})
     recs = model.recommend_for_profiles(profiles, n=n)
     profiles = profiles.with_row_index("user_id").with_columns(pl.col("user_id").cast(pl.Int64))
-    return recs.join(profiles, on="user_id").select(
-        pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), "gender", "age_bucket", "item_id",
-        pl.col("rank").cast(pl.Int32), "score", pl.lit(model.name).alias("model"))
+    path = Path(folder) / "segment_defaults.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recs.join(profiles, on="user_id").select("gender", "age_bucket", "item_id", "rank", "score").write_parquet(path)
+    return str(path)
+
+
+def build_recommendations(recs: pl.DataFrame, interactions: pl.DataFrame, model: str, run_id: str,
+                          run_date: date) -> pl.DataFrame:
+    """The published rows of scored top-n lists, with the strategy that served each user."""
+    counts = interactions.group_by("user_id").agg(history=pl.len())
+    recs = recs.sort("user_id", "rank").join(counts, on="user_id", how="left").with_columns(
+        pl.col("history").fill_null(0))
+    return recs.select(
+        pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), "user_id", "item_id",
+        pl.col("rank").cast(pl.Int32), "score", pl.lit(model).alias("model"),
+        pl.Series("strategy", strategy_of(recs["history"].to_numpy())),
+    )
 
 
 def gate_frame(recs: pl.DataFrame, interactions: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
@@ -127,13 +143,17 @@ def metric_regressions(current: pl.DataFrame, previous: pl.DataFrame | None, tol
             + f": {r['now']:.4f} < {r['before']:.4f} - {tolerance:.0%}" for r in bad.iter_rows(named=True)]
 
 
-def publish_step(settings, run_id: str, run_date: date, frames: Frames, model_dir: str, model_name: str,
-                 metrics_path: str | None) -> dict:
-    """Gate the output (suite + metric regression) and publish recommendations, defaults and metrics."""
-    model = load(Path(model_dir) / model_name)
+def publish_step(settings, run_id: str, run_date: date, frames: Frames, model_name: str, scored: list[str],
+                 defaults_path: str, metrics_path: str | None) -> dict:
+    """Gate the scored lists (suite + metric regression) and publish recommendations, defaults and metrics.
+
+    ``scored``: the blocks of :func:`score_step`, which together must serve every user exactly once."""
+    recs = build_recommendations(pl.concat([pl.read_parquet(p) for p in scored]), frames.interactions, model_name,
+                                 run_id, run_date)
+    defaults = pl.read_parquet(defaults_path).select(
+        pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), "gender", "age_bucket", "item_id",
+        pl.col("rank").cast(pl.Int32), "score", pl.lit(model_name).alias("model"))
     with db.warehouse(settings) as con:
-        recs = build_recommendations(model, frames.users, frames.interactions, settings.top_n, run_id, run_date)
-        defaults = build_segment_defaults(model, settings.top_n, run_id, run_date)
         metrics = pl.read_parquet(metrics_path).with_columns(run_id=pl.lit(run_id)) if metrics_path else None
         previous_publish = db.run(con, settings, "publish/last_published_run", {"run_id": run_id})
         params = suite_parameters(con, settings, run_id, _now(), recs.height)

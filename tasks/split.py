@@ -7,6 +7,7 @@ into training: tests in tests/unit/test_split.py check exactly that.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -87,6 +88,39 @@ class ValidationFold:
     cases: list[ValidationCase]
     cold_users: np.ndarray
     warm_users: np.ndarray
+
+    def save(self, folder: Path) -> Path:
+        """Write the fold as Parquet (``train``, the cases' users, known and truth rows), for tasks that run
+        elsewhere: they read the fold from here instead of carving it again."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.train.write_parquet(folder / "train.parquet")
+        pl.concat([pl.DataFrame({"user_id": c.users.astype(np.int64)}).with_columns(
+            case=pl.lit(c.label), bucket=pl.lit(c.bucket, pl.Int32), as_history=pl.lit(c.as_history))
+            for c in self.cases]).write_parquet(folder / "validation_users.parquet")
+        for part in ("known", "truth"):
+            pl.concat([getattr(c, part).with_columns(case=pl.lit(c.label)) for c in self.cases]).write_parquet(
+                folder / f"validation_{part}.parquet")
+        return folder
+
+    @staticmethod
+    def train_path(folder: Path) -> Path:
+        return Path(folder) / "train.parquet"
+
+    @classmethod
+    def load(cls, folder: Path) -> ValidationFold:
+        folder = Path(folder)
+        users = pl.read_parquet(folder / "validation_users.parquet")
+        known, truth = (pl.read_parquet(folder / f"validation_{part}.parquet") for part in ("known", "truth"))
+        cases = []
+        for label in users["case"].unique(maintain_order=True):
+            mine = users.filter(pl.col("case") == label)
+            cases.append(ValidationCase(label, int(mine["bucket"][0]), mine["user_id"].to_numpy(),
+                                        known.filter(pl.col("case") == label).drop("case"),
+                                        truth.filter(pl.col("case") == label).drop("case"), bool(mine["as_history"][0])))
+        cold = users.filter(pl.col("case") != "warm")["user_id"].unique().sort().to_numpy()
+        warm = users.filter(pl.col("case") == "warm")["user_id"].to_numpy()
+        return cls(pl.read_parquet(cls.train_path(folder)), cases, cold, warm)
 
 
 def carve_validation(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +11,11 @@ import polars as pl
 
 from models.base import Recommender
 from models.hybrid import Hybrid, ValidationCase
-from models.registry import build, load, model_class
+from models.registry import build, load, load_many, model_class
 from recsys import progress
 from recsys.settings import Settings
 from tasks.features import FeatureSet, Frames, build_features
-from tasks.split import WARM_TRUTH_SHARE, carve_validation
+from tasks.split import WARM_TRUTH_SHARE, ValidationFold, carve_validation
 
 # Validation users when the tuning fold is a fold of its own (fit_tuned): it is thrown away after tuning, so
 # it can lend many users (a blend's gain of 2 % is within the noise of the nightly's 10 % on ML-100k).
@@ -29,47 +30,106 @@ def model_params(name: str, settings: Settings) -> dict:
     return {}
 
 
+def components_of(name: str) -> list[str]:
+    """The fitted models ``name`` blends (a hybrid's components; none for the others)."""
+    return list(Hybrid.default_params()["components"]) if name == "hybrid" else []
+
+
 def needed(names: list[str] | tuple[str, ...]) -> list[str]:
     """The models to fit for ``names``: a hybrid's components first, each once."""
     order: list[str] = []
     for name in names:
         model_class(name)  # fail fast on an unknown name, before any training
-        if name == "hybrid":
-            order += [c for c in build("hybrid").params["components"] if c not in order]
+        order += [c for c in components_of(name) if c not in order]
         if name not in order:
             order.append(name)
     return order
 
 
+def fit_stages(names: list[str] | tuple[str, ...]) -> list[list[str]]:
+    """``needed(names)`` in stages whose fits are independent of each other: the single models, then the
+    blends of them."""
+    order = needed(names)
+    stages = [[n for n in order if not components_of(n)], [n for n in order if components_of(n)]]
+    return [stage for stage in stages if stage]
+
+
+def fit_arguments(name: str, fitted: dict[str, FittedModel], validation: str | None = None,
+                  weights: str | None = None, warm_from: dict[str, str] | None = None) -> dict:
+    """The :func:`fit_step` arguments of ``name`` that differ between models of a fold."""
+    blended = components_of(name)
+    return {"name": name, "components": {c: fitted[c].path for c in blended} or None,
+            "validation": validation if blended else None, "weights": weights if blended else None,
+            "warm_from": (warm_from or {}).get(name)}
+
+
+def fit_one(
+    name: str, train: pl.DataFrame, user_features: pl.DataFrame, item_features: pl.DataFrame, settings: Settings, *,
+    components: dict[str, Recommender] | None = None, validation: list[ValidationCase] | None = None,
+    weights: dict | None = None, warm_from: Recommender | None = None, fold: str = "", log=print,
+) -> Recommender:
+    """Fit one model on ``train``. A hybrid blends the fitted ``components`` and tunes its weights on
+    ``validation`` cases, or takes ``weights`` tuned on another fold (the production fit reuses the
+    evaluation fold's). ``warm_from``: another fold's fit of this model to continue from (the two-tower)."""
+    started = time.perf_counter()
+    label = f" ({fold})" if fold else ""
+    progress.doing(f"fitting {name}{label}")
+    model = build(name, **model_params(name, settings))
+    if warm_from is not None:
+        model.warm_start(warm_from)
+    if isinstance(model, Hybrid):
+        model.use_components(components or {})
+        if weights is not None:
+            model.use_weights(weights["weights"], weights.get("tuning"))
+        elif validation is not None:
+            model.use_validation(validation)
+    model.fit(train, user_features, item_features, seed=settings.seed)
+    detail = model.summary()
+    log(f"  fitted {name:20}{label} in {time.perf_counter() - started:6.1f} s" + (f"  {detail}" if detail else ""))
+    return model
+
+
 def fit_models(
     names: list[str] | tuple[str, ...], train: pl.DataFrame, user_features: pl.DataFrame,
     item_features: pl.DataFrame, settings: Settings, *, validation: list[ValidationCase] | None = None,
-    weights: dict | None = None, warm_from: dict[str, Recommender] | None = None, fold: str = "", log=print,
+    weights: dict | None = None, fold: str = "", log=print,
 ) -> dict[str, Recommender]:
-    """Fit each model once on ``train``; a hybrid blends the fitted components.
-
-    The hybrid tunes its weights on ``validation`` cases, or takes ``weights`` tuned on another fold (the
-    production fit reuses the evaluation fold's). ``warm_from``: fits of another fold that models able to
-    continue from (the two-tower) start from. Returns every fitted model, components included.
-    """
+    """Fit each model once on ``train``, in this process; a hybrid blends the fitted components.
+    Returns every fitted model, components included. (The nightly fits each model as a task of its own:
+    :func:`fit_step`.)"""
     fitted: dict[str, Recommender] = {}
-    label = f" ({fold})" if fold else ""
     for name in needed(names):
-        started = time.perf_counter()
-        progress.doing(f"fitting {name}{label}")
-        model = build(name, **model_params(name, settings))
-        if warm_from and name in warm_from:
-            model.warm_start(warm_from[name])
-        if isinstance(model, Hybrid):
-            model.use_components(fitted)
-            if weights is not None:
-                model.use_weights(weights["weights"], weights.get("tuning"))
-            elif validation is not None:
-                model.use_validation(validation)
-        fitted[name] = model.fit(train, user_features, item_features, seed=settings.seed)
-        detail = model.summary()
-        log(f"  fitted {name:20}{label} in {time.perf_counter() - started:6.1f} s" + (f"  {detail}" if detail else ""))
+        fitted[name] = fit_one(name, train, user_features, item_features, settings, components=fitted,
+                               validation=validation, weights=weights, fold=fold, log=log)
     return fitted
+
+
+@dataclass(frozen=True)
+class FittedModel:
+    """One saved fit, by path: what a fit task hands on instead of the model."""
+
+    name: str
+    path: str
+
+    def exists(self) -> bool:
+        return (Path(self.path) / "params.json").exists()
+
+
+def fit_step(settings: Settings, name: str, train: str, features: FeatureSet, folder: str, fold: str,
+             components: dict[str, str] | None = None, validation: str | None = None, weights: str | None = None,
+             warm_from: str | None = None, log=print) -> FittedModel:
+    """Fit one model from files and save it under ``folder/name``: the unit of work a task runner spreads.
+
+    ``train``: a Parquet file of interactions; ``components``: saved fits a hybrid blends; ``validation``: a
+    saved :class:`ValidationFold` folder to tune on, or ``weights``: a JSON file of weights tuned elsewhere;
+    ``warm_from``: a saved fit of this model to continue from."""
+    user_features, item_features = features.read()
+    loaded = load_many(components or {})
+    model = fit_one(name, pl.read_parquet(train), user_features, item_features, settings, components=loaded,
+                    validation=ValidationFold.load(validation).cases if validation else None,
+                    weights=json.loads(Path(weights).read_text()) if weights else None,
+                    warm_from=load(Path(warm_from)) if warm_from else None, fold=fold, log=log)
+    return FittedModel(name, str(model.save(Path(folder) / name)))
 
 
 def hybrid_weights(models: dict[str, Recommender]) -> dict | None:
@@ -112,7 +172,7 @@ def fit_tuned(
 
 def _without(component: str, fitted: dict[str, Recommender]) -> Hybrid:
     """A hybrid of the fitted components but ``component``."""
-    components = [c for c in Hybrid.default_params()["components"] if c != component]
+    components = [c for c in components_of("hybrid") if c != component]
     return build("hybrid", components=components).use_components(fitted)
 
 
@@ -120,17 +180,13 @@ def save_models(models: dict[str, Recommender], folder: Path) -> dict[str, Path]
     return {name: model.save(Path(folder) / name) for name, model in models.items()}
 
 
-def save_warm_starts(models: dict[str, Recommender], folder: Path) -> dict[str, str]:
-    """Save the fits another fold can continue from (only those: EASE's weights are GBs at scale)."""
-    return {name: str(model.save(Path(folder) / name)) for name, model in models.items() if model.can_warm_start()}
-
-
-def format_training(models: dict[str, Recommender], paths: dict[str, Path]) -> str:
+def format_training(paths: dict[str, Path | str]) -> str:
+    """A table of saved fits (read from each one's metadata)."""
     lines = [f"  {'model':20} {'users':>8} {'items':>7} {'interactions':>13} {'seconds':>8}  saved to"]
-    for name, model in models.items():
-        m = model.meta
+    for name, path in paths.items():
+        m = json.loads((Path(path) / "metadata.json").read_text())
         lines.append(f"  {name:20} {m['n_users']:>8,} {m['n_items']:>7,} {m['n_interactions']:>13,} "
-                     f"{m['training_seconds']:>8.1f}  {paths.get(name, '')}")
+                     f"{m['training_seconds']:>8.1f}  {path}")
     return "\n".join(lines)
 
 
@@ -143,18 +199,3 @@ class TrainedModels:
 
     def exists(self) -> bool:
         return all((Path(p) / "params.json").exists() for p in self.models.values())
-
-
-def train_step(settings: Settings, features: FeatureSet, train: pl.DataFrame, names: list[str] | tuple[str, ...],
-               weights: dict | None, folder: Path, warm_from: dict[str, str] | None = None,
-               log=print) -> TrainedModels:
-    """Fit the production models once on everything loaded, from the stored features; save each.
-
-    ``warm_from`` names saved evaluation-fold fits that models able to continue from start from."""
-    user_features, item_features = features.read()
-    earlier = {name: load(Path(path)) for name, path in (warm_from or {}).items()}
-    models = fit_models(names, train, user_features, item_features, settings, weights=weights, warm_from=earlier,
-                        fold="production", log=log)
-    paths = save_models(models, Path(folder))
-    log(format_training(models, paths))
-    return TrainedModels(str(folder), {n: str(p) for n, p in paths.items()})

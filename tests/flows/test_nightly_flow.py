@@ -111,10 +111,12 @@ def test_regressed_run_keeps_the_last_good_partition(night, tmp_path):
     worse = pl.read_parquet(second["evaluation"].metrics).with_columns(pl.col("value") * 0.5)
     worse_path = tmp_path / "worse.parquet"
     worse.write_parquet(worse_path)
+    model = second["models"].models["hybrid"]
+    scored = [publish.score_step(model, str(second["snapshot"].path("users")), 0, 1, N, str(tmp_path / "scored"))]
+    defaults = publish.segment_defaults_step(model, N, str(tmp_path / "scored"))
     with pytest.raises(PublishGateError, match="kept the last good partition"):
-        publish.publish_step(settings, "regressed-run", date(2026, 11, 20), second["snapshot"].frames(),
-                             second["models"].model_dir, "hybrid",
-                             str(worse_path))
+        publish.publish_step(settings, "regressed-run", date(2026, 11, 20), second["snapshot"].frames(), "hybrid",
+                             scored, defaults, str(worse_path))
     assert path.read_bytes() == before
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         status = con.sql("select status, reason from publish_log where run_id = 'regressed-run'").fetchall()

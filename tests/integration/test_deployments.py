@@ -89,7 +89,8 @@ def test_ingest_deployment_triggers_train_and_publish(tmp_path, small_synthetic)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
         deployments = {d["name"]: d for d in api(url, "/deployments/filter", {})}
-        assert {"nightly", "ingest", "train-and-publish"} <= set(deployments)
+        assert {"nightly", "nightly-dask", "ingest", "train-and-publish"} <= set(deployments)
+        assert deployments["nightly-dask"]["job_variables"]["env"]["RECSYS_TASK_RUNNER"] == "dask"
         schedule = deployments["nightly"]["schedules"][0]["schedule"]
         assert schedule["cron"] == "0 2 * * *" and schedule["timezone"] == "UTC"
         automations = api(url, "/automations/filter", {})
