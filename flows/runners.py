@@ -15,7 +15,7 @@ from typing import Any
 
 import dask
 from prefect import Task, get_client
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 from threadpoolctl import threadpool_info
@@ -79,6 +79,5 @@ def run_all(runner: TaskRunner, settings: Settings, step: Task, calls: list[dict
 
 
 def _results(futures: list[PrefectFuture]) -> list[Any]:
-    for future in futures:
-        future.wait()
+    wait(futures)  # all of them end (a failed one raises below, after the others have finished)
     return [future.result() for future in futures]

@@ -234,11 +234,17 @@ class Hybrid(Recommender):
         (path / "weights.json").write_text(json.dumps({"weights": {str(b): w for b, w in self.weights.items()},
                                                        "tuning": self.tuning}, indent=2))
 
+    @staticmethod
+    def saved_blend(path: Path) -> dict:
+        """The blend a saved hybrid uses, ``{"weights": ..., "tuning": ...}``, without loading its components
+        (what another fold's fit takes as its weights)."""
+        return json.loads((Path(path) / "weights.json").read_text())
+
     def _load_state(self, path: Path) -> None:
         if self._loader is None:
             raise ValueError("a hybrid loads its components by kind: load it with models.registry.load()")
         where = json.loads((path / "components.json").read_text())
         self.components = {name: self._loader((path / where[name]).resolve()) for name in self.params["components"]}
-        saved = json.loads((path / "weights.json").read_text())
+        saved = self.saved_blend(path)
         self.weights = {int(b): w for b, w in saved["weights"].items()}
         self.tuning = saved["tuning"]

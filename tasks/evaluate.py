@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 
 from models.base import Recommender, recommend_together
+from models.hybrid import Hybrid
 from models.ranking import bootstrap_indices, paired_lift
 from models.registry import load_many, model_class
 from recsys import db, progress
@@ -190,9 +191,6 @@ class Evaluation:
     def exists(self) -> bool:
         return all(Path(p).exists() for p in (self.metrics, self.report_html, self.weights, *self.warm_starts.values()))
 
-    def hybrid_weights(self) -> dict | None:
-        return json.loads(Path(self.weights).read_text()) or None
-
 
 def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
     """Cold users (zero- and k-shot) and warm users (their last 20 % by time), split once and stored.
@@ -236,7 +234,7 @@ def write_evaluation_step(settings, run_id: str, fold: EvaluationFold, parts: li
     """Store metrics (DuckDB + Parquet), the hybrid's blend and the report; name the fits to continue from."""
     folder = Path(folder)
     metrics = pl.concat([pl.read_parquet(part.path) for part in parts])
-    blend = json.loads((Path(fitted["hybrid"]) / "weights.json").read_text()) if "hybrid" in fitted else None
+    blend = Hybrid.saved_blend(Path(fitted["hybrid"])) if "hybrid" in fitted else None
     docs = docs_index(settings)
     progress.doing("writing the report")
     paths = write_report(metrics, folder, run_id, fold.protocol, {"hybrid": blend["tuning"]} if blend else {},

@@ -7,6 +7,7 @@ import hashlib
 from datetime import date
 from pathlib import Path
 
+import dask
 import polars as pl
 import pytest
 from distributed import Client, LocalCluster, get_task_stream
@@ -36,8 +37,6 @@ def cluster(prefect_harness, tmp_path_factory):
     mp.setenv("RECSYS_TEST_KILL_DIR", str(kill_dir))  # read by the workers' preload, inherited at spawn
     for key, value in {"RECSYS_TOP_N": str(N), "RECSYS_BOOTSTRAP_SAMPLES": "50"}.items():
         mp.setenv(key, value)
-    import dask
-
     preload = str(Path(__file__).with_name("dask_kill_preload.py"))
     with dask.config.set({"distributed.worker.preload": [preload]}):
         with LocalCluster(**local_cluster_options(2)) as local, Client(local) as client:

@@ -9,8 +9,10 @@ import scipy.sparse as sp
 from model_helpers import fit_model
 from polars.testing import assert_frame_equal
 
+import models.base
 from models.base import recommend_together
 from models.tiled import TILE, TiledMatrix
+from tasks.publish import score_step
 
 
 @pytest.mark.parametrize("n_cols", [1, 300, 2 * TILE, 2 * TILE + 7])
@@ -66,3 +68,22 @@ def test_a_hybrid_scored_with_its_components_scores_each_once_and_matches(small_
         assert_frame_equal(together[name], alone[name])
     assert set(calls) == set(models)
     assert all(count == 1 for count in calls.values()), calls  # one block, each model scored once
+
+
+@pytest.mark.parametrize("users_per_block", [None, 7])
+@pytest.mark.parametrize("blocks", [2, 3, 50])
+def test_scoring_in_any_number_of_blocks_publishes_the_same_rows(small_data, tmp_path, monkeypatch, blocks,
+                                                                 users_per_block):
+    """The publish step's blocks (one task each on a task runner) are cut at the model's own scoring
+    blocks: the rows are bit for bit those of one block, whatever the split."""
+    train, uf, itf, _ = small_data
+    model = fit_model("ease", train, uf, itf, seed=0).save(tmp_path / "ease")
+    users = tmp_path / "users.parquet"
+    uf.select("user_id").write_parquet(users)
+    if users_per_block:  # many of the model's own blocks (by default all 300 users are one: SGEMM rounds a
+        monkeypatch.setattr(models.base, "SCORE_BLOCK_CELLS", users_per_block * len(itf))  # row by M)
+    one = pl.read_parquet(score_step(str(model), str(users), 0, 1, 10, str(tmp_path / "one")))
+    parts = [score_step(str(model), str(users), b, blocks, 10, str(tmp_path / f"in-{blocks}")) for b in range(blocks)]
+    many = pl.concat([pl.read_parquet(p) for p in parts])
+    assert one["user_id"].n_unique() == uf.height
+    assert_frame_equal(many, one)  # same users, order, items and float bits
