@@ -46,10 +46,14 @@ def local_cluster_options(workers: int, env: dict[str, str] | None = None) -> di
     starts (``distributed.nanny.pre-spawn-environ``), and a LAPACK factorisation (EASE's Cholesky) rounds
     differently with another thread count, while the night must publish the same rows wherever it runs.
     """
+    environ = "distributed.nanny.pre-spawn-environ"
     blas = max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=None)
     if blas:
-        dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": blas
-                         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+        dask.config.set({f"{environ}.{name}": blas for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                                 "MKL_NUM_THREADS")})
+    # The workers' own logs: warnings only, and a fit holding the GIL for minutes is expected, not a warning.
+    dask.config.set({f"{environ}.DASK_LOGGING__DISTRIBUTED": "warning",
+                     f"{environ}.DASK_DISTRIBUTED__ADMIN__TICK__LIMIT": "1h"})
     return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
             "env": env or {}}
 
