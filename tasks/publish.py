@@ -80,8 +80,8 @@ def score_step(model_path: str, users: str, block: int, blocks: int, n: int, fol
     same, bit for bit, from one process or many."""
     model = load(Path(model_path))
     user_ids = np.sort(pl.read_parquet(users, columns=["user_id"])["user_id"].to_numpy())
-    chunks = np.array_split(np.arange(-(-len(user_ids) // model.block_users)), blocks)[block]
-    user_ids = user_ids[chunks[0] * model.block_users:(chunks[-1] + 1) * model.block_users] if len(chunks) else user_ids[:0]
+    per, chunks = model.block_users, -(-len(user_ids) // model.block_users)  # the model's blocks, rounded up
+    user_ids = user_ids[chunks * block // blocks * per:chunks * (block + 1) // blocks * per]
     progress.doing(f"scoring {len(user_ids):,} users with {model.name}" + (f" (block {block + 1}/{blocks})" if blocks > 1 else ""))
     path = Path(folder) / f"block-{block:05d}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)

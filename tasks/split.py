@@ -107,8 +107,9 @@ class ValidationFold:
     def train_path(folder: Path) -> Path:
         return Path(folder) / "train.parquet"
 
-    @classmethod
-    def load(cls, folder: Path) -> ValidationFold:
+    @staticmethod
+    def load_cases(folder: Path) -> list[ValidationCase]:
+        """The validation cases of a saved fold (what a hybrid tunes on; its training rows are read apart)."""
         folder = Path(folder)
         users = pl.read_parquet(folder / "validation_users.parquet")
         known, truth = (pl.read_parquet(folder / f"validation_{part}.parquet") for part in ("known", "truth"))
@@ -118,10 +119,7 @@ class ValidationFold:
             cases.append(ValidationCase(label, int(mine["bucket"][0]), mine["user_id"].to_numpy(),
                                         known.filter(pl.col("case") == label).drop("case"),
                                         truth.filter(pl.col("case") == label).drop("case"), bool(mine["as_history"][0])))
-        cold = users.filter(pl.col("case") != "warm")["user_id"].unique().sort().to_numpy()
-        warm = users.filter(pl.col("case") == "warm")["user_id"].to_numpy()
-        return cls(pl.read_parquet(cls.train_path(folder)), cases, cold, warm)
-
+        return cases
 
 def carve_validation(
     interactions: pl.DataFrame, share: float, seed: int, max_users: int = 3000, min_history: int = 5,

@@ -126,7 +126,7 @@ def fit_step(settings: Settings, name: str, train: str, features: FeatureSet, fo
     user_features, item_features = features.read()
     loaded = load_many(components or {})
     model = fit_one(name, pl.read_parquet(train), user_features, item_features, settings, components=loaded,
-                    validation=ValidationFold.load(validation).cases if validation else None,
+                    validation=ValidationFold.load_cases(validation) if validation else None,
                     weights=json.loads(Path(weights).read_text()) if weights else None,
                     warm_from=load(Path(warm_from)) if warm_from else None, fold=fold, log=log)
     return FittedModel(name, str(model.save(Path(folder) / name)))
