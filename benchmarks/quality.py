@@ -1,6 +1,8 @@
-"""Quality benchmark: protocol W (warm, the Microsoft Recommenders ML-100k protocol) and protocol C (cold).
+"""Quality benchmark: protocol W (warm, the Microsoft Recommenders ML-100k protocol), protocol C (cold users)
+and protocol I (new items: 20 % of the items held out of training entirely, 5 seeds).
 
     recsys benchmark quality --dataset ml-100k --path ../shared/datasets/ml-100k --out var/benchmarks/q.json
+    recsys benchmark quality --protocols i      # new items only
 
 Prints a readable table and writes every number, the protocol, seeds, versions and wall time as JSON.
 Targets (checked and reported, never asserted in tests): best warm CF nDCG@10 >= 0.48 on protocol W; on
@@ -25,12 +27,12 @@ from recsys import db
 from recsys.errors import ConfigError
 from recsys.settings import Settings
 from tasks import ingest
-from tasks.evaluate import cold_slices, evaluate_models
+from tasks.evaluate import ITEM_COLD_BASELINES, ItemColdFold, Slice, cold_slices, evaluate_models
 from tasks.features import Frames, build_features, load_frames
 from tasks.generate import GeneratorConfig, generate
-from tasks.metrics import Catalog, map_full, ndcg, precision, ranked_lists, recall
+from tasks.metrics import ITEM_METRICS, Catalog, map_full, ndcg, precision, ranked_lists, recall
 from tasks.sources import movielens_specs, synthetic_specs
-from tasks.split import cold_user_split, stratified_split
+from tasks.split import cold_user_split, item_cold_split, stratified_split
 from tasks.train import fit_tuned
 
 # Microsoft Recommenders, ML-100k, their benchmark notebook (MAP is their full MAP, not MAP@K).
@@ -42,7 +44,7 @@ MSR_ML100K = {
     "SAR": {"ndcg": 0.382461, "precision": 0.330753, "recall": 0.176385, "map": 0.110591},
 }
 CF_MODELS = ("item_knn", "ease")
-ALL_MODELS = ("popularity", "segment_popularity", "item_knn", "ease", "two_tower", "hybrid")
+ALL_MODELS = ("popularity", "segment_popularity", "item_knn", "ease", "content_knn", "two_tower", "hybrid")
 
 
 def load_ml100k(path: Path) -> Frames:
@@ -141,6 +143,61 @@ def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log,
             "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
+def protocol_i(frames: Frames, names, settings: Settings, seeds: list[int], log) -> dict:
+    """Item cold start: per seed, ``item_cold_fraction`` of the items held out of training entirely; users ->
+    items (nDCG@10, recall@50, HR@50 on the new items, from the whole catalogue) and items -> users
+    (nDCG@100 over users, per new item), against random exposure and genre popularity."""
+    per_seed = []
+    started = time.perf_counter()
+    models_i = ItemColdFold.models(list(names))
+    for seed in seeds:
+        seeded = settings.model_copy(update={"seed": seed})
+        split = item_cold_split(frames.interactions, settings.item_cold_fraction, seed)
+        models = fit_tuned(models_i, frames, split.train, seeded, label=f"protocol I, seed {seed}", log=log)
+        item_slice = Slice("item_cold", None, split.truth, None, split.excluded_users, split.new_items)
+        metrics = evaluate_models({n: models[n] for n in models_i}, [item_slice], (10,), seed,
+                                  settings.bootstrap_samples)
+        per_seed.append(metrics.with_columns(seed=pl.lit(seed)))
+    keep = [f"{m}{suffix}" for m in ("ndcg", "recall", "hit_rate", *ITEM_METRICS)
+            for suffix in ("", *(f"_lift_over_{b}" for b in ITEM_COLD_BASELINES))]
+    table = (pl.concat(per_seed).filter(pl.col("metric").is_in(keep))
+             .group_by("model", "metric", "k")
+             .agg(value=pl.col("value").mean(), ci_low=pl.col("ci_low").mean(), ci_high=pl.col("ci_high").mean(),
+                  seed_std=pl.col("value").std(), seeds_ci_above_zero=(pl.col("ci_low") > 0).sum(),
+                  n=pl.col("n_users").mean())
+             .sort("metric", "model", "k"))
+    return {"protocol": f"{settings.item_cold_fraction:.0%} of items held out of training entirely (their content "
+                        "stays in the catalogue); users -> items from the whole catalogue, items -> users over the "
+                        "evaluated users", "seeds": seeds, "table": table.to_dicts(),
+            "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+ITEM_COLUMNS = (("ndcg", 10), ("recall", 50), ("hit_rate", 50), ("item_ndcg", 100))
+
+
+def format_item_cold(i: dict) -> list[str]:
+    lines = ["", f"Protocol I (new items, seeds {i['seeds']}): value [mean 95% CI over seeds]"]
+    cells = {(r["model"], r["metric"], r["k"]): r for r in i["table"]}
+    header = ["users->items nDCG@10", "recall@50", "HR@50", "items->users nDCG@100"]
+    lines.append(f"  {'model':20} " + " ".join(f"{h:>24}" for h in header))
+    for model in sorted({r["model"] for r in i["table"]}):
+        lines.append(f"  {model:20} " + " ".join(
+            (f"{c['value']:.4f} [{c['ci_low']:.3f},{c['ci_high']:.3f}]" if (c := cells.get((model, m, k))) else "-"
+             ).rjust(24) for m, k in ITEM_COLUMNS))
+    lines.append("  lift over the baselines (paired, mean of seeds; seeds with CI > 0):")
+    for model in sorted({r["model"] for r in i["table"]} - set(ITEM_COLD_BASELINES)):
+        parts = []
+        for metric, k in (("ndcg", 10), ("item_ndcg", 100)):
+            for base in ITEM_COLD_BASELINES:
+                c = cells.get((model, f"{metric}_lift_over_{base}", k))
+                if c:
+                    parts.append(f"{metric}@{k} vs {base} {c['value']:+.1%} [{c['ci_low']:+.1%},{c['ci_high']:+.1%}] "
+                                 f"{c['seeds_ci_above_zero']}/{len(i['seeds'])}")
+        if parts:
+            lines.append(f"    {model:20} " + "; ".join(parts))
+    return lines
+
+
 def format_tables(result: dict) -> str:
     lines = []
     if "w" in result:
@@ -175,10 +232,12 @@ def format_tables(result: dict) -> str:
                     f"k={r['k_shot']} {r['value']:+.1%} [{r['ci_low']:+.1%},{r['ci_high']:+.1%}] {r['seeds_ci_above_zero']}/"
                     f"{len(c['seeds'])}" for r in cells))
         lines.append(f"  hybrid below popularity at k: {c['hybrid_below_popularity_at_k'] or 'never'}")
+    if "i" in result:
+        lines += format_item_cold(result["i"])
     return "\n".join(lines)
 
 
-def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protocols=("w", "c"), log=print,
+def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protocols=("w", "c", "i"), log=print,
         peers: bool = False) -> dict:
     started = time.perf_counter()
     missing = peer_models.missing() if peers else []
@@ -199,13 +258,15 @@ def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protoco
         result["w"] = protocol_w(frames, names, settings, log, peer_names)
     if "c" in protocols:
         result["c"] = protocol_c(frames, names, settings, list(range(seeds)), log, peer_names)
+    if "i" in protocols:
+        result["i"] = protocol_i(frames, names, settings, list(range(seeds)), log)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     return result
 
 
 def main(args) -> int:
     result = run(args.dataset, Path(args.path) if args.path else None, args.seeds, args.models, args.epochs,
-                 peers=args.peers)
+                 protocols=tuple(args.protocols), peers=args.peers)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))

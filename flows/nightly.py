@@ -82,8 +82,14 @@ def write_evaluation(settings: Settings, run_id: str, snap: Snapshot, fold: Eval
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only,
       task_run_name="score-block-{block}")
-def score_users(model_path: str, users: str, block: int, blocks: int, n: int, folder: str) -> str:
-    return publish.score_step(model_path, users, block, blocks, n, folder)
+def score_users(model_path: str, users: str, block: int, blocks: int, n: int, folder: str,
+                new_item_max_interactions: int, users_per_item: int) -> publish.ScoredBlock:
+    return publish.score_step(model_path, users, block, blocks, n, folder, new_item_max_interactions, users_per_item)
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
+def rank_new_items(model_path: str, scored: list[publish.ScoredBlock], users_per_item: int, folder: str) -> str:
+    return publish.new_items_step(model_path, scored, users_per_item, folder)
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
@@ -93,8 +99,9 @@ def segment_defaults(model_path: str, n: int, folder: str) -> str:
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
 def publish_recommendations(settings: Settings, run_id: str, run_date: date, snap: Snapshot, model: str,
-                            scored: list[str], defaults: str, metrics_path: str) -> dict:
-    return publish.publish_step(settings, run_id, run_date, snap.frames(), model, scored, defaults, metrics_path)
+                            scored: list[publish.ScoredBlock], defaults: str, metrics_path: str, new_items: str) -> dict:
+    return publish.publish_step(settings, run_id, run_date, snap.frames(), model, scored, defaults, metrics_path,
+                                new_items)
 
 
 def cached(step, settings: Settings, *args):
@@ -259,10 +266,15 @@ def evaluate_night(runner: TaskRunner, settings: Settings, run_id: str, snap: Sn
     folder = settings.reports_dir / run_id
     fitted = fit_fold(runner, settings, names, fold.train, fold.features, str(folder / "models"), "evaluation fold",
                       validation=fold.validation)
-    models = {name: fitted[name].path for name in names}
+    slices = {name: {name: fitted[name].path for name in names} for name in fold.slices}
+    if fold.item_cold is not None:  # the item-cold fold: every model and the baselines, without the new items
+        ic, ic_names = fold.item_cold, evaluate.ItemColdFold.models(names)
+        ic_fitted = fit_fold(runner, settings, ic_names, ic.train, ic.features, str(folder / "models-item-cold"),
+                             "item-cold fold", **evaluate.ItemColdFold.fit_options(fitted))
+        slices[ic.slice] = {name: ic_fitted[name].path for name in ic_names}
     parts = run_all(runner, settings, evaluate_slice, [
         {"settings": settings, "run_id": run_id, "fold": fold, "slice_name": name, "models": models,
-         "folder": str(folder / "metrics")} for name in fold.slices])
+         "folder": str(folder / "metrics")} for name, models in slices.items()])
     return cached(write_evaluation, settings, run_id, snap, fold, parts, {n: f.path for n, f in fitted.items()})
 
 
@@ -279,16 +291,20 @@ def train_night(runner: TaskRunner, settings: Settings, run_id: str, snap: Snaps
 
 def publish_night(runner: TaskRunner, settings: Settings, run_id: str, night: date, snap: Snapshot, model_path: str,
                   model: str, metrics_path: str) -> dict:
-    """Every user scored in blocks (one task per block, as many as the runner runs at once), the segment
-    defaults beside them; then the gate and the atomic publish, in this process."""
+    """Every user scored and explained in blocks (one task per block, as many as the runner runs at once),
+    the segment defaults beside them; the new items' best users from the same blocks; then the gate and the
+    atomic publish, in this process."""
     folder = settings.home / "scoring" / run_id
     blocks = parallelism(runner)
     defaults = runner.submit(segment_defaults, {"model_path": model_path, "n": settings.top_n, "folder": str(folder)})
     try:
         scored = run_all(runner, settings, score_users, [
             {"model_path": model_path, "users": str(snap.path("users")), "block": block, "blocks": blocks,
-             "n": settings.top_n, "folder": str(folder)} for block in range(blocks)], cache=False)
-        return publish_recommendations(settings, run_id, night, snap, model, scored, defaults.result(), metrics_path)
+             "n": settings.top_n, "folder": str(folder), "new_item_max_interactions": settings.new_item_max_interactions,
+             "users_per_item": settings.new_item_users} for block in range(blocks)], cache=False)
+        new_items = rank_new_items(model_path, scored, settings.new_item_users, str(folder))
+        return publish_recommendations(settings, run_id, night, snap, model, scored, defaults.result(), metrics_path,
+                                       new_items)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -304,6 +320,8 @@ def _summary_text(summary: dict, heads) -> str:
     lines = [f"nightly {summary['run_date']} ({summary['run_id']})",
              f"  {_ingest_line(summary['ingest'])}",
              f"  users served: {summary['published']['users']:,} {summary['published']['strategies']}",
+             f"  reasons: {summary['published']['reasons']}; new items with users to show them to: "
+             f"{summary['published']['new_items']:,}",
              f"  report: {summary['evaluation'].report_html}"]
     for row in _ordered(heads).iter_rows(named=True):
         lines.append(f"  nDCG@10 {row['model']:18} {row['slice']:10} {row['value']:.4f} "

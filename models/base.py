@@ -27,12 +27,22 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from models.text import BUCKETS, title_token_matrix
 from models.tiled import scoring_pool
 from recsys import progress, schema
 
 # Memory bound of one scoring block: users x items float32 scores.
 SCORE_BLOCK_CELLS = 16_000_000
 DEMOGRAPHIC_COLUMNS = ("gender", "age_bucket", "occupation", "zip_region")
+N_DECADES = 16  # 0 = unknown, 1 = before 1910 ... 15 = 2030s
+# Why an item was recommended (the published ``reason_kind``): a known item it resembles in the user's
+# history by interactions (``neighbour``) or by content (``content``), the user's demographic segment, or
+# popularity with everyone.
+REASON_KINDS = ("neighbour", "content", "segment", "popular")
+
+
+def decade_of(years: np.ndarray) -> np.ndarray:
+    return np.where(years > 0, np.clip((years - 1900) // 10 + 1, 1, N_DECADES - 1), 0).astype(np.int32)
 
 
 @dataclass
@@ -53,6 +63,8 @@ class UserBlock:
 
 class Recommender(ABC):
     name: ClassVar[str]
+    # Scores an item from its content, so an item with no interactions gets a real score (not a CF zero).
+    scores_new_items: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         self.params = {**self.default_params(), **params}
@@ -153,6 +165,11 @@ class Recommender(ABC):
         self.item_genres = genres
         self.item_year = np.zeros(len(self.item_ids), dtype=np.int32)
         self.item_year[rows] = itf["release_year"].fill_null(0).to_numpy().astype(np.int32)
+        titles: list[str | None] = [None] * len(self.item_ids)
+        if "title" in itf.columns:
+            for row, title in zip(rows, itf["title"].to_list(), strict=True):
+                titles[row] = title
+        self.item_tokens = title_token_matrix(titles)  # (items, text.BUCKETS) hashed title words
 
     # -- serving -------------------------------------------------------------------------------------------
 
@@ -161,6 +178,82 @@ class Recommender(ABC):
     ) -> pl.DataFrame:
         """Top-``n`` items per user as (user_id, item_id, rank, score), scored in blocks of users."""
         return recommend_together({self.name: self}, user_ids, n, exclude_seen, history)[self.name]
+
+    def serve(self, user_ids, n: int, explain: bool = True, items: np.ndarray | None = None,
+              users_per_item: int = 0) -> Served:
+        """Top-``n`` per user with the reason for each row, and for ``items`` the best ``users_per_item``
+        users of ``user_ids``, all in one blockwise pass (see :func:`serve_together`)."""
+        return serve_together({self.name: self}, user_ids, n, explain=explain, items=items,
+                              users_per_item=users_per_item)[self.name]
+
+    # -- explaining ----------------------------------------------------------------------------------------
+
+    def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
+        """Why each recommended (block row, catalogue column) pair was scored high, as :meth:`reasons`.
+        Called on the block just scored (its ``shared`` scores are still there). Default: popularity."""
+        return self.reasons(rows, np.full(len(rows), "popular", dtype=object))
+
+    def reasons(self, rows: np.ndarray, kinds: np.ndarray, items: np.ndarray | None = None,
+                segments: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Reasons aligned with ``rows``: a kind of ``REASON_KINDS``, the catalogue column of the item it
+        names (-1 for none) and the segment it names (None for none)."""
+        n = len(rows)
+        return {"kind": np.asarray(kinds, dtype=object),
+                "item": np.full(n, -1, dtype=np.int64) if items is None else np.asarray(items, dtype=np.int64),
+                "segment": np.full(n, None, dtype=object) if segments is None else np.asarray(segments, dtype=object)}
+
+    def neighbour_reasons(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray,
+                          affinity: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                          kind: str = "neighbour") -> dict[str, np.ndarray]:
+        """``kind`` naming the known item with the highest ``affinity(known, recommended)``; ``popular``
+        for a user without history."""
+        item = best_history_item(users.history, rows, cols, affinity)
+        return self.reasons(rows, np.where(item >= 0, kind, "popular"), item)
+
+    def content_vectors(self) -> np.ndarray:
+        """(items, genres + decades) unit rows of what is known of an item before anyone rates it."""
+        decades = np.eye(N_DECADES, dtype=np.float32)[decade_of(self.item_year)][:, 1:]  # decade 0: unknown
+        vectors = np.concatenate([self.item_genres, 0.5 * decades], axis=1).astype(np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+
+    def explain_new_items(self, user_ids: np.ndarray, item_ids: np.ndarray, chunk: int = 200_000) -> dict[str, np.ndarray]:
+        """Reasons for showing new items to users (the published ``new_items``), without scoring anyone
+        again: "similar to <the user's known item closest in genres and decade>", or for a user without
+        history "popular with <gender, age>". Pairs are explained ``chunk`` at a time (each expands to the
+        user's known items)."""
+        user_ids, item_ids = np.asarray(user_ids, dtype=np.int64), np.asarray(item_ids, dtype=np.int64)
+        vectors = self.content_vectors()
+
+        def closeness(known: np.ndarray, target: np.ndarray) -> np.ndarray:
+            return np.einsum("ij,ij->i", vectors[known], vectors[target])
+
+        why = self.reasons(np.arange(len(user_ids)), np.full(len(user_ids), "popular", dtype=object))
+        for lo in range(0, len(user_ids), chunk):
+            users = np.unique(user_ids[lo:lo + chunk])
+            block = self._user_block(users, sp.csr_matrix((len(users), len(self.item_ids)), dtype=np.float32))
+            rows = np.searchsorted(users, user_ids[lo:lo + chunk])
+            cols = np.searchsorted(self.item_ids, item_ids[lo:lo + chunk])
+            part = self.neighbour_reasons(block, rows, cols, closeness, kind="content")
+            cold = np.flatnonzero(part["item"] < 0)
+            if len(cold):
+                segment = self.segment_reasons(block, rows[cold], ("gender", "age_bucket"))
+                for key in part:
+                    part[key][cold] = segment[key]
+            for key in why:
+                why[key][lo:lo + chunk] = part[key]
+        return why
+
+    def segment_reasons(self, users: UserBlock, rows: np.ndarray, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """``segment`` naming the user's cell of ``columns`` (e.g. gender=F, age_bucket=25-34); ``popular``
+        where one of them is unknown."""
+        demo = users.demographics[rows]
+        cols = [DEMOGRAPHIC_COLUMNS.index(c) for c in columns]
+        known = np.all(demo[:, cols] > 0, axis=1)
+        labels = np.full(len(rows), None, dtype=object)
+        for i in np.flatnonzero(known):
+            labels[i] = ", ".join(f"{c}={self.vocab[c][demo[i, j]]}" for c, j in zip(columns, cols, strict=True))
+        return self.reasons(rows, np.where(known, "segment", "popular"), segments=labels)
 
     def block_scores(self, users: UserBlock) -> np.ndarray:
         """:meth:`score_block`, computed once per block where several models share it (a hybrid and its
@@ -262,15 +355,18 @@ class Recommender(ABC):
         np.savez(path / "encoding.npz", item_ids=self.item_ids, user_ids=self.user_ids,
                  feature_user_ids=self.feature_user_ids, user_demographics=self.user_demographics,
                  item_genres=self.item_genres, item_year=self.item_year, item_popularity=self.item_popularity,
-                 tiebreak=self.tiebreak)
+                 tiebreak=self.tiebreak, item_tokens_indptr=self.item_tokens.indptr,
+                 item_tokens_indices=self.item_tokens.indices)
         (path / "vocab.json").write_text(json.dumps({"demographics": self.vocab, "genres": self.genre_vocab}))
         self._save_state(path)
         self.saved_path = path
         return path
 
     @classmethod
-    def load(cls, path: Path, loader: Callable[[Path], Recommender] | None = None) -> Self:
-        """Read a saved model. ``loader`` loads nested models of any kind (the hybrid's components)."""
+    def load(cls, path: Path, loader: Callable[[Path], Recommender] | None = None, state: bool = True) -> Self:
+        """Read a saved model. ``loader`` loads nested models of any kind (the hybrid's components).
+        ``state=False`` reads only the encoding (catalogue, histories, features): enough to explain, not to
+        score."""
         path = Path(path)
         saved = json.loads((path / "params.json").read_text())
         model = cls(**saved["params"])
@@ -281,8 +377,12 @@ class Recommender(ABC):
         with np.load(path / "encoding.npz") as arrays:
             for key in arrays.files:
                 setattr(model, key, arrays[key])
+        model.item_tokens = tokens_from(model.__dict__.pop("item_tokens_indptr", None),
+                                        model.__dict__.pop("item_tokens_indices", None), len(model.item_ids))
         vocab = json.loads((path / "vocab.json").read_text())
         model.vocab, model.genre_vocab = vocab["demographics"], vocab["genres"]
+        if not state:
+            return model
         model._load_state(path)
         model.fitted = True
         model.saved_path = path
@@ -298,6 +398,37 @@ class Recommender(ABC):
 
 
 RECOMMENDATION_SCHEMA = {"user_id": pl.Int64, "item_id": pl.Int64, "rank": pl.Int32, "score": pl.Float32}
+REASON_SCHEMA = {"reason_kind": pl.String, "reason_item_id": pl.Int64, "reason_segment": pl.String}
+BY_ITEM_SCHEMA = {"item_id": pl.Int64, "user_id": pl.Int64, "rank": pl.Int32, "score": pl.Float32}
+
+
+@dataclass
+class Served:
+    """One model's pass over the users: each user's top-n (with reasons when explained) and, for the items
+    asked about, their best users."""
+
+    top: pl.DataFrame
+    by_item: pl.DataFrame
+
+
+def best_history_item(history: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray,
+                      affinity: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """For each (row, col) pair, the known item of that row's history with the highest ``affinity(known,
+    col)`` (ties: the lower catalogue column); -1 for a row without history. Vectorised over every (pair,
+    known item): as many affinities as the pairs' users have known items."""
+    history = history.tocsr()
+    lengths = np.diff(history.indptr)[rows]
+    pair = np.repeat(np.arange(len(rows)), lengths)
+    if len(pair) == 0:
+        return np.full(len(rows), -1, dtype=np.int64)
+    offsets = np.arange(len(pair)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    known = history.indices[np.repeat(history.indptr[rows], lengths) + offsets].astype(np.int64)
+    values = np.asarray(affinity(known, cols[pair]), dtype=np.float64)
+    order = np.lexsort((known, -values, pair))
+    first = order[np.r_[True, pair[order][1:] != pair[order][:-1]]]
+    best = np.full(len(rows), -1, dtype=np.int64)
+    best[pair[first]] = known[first]
+    return best
 
 
 def item_cooccurrence(train: sp.csr_matrix, rows_per_block: int,
@@ -320,11 +451,23 @@ def recommend_together(
     models: Mapping[str, Recommender], user_ids, n: int = schema.DEFAULT_K, exclude_seen: bool = True,
     history: pl.DataFrame | None = None,
 ) -> dict[str, pl.DataFrame]:
+    """Top-``n`` of several models for the same users, in one blockwise pass (:func:`serve_together`)."""
+    return {name: served.top for name, served in serve_together(models, user_ids, n, exclude_seen, history).items()}
+
+
+def serve_together(
+    models: Mapping[str, Recommender], user_ids, n: int = schema.DEFAULT_K, exclude_seen: bool = True,
+    history: pl.DataFrame | None = None, explain: bool = False, items: np.ndarray | None = None,
+    users_per_item: int = 0,
+) -> dict[str, Served]:
     """Top-``n`` of several models for the same users, in one blockwise pass.
 
     Models fitted on the same interactions share each block of users, so a model scored by several
     (a hybrid's components, scored alone and inside the hybrid) is scored once per block. Models on
-    another encoding get their own pass.
+    another encoding get their own pass. ``explain`` adds each row's reason (``REASON_SCHEMA``), taken
+    from the block's scores before the next block is scored. ``items`` (ids): each one's best
+    ``users_per_item`` users among ``user_ids`` by the same scores (seen items excluded), ordered by
+    (score desc, user id asc): the users to show a new item to.
     """
     for name, model in models.items():
         if not model.fitted:
@@ -337,15 +480,19 @@ def recommend_together(
         else:
             group.append(name)
     user_ids = np.asarray(user_ids, dtype=np.int64)
+    if items is not None:
+        user_ids = np.sort(user_ids)  # block rows in user id order: ties among users break by id
     frames: dict[str, list[pl.DataFrame]] = {name: [] for name in models}
+    by_item: dict[str, list[pl.DataFrame]] = {name: [] for name in models}
     for group in groups:
         lead = models[group[0]]
         top = min(n, len(lead.item_ids))
         extra = lead._history_matrix(user_ids, history)
+        columns = _columns_of(lead.item_ids, items)
         block = lead.block_users
         for lo in range(0, len(user_ids), block):
             ub = lead._user_block(user_ids[lo:lo + block], extra[lo:lo + block])
-            if len(group) > 1:
+            if len(group) > 1 or explain:
                 ub.shared = {}
             progress.detail(f"{lo:,} of {len(user_ids):,} users scored")
             seen = ub.history.tocoo() if exclude_seen else None
@@ -355,9 +502,67 @@ def recommend_together(
                     if ub.shared is not None:
                         scores = scores.copy()  # the other models of the block read it too
                     scores[seen.row, seen.col] = -np.inf
-                frames[name].append(_top_n(ub.user_ids, scores, top, lead.item_ids, lead.tiebreak))
-    return {name: pl.concat(parts) if parts else pl.DataFrame(schema=RECOMMENDATION_SCHEMA)
-            for name, parts in frames.items()}
+                frame = _top_n(ub.user_ids, scores, top, lead.item_ids, lead.tiebreak)
+                if explain:
+                    frame = _with_reasons(models[name], ub, frame)
+                frames[name].append(frame)
+                if len(columns) and users_per_item > 0:
+                    by_item[name].append(_best_users(ub.user_ids, scores[:, columns], lead.item_ids[columns],
+                                                     users_per_item))
+    empty = pl.DataFrame(schema={**RECOMMENDATION_SCHEMA, **(REASON_SCHEMA if explain else {})})
+    return {name: Served(pl.concat(frames[name]) if frames[name] else empty,
+                         _merge_best_users(by_item[name], users_per_item)) for name in models}
+
+
+def _columns_of(item_ids: np.ndarray, items: np.ndarray | None) -> np.ndarray:
+    """Catalogue columns of the ``items`` ids that are in the catalogue."""
+    if items is None or len(items) == 0:
+        return np.array([], dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    pos = np.clip(np.searchsorted(item_ids, items), 0, len(item_ids) - 1)
+    return np.unique(pos[item_ids[pos] == items])
+
+
+def _with_reasons(model: Recommender, users: UserBlock, frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` (one block's top-n) with each row's reason from ``model.explain``."""
+    order = np.argsort(users.user_ids, kind="stable")
+    uid = frame["user_id"].to_numpy()
+    rows = order[np.searchsorted(users.user_ids[order], uid)]
+    cols = np.searchsorted(model.item_ids, frame["item_id"].to_numpy())
+    return frame.with_columns(reason_columns(model, model.explain(users, rows, cols)))
+
+
+def reason_columns(model: Recommender, why: dict[str, np.ndarray]) -> list[pl.Series]:
+    """:meth:`Recommender.reasons` as the columns of ``REASON_SCHEMA`` (the named item as its id)."""
+    item = why["item"]
+    named = pl.Series("reason_item_id", model.item_ids[np.maximum(item, 0)] if len(item) else [], dtype=pl.Int64)
+    if (item < 0).any():
+        named = named.scatter(np.flatnonzero(item < 0), None)
+    return [pl.Series("reason_kind", why["kind"].astype(str), dtype=pl.String), named,
+            pl.Series("reason_segment", list(why["segment"]), dtype=pl.String)]
+
+
+def _best_users(user_ids: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, m: int) -> pl.DataFrame:
+    """Per column of ``scores`` (one per item), its best ``m`` rows by (score desc, row asc), finite only."""
+    m = min(m, scores.shape[0])
+    order = np.argsort(-scores, axis=0, kind="stable")[:m]  # (m, items); rows are in user id order
+    values = np.take_along_axis(scores, order, axis=0)
+    keep = np.isfinite(values)
+    return pl.DataFrame({"item_id": np.broadcast_to(item_ids[None, :], order.shape)[keep],
+                         "user_id": user_ids[order[keep]], "score": values[keep].astype(np.float32)})
+
+
+def _merge_best_users(parts: list[pl.DataFrame], m: int) -> pl.DataFrame:
+    if not parts:
+        return pl.DataFrame(schema=BY_ITEM_SCHEMA)
+    return merge_best_users(pl.concat(parts), m)
+
+
+def merge_best_users(candidates: pl.DataFrame, m: int) -> pl.DataFrame:
+    """Each item's best ``m`` users among candidates from several blocks, ranked by (score desc, user id asc)."""
+    return (candidates.sort(["item_id", "score", "user_id"], descending=[False, True, False])
+            .with_columns(rank=(pl.int_range(pl.len()).over("item_id") + 1).cast(pl.Int32))
+            .filter(pl.col("rank") <= m).select(*BY_ITEM_SCHEMA))
 
 
 def _top_n(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray,
@@ -408,6 +613,13 @@ def _top_n_rows(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.n
         "rank": (rank[keep] + 1).astype(np.int32),
         "score": values[keep].astype(np.float32),
     }, schema=RECOMMENDATION_SCHEMA)
+
+
+def tokens_from(indptr: np.ndarray | None, indices: np.ndarray | None, n_items: int) -> sp.csr_matrix:
+    """The saved title-token matrix (none saved: no titles)."""
+    if indptr is None or indices is None:
+        return sp.csr_matrix((n_items, BUCKETS), dtype=np.float32)
+    return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(n_items, BUCKETS))
 
 
 def data_fingerprint(interactions: pl.DataFrame) -> str:

@@ -45,6 +45,10 @@ class EASE(Recommender):
     def score_block(self, users: UserBlock) -> np.ndarray:
         return self.weights.rmatmul(users.history)
 
+    def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
+        """"because you rated <the known item with the largest weight towards the recommended one>"."""
+        return self.neighbour_reasons(users, rows, cols, self.weights.take)
+
     def _save_state(self, path: Path) -> None:
         self.weights.save(path / "weights.npz")
 

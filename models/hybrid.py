@@ -1,7 +1,11 @@
 """A hybrid that blends a feature-based deep model, collaborative filtering and segment popularity.
 
 The blend weights depend on how much history a user has: a user with no interactions is served by
-features and popularity, a user with many by CF. The hybrid fits nothing itself: it receives its fitted
+features and popularity, a user with many by CF. They also depend on how much history an item has: an item
+with ``item_evidence`` or more interactions is scored by the user's blend, an item with none by the models
+that read content (``new_item_weights``: the two-tower's item tower and the content neighbourhood), and one
+in between by a mix in proportion to its interactions, so a new item never gets a CF score it has no data
+for. The hybrid fits nothing itself: it receives its fitted
 components (:meth:`Hybrid.use_components`), and either tunes the weights per history bucket on validation
 cases (:meth:`Hybrid.use_validation`, built by ``tasks.split.carve_validation`` from training users, never
 test users) or takes weights tuned earlier (:meth:`Hybrid.use_weights`: the production fit reuses the
@@ -27,6 +31,8 @@ from recsys import progress
 BUCKET_EDGES = (0, 1, 3, 5, 10, 20)  # bucket b holds history lengths in [edge_b, edge_b+1)
 WARM = len(BUCKET_EDGES)  # one more bucket: users seen in training (tuned on warm validation users)
 COMPONENTS = ("two_tower", "ease", "item_knn", "segment_popularity")
+# How items with no (or few) interactions are scored: by the models that read an item's content.
+NEW_ITEM_WEIGHTS = {"two_tower": 0.5, "content_knn": 0.5}
 
 
 def bucket_of(history_length: np.ndarray, in_training: np.ndarray | None = None) -> np.ndarray:
@@ -54,6 +60,7 @@ class ValidationCase:
 
 class Hybrid(Recommender):
     name = "hybrid"
+    scores_new_items = True  # through its new-item scorers
 
     @classmethod
     def default_params(cls) -> dict:
@@ -69,14 +76,23 @@ class Hybrid(Recommender):
             # Otherwise the grid's maximum is chance on a few hundred users, and it does not carry over.
             "blend_alpha": 0.05,
             "bootstrap_samples": 1000,
+            "new_item_weights": dict(NEW_ITEM_WEIGHTS),
+            "item_evidence": 3,  # interactions from which an item is scored by the user's blend alone
         }
+
+    @classmethod
+    def needed_components(cls, params: dict | None = None) -> list[str]:
+        """Every model a hybrid with ``params`` reads: the blended components, then the new-item scorers."""
+        params = {**cls.default_params(), **(params or {})}
+        names = list(params["components"])
+        return names + [n for n, w in params["new_item_weights"].items() if w > 0 and n not in names]
 
     def use_components(self, fitted: dict[str, Recommender]) -> Hybrid:
         """The fitted components to blend (fitted on the same interactions the hybrid is fitted on)."""
-        missing = [name for name in self.params["components"] if name not in fitted]
+        missing = [name for name in self.needed_components(self.params) if name not in fitted]
         if missing:
             raise ValueError(f"hybrid: components {', '.join(missing)} were not fitted; fit them first")
-        self.components = {name: fitted[name] for name in self.params["components"]}
+        self.components = {name: fitted[name] for name in self.needed_components(self.params)}
         return self
 
     def use_validation(self, cases: Sequence[ValidationCase]) -> Hybrid:
@@ -100,7 +116,8 @@ class Hybrid(Recommender):
                 raise ValueError(f"hybrid: component {name} was fitted on other interactions than the hybrid")
         cases = getattr(self, "_cases", None)
         if cases is not None:
-            self.weights, self.tuning = self._tune(components, cases, seed)
+            blended = {name: components[name] for name in self.params["components"]}
+            self.weights, self.tuning = self._tune(blended, cases, seed)
         elif not getattr(self, "weights", None):
             raise ValueError("hybrid: call use_validation() or use_weights() before fit()")
 
@@ -210,18 +227,57 @@ class Hybrid(Recommender):
         return self._history_matrix(users, truth).toarray() > 0
 
     def score_block(self, users: UserBlock) -> np.ndarray:
-        """The blend of the components' z-scores; a component no user of the block weighs is not scored."""
+        """The blend of the components' z-scores per user bucket, mixed per item with the new-item scorers'
+        by the item's interactions; a component no user or item of the block weighs is not scored. Where the
+        block is shared (several models, or explaining), each component's part is kept for :meth:`explain`."""
         buckets = bucket_of(users.history_length, users.train_rows >= 0)
         w = np.array([self.weights[int(b)] for b in buckets], dtype=np.float32)  # (users, components)
-        out = np.zeros((len(users.user_ids), len(self.item_ids)), dtype=np.float32)
+        evidence = np.minimum(self.item_popularity / max(float(self.params["item_evidence"]), 1e-9), 1.0)
+        evidence = evidence.astype(np.float32)
+        parts: dict[str, np.ndarray] = {}
+        z_of: dict[str, np.ndarray] = {}
+
+        def z(name: str) -> np.ndarray:
+            if name not in z_of:
+                scores = standardize_rows(self.components[name].block_scores(users))
+                scores[np.isneginf(scores)] = 0.0  # an item this component cannot score adds nothing
+                z_of[name] = scores
+            return z_of[name]
+
         for j, name in enumerate(self.params["components"]):
-            if not w[:, j].any():
-                continue
-            z = standardize_rows(self.components[name].block_scores(users))
-            z[np.isneginf(z)] = 0.0  # an item this component cannot score adds nothing
-            z *= w[:, j:j + 1]
-            out += z
+            if w[:, j].any():
+                parts[name] = z(name) * w[:, j:j + 1] * evidence[None, :]
+        if (evidence < 1).any():
+            for name, weight in self.params["new_item_weights"].items():
+                if weight > 0:
+                    part = z(name) * (np.float32(weight) * (1 - evidence))[None, :]
+                    parts[name] = parts[name] + part if name in parts else part
+        out = np.zeros((len(users.user_ids), len(self.item_ids)), dtype=np.float32)
+        for part in parts.values():
+            out += part
+        if users.shared is not None:
+            users.shared[("parts", id(self))] = parts
         return out
+
+    def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
+        """The reason of the component that added most to each pair's score, in that component's words."""
+        if users.shared is None:
+            users.shared = {}
+        if ("parts", id(self)) not in users.shared:
+            self.score_block(users)
+        parts = users.shared[("parts", id(self))]
+        names = list(parts)
+        if not names:
+            return super().explain(users, rows, cols)
+        top = np.argmax(np.stack([parts[name][rows, cols] for name in names]), axis=0)  # ties: first component
+        why = self.reasons(rows, np.full(len(rows), "popular", dtype=object))
+        for k, name in enumerate(names):
+            mine = np.flatnonzero(top == k)
+            if len(mine):
+                theirs = self.components[name].explain(users, rows[mine], cols[mine])
+                for key in why:
+                    why[key][mine] = theirs[key]
+        return why
 
     def _save_state(self, path: Path) -> None:
         """Components already saved elsewhere are referenced by relative path, not copied."""
@@ -235,16 +291,22 @@ class Hybrid(Recommender):
                                                        "tuning": self.tuning}, indent=2))
 
     @staticmethod
-    def saved_blend(path: Path) -> dict:
-        """The blend a saved hybrid uses, ``{"weights": ..., "tuning": ...}``, without loading its components
-        (what another fold's fit takes as its weights)."""
-        return json.loads((Path(path) / "weights.json").read_text())
+    def blend_file(path: Path) -> Path:
+        """The JSON file of a saved hybrid's blend, ``{"weights": ..., "tuning": ...}``: what another fold's
+        fit takes as its weights."""
+        return Path(path) / "weights.json"
+
+    @classmethod
+    def saved_blend(cls, path: Path) -> dict:
+        """The blend a saved hybrid uses, without loading its components."""
+        return json.loads(cls.blend_file(path).read_text())
 
     def _load_state(self, path: Path) -> None:
         if self._loader is None:
             raise ValueError("a hybrid loads its components by kind: load it with models.registry.load()")
         where = json.loads((path / "components.json").read_text())
-        self.components = {name: self._loader((path / where[name]).resolve()) for name in self.params["components"]}
+        self.components = {name: self._loader((path / where[name]).resolve())
+                           for name in self.needed_components(self.params)}
         saved = self.saved_blend(path)
         self.weights = {int(b): w for b, w in saved["weights"].items()}
         self.tuning = saved["tuning"]

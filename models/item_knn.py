@@ -48,6 +48,11 @@ class ItemKNN(Recommender):
     def score_block(self, users: UserBlock) -> np.ndarray:
         return np.asarray((users.history @ self.similarity).todense(), dtype=np.float32)
 
+    def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
+        """"because you rated <the known item most similar to the recommended one>"."""
+        return self.neighbour_reasons(users, rows, cols,
+                                      lambda known, target: np.asarray(self.similarity[known, target]).ravel())
+
     def _save_state(self, path: Path) -> None:
         sp.save_npz(path / "similarity.npz", self.similarity)
 

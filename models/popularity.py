@@ -51,6 +51,10 @@ class SegmentPopularity(Recommender):
         scores[segment == len(self.segment_scores)] = self.global_scores  # unknown demographics
         return scores
 
+    def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
+        """"popular with <the user's segment>" (global popularity where the segment is unknown)."""
+        return self.segment_reasons(users, rows, tuple(self.params["segment"]))
+
     def _save_state(self, path: Path) -> None:
         np.savez(path / "segments.npz", segment_scores=self.segment_scores, global_scores=self.global_scores)
 

@@ -7,13 +7,15 @@ import json
 from pathlib import Path
 
 from models.base import Recommender
+from models.content import ContentKNN, GenrePopularity, RandomExposure
 from models.ease import EASE
 from models.hybrid import Hybrid
 from models.item_knn import ItemKNN
 from models.popularity import Popularity, SegmentPopularity
 
 MODELS: dict[str, type[Recommender]] = {
-    cls.name: cls for cls in (Popularity, SegmentPopularity, ItemKNN, EASE, Hybrid)
+    cls.name: cls for cls in (Popularity, SegmentPopularity, ItemKNN, EASE, ContentKNN, GenrePopularity,
+                              RandomExposure, Hybrid)
 }
 # Models whose module imports a heavy optional library (TensorFlow: seconds to import), loaded on first use.
 LAZY_MODELS = {"two_tower": ("models.two_tower", "TwoTower")}
@@ -40,6 +42,12 @@ def build(name: str, **params) -> Recommender:
 def load(path: Path) -> Recommender:
     saved = json.loads((Path(path) / "params.json").read_text())
     return model_class(saved["model"]).load(path, loader=load)
+
+
+def load_encoding(path: Path) -> Recommender:
+    """A saved model's encoding only (catalogue, training histories, features), without its learned state."""
+    saved = json.loads((Path(path) / "params.json").read_text())
+    return model_class(saved["model"]).load(path, state=False)
 
 
 def load_many(paths: dict[str, str | Path]) -> dict[str, Recommender]:

@@ -104,6 +104,15 @@ class TiledMatrix:
             list(scoring_pool().map(one, range(len(self.tiles))))
         return out
 
+    def take(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The elements ``matrix[rows[i], cols[i]]``, tile by tile."""
+        out = np.empty(len(rows), dtype=np.float32)
+        tile = np.searchsorted(self.starts, cols, side="right") - 1
+        for t in np.unique(tile):
+            here = tile == t
+            out[here] = self.tiles[t][rows[here], cols[here] - self.starts[t]]
+        return out
+
     def save(self, path: Path) -> None:
         np.savez(path, **{f"tile_{t:05d}": tile for t, tile in enumerate(self.tiles)})
 

@@ -1,10 +1,13 @@
 """A two-tower deep model in plain Keras 3 (``keras.ops``, no TFRS) that can serve users with no history.
 
 User tower: user-id embedding + gender and age embeddings + a bag of the user's known items (mean of item
-embeddings) -> MLP. Item tower: item-id embedding + genres + release decade + log popularity -> MLP.
-Trained with in-batch softmax (accidental hits masked). DropoutNet-style training: the user id is replaced
-by the out-of-vocabulary id and the bag is shortened or emptied at random, so the tower learns to rank
-from demographics alone (zero-shot) and from a few known items (k-shot).
+embeddings) -> MLP. Item tower: item-id embedding + genres + release decade + title words (a bag of hashed
+words) + log popularity -> MLP. Trained with in-batch softmax (accidental hits masked). DropoutNet-style
+training on both sides: the user id is replaced by the out-of-vocabulary id and the bag is shortened or
+emptied at random, so the tower learns to rank from demographics alone (zero-shot) and from a few known
+items (k-shot); an item's id and popularity are hidden at random, so the item tower learns to place an item
+from its content alone, which is how it serves items with no interactions (they always read as unknown, and
+are never trained as negatives).
 
 The model itself is backend-agnostic Keras; the training input pipeline is ``tf.data`` on this machine.
 """
@@ -17,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.base import DEMOGRAPHIC_COLUMNS, Recommender, UserBlock
+from models.base import DEMOGRAPHIC_COLUMNS, N_DECADES, Recommender, UserBlock, decade_of
+from models.text import BUCKETS, MAX_TOKENS
 from recsys import progress
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -26,34 +30,40 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
-N_DECADES = 16  # 0 = unknown, 1 = before 1910 ... 15 = 2030s
-
 
 @keras.saving.register_keras_serializable(package="recsys")
 class TwoTowerNet(keras.Model):
     def __init__(self, n_users, n_items, demo_sizes, item_genres, item_decade, item_logpop, item_logq,
-                 dim=64, hidden=128, temperature=0.05, full_softmax=True, **kwargs):
+                 item_words, item_known, dim=64, hidden=128, temperature=0.05, full_softmax=True, item_dropout=0.1,
+                 seed=0, **kwargs):
         super().__init__(**kwargs)
         self.config_ = {"n_users": int(n_users), "n_items": int(n_items), "demo_sizes": [int(s) for s in demo_sizes],
                         "dim": int(dim), "hidden": int(hidden), "temperature": float(temperature),
-                        "full_softmax": bool(full_softmax)}
+                        "full_softmax": bool(full_softmax), "item_dropout": float(item_dropout)}
+        self.item_dropout = float(item_dropout)
+        self.seeds = keras.random.SeedGenerator(int(seed))
         self.full_softmax = bool(full_softmax)
         self.temperature = float(temperature)
         self.user_id = keras.layers.Embedding(n_users + 1, dim, name="user_id")  # 0 = unknown user
         self.demo = [keras.layers.Embedding(size, 16, name=f"demo_{k}") for k, size in enumerate(demo_sizes)]
         self.bag_items = keras.layers.Embedding(n_items + 1, dim, name="bag_items")  # 0 = padding
         self.user_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
-        self.item_id = keras.layers.Embedding(n_items, dim, name="item_id")
+        self.item_id = keras.layers.Embedding(n_items + 1, dim, name="item_id")  # 0 = an item with no interactions
         self.decade = keras.layers.Embedding(N_DECADES, 8, name="decade")
+        self.words = keras.layers.Embedding(BUCKETS + 1, 16, name="title_words")  # 0 = padding
         self.item_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
         # A per-item bias outside the cosine: popularity is shared by everyone, and unit vectors alone
         # spend personalisation capacity to express it.
-        self.item_bias = keras.layers.Embedding(n_items, 1, embeddings_initializer="zeros", name="item_bias")
+        self.item_bias = keras.layers.Embedding(n_items + 1, 1, embeddings_initializer="zeros", name="item_bias")
         self.bias_from_popularity = keras.layers.Dense(1, name="bias_from_popularity")
         # Item side features live in the model as constants, so the item tower needs only an index.
         self.genres = ops.convert_to_tensor(np.asarray(item_genres, dtype="float32"))
         self.decades = ops.convert_to_tensor(np.asarray(item_decade, dtype="int32"))
         self.logpop = ops.convert_to_tensor(np.asarray(item_logpop, dtype="float32")[:, None])
+        self.item_words = ops.convert_to_tensor(np.asarray(item_words, dtype="int32"))  # (items, MAX_TOKENS)
+        self.item_known = ops.convert_to_tensor(np.asarray(item_known, dtype="bool"))  # any training interaction
+        # An unknown item's popularity input: the lowest value (log popularity grows with interactions).
+        self.unknown_logpop = float(np.min(item_logpop)) if len(item_logpop) else 0.0
         # log of each item's sampling probability as an in-batch negative (logQ correction, Yi et al. 2019):
         # without it in-batch softmax learns p(i|u)/p(i) and buries popular items.
         self.logq = ops.convert_to_tensor(np.asarray(item_logq, dtype="float32"))
@@ -69,28 +79,44 @@ class TwoTowerNet(keras.Model):
             x = layer(x)
         return ops.normalize(x, axis=-1)
 
-    def item_tower(self, item):
+    def _identity(self, item, training=False):
+        """The id row and popularity input an item is read with: its own, or the unknown item's (an item with
+        no training interactions always; a known item at random while training)."""
+        known = ops.take(self.item_known, item, axis=0)
+        if training and self.item_dropout > 0:
+            kept = keras.random.uniform(ops.shape(item), seed=self.seeds) >= self.item_dropout
+            known = ops.logical_and(known, kept)
+        row = ops.where(known, item + 1, 0)
+        logpop = ops.where(known[:, None], ops.take(self.logpop, item, axis=0), self.unknown_logpop)
+        return row, logpop
+
+    def item_tower(self, item, training=False):
+        row, logpop = self._identity(item, training)
+        words = ops.take(self.item_words, item, axis=0)
+        mask = ops.cast(ops.greater(words, 0), "float32")[:, :, None]
+        title = ops.sum(self.words(words) * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
         x = ops.concatenate([
-            self.item_id(item),
+            self.item_id(row),
             ops.take(self.genres, item, axis=0),
             self.decade(ops.take(self.decades, item, axis=0)),
-            ops.take(self.logpop, item, axis=0),
+            title,
+            logpop,
         ], axis=-1)
         for layer in self.item_mlp:
             x = layer(x)
-        return ops.normalize(x, axis=-1)
+        return ops.normalize(x, axis=-1), ops.squeeze(self.item_bias(row) + self.bias_from_popularity(logpop), -1)
 
-    def bias(self, item):
-        return ops.squeeze(self.item_bias(item) + self.bias_from_popularity(ops.take(self.logpop, item, axis=0)), -1)
-
-    def call(self, inputs):
+    def call(self, inputs, training=False):
         item = inputs["item"]
         u = self.user_tower(inputs["user"], inputs["demo"], inputs["bag"])
         if self.full_softmax:  # every item is a candidate: the label is the item index
             every = ops.arange(self.config_["n_items"], dtype="int32")
-            return ops.matmul(u, ops.transpose(self.item_tower(every))) / self.temperature + self.bias(every)[None, :]
-        v = self.item_tower(item)
-        logits = (ops.matmul(u, ops.transpose(v)) / self.temperature + self.bias(item)[None, :]
+            v, bias = self.item_tower(every, training)
+            logits = ops.matmul(u, ops.transpose(v)) / self.temperature + bias[None, :]
+            # An item nobody interacted with is unknown, not a negative: it is left out of the softmax.
+            return ops.where(self.item_known[None, :], logits, -1e9)
+        v, bias = self.item_tower(item, training)
+        logits = (ops.matmul(u, ops.transpose(v)) / self.temperature + bias[None, :]
                   - ops.take(self.logq, item, axis=0)[None, :])
         # Mask accidental hits: the same item elsewhere in the batch is not a negative.
         same = ops.equal(item[:, None], item[None, :])
@@ -109,17 +135,16 @@ def _positions(ids: np.ndarray, earlier: np.ndarray) -> np.ndarray:
     return np.where(earlier[pos] == ids, pos, -1)
 
 
-def _decade(years: np.ndarray) -> np.ndarray:
-    return np.where(years > 0, np.clip((years - 1900) // 10 + 1, 1, N_DECADES - 1), 0).astype(np.int32)
-
-
 class TwoTower(Recommender):
     name = "two_tower"
+    scores_new_items = True
 
     @classmethod
     def default_params(cls) -> dict:
         return {"dim": 64, "hidden": 128, "temperature": 0.05, "epochs": 30, "batch_size": 1024,
                 "learning_rate": 3e-3, "bag_size": 20, "id_dropout": 0.5, "bag_dropout": 0.3,
+                # Share of known items read as unknown in training: what teaches the item tower new items.
+                "item_dropout": 0.1,
                 "patience": 3, "validation_share": 0.05, "negatives": "auto",
                 # What the user tower reads of a user's demographics. With occupation and zip region the
                 # combination is nearly unique (3k cells for 943 ML-100k users): the tower memorised users
@@ -153,14 +178,25 @@ class TwoTower(Recommender):
         logpop = (logpop - logpop.mean()) / (logpop.std() + 1e-6)
         logq = np.log((self.item_popularity + 1.0) / (self.item_popularity.sum() + len(self.item_popularity)))
         net = TwoTowerNet(len(self.user_ids), len(self.item_ids), [len(self.vocab[c]) for c in self.vocab],
-                          self.item_genres, _decade(self.item_year), logpop, logq, dim=self.params["dim"],
-                          hidden=self.params["hidden"], temperature=self.params["temperature"],
-                          full_softmax=self._full_softmax())
+                          self.item_genres, decade_of(self.item_year), logpop, logq, self._item_words(),
+                          self.item_popularity > 0, dim=self.params["dim"], hidden=self.params["hidden"],
+                          temperature=self.params["temperature"], full_softmax=self._full_softmax(),
+                          item_dropout=self.params["item_dropout"], seed=self.seed or 0)
         dummy = {"user": np.zeros(2, "int32"), "demo": np.zeros((2, len(self.vocab)), "int32"),
                  "bag": np.zeros((2, self.params["bag_size"]), "int32"), "item": np.arange(2, dtype="int32") % max(
                      1, len(self.item_ids))}
         net(dummy)
         return net
+
+    def _item_words(self) -> np.ndarray:
+        """(items, MAX_TOKENS) hashed title words + 1 (0 pads), from the encoded title tokens."""
+        tokens = self.item_tokens.tocsr()
+        words = np.zeros((tokens.shape[0], MAX_TOKENS), dtype=np.int32)
+        lengths = np.minimum(np.diff(tokens.indptr), MAX_TOKENS)
+        rows = np.repeat(np.arange(tokens.shape[0]), lengths)
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        words[rows, offsets] = tokens.indices[np.repeat(tokens.indptr[:-1], lengths) + offsets] + 1
+        return words
 
     def _tower_demographics(self, demographics: np.ndarray) -> np.ndarray:
         """The demographic codes the user tower reads: columns not in ``user_demographics`` read as unknown."""
@@ -239,16 +275,18 @@ class TwoTower(Recommender):
         users = _positions(self.user_ids, previous.user_ids)
         items = _positions(self.item_ids, previous.item_ids)
         for layer, before, rows, reserved in ((new.user_id, old.user_id, users, 1), (new.bag_items, old.bag_items, items, 1),
-                                              (new.item_id, old.item_id, items, 0),
-                                              (new.item_bias, old.item_bias, items, 0)):
+                                              (new.item_id, old.item_id, items, 1),
+                                              (new.item_bias, old.item_bias, items, 1)):
             table = ops.convert_to_numpy(layer.embeddings).copy()
             earlier = ops.convert_to_numpy(before.embeddings)
             known = rows >= 0
             table[reserved:][known] = earlier[rows[known] + reserved]
             table[:reserved] = earlier[:reserved]
             layer.embeddings.assign(table)
-        for layer, before in zip([*new.demo, *new.user_mlp, *new.item_mlp, new.decade, new.bias_from_popularity],
-                                 [*old.demo, *old.user_mlp, *old.item_mlp, old.decade, old.bias_from_popularity],
+        for layer, before in zip([*new.demo, *new.user_mlp, *new.item_mlp, new.decade, new.words,
+                                  new.bias_from_popularity],
+                                 [*old.demo, *old.user_mlp, *old.item_mlp, old.decade, old.words,
+                                  old.bias_from_popularity],
                                  strict=True):
             layer.set_weights(before.get_weights())
         return True
@@ -306,13 +344,10 @@ class TwoTower(Recommender):
     # -- serving -------------------------------------------------------------------------------------------
 
     def _cache_item_embeddings(self) -> None:
-        chunks = [ops.convert_to_numpy(self.net.item_tower(np.arange(lo, min(lo + 8192, len(self.item_ids)),
-                                                                     dtype="int32")))
-                  for lo in range(0, len(self.item_ids), 8192)]
-        self.item_embeddings = np.concatenate(chunks).astype(np.float32)
-        self.item_biases = np.concatenate([
-            ops.convert_to_numpy(self.net.bias(np.arange(lo, min(lo + 8192, len(self.item_ids)), dtype="int32")))
-            for lo in range(0, len(self.item_ids), 8192)]).astype(np.float32)
+        parts = [self.net.item_tower(np.arange(lo, min(lo + 8192, len(self.item_ids)), dtype="int32"))
+                 for lo in range(0, len(self.item_ids), 8192)]
+        self.item_embeddings = np.concatenate([ops.convert_to_numpy(v) for v, _ in parts]).astype(np.float32)
+        self.item_biases = np.concatenate([ops.convert_to_numpy(b) for _, b in parts]).astype(np.float32)
 
     def user_embeddings(self, users: UserBlock) -> np.ndarray:
         bag_size = int(self.params["bag_size"])
@@ -329,6 +364,21 @@ class TwoTower(Recommender):
 
     def score_block(self, users: UserBlock) -> np.ndarray:
         return self.user_embeddings(users) @ self.item_embeddings.T / self.net.temperature + self.item_biases[None, :]
+
+    def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
+        """With known items, "because you rated <the known item closest to the recommended one in the item
+        tower's space>"; without, "popular with <gender, age>" (what the tower reads of a new user)."""
+        def closeness(known: np.ndarray, target: np.ndarray) -> np.ndarray:
+            return np.einsum("ij,ij->i", self.item_embeddings[known], self.item_embeddings[target])
+
+        why = self.neighbour_reasons(users, rows, cols, closeness)
+        cold = why["item"] < 0
+        if cold.any():
+            columns = tuple(c for c in DEMOGRAPHIC_COLUMNS if c in self.params["user_demographics"])
+            segment = self.segment_reasons(users, rows[cold], columns)
+            for key in why:
+                why[key][cold] = segment[key]
+        return why
 
     def _save_state(self, path: Path) -> None:
         self.net.save_weights(path / "two_tower.weights.h5")

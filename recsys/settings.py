@@ -43,13 +43,19 @@ class Settings(BaseSettings):
     ks: tuple[int, ...] = (schema.DEFAULT_K,)
     k_shots: tuple[int, ...] = (0, 1, 3, 5, 10, 20)
     cold_user_fraction: float = 0.2
+    item_cold_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Items held out entirely by the item-cold "
+                                      "evaluation (0 turns it off).")
+    new_item_max_interactions: int = Field(5, ge=1, description="Items with fewer interactions are published "
+                                           "in new_items with the users to show them to.")
+    new_item_users: int = Field(100, ge=1, description="Users published per new item.")
     validation_user_fraction: float = 0.1
     bootstrap_samples: int = 1000
     max_eval_users: int = Field(5000, description="Users sampled per evaluation slice (bounds cost at scale).")
     metric_tolerance: float = Field(0.10, description="Allowed relative drop of headline metrics vs last publish.")
 
     # Models.
-    models: tuple[str, ...] = ("popularity", "segment_popularity", "item_knn", "ease", "two_tower", "hybrid")
+    models: tuple[str, ...] = ("popularity", "segment_popularity", "item_knn", "ease", "content_knn", "two_tower",
+                               "hybrid")
     publish_model: str = "hybrid"
     timezone: str = "UTC"
     verbose: bool = Field(False, description="Per-epoch lines from Keras (RECSYS_VERBOSE=1).")

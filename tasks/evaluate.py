@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from models.base import Recommender, recommend_together
+from models.base import Recommender, Served, serve_together
 from models.hybrid import Hybrid
 from models.ranking import bootstrap_indices, paired_lift
 from models.registry import load_many, model_class
@@ -18,13 +18,15 @@ from recsys import db, progress
 from tasks.features import FeatureSet, Frames, store_features
 from tasks.metrics import (
     ACCURACY_METRICS,
+    ITEM_METRICS,
     METRICS,
     Catalog,
     aggregate,
+    item_to_user_values,
     ranked_lists,
 )
 from tasks.report import write_report
-from tasks.split import ValidationFold, carve_validation, cold_user_split, temporal_split
+from tasks.split import ValidationFold, carve_validation, cold_user_split, item_cold_split, temporal_split
 from tasks.train import FittedModel, fit_arguments, fit_stages, fit_step
 from tasks.validate import docs_index
 
@@ -36,11 +38,12 @@ from tasks.validate import docs_index
 class Slice:
     """One evaluation slice: whose lists, with what history, against what truth."""
 
-    split: str  # warm | cold
+    split: str  # warm | cold | item_cold
     k_shot: int | None
     truth: pl.DataFrame
     history: pl.DataFrame | None  # None: warm users (their training items are the history) or zero-shot
     excluded_users: int = 0
+    new_items: np.ndarray | None = None  # item_cold: the held-out items (truth is what users did with them)
 
     @property
     def name(self) -> str:
@@ -53,6 +56,8 @@ class Slice:
         self.truth.write_parquet(where / "truth.parquet")
         if self.history is not None:
             self.history.write_parquet(where / "history.parquet")
+        if self.new_items is not None:
+            pl.DataFrame({"item_id": self.new_items.astype(np.int64)}).write_parquet(where / "new_items.parquet")
         (where / "meta.json").write_text(json.dumps({"split": self.split, "k_shot": self.k_shot,
                                                      "excluded_users": self.excluded_users}))
         return self.name
@@ -60,10 +65,17 @@ class Slice:
     @classmethod
     def load(cls, where: Path) -> Slice:
         meta = json.loads((Path(where) / "meta.json").read_text())
-        history = Path(where) / "history.parquet"
+        history, new = Path(where) / "history.parquet", Path(where) / "new_items.parquet"
         return cls(meta["split"], meta["k_shot"], pl.read_parquet(Path(where) / "truth.parquet"),
-                   pl.read_parquet(history) if history.exists() else None, meta["excluded_users"])
+                   pl.read_parquet(history) if history.exists() else None, meta["excluded_users"],
+                   pl.read_parquet(new)["item_id"].to_numpy() if new.exists() else None)
 
+
+# The item-cold protocol: users -> items at these K (nDCG@10, recall@50, HR@50), items -> users at
+# ITEMS_TO_USERS_K, each against these baselines (showing a new item at random, or by genre).
+ITEM_COLD_KS = (10, 50)
+ITEMS_TO_USERS_K = 100
+ITEM_COLD_BASELINES = ("random", "genre_popularity")
 
 METRIC_COLUMNS = {"run_id": pl.String, "split": pl.String, "k_shot": pl.Int32, "model": pl.String,
                   "metric": pl.String, "k": pl.Int32, "value": pl.Float64, "ci_low": pl.Float64,
@@ -84,24 +96,27 @@ def evaluate_models(
     bootstrap CIs then reflect the sample size).
     """
     rows = []
-    max_k = max(ks)
     for s in slices:
         users = np.sort(s.truth["user_id"].unique().to_numpy())
         if max_users and len(users) > max_users:
             users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
             s = Slice(s.split, s.k_shot, s.truth.filter(pl.col("user_id").is_in(users)), s.history,
-                      s.excluded_users)
+                      s.excluded_users, s.new_items)
+        item_cold = s.new_items is not None
+        slice_ks = tuple(sorted(set(ks) | set(ITEM_COLD_KS))) if item_cold else tuple(ks)
         progress.doing(f"scoring {s.split} users" + (f" (k={s.k_shot})" if s.k_shot is not None else "")
                        + f" with {len(models)} models")
         resamples = bootstrap_indices(len(users), n_boot, seed)
         per_model: dict[str, dict[tuple[str, int], np.ndarray]] = {}
-        # One blockwise pass for all models: the hybrid reuses its components' scores of each block.
-        all_recs = recommend_together(models, users, n=max_k, history=s.history)
+        # One blockwise pass for all models: the hybrid reuses its components' scores of each block; for new
+        # items, each one's best users among these come out of the same pass.
+        served = serve_together(models, users, n=max(slice_ks), history=s.history, items=s.new_items,
+                                users_per_item=ITEMS_TO_USERS_K if item_cold else 0)
         for name, model in models.items():
-            recs = all_recs[name]
+            recs = served[name].top
             catalog = Catalog.from_model(model)
             per_model[name] = {}
-            for k in ks:
+            for k in slice_ks:
                 lists = ranked_lists(recs, s.truth, k, catalog)
                 for metric, fn in METRICS.items():
                     values = fn(lists)
@@ -109,16 +124,41 @@ def evaluate_models(
                     value, lo, hi = aggregate(metric, values, resamples, len(catalog.item_ids))
                     rows.append((run_id, s.split, s.k_shot, name, metric, k, value, lo, hi, len(users),
                                  s.excluded_users))
-        pairs = [(name, baseline, "lift") for name in per_model if baseline in per_model and name != baseline]
+        if item_cold:
+            rows += _items_to_users(served, s, seed, n_boot, run_id)
+        references = ITEM_COLD_BASELINES if item_cold else (baseline,)
+        pairs = [(name, reference, "lift" if reference == baseline else f"lift_over_{reference}")
+                 for reference in references if reference in per_model for name in per_model if name != reference]
         pairs += [(name, reference, f"lift_over_{reference}") for name, reference in comparisons]
         for name, reference, suffix in pairs:
-            for k in ks:
+            for k in slice_ks:
                 for metric in ACCURACY_METRICS:
                     value, lo, hi = paired_lift(per_model[name][(metric, k)], per_model[reference][(metric, k)],
                                                 resamples)
                     rows.append((run_id, s.split, s.k_shot, name, f"{metric}_{suffix}", k, value, lo, hi,
                                  len(users), s.excluded_users))
     return pl.DataFrame(rows, schema=METRIC_COLUMNS, orient="row")
+
+
+def _items_to_users(served: dict[str, Served], s: Slice, seed: int, n_boot: int, run_id: str) -> list[tuple]:
+    """Items -> users on an item-cold slice: per new item, how its true users rank among the evaluated users,
+    with bootstrap CIs over items (``n_users`` holds the number of items) and the paired lift over each
+    item-cold baseline."""
+    truth = s.truth.filter(pl.col("item_id").is_in(s.new_items))
+    n_items = truth["item_id"].n_unique()
+    resamples = bootstrap_indices(n_items, n_boot, seed)
+    values = {name: item_to_user_values(result.by_item, truth, ITEMS_TO_USERS_K) for name, result in served.items()}
+    rows = []
+    for name, per_item in values.items():
+        for metric in ITEM_METRICS:
+            value, lo, hi = aggregate(metric, per_item[metric], resamples, 0)
+            rows.append((run_id, s.split, s.k_shot, name, metric, ITEMS_TO_USERS_K, value, lo, hi, n_items, 0))
+            for reference in ITEM_COLD_BASELINES:
+                if reference in values and reference != name:
+                    value, lo, hi = paired_lift(per_item[metric], values[reference][metric], resamples)
+                    rows.append((run_id, s.split, s.k_shot, name, f"{metric}_lift_over_{reference}", ITEMS_TO_USERS_K,
+                                 value, lo, hi, n_items, 0))
+    return rows
 
 
 def cold_slices(split) -> list[Slice]:
@@ -140,14 +180,36 @@ def warm_slice(test: pl.DataFrame, train_users: np.ndarray) -> Slice:
 
 
 @dataclass(frozen=True)
+class ItemColdFold:
+    """The item-cold protocol's fold, stored: training without the held-out items, its features (the new
+    items are in the catalogue with their content and no interaction), and its one slice."""
+
+    train: str
+    features: FeatureSet
+    slice: str
+
+    @staticmethod
+    def models(names: list[str]) -> list[str]:
+        """What the fold fits and scores: the night's models and the item-cold baselines."""
+        return [*names, *(b for b in ITEM_COLD_BASELINES if b not in names)]
+
+    @staticmethod
+    def fit_options(fitted: dict[str, FittedModel]) -> dict:
+        """``fit_arguments`` options: a hybrid takes the evaluation fold's tuned blend (the held-out items'
+        interactions are the truth, so nothing here is tuned on them again)."""
+        return {"weights": str(Hybrid.blend_file(Path(fitted["hybrid"].path)))} if "hybrid" in fitted else {}
+
+
+@dataclass(frozen=True)
 class EvaluationFold:
     """The evaluation protocol's split, stored: the fold to fit on (with its validation users), the fold's
-    features, and the slices to score."""
+    features, and the slices to score; and the item-cold fold (None where RECSYS_ITEM_COLD_FRACTION is 0)."""
 
     folder: str
     features: FeatureSet
     slices: tuple[str, ...]
     protocol: dict
+    item_cold: ItemColdFold | None = None
 
     @property
     def validation(self) -> str:
@@ -161,8 +223,10 @@ class EvaluationFold:
         return Slice.load(Path(self.folder) / "slices" / name)
 
     def exists(self) -> bool:
+        names = [*self.slices, *([self.item_cold.slice] if self.item_cold else [])]
         return (Path(self.train).exists() and self.features.exists()
-                and all((Path(self.folder) / "slices" / name / "meta.json").exists() for name in self.slices))
+                and (self.item_cold is None or (Path(self.item_cold.train).exists() and self.item_cold.features.exists()))
+                and all((Path(self.folder) / "slices" / name / "meta.json").exists() for name in names))
 
 
 @dataclass(frozen=True)
@@ -206,15 +270,29 @@ def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
     features = store_features(frames, fold.train, folder / "features")
     train_users = np.sort(fold.train["user_id"].unique().to_numpy())
     slices = [warm_slice(warm.test, train_users), *cold_slices(cold)]
+    item_cold, item_protocol = None, {}
+    if settings.item_cold_fraction > 0:
+        held = item_cold_split(frames.interactions, settings.item_cold_fraction, settings.seed)
+        where = folder / "item_cold"
+        where.mkdir(parents=True, exist_ok=True)
+        held.train.write_parquet(where / "train.parquet")
+        item_slice = Slice("item_cold", None, held.truth, None, held.excluded_users, held.new_items)
+        item_cold = ItemColdFold(str(where / "train.parquet"), store_features(frames, held.train, where / "features"),
+                                 item_slice.save(folder / "slices"))
+        item_protocol = {"item_cold_fraction": settings.item_cold_fraction, "new_items": int(len(held.new_items)),
+                         "item_cold_truth_interactions": held.truth.height,
+                         "item_cold": f"{settings.item_cold_fraction:.0%} of items held out of training entirely; "
+                                      f"users -> items @{list(ITEM_COLD_KS)}, items -> users @{ITEMS_TO_USERS_K}, "
+                                      f"against {' and '.join(ITEM_COLD_BASELINES)}"}
     protocol = {
         "cold_user_fraction": settings.cold_user_fraction, "cold_users": int(len(cold.cold_users)),
         "k_shots": list(settings.k_shots), "warm": "temporal: last 20% of each warm user's interactions",
         "validation_users": {"cold": int(len(fold.cold_users)), "warm": int(len(fold.warm_users))},
         "ks": list(settings.ks), "seed": settings.seed, "bootstrap_samples": settings.bootstrap_samples,
         "max_eval_users_per_slice": settings.max_eval_users,
-        "train_interactions": fold.train.height, "warm_test_interactions": warm.test.height,
+        "train_interactions": fold.train.height, "warm_test_interactions": warm.test.height, **item_protocol,
     }
-    return EvaluationFold(str(folder), features, tuple(s.save(folder / "slices") for s in slices), protocol)
+    return EvaluationFold(str(folder), features, tuple(s.save(folder / "slices") for s in slices), protocol, item_cold)
 
 
 def evaluate_slice_step(settings, run_id: str, fold: EvaluationFold, slice_name: str, models: dict[str, str],
@@ -263,6 +341,16 @@ def evaluate_step(settings, run_id: str, frames: Frames, names, folder: Path, lo
                                     **fit_arguments(name, fitted, validation=fold.validation))
     models = {name: fitted[name].path for name in names}
     parts = [evaluate_slice_step(settings, run_id, fold, name, models, str(folder / "metrics")) for name in fold.slices]
+    if fold.item_cold is not None:
+        ic, ic_names = fold.item_cold, ItemColdFold.models(names)
+        ic_fitted: dict[str, FittedModel] = {}
+        for stage in fit_stages(ic_names):
+            for name in stage:
+                ic_fitted[name] = fit_step(settings, train=ic.train, features=ic.features,
+                                           folder=str(folder / "models-item-cold"), fold="item-cold fold", log=log,
+                                           **fit_arguments(name, ic_fitted, **ItemColdFold.fit_options(fitted)))
+        parts.append(evaluate_slice_step(settings, run_id, fold, ic.slice, {n: ic_fitted[n].path for n in ic_names},
+                                         str(folder / "metrics")))
     return write_evaluation_step(settings, run_id, fold, parts, {n: f.path for n, f in fitted.items()}, folder)
 
 

@@ -19,7 +19,7 @@ from recsys.settings import Settings
 
 USER_FEATURE_COLUMNS = ("user_id", "gender", "age_bucket", "occupation", "zip_region",
                         "activity_count", "mean_rating", "recency_days", "has_history")
-ITEM_FEATURE_COLUMNS = ("item_id", "genres", "release_year", "popularity", "log_popularity", "mean_rating")
+ITEM_FEATURE_COLUMNS = ("item_id", "title", "genres", "release_year", "popularity", "log_popularity", "mean_rating")
 
 
 @dataclass

@@ -189,9 +189,26 @@ def aggregate(metric: str, values: np.ndarray, resamples: np.ndarray, n_items: i
     return point, float(lo), float(hi)
 
 
+ITEM_METRICS = ("item_ndcg", "item_recall")  # items -> users: per new item, its truth users among the ranked
+
+
+def item_to_user_values(best_users: pl.DataFrame, truth: pl.DataFrame, k: int) -> dict[str, np.ndarray]:
+    """Per item of ``truth`` (one value each, items in id order): how well its true users are ranked among
+    the users of ``best_users`` (item_id, user_id, rank), nDCG@k and recall@k over users."""
+    items = np.sort(truth["item_id"].unique().to_numpy())
+    n_relevant = truth.group_by("item_id").agg(n=pl.col("user_id").n_unique()).sort("item_id")["n"].to_numpy()
+    top = best_users.filter((pl.col("rank") <= k) & pl.col("item_id").is_in(items)).join(
+        truth.select("item_id", "user_id").unique().with_columns(hit=pl.lit(True)), on=["item_id", "user_id"],
+        how="left").with_columns(pl.col("hit").fill_null(False))
+    hits = np.zeros((len(items), k), dtype=np.float64)
+    hits[np.searchsorted(items, top["item_id"].to_numpy()), top["rank"].to_numpy() - 1] = top["hit"].to_numpy()
+    return {"item_ndcg": ndcg_from_hits(hits, n_relevant.astype(np.int64)),
+            "item_recall": hits.sum(axis=1) / np.maximum(n_relevant, 1)}
+
+
 def headline(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
     """nDCG@k per model on warm, cold zero-shot and cold k-shot slices (the report's first table)."""
-    view = metrics.filter((pl.col("metric") == "ndcg") & (pl.col("k") == k))
+    view = metrics.filter((pl.col("metric") == "ndcg") & (pl.col("k") == k) & pl.col("split").is_in(["warm", "cold"]))
     view = view.with_columns(slice=pl.when(pl.col("split") == "warm").then(pl.lit("warm"))
                              .otherwise(pl.format("cold k={}", pl.col("k_shot"))),
                              _order=pl.when(pl.col("split") == "warm").then(-1).otherwise(pl.col("k_shot")))

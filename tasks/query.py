@@ -18,7 +18,8 @@ from recsys.errors import ConfigError, RecsysError
 from recsys.settings import Settings
 
 MACROS = ("published",)
-VIEW_ORDER = ("recommendations", "latest_recommendations", "segment_defaults", "model_metrics", "cold_start_curve")
+VIEW_ORDER = ("recommendations", "latest_recommendations", "explained_recommendations", "new_items",
+              "latest_new_items", "segment_defaults", "model_metrics", "cold_start_curve")
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
 
 

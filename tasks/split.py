@@ -29,6 +29,30 @@ class ColdSplit:
 
 
 @dataclass
+class ItemColdSplit:
+    """Held-out items are absent from ``train`` (their features stay in the catalogue): ``truth`` is what
+    users did with them, for users still in ``train``."""
+
+    train: pl.DataFrame
+    new_items: np.ndarray
+    truth: pl.DataFrame
+    excluded_users: int  # users whose every interaction was with a held-out item (nothing to serve them from)
+
+
+def item_cold_split(interactions: pl.DataFrame, share: float, seed: int) -> ItemColdSplit:
+    """A seeded ``share`` of the items that have interactions, held out entirely: new items as a catalogue
+    sees them on the night they arrive."""
+    items = np.sort(interactions["item_id"].unique().to_numpy())
+    n_new = int(round(len(items) * share))
+    new = np.sort(np.random.default_rng(seed).choice(items, size=n_new, replace=False)) if n_new else items[:0]
+    is_new = pl.col("item_id").is_in(new)
+    train = interactions.filter(~is_new)
+    held = interactions.filter(is_new)
+    truth = held.filter(pl.col("user_id").is_in(train["user_id"].unique()))
+    return ItemColdSplit(train, new, truth, held["user_id"].n_unique() - truth["user_id"].n_unique())
+
+
+@dataclass
 class WarmSplit:
     train: pl.DataFrame
     test: pl.DataFrame

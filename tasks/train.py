@@ -32,7 +32,7 @@ def model_params(name: str, settings: Settings) -> dict:
 
 def components_of(name: str) -> list[str]:
     """The fitted models ``name`` blends (a hybrid's components; none for the others)."""
-    return list(Hybrid.default_params()["components"]) if name == "hybrid" else []
+    return Hybrid.needed_components() if name == "hybrid" else []
 
 
 def needed(names: list[str] | tuple[str, ...]) -> list[str]:
@@ -172,8 +172,10 @@ def fit_tuned(
 
 def _without(component: str, fitted: dict[str, Recommender]) -> Hybrid:
     """A hybrid of the fitted components but ``component``."""
-    components = [c for c in components_of("hybrid") if c != component]
-    return build("hybrid", components=components).use_components(fitted)
+    params = Hybrid.default_params()
+    return build("hybrid", components=[c for c in params["components"] if c != component],
+                 new_item_weights={c: w for c, w in params["new_item_weights"].items() if c != component}
+                 ).use_components(fitted)
 
 
 def save_models(models: dict[str, Recommender], folder: Path) -> dict[str, Path]:

@@ -7,6 +7,7 @@ from datetime import datetime
 import polars as pl
 
 from models.base import Recommender
+from models.hybrid import Hybrid
 from models.registry import build
 from tasks import features
 from tasks.split import carve_validation
@@ -17,6 +18,9 @@ FAST_PARAMS = {
     "segment_popularity": {},
     "item_knn": {"neighbours": 50},
     "ease": {"l2": 50.0},
+    "content_knn": {},
+    "genre_popularity": {},
+    "random": {},
     "two_tower": {"epochs": 3, "dim": 16, "hidden": 32, "batch_size": 256},
     "hybrid": {"grid_step": 0.25},
 }
@@ -32,7 +36,7 @@ def fit_model(name: str, train, uf, itf, seed: int, params: dict | None = None, 
     fold = carve_validation(train, 0.2, seed, **carve)
 
     def fit(interactions, **blend):
-        components = {c: fit_model(c, interactions, uf, itf, seed) for c in build("hybrid").params["components"]}
+        components = {c: fit_model(c, interactions, uf, itf, seed) for c in Hybrid.needed_components(params)}
         hybrid = build("hybrid", **params).use_components(components)
         hybrid = hybrid.use_weights(**blend) if "weights" in blend else hybrid.use_validation(fold.cases)
         return hybrid.fit(interactions, uf, itf, seed=seed)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from model_helpers import featurize, fit_model, load_synthetic
 
+from models.hybrid import Hybrid
 from models.ranking import bootstrap_indices
 from models.registry import build
 from tasks.generate import GeneratorConfig, generate
@@ -94,7 +95,7 @@ def test_hybrid_is_not_worse_than_its_best_part_on_held_out_warm_users(planted):
 def test_a_blend_replaces_the_best_component_only_where_its_validation_gain_is_significant(small_data):
     train, uf, itf, _ = small_data
     fold = carve_validation(train, 0.25, seed=2)
-    components = {c: fit_model(c, fold.train, uf, itf, seed=2) for c in build("hybrid").params["components"]}
+    components = {c: fit_model(c, fold.train, uf, itf, seed=2) for c in Hybrid.needed_components()}
     tuned = {}
     for alpha in (0.5, 0.001):  # 0.5: the point estimate decides; 0.001: a 99.8 % interval must clear zero
         hybrid = build("hybrid", grid_step=0.25, blend_alpha=alpha).use_components(components)

@@ -10,7 +10,7 @@ from model_helpers import fit_model
 from polars.testing import assert_frame_equal
 
 import models.base
-from models.base import recommend_together
+from models.base import merge_best_users, recommend_together
 from models.tiled import TILE, TiledMatrix
 from tasks.publish import score_step
 
@@ -82,8 +82,15 @@ def test_scoring_in_any_number_of_blocks_publishes_the_same_rows(small_data, tmp
     uf.select("user_id").write_parquet(users)
     if users_per_block:  # many of the model's own blocks (by default all 300 users are one: SGEMM rounds a
         monkeypatch.setattr(models.base, "SCORE_BLOCK_CELLS", users_per_block * len(itf))  # row by M)
-    one = pl.read_parquet(score_step(str(model), str(users), 0, 1, 10, str(tmp_path / "one")))
-    parts = [score_step(str(model), str(users), b, blocks, 10, str(tmp_path / f"in-{blocks}")) for b in range(blocks)]
-    many = pl.concat([pl.read_parquet(p) for p in parts])
+    whole = score_step(str(model), str(users), 0, 1, 10, str(tmp_path / "one"), new_item_max_interactions=20,
+                       users_per_item=15)
+    one = pl.read_parquet(whole.top)
+    parts = [score_step(str(model), str(users), b, blocks, 10, str(tmp_path / f"in-{blocks}"),
+                        new_item_max_interactions=20, users_per_item=15) for b in range(blocks)]
+    many = pl.concat([pl.read_parquet(p.top) for p in parts])
     assert one["user_id"].n_unique() == uf.height
-    assert_frame_equal(many, one)  # same users, order, items and float bits
+    assert_frame_equal(many, one)  # same users, order, items, reasons and float bits
+    # Each block's best users of the new items, merged: the same audiences as one pass over everyone.
+    audience = pl.read_parquet(whole.new_items)
+    assert audience["item_id"].n_unique() > 0
+    assert_frame_equal(merge_best_users(pl.concat([pl.read_parquet(p.new_items) for p in parts]), 15), audience)
