@@ -412,22 +412,32 @@ class Served:
 
 
 def best_history_item(history: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray,
-                      affinity: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+                      affinity: Callable[[np.ndarray, np.ndarray], np.ndarray], chunk: int = 262_144) -> np.ndarray:
     """For each (row, col) pair, the known item of that row's history with the highest ``affinity(known,
     col)`` (ties: the lower catalogue column); -1 for a row without history. Vectorised over every (pair,
-    known item): as many affinities as the pairs' users have known items."""
+    known item), ``chunk`` of them at a time (an affinity may gather embedding rows for each)."""
     history = history.tocsr()
+    if not history.has_sorted_indices:
+        history = history.sorted_indices()
     lengths = np.diff(history.indptr)[rows]
-    pair = np.repeat(np.arange(len(rows)), lengths)
-    if len(pair) == 0:
-        return np.full(len(rows), -1, dtype=np.int64)
-    offsets = np.arange(len(pair)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    known = history.indices[np.repeat(history.indptr[rows], lengths) + offsets].astype(np.int64)
-    values = np.asarray(affinity(known, cols[pair]), dtype=np.float64)
-    order = np.lexsort((known, -values, pair))
-    first = order[np.r_[True, pair[order][1:] != pair[order][:-1]]]
+    total = int(lengths.sum())
     best = np.full(len(rows), -1, dtype=np.int64)
-    best[pair[first]] = known[first]
+    if total == 0:
+        return best
+    pair = np.repeat(np.arange(len(rows)), lengths)
+    offsets = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    known = history.indices[np.repeat(history.indptr[rows], lengths) + offsets].astype(np.int64)
+    values = np.empty(total, dtype=np.float64)
+    for lo in range(0, total, chunk):
+        values[lo:lo + chunk] = affinity(known[lo:lo + chunk], cols[pair[lo:lo + chunk]])
+    values[np.isnan(values)] = -np.inf  # an undefined affinity never wins (and never breaks the maximum)
+    # Each pair's known items are one contiguous run in ascending column order: the run's maximum, then its
+    # first position holding it.
+    has = np.flatnonzero(lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths)])[has]
+    top = np.maximum.reduceat(values, starts)
+    position = np.where(values == np.repeat(top, lengths[has]), np.arange(total), total)
+    best[has] = known[np.minimum.reduceat(position, starts)]
     return best
 
 
