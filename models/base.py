@@ -412,24 +412,35 @@ class Served:
 
 
 def best_history_item(history: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray,
-                      affinity: Callable[[np.ndarray, np.ndarray], np.ndarray], chunk: int = 262_144) -> np.ndarray:
+                      affinity: Callable[[np.ndarray, np.ndarray], np.ndarray], chunk: int = 1 << 21) -> np.ndarray:
     """For each (row, col) pair, the known item of that row's history with the highest ``affinity(known,
     col)`` (ties: the lower catalogue column); -1 for a row without history. Vectorised over every (pair,
-    known item), ``chunk`` of them at a time (an affinity may gather embedding rows for each)."""
+    known item), about ``chunk`` of them at a time: memory stays bounded however many pairs a block has (a
+    1 M-interaction night's one block of 6.9k users x 50 items expands to 50 M)."""
     history = history.tocsr()
     if not history.has_sorted_indices:
         history = history.sorted_indices()
     lengths = np.diff(history.indptr)[rows]
-    total = int(lengths.sum())
     best = np.full(len(rows), -1, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    lo = 0
+    while lo < len(rows):
+        hi = max(lo + 1, int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + chunk, side="right")))
+        best[lo:hi] = _best_known(history, rows[lo:hi], cols[lo:hi], lengths[lo:hi], affinity)
+        lo = hi
+    return best
+
+
+def _best_known(history: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, lengths: np.ndarray,
+                affinity: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    best = np.full(len(rows), -1, dtype=np.int64)
+    total = int(lengths.sum())
     if total == 0:
         return best
     pair = np.repeat(np.arange(len(rows)), lengths)
     offsets = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     known = history.indices[np.repeat(history.indptr[rows], lengths) + offsets].astype(np.int64)
-    values = np.empty(total, dtype=np.float64)
-    for lo in range(0, total, chunk):
-        values[lo:lo + chunk] = affinity(known[lo:lo + chunk], cols[pair[lo:lo + chunk]])
+    values = np.asarray(affinity(known, cols[pair]), dtype=np.float64)
     values[np.isnan(values)] = -np.inf  # an undefined affinity never wins (and never breaks the maximum)
     # Each pair's known items are one contiguous run in ascending column order: the run's maximum, then its
     # first position holding it.

@@ -60,7 +60,6 @@ class ValidationCase:
 
 class Hybrid(Recommender):
     name = "hybrid"
-    scores_new_items = True  # through its new-item scorers
 
     @classmethod
     def default_params(cls) -> dict:
@@ -93,6 +92,11 @@ class Hybrid(Recommender):
         if missing:
             raise ValueError(f"hybrid: components {', '.join(missing)} were not fitted; fit them first")
         self.components = {name: fitted[name] for name in self.needed_components(self.params)}
+        blind = [name for name, w in self.params["new_item_weights"].items() if w > 0
+                 and not self.components[name].scores_new_items]
+        if blind:
+            raise ValueError(f"hybrid: new_item_weights names {', '.join(blind)}, which cannot score an item with no "
+                             "interactions; use models that read item content (two_tower, content_knn)")
         return self
 
     def use_validation(self, cases: Sequence[ValidationCase]) -> Hybrid:

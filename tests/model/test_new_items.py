@@ -99,3 +99,11 @@ def test_title_words_drop_years_articles_and_filler():
     assert title_words(None) == []
     tokens = title_token_matrix(["Star Wars (1977)", "Return of the Jedi (1983)", None])
     assert tokens.shape[0] == 3 and tokens[0].nnz == 2 and tokens[2].nnz == 0
+
+
+def test_a_hybrid_refuses_new_item_scorers_that_cannot_read_content(fitted):
+    from models.registry import build
+
+    components = fitted["hybrid"].components
+    with pytest.raises(ValueError, match="new_item_weights names ease, which cannot score an item"):
+        build("hybrid", new_item_weights={"ease": 1.0}).use_components(components)

@@ -1,0 +1,30 @@
+"""The item a reason names: the known item with the highest affinity, ties to the lower column, in chunks."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.base import best_history_item
+
+
+def test_best_history_item_matches_brute_force_with_ties_and_chunks():
+    rng = np.random.default_rng(0)
+    history = sp.random(300, 200, density=0.1, format="lil", random_state=1)
+    history[5, :] = 0  # a user without history
+    history = sp.csr_matrix(history)
+    history.eliminate_zeros()
+    history.data[:] = 1.0
+    weights = rng.random((200, 200)).round(1)  # coarse: many ties
+    weights[3, 7] = np.nan  # an undefined affinity never wins
+    rows = np.repeat(np.arange(300), 7)
+    cols = rng.integers(0, 200, len(rows))
+    expected = []
+    for row, col in zip(rows, cols, strict=True):
+        known = history[row].indices
+        values = np.nan_to_num(weights[known, col], nan=-np.inf)
+        expected.append(known[values == values.max()].min() if len(known) else -1)
+    for chunk in (1, 50, 1 << 21):  # one pair at a time, a few, everything at once
+        got = best_history_item(history, rows, cols, lambda known, target: weights[known, target], chunk=chunk)
+        assert np.array_equal(got, expected), chunk
+    assert (got[rows == 5] == -1).all()
