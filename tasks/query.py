@@ -17,7 +17,7 @@ import duckdb
 from recsys.errors import ConfigError, RecsysError
 from recsys.settings import Settings
 
-MACROS = ("published",)
+MACROS = ("published", "latest_published")
 VIEW_ORDER = ("recommendations", "latest_recommendations", "explained_recommendations", "new_items",
               "latest_new_items", "segment_defaults", "model_metrics", "cold_start_curve")
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
