@@ -49,6 +49,7 @@ def good(name: str) -> pd.DataFrame:
     users = np.repeat(np.arange(8) + 1, 5)
     return pd.DataFrame({"user_id": users, "item_id": np.tile(np.arange(5) + 1, 8), "rank": np.tile(np.arange(1, 6), 8),
                          "score": 1.0 - np.tile(np.arange(5), 8) / 10, "model": "hybrid", "strategy": "warm",
+                         "reason_kind": "neighbour", "reason": "because you rated Star Wars (1977) [item 50]",
                          "list_length": 5, "is_seen": False, "item_known": True})
 
 
@@ -109,6 +110,9 @@ FAILS = {
         "expect_column_values_to_be_in_set:is_seen:critical": lambda d: some(d, "is_seen", True),
         "expect_column_values_to_be_in_set:item_known:critical": lambda d: some(d, "item_known", False),
         "expect_column_values_to_be_in_set:strategy:critical": lambda d: some(d, "strategy", "magic"),
+        "expect_column_values_to_be_in_set:reason_kind:critical": lambda d: some(d, "reason_kind", "because"),
+        "expect_column_values_to_not_be_null:reason:critical": lambda d: some(d, "reason", None),
+        "expect_column_value_lengths_to_be_between:reason:critical": lambda d: some(d, "reason", ""),
     },
 }
 INDEX = {"recommendations": ["user_id", "rank"]}
