@@ -103,6 +103,16 @@ def protocol_w(frames: Frames, names, settings: Settings, log, peers: tuple[str,
             "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
+def over_seeds(metrics: pl.DataFrame, column: str) -> pl.DataFrame:
+    """Per (model, metric, ``column``): the mean over seeds of the value and of the per-seed CI bounds, the
+    seeds' spread, how many seeds' CIs clear zero, and the mean number of users (items, for items -> users)."""
+    return (metrics.group_by("model", "metric", column)
+            .agg(value=pl.col("value").mean(), ci_low=pl.col("ci_low").mean(), ci_high=pl.col("ci_high").mean(),
+                 seed_std=pl.col("value").std(), seeds_ci_above_zero=(pl.col("ci_low") > 0).sum(),
+                 n_users=pl.col("n_users").mean())
+            .sort("metric", "model", column))
+
+
 def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log, peers: tuple[str, ...] = ()) -> dict:
     per_seed = []
     started = time.perf_counter()
@@ -122,13 +132,8 @@ def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log,
         metrics = metrics.filter(~(pl.col("model").is_in(mute) & (pl.col("k_shot") == 0)))
         per_seed.append(metrics.with_columns(seed=pl.lit(seed)))
     all_metrics = pl.concat(per_seed)
-    table = (all_metrics.filter(pl.col("metric").is_in(["ndcg", "ndcg_lift"])
-                                | pl.col("metric").str.starts_with("ndcg_lift_over_"))
-             .group_by("model", "metric", "k_shot")
-             .agg(value=pl.col("value").mean(), ci_low=pl.col("ci_low").mean(), ci_high=pl.col("ci_high").mean(),
-                  seed_std=pl.col("value").std(), seeds_ci_above_zero=(pl.col("ci_low") > 0).sum(),
-                  n_users=pl.col("n_users").mean())
-             .sort("metric", "model", "k_shot"))
+    table = over_seeds(all_metrics.filter(pl.col("metric").is_in(["ndcg", "ndcg_lift"])
+                                          | pl.col("metric").str.starts_with("ndcg_lift_over_")), "k_shot")
     ndcg_table = table.filter(pl.col("metric") == "ndcg")
     lift0 = table.filter((pl.col("metric") == "ndcg_lift") & (pl.col("k_shot") == 0))
     winners = lift0.filter(pl.col("ci_low") > 0)["model"].to_list()
@@ -160,12 +165,7 @@ def protocol_i(frames: Frames, names, settings: Settings, seeds: list[int], log)
         per_seed.append(metrics.with_columns(seed=pl.lit(seed)))
     keep = [f"{m}{suffix}" for m in ("ndcg", "recall", "hit_rate", *ITEM_METRICS)
             for suffix in ("", *(f"_lift_over_{b}" for b in ITEM_COLD_BASELINES))]
-    table = (pl.concat(per_seed).filter(pl.col("metric").is_in(keep))
-             .group_by("model", "metric", "k")
-             .agg(value=pl.col("value").mean(), ci_low=pl.col("ci_low").mean(), ci_high=pl.col("ci_high").mean(),
-                  seed_std=pl.col("value").std(), seeds_ci_above_zero=(pl.col("ci_low") > 0).sum(),
-                  n=pl.col("n_users").mean())
-             .sort("metric", "model", "k"))
+    table = over_seeds(pl.concat(per_seed).filter(pl.col("metric").is_in(keep)), "k")
     return {"protocol": f"{settings.item_cold_fraction:.0%} of items held out of training entirely (their content "
                         "stays in the catalogue); users -> items from the whole catalogue, items -> users over the "
                         "evaluated users", "seeds": seeds, "table": table.to_dicts(),

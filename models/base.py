@@ -35,10 +35,6 @@ from recsys import progress, schema
 SCORE_BLOCK_CELLS = 16_000_000
 DEMOGRAPHIC_COLUMNS = ("gender", "age_bucket", "occupation", "zip_region")
 N_DECADES = 16  # 0 = unknown, 1 = before 1910 ... 15 = 2030s
-# Why an item was recommended (the published ``reason_kind``): a known item it resembles in the user's
-# history by interactions (``neighbour``) or by content (``content``), the user's demographic segment, or
-# popularity with everyone.
-REASON_KINDS = ("neighbour", "content", "segment", "popular")
 
 
 def decade_of(years: np.ndarray) -> np.ndarray:
@@ -195,20 +191,25 @@ class Recommender(ABC):
 
     def reasons(self, rows: np.ndarray, kinds: np.ndarray, items: np.ndarray | None = None,
                 segments: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Reasons aligned with ``rows``: a kind of ``REASON_KINDS``, the catalogue column of the item it
-        names (-1 for none) and the segment it names (None for none)."""
+        """Reasons aligned with ``rows``: a kind (``neighbour`` or ``content``: a known item it resembles by
+        interactions or by content; ``segment``: the user's demographic segment; ``popular``), the catalogue
+        column of the item it names (-1 for none) and the segment it names (None for none)."""
         n = len(rows)
         return {"kind": np.asarray(kinds, dtype=object),
                 "item": np.full(n, -1, dtype=np.int64) if items is None else np.asarray(items, dtype=np.int64),
                 "segment": np.full(n, None, dtype=object) if segments is None else np.asarray(segments, dtype=object)}
 
     def neighbour_reasons(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray,
-                          affinity: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                          kind: str = "neighbour") -> dict[str, np.ndarray]:
-        """``kind`` naming the known item with the highest ``affinity(known, recommended)``; ``popular``
-        for a user without history."""
+                          affinity: Callable[[np.ndarray, np.ndarray], np.ndarray], kind: str = "neighbour",
+                          segment: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """``kind`` naming the known item with the highest ``affinity(known, recommended)``; for a user
+        without history, the user's ``segment`` (:meth:`segment_reasons`) or else ``popular``."""
         item = best_history_item(users.history, rows, cols, affinity)
-        return self.reasons(rows, np.where(item >= 0, kind, "popular"), item)
+        why = self.reasons(rows, np.where(item >= 0, kind, "popular"), item)
+        cold = np.flatnonzero(item < 0)
+        if segment and len(cold):
+            replace(why, cold, self.segment_reasons(users, rows[cold], segment))
+        return why
 
     def content_vectors(self) -> np.ndarray:
         """(items, genres + decades) unit rows of what is known of an item before anyone rates it."""
@@ -217,42 +218,32 @@ class Recommender(ABC):
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
-    def explain_new_items(self, user_ids: np.ndarray, item_ids: np.ndarray, chunk: int = 200_000) -> dict[str, np.ndarray]:
+    def explain_new_items(self, user_ids: np.ndarray, item_ids: np.ndarray) -> dict[str, np.ndarray]:
         """Reasons for showing new items to users (the published ``new_items``), without scoring anyone
         again: "similar to <the user's known item closest in genres and decade>", or for a user without
-        history "popular with <gender, age>". Pairs are explained ``chunk`` at a time (each expands to the
-        user's known items)."""
+        history "popular with <gender, age>"."""
         user_ids, item_ids = np.asarray(user_ids, dtype=np.int64), np.asarray(item_ids, dtype=np.int64)
         vectors = self.content_vectors()
 
         def closeness(known: np.ndarray, target: np.ndarray) -> np.ndarray:
             return np.einsum("ij,ij->i", vectors[known], vectors[target])
 
-        why = self.reasons(np.arange(len(user_ids)), np.full(len(user_ids), "popular", dtype=object))
-        for lo in range(0, len(user_ids), chunk):
-            users = np.unique(user_ids[lo:lo + chunk])
-            block = self._user_block(users, sp.csr_matrix((len(users), len(self.item_ids)), dtype=np.float32))
-            rows = np.searchsorted(users, user_ids[lo:lo + chunk])
-            cols = np.searchsorted(self.item_ids, item_ids[lo:lo + chunk])
-            part = self.neighbour_reasons(block, rows, cols, closeness, kind="content")
-            cold = np.flatnonzero(part["item"] < 0)
-            if len(cold):
-                segment = self.segment_reasons(block, rows[cold], ("gender", "age_bucket"))
-                for key in part:
-                    part[key][cold] = segment[key]
-            for key in why:
-                why[key][lo:lo + chunk] = part[key]
-        return why
+        users = np.unique(user_ids)
+        block = self._user_block(users, sp.csr_matrix((len(users), len(self.item_ids)), dtype=np.float32))
+        return self.neighbour_reasons(block, np.searchsorted(users, user_ids), np.searchsorted(self.item_ids, item_ids),
+                                      closeness, kind="content", segment=("gender", "age_bucket"))
 
     def segment_reasons(self, users: UserBlock, rows: np.ndarray, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
         """``segment`` naming the user's cell of ``columns`` (e.g. gender=F, age_bucket=25-34); ``popular``
         where one of them is unknown."""
-        demo = users.demographics[rows]
-        cols = [DEMOGRAPHIC_COLUMNS.index(c) for c in columns]
-        known = np.all(demo[:, cols] > 0, axis=1)
+        codes = users.demographics[rows][:, [DEMOGRAPHIC_COLUMNS.index(c) for c in columns]]
+        known = np.all(codes > 0, axis=1)
         labels = np.full(len(rows), None, dtype=object)
-        for i in np.flatnonzero(known):
-            labels[i] = ", ".join(f"{c}={self.vocab[c][demo[i, j]]}" for c, j in zip(columns, cols, strict=True))
+        if known.any():  # one label per distinct segment, not per row
+            cells, which = np.unique(codes[known], axis=0, return_inverse=True)
+            names = [", ".join(f"{c}={self.vocab[c][code]}" for c, code in zip(columns, cell, strict=True))
+                     for cell in cells]
+            labels[known] = np.asarray(names, dtype=object)[which.ravel()]
         return self.reasons(rows, np.where(known, "segment", "popular"), segments=labels)
 
     def block_scores(self, users: UserBlock) -> np.ndarray:
@@ -400,6 +391,23 @@ class Recommender(ABC):
 RECOMMENDATION_SCHEMA = {"user_id": pl.Int64, "item_id": pl.Int64, "rank": pl.Int32, "score": pl.Float32}
 REASON_SCHEMA = {"reason_kind": pl.String, "reason_item_id": pl.Int64, "reason_segment": pl.String}
 BY_ITEM_SCHEMA = {"item_id": pl.Int64, "user_id": pl.Int64, "rank": pl.Int32, "score": pl.Float32}
+
+
+def replace(why: dict[str, np.ndarray], where: np.ndarray, other: dict[str, np.ndarray]) -> None:
+    """Put the reasons ``other`` (aligned with ``where``) into ``why`` at ``where``."""
+    for key in why:
+        why[key][where] = other[key]
+
+
+def padded_rows(matrix: sp.csr_matrix, width: int) -> np.ndarray:
+    """(rows, width) int32: each row's first ``width`` column indices + 1, 0 padding (a bag for Keras)."""
+    matrix = sp.csr_matrix(matrix)
+    lengths = np.minimum(np.diff(matrix.indptr), width)
+    out = np.zeros((matrix.shape[0], width), dtype=np.int32)
+    rows = np.repeat(np.arange(matrix.shape[0]), lengths)
+    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[rows, offsets] = matrix.indices[np.repeat(matrix.indptr[:-1], lengths) + offsets] + 1
+    return out
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from models.base import Recommender, UserBlock
+from models.base import Recommender, UserBlock, replace
 from models.ranking import bootstrap_indices, ndcg_from_hits, paired_lift, standardize_rows, top_k_indices
 from recsys import progress
 
@@ -237,28 +237,21 @@ class Hybrid(Recommender):
         buckets = bucket_of(users.history_length, users.train_rows >= 0)
         w = np.array([self.weights[int(b)] for b in buckets], dtype=np.float32)  # (users, components)
         evidence = np.minimum(self.item_popularity / max(float(self.params["item_evidence"]), 1e-9), 1.0)
-        evidence = evidence.astype(np.float32)
-        parts: dict[str, np.ndarray] = {}
-        z_of: dict[str, np.ndarray] = {}
-
-        def z(name: str) -> np.ndarray:
-            if name not in z_of:
-                scores = standardize_rows(self.components[name].block_scores(users))
-                scores[np.isneginf(scores)] = 0.0  # an item this component cannot score adds nothing
-                z_of[name] = scores
-            return z_of[name]
-
-        for j, name in enumerate(self.params["components"]):
-            if w[:, j].any():
-                parts[name] = z(name) * w[:, j:j + 1] * evidence[None, :]
-        if (evidence < 1).any():
-            for name, weight in self.params["new_item_weights"].items():
-                if weight > 0:
-                    part = z(name) * (np.float32(weight) * (1 - evidence))[None, :]
-                    parts[name] = parts[name] + part if name in parts else part
+        evidence = evidence.astype(np.float32)[None, :]
+        blended = list(self.params["components"])
         out = np.zeros((len(users.user_ids), len(self.item_ids)), dtype=np.float32)
-        for part in parts.values():
+        parts: dict[str, np.ndarray] = {}
+        for name in self.components:
+            by_user = w[:, blended.index(name)][:, None] if name in blended else np.zeros((len(w), 1), np.float32)
+            by_item = np.float32(self.params["new_item_weights"].get(name, 0.0)) * (1 - evidence)
+            if not by_user.any() and not by_item.any():
+                continue
+            part = standardize_rows(self.components[name].block_scores(users))
+            part[np.isneginf(part)] = 0.0  # an item this component cannot score adds nothing
+            part *= by_user * evidence + by_item
             out += part
+            if users.shared is not None:
+                parts[name] = part
         if users.shared is not None:
             users.shared[("parts", id(self))] = parts
         return out
@@ -278,9 +271,7 @@ class Hybrid(Recommender):
         for k, name in enumerate(names):
             mine = np.flatnonzero(top == k)
             if len(mine):
-                theirs = self.components[name].explain(users, rows[mine], cols[mine])
-                for key in why:
-                    why[key][mine] = theirs[key]
+                replace(why, mine, self.components[name].explain(users, rows[mine], cols[mine]))
         return why
 
     def _save_state(self, path: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.base import DEMOGRAPHIC_COLUMNS, N_DECADES, Recommender, UserBlock, decade_of
+from models.base import DEMOGRAPHIC_COLUMNS, N_DECADES, Recommender, UserBlock, decade_of, padded_rows
 from models.text import BUCKETS, MAX_TOKENS
 from recsys import progress
 
@@ -190,13 +190,7 @@ class TwoTower(Recommender):
 
     def _item_words(self) -> np.ndarray:
         """(items, MAX_TOKENS) hashed title words + 1 (0 pads), from the encoded title tokens."""
-        tokens = self.item_tokens.tocsr()
-        words = np.zeros((tokens.shape[0], MAX_TOKENS), dtype=np.int32)
-        lengths = np.minimum(np.diff(tokens.indptr), MAX_TOKENS)
-        rows = np.repeat(np.arange(tokens.shape[0]), lengths)
-        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        words[rows, offsets] = tokens.indices[np.repeat(tokens.indptr[:-1], lengths) + offsets] + 1
-        return words
+        return padded_rows(self.item_tokens, MAX_TOKENS)
 
     def _tower_demographics(self, demographics: np.ndarray) -> np.ndarray:
         """The demographic codes the user tower reads: columns not in ``user_demographics`` read as unknown."""
@@ -350,14 +344,7 @@ class TwoTower(Recommender):
         self.item_biases = np.concatenate([ops.convert_to_numpy(b) for _, b in parts]).astype(np.float32)
 
     def user_embeddings(self, users: UserBlock) -> np.ndarray:
-        bag_size = int(self.params["bag_size"])
-        h = users.history
-        lengths = np.diff(h.indptr)
-        take = np.minimum(lengths, bag_size)
-        bag = np.zeros((len(users.user_ids), bag_size), dtype=np.int32)
-        rows = np.repeat(np.arange(len(users.user_ids)), take)
-        offsets = np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)
-        bag[rows, offsets] = h.indices[np.repeat(h.indptr[:-1], take) + offsets] + 1
+        bag = padded_rows(users.history, int(self.params["bag_size"]))
         user = np.where(users.train_rows >= 0, users.train_rows + 1, 0).astype(np.int32)
         emb = self.net.user_tower(user, self._tower_demographics(users.demographics), bag)
         return ops.convert_to_numpy(emb).astype(np.float32)
@@ -371,14 +358,8 @@ class TwoTower(Recommender):
         def closeness(known: np.ndarray, target: np.ndarray) -> np.ndarray:
             return np.einsum("ij,ij->i", self.item_embeddings[known], self.item_embeddings[target])
 
-        why = self.neighbour_reasons(users, rows, cols, closeness)
-        cold = why["item"] < 0
-        if cold.any():
-            columns = tuple(c for c in DEMOGRAPHIC_COLUMNS if c in self.params["user_demographics"])
-            segment = self.segment_reasons(users, rows[cold], columns)
-            for key in why:
-                why[key][cold] = segment[key]
-        return why
+        columns = tuple(c for c in DEMOGRAPHIC_COLUMNS if c in self.params["user_demographics"])
+        return self.neighbour_reasons(users, rows, cols, closeness, segment=columns)
 
     def _save_state(self, path: Path) -> None:
         self.net.save_weights(path / "two_tower.weights.h5")

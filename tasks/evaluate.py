@@ -27,7 +27,7 @@ from tasks.metrics import (
 )
 from tasks.report import write_report
 from tasks.split import ValidationFold, carve_validation, cold_user_split, item_cold_split, temporal_split
-from tasks.train import FittedModel, fit_arguments, fit_stages, fit_step
+from tasks.train import FittedModel, fit_fold_here
 from tasks.validate import docs_index
 
 # ---------------------------------------------------------------------------------------------------------
@@ -333,22 +333,14 @@ def evaluate_step(settings, run_id: str, frames: Frames, names, folder: Path, lo
     runs the same steps as tasks on its task runner."""
     folder = Path(folder)
     fold = split_step(settings, frames, folder)
-    fitted: dict[str, FittedModel] = {}
-    for stage in fit_stages(names):
-        for name in stage:
-            fitted[name] = fit_step(settings, train=fold.train, features=fold.features, folder=str(folder / "models"),
-                                    fold="evaluation fold", log=log,
-                                    **fit_arguments(name, fitted, validation=fold.validation))
+    fitted = fit_fold_here(settings, names, fold.train, fold.features, str(folder / "models"), "evaluation fold",
+                           log, validation=fold.validation)
     models = {name: fitted[name].path for name in names}
     parts = [evaluate_slice_step(settings, run_id, fold, name, models, str(folder / "metrics")) for name in fold.slices]
     if fold.item_cold is not None:
         ic, ic_names = fold.item_cold, ItemColdFold.models(names)
-        ic_fitted: dict[str, FittedModel] = {}
-        for stage in fit_stages(ic_names):
-            for name in stage:
-                ic_fitted[name] = fit_step(settings, train=ic.train, features=ic.features,
-                                           folder=str(folder / "models-item-cold"), fold="item-cold fold", log=log,
-                                           **fit_arguments(name, ic_fitted, **ItemColdFold.fit_options(fitted)))
+        ic_fitted = fit_fold_here(settings, ic_names, ic.train, ic.features, str(folder / "models-item-cold"),
+                                  "item-cold fold", log, **ItemColdFold.fit_options(fitted))
         parts.append(evaluate_slice_step(settings, run_id, fold, ic.slice, {n: ic_fitted[n].path for n in ic_names},
                                          str(folder / "metrics")))
     return write_evaluation_step(settings, run_id, fold, parts, {n: f.path for n, f in fitted.items()}, folder)

@@ -164,9 +164,12 @@ def segment_words(segment: pl.Expr) -> pl.Expr:
 
 
 def with_reasons(frame: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
-    """``frame``'s reason columns in words (``reason``), the named item's title looked up in ``items``."""
-    titles = items.select(pl.col("item_id").alias("reason_item_id"), pl.col("title").alias("reason_title"))
-    return (frame.join(titles, on="reason_item_id", how="left", maintain_order="left")
+    """``frame`` with its item's ``title`` and its reason in words (``reason``, the named item's title looked
+    up in ``items`` too)."""
+    titles = items.select("item_id", "title")
+    return (frame.join(titles, on="item_id", how="left", maintain_order="left")
+            .join(titles.rename({"item_id": "reason_item_id", "title": "reason_title"}), on="reason_item_id",
+                  how="left", maintain_order="left")
             .with_columns(reason=reason_text()).drop("reason_title"))
 
 
@@ -176,7 +179,6 @@ def build_recommendations(recs: pl.DataFrame, frames: Frames, model: str, run_id
     each item."""
     counts = frames.interactions.group_by("user_id").agg(history=pl.len())
     recs = with_reasons(recs.sort("user_id", "rank"), frames.items).join(
-        frames.items.select("item_id", "title"), on="item_id", how="left", maintain_order="left").join(
         counts, on="user_id", how="left", maintain_order="left").with_columns(pl.col("history").fill_null(0))
     return recs.select(
         pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), "user_id", "item_id",
@@ -188,8 +190,7 @@ def build_recommendations(recs: pl.DataFrame, frames: Frames, model: str, run_id
 
 def build_new_items(best: pl.DataFrame, frames: Frames, model: str, run_id: str, run_date: date) -> pl.DataFrame:
     """The published rows of ``new_items``: per item with few interactions, the users to show it to."""
-    return with_reasons(best.sort("item_id", "rank"), frames.items).join(
-        frames.items.select("item_id", "title"), on="item_id", how="left", maintain_order="left").select(
+    return with_reasons(best.sort("item_id", "rank"), frames.items).select(
         pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), "item_id", "title",
         pl.col("interactions").cast(pl.Int64), "user_id", pl.col("rank").cast(pl.Int32), "score",
         pl.lit(model).alias("model"), "reason_kind", "reason", "reason_item_id", "reason_segment")

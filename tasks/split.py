@@ -145,6 +145,7 @@ class ValidationFold:
                                         truth.filter(pl.col("case") == label).drop("case"), bool(mine["as_history"][0])))
         return cases
 
+
 def carve_validation(
     interactions: pl.DataFrame, share: float, seed: int, max_users: int = 3000, min_history: int = 5,
     warm_truth: str = "latest", warm_truth_share: float = WARM_TRUTH_SHARE, warm_share: float | None = None,

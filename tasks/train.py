@@ -132,6 +132,18 @@ def fit_step(settings: Settings, name: str, train: str, features: FeatureSet, fo
     return FittedModel(name, str(model.save(Path(folder) / name)))
 
 
+def fit_fold_here(settings: Settings, names: list[str], train: str, features: FeatureSet, folder: str, fold: str,
+                  log=print, **shared) -> dict[str, FittedModel]:
+    """Each model of ``names`` fitted once on a stored fold, in this process, stage after stage (the flow's
+    ``fit_fold`` submits the same fits to its task runner). ``shared``: see :func:`fit_arguments`."""
+    fitted: dict[str, FittedModel] = {}
+    for stage in fit_stages(names):
+        for name in stage:
+            fitted[name] = fit_step(settings, train=train, features=features, folder=folder, fold=fold, log=log,
+                                    **fit_arguments(name, fitted, **shared))
+    return fitted
+
+
 def hybrid_weights(models: dict[str, Recommender]) -> dict | None:
     """The tuned blend of a fitted set, to hand to another fold's fit."""
     hybrid = models.get("hybrid")
