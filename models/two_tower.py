@@ -1,13 +1,18 @@
 """A two-tower deep model in plain Keras 3 (``keras.ops``, no TFRS) that can serve users with no history.
 
 User tower: user-id embedding + gender and age embeddings + a bag of the user's known items (mean of item
-embeddings) -> MLP. Item tower: item-id embedding + genres + release decade + title words (a bag of hashed
-words) + log popularity -> MLP. Trained with in-batch softmax (accidental hits masked). DropoutNet-style
-training on both sides: the user id is replaced by the out-of-vocabulary id and the bag is shortened or
-emptied at random, so the tower learns to rank from demographics alone (zero-shot) and from a few known
-items (k-shot); an item's id and popularity are hidden at random, so the item tower learns to place an item
-from its content alone, which is how it serves items with no interactions (they always read as unknown, and
-are never trained as negatives).
+embeddings) -> MLP. Item tower: item-id embedding + genres + release decade + log popularity -> MLP.
+Trained with in-batch softmax (accidental hits masked). DropoutNet-style training: the user id is replaced
+by the out-of-vocabulary id and the bag is shortened or emptied at random, so the tower learns to rank
+from demographics alone (zero-shot) and from a few known items (k-shot). Half the bags are the user's first
+items by time (as a new user's are when served, the rest a random sample of the history), and the tower
+reads the bag's size beside its mean: one known item is weaker evidence than twenty.
+
+Items with no interactions are served by a content tower of their own: genres + decade + title words (a bag
+of hashed words) -> MLP, trained beside the item tower on the same examples against the same user vectors,
+with the user tower's gradient stopped (an auxiliary loss). It learns to place an item where the user tower
+looks for it from content alone, and it cannot change the warm path: the user and item towers learn exactly
+what they learn without it. Items nobody interacted with are unknown, never trained as negatives.
 
 The model itself is backend-agnostic Keras; the training input pipeline is ``tf.data`` on this machine.
 """
@@ -34,13 +39,15 @@ from keras import ops  # noqa: E402
 @keras.saving.register_keras_serializable(package="recsys")
 class TwoTowerNet(keras.Model):
     def __init__(self, n_users, n_items, demo_sizes, item_genres, item_decade, item_logpop, item_logq,
-                 item_words, item_known, dim=64, hidden=128, temperature=0.05, full_softmax=True, item_dropout=0.1,
-                 seed=0, **kwargs):
+                 item_words, item_known, dim=64, hidden=128, temperature=0.05, full_softmax=True, content_weight=1.0,
+                 content_share=0.25, seed=0, **kwargs):
         super().__init__(**kwargs)
         self.config_ = {"n_users": int(n_users), "n_items": int(n_items), "demo_sizes": [int(s) for s in demo_sizes],
                         "dim": int(dim), "hidden": int(hidden), "temperature": float(temperature),
-                        "full_softmax": bool(full_softmax), "item_dropout": float(item_dropout)}
-        self.item_dropout = float(item_dropout)
+                        "full_softmax": bool(full_softmax), "content_weight": float(content_weight),
+                        "content_share": float(content_share)}
+        self.content_weight = float(content_weight)
+        self.content_share = float(content_share)
         self.seeds = keras.random.SeedGenerator(int(seed))
         self.full_softmax = bool(full_softmax)
         self.temperature = float(temperature)
@@ -48,22 +55,33 @@ class TwoTowerNet(keras.Model):
         self.demo = [keras.layers.Embedding(size, 16, name=f"demo_{k}") for k, size in enumerate(demo_sizes)]
         self.bag_items = keras.layers.Embedding(n_items + 1, dim, name="bag_items")  # 0 = padding
         self.user_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
-        self.item_id = keras.layers.Embedding(n_items + 1, dim, name="item_id")  # 0 = an item with no interactions
+        self.item_id = keras.layers.Embedding(n_items, dim, name="item_id")
         self.decade = keras.layers.Embedding(N_DECADES, 8, name="decade")
-        self.words = keras.layers.Embedding(BUCKETS + 1, 16, name="title_words")  # 0 = padding
         self.item_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
         # A per-item bias outside the cosine: popularity is shared by everyone, and unit vectors alone
         # spend personalisation capacity to express it.
-        self.item_bias = keras.layers.Embedding(n_items + 1, 1, embeddings_initializer="zeros", name="item_bias")
+        self.item_bias = keras.layers.Embedding(n_items, 1, embeddings_initializer="zeros", name="item_bias")
         self.bias_from_popularity = keras.layers.Dense(1, name="bias_from_popularity")
+        # The content tower: what an item with no interactions is read with. Its initial weights come from
+        # seeds of their own, so the towers above start (and learn) the same with or without it.
+        def own(k):
+            return {"embeddings_initializer": keras.initializers.RandomUniform(-0.05, 0.05, seed=seed + k)}
+
+        def dense(k):
+            return {"kernel_initializer": keras.initializers.GlorotUniform(seed=seed + k)}
+
+        self.words = keras.layers.Embedding(BUCKETS + 1, 16, name="title_words", **own(1))  # 0 = padding
+        self.content_decade = keras.layers.Embedding(N_DECADES, 8, name="content_decade", **own(2))
+        self.content_mlp = [keras.layers.Dense(hidden, activation="relu", **dense(3)), keras.layers.Dense(dim, **dense(4))]
+        self.content_bias = keras.layers.Dense(1, name="content_bias", **dense(5))
+        for layer in (self.words, self.content_decade, *self.content_mlp, self.content_bias):
+            layer.trainable = self.content_weight > 0  # without its loss it has nothing to learn
         # Item side features live in the model as constants, so the item tower needs only an index.
         self.genres = ops.convert_to_tensor(np.asarray(item_genres, dtype="float32"))
         self.decades = ops.convert_to_tensor(np.asarray(item_decade, dtype="int32"))
         self.logpop = ops.convert_to_tensor(np.asarray(item_logpop, dtype="float32")[:, None])
         self.item_words = ops.convert_to_tensor(np.asarray(item_words, dtype="int32"))  # (items, MAX_TOKENS)
         self.item_known = ops.convert_to_tensor(np.asarray(item_known, dtype="bool"))  # any training interaction
-        # An unknown item's popularity input: the lowest value (log popularity grows with interactions).
-        self.unknown_logpop = float(np.min(item_logpop)) if len(item_logpop) else 0.0
         # log of each item's sampling probability as an in-batch negative (logQ correction, Yi et al. 2019):
         # without it in-batch softmax learns p(i|u)/p(i) and buries popular items.
         self.logq = ops.convert_to_tensor(np.asarray(item_logq, dtype="float32"))
@@ -73,55 +91,68 @@ class TwoTowerNet(keras.Model):
         parts += [layer(demo[:, k]) for k, layer in enumerate(self.demo)]
         mask = ops.cast(ops.greater(bag, 0), "float32")[:, :, None]
         bag_sum = ops.sum(self.bag_items(bag) * mask, axis=1)
-        parts.append(bag_sum / ops.maximum(ops.sum(mask, axis=1), 1.0))
+        count = ops.sum(mask, axis=1)
+        # The mean alone cannot tell one known item from twenty: the size says how far to trust it.
+        parts += [bag_sum / ops.maximum(count, 1.0), ops.log1p(count)]
         x = ops.concatenate(parts, axis=-1)
         for layer in self.user_mlp:
             x = layer(x)
         return ops.normalize(x, axis=-1)
 
-    def _identity(self, item, training=False):
-        """The id row and popularity input an item is read with: its own, or the unknown item's (an item with
-        no training interactions always; a known item at random while training)."""
-        known = ops.take(self.item_known, item, axis=0)
-        if training and self.item_dropout > 0:
-            kept = keras.random.uniform(ops.shape(item), seed=self.seeds) >= self.item_dropout
-            known = ops.logical_and(known, kept)
-        row = ops.where(known, item + 1, 0)
-        logpop = ops.where(known[:, None], ops.take(self.logpop, item, axis=0), self.unknown_logpop)
-        return row, logpop
-
-    def item_tower(self, item, training=False):
-        row, logpop = self._identity(item, training)
-        words = ops.take(self.item_words, item, axis=0)
-        mask = ops.cast(ops.greater(words, 0), "float32")[:, :, None]
-        title = ops.sum(self.words(words) * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
+    def item_tower(self, item):
         x = ops.concatenate([
-            self.item_id(row),
+            self.item_id(item),
             ops.take(self.genres, item, axis=0),
             self.decade(ops.take(self.decades, item, axis=0)),
-            title,
-            logpop,
+            ops.take(self.logpop, item, axis=0),
         ], axis=-1)
         for layer in self.item_mlp:
             x = layer(x)
-        return ops.normalize(x, axis=-1), ops.squeeze(self.item_bias(row) + self.bias_from_popularity(logpop), -1)
+        bias = self.item_bias(item) + self.bias_from_popularity(ops.take(self.logpop, item, axis=0))
+        return ops.normalize(x, axis=-1), ops.squeeze(bias, -1)
 
-    def call(self, inputs, training=False):
-        item = inputs["item"]
-        u = self.user_tower(inputs["user"], inputs["demo"], inputs["bag"])
+    def content_tower(self, item):
+        """An item from its content alone (no id, no popularity): genres, decade and title words."""
+        words = ops.take(self.item_words, item, axis=0)
+        mask = ops.cast(ops.greater(words, 0), "float32")[:, :, None]
+        title = ops.sum(self.words(words) * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
+        x = ops.concatenate([ops.take(self.genres, item, axis=0),
+                             self.content_decade(ops.take(self.decades, item, axis=0)), title], axis=-1)
+        bias = self.content_bias(x)
+        for layer in self.content_mlp:
+            x = layer(x)
+        return ops.normalize(x, axis=-1), ops.squeeze(bias, -1)
+
+    def _logits(self, u, v, bias, item):
         if self.full_softmax:  # every item is a candidate: the label is the item index
-            every = ops.arange(self.config_["n_items"], dtype="int32")
-            v, bias = self.item_tower(every, training)
             logits = ops.matmul(u, ops.transpose(v)) / self.temperature + bias[None, :]
             # An item nobody interacted with is unknown, not a negative: it is left out of the softmax.
             return ops.where(self.item_known[None, :], logits, -1e9)
-        v, bias = self.item_tower(item, training)
         logits = (ops.matmul(u, ops.transpose(v)) / self.temperature + bias[None, :]
                   - ops.take(self.logq, item, axis=0)[None, :])
         # Mask accidental hits: the same item elsewhere in the batch is not a negative.
         same = ops.equal(item[:, None], item[None, :])
         eye = ops.eye(ops.shape(item)[0], dtype="bool")
         return ops.where(ops.logical_and(same, ops.logical_not(eye)), -1e9, logits)
+
+    def call(self, inputs, training=False):
+        item = inputs["item"]
+        candidates = ops.arange(self.config_["n_items"], dtype="int32") if self.full_softmax else item
+        u = self.user_tower(inputs["user"], inputs["demo"], inputs["bag"])
+        logits = self._logits(u, *self.item_tower(candidates), item)
+        if training and self.content_weight > 0:
+            # The content tower learns the same task against the same user vectors, in the same softmax: a
+            # random share of the candidates is read by the content tower instead, among the others' fixed
+            # logits, so its scores are on the item tower's scale (as a new item competes with known ones
+            # when served). Gradients reach the content tower only: the warm path learns what it learns
+            # without it (and the validation loss is the item tower's alone).
+            content = self._logits(ops.stop_gradient(u), *self.content_tower(candidates), item)
+            swap = keras.random.uniform(ops.shape(candidates), seed=self.seeds) < self.content_share
+            mixed = ops.where(swap[None, :], content, ops.stop_gradient(logits))
+            labels = item if self.full_softmax else ops.arange(ops.shape(item)[0], dtype="int32")
+            self.add_loss(self.content_weight * ops.mean(
+                keras.losses.sparse_categorical_crossentropy(labels, mixed, from_logits=True)))
+        return logits
 
     def get_config(self):
         return dict(self.config_)
@@ -135,6 +166,18 @@ def _positions(ids: np.ndarray, earlier: np.ndarray) -> np.ndarray:
     return np.where(earlier[pos] == ids, pos, -1)
 
 
+def first_items_by_time(interactions, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+    """Each user's distinct items in the order they were first taken (ties: lower column), laid out like
+    the rows of the training CSR (same ``indptr``: a row's items are the same, in time order)."""
+    rows = np.searchsorted(user_ids, interactions["user_id"].to_numpy())
+    cols = np.searchsorted(item_ids, interactions["item_id"].to_numpy()).astype(np.int64)
+    order = np.lexsort((cols, interactions["ts"].to_physical().to_numpy(), rows))
+    key = rows[order].astype(np.int64) * len(item_ids) + cols[order]
+    _, first = np.unique(key, return_index=True)  # a pair's earliest row: its first in time order
+    first.sort()
+    return cols[order][first].astype(np.int32)
+
+
 class TwoTower(Recommender):
     name = "two_tower"
     scores_new_items = True
@@ -142,9 +185,13 @@ class TwoTower(Recommender):
     @classmethod
     def default_params(cls) -> dict:
         return {"dim": 64, "hidden": 128, "temperature": 0.05, "epochs": 30, "batch_size": 1024,
-                "learning_rate": 3e-3, "bag_size": 20, "id_dropout": 0.5, "bag_dropout": 0.3,
-                # Share of known items read as unknown in training: what teaches the item tower new items.
-                "item_dropout": 0.1,
+                "learning_rate": 3e-3, "bag_size": 20, "id_dropout": 0.7, "bag_dropout": 0.3,
+                # Share of training bags that are the user's first items by time (the rest are a random
+                # sample of the history): a new user is served from their first k items.
+                "first_items_share": 0.5,
+                # The content tower (what serves items with no interactions): its loss's weight (0: none)
+                # and the share of candidates it reads in training.
+                "content_weight": 1.0, "content_share": 0.25,
                 "patience": 3, "validation_share": 0.05, "negatives": "auto",
                 # What the user tower reads of a user's demographics. With occupation and zip region the
                 # combination is nearly unique (3k cells for 943 ML-100k users): the tower memorised users
@@ -181,16 +228,22 @@ class TwoTower(Recommender):
                           self.item_genres, decade_of(self.item_year), logpop, logq, self._item_words(),
                           self.item_popularity > 0, dim=self.params["dim"], hidden=self.params["hidden"],
                           temperature=self.params["temperature"], full_softmax=self._full_softmax(),
-                          item_dropout=self.params["item_dropout"], seed=self.seed or 0)
+                          content_weight=self.params["content_weight"], content_share=self.params["content_share"],
+                          seed=self.seed or 0)
         dummy = {"user": np.zeros(2, "int32"), "demo": np.zeros((2, len(self.vocab)), "int32"),
                  "bag": np.zeros((2, self.params["bag_size"]), "int32"), "item": np.arange(2, dtype="int32") % max(
                      1, len(self.item_ids))}
+        net.content_tower(dummy["item"])  # built first: inference does not call it
         net(dummy)
         return net
 
     def _item_words(self) -> np.ndarray:
         """(items, MAX_TOKENS) hashed title words + 1 (0 pads), from the encoded title tokens."""
         return padded_rows(self.item_tokens, MAX_TOKENS)
+
+    def _encode(self, interactions, user_features, item_features) -> None:
+        super()._encode(interactions, user_features, item_features)
+        self.first_items = first_items_by_time(interactions, self.user_ids, self.item_ids)
 
     def _tower_demographics(self, demographics: np.ndarray) -> np.ndarray:
         """The demographic codes the user tower reads: columns not in ``user_demographics`` read as unknown."""
@@ -269,18 +322,18 @@ class TwoTower(Recommender):
         users = _positions(self.user_ids, previous.user_ids)
         items = _positions(self.item_ids, previous.item_ids)
         for layer, before, rows, reserved in ((new.user_id, old.user_id, users, 1), (new.bag_items, old.bag_items, items, 1),
-                                              (new.item_id, old.item_id, items, 1),
-                                              (new.item_bias, old.item_bias, items, 1)):
+                                              (new.item_id, old.item_id, items, 0),
+                                              (new.item_bias, old.item_bias, items, 0)):
             table = ops.convert_to_numpy(layer.embeddings).copy()
             earlier = ops.convert_to_numpy(before.embeddings)
             known = rows >= 0
             table[reserved:][known] = earlier[rows[known] + reserved]
             table[:reserved] = earlier[:reserved]
             layer.embeddings.assign(table)
-        for layer, before in zip([*new.demo, *new.user_mlp, *new.item_mlp, new.decade, new.words,
-                                  new.bias_from_popularity],
-                                 [*old.demo, *old.user_mlp, *old.item_mlp, old.decade, old.words,
-                                  old.bias_from_popularity],
+        for layer, before in zip([*new.demo, *new.user_mlp, *new.item_mlp, new.decade, new.bias_from_popularity,
+                                  new.words, new.content_decade, *new.content_mlp, new.content_bias],
+                                 [*old.demo, *old.user_mlp, *old.item_mlp, old.decade, old.bias_from_popularity,
+                                  old.words, old.content_decade, *old.content_mlp, old.content_bias],
                                  strict=True):
             layer.set_weights(before.get_weights())
         return True
@@ -298,6 +351,7 @@ class TwoTower(Recommender):
         p = self.params
         indptr = tf.constant(self.train.indptr.astype(np.int64))
         indices = tf.constant(self.train.indices.astype(np.int32))
+        first_indices = tf.constant(self.first_items)
         demo_table = tf.constant(self.train_demographics)
         bag_size = int(p["bag_size"])
         full = self._full_softmax()
@@ -308,7 +362,12 @@ class TwoTower(Recommender):
             degree = tf.gather(indptr, u + 1) - start
             r = tf.random.uniform((n, bag_size), seed=seed)
             pos = start[:, None] + tf.cast(tf.floor(r * tf.cast(degree[:, None], tf.float32)), tf.int64)
-            bag = tf.gather(indices, pos) + 1
+            sampled = tf.gather(indices, pos) + 1
+            # A share of the bags are the user's first items by time, as a new user's are when served.
+            slot = tf.range(bag_size, dtype=tf.int64)[None, :]
+            first = tf.gather(first_indices, start[:, None] + tf.minimum(slot, degree[:, None] - 1)) + 1
+            first = tf.where(slot < degree[:, None], first, 0)
+            bag = tf.where(tf.random.uniform((n, 1), seed=seed + 4) < p["first_items_share"], first, sampled)
             keep_k = tf.cast(tf.floor(tf.random.uniform((n, 1), seed=seed + 1) * (bag_size + 1)), tf.int32)
             keep = tf.range(bag_size)[None, :] < keep_k
             keep = keep & tf.not_equal(bag, (i + 1)[:, None])  # never the target itself
@@ -338,10 +397,18 @@ class TwoTower(Recommender):
     # -- serving -------------------------------------------------------------------------------------------
 
     def _cache_item_embeddings(self) -> None:
-        parts = [self.net.item_tower(np.arange(lo, min(lo + 8192, len(self.item_ids)), dtype="int32"))
-                 for lo in range(0, len(self.item_ids), 8192)]
-        self.item_embeddings = np.concatenate([ops.convert_to_numpy(v) for v, _ in parts]).astype(np.float32)
-        self.item_biases = np.concatenate([ops.convert_to_numpy(b) for _, b in parts]).astype(np.float32)
+        """Each item's vector and bias: from the item tower when it has training interactions, from the
+        content tower when it has none."""
+        def tower(fn, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            parts = [fn(items[lo:lo + 8192].astype("int32")) for lo in range(0, len(items), 8192)]
+            return (np.concatenate([ops.convert_to_numpy(v) for v, _ in parts] or [np.zeros((0, self.params["dim"]))]),
+                    np.concatenate([ops.convert_to_numpy(b) for _, b in parts] or [np.zeros(0)]))
+
+        new = self.item_popularity == 0
+        self.item_embeddings = np.empty((len(self.item_ids), self.params["dim"]), dtype=np.float32)
+        self.item_biases = np.empty(len(self.item_ids), dtype=np.float32)
+        for rows, fn in ((np.flatnonzero(~new), self.net.item_tower), (np.flatnonzero(new), self.net.content_tower)):
+            self.item_embeddings[rows], self.item_biases[rows] = tower(fn, rows)
 
     def user_embeddings(self, users: UserBlock) -> np.ndarray:
         bag = padded_rows(users.history, int(self.params["bag_size"]))

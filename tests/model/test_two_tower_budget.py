@@ -1,9 +1,11 @@
-"""The two-tower's cost per night is bounded, and production continues the evaluation fold's fit."""
+"""The two-tower: its cost per night is bounded, production continues the evaluation fold's fit, and the content
+tower that serves new items leaves the warm path alone."""
 
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 from keras import ops
 
 from models.registry import build
@@ -35,9 +37,10 @@ def test_warm_start_carries_known_rows_by_id(small_data):
     new_items = ops.convert_to_numpy(later.net.item_id.embeddings)
     old_items = ops.convert_to_numpy(earlier.net.item_id.embeddings)
     shared = np.isin(later.item_ids, earlier.item_ids)
-    # Row 0 is the unknown item's (items with no interactions read it), then one row per catalogue item.
-    assert np.array_equal(new_items[1:][shared], old_items[1:][np.searchsorted(earlier.item_ids, later.item_ids[shared])])
-    assert np.array_equal(new_items[0], old_items[0])
+    assert np.array_equal(new_items[shared], old_items[np.searchsorted(earlier.item_ids, later.item_ids[shared])])
+    # The content tower (what serves items with no interactions) carries over whole.
+    for layer, before in zip(later.net.content_mlp, earlier.net.content_mlp, strict=True):
+        assert all(np.array_equal(a, b) for a, b in zip(layer.get_weights(), before.get_weights(), strict=True))
 
 
 def test_pruned_blend_search_scores_like_the_full_search(small_data):
@@ -56,3 +59,31 @@ def test_pruned_blend_search_scores_like_the_full_search(small_data):
         tuned[candidates] = hybrid.use_validation(fold.cases).fit(fold.train, uf, itf, seed=2).tuning
     for bucket, full in tuned[10_000].items():
         assert tuned[10][bucket]["ndcg_blend"] >= full["ndcg_blend"] - 0.02, (bucket, tuned[10][bucket], full)
+
+
+def test_the_content_tower_does_not_change_the_warm_path(small_data):
+    """The content tower (what serves items with no interactions) learns beside the item tower with the user
+    tower's gradient stopped: with it or without it, known users and items get the same vectors."""
+    train, uf, itf, _ = small_data
+    held_out = np.sort(train["item_id"].unique().to_numpy())[::7]  # items with no training interaction
+    part = train.filter(~pl.col("item_id").is_in(held_out))
+    fits = {w: build("two_tower", **FAST, epochs=2, content_weight=w).fit(part, uf, itf, seed=5) for w in (0.0, 1.0)}
+    known = fits[1.0].item_popularity > 0
+    assert (~known).sum() >= len(held_out) // 2
+    users = np.sort(part["user_id"].unique().to_numpy())[:50]
+    block = fits[1.0]._user_block(users, sp.csr_matrix((len(users), len(fits[1.0].item_ids)), dtype=np.float32))
+    assert np.array_equal(fits[0.0].user_embeddings(block), fits[1.0].user_embeddings(block))
+    assert np.array_equal(fits[0.0].item_embeddings[known], fits[1.0].item_embeddings[known])
+    # The trained content tower, not the untrained one, places the items nobody has taken.
+    assert not np.allclose(fits[0.0].item_embeddings[~known], fits[1.0].item_embeddings[~known])
+
+
+def test_first_items_follow_time_and_the_training_rows():
+    from models.two_tower import first_items_by_time
+
+    inter = pl.DataFrame({"user_id": [7, 7, 7, 7, 3, 3], "item_id": [30, 10, 20, 10, 20, 30],
+                          "ts": [5, 9, 1, 2, 4, 4]})
+    # user 3: items 20 and 30 at the same time (the lower column first); user 7: 20, then 10 (its earliest
+    # of two), then 30.
+    order = first_items_by_time(inter, np.array([3, 7]), np.array([10, 20, 30]))
+    assert order.tolist() == [1, 2, 1, 0, 2]
