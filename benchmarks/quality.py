@@ -132,7 +132,7 @@ def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log,
         metrics = metrics.filter(~(pl.col("model").is_in(mute) & (pl.col("k_shot") == 0)))
         per_seed.append(metrics.with_columns(seed=pl.lit(seed)))
     all_metrics = pl.concat(per_seed)
-    table = over_seeds(all_metrics.filter(pl.col("metric").is_in(["ndcg", "ndcg_lift"])
+    table = over_seeds(all_metrics.filter(pl.col("metric").is_in(["ndcg", "ndcg_lift", "coverage"])
                                           | pl.col("metric").str.starts_with("ndcg_lift_over_")), "k_shot")
     ndcg_table = table.filter(pl.col("metric") == "ndcg")
     lift0 = table.filter((pl.col("metric") == "ndcg_lift") & (pl.col("k_shot") == 0))
@@ -221,6 +221,12 @@ def format_tables(result: dict) -> str:
                 (f"{cells[k]['value']:.4f} [{cells[k]['ci_low']:.3f},{cells[k]['ci_high']:.3f}]" if k in cells
                  else "-").rjust(22) for k in ks))  # "-": not applicable (ALS cannot rank a user with no items)
         lines.append(f"  beats popularity at k=0 (CI > 0): {c['models_beating_popularity_at_k0_ci_excluding_zero']}")
+        coverage = [r for r in c["table"] if r["metric"] == "coverage"]
+        if coverage:
+            lines.append("  catalogue coverage of the cold users' top-10 lists (share of items listed to anyone):")
+            for model in sorted({r["model"] for r in coverage}):
+                cells = {r["k_shot"]: r["value"] for r in coverage if r["model"] == model}
+                lines.append(f"    {model:24} " + " ".join(f"k={k} {cells[k]:.1%}" for k in ks if k in cells))
         for label, metric, model in (("hybrid's lift over popularity", "ndcg_lift", "hybrid"),
                                      ("what the two-tower adds to the hybrid", "ndcg_lift_over_hybrid_without_two_tower",
                                       "hybrid")):

@@ -305,7 +305,8 @@ class TwoTower(Recommender):
             return ""
         val = f", best val_loss {t['best_val_loss']:.3f}" if t.get("best_val_loss") is not None else ""
         return (f"{t['epochs_run']}/{t['epochs_planned']} epochs of {t['examples_per_epoch']:,} examples"
-                f"{' (warm start)' if t['warm_started'] else ''}, loss {t['first_loss']:.3f} -> {t['final_loss']:.3f}{val}")
+                f"{' (warm start)' if t['warm_started'] else ''}, loss (both towers) {t['first_loss']:.3f} -> "
+                f"{t['final_loss']:.3f}{val}")
 
     def warm_start(self, previous: Recommender) -> None:
         """Start the next fit from ``previous``'s weights (same architecture): rows of known users and items

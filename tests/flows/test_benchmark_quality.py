@@ -28,6 +28,11 @@ def test_reduced_quality_benchmark_writes_every_number(ml100k_dir, tmp_path, cap
     ablation = [r for r in result["c"]["table"] if r["metric"] == "ndcg_lift_over_hybrid_without_two_tower"]
     assert {r["k_shot"] for r in ablation} == ks and all(r["model"] == "hybrid" for r in ablation)
     assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in ablation)
+    # Catalogue coverage of the cold lists, per model and k: popularity lists the same 10 items to everyone.
+    coverage = {(r["model"], r["k_shot"]): r["value"] for r in result["c"]["table"] if r["metric"] == "coverage"}
+    n_items = 1682
+    assert coverage[("popularity", 0)] == pytest.approx(10 / n_items, abs=0.5 / n_items)
+    assert coverage[("ease", 20)] > coverage[("popularity", 20)]
     assert {"versions", "wall_seconds", "settings"} <= result.keys()
     # A sanity floor, not the target: real CF on ML-100k is far above popularity on the warm protocol.
     assert result["w"]["results"]["ease"]["ndcg"] > result["w"]["results"]["popularity"]["ndcg"] + 0.1
@@ -35,6 +40,7 @@ def test_reduced_quality_benchmark_writes_every_number(ml100k_dir, tmp_path, cap
     assert warm["users"] > 500 and warm["chosen"] in ("blend", f"{warm['best_component']} alone")
     printed = capsys.readouterr().out
     assert "Protocol W" in printed and "Protocol C" in printed and "MSR BiVAE" in printed
+    assert "catalogue coverage" in printed
 
 
 def test_new_items_on_movielens_reach_their_audience_beyond_both_baselines(ml100k_dir):
