@@ -3,7 +3,8 @@
 The blend weights depend on how much history a user has: a user with no interactions is served by
 features and popularity, a user with many by CF. They also depend on how much history an item has: an item
 with ``item_evidence`` or more interactions is scored by the user's blend, an item with none by the models
-that read content (``new_item_weights``: the two-tower's item tower and the content neighbourhood), and one
+that read content (``new_item_weights``: the two-tower's item tower and the content neighbourhood; their
+scores standardised over all training users, not per user, so that they rank users for a new item), and one
 in between by a mix in proportion to its interactions, so a new item never gets a CF score it has no data
 for. The hybrid fits nothing itself: it receives its fitted
 components (:meth:`Hybrid.use_components`), and either tunes the weights per history bucket on validation
@@ -77,6 +78,7 @@ class Hybrid(Recommender):
             "bootstrap_samples": 1000,
             "new_item_weights": dict(NEW_ITEM_WEIGHTS),
             "item_evidence": 3,  # interactions from which an item is scored by the user's blend alone
+            "scale_users": 2048,  # training users whose scores set each new-item scorer's scale
         }
 
     @classmethod
@@ -124,6 +126,29 @@ class Hybrid(Recommender):
             self.weights, self.tuning = self._tune(blended, cases, seed)
         elif not getattr(self, "weights", None):
             raise ValueError("hybrid: call use_validation() or use_weights() before fit()")
+        self.new_item_scale = self._new_item_scale(seed)
+
+    def _new_item_scale(self, seed: int) -> dict[str, tuple[float, float]]:
+        """Per new-item scorer, the mean and standard deviation of its finite scores over (a seeded sample of
+        ``scale_users``) training users and the whole catalogue: how a new item's scores are standardised."""
+        users = self.user_ids
+        if len(users) > int(self.params["scale_users"]):
+            rng = np.random.default_rng(seed)
+            users = np.sort(rng.choice(users, int(self.params["scale_users"]), replace=False))
+        scale = {}
+        for name, weight in self.params["new_item_weights"].items():
+            if weight <= 0:
+                continue
+            model = self.components[name]
+            total, squares, count = 0.0, 0.0, 0
+            for start in range(0, len(users), model.block_users):
+                scores = model.score_users(users[start:start + model.block_users])
+                finite = scores[np.isfinite(scores)].astype(np.float64)
+                total, squares, count = total + finite.sum(), squares + np.square(finite).sum(), count + finite.size
+            mean = total / max(count, 1)
+            std = float(np.sqrt(max(squares / max(count, 1) - mean * mean, 0.0)))
+            scale[name] = (float(mean), std if std > 1e-12 else 1.0)
+        return scale
 
     def _grid(self) -> list[tuple[float, ...]]:
         steps = int(round(1 / self.params["grid_step"]))
@@ -246,9 +271,22 @@ class Hybrid(Recommender):
             by_item = np.float32(self.params["new_item_weights"].get(name, 0.0)) * (1 - evidence)
             if not by_user.any() and not by_item.any():
                 continue
-            part = standardize_rows(self.components[name].block_scores(users))
-            part[np.isneginf(part)] = 0.0  # an item this component cannot score adds nothing
-            part *= by_user * evidence + by_item
+            raw = self.components[name].block_scores(users)
+            part = None
+            if by_user.any():
+                part = standardize_rows(raw)
+                part[np.isneginf(part)] = 0.0  # an item this component cannot score adds nothing
+                part *= by_user * evidence
+            if by_item.any():
+                # A new item's score tells users apart (whom to show it to), so it is standardised over the
+                # component's scores of all training users: a per-user z-score would drop what makes one user
+                # likelier than another to take it (protocol I items -> users, see README).
+                mean, std = self.new_item_scale[name]
+                new = np.subtract(raw, np.float32(mean), dtype=np.float32)
+                new *= np.float32(1.0 / std)
+                new[~np.isfinite(new)] = 0.0
+                new *= by_item
+                part = new if part is None else np.add(part, new, out=part)
             out += part
             if users.shared is not None:
                 parts[name] = part
@@ -283,7 +321,8 @@ class Hybrid(Recommender):
             where[name] = os.path.relpath(saved.resolve(), path.resolve())
         (path / "components.json").write_text(json.dumps(where, indent=2))
         (path / "weights.json").write_text(json.dumps({"weights": {str(b): w for b, w in self.weights.items()},
-                                                       "tuning": self.tuning}, indent=2))
+                                                       "tuning": self.tuning,
+                                                       "new_item_scale": self.new_item_scale}, indent=2))
 
     @staticmethod
     def blend_file(path: Path) -> Path:
@@ -305,3 +344,5 @@ class Hybrid(Recommender):
         saved = self.saved_blend(path)
         self.weights = {int(b): w for b, w in saved["weights"].items()}
         self.tuning = saved["tuning"]
+        self.new_item_scale = ({name: tuple(v) for name, v in saved["new_item_scale"].items()}
+                               if "new_item_scale" in saved else self._new_item_scale(self.seed))

@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 from model_helpers import featurize, fit_model, load_synthetic
 
+from models.registry import build
 from models.text import title_token_matrix, title_words
 from tasks.generate import GeneratorConfig, generate
 from tasks.metrics import item_to_user_values
@@ -102,8 +103,25 @@ def test_title_words_drop_years_articles_and_filler():
 
 
 def test_a_hybrid_refuses_new_item_scorers_that_cannot_read_content(fitted):
-    from models.registry import build
-
     components = fitted["hybrid"].components
     with pytest.raises(ValueError, match="new_item_weights names ease, which cannot score an item"):
         build("hybrid", new_item_weights={"ease": 1.0}).use_components(components)
+
+
+def test_a_new_items_scores_rank_users_as_its_content_scorer_does(fitted, held_out):
+    """Whom to show a new item to is a comparison across users: the hybrid standardises its new-item scorers
+    over all training users, so one scorer alone keeps its order of users exactly (a per-user z-score would
+    not: it removes what sets one user's scores above another's)."""
+    split, uf, itf = held_out
+    hybrid = fitted["hybrid"]
+    only = build("hybrid", new_item_weights={"content_knn": 1.0}).use_components(hybrid.components).use_weights(
+        hybrid.weights, hybrid.tuning).fit(split.train, uf, itf, seed=1)
+    users = np.sort(split.train["user_id"].unique().to_numpy())
+    new = np.searchsorted(only.item_ids, split.new_items)
+    mine = only.score_users(users)[:, new]
+    theirs = hybrid.components["content_knn"].score_users(users)[:, new]
+    mean, std = only.new_item_scale["content_knn"]
+    assert std > 0 and np.allclose(mine, (theirs - mean) / std, atol=1e-5)
+    per_user = (theirs - theirs.mean(axis=1, keepdims=True)) / theirs.std(axis=1, keepdims=True)
+    assert not np.array_equal(np.argsort(-per_user, axis=0, kind="stable")[:AUDIENCE],
+                              np.argsort(-theirs, axis=0, kind="stable")[:AUDIENCE])
