@@ -182,6 +182,12 @@ class Recommender(ABC):
         return serve_together({self.name: self}, user_ids, n, explain=explain, items=items,
                               users_per_item=users_per_item)[self.name]
 
+    def audience_scores(self, users: UserBlock, columns: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Scores of the catalogue ``columns`` for the block's users, comparable across users: what ranks the
+        users to show those items to. ``scores``: the block's scores of them, seen items at -inf. Default:
+        those scores; a model whose scores are on a per-user scale puts them on a common one."""
+        return scores
+
     # -- explaining ----------------------------------------------------------------------------------------
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
@@ -521,8 +527,8 @@ def serve_together(
         block = lead.block_users
         for lo in range(0, len(user_ids), block):
             ub = lead._user_block(user_ids[lo:lo + block], extra[lo:lo + block])
-            if len(group) > 1 or explain:
-                ub.shared = {}
+            if len(group) > 1 or explain or (len(columns) and users_per_item > 0):
+                ub.shared = {}  # scores computed once per block, whoever reads them (audiences, reasons)
             progress.detail(f"{lo:,} of {len(user_ids):,} users scored")
             seen = ub.history.tocoo() if exclude_seen else None
             for name in group:
@@ -536,8 +542,8 @@ def serve_together(
                     frame = _with_reasons(models[name], ub, frame)
                 frames[name].append(frame)
                 if len(columns) and users_per_item > 0:
-                    by_item[name].append(_best_users(ub.user_ids, scores[:, columns], lead.item_ids[columns],
-                                                     users_per_item))
+                    audience = models[name].audience_scores(ub, columns, scores[:, columns])
+                    by_item[name].append(_best_users(ub.user_ids, audience, lead.item_ids[columns], users_per_item))
     empty = pl.DataFrame(schema={**RECOMMENDATION_SCHEMA, **(REASON_SCHEMA if explain else {})})
     return {name: Served(pl.concat(frames[name]) if frames[name] else empty,
                          _merge_best_users(by_item[name], users_per_item)) for name in models}

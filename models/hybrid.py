@@ -3,10 +3,10 @@
 The blend weights depend on how much history a user has: a user with no interactions is served by
 features and popularity, a user with many by CF. They also depend on how much history an item has: an item
 with ``item_evidence`` or more interactions is scored by the user's blend, an item with none by the models
-that read content (``new_item_weights``: the two-tower's item tower and the content neighbourhood; their
-scores standardised over all training users, not per user, so that they rank users for a new item), and one
+that read content (``new_item_weights``: the two-tower's item tower and the content neighbourhood), and one
 in between by a mix in proportion to its interactions, so a new item never gets a CF score it has no data
-for. The hybrid fits nothing itself: it receives its fitted
+for. Whom to show an item to (its audience) reads the same mix of scores standardised over all users, not
+per user (:meth:`Hybrid.audience_scores`). The hybrid fits nothing itself: it receives its fitted
 components (:meth:`Hybrid.use_components`), and either tunes the weights per history bucket on validation
 cases (:meth:`Hybrid.use_validation`, built by ``tasks.split.carve_validation`` from training users, never
 test users) or takes weights tuned earlier (:meth:`Hybrid.use_weights`: the production fit reuses the
@@ -78,7 +78,7 @@ class Hybrid(Recommender):
             "bootstrap_samples": 1000,
             "new_item_weights": dict(NEW_ITEM_WEIGHTS),
             "item_evidence": 3,  # interactions from which an item is scored by the user's blend alone
-            "scale_users": 2048,  # training users whose scores set each new-item scorer's scale
+            "scale_users": 2048,  # training users whose scores set each component's scale for audiences
         }
 
     @classmethod
@@ -126,20 +126,18 @@ class Hybrid(Recommender):
             self.weights, self.tuning = self._tune(blended, cases, seed)
         elif not getattr(self, "weights", None):
             raise ValueError("hybrid: call use_validation() or use_weights() before fit()")
-        self.new_item_scale = self._new_item_scale(seed)
+        self.audience_scale = self._audience_scale(seed)
 
-    def _new_item_scale(self, seed: int) -> dict[str, tuple[float, float]]:
-        """Per new-item scorer, the mean and standard deviation of its finite scores over (a seeded sample of
-        ``scale_users``) training users and the whole catalogue: how a new item's scores are standardised."""
+    def _audience_scale(self, seed: int) -> dict[str, tuple[float, float]]:
+        """Per component, the mean and standard deviation of its finite scores over the training users (a
+        seeded sample of ``scale_users`` of them) and the whole catalogue: the scale :meth:`audience_scores`
+        puts the components on."""
         users = self.user_ids
         if len(users) > int(self.params["scale_users"]):
             rng = np.random.default_rng(seed)
             users = np.sort(rng.choice(users, int(self.params["scale_users"]), replace=False))
         scale = {}
-        for name, weight in self.params["new_item_weights"].items():
-            if weight <= 0:
-                continue
-            model = self.components[name]
+        for name, model in self.components.items():
             total, squares, count = 0.0, 0.0, 0
             for start in range(0, len(users), model.block_users):
                 scores = model.score_users(users[start:start + model.block_users])
@@ -255,43 +253,51 @@ class Hybrid(Recommender):
     def _truth_matrix(self, users: np.ndarray, truth: pl.DataFrame) -> np.ndarray:
         return self._history_matrix(users, truth).toarray() > 0
 
+    def _mix(self, users: UserBlock, columns: np.ndarray | slice = slice(None)):
+        """Per component that weighs anything in this block: its weight for each (user, item of ``columns``):
+        the user's bucket weight where the item has ``item_evidence`` interactions, the new-item weight where
+        it has none, in proportion in between."""
+        buckets = bucket_of(users.history_length, users.train_rows >= 0)
+        w = np.array([self.weights[int(b)] for b in buckets], dtype=np.float32)  # (users, components)
+        evidence = np.minimum(self.item_popularity[columns] / max(float(self.params["item_evidence"]), 1e-9), 1.0)
+        evidence = evidence.astype(np.float32)[None, :]
+        blended = list(self.params["components"])
+        for name in self.components:
+            by_user = w[:, blended.index(name)][:, None] if name in blended else np.zeros((len(w), 1), np.float32)
+            by_item = np.float32(self.params["new_item_weights"].get(name, 0.0)) * (1 - evidence)
+            if by_user.any() or by_item.any():
+                yield name, by_user * evidence + by_item
+
     def score_block(self, users: UserBlock) -> np.ndarray:
         """The blend of the components' z-scores per user bucket, mixed per item with the new-item scorers'
         by the item's interactions; a component no user or item of the block weighs is not scored. Where the
         block is shared (several models, or explaining), each component's part is kept for :meth:`explain`."""
-        buckets = bucket_of(users.history_length, users.train_rows >= 0)
-        w = np.array([self.weights[int(b)] for b in buckets], dtype=np.float32)  # (users, components)
-        evidence = np.minimum(self.item_popularity / max(float(self.params["item_evidence"]), 1e-9), 1.0)
-        evidence = evidence.astype(np.float32)[None, :]
-        blended = list(self.params["components"])
         out = np.zeros((len(users.user_ids), len(self.item_ids)), dtype=np.float32)
         parts: dict[str, np.ndarray] = {}
-        for name in self.components:
-            by_user = w[:, blended.index(name)][:, None] if name in blended else np.zeros((len(w), 1), np.float32)
-            by_item = np.float32(self.params["new_item_weights"].get(name, 0.0)) * (1 - evidence)
-            if not by_user.any() and not by_item.any():
-                continue
-            raw = self.components[name].block_scores(users)
-            part = None
-            if by_user.any():
-                part = standardize_rows(raw)
-                part[np.isneginf(part)] = 0.0  # an item this component cannot score adds nothing
-                part *= by_user * evidence
-            if by_item.any():
-                # A new item's score tells users apart (whom to show it to), so it is standardised over the
-                # component's scores of all training users: a per-user z-score would drop what makes one user
-                # likelier than another to take it (protocol I items -> users, see README).
-                mean, std = self.new_item_scale[name]
-                new = np.subtract(raw, np.float32(mean), dtype=np.float32)
-                new *= np.float32(1.0 / std)
-                new[~np.isfinite(new)] = 0.0
-                new *= by_item
-                part = new if part is None else np.add(part, new, out=part)
+        for name, weight in self._mix(users):
+            part = standardize_rows(self.components[name].block_scores(users))
+            part[np.isneginf(part)] = 0.0  # an item this component cannot score adds nothing
+            part *= weight
             out += part
             if users.shared is not None:
                 parts[name] = part
         if users.shared is not None:
             users.shared[("parts", id(self))] = parts
+        return out
+
+    def audience_scores(self, users: UserBlock, columns: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """The same mix as :meth:`score_block`, of each component's scores standardised over all training
+        users (``audience_scale``) instead of per user: a per-user z-score drops what sets one user's scores
+        above another's, which is all that ranking users for an item reads (README, protocol I)."""
+        out = np.zeros((len(users.user_ids), len(columns)), dtype=np.float32)
+        for name, weight in self._mix(users, columns):
+            mean, std = self.audience_scale[name]
+            part = self.components[name].block_scores(users)[:, columns] - np.float32(mean)
+            part *= np.float32(1.0 / std)
+            part[~np.isfinite(part)] = 0.0
+            part *= weight
+            out += part
+        out[np.isneginf(scores)] = -np.inf  # seen items stay out
         return out
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
@@ -322,7 +328,7 @@ class Hybrid(Recommender):
         (path / "components.json").write_text(json.dumps(where, indent=2))
         (path / "weights.json").write_text(json.dumps({"weights": {str(b): w for b, w in self.weights.items()},
                                                        "tuning": self.tuning,
-                                                       "new_item_scale": self.new_item_scale}, indent=2))
+                                                       "audience_scale": self.audience_scale}, indent=2))
 
     @staticmethod
     def blend_file(path: Path) -> Path:
@@ -344,5 +350,5 @@ class Hybrid(Recommender):
         saved = self.saved_blend(path)
         self.weights = {int(b): w for b, w in saved["weights"].items()}
         self.tuning = saved["tuning"]
-        self.new_item_scale = ({name: tuple(v) for name, v in saved["new_item_scale"].items()}
-                               if "new_item_scale" in saved else self._new_item_scale(self.seed))
+        self.audience_scale = ({name: tuple(v) for name, v in saved["audience_scale"].items()}
+                               if "audience_scale" in saved else self._audience_scale(self.seed))

@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 from model_helpers import featurize, fit_model, load_synthetic
 
+from models.ranking import standardize_rows
 from models.registry import build
 from models.text import title_token_matrix, title_words
 from tasks.generate import GeneratorConfig, generate
@@ -108,20 +109,28 @@ def test_a_hybrid_refuses_new_item_scorers_that_cannot_read_content(fitted):
         build("hybrid", new_item_weights={"ease": 1.0}).use_components(components)
 
 
-def test_a_new_items_scores_rank_users_as_its_content_scorer_does(fitted, held_out):
-    """Whom to show a new item to is a comparison across users: the hybrid standardises its new-item scorers
-    over all training users, so one scorer alone keeps its order of users exactly (a per-user z-score would
-    not: it removes what sets one user's scores above another's)."""
+def test_a_new_items_audience_is_its_content_scorers_when_it_alone_scores_new_items(fitted, held_out):
+    """Whom to show a new item to is a comparison across users: the hybrid puts its components on a scale
+    common to all users (not per user), so with one new-item scorer the audiences are that scorer's exactly;
+    the users' own lists still blend per-user z-scores."""
     split, uf, itf = held_out
     hybrid = fitted["hybrid"]
     only = build("hybrid", new_item_weights={"content_knn": 1.0}).use_components(hybrid.components).use_weights(
         hybrid.weights, hybrid.tuning).fit(split.train, uf, itf, seed=1)
     users = np.sort(split.train["user_id"].unique().to_numpy())
-    new = np.searchsorted(only.item_ids, split.new_items)
-    mine = only.score_users(users)[:, new]
-    theirs = hybrid.components["content_knn"].score_users(users)[:, new]
-    mean, std = only.new_item_scale["content_knn"]
-    assert std > 0 and np.allclose(mine, (theirs - mean) / std, atol=1e-5)
-    per_user = (theirs - theirs.mean(axis=1, keepdims=True)) / theirs.std(axis=1, keepdims=True)
-    assert not np.array_equal(np.argsort(-per_user, axis=0, kind="stable")[:AUDIENCE],
-                              np.argsort(-theirs, axis=0, kind="stable")[:AUDIENCE])
+    ours = only.serve(users, 10, explain=False, items=split.new_items, users_per_item=AUDIENCE)
+    theirs = hybrid.components["content_knn"].serve(users, 10, explain=False, items=split.new_items,
+                                                     users_per_item=AUDIENCE)
+    assert ours.by_item.height == AUDIENCE * len(split.new_items)
+    assert ours.by_item.select("item_id", "user_id", "rank").equals(theirs.by_item.select("item_id", "user_id", "rank"))
+    mean, std = only.audience_scale["content_knn"]
+    assert std > 0 and np.allclose(ours.by_item["score"].to_numpy(), (theirs.by_item["score"].to_numpy() - mean) / std,
+                                   atol=1e-5)
+    # What a per-user z-score would have chosen: other audiences for most new items.
+    new = np.sort(split.new_items)
+    z = standardize_rows(hybrid.components["content_knn"].score_users(users))[:, np.searchsorted(only.item_ids, new)]
+    chosen = ours.by_item.sort("item_id", "rank").group_by("item_id", maintain_order=True).agg("user_id")
+    assert np.array_equal(chosen["item_id"].to_numpy(), new)
+    overlap = [len(np.intersect1d(users[np.argsort(-z[:, j], kind="stable")[:AUDIENCE]], audience)) / AUDIENCE
+               for j, audience in enumerate(chosen["user_id"].to_list())]
+    assert np.mean(overlap) < 0.9, np.mean(overlap)
