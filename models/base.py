@@ -380,7 +380,13 @@ class Recommender(ABC):
         model.vocab, model.genre_vocab = vocab["demographics"], vocab["genres"]
         if not state:
             return model
-        model._load_state(path)
+        try:
+            model._load_state(path)
+        finally:
+            # The loader is for loading only: kept, it would tie the model into a reference cycle with the
+            # loader's cache (``load_many``), freed only by the cyclic GC, so a slice's 2.9 GB EASE would
+            # outlive its task.
+            model._loader = None
         model.fitted = True
         model.saved_path = path
         return model

@@ -53,13 +53,20 @@ def load_encoding(path: Path) -> Recommender:
 def load_many(paths: dict[str, str | Path]) -> dict[str, Recommender]:
     """Load several saved models, each folder once: a hybrid and its components, loaded together, share
     the component objects (so a block of users is scored once for both)."""
-    loaded: dict[Path, Recommender] = {}
-
-    def load_once(path: Path) -> Recommender:
-        path = Path(path).resolve()
-        if path not in loaded:
-            saved = json.loads((path / "params.json").read_text())
-            loaded[path] = model_class(saved["model"]).load(path, loader=load_once)
-        return loaded[path]
-
+    load_once = _LoadOnce()
     return {name: load_once(Path(path)) for name, path in paths.items()}
+
+
+class _LoadOnce:
+    """A loader that reads each folder once. A class, not a recursive closure: a closure that calls itself
+    is a reference cycle, and it would hold every model it loaded until the cyclic GC ran."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[Path, Recommender] = {}
+
+    def __call__(self, path: Path) -> Recommender:
+        path = Path(path).resolve()
+        if path not in self.loaded:
+            saved = json.loads((path / "params.json").read_text())
+            self.loaded[path] = model_class(saved["model"]).load(path, loader=self)
+        return self.loaded[path]

@@ -27,7 +27,7 @@ from tasks.metrics import (
 )
 from tasks.report import write_report
 from tasks.split import ValidationFold, carve_validation, cold_user_split, item_cold_split, temporal_split
-from tasks.train import FittedModel, fit_fold_here
+from tasks.train import FittedModel, fit_fold_here, release_memory
 from tasks.validate import docs_index
 
 # ---------------------------------------------------------------------------------------------------------
@@ -301,6 +301,8 @@ def evaluate_slice_step(settings, run_id: str, fold: EvaluationFold, slice_name:
     loaded = load_many(models)
     metrics = evaluate_models(loaded, [fold.slice(slice_name)], settings.ks, settings.seed,
                               settings.bootstrap_samples, run_id=run_id, max_users=settings.max_eval_users)
+    del loaded
+    release_memory()
     path = Path(folder) / f"metrics-{slice_name}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_parquet(path)
