@@ -3,7 +3,10 @@
 B = I - P / diag(P) with P = (X^T X + lambda I)^-1 and diag(B) = 0. Scores are history @ B, so k-shot
 users are served from their known items; with no history the scores are zero and the tie-breaker
 (popularity) decides, which is why the hybrid pairs it with a model that sees features.
-Memory is one n_items^2 float32 matrix, fitted in place and laid out in column tiles for scoring in the
+Items nobody interacted with (new items, the item-cold fold's held-out ones) have a zero row and column in
+B whatever lambda is (their Gram row is lambda on the diagonal only), so the model is fitted and stored on
+the items with interactions alone: the same weights, and at a fifth of the catalogue held out about half the
+Cholesky's flops and 0.64x its memory. Memory is one n_known^2 float32 matrix, fitted in place and laid out in column tiles for scoring in the
 same memory (:mod:`models.tiled`): ~2.9 GB at 27k items; beyond ~50k items it no longer fits a 24 GiB
 machine next to everything else, and a low-rank model is the way on.
 """
@@ -31,29 +34,52 @@ class EASE(Recommender):
         # copies). Co-occurrence counts are exact in float32 up to 2^24; the l2 ridge keeps the inverse
         # well conditioned (measured: weights within 3e-8 of a float64 fit on 1,500 items, largest 0.02). The
         # Gram matrix is symmetric positive definite, so its inverse is a Cholesky inverse (half an LU's flops).
-        n = self.train.shape[1]
+        counts = np.diff(self.train.tocsc().indptr)
+        self.known = None if counts.all() else np.flatnonzero(counts)  # columns of the items with interactions
+        train = self.train if self.known is None else self.train[:, self.known]
+        n = train.shape[1]
         gram = np.empty((n, n), dtype=np.float32)
 
         def into_gram(lo: int, rows: np.ndarray) -> None:
             gram[lo:lo + len(rows)] = rows
 
-        item_cooccurrence(self.train, 1024, into_gram)
+        item_cooccurrence(train, 1024, into_gram)
         gram[np.diag_indices_from(gram)] += np.float32(self.params["l2"])
         inverse = _spd_inverse_in_place(gram)  # in gram's memory
         self.weights = TiledMatrix.ease_weights_in_place(inverse)  # B = I - P / diag(P), in P's memory
 
     def score_block(self, users: UserBlock) -> np.ndarray:
-        return self.weights.rmatmul(users.history)
+        if self.known is None:
+            return self.weights.rmatmul(users.history)
+        scores = np.zeros((users.history.shape[0], len(self.item_ids)), dtype=np.float32)
+        scores[:, self.known] = self.weights.rmatmul(users.history[:, self.known])
+        return scores
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         """"because you rated <the known item with the largest weight towards the recommended one>"."""
-        return self.neighbour_reasons(users, rows, cols, self.weights.take)
+        return self.neighbour_reasons(users, rows, cols, self._weight)
+
+    def _weight(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """B[rows[i], cols[i]] by catalogue column (0 where either item has no interactions)."""
+        if self.known is None:
+            return self.weights.take(rows, cols)
+        position = np.full(len(self.item_ids), -1, dtype=np.int64)
+        position[self.known] = np.arange(len(self.known))
+        r, c = position[rows], position[cols]
+        both = (r >= 0) & (c >= 0)
+        out = np.zeros(len(rows), dtype=np.float32)
+        out[both] = self.weights.take(r[both], c[both])
+        return out
 
     def _save_state(self, path: Path) -> None:
         self.weights.save(path / "weights.npz")
+        if self.known is not None:
+            np.save(path / "known_items.npy", self.known)
 
     def _load_state(self, path: Path) -> None:
         self.weights = TiledMatrix.load(path / "weights.npz")
+        known = path / "known_items.npy"
+        self.known = np.load(known) if known.exists() else None
 
 
 def _spd_inverse_in_place(matrix: np.ndarray, block: int = 1024) -> np.ndarray:

@@ -11,6 +11,7 @@ from polars.testing import assert_frame_equal
 
 import models.base
 from models.base import merge_best_users, recommend_together
+from models.registry import load
 from models.tiled import TILE, TiledMatrix
 from tasks.publish import score_step
 
@@ -94,3 +95,33 @@ def test_scoring_in_any_number_of_blocks_publishes_the_same_rows(small_data, tmp
     audience = pl.read_parquet(whole.new_items)
     assert audience["item_id"].n_unique() > 0
     assert_frame_equal(merge_best_users(pl.concat([pl.read_parquet(p.new_items) for p in parts]), 15), audience)
+
+
+def test_ease_fitted_on_the_items_with_interactions_equals_the_whole_catalogue_formula(small_data, tmp_path):
+    """Items nobody interacted with are left out of EASE's Gram matrix (half the Cholesky's flops when a fifth
+    of the catalogue is new): the scores are still the whole catalogue's formula, zero for those items, and
+    reasons and a save/load round trip read the same weights."""
+    train, uf, itf, _ = small_data
+    items = np.sort(itf["item_id"].to_numpy())
+    new = items[::5]  # a fifth of the catalogue with no interactions
+    train = train.filter(~pl.col("item_id").is_in(new))
+    model = fit_model("ease", train, uf, itf, seed=0)
+    assert model.known is not None and len(model.known) == len(items) - len(new)
+
+    x = model.train.toarray().astype(np.float64)
+    inverse = np.linalg.inv(x.T @ x + model.params["l2"] * np.eye(x.shape[1]))
+    expected = -inverse / np.diag(inverse)[None, :]
+    np.fill_diagonal(expected, 0.0)
+    users = np.sort(train["user_id"].unique().to_numpy())[:30]
+    scores = model.score_users(users)
+    rows = np.searchsorted(model.user_ids, users)
+    np.testing.assert_allclose(scores, x[rows] @ expected, rtol=1e-4, atol=1e-5)
+    assert not scores[:, np.isin(model.item_ids, new)].any()
+
+    again = load(model.save(tmp_path / "ease"))
+    assert np.array_equal(again.score_users(users), scores)
+    assert_frame_equal(again.serve(users, n=10).top, model.serve(users, n=10).top)
+    known = np.flatnonzero(model.train[rows[0]].toarray()[0])
+    column = int(np.flatnonzero(np.isin(model.item_ids, new))[0])
+    assert model._weight(known[:1], np.array([column]))[0] == 0.0
+    assert model._weight(known[:1], known[1:2])[0] == pytest.approx(expected[known[0], known[1]], rel=1e-4, abs=1e-6)
