@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.linalg import lapack
+from threadpoolctl import threadpool_limits
 
 from models.base import Recommender, UserBlock, item_cooccurrence
 from models.tiled import TiledMatrix
@@ -89,7 +90,12 @@ def _spd_inverse_in_place(matrix: np.ndarray, block: int = 1024) -> np.ndarray:
     same error against float64). LAPACK sees the C array as its Fortran transpose, the same symmetric
     matrix, and leaves one triangle; it is mirrored block by block (no n^2 temporaries).
     """
-    factor, info = lapack.spotrf(matrix.T, lower=False, overwrite_a=True, clean=False)
+    # One BLAS thread for the factorisation: OpenBLAS's threaded spotrf (SkylakeX kernels, 0.3.30 in scipy's
+    # wheel, also 0.3.31 and 0.3.34) segfaults from about 26,300 items on (26,200 fine), the size of a 20 M
+    # interactions night; single-threaded it costs 31 s instead of 15 s at 26.7k items. The inverse (potri,
+    # twice the flops) keeps its threads: it does not crash.
+    with threadpool_limits(1, user_api="blas"):
+        factor, info = lapack.spotrf(matrix.T, lower=False, overwrite_a=True, clean=False)
     if info == 0:
         inverse, info = lapack.spotri(factor, lower=False, overwrite_c=True)
     if info != 0:
