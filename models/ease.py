@@ -3,6 +3,15 @@
 B = I - P / diag(P) with P = (X^T X + lambda I)^-1 and diag(B) = 0. Scores are history @ B, so k-shot
 users are served from their known items; with no history the scores are zero and the tie-breaker
 (popularity) decides, which is why the hybrid pairs it with a model that sees features.
+
+Item-degree normalisation (``degree_norm`` = a): the Gram matrix is fitted as D^-a X^T X D^-a (D: each
+item's interaction count), the symmetric normalisation of the item-item graph that GF-CF (Shen et al.,
+2021) and LightGCN use, here with a mild exponent, and the history is read on the same scale (B's rows
+carry D^-a, so scoring is still history @ B). It stops the most popular items' co-occurrences from
+dominating every regression. The ridge keeps its ratio to the mean diagonal, so ``l2`` stays in units of
+raw co-occurrence counts (a = 0 is plain EASE). Chosen on protocol W's split seeds 1-3 (nDCG@10, mean:
+a = 0 0.4776, 0.15 0.4822; 0.25 with l2 x2 0.4818) and confirmed on seed 42, the benchmark's own split
+(0.4807 -> 0.4896).
 Items nobody interacted with (new items, the item-cold fold's held-out ones) have a zero row and column in
 B whatever lambda is (their Gram row is lambda on the diagonal only), so the model is fitted and stored on
 the items with interactions alone: the same weights, and at a fifth of the catalogue held out about half the
@@ -28,7 +37,7 @@ class EASE(Recommender):
 
     @classmethod
     def default_params(cls) -> dict:
-        return {"l2": 500.0}
+        return {"l2": 500.0, "degree_norm": 0.15}
 
     def _fit(self, seed: int) -> None:
         # float32 and in place: one n_items^2 matrix at a time (27k items: 2.9 GB, not the 14 GB of float64
@@ -39,15 +48,22 @@ class EASE(Recommender):
         self.known = None if counts.all() else np.flatnonzero(counts)  # columns of the items with interactions
         train = self.train if self.known is None else self.train[:, self.known]
         n = train.shape[1]
+        degree = np.maximum(counts if self.known is None else counts[self.known], 1).astype(np.float64)
+        alpha = float(self.params["degree_norm"])
+        scale = np.power(degree, -alpha).astype(np.float32)
+        l2 = float(self.params["l2"]) * float(np.mean(degree ** (1 - 2 * alpha)) / np.mean(degree))
         gram = np.empty((n, n), dtype=np.float32)
 
         def into_gram(lo: int, rows: np.ndarray) -> None:
-            gram[lo:lo + len(rows)] = rows
+            block = gram[lo:lo + len(rows)]
+            np.multiply(rows, scale[None, :], out=block)
+            block *= scale[lo:lo + len(rows), None]
 
         item_cooccurrence(train, 1024, into_gram)
-        gram[np.diag_indices_from(gram)] += np.float32(self.params["l2"])
+        gram[np.diag_indices_from(gram)] += np.float32(l2)
         inverse = _spd_inverse_in_place(gram)  # in gram's memory
-        self.weights = TiledMatrix.ease_weights_in_place(inverse)  # B = I - P / diag(P), in P's memory
+        # B = diag(scale) (I - P / diag(P)), in P's memory: the history is read on the normalised scale
+        self.weights = TiledMatrix.ease_weights_in_place(inverse, row_scale=scale)
 
     def score_block(self, users: UserBlock) -> np.ndarray:
         if self.known is None:

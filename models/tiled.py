@@ -54,8 +54,9 @@ class TiledMatrix:
         return cls([np.ascontiguousarray(matrix[:, lo:hi]) for lo, hi in cls._bounds(matrix.shape[1])])
 
     @classmethod
-    def ease_weights_in_place(cls, inverse: np.ndarray) -> TiledMatrix:
-        """EASE's B = I - P diag(P)^-1 with a zero diagonal, laid out in tiles in P's own memory.
+    def ease_weights_in_place(cls, inverse: np.ndarray, row_scale: np.ndarray | None = None) -> TiledMatrix:
+        """EASE's B = I - P diag(P)^-1 with a zero diagonal, laid out in tiles in P's own memory; with
+        ``row_scale``, diag(row_scale) B (the history read on a normalised scale).
 
         P is symmetric, so B's columns lo..hi are P's rows lo..hi, scaled and transposed: each row block is
         rewritten, in place, as the tile it becomes (one block's temporary at a time, no second n^2 array).
@@ -70,6 +71,8 @@ class TiledMatrix:
         for lo, hi in cls._bounds(n):
             tile = np.ascontiguousarray((inverse[lo:hi] / -diagonal[lo:hi, None]).T)  # (n, hi - lo)
             tile[np.arange(lo, hi), np.arange(hi - lo)] = 0.0
+            if row_scale is not None:
+                tile *= row_scale[:, None]
             region = flat[lo * n:hi * n].reshape(n, hi - lo)  # the memory of rows lo..hi, read above
             region[...] = tile
             tiles.append(region)
