@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 
 def discount(k: int) -> np.ndarray:
@@ -27,26 +28,49 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def standardize_rows(scores: np.ndarray) -> np.ndarray:
+def standardize_rows(scores: np.ndarray, exclude: sp.spmatrix | None = None) -> np.ndarray:
     """Per-user z-scores over the finite entries, so models on different scales can be blended.
 
+    ``exclude`` (sparse, same shape): entries left out of each row's mean and deviation but standardised
+    with the rest, e.g. the items a user has seen, which are never ranked: the z-scores of the candidates
+    are then the same whether the seen items are masked before (as when the blend is tuned) or after.
     float32 throughout and in few passes (it runs on every scoring block of every component): the masked
-    path only where a row has -inf entries (items a model cannot score).
+    path only where a row has -inf entries (items a model cannot score) or excluded entries.
     """
     scores = np.asarray(scores, dtype=np.float32)
     finite = np.isfinite(scores)
-    if finite.all():
+    excluded = None
+    if exclude is not None and exclude.nnz:
+        excluded = exclude.tocoo()
+        excluded.sum_duplicates()
+    if finite.all() and excluded is None:
         mean = scores.mean(axis=1, keepdims=True)
         z = scores - mean
         std = np.sqrt(np.einsum("ij,ij->i", z, z)[:, None] / max(scores.shape[1], 1))
         np.divide(z, std, out=z, where=std > 1e-12)
         z[(std <= 1e-12).ravel()] = 0.0
         return z
-    count = np.maximum(finite.sum(axis=1, keepdims=True), 1)
-    safe = np.where(finite, scores, np.float32(0))
-    mean = safe.sum(axis=1, keepdims=True) / count
-    z = np.where(finite, safe - mean, np.float32(0))
-    std = np.sqrt(np.einsum("ij,ij->i", z, z)[:, None] / count)
+    if finite.all():
+        # The excluded entries' share of each row's sums is taken back out (a gather of a few entries a
+        # row), so the common case, a user's seen items, keeps the dense path's passes.
+        rows, n = scores.shape
+        values = scores[excluded.row, excluded.col].astype(np.float64)
+        count = np.maximum(n - np.bincount(excluded.row, minlength=rows), 1)
+        mean = (scores.sum(axis=1).astype(np.float64) - np.bincount(excluded.row, values, minlength=rows)) / count
+        z = scores - mean.astype(np.float32)[:, None]
+        square = np.einsum("ij,ij->i", z, z).astype(np.float64)
+        square -= np.bincount(excluded.row, np.square(values - mean[excluded.row]), minlength=rows)
+        std = np.sqrt(np.maximum(square, 0.0) / count).astype(np.float32)[:, None]
+        np.divide(z, std, out=z, where=std > 1e-12)
+        z[(std <= 1e-12).ravel()] = 0.0
+        return z
+    counted = finite.copy()
+    if excluded is not None:
+        counted[excluded.row, excluded.col] = False
+    count = np.maximum(counted.sum(axis=1, keepdims=True), 1)
+    mean = scores.sum(axis=1, keepdims=True, where=counted) / count
+    z = np.where(finite, scores - mean, np.float32(0))
+    std = np.sqrt(np.square(z).sum(axis=1, keepdims=True, where=counted) / count)
     np.divide(z, std, out=z, where=std > 1e-12)
     z[(std <= 1e-12).ravel()] = 0.0
     z[~finite] = -np.inf

@@ -11,6 +11,7 @@ from polars.testing import assert_frame_equal
 
 import models.base
 from models.base import merge_best_users, recommend_together
+from models.ranking import standardize_rows
 from models.registry import load
 from models.tiled import TILE, TiledMatrix
 from tasks.publish import score_step
@@ -69,6 +70,54 @@ def test_a_hybrid_scored_with_its_components_scores_each_once_and_matches(small_
         assert_frame_equal(together[name], alone[name])
     assert set(calls) == set(models)
     assert all(count == 1 for count in calls.values()), calls  # one block, each model scored once
+
+
+def test_a_hybrid_standardises_each_component_over_the_unseen_items_as_its_tuning_does(small_data):
+    """Served scores are the tuned blend of each component's z-scores with the user's seen items left out of
+    the mean and deviation (tuning masks them first); counting them, as CF models score them highest, gives
+    other scores and another ranking."""
+    train, uf, itf, cold = small_data
+    hybrid = fit_model("hybrid", train, uf, itf, seed=3)
+    users = np.concatenate([np.sort(train["user_id"].unique().to_numpy())[:40], cold[:10]])
+    revealed = train.filter(pl.col("user_id") == users[0]).head(3).with_columns(pl.lit(cold[0]).alias("user_id"))
+    block = hybrid._user_block(users, hybrid._history_matrix(users, revealed))
+    seen = block.history.toarray() > 0
+    assert seen[:40].any(axis=1).all() and seen[40].sum() == 3 and not seen[41:].any()
+
+    def blend(mask_first: bool) -> np.ndarray:
+        out = np.zeros(seen.shape, dtype=np.float32)
+        for name, weight in hybrid._mix(block):
+            raw = hybrid.components[name].score_block(block).astype(np.float32)
+            z = standardize_rows(np.where(seen, -np.inf, raw) if mask_first else raw)
+            out += np.where(np.isneginf(z), 0.0, z) * weight
+        return out
+
+    served = hybrid.score_block(block)
+    assert np.isfinite(served).all()
+    np.testing.assert_allclose(served[~seen], blend(mask_first=True)[~seen], rtol=1e-4, atol=1e-4)
+    counting_seen = blend(mask_first=False)
+    assert np.abs(counting_seen[~seen] - served[~seen]).max() > 0.05
+
+
+@pytest.mark.parametrize("unscorable", [False, True])
+def test_standardising_with_excluded_entries_equals_masking_them_first(unscorable):
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((6, 50)).astype(np.float32) * 3 + 1
+    if unscorable:
+        scores[2, 7] = -np.inf  # an item the model cannot score
+    scores[4] = 5.0  # a constant row: every z-score 0
+    scores[5, :3] += 40.0  # seen items scored far above the rest, as CF models score them
+    exclude = sp.random(6, 50, density=0.2, format="lil", random_state=2)
+    exclude[5, :3] = 1.0
+    exclude = exclude.tocsr()
+    masked = scores.copy()
+    masked[exclude.toarray() > 0] = -np.inf
+    z = standardize_rows(scores, exclude=exclude)
+    kept = exclude.toarray() == 0
+    np.testing.assert_allclose(z[kept], standardize_rows(masked)[kept], rtol=1e-5, atol=1e-6)
+    assert np.isneginf(z[2, 7]) == unscorable and (z[4] == 0).all()
+    assert np.isfinite(z[~kept & np.isfinite(scores)]).all()  # excluded items are standardised too, not dropped
+    assert np.array_equal(standardize_rows(scores, exclude=sp.csr_matrix(scores.shape)), standardize_rows(scores))
 
 
 @pytest.mark.parametrize("users_per_block", [None, 7])
