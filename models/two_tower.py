@@ -19,8 +19,10 @@ The model itself is backend-agnostic Keras; the training input pipeline is ``tf.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +34,28 @@ from recsys import progress
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-from keras import ops  # noqa: E402
+
+@contextlib.contextmanager
+def _native_stderr_discarded():
+    """TensorFlow 2.20 logs "oneDNN custom operations are on" twice from C++ while it is imported, through
+    absl before absl is initialised (with absl's own "WARNING: All log messages before absl::InitializeLog()"),
+    and no TF_CPP_MIN_LOG_LEVEL or absl/glog level silences it; only TF_ENABLE_ONEDNN_OPTS=0 does, which
+    changes the kernels. So the import's native stderr (file descriptor 2) goes to /dev/null; an import
+    error still raises, and is printed once the descriptor is back."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+with _native_stderr_discarded():
+    import keras  # noqa: E402
+    from keras import ops  # noqa: E402
 
 
 @keras.saving.register_keras_serializable(package="recsys")

@@ -186,3 +186,12 @@ def test_a_handled_error_no_longer_keeps_its_frames_locals_alive():
     assert held and held[0]() is not None
     release(error)
     assert held[0]() is None
+
+
+def test_loading_the_deep_model_prints_nothing():
+    """TensorFlow's import logs oneDNN lines through absl that no log level silences; a normal run prints none."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    code = "import models.two_tower, sys; print('loaded', file=sys.stderr)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "loaded\n" and done.stdout == ""
