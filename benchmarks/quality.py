@@ -1,5 +1,7 @@
-"""Quality benchmark: protocol W (warm, the Microsoft Recommenders ML-100k protocol), protocol C (cold users)
-and protocol I (new items: 20 % of the items held out of training entirely, 5 seeds).
+"""Quality benchmark: protocol W (warm, the Microsoft Recommenders ML-100k protocol), protocol C (cold users),
+protocol I (new items: 20 % of the items held out of training entirely, 5 seeds) and protocol Z (what each
+demographic tells about a user with no history: protocol C's k=0 users, segment popularity over finer
+segments, each shrunk towards gender x age).
 
     recsys benchmark quality --dataset ml-100k --path ../shared/datasets/ml-100k --out var/benchmarks/q.json
     recsys benchmark quality --protocols i      # new items only
@@ -23,6 +25,7 @@ import polars as pl
 
 from benchmarks import peers as peer_models
 from models.base import Recommender, library_versions
+from models.registry import build
 from recsys import db
 from recsys.errors import ConfigError
 from recsys.settings import Settings
@@ -109,7 +112,7 @@ def over_seeds(metrics: pl.DataFrame, column: str) -> pl.DataFrame:
     return (metrics.group_by("model", "metric", column)
             .agg(value=pl.col("value").mean(), ci_low=pl.col("ci_low").mean(), ci_high=pl.col("ci_high").mean(),
                  seed_std=pl.col("value").std(), seeds_ci_above_zero=(pl.col("ci_low") > 0).sum(),
-                 n_users=pl.col("n_users").mean())
+                 seeds_ci_below_zero=(pl.col("ci_high") < 0).sum(), n_users=pl.col("n_users").mean())
             .sort("metric", "model", column))
 
 
@@ -146,6 +149,69 @@ def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log,
             "models_beating_popularity_at_k0_ci_excluding_zero": winners,
             "hybrid_below_popularity_at_k": below,
             "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+# Protocol Z's segments: each demographic beyond gender x age, shrunk towards gender x age with these alphas
+# (pseudo-interactions of the parent segment), and all four together.
+ZERO_SHOT_ALPHAS = (1000.0, 5000.0, 20000.0)
+ZERO_SHOT_EXTRA = (("occupation",), ("zip_region",), ("occupation", "zip_region"))
+
+
+def zero_shot_variants() -> dict[str, tuple[str, dict]]:
+    """Protocol Z's models: name -> (model, params)."""
+    base = ["gender", "age_bucket"]
+    variants = {"popularity": ("popularity", {}), "segment_popularity": ("segment_popularity", {})}
+    for extra in ZERO_SHOT_EXTRA:
+        for alpha in ZERO_SHOT_ALPHAS:
+            variants[f"+{'+'.join(extra)} a={alpha:g}"] = ("segment_popularity", {
+                "segment": [*base, *extra], "parent": base, "alpha": alpha})
+    return variants
+
+
+def protocol_z(frames: Frames, settings: Settings, seeds: list[int], log) -> dict:
+    """What the demographics tell about a new user (protocol C's users at k=0, same seeds and splits):
+    segment popularity on gender x age (the product's) against finer segments that add occupation, zip region
+    or both, each shrunk towards its gender x age segment; paired lifts over popularity and over gender x
+    age. A finer segment that helps is signal a model reading it could use; one that hurts at every
+    shrinkage says the data holds none beyond gender x age at this size."""
+    variants = zero_shot_variants()
+    finer = [name for name in variants if name not in ("popularity", "segment_popularity")]
+    per_seed = []
+    started = time.perf_counter()
+    for seed in seeds:
+        split = cold_user_split(frames.interactions, settings.cold_user_fraction, (0,), seed)
+        uf, itf = build_features(frames, split.train)
+        models = {name: build(model, **params).fit(split.train, uf, itf, seed=seed)
+                  for name, (model, params) in variants.items()}
+        log(f"  protocol Z, seed {seed}: fitted {len(models)} segment models")
+        metrics = evaluate_models(models, cold_slices(split), (10,), seed, settings.bootstrap_samples,
+                                  comparisons=tuple((name, "segment_popularity") for name in finer))
+        per_seed.append(metrics.with_columns(seed=pl.lit(seed)))
+    table = over_seeds(pl.concat(per_seed).filter(
+        pl.col("metric").is_in(["ndcg", "ndcg_lift", "coverage", "ndcg_lift_over_segment_popularity"])), "k_shot")
+    return {"protocol": "protocol C's held-out users at k=0 (no history): demographics only", "seeds": seeds,
+            "models": {name: {"model": m, "params": p} for name, (m, p) in variants.items()},
+            "table": table.to_dicts(), "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def format_zero_shot(z: dict) -> list[str]:
+    cells = {(r["model"], r["metric"]): r for r in z["table"]}
+    n = len(z["seeds"])
+
+    def lift(c):
+        return (f"{c['value']:+.1%} [{c['ci_low']:+.1%},{c['ci_high']:+.1%}] {c['seeds_ci_above_zero']}/{n} up "
+                f"{c['seeds_ci_below_zero']}/{n} down") if c else "-"
+
+    lines = ["", f"Protocol Z (what demographics tell at k=0, seeds {z['seeds']}): mean over seeds; lifts paired, "
+                 "[mean 95% CI], seeds whose CI is above / below zero",
+             f"  {'segments':30} {'nDCG@10':>8} {'coverage':>9}  {'lift over popularity':42} lift over gender x age"]
+    for model in z["models"]:
+        c = cells.get((model, "ndcg"))
+        if c is None:
+            continue
+        lines.append(f"  {model:30} {c['value']:8.4f} {cells[(model, 'coverage')]['value']:9.1%}  "
+                     f"{lift(cells.get((model, 'ndcg_lift'))):42} {lift(cells.get((model, 'ndcg_lift_over_segment_popularity')))}")
+    return lines
 
 
 def protocol_i(frames: Frames, names, settings: Settings, seeds: list[int], log) -> dict:
@@ -240,10 +306,12 @@ def format_tables(result: dict) -> str:
         lines.append(f"  hybrid below popularity at k: {c['hybrid_below_popularity_at_k'] or 'never'}")
     if "i" in result:
         lines += format_item_cold(result["i"])
+    if "z" in result:
+        lines += format_zero_shot(result["z"])
     return "\n".join(lines)
 
 
-def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protocols=("w", "c", "i"), log=print,
+def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protocols=("w", "c", "i", "z"), log=print,
         peers: bool = False) -> dict:
     started = time.perf_counter()
     missing = peer_models.missing() if peers else []
@@ -266,6 +334,8 @@ def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protoco
         result["c"] = protocol_c(frames, names, settings, list(range(seeds)), log, peer_names)
     if "i" in protocols:
         result["i"] = protocol_i(frames, names, settings, list(range(seeds)), log)
+    if "z" in protocols:
+        result["z"] = protocol_z(frames, settings, list(range(seeds)), log)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     return result
 

@@ -266,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     qual.add_argument("--path", help="dataset folder (ml-100k: the folder with u.data)")
     qual.add_argument("--out", default="var/benchmarks/quality.json", help="JSON output file")
     qual.add_argument("--seeds", type=int, default=5, help="seeds of protocols C (cold users) and I (new items)")
-    qual.add_argument("--protocols", nargs="+", choices=["w", "c", "i"], default=["w", "c", "i"],
-                      help="w: warm (MSR), c: cold users, i: new items (item cold start)")
+    qual.add_argument("--protocols", nargs="+", choices=["w", "c", "i", "z"], default=["w", "c", "i", "z"],
+                      help="w: warm (MSR), c: cold users, i: new items (item cold start), z: what each "
+                           "demographic tells about a user with no history")
     qual.add_argument("--models", nargs="+", help="models (default: all)")
     qual.add_argument("--epochs", type=int, default=30, help="two-tower epochs (early stopping applies)")
     qual.add_argument("--peers", action="store_true",
