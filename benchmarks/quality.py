@@ -160,22 +160,26 @@ ZERO_SHOT_EXTRA = (("occupation",), ("zip_region",), ("occupation", "zip_region"
 def zero_shot_variants() -> dict[str, tuple[str, dict]]:
     """Protocol Z's models: name -> (model, params)."""
     base = ["gender", "age_bucket"]
-    variants = {"popularity": ("popularity", {}), "segment_popularity": ("segment_popularity", {})}
+    fixed = {"choose_segment": False}
+    variants = {"popularity": ("popularity", {}), "gender x age": ("segment_popularity", {"segment": base, **fixed})}
     for extra in ZERO_SHOT_EXTRA:
         for alpha in ZERO_SHOT_ALPHAS:
             variants[f"+{'+'.join(extra)} a={alpha:g}"] = ("segment_popularity", {
-                "segment": [*base, *extra], "parent": base, "alpha": alpha})
+                "segment": [*base, *extra], "parent": base, "alpha": alpha, **fixed})
+    # The product's model: gender x age unless a finer segment proves itself on held-out training users.
+    variants["segment_popularity"] = ("segment_popularity", {})
     return variants
 
 
 def protocol_z(frames: Frames, settings: Settings, seeds: list[int], log) -> dict:
     """What the demographics tell about a new user (protocol C's users at k=0, same seeds and splits):
-    segment popularity on gender x age (the product's) against finer segments that add occupation, zip region
+    segment popularity on gender x age against finer segments that add occupation, zip region
     or both, each shrunk towards its gender x age segment; paired lifts over popularity and over gender x
     age. A finer segment that helps is signal a model reading it could use; one that hurts at every
     shrinkage says the data holds none beyond gender x age at this size."""
     variants = zero_shot_variants()
-    finer = [name for name in variants if name not in ("popularity", "segment_popularity")]
+    compared = [name for name in variants if name not in ("popularity", "gender x age")]
+    chosen = []
     per_seed = []
     started = time.perf_counter()
     for seed in seeds:
@@ -183,14 +187,17 @@ def protocol_z(frames: Frames, settings: Settings, seeds: list[int], log) -> dic
         uf, itf = build_features(frames, split.train)
         models = {name: build(model, **params).fit(split.train, uf, itf, seed=seed)
                   for name, (model, params) in variants.items()}
-        log(f"  protocol Z, seed {seed}: fitted {len(models)} segment models")
+        log(f"  protocol Z, seed {seed}: fitted {len(models)} segment models; segment_popularity: "
+            f"{models['segment_popularity'].summary()}")
+        chosen.append({"seed": seed, **models["segment_popularity"].chosen})
         metrics = evaluate_models(models, cold_slices(split), (10,), seed, settings.bootstrap_samples,
-                                  comparisons=tuple((name, "segment_popularity") for name in finer))
+                                  comparisons=tuple((name, "gender x age") for name in compared))
         per_seed.append(metrics.with_columns(seed=pl.lit(seed)))
     table = over_seeds(pl.concat(per_seed).filter(
-        pl.col("metric").is_in(["ndcg", "ndcg_lift", "coverage", "ndcg_lift_over_segment_popularity"])), "k_shot")
+        pl.col("metric").is_in(["ndcg", "ndcg_lift", "coverage", "ndcg_lift_over_gender x age"])), "k_shot")
     return {"protocol": "protocol C's held-out users at k=0 (no history): demographics only", "seeds": seeds,
             "models": {name: {"model": m, "params": p} for name, (m, p) in variants.items()},
+            "segment_popularity_chose": chosen,
             "table": table.to_dicts(), "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -210,7 +217,9 @@ def format_zero_shot(z: dict) -> list[str]:
         if c is None:
             continue
         lines.append(f"  {model:30} {c['value']:8.4f} {cells[(model, 'coverage')]['value']:9.1%}  "
-                     f"{lift(cells.get((model, 'ndcg_lift'))):42} {lift(cells.get((model, 'ndcg_lift_over_segment_popularity')))}")
+                     f"{lift(cells.get((model, 'ndcg_lift'))):42} {lift(cells.get((model, 'ndcg_lift_over_gender x age')))}")
+    picks = [" x ".join(c["segment"]) + (f" a={c['alpha']:g}" if c["parent"] else "") for c in z["segment_popularity_chose"]]
+    lines.append(f"  segment_popularity chose, per seed: {'; '.join(picks)}")
     return lines
 
 

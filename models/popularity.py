@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from models.base import DEMOGRAPHIC_COLUMNS, Recommender, UserBlock, replace
+from models.ranking import bootstrap_indices, ndcg_from_hits, paired_lift, top_k_indices
 
 
 class Popularity(Recommender):
@@ -35,32 +37,82 @@ class SegmentPopularity(Recommender):
     the global ranking; a user with unknown demographics gets the global ranking. With ``parent`` (some of
     ``segment``'s columns) a segment is shrunk towards its parent segment's popularity instead, itself shrunk
     towards global with ``parent_alpha``: a hierarchy, so a finer segment (gender x age x occupation) starts
-    from its coarser one (gender x age) rather than from everyone.
+    from its coarser one (gender x age) rather than from everyone, and a user whose finer segment is unknown
+    is served by the coarser one.
+
+    ``choose_segment``: which demographics tell about a new user differs per dataset (on MovieLens-100k
+    nothing beyond gender and age does; on the synthetic data occupation does, by construction). So the fit
+    first holds out a seeded share of the training users, counts the others, and ranks the held-out users'
+    items (as new users: from demographics alone) with ``segment`` and with each finer segment of
+    ``choose_from`` shrunk towards it (``choose_alphas``); a finer segment replaces ``segment`` only when its
+    nDCG@10 gain on those users is significant (one-sided ``choose_level`` paired bootstrap). Then it counts
+    everyone with the chosen segment; what was compared and chosen is in :attr:`selection`.
     """
 
     name = "segment_popularity"
 
     @classmethod
     def default_params(cls) -> dict:
-        return {"segment": ["gender", "age_bucket"], "alpha": 50.0, "parent": [], "parent_alpha": 50.0}
+        return {"segment": ["gender", "age_bucket"], "alpha": 50.0, "parent": [], "parent_alpha": 50.0,
+                "choose_segment": True, "choose_from": [["occupation"], ["zip_region"]],
+                "choose_alphas": [1000.0, 5000.0, 20000.0], "choose_share": 0.2, "choose_max_users": 2000,
+                "choose_level": 0.05, "choose_min_users": 100, "bootstrap_samples": 1000}
 
     def _fit(self, seed: int) -> None:
-        parent = list(self.params["parent"])
-        if parent and not set(parent) < set(self.params["segment"]):
-            raise ValueError(f"segment_popularity: parent {parent} must be some, not all, of the segment's "
-                             f"columns {list(self.params['segment'])}")
-        self.segment_scores, self.global_scores = segment_table(
-            self, self.params["segment"], float(self.params["alpha"]), parent, float(self.params["parent_alpha"]))
-        # A user whose segment is unknown but whose parent segment is known is served by the parent's row.
-        self.parent_scores = (segment_table(self, parent, float(self.params["parent_alpha"]))[0] if parent
+        p = self.params
+        if p["parent"] and not set(p["parent"]) < set(p["segment"]):
+            raise ValueError(f"segment_popularity: parent {list(p['parent'])} must be some, not all, of the "
+                             f"segment's columns {list(p['segment'])}")
+        base = {"segment": list(p["segment"]), "parent": list(p["parent"]), "alpha": float(p["alpha"])}
+        self.chosen, self.selection = (self._choose(base, seed) if p["choose_segment"]
+                                       else (base, {"chosen": "as configured"}))
+        self._count(self.chosen)
+
+    def _count(self, spec: dict, counted: np.ndarray | None = None) -> None:
+        """The tables of ``spec`` (segment, parent, alpha), counted over the training users ``counted``
+        (a boolean mask; default all)."""
+        parent_alpha = float(self.params["parent_alpha"])
+        self.segment_scores, self.global_scores = segment_table(self, spec["segment"], spec["alpha"], spec["parent"],
+                                                                parent_alpha, counted)
+        self.parent_scores = (segment_table(self, spec["parent"], parent_alpha, counted=counted)[0] if spec["parent"]
                               else np.zeros((0, len(self.item_ids)), np.float32))
 
-    def score_block(self, users: UserBlock) -> np.ndarray:
-        segment = segment_of(self, users.demographics, self.params["segment"])
+    def _choose(self, base: dict, seed: int) -> tuple[dict, dict]:
+        p = self.params
+        candidates = [base] + [{"segment": [*base["segment"], *extra], "parent": list(base["segment"]), "alpha": float(a)}
+                               for extra in p["choose_from"] if not set(extra) & set(base["segment"])
+                               for a in p["choose_alphas"]]
+        degree = np.diff(self.train.indptr)
+        eligible = np.flatnonzero(degree >= 5)
+        n = min(int(len(eligible) * float(p["choose_share"])), int(p["choose_max_users"]))
+        if n < int(p["choose_min_users"]) or len(candidates) == 1:
+            return base, {"chosen": "as configured", "why": f"{n} held-out users, fewer than choose_min_users"}
+        held = np.sort(np.random.default_rng(seed).choice(eligible, n, replace=False))
+        counted = np.ones(len(self.user_ids), dtype=bool)
+        counted[held] = False
+        demographics = self.demographics_of(self.user_ids[held])
+        ndcg = []
+        for spec in candidates:
+            self._count(spec, counted)
+            ndcg.append(held_out_ndcg(lambda rows, spec=spec: self._rows(demographics[rows], spec),
+                                      self.train[held], k=10))
+        means = [float(v.mean()) for v in ndcg]
+        best = int(np.argmax(means))  # the first maximum: the configured segment wins ties
+        resamples = bootstrap_indices(n, int(p["bootstrap_samples"]), seed)
+        gain = paired_lift(ndcg[best], ndcg[0], resamples, level=100.0 * (1 - 2 * float(p["choose_level"])))
+        kept = best > 0 and gain[1] > 0
+        record = {"held_out_users": n, "candidates": [{**spec, "ndcg": m} for spec, m in zip(candidates, means, strict=True)],
+                  "best": candidates[best], "gain_over_configured": {"lift": gain[0], "ci_low": gain[1], "ci_high": gain[2]},
+                  "chosen": "finer segment" if kept else "as configured"}
+        return (candidates[best] if kept else base), record
+
+    def _rows(self, demographics: np.ndarray, spec: dict) -> np.ndarray:
+        """Each user's row of the tables: their segment's, else their parent segment's, else global."""
+        segment = segment_of(self, demographics, spec["segment"])
         scores = self.segment_scores[np.minimum(segment, len(self.segment_scores) - 1)].copy()
         unknown = segment == len(self.segment_scores)
         if len(self.parent_scores) and unknown.any():
-            up = segment_of(self, users.demographics[unknown], list(self.params["parent"]))
+            up = segment_of(self, demographics[unknown], list(spec["parent"]))
             known = up < len(self.parent_scores)
             rows = np.flatnonzero(unknown)
             scores[rows[known]] = self.parent_scores[up[known]]
@@ -68,23 +120,52 @@ class SegmentPopularity(Recommender):
         scores[unknown] = self.global_scores  # unknown demographics
         return scores
 
+    def score_block(self, users: UserBlock) -> np.ndarray:
+        return self._rows(users.demographics, self.chosen)
+
+    def summary(self) -> str:
+        s = getattr(self, "selection", {})
+        if "best" not in s:
+            return ""
+        gain = s["gain_over_configured"]
+        return (f"segment {' x '.join(self.chosen['segment'])} ({s['chosen']}; best finer "
+                f"{' x '.join(s['best']['segment'])} {gain['lift']:+.1%} [{gain['ci_low']:+.1%}, {gain['ci_high']:+.1%}] "
+                f"on {s['held_out_users']:,} held-out users)")
+
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         """"popular with <the user's segment>" (its parent segment, then global popularity, where it is unknown)."""
-        why = self.segment_reasons(users, rows, tuple(self.params["segment"]))
-        if self.params["parent"]:
+        why = self.segment_reasons(users, rows, tuple(self.chosen["segment"]))
+        if self.chosen["parent"]:
             fallback = np.flatnonzero(why["kind"] == "popular")
-            replace(why, fallback, self.segment_reasons(users, rows[fallback], tuple(self.params["parent"])))
+            replace(why, fallback, self.segment_reasons(users, rows[fallback], tuple(self.chosen["parent"])))
         return why
 
     def _save_state(self, path: Path) -> None:
         np.savez(path / "segments.npz", segment_scores=self.segment_scores, global_scores=self.global_scores,
                  parent_scores=self.parent_scores)
+        (path / "segment.json").write_text(json.dumps({"chosen": self.chosen, "selection": self.selection}, indent=2))
 
     def _load_state(self, path: Path) -> None:
         with np.load(path / "segments.npz") as z:
             self.segment_scores, self.global_scores = z["segment_scores"], z["global_scores"]
             self.parent_scores = (z["parent_scores"] if "parent_scores" in z.files
                                   else np.zeros((0, len(self.global_scores)), np.float32))
+        saved = json.loads((path / "segment.json").read_text()) if (path / "segment.json").exists() else {}
+        p = self.params
+        self.chosen = saved.get("chosen", {"segment": list(p["segment"]), "parent": list(p.get("parent", [])),
+                                           "alpha": float(p["alpha"])})
+        self.selection = saved.get("selection", {"chosen": "as configured"})
+
+
+def held_out_ndcg(scores_of, truth: sp.csr_matrix, k: int, block: int = 1024) -> np.ndarray:
+    """Each user's nDCG@k of ``scores_of(rows)`` (rows of ``truth``, a block at a time) against ``truth``."""
+    out = np.empty(truth.shape[0])
+    for lo in range(0, truth.shape[0], block):
+        rows = np.arange(lo, min(lo + block, truth.shape[0]))
+        top = top_k_indices(scores_of(rows), k)
+        hits = np.take_along_axis(truth[rows].toarray() > 0, top, axis=1).astype(np.float64)
+        out[rows] = ndcg_from_hits(hits, np.diff(truth.indptr)[rows])
+    return out
 
 
 def segment_of(model: Recommender, demographics: np.ndarray, columns: list[str]) -> np.ndarray:
@@ -97,23 +178,28 @@ def segment_of(model: Recommender, demographics: np.ndarray, columns: list[str])
 
 
 def segment_table(model: Recommender, columns: list[str], alpha: float, parent: list[str] | tuple = (),
-                  parent_alpha: float = 50.0) -> tuple[np.ndarray, np.ndarray]:
+                  parent_alpha: float = 50.0, counted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(segments x items) popularity within each segment, shrunk towards global, and the global popularity:
     score(i | s) = (count_s(i) + alpha * p(i)) / (n_s + alpha), each row summing to 1. With ``parent``
-    columns, p(i) is the segment's parent's row of ``segment_table(model, parent, parent_alpha)`` instead."""
+    columns, p(i) is the segment's parent's row of ``segment_table(model, parent, parent_alpha)`` instead.
+    ``counted``: a mask of the training users to count (default all)."""
     segment = segment_of(model, model.demographics_of(model.user_ids), columns)
     n_segments = int(np.prod([len(model.vocab[c]) for c in columns]))
     known = segment < n_segments
+    if counted is not None:
+        known &= counted
     membership = sp.csr_matrix((np.ones(int(known.sum()), np.float32), (segment[known], np.flatnonzero(known))),
                                shape=(n_segments, len(model.user_ids)))
     counts = np.asarray((membership @ model.train).todense())  # (segments, items)
-    prior = model.item_popularity / max(1.0, float(model.item_popularity.sum()))
+    popularity = (model.item_popularity if counted is None
+                  else np.asarray(model.train[np.flatnonzero(counted)].sum(axis=0)).ravel())
+    prior = (popularity / max(1.0, float(popularity.sum()))).astype(np.float32)
     towards = prior[None, :]
     if parent:
         # Each segment's parent: its codes in the parent's columns (segments cover every code combination).
         codes = np.unravel_index(np.arange(n_segments), [len(model.vocab[c]) for c in columns])
         up = np.ravel_multi_index(tuple(codes[list(columns).index(c)] for c in parent),
                                   [len(model.vocab[c]) for c in parent])
-        towards = segment_table(model, list(parent), parent_alpha)[0][up]
+        towards = segment_table(model, list(parent), parent_alpha, counted=counted)[0][up]
     totals = counts.sum(axis=1, keepdims=True)
-    return (((counts + alpha * towards) / (totals + alpha)).astype(np.float32), prior.astype(np.float32))
+    return ((counts + np.float32(alpha) * towards) / (totals + np.float32(alpha))).astype(np.float32), prior

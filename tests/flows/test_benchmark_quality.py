@@ -83,13 +83,17 @@ def test_finer_demographics_do_not_tell_more_about_new_movielens_users(ml100k_di
     assert {m for m, _ in cells} == set(zero_shot_variants())
     assert all(r["k_shot"] == 0 for r in result["table"])
     finer = [m for m in zero_shot_variants() if m.startswith("+")]
+    assert len(finer) == 9
     for model in finer:
-        lift = cells[(model, "ndcg_lift_over_segment_popularity")]
+        lift = cells[(model, "ndcg_lift_over_gender x age")]
         assert lift["ci_low"] <= lift["value"] <= lift["ci_high"]
         assert lift["ci_low"] < 0, model  # never clearly better
-        assert cells[(model, "coverage")]["value"] > cells[("segment_popularity", "coverage")]["value"]
+        assert cells[(model, "coverage")]["value"] > cells[("gender x age", "coverage")]["value"]
     for model in ("+occupation a=1000", "+zip_region a=1000"):
-        assert cells[(model, "ndcg_lift_over_segment_popularity")]["ci_high"] < 0, model
-    assert cells[("segment_popularity", "ndcg_lift")]["value"] > 0
+        assert cells[(model, "ndcg_lift_over_gender x age")]["ci_high"] < 0, model
+    assert cells[("gender x age", "ndcg_lift")]["value"] > 0
+    # The product's segment popularity, choosing on held-out training users, keeps gender x age here.
+    assert [c["segment"] for c in result["segment_popularity_chose"]] == [["gender", "age_bucket"]]
+    assert cells[("segment_popularity", "ndcg")]["value"] == cells[("gender x age", "ndcg")]["value"]
     text = "\n".join(format_zero_shot(result))
     assert "Protocol Z" in text and "+zip_region a=20000" in text

@@ -31,6 +31,18 @@ def cold_ndcg(model, split, k_shot):
     return float(ndcg(ranked_lists(recs, truth, 10, Catalog.from_model(model))).mean())
 
 
+def test_segment_popularity_finds_the_planted_occupation_effect(planted):
+    """The generator plants taste by gender, age and occupation: the segment chosen on held-out training
+    users adds occupation, and it ranks the test's new users better than gender x age alone."""
+    split, uf, itf = planted
+    chosen = build("segment_popularity").fit(split.train, uf, itf, seed=5)
+    fixed = build("segment_popularity", choose_segment=False).fit(split.train, uf, itf, seed=5)
+    assert chosen.chosen["segment"] == ["gender", "age_bucket", "occupation"], chosen.selection
+    assert chosen.selection["gain_over_configured"]["ci_low"] > 0
+    assert cold_ndcg(chosen, split, 0) > cold_ndcg(fixed, split, 0) + 0.01
+    assert "occupation" in chosen.summary()
+
+
 def test_two_tower_zero_shot_beats_popularity_clearly(planted):
     split, uf, itf = planted
     pop = build("popularity").fit(split.train, uf, itf, seed=1)

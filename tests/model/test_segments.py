@@ -15,7 +15,7 @@ PARENT = ["gender", "age_bucket"]
 
 def fitted(data, **params):
     train, uf, itf, _ = data
-    return build("segment_popularity", **params).fit(train, uf, itf, seed=0)
+    return build("segment_popularity", choose_segment=False, **params).fit(train, uf, itf, seed=0)
 
 
 def test_a_segment_is_shrunk_towards_its_parent_segment(small_data):
@@ -52,9 +52,10 @@ def test_a_user_with_an_unknown_finer_segment_gets_the_parents_ranking(small_dat
     train, uf, itf, cold = small_data
     hidden = uf.with_columns(occupation=pl.when(pl.col("user_id").is_in(cold)).then(None)
                              .otherwise(pl.col("occupation")))
-    model = build("segment_popularity", segment=FINE, parent=PARENT).fit(train, hidden, itf, seed=0)
-    coarse = build("segment_popularity", segment=PARENT).fit(train, hidden, itf, seed=0)
-    flat = build("segment_popularity", segment=FINE).fit(train, hidden, itf, seed=0)
+    def fit(**params):
+        return build("segment_popularity", choose_segment=False, **params).fit(train, hidden, itf, seed=0)
+
+    model, coarse, flat = fit(segment=FINE, parent=PARENT), fit(segment=PARENT), fit(segment=FINE)
     np.testing.assert_allclose(model.score_users(cold), coarse.score_users(cold), rtol=1e-6)
     assert np.allclose(flat.score_users(cold), flat.global_scores[None, :])  # without a parent: everyone's
     top = model.serve(cold, n=3).top  # and the reason names the coarser segment it was served from
@@ -68,3 +69,11 @@ def test_the_parent_is_part_of_the_segment(small_data):
         fitted(small_data, segment=PARENT, parent=["occupation"])
     with pytest.raises(ValueError, match="parent"):
         fitted(small_data, segment=PARENT, parent=PARENT)
+
+
+def test_with_too_few_users_to_tell_the_configured_segment_is_kept(small_data):
+    train, uf, itf, _ = small_data  # 270 training users: 54 would be held out, fewer than choose_min_users
+    model = build("segment_popularity").fit(train, uf, itf, seed=0)
+    assert model.chosen["segment"] == PARENT and model.selection["chosen"] == "as configured"
+    assert "choose_min_users" in model.selection["why"]
+    np.testing.assert_array_equal(model.segment_scores, fitted(small_data).segment_scores)
