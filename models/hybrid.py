@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from models.base import Recommender, UserBlock, replace
-from models.ranking import bootstrap_indices, ndcg_from_hits, paired_lift, standardize_rows, top_k_indices
+from models.ranking import ndcg_at_k, one_sided_gain, standardize_rows, top_k_indices
 from recsys import progress
 
 BUCKET_EDGES = (0, 1, 3, 5, 10, 20)  # bucket b holds history lengths in [edge_b, edge_b+1)
@@ -195,9 +195,8 @@ class Hybrid(Recommender):
             singles = {name: self._per_user(z[i], relevant, n_rel) for i, name in enumerate(names)}
             audible = [name for i, name in enumerate(names) if not silent[i]] or names
             best_single = max(audible, key=lambda name: (float(singles[name].mean()), -names.index(name)))
-            resamples = bootstrap_indices(len(users), int(self.params["bootstrap_samples"]), seed + b)
-            gain = paired_lift(per_user[best], singles[best_single], resamples,
-                               level=100.0 * (1 - 2 * float(self.params["blend_alpha"])))
+            gain = one_sided_gain(per_user[best], singles[best_single], float(self.params["blend_alpha"]),
+                                  int(self.params["bootstrap_samples"]), seed + b)
             blended = sum(1 for wi in candidates[best] if wi > 0) > 1
             kept = blended and gain[1] > 0
             chosen = candidates[best] if kept or not blended else tuple(float(n == best_single) for n in names)
@@ -235,8 +234,7 @@ class Hybrid(Recommender):
 
     def _per_user(self, z: np.ndarray, relevant: np.ndarray, n_rel: np.ndarray) -> np.ndarray:
         """Each validation user's nDCG@k of the ranking ``z`` (columns aligned with ``relevant``)."""
-        hits = np.take_along_axis(relevant, top_k_indices(z, self.params["k"]), axis=1).astype(np.float64)
-        return ndcg_from_hits(hits, n_rel)
+        return ndcg_at_k(z, relevant, self.params["k"], n_rel)
 
     def _align(self, model: Recommender, scores: np.ndarray) -> np.ndarray:
         if np.array_equal(model.item_ids, self.item_ids):

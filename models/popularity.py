@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import DEMOGRAPHIC_COLUMNS, Recommender, UserBlock, replace
-from models.ranking import bootstrap_indices, ndcg_from_hits, paired_lift, top_k_indices
+from models.ranking import ndcg_at_k, one_sided_gain
 
 
 class Popularity(Recommender):
@@ -71,11 +71,12 @@ class SegmentPopularity(Recommender):
     def _count(self, spec: dict, counted: np.ndarray | None = None) -> None:
         """The tables of ``spec`` (segment, parent, alpha), counted over the training users ``counted``
         (a boolean mask; default all)."""
-        parent_alpha = float(self.params["parent_alpha"])
-        self.segment_scores, self.global_scores = segment_table(self, spec["segment"], spec["alpha"], spec["parent"],
-                                                                parent_alpha, counted)
-        self.parent_scores = (segment_table(self, spec["parent"], parent_alpha, counted=counted)[0] if spec["parent"]
-                              else np.zeros((0, len(self.item_ids)), np.float32))
+        parent = None
+        self.parent_scores = np.zeros((0, len(self.item_ids)), np.float32)
+        if spec["parent"]:
+            self.parent_scores = segment_table(self, spec["parent"], float(self.params["parent_alpha"]), counted)[0]
+            parent = (spec["parent"], self.parent_scores)
+        self.segment_scores, self.global_scores = segment_table(self, spec["segment"], spec["alpha"], counted, parent)
 
     def _choose(self, base: dict, seed: int) -> tuple[dict, dict]:
         p = self.params
@@ -85,7 +86,9 @@ class SegmentPopularity(Recommender):
         degree = np.diff(self.train.indptr)
         eligible = np.flatnonzero(degree >= 5)
         n = min(int(len(eligible) * float(p["choose_share"])), int(p["choose_max_users"]))
-        if n < int(p["choose_min_users"]) or len(candidates) == 1:
+        if len(candidates) == 1:
+            return base, {"chosen": "as configured", "why": "choose_from adds nothing to the segment"}
+        if n < int(p["choose_min_users"]):
             return base, {"chosen": "as configured", "why": f"{n} held-out users, fewer than choose_min_users"}
         held = np.sort(np.random.default_rng(seed).choice(eligible, n, replace=False))
         counted = np.ones(len(self.user_ids), dtype=bool)
@@ -98,8 +101,7 @@ class SegmentPopularity(Recommender):
                                       self.train[held], k=10))
         means = [float(v.mean()) for v in ndcg]
         best = int(np.argmax(means))  # the first maximum: the configured segment wins ties
-        resamples = bootstrap_indices(n, int(p["bootstrap_samples"]), seed)
-        gain = paired_lift(ndcg[best], ndcg[0], resamples, level=100.0 * (1 - 2 * float(p["choose_level"])))
+        gain = one_sided_gain(ndcg[best], ndcg[0], float(p["choose_level"]), int(p["bootstrap_samples"]), seed)
         kept = best > 0 and gain[1] > 0
         record = {"held_out_users": n, "candidates": [{**spec, "ndcg": m} for spec, m in zip(candidates, means, strict=True)],
                   "best": candidates[best], "gain_over_configured": {"lift": gain[0], "ci_low": gain[1], "ci_high": gain[2]},
@@ -162,9 +164,7 @@ def held_out_ndcg(scores_of, truth: sp.csr_matrix, k: int, block: int = 1024) ->
     out = np.empty(truth.shape[0])
     for lo in range(0, truth.shape[0], block):
         rows = np.arange(lo, min(lo + block, truth.shape[0]))
-        top = top_k_indices(scores_of(rows), k)
-        hits = np.take_along_axis(truth[rows].toarray() > 0, top, axis=1).astype(np.float64)
-        out[rows] = ndcg_from_hits(hits, np.diff(truth.indptr)[rows])
+        out[rows] = ndcg_at_k(scores_of(rows), truth[rows].toarray() > 0, k)
     return out
 
 
@@ -177,12 +177,12 @@ def segment_of(model: Recommender, demographics: np.ndarray, columns: list[str])
     return np.where(np.any(demographics[:, cols] == 0, axis=1), int(np.prod(sizes)), segment)
 
 
-def segment_table(model: Recommender, columns: list[str], alpha: float, parent: list[str] | tuple = (),
-                  parent_alpha: float = 50.0, counted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def segment_table(model: Recommender, columns: list[str], alpha: float, counted: np.ndarray | None = None,
+                  parent: tuple[list[str], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(segments x items) popularity within each segment, shrunk towards global, and the global popularity:
-    score(i | s) = (count_s(i) + alpha * p(i)) / (n_s + alpha), each row summing to 1. With ``parent``
-    columns, p(i) is the segment's parent's row of ``segment_table(model, parent, parent_alpha)`` instead.
-    ``counted``: a mask of the training users to count (default all)."""
+    score(i | s) = (count_s(i) + alpha * p(i)) / (n_s + alpha), each row summing to 1. ``counted``: a mask of
+    the training users to count (default all). ``parent``: (columns, table) of a coarser segment (some of
+    ``columns``, its table from this function): p(i) is then the segment's parent's row instead."""
     segment = segment_of(model, model.demographics_of(model.user_ids), columns)
     n_segments = int(np.prod([len(model.vocab[c]) for c in columns]))
     known = segment < n_segments
@@ -195,11 +195,12 @@ def segment_table(model: Recommender, columns: list[str], alpha: float, parent: 
                   else np.asarray(model.train[np.flatnonzero(counted)].sum(axis=0)).ravel())
     prior = (popularity / max(1.0, float(popularity.sum()))).astype(np.float32)
     towards = prior[None, :]
-    if parent:
+    if parent is not None:
         # Each segment's parent: its codes in the parent's columns (segments cover every code combination).
+        parent_columns, parent_table = parent
         codes = np.unravel_index(np.arange(n_segments), [len(model.vocab[c]) for c in columns])
-        up = np.ravel_multi_index(tuple(codes[list(columns).index(c)] for c in parent),
-                                  [len(model.vocab[c]) for c in parent])
-        towards = segment_table(model, list(parent), parent_alpha, counted=counted)[0][up]
+        up = np.ravel_multi_index(tuple(codes[list(columns).index(c)] for c in parent_columns),
+                                  [len(model.vocab[c]) for c in parent_columns])
+        towards = parent_table[up]
     totals = counts.sum(axis=1, keepdims=True)
     return ((counts + np.float32(alpha) * towards) / (totals + np.float32(alpha))).astype(np.float32), prior
