@@ -27,6 +27,7 @@ from prefect.settings import (
     temporary_settings,
 )
 
+from benchmarks.new_items import main as new_items_main
 from benchmarks.quality import main as quality_main
 from flows.ingest import ingest_flow
 from flows.nightly import SERVE_DEPLOYMENT, nightly_flow, serve_nightly
@@ -140,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     names = args.models or list(settings.models)
     with runs.run_lock(settings), runs.recorded_run(settings, "train", {"models": names}, done="trained") as run_id:
         with db.warehouse(settings) as con:
-            frames = load_frames(con)
+            frames = load_frames(con, settings)
         feats = features_step(settings, run_id, frames, settings.home / "features" / run_id)
         print(f"features: {feats.users:,} users ({feats.users_without_history:,} without history), "
               f"{feats.items:,} items")
@@ -158,7 +159,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with runs.run_lock(settings), runs.recorded_run(settings, "evaluate", {"models": names},
                                                     done="evaluated") as run_id:
         with db.warehouse(settings) as con:
-            frames = load_frames(con)
+            frames = load_frames(con, settings)
         result = evaluate_step(settings, run_id, frames, names, settings.reports_dir / run_id)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40):
         print(headline_table(pl.read_parquet(result.metrics), k=min(settings.ks)))
@@ -202,7 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    return quality_main(args)
+    return new_items_main(args) if args.benchmark == "new-items" else quality_main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,6 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
     qual.add_argument("--peers", action="store_true",
                       help="also run LightFM and implicit ALS on the same splits (pip install '.[peers]')")
     qual.set_defaults(func=cmd_benchmark)
+    new = bsub.add_parser("new-items", help="new films in the published lists and audiences (MovieLens-100k with "
+                                            "a share of films stripped of their ratings)")
+    new.add_argument("--path", help="the MovieLens-100k folder (default RECSYS_ML100K_DIR or ../shared/datasets/ml-100k)")
+    new.add_argument("--share", type=float, default=0.1, help="share of the films that lose their ratings (0.1)")
+    new.add_argument("--min-ratings", type=int, default=20, help="only films with at least this many ratings (20)")
+    new.add_argument("--seed", type=int, default=0, help="which films (seeded)")
+    new.add_argument("--epochs", type=int, default=30, help="two-tower epochs (early stopping applies)")
+    new.add_argument("--out", default="var/benchmarks/new_items.json", help="JSON output file")
+    new.set_defaults(func=cmd_benchmark)
     return parser
 
 

@@ -166,6 +166,15 @@ class Recommender(ABC):
             for row, title in zip(rows, itf["title"].to_list(), strict=True):
                 titles[row] = title
         self.item_tokens = title_token_matrix(titles)  # (items, text.BUCKETS) hashed title words
+        # (items, d) the pretrained encoder's unit vectors of each item's text (d = 0 when it is off; zero rows
+        # for items without text), rounded to float16 once here so a saved model scores exactly as fitted.
+        self.item_text = np.zeros((len(self.item_ids), 0), dtype=np.float32)
+        if "text_vector" in itf.columns:
+            known = itf.filter(pl.col("text_vector").is_not_null())
+            if known.height:
+                vectors = known["text_vector"].to_numpy().astype(np.float16).astype(np.float32)
+                self.item_text = np.zeros((len(self.item_ids), vectors.shape[1]), dtype=np.float32)
+                self.item_text[np.searchsorted(self.item_ids, known["item_id"].to_numpy())] = vectors
 
     # -- serving -------------------------------------------------------------------------------------------
 
@@ -218,9 +227,10 @@ class Recommender(ABC):
         return why
 
     def content_vectors(self) -> np.ndarray:
-        """(items, genres + decades) unit rows of what is known of an item before anyone rates it."""
+        """(items, genres + decades + text) unit rows of what is known of an item before anyone rates it (the
+        text part: the pretrained encoder's vector, where it is on)."""
         decades = np.eye(N_DECADES, dtype=np.float32)[decade_of(self.item_year)][:, 1:]  # decade 0: unknown
-        vectors = np.concatenate([self.item_genres, 0.5 * decades], axis=1).astype(np.float32)
+        vectors = np.concatenate([self.item_genres, 0.5 * decades, self.item_text], axis=1).astype(np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
@@ -353,7 +363,7 @@ class Recommender(ABC):
                  feature_user_ids=self.feature_user_ids, user_demographics=self.user_demographics,
                  item_genres=self.item_genres, item_year=self.item_year, item_popularity=self.item_popularity,
                  tiebreak=self.tiebreak, item_tokens_indptr=self.item_tokens.indptr,
-                 item_tokens_indices=self.item_tokens.indices)
+                 item_tokens_indices=self.item_tokens.indices, item_text=self.item_text.astype(np.float16))
         (path / "vocab.json").write_text(json.dumps({"demographics": self.vocab, "genres": self.genre_vocab}))
         self._save_state(path)
         self.saved_path = path
@@ -376,6 +386,8 @@ class Recommender(ABC):
                 setattr(model, key, arrays[key])
         model.item_tokens = tokens_from(model.__dict__.pop("item_tokens_indptr", None),
                                         model.__dict__.pop("item_tokens_indices", None), len(model.item_ids))
+        model.item_text = np.asarray(model.__dict__.get("item_text", np.zeros((len(model.item_ids), 0))),
+                                     dtype=np.float32)
         vocab = json.loads((path / "vocab.json").read_text())
         model.vocab, model.genre_vocab = vocab["demographics"], vocab["genres"]
         if not state:

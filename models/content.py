@@ -1,11 +1,15 @@
 """Models that score items from what is known before anyone rates them: the way new items reach people.
 
-- :class:`ContentKNN`, a content neighbourhood: an item is described by its genres, release decade and title
-  words (inverse-document-frequency weighted, unit length); a user's profile is the unit sum of their known
-  items' vectors, and an item's score is its cosine with the profile. A film loaded today with no rating is
-  scored exactly like one rated a thousand times.
-- Two baselines for new items: :class:`GenrePopularity` (how much of a user's history is in the item's
-  genres) and :class:`RandomExposure` (a seeded coin per user and item).
+- :class:`ContentKNN`, a content neighbourhood: an item is described by its genres, release decade and exact
+  year, title words (inverse-document-frequency weighted) and, where the encoder is on, the pretrained
+  sentence vector of its text, each part unit length and weighted; a user's profile is the unit sum of their
+  known items' vectors, and an item's score is its cosine with the profile. A film loaded today with no
+  rating is scored exactly like one rated a thousand times.
+- Baselines for new items, the ones a model must beat: :class:`Activity` (users ranked by how much they
+  interact: a heavy user has rated more of everything; for a user, the newest items by genre share),
+  :class:`GenreYear` (the content neighbourhood on genres and exact release year alone),
+  :class:`GenrePopularity` (how much of a user's history is in the item's genres) and
+  :class:`RandomExposure` (a seeded coin per user and item).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import N_DECADES, Recommender, UserBlock, decade_of
+
+FIRST_YEAR, LAST_YEAR = 1880, 2040  # exact release years one-hot; others (and unknown) have no year part
 
 
 def _unit_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
@@ -31,24 +37,29 @@ class ContentKNN(Recommender):
     @classmethod
     def default_params(cls) -> dict:
         # Relative weight of each kind of content in an item's vector (each part unit length before weighting).
-        return {"genre_weight": 1.0, "decade_weight": 0.5, "title_weight": 0.7}
+        # Chosen on protocol I's split seeds 1-2 (not the benchmark's seeds 0-4), items -> users and
+        # users -> items nDCG; the text part only counts where the pretrained encoder is on.
+        # (items -> users nDCG@100 0.178 -> 0.294 with the encoder and the exact year, users -> items nDCG@10
+        # 0.043; text weights 1.5-8 and year weights 0-1 were tried).
+        return {"genre_weight": 1.0, "decade_weight": 0.5, "year_weight": 1.0, "title_weight": 0.7,
+                "text_weight": 3.0}
 
     def _fit(self, seed: int) -> None:
         n = len(self.item_ids)
-        genres = sp.csr_matrix(self.item_genres)
-        decade = sp.csr_matrix((np.ones(n, np.float32), (np.arange(n), decade_of(self.item_year))),
-                               shape=(n, N_DECADES))
-        decade = decade[:, 1:]  # decade 0 is "unknown": no similarity from not knowing
-        tokens = sp.csr_matrix(self.item_tokens, dtype=np.float32)
-        document_frequency = np.asarray((tokens > 0).sum(axis=0)).ravel()
-        idf = np.log((1.0 + n) / (1.0 + document_frequency)).astype(np.float32)
-        # A word in a single title tells nothing about any other item: only words shared by a few titles count.
-        idf[document_frequency < 2] = 0.0
-        tokens = (tokens @ sp.diags(idf)).tocsr()
         p = self.params
-        parts = [float(p["genre_weight"]) * _unit_rows(genres), float(p["decade_weight"]) * _unit_rows(decade),
-                 float(p["title_weight"]) * _unit_rows(tokens)]
-        self.content = _unit_rows(sp.hstack(parts).tocsr())
+        parts = [(p["genre_weight"], sp.csr_matrix(self.item_genres)),
+                 (p["decade_weight"], one_hot(decade_of(self.item_year), N_DECADES)[:, 1:]),  # 0: unknown
+                 (p["year_weight"], year_one_hot(self.item_year))]
+        if float(p["title_weight"]) > 0:
+            tokens = sp.csr_matrix(self.item_tokens, dtype=np.float32)
+            document_frequency = np.asarray((tokens > 0).sum(axis=0)).ravel()
+            idf = np.log((1.0 + n) / (1.0 + document_frequency)).astype(np.float32)
+            # A word in a single title tells nothing about any other item: only words shared by a few titles count.
+            idf[document_frequency < 2] = 0.0
+            parts.append((p["title_weight"], (tokens @ sp.diags(idf)).tocsr()))
+        if self.item_text.shape[1]:
+            parts.append((p["text_weight"], sp.csr_matrix(self.item_text)))
+        self.content = _unit_rows(sp.hstack([float(w) * _unit_rows(part) for w, part in parts if float(w) > 0]).tocsr())
         self.content.eliminate_zeros()
 
     def score_block(self, users: UserBlock) -> np.ndarray:
@@ -69,6 +80,64 @@ class ContentKNN(Recommender):
 
     def _load_state(self, path: Path) -> None:
         self.content = sp.load_npz(path / "content.npz").tocsr()
+
+
+def one_hot(codes: np.ndarray, width: int) -> sp.csr_matrix:
+    n = len(codes)
+    return sp.csr_matrix((np.ones(n, np.float32), (np.arange(n), codes)), shape=(n, width))
+
+
+def year_one_hot(years: np.ndarray) -> sp.csr_matrix:
+    """Exact release year, one-hot (an unknown or out-of-range year: an empty row)."""
+    known = (years >= FIRST_YEAR) & (years <= LAST_YEAR)
+    rows = np.flatnonzero(known)
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, years[known] - FIRST_YEAR)),
+                         shape=(len(years), LAST_YEAR - FIRST_YEAR + 1))
+
+
+class GenreYear(ContentKNN):
+    """Baseline: the content neighbourhood on genres and exact release year alone (no title, no encoder):
+    what a new item's most basic metadata tells."""
+
+    name = "genre_year"
+
+    @classmethod
+    def default_params(cls) -> dict:
+        return {"genre_weight": 1.0, "decade_weight": 0.0, "year_weight": 1.0, "title_weight": 0.0,
+                "text_weight": 0.0}
+
+
+class Activity(Recommender):
+    """Baseline: users ranked by how many items they interacted with in training (for any item, a heavy user
+    comes first: they have taken more of everything); within a user's own list, items with fewer
+    interactions first (the newest), then by the user's genre share (:class:`GenrePopularity`).
+
+    score(u, i) = n_u + 0.5 [i has no interaction] + 0.25 genre_share(u, i): integer activities differ by at
+    least 1, so across users activity decides alone; for one user n_u is constant. Exact in float32 up to
+    n_u ~ 2^16 (beyond, the genre share's resolution coarsens; the order by activity holds)."""
+
+    name = "activity"
+    scores_new_items = True
+
+    def _fit(self, seed: int) -> None:
+        self.genres = GenrePopularity()
+        self.genres.item_genres, self.genres.train = self.item_genres, self.train
+        self.genres._fit(seed)
+
+    def score_block(self, users: UserBlock) -> np.ndarray:
+        share = self.genres.score_block(users)
+        share *= np.float32(0.25)
+        share += np.float32(0.5) * (self.item_popularity == 0).astype(np.float32)[None, :]
+        share += users.history_length.astype(np.float32)[:, None]
+        return share
+
+    def _save_state(self, path: Path) -> None:
+        self.genres._save_state(path)
+
+    def _load_state(self, path: Path) -> None:
+        self.genres = GenrePopularity()
+        self.genres.item_genres = self.item_genres
+        self.genres._load_state(path)
 
 
 class GenrePopularity(Recommender):

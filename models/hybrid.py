@@ -5,8 +5,15 @@ features and popularity, a user with many by CF. They also depend on how much hi
 with ``item_evidence`` or more interactions is scored by the user's blend, an item with none by the models
 that read content (``new_item_weights``: the two-tower's item tower and the content neighbourhood), and one
 in between by a mix in proportion to its interactions, so a new item never gets a CF score it has no data
-for. Whom to show an item to (its audience) reads the same mix of scores standardised over all users, not
-per user (:meth:`Hybrid.audience_scores`). The hybrid fits nothing itself: it receives its fitted
+for. Whom to show a new item to (its audience) is ranked by the audience model (``audience_model``:
+:class:`models.audience.NewItemAudience`, content affinity and activity weighed on items held out of
+training), and an item nobody has taken enters a user's own list on the same scale as the known items: the
+audience model's probability that the user takes it (calibrated on items held out of training), scaled
+to the share of a user's interactions a validation window holds, against what a known item at each rank is
+worth, the tuned blend's hit rate at that rank on the user's bucket of validation users in that window
+(:meth:`Hybrid._hit_rate_by_rank`). A new item goes just above the first known item it
+is more likely to be taken than, within the top ``new_item_rank``, at most ``new_item_slots`` a list. Without an audience model, new items compete through
+the new-item scorers' per-user z-scores, which aims them at users hardly better than at random. The hybrid fits nothing itself: it receives its fitted
 components (:meth:`Hybrid.use_components`), and either tunes the weights per history bucket on validation
 cases (:meth:`Hybrid.use_validation`, built by ``tasks.split.carve_validation`` from training users, never
 test users) or takes weights tuned earlier (:meth:`Hybrid.use_weights`: the production fit reuses the
@@ -79,6 +86,10 @@ class Hybrid(Recommender):
             "new_item_weights": dict(NEW_ITEM_WEIGHTS),
             "item_evidence": 3,  # interactions from which an item is scored by the user's blend alone
             "scale_users": 2048,  # training users whose scores set each component's scale for audiences
+            # New items: who to show them to, and the exploration policy that puts them in users' lists.
+            "audience_model": "new_item_audience",
+            "new_item_slots": 2,
+            "new_item_rank": 10,
         }
 
     @classmethod
@@ -86,7 +97,9 @@ class Hybrid(Recommender):
         """Every model a hybrid with ``params`` reads: the blended components, then the new-item scorers."""
         params = {**cls.default_params(), **(params or {})}
         names = list(params["components"])
-        return names + [n for n, w in params["new_item_weights"].items() if w > 0 and n not in names]
+        names += [n for n, w in params["new_item_weights"].items() if w > 0 and n not in names]
+        return names + ([params["audience_model"]] if params["audience_model"] and params["audience_model"] not in names
+                        else [])
 
     def use_components(self, fitted: dict[str, Recommender]) -> Hybrid:
         """The fitted components to blend (fitted on the same interactions the hybrid is fitted on)."""
@@ -113,6 +126,13 @@ class Hybrid(Recommender):
         self._cases = None
         return self
 
+    @property
+    def hit_rates(self) -> dict[int, tuple[np.ndarray, float]]:
+        """Per history bucket, the tuned blend's hit rate at each rank (see :meth:`_hit_rate_by_rank`) and the
+        share of a user's interactions the validation window held."""
+        return {int(t["bucket"]): (np.asarray(t["hit_rate_by_rank"], dtype=np.float64), float(t["truth_share"]))
+                for t in getattr(self, "tuning", {}).values() if "hit_rate_by_rank" in t}
+
     def _fit(self, seed: int) -> None:
         components = getattr(self, "components", None)
         if components is None:
@@ -132,6 +152,8 @@ class Hybrid(Recommender):
         """Per component, the mean and standard deviation of its finite scores over the training users (a
         seeded sample of ``scale_users`` of them) and the whole catalogue: the scale :meth:`audience_scores`
         puts the components on."""
+        if self.params["audience_model"]:
+            return {}  # audiences come from the audience model
         users = self.user_ids
         if len(users) > int(self.params["scale_users"]):
             rng = np.random.default_rng(seed)
@@ -209,8 +231,24 @@ class Hybrid(Recommender):
                                "one_sided_alpha": float(self.params["blend_alpha"])},
                 "chosen": "blend" if kept else f"{names[int(np.argmax(chosen))]} alone",
                 "ndcg_components": {name: float(values.mean()) for name, values in singles.items()},
+                "bucket": int(b),
+                "hit_rate_by_rank": self._hit_rate_by_rank(zc, rel_c, chosen),
+                # The test window's share of these users' interactions: a new item's probability of being
+                # taken at all, times this, is its probability of being taken in a window like the one the
+                # hit rates were counted in.
+                "truth_share": float(np.mean(n_rel / np.maximum(n_rel + seen.sum(axis=1), 1))),
             }
         return weights, tuning
+
+    def _hit_rate_by_rank(self, z: list[np.ndarray], relevant: np.ndarray, weights) -> list[float]:
+        """The chosen blend's calibration on the bucket's validation users: at each rank 1..new_item_rank, the
+        share of users whose item there is one they took (made non-increasing down the list). What a known
+        item at that rank is worth, on the scale of a probability that the user takes it: a new item whose
+        calibrated probability is higher belongs above it."""
+        blend = sum(w * zi for w, zi in zip(weights, z, strict=True) if w > 0)
+        depth = min(int(self.params["new_item_rank"]), blend.shape[1])
+        hits = np.take_along_axis(relevant, top_k_indices(blend, depth), axis=1).mean(axis=0)
+        return [round(float(v), 6) for v in np.minimum.accumulate(hits)]
 
     def _candidate_view(self, z: list[np.ndarray], relevant: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         """The grid search's columns: per user, the union of every component's top ``tune_candidates`` items.
@@ -284,14 +322,78 @@ class Hybrid(Recommender):
             out += part
             if users.shared is not None:
                 parts[name] = part
+        placed = self._place_new_items(users, out)
         if users.shared is not None:
+            if placed is not None:
+                # The reason of a placed item is the audience model's (content), and of no other item.
+                parts[self.params["audience_model"]] = np.where(placed > 0, np.float32(np.inf), np.float32(-np.inf))
             users.shared[("parts", id(self))] = parts
         return out
 
+    def _place_new_items(self, users: UserBlock, out: np.ndarray) -> np.ndarray | None:
+        """Items nobody has taken, placed on the known items' scale. They are out of the blend's ranking;
+        per user, the best (at most ``new_item_slots``) by the audience model's calibrated probability p go
+        just above the first known item of the top ``new_item_rank`` whose rank's hit rate (the user's
+        bucket's, from tuning) is below p. Changes ``out`` in place; returns a (users, items) array, 1 where
+        an item was placed (None when nothing was)."""
+        slots, audience = int(self.params["new_item_slots"]), self.params["audience_model"]
+        new = np.flatnonzero(self.item_popularity == 0)
+        if not audience or len(new) == 0 or len(users.user_ids) == 0:
+            return None
+        out[:, new] = -np.inf  # an item nobody has taken is listed by the calibrated placement alone
+        curves = self.hit_rates
+        buckets = bucket_of(users.history_length, users.train_rows >= 0)
+        rows = np.flatnonzero(np.isin(buckets, list(curves)))
+        if slots <= 0 or len(rows) == 0:
+            return None
+        history = users.history.tocsr()
+        logit = self.components[audience].block_scores(users)[rows][:, new].astype(np.float64)
+        seen_new = history[rows][:, new].tocoo()
+        logit[seen_new.row, seen_new.col] = -np.inf
+        slots = min(slots, len(new))
+        best = top_k_indices(logit, slots)  # (rows, slots), most likely first
+        p = 1.0 / (1.0 + np.exp(-np.take_along_axis(logit, best, axis=1)))
+        depth = int(self.params["new_item_rank"])
+        rate = np.full((len(rows), depth), np.inf)  # a rank without a calibrated hit rate takes no new item
+        for bucket, (curve, share) in curves.items():
+            mine = buckets[rows] == bucket
+            rate[mine, :len(curve[:depth])] = curve[:depth]
+            p[mine] *= share  # taken at all -> taken within a window like the hit rates' (see _tune)
+        # The known item each placed one goes above: the first rank whose hit rate is below p (depth: none).
+        target = (rate[:, None, :] >= p[:, :, None]).sum(axis=2)  # rates are non-increasing down the list
+        if not (target < depth).any():
+            return None
+        known = out[rows].copy()
+        seen = history[rows].tocoo()
+        known[seen.row, seen.col] = -np.inf
+        order = top_k_indices(known, min(depth, known.shape[1]))
+        above = np.take_along_axis(known, order, axis=1)  # (rows, depth) the known items' scores by rank
+        placed = np.zeros(out.shape, dtype=np.float32)
+        for j in range(slots - 1, -1, -1):  # the most likely item last: it ends highest above the same item
+            go = np.flatnonzero((target[:, j] < depth) & (target[:, j] < above.shape[1]))
+            if len(go) == 0:
+                continue
+            floor = above[go, target[go, j]].astype(np.float32)
+            floor = np.where(np.isfinite(floor), floor, np.float32(0.0))
+            # Above the known item, and above any new item already put there.
+            value = np.maximum(np.nextafter(floor, np.float32(np.inf)),
+                               np.nextafter(out[rows[go]][:, new].max(axis=1), np.float32(np.inf)))
+            value = np.where(np.isfinite(value), value, np.nextafter(floor, np.float32(np.inf)))
+            cols = new[best[go, j]]
+            out[rows[go], cols] = value
+            placed[rows[go], cols] = 1.0
+        return placed if placed.any() else None
+
     def audience_scores(self, users: UserBlock, columns: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """The same mix as :meth:`score_block`, of each component's scores standardised over all training
-        users (``audience_scale``) instead of per user: a per-user z-score drops what sets one user's scores
-        above another's, which is all that ranking users for an item reads (README, protocol I)."""
+        """The audience model's scores of these items (seen ones stay out); without one, the same mix as
+        :meth:`score_block` of each component's scores standardised over all training users
+        (``audience_scale``) instead of per user: a per-user z-score drops what sets one user's scores above
+        another's, which is all that ranking users for an item reads."""
+        if self.params["audience_model"]:
+            out = self.components[self.params["audience_model"]].block_scores(users)[:, columns].copy()
+            seen = users.history[:, columns].tocoo()  # not the list's -inf: unplaced new items are -inf there
+            out[seen.row, seen.col] = -np.inf
+            return out
         out = np.zeros((len(users.user_ids), len(columns)), dtype=np.float32)
         for name, weight in self._mix(users, columns):
             mean, std = self.audience_scale[name]

@@ -6,16 +6,18 @@ import importlib
 import json
 from pathlib import Path
 
+from models.audience import NewItemAudience, NewItemAudienceWithoutText
 from models.base import Recommender
-from models.content import ContentKNN, GenrePopularity, RandomExposure
+from models.content import Activity, ContentKNN, GenrePopularity, GenreYear, RandomExposure
 from models.ease import EASE
 from models.hybrid import Hybrid
 from models.item_knn import ItemKNN
 from models.popularity import Popularity, SegmentPopularity
 
 MODELS: dict[str, type[Recommender]] = {
-    cls.name: cls for cls in (Popularity, SegmentPopularity, ItemKNN, EASE, ContentKNN, GenrePopularity,
-                              RandomExposure, Hybrid)
+    cls.name: cls for cls in (Popularity, SegmentPopularity, ItemKNN, EASE, ContentKNN, GenreYear, Activity,
+                              GenrePopularity, RandomExposure, NewItemAudience,
+                              NewItemAudienceWithoutText, Hybrid)
 }
 # Models whose module imports a heavy optional library (TensorFlow: seconds to import), loaded on first use.
 LAZY_MODELS = {"two_tower": ("models.two_tower", "TwoTower")}

@@ -9,7 +9,7 @@ items by time (as a new user's are when served, the rest a random sample of the 
 reads the bag's size beside its mean: one known item is weaker evidence than twenty.
 
 Items with no interactions are served by a content tower of their own: genres + decade + title words (a bag
-of hashed words) -> MLP, trained beside the item tower on the same examples against the same user vectors,
+of hashed words) + the pretrained encoder's text vector (where it is on) -> MLP, trained beside the item tower on the same examples against the same user vectors,
 with the user tower's gradient stopped (an auxiliary loss). It learns to place an item where the user tower
 looks for it from content alone, and it cannot change the warm path: the user and item towers learn exactly
 what they learn without it. Items nobody interacted with are unknown, never trained as negatives.
@@ -61,7 +61,7 @@ with _native_stderr_discarded():
 @keras.saving.register_keras_serializable(package="recsys")
 class TwoTowerNet(keras.Model):
     def __init__(self, n_users, n_items, demo_sizes, item_genres, item_decade, item_logpop, item_logq,
-                 item_words, item_known, dim=64, hidden=128, temperature=0.05, full_softmax=True, content_weight=1.0,
+                 item_words, item_known, item_text=None, dim=64, hidden=128, temperature=0.05, full_softmax=True, content_weight=1.0,
                  content_share=0.25, seed=0, **kwargs):
         super().__init__(**kwargs)
         self.config_ = {"n_users": int(n_users), "n_items": int(n_items), "demo_sizes": [int(s) for s in demo_sizes],
@@ -104,6 +104,9 @@ class TwoTowerNet(keras.Model):
         self.logpop = ops.convert_to_tensor(np.asarray(item_logpop, dtype="float32")[:, None])
         self.item_words = ops.convert_to_tensor(np.asarray(item_words, dtype="int32"))  # (items, MAX_TOKENS)
         self.item_known = ops.convert_to_tensor(np.asarray(item_known, dtype="bool"))  # any training interaction
+        # The pretrained encoder's text vector of each item (width 0 when it is off): content tower only.
+        text = np.zeros((len(item_genres), 0)) if item_text is None else item_text
+        self.item_text = ops.convert_to_tensor(np.asarray(text, dtype="float32"))
         # log of each item's sampling probability as an in-batch negative (logQ correction, Yi et al. 2019):
         # without it in-batch softmax learns p(i|u)/p(i) and buries popular items.
         self.logq = ops.convert_to_tensor(np.asarray(item_logq, dtype="float32"))
@@ -134,12 +137,14 @@ class TwoTowerNet(keras.Model):
         return ops.normalize(x, axis=-1), ops.squeeze(bias, -1)
 
     def content_tower(self, item):
-        """An item from its content alone (no id, no popularity): genres, decade and title words."""
+        """An item from its content alone (no id, no popularity): genres, decade, title words and the
+        pretrained text vector."""
         words = ops.take(self.item_words, item, axis=0)
         mask = ops.cast(ops.greater(words, 0), "float32")[:, :, None]
         title = ops.sum(self.words(words) * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
         x = ops.concatenate([ops.take(self.genres, item, axis=0),
-                             self.content_decade(ops.take(self.decades, item, axis=0)), title], axis=-1)
+                             self.content_decade(ops.take(self.decades, item, axis=0)), title,
+                             ops.take(self.item_text, item, axis=0)], axis=-1)
         bias = self.content_bias(x)
         for layer in self.content_mlp:
             x = layer(x)
@@ -248,7 +253,7 @@ class TwoTower(Recommender):
         logq = np.log((self.item_popularity + 1.0) / (self.item_popularity.sum() + len(self.item_popularity)))
         net = TwoTowerNet(len(self.user_ids), len(self.item_ids), [len(self.vocab[c]) for c in self.vocab],
                           self.item_genres, decade_of(self.item_year), logpop, logq, self._item_words(),
-                          self.item_popularity > 0, dim=self.params["dim"], hidden=self.params["hidden"],
+                          self.item_popularity > 0, item_text=self.item_text, dim=self.params["dim"], hidden=self.params["hidden"],
                           temperature=self.params["temperature"], full_softmax=self._full_softmax(),
                           content_weight=self.params["content_weight"], content_share=self.params["content_share"],
                           seed=self.seed or 0)

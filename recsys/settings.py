@@ -60,6 +60,17 @@ class Settings(BaseSettings):
     timezone: str = "UTC"
     verbose: bool = Field(False, description="Per-epoch lines from Keras (RECSYS_VERBOSE=1).")
     epochs: int = 30
+    # Item text (title, genres) embedded by a pretrained sentence encoder (models/text_encoder.py), read by the
+    # content models and the two-tower's content tower; ``none`` turns it off (the models then read genres,
+    # year and title words only).
+    text_encoder: Literal["minilm", "none"] = Field("minilm", description="minilm | none (RECSYS_TEXT_ENCODER).")
+    text_encoder_model_path: Path | None = Field(None, description="The encoder's ONNX file, if not the installed "
+                                                 "package's; it must still match the pinned sha256.")
+    text_vector_cache: Path | None = Field(None, description="Where item text vectors are kept between nights, "
+                                           "keyed by the text's hash (default RECSYS_HOME/embeddings).")
+    new_item_slots: int = Field(2, ge=0, description="At most this many items nobody has taken yet in a user's "
+                                "top 10, placed where they are likelier to be taken than the known item they "
+                                "displace (0: new items only in new_items).")
     batch_size: int = 1024
 
     # Where the night's independent work runs (model fits, evaluation slices, scoring blocks): ``local`` in
@@ -91,6 +102,10 @@ class Settings(BaseSettings):
     @property
     def landing_dir(self) -> Path:
         return self.home / "landing"
+
+    @property
+    def text_vector_dir(self) -> Path:
+        return self.text_vector_cache or self.home / "embeddings"
 
     @property
     def reports_dir(self) -> Path:

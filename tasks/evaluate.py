@@ -18,6 +18,9 @@ from recsys import db, progress
 from tasks.features import FeatureSet, Frames, store_features
 from tasks.metrics import (
     ACCURACY_METRICS,
+    ENCODER_ABLATION,
+    ITEM_COLD_BASELINES,
+    ITEM_COLD_MODELS,
     ITEM_METRICS,
     METRICS,
     Catalog,
@@ -72,10 +75,10 @@ class Slice:
 
 
 # The item-cold protocol: users -> items at these K (nDCG@10, recall@50, HR@50), items -> users at
-# ITEMS_TO_USERS_K, each against these baselines (showing a new item at random, or by genre).
+# ITEMS_TO_USERS_K, each against the baselines (tasks.metrics.ITEM_COLD_BASELINES).
 ITEM_COLD_KS = (10, 50)
 ITEMS_TO_USERS_K = 100
-ITEM_COLD_BASELINES = ("random", "genre_popularity")
+
 
 METRIC_COLUMNS = {"run_id": pl.String, "split": pl.String, "k_shot": pl.Int32, "model": pl.String,
                   "metric": pl.String, "k": pl.Int32, "value": pl.Float64, "ci_low": pl.Float64,
@@ -125,7 +128,7 @@ def evaluate_models(
                     rows.append((run_id, s.split, s.k_shot, name, metric, k, value, lo, hi, len(users),
                                  s.excluded_users))
         if item_cold:
-            rows += _items_to_users(served, s, seed, n_boot, run_id)
+            rows += _items_to_users(served, s, seed, n_boot, run_id, comparisons)
         references = ITEM_COLD_BASELINES if item_cold else (baseline,)
         pairs = [(name, reference, "lift" if reference == baseline else f"lift_over_{reference}")
                  for reference in references if reference in per_model for name in per_model if name != reference]
@@ -140,10 +143,11 @@ def evaluate_models(
     return pl.DataFrame(rows, schema=METRIC_COLUMNS, orient="row")
 
 
-def _items_to_users(served: dict[str, Served], s: Slice, seed: int, n_boot: int, run_id: str) -> list[tuple]:
+def _items_to_users(served: dict[str, Served], s: Slice, seed: int, n_boot: int, run_id: str,
+                    comparisons: tuple[tuple[str, str], ...] = ()) -> list[tuple]:
     """Items -> users on an item-cold slice: per new item, how its true users rank among the evaluated users,
     with bootstrap CIs over items (``n_users`` holds the number of items) and the paired lift over each
-    item-cold baseline."""
+    item-cold baseline and each ``comparisons`` reference."""
     truth = s.truth.filter(pl.col("item_id").is_in(s.new_items))
     n_items = truth["item_id"].n_unique()
     resamples = bootstrap_indices(n_items, n_boot, seed)
@@ -153,7 +157,8 @@ def _items_to_users(served: dict[str, Served], s: Slice, seed: int, n_boot: int,
         for metric in ITEM_METRICS:
             value, lo, hi = aggregate(metric, per_item[metric], resamples, 0)
             rows.append((run_id, s.split, s.k_shot, name, metric, ITEMS_TO_USERS_K, value, lo, hi, n_items, 0))
-            for reference in ITEM_COLD_BASELINES:
+            references = [*ITEM_COLD_BASELINES, *(ref for model, ref in comparisons if model == name)]
+            for reference in references:
                 if reference in values and reference != name:
                     value, lo, hi = paired_lift(per_item[metric], values[reference][metric], resamples)
                     rows.append((run_id, s.split, s.k_shot, name, f"{metric}_lift_over_{reference}", ITEMS_TO_USERS_K,
@@ -191,7 +196,7 @@ class ItemColdFold:
     @staticmethod
     def models(names: list[str]) -> list[str]:
         """What the fold fits and scores: the night's models and the item-cold baselines."""
-        return [*names, *(b for b in ITEM_COLD_BASELINES if b not in names)]
+        return [*names, *(b for b in (*ITEM_COLD_BASELINES, *ITEM_COLD_MODELS) if b not in names)]
 
     @staticmethod
     def fit_options(fitted: dict[str, FittedModel]) -> dict:
@@ -299,8 +304,10 @@ def evaluate_slice_step(settings, run_id: str, fold: EvaluationFold, slice_name:
                         folder: str) -> SliceMetrics:
     """Every model in ``models`` (saved fits, by path) on one slice of ``fold``, in one blockwise pass."""
     loaded = load_many(models)
+    ablation = (ENCODER_ABLATION,) if all(name in loaded for name in ENCODER_ABLATION) else ()
     metrics = evaluate_models(loaded, [fold.slice(slice_name)], settings.ks, settings.seed,
-                              settings.bootstrap_samples, run_id=run_id, max_users=settings.max_eval_users)
+                              settings.bootstrap_samples, run_id=run_id, max_users=settings.max_eval_users,
+                              comparisons=ablation)
     del loaded
     release_memory()
     path = Path(folder) / f"metrics-{slice_name}.parquet"

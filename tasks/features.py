@@ -16,6 +16,7 @@ import polars as pl
 from recsys import db, schema
 from recsys.errors import EmptyWarehouseError
 from recsys.settings import Settings
+from tasks.item_text import text_vectors
 
 USER_FEATURE_COLUMNS = ("user_id", "gender", "age_bucket", "occupation", "zip_region",
                         "activity_count", "mean_rating", "recency_days", "has_history")
@@ -29,23 +30,25 @@ class Frames:
     interactions: pl.DataFrame
     users: pl.DataFrame
     items: pl.DataFrame
+    text_vectors: pl.DataFrame | None = None  # (item_id, text_vector) from the pretrained encoder, if on
 
 
-def load_frames(con: duckdb.DuckDBPyConnection) -> Frames:
+def load_frames(con: duckdb.DuckDBPyConnection, settings: Settings | None = None) -> Frames:
+    """The warehouse's tables; with ``settings``, the items' text vectors too (``RECSYS_TEXT_ENCODER``)."""
     interactions = read_table(con, "select user_id, item_id, coalesce(rating, 1.0) as rating, ts "
                                    "from interactions order by user_id, ts, item_id")
     if interactions.height == 0:
         raise EmptyWarehouseError("the warehouse has no interactions yet; run `recsys ingest` first")
     users = read_table(con, "select user_id, age, gender, occupation, zip from users order by user_id")
     items = read_table(con, "select item_id, title, release_date, genres from items order by item_id")
-    return Frames(interactions, users, items)
+    return Frames(interactions, users, items, text_vectors(items, settings) if settings is not None else None)
 
 
 def build_features(frames: Frames, train: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """User and item features from the training fold only (no test interaction leaks in)."""
     reference = train["ts"].max() if train.height else datetime(1970, 1, 1)
     return (build_user_features(frames.users.lazy(), train.lazy(), reference),
-            build_item_features(frames.items.lazy(), train.lazy()))
+            build_item_features(frames.items.lazy(), train.lazy(), frames.text_vectors))
 
 
 def age_bucket(age: pl.Expr) -> pl.Expr:
@@ -89,10 +92,13 @@ def build_user_features(users: pl.LazyFrame, train: pl.LazyFrame, reference_time
     )
 
 
-def build_item_features(items: pl.LazyFrame, train: pl.LazyFrame) -> pl.DataFrame:
+def build_item_features(items: pl.LazyFrame, train: pl.LazyFrame, text_vectors: pl.DataFrame | None = None
+                        ) -> pl.DataFrame:
+    """Item features; with ``text_vectors``, each item's pretrained text vector as ``text_vector`` (null for
+    an item without text)."""
     stats = train.group_by("item_id").agg(popularity=pl.len().cast(pl.Int64), mean_rating=pl.col("rating").mean())
     ids = pl.concat([items.select("item_id"), train.select("item_id")]).unique()
-    return (
+    features = (
         ids.join(items, on="item_id", how="left")
         .join(stats, on="item_id", how="left")
         .with_columns(
@@ -102,9 +108,10 @@ def build_item_features(items: pl.LazyFrame, train: pl.LazyFrame) -> pl.DataFram
         )
         .with_columns(log_popularity=pl.col("popularity").log1p())
         .select(ITEM_FEATURE_COLUMNS)
-        .sort("item_id")
-        .collect()
     )
+    if text_vectors is not None:
+        features = features.join(text_vectors.lazy(), on="item_id", how="left")
+    return features.sort("item_id").collect()
 
 
 def read_table(con: duckdb.DuckDBPyConnection, query: str, params: dict | None = None) -> pl.DataFrame:
@@ -117,7 +124,8 @@ def write_features(
     user_features: pl.DataFrame, item_features: pl.DataFrame,
 ) -> None:
     """Replace the feature tables with this run's (the run_id column says which run built them)."""
-    for name, frame in (("user_features", user_features), ("item_features", item_features)):
+    # The text vectors stay in the fold's Parquet (what the models read), not in the warehouse table.
+    for name, frame in (("user_features", user_features), ("item_features", item_features.select(ITEM_FEATURE_COLUMNS))):
         staged = frame.with_columns(run_id=pl.lit(run_id))  # noqa: F841 - queried by name below
         con.execute(f"create or replace table {name} as select * from staged")
 

@@ -19,6 +19,14 @@ from models.ranking import ndcg_from_hits
 
 CATALOGUE_METRICS = {"coverage"}
 
+# The item-cold protocol's baselines: showing a new item at random, by genre, by genres and exact year, or to
+# the most active users (the strongest on MovieLens: a heavy user has taken more of everything).
+ITEM_COLD_BASELINES = ("random", "genre_popularity", "genre_year", "activity")
+# What the item-cold fold adds to the night's models: the audience model that ranks the published audiences,
+# and its twin without the pretrained encoder (the ablation the report's first line states).
+ITEM_COLD_MODELS = ("new_item_audience", "new_item_audience_without_text")
+ENCODER_ABLATION = ("new_item_audience", "new_item_audience_without_text")
+
 
 @dataclass
 class Catalog:

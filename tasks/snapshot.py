@@ -21,6 +21,7 @@ from recsys import db
 from recsys.errors import EmptyWarehouseError
 from recsys.settings import Settings
 from tasks.features import Frames
+from tasks.item_text import text_vectors
 
 TABLES = ("interactions", "users", "items")
 
@@ -32,15 +33,22 @@ class Snapshot:
     interactions: int
     users: int
     items: int
+    text_encoder: str = "none"  # the items' text vectors beside the tables: text_vectors-<encoder>.parquet
 
     def path(self, table: str) -> Path:
         return Path(self.folder) / f"{table}.parquet"
 
+    @property
+    def text_vectors_path(self) -> Path:
+        return Path(self.folder) / f"text_vectors-{self.text_encoder}.parquet"
+
     def exists(self) -> bool:
-        return all(self.path(table).exists() for table in TABLES)
+        return (all(self.path(table).exists() for table in TABLES)
+                and (self.text_encoder == "none" or self.text_vectors_path.exists()))
 
     def frames(self) -> Frames:
-        return Frames(*(pl.read_parquet(self.path(table)) for table in TABLES))
+        vectors = pl.read_parquet(self.text_vectors_path) if self.text_encoder != "none" else None
+        return Frames(*(pl.read_parquet(self.path(table)) for table in TABLES), text_vectors=vectors)
 
     def gate(self) -> pl.DataFrame:
         """The results of the newest validation gate when the snapshot was taken (empty if none)."""
@@ -61,17 +69,37 @@ def take_snapshot(settings: Settings) -> Snapshot:
         if counts["interactions"] == 0:
             raise EmptyWarehouseError("the warehouse has no interactions yet; run `recsys ingest` first")
         folder = settings.home / "snapshots" / fingerprint
-        snapshot = Snapshot(str(folder), fingerprint, counts["interactions"], counts["users"], counts["items"])
-        if snapshot.exists():
-            return snapshot
-        staging = settings.home / "snapshots" / f"_staging-{uuid.uuid4().hex[:8]}"
-        staging.mkdir(parents=True)
-        try:
-            for table in (*TABLES, "validation_results"):
-                target = str(staging / f"{table}.parquet").replace("'", "''")
-                con.execute(f"copy ({db.sql_text(settings, f'snapshot/{table}')}) to '{target}' (format parquet)")
-            shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from a crash
-            os.rename(staging, folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        snapshot = Snapshot(str(folder), fingerprint, counts["interactions"], counts["users"], counts["items"],
+                            settings.text_encoder)
+        if not all(snapshot.path(table).exists() for table in TABLES):
+            _copy_tables(con, settings, folder)
+    return with_text_vectors(snapshot, settings)
+
+
+def _copy_tables(con, settings: Settings, folder: Path) -> None:
+    """The tables, written aside and renamed into ``folder``: a folder is complete or absent."""
+    staging = settings.home / "snapshots" / f"_staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        for table in (*TABLES, "validation_results"):
+            target = str(staging / f"{table}.parquet").replace("'", "''")
+            con.execute(f"copy ({db.sql_text(settings, f'snapshot/{table}')}) to '{target}' (format parquet)")
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from a crash
+        os.rename(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def with_text_vectors(snapshot: Snapshot, settings: Settings) -> Snapshot:
+    """The snapshot's items' text vectors beside its tables (once per snapshot and encoder; texts seen on
+    an earlier night come from the vector cache)."""
+    if settings.text_encoder == "none" or snapshot.text_vectors_path.exists():
+        return snapshot
+    vectors = text_vectors(pl.read_parquet(snapshot.path("items")), settings)
+    staged = snapshot.text_vectors_path.with_name(f"_staging-{uuid.uuid4().hex[:8]}.parquet")
+    try:
+        vectors.write_parquet(staged)
+        os.replace(staged, snapshot.text_vectors_path)
+    finally:
+        staged.unlink(missing_ok=True)
     return snapshot

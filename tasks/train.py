@@ -28,6 +28,8 @@ def model_params(name: str, settings: Settings) -> dict:
     """Hyper-parameters that come from settings (the rest are each model's defaults)."""
     if name == "two_tower":
         return {"epochs": settings.epochs, "batch_size": settings.batch_size, "verbose": 2 if settings.verbose else 0}
+    if name == "hybrid":
+        return {"new_item_slots": settings.new_item_slots}
     return {}
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,11 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Item text vectors are kept between nights keyed by the text's hash; the suite's many homes share one cache,
+# so each synthetic title is embedded once per session (tests of the cache itself use their own).
+SESSION_VECTOR_CACHE = None
+if "RECSYS_TEXT_VECTOR_CACHE" not in os.environ:
+    SESSION_VECTOR_CACHE = os.environ["RECSYS_TEXT_VECTOR_CACHE"] = tempfile.mkdtemp(prefix="recsys-text-vectors-")
 
 from recsys import db  # noqa: E402
 from recsys.settings import Settings  # noqa: E402
@@ -24,6 +31,8 @@ def pytest_sessionfinish(session, exitstatus):
     """Collect what tests left in reference cycles (a caught error's frames holding a closed DuckDB connection)
     while DuckDB is still loaded: otherwise its nanobind bindings list them as leaked instances at exit."""
     gc.collect()
+    if SESSION_VECTOR_CACHE:
+        shutil.rmtree(SESSION_VECTOR_CACHE, ignore_errors=True)
 
 
 def ml100k_path() -> Path:

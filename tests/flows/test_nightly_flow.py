@@ -202,5 +202,8 @@ def test_each_model_is_fitted_once_per_fold(prefect_harness, small_synthetic, tm
     for key, value in {"RECSYS_EPOCHS": "1", "RECSYS_TOP_N": str(N), "RECSYS_BOOTSTRAP_SAMPLES": "20"}.items():
         monkeypatch.setenv(key, value)
     nightly_flow(run_date="2026-11-21", source="synthetic", path=str(small_synthetic), home=str(tmp_path))
-    # Once per fold: the evaluation fold, the item-cold fold and production; the item-cold baselines once.
-    assert fits == Counter({**{name: 3 for name in Settings().models}, "random": 1, "genre_popularity": 1}), fits
+    # Once per fold: the evaluation fold, the item-cold fold and production (the hybrid's audience model too);
+    # the item-cold baselines and the audience model's twin without the text encoder once.
+    assert fits == Counter({**{name: 3 for name in Settings().models}, "new_item_audience": 3, "random": 1,
+                            "genre_popularity": 1, "genre_year": 1, "activity": 1,
+                            "new_item_audience_without_text": 1}), fits

@@ -21,6 +21,10 @@ FAST_PARAMS = {
     "content_knn": {},
     "genre_popularity": {},
     "random": {},
+    "genre_year": {},
+    "activity": {},
+    "new_item_audience": {},
+    "new_item_audience_without_text": {},
     "two_tower": {"epochs": 3, "dim": 16, "hidden": 32, "batch_size": 256},
     "hybrid": {"grid_step": 0.25},
 }
@@ -55,9 +59,9 @@ def load_synthetic(folder):
     return inter, users, items
 
 
-def featurize(inter, users, items):
+def featurize(inter, users, items, text_vectors=None):
     reference = datetime(2030, 1, 1)
     return (features.build_user_features(users.lazy(), inter.lazy(), reference),
-            features.build_item_features(items.lazy(), inter.lazy()))
+            features.build_item_features(items.lazy(), inter.lazy(), text_vectors))
 
 

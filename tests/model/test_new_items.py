@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 from model_helpers import featurize, fit_model, load_synthetic
 
+from models.hybrid import WARM
 from models.ranking import standardize_rows
 from models.registry import build
 from models.text import title_token_matrix, title_words
@@ -30,7 +31,8 @@ def held_out(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fitted(held_out):
     split, uf, itf = held_out
-    return {name: fit_model(name, split.train, uf, itf, seed=1) for name in ("content_knn", "random", "hybrid")}
+    return {name: fit_model(name, split.train, uf, itf, seed=1)
+            for name in ("content_knn", "random", "activity", "new_item_audience", "hybrid")}
 
 
 def genre_affinity_lift(model, split) -> float:
@@ -92,7 +94,9 @@ def test_collaborative_parts_add_nothing_to_an_item_nobody_has_interacted_with(f
     for name in ("ease", "item_knn", "segment_popularity"):
         if name in parts:
             assert not parts[name][:, new].any(), name
-    assert np.isfinite(scores[:, new]).all() and scores[:, new].std() > 0  # content scores them
+    # Listed by the exploration policy alone: placed where the audience model is sure, out elsewhere.
+    placed = np.isfinite(scores[:, new])
+    assert placed.any() and (placed.sum(axis=1) <= hybrid.params["new_item_slots"]).all()
 
 
 def test_title_words_drop_years_articles_and_filler():
@@ -110,13 +114,13 @@ def test_a_hybrid_refuses_new_item_scorers_that_cannot_read_content(fitted):
 
 
 def test_a_new_items_audience_is_its_content_scorers_when_it_alone_scores_new_items(fitted, held_out):
-    """Whom to show a new item to is a comparison across users: the hybrid puts its components on a scale
-    common to all users (not per user), so with one new-item scorer the audiences are that scorer's exactly;
-    the users' own lists still blend per-user z-scores."""
+    """Without an audience model, whom to show a new item to is a comparison across users: the hybrid puts
+    its components on a scale common to all users (not per user), so with one new-item scorer the audiences
+    are that scorer's exactly; the users' own lists still blend per-user z-scores."""
     split, uf, itf = held_out
     hybrid = fitted["hybrid"]
-    only = build("hybrid", new_item_weights={"content_knn": 1.0}).use_components(hybrid.components).use_weights(
-        hybrid.weights, hybrid.tuning).fit(split.train, uf, itf, seed=1)
+    only = build("hybrid", new_item_weights={"content_knn": 1.0}, audience_model=None).use_components(
+        hybrid.components).use_weights(hybrid.weights, hybrid.tuning).fit(split.train, uf, itf, seed=1)
     users = np.sort(split.train["user_id"].unique().to_numpy())
     ours = only.serve(users, 10, explain=False, items=split.new_items, users_per_item=AUDIENCE)
     theirs = hybrid.components["content_knn"].serve(users, 10, explain=False, items=split.new_items,
@@ -134,3 +138,85 @@ def test_a_new_items_audience_is_its_content_scorers_when_it_alone_scores_new_it
     overlap = [len(np.intersect1d(users[np.argsort(-z[:, j], kind="stable")[:AUDIENCE]], audience)) / AUDIENCE
                for j, audience in enumerate(chosen["user_id"].to_list())]
     assert np.mean(overlap) < 0.9, np.mean(overlap)
+
+
+def item_ndcg_of(model, split, users_per_item: int = 100) -> float:
+    users = np.sort(split.truth["user_id"].unique().to_numpy())
+    best = model.serve(users, 10, explain=False, items=split.new_items, users_per_item=users_per_item).by_item
+    return float(item_to_user_values(best, split.truth, 100)["item_ndcg"].mean())
+
+
+def test_the_audience_model_beats_showing_new_items_to_the_most_active_users(fitted, held_out):
+    """The honest baseline for an audience is activity (a heavy user takes more of everything), not random:
+    content affinity weighed with activity on held-out training items must beat it clearly, and the
+    hybrid's published audiences are the audience model's."""
+    split, _, _ = held_out
+    activity, audience = item_ndcg_of(fitted["activity"], split), item_ndcg_of(fitted["new_item_audience"], split)
+    assert audience > 1.15 * activity, (audience, activity)
+    assert item_ndcg_of(fitted["hybrid"], split) == pytest.approx(audience)
+    weights = dict(zip(("activity", "affinity", "genre_share", "activity_x_affinity"),
+                       fitted["new_item_audience"].weights, strict=True))
+    assert weights["affinity"] > 0 and weights["activity"] > 0, weights
+
+
+def test_activity_ranks_users_by_their_interactions_and_new_items_first_in_a_list(fitted, held_out):
+    split, _, _ = held_out
+    model = fitted["activity"]
+    users = np.sort(split.train["user_id"].unique().to_numpy())
+    scores = model.score_users(users)
+    counts = np.diff(model.train[np.searchsorted(model.user_ids, users)].indptr)
+    for col in np.searchsorted(model.item_ids, split.new_items[:5]):
+        order = np.argsort(-scores[:, col], kind="stable")
+        assert np.all(np.diff(counts[order]) <= 0)  # by activity, whatever the item
+    top = model.recommend(users[:20], n=10)
+    assert top["item_id"].is_in(split.new_items).all()  # items nobody has taken come first in a user's list
+
+
+def new_items_in_lists(hybrid, split, users):
+    top = hybrid.serve(users, 10, explain=True).top
+    return top.filter(pl.col("item_id").is_in(split.new_items))
+
+
+def test_new_items_enter_lists_where_they_are_likelier_than_what_they_displace(fitted, held_out):
+    """Calibrated placement: at most new_item_slots new items a list, within the top new_item_rank, each
+    at a rank whose known item (by the tuned blend's hit rate there) is less likely to be taken than the new
+    item (by the audience model's calibrated probability), explained by content; and they land with the
+    users who took them far more often than random exposure would."""
+    split, _, _ = held_out
+    hybrid = fitted["hybrid"]
+    users = np.sort(split.train["user_id"].unique().to_numpy())
+    placed = new_items_in_lists(hybrid, split, users)
+    slots, depth = hybrid.params["new_item_slots"], hybrid.params["new_item_rank"]
+    assert placed.height > 0
+    assert placed.group_by("user_id").len()["len"].max() <= slots
+    assert (placed["rank"] <= depth).all()
+    assert (placed["reason_kind"] == "content").all() and placed["reason_item_id"].is_not_null().all()
+    audience = hybrid.components["new_item_audience"]
+    curve, share = hybrid.hit_rates[WARM]  # these users are all in training: the warm bucket's calibration
+    sample = placed.head(200)
+    logits = audience.score_users(sample["user_id"].to_numpy())
+    cols = np.searchsorted(audience.item_ids, sample["item_id"].to_numpy())
+    p = share / (1 + np.exp(-logits[np.arange(sample.height), cols]))
+    known_above = sample["rank"].to_numpy() - 1 - (sample.with_row_index().join(  # new items ranked above it
+        placed, on="user_id").filter(pl.col("rank_right") < pl.col("rank")).group_by("index").len()
+        .sort("index").join(sample.with_row_index().select("index"), on="index", how="right")["len"].fill_null(0)
+        .to_numpy())
+    assert np.all(p > curve[known_above] - 1e-9)  # likelier than the known item it went above
+    hits = placed.join(split.truth, on=["user_id", "item_id"], how="semi").height / placed.height
+    chance = split.truth.height / (len(users) * len(split.new_items))  # a random (user, new item) pair
+    assert hits > 2 * chance, (hits, chance)
+
+
+def test_no_slots_no_new_items_in_lists(fitted, held_out):
+    split, uf, itf = held_out
+    hybrid = fitted["hybrid"]
+    closed = build("hybrid", new_item_slots=0).use_components(hybrid.components).use_weights(
+        hybrid.weights, hybrid.tuning).fit(split.train, uf, itf, seed=1)
+    users = np.sort(split.train["user_id"].unique().to_numpy())
+    assert new_items_in_lists(closed, split, users).height < new_items_in_lists(hybrid, split, users).height
+    opened = hybrid.serve(users, 10, explain=False).top
+    kept = closed.serve(users, 10, explain=False).top
+    # Where nothing is placed, the lists are the same.
+    untouched = opened.filter(~pl.col("user_id").is_in(new_items_in_lists(hybrid, split, users)["user_id"]))
+    assert untouched.select("user_id", "item_id", "rank").equals(
+        kept.filter(pl.col("user_id").is_in(untouched["user_id"])).select("user_id", "item_id", "rank"))
