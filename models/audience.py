@@ -82,6 +82,11 @@ class NewItemAudience(Recommender):
     name = "new_item_audience"
     scores_new_items = True
 
+    @staticmethod
+    def saved_weights(path: Path) -> dict:
+        """What a saved audience model learned and on what (for the report), without loading it."""
+        return json.loads((Path(path) / "audience.json").read_text())
+
     @classmethod
     def default_params(cls) -> dict:
         return {
@@ -171,7 +176,10 @@ class NewItemAudience(Recommender):
         self.genre_model._save_state(path)
         np.savez(path / "audience.npz", weights=self.weights, mean=self.mean, scale=self.scale,
                  calibration=self.calibration)
-        (path / "audience.json").write_text(json.dumps({"features": FEATURES, "validation": self.validation}))
+        (path / "audience.json").write_text(json.dumps({
+            "features": FEATURES, "validation": self.validation,
+            "standardised_weights": dict(zip(FEATURES, map(float, self.weights), strict=True)),
+            "calibration": {"intercept": float(self.calibration[0]), "slope": float(self.calibration[1])}}, indent=2))
 
     def _load_state(self, path: Path) -> None:
         weight = self.params["text_weight"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from models.audience import NewItemAudience
 from models.base import Recommender, Served, serve_together
 from models.hybrid import Hybrid
 from models.ranking import bootstrap_indices, paired_lift
@@ -322,9 +323,12 @@ def write_evaluation_step(settings, run_id: str, fold: EvaluationFold, parts: li
     folder = Path(folder)
     metrics = pl.concat([pl.read_parquet(part.path) for part in parts])
     blend = Hybrid.saved_blend(Path(fitted["hybrid"])) if "hybrid" in fitted else None
+    tuning = {"hybrid": blend["tuning"]} if blend else {}
+    if "new_item_audience" in fitted:  # the audience model's weights, learned on held-out training items
+        tuning["new_item_audience"] = NewItemAudience.saved_weights(Path(fitted["new_item_audience"]))
     docs = docs_index(settings)
     progress.doing("writing the report")
-    paths = write_report(metrics, folder, run_id, fold.protocol, {"hybrid": blend["tuning"]} if blend else {},
+    paths = write_report(metrics, folder, run_id, fold.protocol, tuning,
                          k=min(settings.ks), gate=gate, docs=str(docs) if docs.exists() else None)
     metrics_path = folder / "metrics.parquet"
     metrics.write_parquet(metrics_path)

@@ -277,7 +277,8 @@ def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dic
           "![model comparison](model_comparison.png)", "", "![coverage and novelty](coverage_novelty.png)", "",
           "## Protocol", "", *_table(protocol_table(protocol)), ""]
     if tuning:
-        md += ["## Hybrid weights (tuned on validation users drawn from training users)", "", "```json",
+        md += ["## Weights learned on validation data drawn from training (the hybrid's blend per history bucket, "
+               "the audience model's on held-out training items)", "", "```json",
                json.dumps(tuning, indent=2, default=str), "```", ""]
     md_path = folder / "report.md"
     md_path.write_text("\n".join(md))

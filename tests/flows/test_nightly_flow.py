@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from datetime import date
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -207,3 +208,17 @@ def test_each_model_is_fitted_once_per_fold(prefect_harness, small_synthetic, tm
     assert fits == Counter({**{name: 3 for name in Settings().models}, "new_item_audience": 3, "random": 1,
                             "genre_popularity": 1, "genre_year": 1, "activity": 1,
                             "new_item_audience_without_text": 1}), fits
+
+
+def test_the_report_opens_with_the_encoder_and_states_the_audience_weights(night):
+    """The night quantifies what the pretrained encoder adds to new items' audiences (first line of the
+    report) and states the audience model's weights, learned on held-out training items."""
+    _, first, _ = night
+    report = Path(first["evaluation"].report_markdown).read_text()
+    assert report.splitlines()[2].startswith("**New items and the pretrained encoder:**")
+    assert "all-MiniLM-L6-v2" in report.splitlines()[2] and "strongest baseline" in report.splitlines()[2]
+    assert '"new_item_audience"' in report and '"standardised_weights"' in report and '"activity"' in report
+    snapshot = first["snapshot"]
+    vectors = pl.read_parquet(snapshot.text_vectors_path)
+    assert snapshot.text_encoder == "minilm" and vectors.height == snapshot.items
+    assert vectors["text_vector"].dtype == pl.Array(pl.Float32, 384)
