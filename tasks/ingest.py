@@ -105,16 +105,27 @@ def _text(column: str) -> str:
     return f"nullif(trim(cast({db.quote_ident(column)} as varchar)), '')"
 
 
+# Epoch seconds a timestamp can hold (years 1 to 9999): outside, or NaN/inf, a value is rejected per row; the
+# bulk conversion of one such value (``to_timestamp(1e20)``) raised and failed the whole file.
+EPOCH_MIN, EPOCH_MAX = -62_135_596_800, 253_402_300_799
+
+
 def _timestamp_expr(text: str, fmt: str) -> str:
-    epoch = f"to_timestamp(try_cast({text} as double))::timestamp"
-    iso = f"try_cast({text} as timestamp)"
+    """A finite timestamp or NULL (the row is then rejected with the reason): never an error for the file,
+    never ``infinity`` (DuckDB parses "infinity" as a timestamp, which broke every later night)."""
+    seconds = f"try_cast({text} as double)"
+    epoch = (f"case when isfinite({seconds}) and {seconds} between {EPOCH_MIN} and {EPOCH_MAX} "
+             f"then to_timestamp({seconds})::timestamp end")
+    parsed = f"try_cast({text} as timestamp)"
+    iso = f"case when isfinite({parsed}) then {parsed} end"
     if fmt == "epoch":
         return epoch
     if fmt == "iso":
         return iso
     if fmt == "auto":
         return f"coalesce({epoch}, {iso})"
-    return f"try_strptime({text}, '{fmt.replace(chr(39), chr(39) * 2)}')"
+    custom = f"try_strptime({text}, '{fmt.replace(chr(39), chr(39) * 2)}')"
+    return f"case when isfinite({custom}) then {custom} end"
 
 
 _TIMESTAMP_WORDS = {
@@ -167,8 +178,9 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, st
         if raw is None:
             out.append(("rating", "cast(null as double)", None))
         else:
-            typed = f"try_cast({raw} as double)"
-            out.append(("rating", typed, f"case when {typed} is null then 'rating is not a number: ' || "
+            number = f"try_cast({raw} as double)"
+            typed = f"case when isfinite({number}) then {number} end"  # NaN and inf are not ratings
+            out.append(("rating", typed, f"case when {typed} is null then 'rating is not a finite number: ' || "
                                          f"coalesce('\"' || left({raw}, {MAX_ECHO}) || '\"', 'empty') end"))
         raw = text_of("ts")
         typed = _timestamp_expr(raw, spec.timestamp_format)

@@ -85,7 +85,7 @@ def test_unparsable_rows_are_kept_with_line_and_reason(con, settings, tmp_path):
     assert 'user_id is not a positive whole number written in digits' in rejects[4] and '"x"' in rejects[4]
     assert "too many columns" in rejects[5]
     assert 'timestamp is not epoch seconds or an ISO date-time: "notatime"' in rejects[6]
-    assert 'rating is not a number: "abc"' in rejects[7]
+    assert 'rating is not a finite number: "abc"' in rejects[7]
     raw = dict(con.execute("select line_number, raw from rejects").fetchall())
     assert raw[4] == "x,12,3,881250949" and raw[5] == "2,13,4,881250949,9"
     assert count(con, "interactions") == 2
@@ -250,3 +250,47 @@ def test_the_gate_says_when_a_file_failed_rather_than_already_loaded(con, settin
     result = validate.validate_batch(con, settings, "r1", raise_on_failure=False)
     assert "could not be parsed" in validate.format_gate(result)
     assert "already loaded" not in validate.format_gate(result)
+
+
+@pytest.mark.parametrize("fmt", ["auto", "epoch", "iso"])
+def test_non_finite_and_out_of_range_values_are_rejected_per_row(con, settings, tmp_path, fmt):
+    """NaN, inf, "infinity" and 1e20 among good rows: each bad row rejected with its line and reason, the good
+    rows loaded (one such value used to fail the whole file, or load a NULL epoch that broke every later night)."""
+    good = "881250949" if fmt != "iso" else "1997-12-04T15:55:49"
+    f = write(tmp_path / "odd.csv", "uid,iid,stars,when\n"
+              f"1,10,5,{good}\n"          # 2 good
+              "1,11,4,nan\n"              # 3
+              "1,12,4,inf\n"              # 4
+              "1,13,4,-infinity\n"        # 5
+              "1,14,4,infinity\n"         # 6
+              "1,15,4,1e20\n"             # 7
+              f"1,16,nan,{good}\n"        # 8 rating NaN
+              f"1,17,inf,{good}\n"        # 9 rating inf
+              f"2,18,3,{good}\n")         # 10 good
+    mapping = {"interactions": {**MAPPING["interactions"], "timestamp_format": fmt}}
+    report = load(con, settings, tabular_specs("csv", f, mapping))
+    (result,) = report.files
+    assert result.status == "loaded"
+    assert (result.rows_read, result.rows_accepted, result.rows_rejected) == (9, 2, 7)
+    rejects = dict(con.execute("select line_number, reason from rejects order by 1").fetchall())
+    assert sorted(rejects) == [3, 4, 5, 6, 7, 8, 9]
+    assert all(rejects[line].startswith("timestamp is not") for line in (3, 4, 5, 6, 7))
+    assert 'rating is not a finite number: "nan"' in rejects[8] and '"inf"' in rejects[9]
+    assert db.scalar(con, "select count(*) from interactions where not isfinite(ts) or ts is null") == 0
+    assert db.scalar(con, "select count(*) from interactions where not isfinite(rating)") == 0
+    assert_identity(con)
+
+
+def test_non_finite_parquet_values_are_rejected_per_row(con, settings, tmp_path):
+    table = pa.table({"u": [1, 2, 3, 4, 5], "i": [5, 6, 7, 8, 9], "r": [4.0, float("nan"), 3.0, float("inf"), 2.0],
+                      "t": [881250949.0, 881250950.0, float("inf"), 881250951.0, 1e20]})
+    pq.write_table(table, tmp_path / "events.parquet")
+    mapping = {"interactions": {"user_id": "u", "item_id": "i", "rating": "r", "timestamp": "t"}}
+    report = load(con, settings, tabular_specs("parquet", tmp_path / "events.parquet", mapping), source="parquet")
+    (result,) = report.files
+    assert (result.rows_read, result.rows_accepted, result.rows_rejected) == (5, 1, 4)
+    reasons = dict(con.execute("select line_number, reason from rejects order by 1").fetchall())
+    assert sorted(reasons) == [2, 3, 4, 5]  # Parquet rows are numbered from 1
+    assert "rating is not a finite number" in reasons[2] and "timestamp is not" in reasons[3]
+    assert "rating is not a finite number" in reasons[4] and "timestamp is not" in reasons[5]
+    assert_identity(con)
