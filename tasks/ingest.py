@@ -16,7 +16,14 @@ For every file: rows_read = rows_accepted + rows_rejected + rows_duplicate + row
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
+import dataclasses
+import hashlib
+import os
+import shutil
+import stat
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +32,7 @@ import duckdb
 from recsys import db, schema
 from recsys.errors import SchemaMismatchError
 from recsys.settings import Settings
-from tasks.sources import FileSpec, sha256_file
+from tasks.sources import FileSpec
 
 
 @dataclass
@@ -296,8 +303,48 @@ def stage_file(
     if not Path(spec.path).exists():
         result.status, result.message = "failed", f"{path}: no such file"
         return result
-    sha = sha256_file(spec.path)
-    size = Path(spec.path).stat().st_size
+    with private_copy(settings, Path(spec.path)) as copied:
+        if isinstance(copied, str):  # not a regular file: named, never read (a FIFO would block forever)
+            result.status, result.message = "failed", copied
+            return result
+        copy, sha, size = copied
+        return _stage_copy(con, settings, dataclasses.replace(spec, path=copy), run_id, source, result, sha, size)
+
+
+@contextlib.contextmanager
+def private_copy(settings: Settings, path: Path):
+    """The file's bytes, read once into a private copy under RECSYS_HOME and hashed while copying: what is
+    hashed is exactly what is loaded, even when a producer replaces the file in between (write-then-rename
+    uploads do). Yields (copy, sha256, size), or a message for anything that is not a regular file; opened
+    without blocking, so a FIFO cannot hold the ingest (and its run lock) forever. The copy is removed after."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        yield f"{path}: cannot be read ({exc.strerror or exc}); check its permissions"
+        return
+    folder = settings.home / "ingest-copies" / uuid.uuid4().hex[:12]
+    try:
+        with os.fdopen(fd, "rb") as source:
+            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+                yield f"{path}: not a regular file (a folder, FIFO or device); remove or rename it"
+                return
+            folder.mkdir(parents=True)
+            copy = folder / path.name
+            digest, size = hashlib.sha256(), 0
+            with open(copy, "wb") as target:
+                while block := source.read(1 << 20):
+                    digest.update(block)
+                    target.write(block)
+                    size += len(block)
+        yield copy, digest.hexdigest(), size
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stage_copy(con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec, run_id: str, source: str,
+                result: FileResult, sha: str, size: int) -> FileResult:
+    """Stage the private copy ``spec.path`` of the file ``result.path`` (messages name the original)."""
+    path = result.path
     previous = db.run(con, settings, "ingest/previous_load", {"sha256": sha, "kind": spec.kind})
     if previous:
         file_id, first_path, when = previous[0]
@@ -316,7 +363,8 @@ def stage_file(
             raise SchemaMismatchError(f"{path}: compressed files are not supported ({kind}): unpack it first")
         _parse(con, settings, spec)
     except (SchemaMismatchError, duckdb.Error, UnicodeError, OSError) as exc:
-        result.status, result.message = "failed", capped(str(exc).splitlines()[0] if str(exc) else repr(exc))
+        message = (str(exc).splitlines()[0] if str(exc) else repr(exc)).replace(str(spec.path), path)
+        result.status, result.message = "failed", capped(message)
         db.run(con, settings, "ingest/insert_ledger", {**ledger, "rows_read": 0, "rows_accepted": 0,
                                                         "rows_rejected": 0, "status": "failed",
                                                         "message": result.message})

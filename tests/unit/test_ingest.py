@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
 import zipfile
 
 import pyarrow as pa
@@ -294,3 +296,38 @@ def test_non_finite_parquet_values_are_rejected_per_row(con, settings, tmp_path)
     assert "rating is not a finite number" in reasons[2] and "timestamp is not" in reasons[3]
     assert "rating is not a finite number" in reasons[4] and "timestamp is not" in reasons[5]
     assert_identity(con)
+
+
+def test_what_is_loaded_is_what_was_hashed_even_if_the_file_is_swapped(con, settings, tmp_path, monkeypatch):
+    """A producer replacing the file (write-then-rename) between hashing and loading used to record the
+    first file's hash with the second file's rows, so the first file could never be loaded again."""
+    first = "uid,iid,stars,when\n1,10,5,881250949\n"
+    second = "uid,iid,stars,when\n2,20,4,881250949\n3,30,4,881250949\n"
+    f = write(tmp_path / "ratings.csv", first)
+    real = ingest._stage_copy
+
+    def swap_then_stage(*args, **kwargs):
+        (tmp_path / "incoming.csv").write_text(second)
+        os.replace(tmp_path / "incoming.csv", f)  # the upload lands after the hash, before the load
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "_stage_copy", swap_then_stage)
+    load(con, settings, tabular_specs("csv", f, MAPPING))
+    monkeypatch.setattr(ingest, "_stage_copy", real)
+    assert con.execute("select user_id, item_id from interactions").fetchall() == [(1, 10)]
+    (sha,) = con.execute("select sha256 from ingest_ledger").fetchone()
+    assert sha == hashlib.sha256(first.encode()).hexdigest()
+    again = load(con, settings, tabular_specs("csv", f, MAPPING), run_id="r2")  # the second file, now
+    assert [r.status for r in again.files] == ["loaded"]
+    assert count(con, "interactions") == 3
+    assert not (settings.home / "ingest-copies").exists() or not any((settings.home / "ingest-copies").iterdir())
+
+
+def test_a_fifo_or_folder_given_as_the_file_fails_alone_without_blocking(con, settings, tmp_path):
+    os.mkfifo(tmp_path / "p.csv")
+    (tmp_path / "d.csv").mkdir()
+    good = write(tmp_path / "good.csv", "uid,iid,stars,when\n1,10,5,881250949\n")
+    specs = [*tabular_specs("csv", tmp_path / "p.csv", MAPPING), *tabular_specs("csv", good, MAPPING)]
+    report = ingest.stage_batch(con, settings, specs, "r1", "csv")
+    assert [f.status for f in report.files] == ["failed", "staged"]
+    assert "not a regular file" in report.files[0].message and "p.csv" in report.files[0].message
