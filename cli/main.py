@@ -17,7 +17,6 @@ import sys
 import traceback
 from pathlib import Path
 
-import duckdb
 import polars as pl
 from prefect.schedules import Cron
 from prefect.settings import (
@@ -38,7 +37,7 @@ from tasks import ingest, validate
 from tasks.evaluate import evaluate_step
 from tasks.features import features_step, load_frames
 from tasks.generate import GeneratorConfig, generate
-from tasks.query import named_query, open_views, run_readonly
+from tasks.query import fetch_readonly, named_query, open_views, parse_param
 from tasks.report import headline_table
 from tasks.sources import load_mapping, with_overrides
 from tasks.train import fit_tuned, format_training, save_models
@@ -175,11 +174,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
         raise ConfigError(f"--param takes NAME=VALUE, not {bad[0]!r}")
     params = dict(p.split("=", 1) for p in args.param or [])
     con = open_views(settings)
-    relation = run_readonly(con, sql, {k: int(v) if v.lstrip("-").isdigit() else v for k, v in params.items()})
-    try:
-        frame = relation.pl()
-    except duckdb.Error as exc:
-        raise ConfigError(f"the query failed: {str(exc).splitlines()[0]}") from exc
+    frame = fetch_readonly(con, sql, {k: parse_param(v) for k, v in params.items()}, settings.sql_timeout_seconds)
     with pl.Config(tbl_rows=args.limit, tbl_cols=-1, tbl_width_chars=200):
         print(frame)
     return EXIT_OK

@@ -124,8 +124,9 @@ def test_train_and_evaluate_commands_on_a_small_warehouse(tmp_path, monkeypatch,
     assert "segment_popularity" in out and "report:" in out
     with db.warehouse(settings) as con:
         assert db.scalar(con, "select count(distinct model) from metrics where split <> 'item_cold'") == 2
-        # The item-cold protocol scores the same models and its two baselines on its own fold.
-        assert db.scalar(con, "select count(distinct model) from metrics where split = 'item_cold'") == 4
+        # The item-cold protocol scores the same models, its four baselines and the audience model with and
+        # without the text encoder on its own fold.
+        assert db.scalar(con, "select count(distinct model) from metrics where split = 'item_cold'") == 8
         assert db.scalar(con, "select count(*) from user_features") == 300
 
 
