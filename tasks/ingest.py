@@ -174,9 +174,16 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, st
             reason = f"case when {raw} is not null and {typed} is null then '{name} is not {expected}: ' || {shown} end"
         out.append((name, typed, reason))
 
-    def text(name: str) -> None:
+    def text(name: str, categorical: bool = False) -> None:
+        """A text column; a categorical one (a code like gender or occupation) refuses markup characters, so no
+        value renders as HTML in the gate's Data Docs or anywhere else a value is shown."""
         raw = text_of(name)
-        out.append((name, raw if raw is not None else "cast(null as varchar)", None))
+        if raw is None:
+            out.append((name, "cast(null as varchar)", None))
+            return
+        reason = (f"case when regexp_matches({raw}, '[<>]') then '{name} holds markup (< or >), which a "
+                  f"category never needs: \"' || left({raw}, {MAX_ECHO}) || '\"' end") if categorical else None
+        out.append((name, raw, reason))
 
     if spec.kind == "interactions":
         integer("user_id", True)
@@ -199,7 +206,7 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, st
         integer("user_id", True)
         integer("age", False, "integer")
         for name in ("gender", "occupation", "zip"):
-            text(name)
+            text(name, categorical=True)
     else:  # items
         integer("item_id", True)
         text("title")
@@ -222,7 +229,9 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, st
             typed = ("cast([] as varchar[])" if raw is None else
                      f"coalesce(list_filter(list_transform(string_split({raw}, {_literal(spec.genres_separator)}), "
                      f"lambda x: trim(x)), lambda x: x <> ''), cast([] as varchar[]))")
-            out.append(("genres", typed, None))
+            out.append(("genres", typed, None if raw is None else (
+                f"case when regexp_matches({raw}, '[<>]') then 'genres hold markup (< or >): \"' || "
+                f"left({raw}, {MAX_ECHO}) || '\"' end")))
     return out
 
 

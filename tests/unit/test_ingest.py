@@ -331,3 +331,22 @@ def test_a_fifo_or_folder_given_as_the_file_fails_alone_without_blocking(con, se
     report = ingest.stage_batch(con, settings, specs, "r1", "csv")
     assert [f.status for f in report.files] == ["failed", "staged"]
     assert "not a regular file" in report.files[0].message and "p.csv" in report.files[0].message
+
+
+def test_markup_in_a_category_is_rejected_per_row(con, settings, tmp_path):
+    """A users file whose gender held <img src=x onerror=...> loaded (the check was a warning) and rendered
+    unescaped in the Data Docs page: a category never needs < or >."""
+    users = write(tmp_path / "users.csv", "user_id,age,gender,occupation,zip\n"
+                  "1,30,F,writer,12345\n"
+                  "2,31,<img src=x onerror=alert(1)>,writer,12345\n"
+                  "3,32,M,<b>boss</b>,12345\n")
+    items = write(tmp_path / "items.csv", "item_id,title,genres\n1,Heat (1995),Action\n2,Up (2009),<script>\n")
+    inter = write(tmp_path / "ratings.csv", "uid,iid,stars,when\n1,1,5,881250949\n")
+    specs = tabular_specs("csv", inter, MAPPING, users=users, items=items)
+    load(con, settings, specs)
+    reasons = dict(con.execute("select line_number || ':' || kind, reason from rejects").fetchall())
+    assert set(reasons) == {"3:users", "4:users", "3:items"}
+    assert "gender holds markup" in reasons["3:users"] and "occupation holds markup" in reasons["4:users"]
+    assert "genres hold markup" in reasons["3:items"]
+    assert con.execute("select user_id from users order by 1").fetchall() == [(1,)]
+    assert_identity(con)
