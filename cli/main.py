@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import traceback
+from datetime import date
 from pathlib import Path
 
 import polars as pl
@@ -224,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     nig = sub.add_parser("nightly", help="ingest, validate, features, evaluate, train and publish one night")
     _add_source_args(nig)
-    nig.add_argument("--run-date", help="the night to publish, YYYY-MM-DD (default: today, UTC)")
+    nig.add_argument("--run-date", type=_run_date, help="the night to publish, YYYY-MM-DD (default: today, UTC)")
     nig.add_argument("--models", nargs="+", help="models to train (default: RECSYS_MODELS)")
     nig.add_argument("--publish-model", help="the model whose lists are published (default: RECSYS_PUBLISH_MODEL, "
                                              "hybrid)")
@@ -280,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--out", default="var/benchmarks/new_items.json", help="JSON output file")
     new.set_defaults(func=cmd_benchmark)
     return parser
+
+
+def _run_date(text: str) -> str:
+    """argparse type: a YYYY-MM-DD date, checked before anything runs."""
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a date: give YYYY-MM-DD, e.g. 2026-12-02") from exc
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:

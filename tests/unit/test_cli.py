@@ -196,3 +196,17 @@ def test_loading_the_deep_model_prints_nothing():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stderr == "loaded\n" and done.stdout == ""
+
+
+def test_a_bad_run_date_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["nightly", "--run-date", "2026-13-45"])
+    assert stopped.value.code == 2
+    assert "'2026-13-45' is not a date: give YYYY-MM-DD" in capsys.readouterr().err
+    assert not (tmp_path / "home" / "warehouse.duckdb").exists()  # nothing ran, nothing was ingested
+    from flows.nightly import night_of
+    from recsys.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is not a date"):  # a deployment's parameter, checked first too
+        night_of("2026-13-45")
