@@ -146,8 +146,10 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, str, str | None]]:
-    """(canonical name, typed expression, reason expression or None) for each canonical column."""
+def _typed_columns(spec: FileSpec, mapped: dict[str, str], types: dict[str, str] | None = None
+                   ) -> list[tuple[str, str, str | None]]:
+    """(canonical name, typed expression, reason expression or None) for each canonical column. ``types``: the
+    source columns' types where the file has them (Parquet), so a reason can say what a value was stored as."""
     out: list[tuple[str, str, str | None]] = []
 
     def text_of(name: str) -> str | None:
@@ -161,7 +163,12 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, st
             out.append((name, f"cast(null as {sql_type})", None))
             return
         typed = f"case when regexp_full_match({raw}, '[0-9]{{1,18}}') then try_cast({raw} as {sql_type}) end"
-        if name.endswith("_id"):
+        stored = (types or {}).get(mapped[name], "")
+        if name.endswith("_id") and stored.upper().split("(")[0] in ("FLOAT", "DOUBLE", "DECIMAL", "REAL"):
+            typed = f"nullif({typed}, 0)"
+            expected = (f"a positive whole number: the Parquet column {mapped[name][:60]!r} is {stored}, and an "
+                        "id is never a fraction; store ids as an integer type (INT64)").replace("'", "''")
+        elif name.endswith("_id"):
             typed = f"nullif({typed}, 0)"
             expected = ("a positive whole number written in digits (string ids such as \"u17\" or UUIDs are not "
                         "supported: map them to integers first)")
@@ -239,14 +246,16 @@ def _parse(con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec) -
     """Fill temp tables ``parsed`` (line_number, raw, canonical columns, reason) and ``structural_rejects``."""
     if spec.format == "parquet":
         con.execute(db.sql_text(settings, "ingest/read_parquet_raw"), {"path": str(spec.path)})
-        available = tuple(name for (name,) in con.execute(
-            "select column_name from (describe raw_file) where column_name <> 'file_row_number'").fetchall())
+        described = dict(con.execute("select column_name, column_type from (describe raw_file) "
+                                     "where column_name <> 'file_row_number'").fetchall())
+        available = tuple(described)
         mapped = _source_columns(spec, available)
         con.execute("create or replace temp table structural_rejects "
                     "(line_number bigint, raw varchar, reason varchar)")
         line_expr = "file_row_number + 1"
         source = "raw_file"
         raw_columns = available
+        types = described
     else:
         available = _read_header(spec) if spec.header else tuple(spec.names or ())
         if not available:
@@ -271,8 +280,9 @@ def _parse(con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec) -
         line_expr = "l.line_number"
         source = "(select rowid as ordinal, * from raw_file) r join line_map l using (ordinal)"
         raw_columns = available
+        types = {}
 
-    typed = _typed_columns(spec, mapped)
+    typed = _typed_columns(spec, mapped, types)
     raw_expr = "concat_ws(" + _literal(spec.delimiter) + ", " + ", ".join(
         f"coalesce(cast({db.quote_ident(c)} as varchar), '')" for c in raw_columns) + ")"
     selects = ",\n        ".join(f"{expr} as {db.quote_ident(name)}" for name, expr, _ in typed)

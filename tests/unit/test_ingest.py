@@ -350,3 +350,13 @@ def test_markup_in_a_category_is_rejected_per_row(con, settings, tmp_path):
     assert "genres hold markup" in reasons["3:items"]
     assert con.execute("select user_id from users order by 1").fetchall() == [(1,)]
     assert_identity(con)
+
+
+def test_float_ids_in_parquet_are_named_as_floats_not_strings(con, settings, tmp_path):
+    table = pa.table({"u": [1.0, 2.0], "i": [5, 6], "r": [4.0, 3.0], "t": [881250949, 881250950]})
+    pq.write_table(table, tmp_path / "floats.parquet")
+    mapping = {"interactions": {"user_id": "u", "item_id": "i", "rating": "r", "timestamp": "t"}}
+    load(con, settings, tabular_specs("parquet", tmp_path / "floats.parquet", mapping), source="parquet")
+    reasons = [r for (r,) in con.execute("select reason from rejects").fetchall()]
+    assert len(reasons) == 2
+    assert all("the Parquet column 'u' is DOUBLE" in r and "INT64" in r and "string ids" not in r for r in reasons)
