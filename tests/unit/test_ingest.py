@@ -360,3 +360,16 @@ def test_float_ids_in_parquet_are_named_as_floats_not_strings(con, settings, tmp
     reasons = [r for (r,) in con.execute("select reason from rejects").fetchall()]
     assert len(reasons) == 2
     assert all("the Parquet column 'u' is DOUBLE" in r and "INT64" in r and "string ids" not in r for r in reasons)
+
+
+def test_a_header_only_file_is_a_no_op_not_a_held_batch(con, settings, tmp_path):
+    f = write(tmp_path / "empty.csv", "uid,iid,stars,when\n")
+    report = ingest.stage_batch(con, settings, tabular_specs("csv", f, MAPPING), "r1", "csv")
+    assert report.files[0].message == "no data rows"
+    result = validate.validate_batch(con, settings, "r1", all_users_known=True, all_items_known=True)
+    assert result.passed and result.outcomes == []
+    assert "nothing new was staged" in validate.format_gate(result) and "no data rows" in validate.format_gate(result)
+    ingest.promote_batch(con, settings, "r1")
+    assert count(con, "interactions") == 0
+    assert con.execute("select status from ingest_ledger").fetchall() == [("loaded",)]
+    assert_identity(con)
