@@ -191,7 +191,7 @@ def train_publish_flow(
     if publish_model not in names:
         raise ConfigError(f"publish_model {publish_model!r} is not among the models to train ({', '.join(names)})")
     run_id = runs.new_run_id("nightly")
-    with runs.run_lock(settings):
+    with runs.run_lock(settings), runs.failed_on_exit(settings, run_id):
         return _train_publish(settings, run_id, night, names, publish_model, ingested)
 
 
