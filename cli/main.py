@@ -14,10 +14,12 @@ import gc
 import logging
 import os
 import sys
+import time
 import traceback
 from datetime import date
 from pathlib import Path
 
+import httpx
 import polars as pl
 from prefect.schedules import Cron
 from prefect.settings import (
@@ -76,8 +78,44 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class ServerStartError(RecsysError):
+    """The temporary Prefect API server did not answer within the start-up wait."""
+
+
+def start_temporary_server() -> None:
+    """Start Prefect's temporary API server before a flow runs, retrying within the start-up wait.
+
+    Prefect's own start polls the server's health with httpx and lets a read timeout escape (a server that
+    is up but slow on a loaded machine): the night ended in a 100-line traceback. Here a failed start is
+    stopped and tried again until PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS has passed, then one line
+    says what to do. Nothing happens where PREFECT_API_URL names a real server."""
+    settings = get_current_settings()
+    if settings.api.url:
+        return
+    # The server module imports Prefect's whole API app (FastAPI, SQLAlchemy): only commands that orchestrate.
+    from prefect.server.api.server import SubprocessASGIServer
+
+    waited = settings.server.ephemeral.startup_timeout_seconds
+    deadline = time.monotonic() + waited
+    while True:
+        server = SubprocessASGIServer()
+        try:
+            server.start(timeout=max(1, int(deadline - time.monotonic())) if waited > 0 else None)
+            return
+        except (httpx.HTTPError, RuntimeError) as exc:
+            server.stop()
+            if time.monotonic() >= deadline or waited <= 0:
+                raise ServerStartError(
+                    f"the temporary Prefect API server did not start within {waited} s (a busy machine? last: "
+                    f"{type(exc).__name__}). Start one with `.venv/bin/prefect server start` and set "
+                    "PREFECT_API_URL=http://127.0.0.1:4200/api, or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+                ) from None
+            time.sleep(1.0)
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     mapping = _mapping_from_args(args)
+    start_temporary_server()
     report = ingest_flow(
         source=args.source, path=args.path, mapping=mapping, users=args.users, items=args.items,
         mapping_dir=str(Path(args.mapping).resolve().parent) if args.mapping else None,
@@ -127,6 +165,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_nightly(args: argparse.Namespace) -> int:
     mapping = _mapping_from_args(args)
+    start_temporary_server()
     nightly_flow(run_date=args.run_date, source=args.source, path=args.path, mapping=mapping, users=args.users,
                  items=args.items, mapping_dir=str(Path(args.mapping).resolve().parent) if args.mapping else None,
                  allow_paths_outside_mapping=args.allow_paths_outside_mapping,

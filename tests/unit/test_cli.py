@@ -210,3 +210,35 @@ def test_a_bad_run_date_is_refused_before_any_work(tmp_path, monkeypatch, capsys
 
     with pytest.raises(ConfigError, match="is not a date"):  # a deployment's parameter, checked first too
         night_of("2026-13-45")
+
+
+def test_a_slow_temporary_server_is_retried_within_the_wait_then_one_line(monkeypatch):
+    """Under load Prefect's health check raised httpx.ReadTimeout out of the start-up (a 100-line traceback):
+    the start is retried within the wait, and only then does one line say what to do."""
+    import httpx
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    from cli.main import ServerStartError, start_temporary_server
+
+    calls = {"start": 0, "stop": 0}
+
+    def start(self, timeout=None):
+        calls["start"] += 1
+        if calls["start"] < 3:
+            raise httpx.ReadTimeout("timed out")
+
+    monkeypatch.setattr(SubprocessASGIServer, "start", start)
+    monkeypatch.setattr(SubprocessASGIServer, "stop", lambda self: calls.__setitem__("stop", calls["stop"] + 1))
+    monkeypatch.setattr("cli.main.time.sleep", lambda _: None)
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 60},
+                            restore_defaults={PREFECT_API_URL}):
+        start_temporary_server()
+        assert calls == {"start": 3, "stop": 2}
+        monkeypatch.setattr(SubprocessASGIServer, "start", lambda self, timeout=None: (_ for _ in ()).throw(
+            httpx.ReadTimeout("timed out")))
+        monkeypatch.setattr("cli.main.time.monotonic", iter(range(0, 10_000, 30)).__next__)
+        with pytest.raises(ServerStartError) as failed:
+            start_temporary_server()
+    message = str(failed.value)
+    assert "\n" not in message and "did not start within 60 s" in message and "ReadTimeout" in message
