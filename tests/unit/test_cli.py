@@ -217,7 +217,11 @@ def test_a_slow_temporary_server_is_retried_within_the_wait_then_one_line(monkey
     the start is retried within the wait, and only then does one line say what to do."""
     import httpx
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
 
     from cli.main import ServerStartError, start_temporary_server
 
