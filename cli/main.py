@@ -19,6 +19,7 @@ import traceback
 from datetime import date
 from pathlib import Path
 
+import duckdb
 import httpx
 import polars as pl
 from prefect.schedules import Cron
@@ -34,7 +35,7 @@ from benchmarks.quality import main as quality_main
 from flows.ingest import ingest_flow
 from flows.nightly import SERVE_DEPLOYMENT, nightly_flow, serve_nightly
 from recsys import db, runs
-from recsys.errors import ConfigError, RecsysError
+from recsys.errors import ConfigError, RecsysError, storage_error
 from recsys.settings import Settings
 from tasks import ingest, validate
 from tasks.evaluate import evaluate_step
@@ -415,6 +416,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         release(exc)
         return exc.exit_code
+    except (OSError, duckdb.Error) as exc:
+        storage = storage_error(exc)
+        if storage is None:
+            raise
+        print(f"error: {storage}", file=sys.stderr)
+        release(exc)
+        return storage.exit_code
     except RuntimeError as exc:
         if "ephemeral Prefect API server" not in str(exc):
             raise

@@ -246,3 +246,27 @@ def test_a_slow_temporary_server_is_retried_within_the_wait_then_one_line(monkey
             start_temporary_server()
     message = str(failed.value)
     assert "\n" not in message and "did not start within 60 s" in message and "ReadTimeout" in message
+
+
+@pytest.mark.parametrize(("error", "words"), [
+    (OSError(28, "No space left on device", "/data/home/models/ease/train.npz"), "/data/home/models/ease/train.npz: the disk is full"),
+    (OSError(30, "Read-only file system", "/data/home/warehouse.duckdb"), "the file system is read-only"),
+    (__import__("duckdb").IOException('IO Error: Could not write file "/data/home/warehouse.duckdb.wal": No space left on device'),
+     "/data/home/warehouse.duckdb.wal: the disk is full"),
+])
+def test_a_full_disk_or_read_only_home_is_one_line_and_exit_7(monkeypatch, capsys, error, words):
+    import cli.main as cli_main
+
+    def fails(args):
+        raise error
+
+    monkeypatch.setattr(cli_main, "cmd_generate", fails)
+    parser = cli_main.build_parser()
+    monkeypatch.setattr(cli_main, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        if action.get_default("func") is not None and action.get_default("func").__name__ == "cmd_generate":
+            action.set_defaults(func=fails)
+    assert main(["generate", "--out", "/nowhere"]) == 7
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert words in err and "RECSYS_HOME" in err
