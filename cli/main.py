@@ -14,10 +14,13 @@ import gc
 import logging
 import os
 import sys
+import time
 import traceback
+from datetime import date
 from pathlib import Path
 
 import duckdb
+import httpx
 import polars as pl
 from prefect.schedules import Cron
 from prefect.settings import (
@@ -32,13 +35,13 @@ from benchmarks.quality import main as quality_main
 from flows.ingest import ingest_flow
 from flows.nightly import SERVE_DEPLOYMENT, nightly_flow, serve_nightly
 from recsys import db, runs
-from recsys.errors import ConfigError, RecsysError
+from recsys.errors import ConfigError, RecsysError, storage_error
 from recsys.settings import Settings
 from tasks import ingest, validate
 from tasks.evaluate import evaluate_step
 from tasks.features import features_step, load_frames
 from tasks.generate import GeneratorConfig, generate
-from tasks.query import named_query, open_views, run_readonly
+from tasks.query import fetch_readonly, named_query, open_views, parse_param
 from tasks.report import headline_table
 from tasks.sources import load_mapping, with_overrides
 from tasks.train import fit_tuned, format_training, save_models
@@ -76,8 +79,44 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class ServerStartError(RecsysError):
+    """The temporary Prefect API server did not answer within the start-up wait."""
+
+
+def start_temporary_server() -> None:
+    """Start Prefect's temporary API server before a flow runs, retrying within the start-up wait.
+
+    Prefect's own start polls the server's health with httpx and lets a read timeout escape (a server that
+    is up but slow on a loaded machine): the night ended in a 100-line traceback. Here a failed start is
+    stopped and tried again until PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS has passed, then one line
+    says what to do. Nothing happens where PREFECT_API_URL names a real server."""
+    settings = get_current_settings()
+    if settings.api.url:
+        return
+    # The server module imports Prefect's whole API app (FastAPI, SQLAlchemy): only commands that orchestrate.
+    from prefect.server.api.server import SubprocessASGIServer
+
+    waited = settings.server.ephemeral.startup_timeout_seconds
+    deadline = time.monotonic() + waited
+    while True:
+        server = SubprocessASGIServer()
+        try:
+            server.start(timeout=max(1, int(deadline - time.monotonic())) if waited > 0 else None)
+            return
+        except (httpx.HTTPError, RuntimeError) as exc:
+            server.stop()
+            if time.monotonic() >= deadline or waited <= 0:
+                raise ServerStartError(
+                    f"the temporary Prefect API server did not start within {waited} s (a busy machine? last: "
+                    f"{type(exc).__name__}). Start one with `.venv/bin/prefect server start` and set "
+                    "PREFECT_API_URL=http://127.0.0.1:4200/api, or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+                ) from None
+            time.sleep(1.0)
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     mapping = _mapping_from_args(args)
+    start_temporary_server()
     report = ingest_flow(
         source=args.source, path=args.path, mapping=mapping, users=args.users, items=args.items,
         mapping_dir=str(Path(args.mapping).resolve().parent) if args.mapping else None,
@@ -127,6 +166,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_nightly(args: argparse.Namespace) -> int:
     mapping = _mapping_from_args(args)
+    start_temporary_server()
     nightly_flow(run_date=args.run_date, source=args.source, path=args.path, mapping=mapping, users=args.users,
                  items=args.items, mapping_dir=str(Path(args.mapping).resolve().parent) if args.mapping else None,
                  allow_paths_outside_mapping=args.allow_paths_outside_mapping,
@@ -175,11 +215,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
         raise ConfigError(f"--param takes NAME=VALUE, not {bad[0]!r}")
     params = dict(p.split("=", 1) for p in args.param or [])
     con = open_views(settings)
-    relation = run_readonly(con, sql, {k: int(v) if v.lstrip("-").isdigit() else v for k, v in params.items()})
-    try:
-        frame = relation.pl()
-    except duckdb.Error as exc:
-        raise ConfigError(f"the query failed: {str(exc).splitlines()[0]}") from exc
+    frame = fetch_readonly(con, sql, {k: parse_param(v) for k, v in params.items()}, settings.sql_timeout_seconds)
     with pl.Config(tbl_rows=args.limit, tbl_cols=-1, tbl_width_chars=200):
         print(frame)
     return EXIT_OK
@@ -229,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     nig = sub.add_parser("nightly", help="ingest, validate, features, evaluate, train and publish one night")
     _add_source_args(nig)
-    nig.add_argument("--run-date", help="the night to publish, YYYY-MM-DD (default: today, UTC)")
+    nig.add_argument("--run-date", type=_run_date, help="the night to publish, YYYY-MM-DD (default: today, UTC)")
     nig.add_argument("--models", nargs="+", help="models to train (default: RECSYS_MODELS)")
     nig.add_argument("--publish-model", help="the model whose lists are published (default: RECSYS_PUBLISH_MODEL, "
                                              "hybrid)")
@@ -285,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--out", default="var/benchmarks/new_items.json", help="JSON output file")
     new.set_defaults(func=cmd_benchmark)
     return parser
+
+
+def _run_date(text: str) -> str:
+    """argparse type: a YYYY-MM-DD date, checked before anything runs."""
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a date: give YYYY-MM-DD, e.g. 2026-12-02") from exc
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
@@ -372,6 +416,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         release(exc)
         return exc.exit_code
+    except (OSError, duckdb.Error) as exc:
+        storage = storage_error(exc)
+        if storage is None:
+            raise
+        print(f"error: {storage}", file=sys.stderr)
+        release(exc)
+        return storage.exit_code
     except RuntimeError as exc:
         if "ephemeral Prefect API server" not in str(exc):
             raise

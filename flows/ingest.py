@@ -89,7 +89,7 @@ def ingest_flow(
     settings = Settings(home=Path(home)) if home else Settings()
     settings.ensure_dirs()
     run_id = run_id or runs.new_run_id("ingest")
-    with runs.run_lock(settings), Heartbeat() as beat:
+    with runs.run_lock(settings), runs.failed_on_exit(settings, run_id), Heartbeat() as beat:
         beat.step("land")
         specs = land_source(settings, source, path, mapping, users, items, mapping_dir, allow_paths_outside_mapping)
         beat.step("stage")

@@ -164,6 +164,17 @@ def _settings(home: str | None) -> Settings:
     return settings
 
 
+def night_of(run_date: str | None) -> date:
+    """The night to publish: ``run_date`` (YYYY-MM-DD) or today in UTC; a bad date is a ConfigError before
+    any work (it was found only after ingest had committed)."""
+    if not run_date or run_date == "None":
+        return datetime.now(UTC).date()
+    try:
+        return date.fromisoformat(str(run_date))
+    except ValueError as exc:
+        raise ConfigError(f"--run-date {str(run_date)[:40]!r} is not a date: give YYYY-MM-DD, e.g. 2026-12-02") from exc
+
+
 @flow(name="train-and-publish", log_prints=True)
 def train_publish_flow(
     run_date: str | None = None,
@@ -175,12 +186,12 @@ def train_publish_flow(
     """snapshot -> features -> evaluate -> train -> publish on what the warehouse holds (chained after ``ingest``)."""
     settings = _settings(home)
     publish_model = publish_model or settings.publish_model
-    night = date.fromisoformat(run_date) if run_date and run_date != "None" else datetime.now(UTC).date()
+    night = night_of(run_date)
     names = list(models or settings.models)
     if publish_model not in names:
         raise ConfigError(f"publish_model {publish_model!r} is not among the models to train ({', '.join(names)})")
     run_id = runs.new_run_id("nightly")
-    with runs.run_lock(settings):
+    with runs.run_lock(settings), runs.failed_on_exit(settings, run_id):
         return _train_publish(settings, run_id, night, names, publish_model, ingested)
 
 
@@ -239,6 +250,7 @@ def nightly_flow(
     home: str | None = None,
 ) -> dict:
     """The whole night: the ingest flow (with its validation gate), then train-and-publish."""
+    night_of(run_date)  # arguments are checked before any work
     settings = _settings(home)
     with runs.run_lock(settings):  # held across both flows: no other run slips in between
         ingested = ingest_flow(source=source, path=path, mapping=mapping, users=users, items=items,

@@ -59,3 +59,31 @@ class WarehouseBusyError(RecsysError):
     """Another process holds the warehouse file longer than we wait."""
 
     exit_code = 6
+
+
+class StorageError(RecsysError):
+    """The disk is full or the home is not writable: one line naming the path and what to do."""
+
+    exit_code = 7
+
+
+STORAGE_ERRNOS = {28: "the disk is full", 122: "the disk quota is exceeded", 30: "the file system is read-only",
+                  13: "permission denied", 1: "the operation is not permitted"}  # ENOSPC EDQUOT EROFS EACCES EPERM
+
+
+def storage_error(exc: BaseException) -> StorageError | None:
+    """A :class:`StorageError` for an OS or DuckDB error that says the disk is full or not writable, else
+    None. DuckDB reports these as text ("No space left on device", "Read-only file system")."""
+    errno = getattr(exc, "errno", None)
+    text = str(exc)
+    if errno in STORAGE_ERRNOS:
+        where = getattr(exc, "filename", None) or "RECSYS_HOME"
+        why = STORAGE_ERRNOS[errno]
+    elif "No space left on device" in text or "Read-only file system" in text or "Disk quota exceeded" in text:
+        where = next((word.strip("\"'():,") for word in text.split() if word.strip("\"'(").startswith("/")),
+                     "RECSYS_HOME")
+        why = "the disk is full" if "space" in text or "quota" in text else "the file system is read-only"
+    else:
+        return None
+    return StorageError(f"cannot write {where}: {why}. Free space there, or point RECSYS_HOME at a writable "
+                        "disk with room (the warehouse, models and outputs live under it)")

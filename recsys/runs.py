@@ -41,6 +41,24 @@ def finish_run(con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, 
     db.run(con, settings, "runs/finish_run", {"run_id": run_id, "status": status})
 
 
+@contextmanager
+def failed_on_exit(settings: Settings, run_id: str) -> Iterator[None]:
+    """Mark ``run_id`` failed, with the reason, if the block ends by an exception or Ctrl-C (a run left
+    ``running`` was found only by the next run). A run already finished (held, published) is left alone."""
+    try:
+        yield
+    except BaseException as exc:
+        reason = (str(exc).splitlines() or [""])[0][:300] or type(exc).__name__
+        if isinstance(exc, KeyboardInterrupt):
+            reason = "interrupted (Ctrl-C or SIGINT)"
+        try:
+            with db.warehouse(settings) as con:
+                db.run(con, settings, "runs/fail_run", {"run_id": run_id, "message": f"{type(exc).__name__}: {reason}"})
+        except Exception:  # noqa: BLE001 - the original error is the one to report; the next run recovers this one
+            pass
+        raise
+
+
 def run_params(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
     rows = con.execute("select params from runs where run_id = $run_id", {"run_id": run_id}).fetchall()
     return json.loads(rows[0][0]) if rows and rows[0][0] else {}

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     lock_wait_seconds: float = Field(0.0, description="How long a run waits for another run on the same home.")
     connect_wait_seconds: float = Field(60.0, description="How long a connection waits for a reader to let go.")
 
+    sql_timeout_seconds: float = Field(60.0, ge=0, description="recsys sql: a query running longer is stopped (0: "
+                                       "no limit).")
+    sql_memory_limit: str = Field("2GB", description="recsys sql: DuckDB's memory_limit for a query (it does not "
+                                  "spill to disk).")
+
     ml100k_url: str = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
     sql_dir: Path = PROJECT_ROOT / "sql"
     expectations_dir: Path = PROJECT_ROOT / "expectations"

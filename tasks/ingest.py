@@ -16,7 +16,14 @@ For every file: rows_read = rows_accepted + rows_rejected + rows_duplicate + row
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
+import dataclasses
+import hashlib
+import os
+import shutil
+import stat
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +32,7 @@ import duckdb
 from recsys import db, schema
 from recsys.errors import SchemaMismatchError
 from recsys.settings import Settings
-from tasks.sources import FileSpec, sha256_file
+from tasks.sources import FileSpec
 
 
 @dataclass
@@ -105,16 +112,27 @@ def _text(column: str) -> str:
     return f"nullif(trim(cast({db.quote_ident(column)} as varchar)), '')"
 
 
+# Epoch seconds a timestamp can hold (years 1 to 9999): outside, or NaN/inf, a value is rejected per row; the
+# bulk conversion of one such value (``to_timestamp(1e20)``) raised and failed the whole file.
+EPOCH_MIN, EPOCH_MAX = -62_135_596_800, 253_402_300_799
+
+
 def _timestamp_expr(text: str, fmt: str) -> str:
-    epoch = f"to_timestamp(try_cast({text} as double))::timestamp"
-    iso = f"try_cast({text} as timestamp)"
+    """A finite timestamp or NULL (the row is then rejected with the reason): never an error for the file,
+    never ``infinity`` (DuckDB parses "infinity" as a timestamp, which broke every later night)."""
+    seconds = f"try_cast({text} as double)"
+    epoch = (f"case when isfinite({seconds}) and {seconds} between {EPOCH_MIN} and {EPOCH_MAX} "
+             f"then to_timestamp({seconds})::timestamp end")
+    parsed = f"try_cast({text} as timestamp)"
+    iso = f"case when isfinite({parsed}) then {parsed} end"
     if fmt == "epoch":
         return epoch
     if fmt == "iso":
         return iso
     if fmt == "auto":
         return f"coalesce({epoch}, {iso})"
-    return f"try_strptime({text}, '{fmt.replace(chr(39), chr(39) * 2)}')"
+    custom = f"try_strptime({text}, '{fmt.replace(chr(39), chr(39) * 2)}')"
+    return f"case when isfinite({custom}) then {custom} end"
 
 
 _TIMESTAMP_WORDS = {
@@ -128,8 +146,10 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, str, str | None]]:
-    """(canonical name, typed expression, reason expression or None) for each canonical column."""
+def _typed_columns(spec: FileSpec, mapped: dict[str, str], types: dict[str, str] | None = None
+                   ) -> list[tuple[str, str, str | None]]:
+    """(canonical name, typed expression, reason expression or None) for each canonical column. ``types``: the
+    source columns' types where the file has them (Parquet), so a reason can say what a value was stored as."""
     out: list[tuple[str, str, str | None]] = []
 
     def text_of(name: str) -> str | None:
@@ -143,7 +163,12 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, st
             out.append((name, f"cast(null as {sql_type})", None))
             return
         typed = f"case when regexp_full_match({raw}, '[0-9]{{1,18}}') then try_cast({raw} as {sql_type}) end"
-        if name.endswith("_id"):
+        stored = (types or {}).get(mapped[name], "")
+        if name.endswith("_id") and stored.upper().split("(")[0] in ("FLOAT", "DOUBLE", "DECIMAL", "REAL"):
+            typed = f"nullif({typed}, 0)"
+            expected = (f"a positive whole number: the Parquet column {mapped[name][:60]!r} is {stored}, and an "
+                        "id is never a fraction; store ids as an integer type (INT64)").replace("'", "''")
+        elif name.endswith("_id"):
             typed = f"nullif({typed}, 0)"
             expected = ("a positive whole number written in digits (string ids such as \"u17\" or UUIDs are not "
                         "supported: map them to integers first)")
@@ -156,9 +181,16 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, st
             reason = f"case when {raw} is not null and {typed} is null then '{name} is not {expected}: ' || {shown} end"
         out.append((name, typed, reason))
 
-    def text(name: str) -> None:
+    def text(name: str, categorical: bool = False) -> None:
+        """A text column; a categorical one (a code like gender or occupation) refuses markup characters, so no
+        value renders as HTML in the gate's Data Docs or anywhere else a value is shown."""
         raw = text_of(name)
-        out.append((name, raw if raw is not None else "cast(null as varchar)", None))
+        if raw is None:
+            out.append((name, "cast(null as varchar)", None))
+            return
+        reason = (f"case when regexp_matches({raw}, '[<>]') then '{name} holds markup (< or >), which a "
+                  f"category never needs: \"' || left({raw}, {MAX_ECHO}) || '\"' end") if categorical else None
+        out.append((name, raw, reason))
 
     if spec.kind == "interactions":
         integer("user_id", True)
@@ -167,8 +199,9 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, st
         if raw is None:
             out.append(("rating", "cast(null as double)", None))
         else:
-            typed = f"try_cast({raw} as double)"
-            out.append(("rating", typed, f"case when {typed} is null then 'rating is not a number: ' || "
+            number = f"try_cast({raw} as double)"
+            typed = f"case when isfinite({number}) then {number} end"  # NaN and inf are not ratings
+            out.append(("rating", typed, f"case when {typed} is null then 'rating is not a finite number: ' || "
                                          f"coalesce('\"' || left({raw}, {MAX_ECHO}) || '\"', 'empty') end"))
         raw = text_of("ts")
         typed = _timestamp_expr(raw, spec.timestamp_format)
@@ -180,7 +213,7 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, st
         integer("user_id", True)
         integer("age", False, "integer")
         for name in ("gender", "occupation", "zip"):
-            text(name)
+            text(name, categorical=True)
     else:  # items
         integer("item_id", True)
         text("title")
@@ -203,7 +236,9 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str]) -> list[tuple[str, st
             typed = ("cast([] as varchar[])" if raw is None else
                      f"coalesce(list_filter(list_transform(string_split({raw}, {_literal(spec.genres_separator)}), "
                      f"lambda x: trim(x)), lambda x: x <> ''), cast([] as varchar[]))")
-            out.append(("genres", typed, None))
+            out.append(("genres", typed, None if raw is None else (
+                f"case when regexp_matches({raw}, '[<>]') then 'genres hold markup (< or >): \"' || "
+                f"left({raw}, {MAX_ECHO}) || '\"' end")))
     return out
 
 
@@ -211,14 +246,16 @@ def _parse(con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec) -
     """Fill temp tables ``parsed`` (line_number, raw, canonical columns, reason) and ``structural_rejects``."""
     if spec.format == "parquet":
         con.execute(db.sql_text(settings, "ingest/read_parquet_raw"), {"path": str(spec.path)})
-        available = tuple(name for (name,) in con.execute(
-            "select column_name from (describe raw_file) where column_name <> 'file_row_number'").fetchall())
+        described = dict(con.execute("select column_name, column_type from (describe raw_file) "
+                                     "where column_name <> 'file_row_number'").fetchall())
+        available = tuple(described)
         mapped = _source_columns(spec, available)
         con.execute("create or replace temp table structural_rejects "
                     "(line_number bigint, raw varchar, reason varchar)")
         line_expr = "file_row_number + 1"
         source = "raw_file"
         raw_columns = available
+        types = described
     else:
         available = _read_header(spec) if spec.header else tuple(spec.names or ())
         if not available:
@@ -243,8 +280,9 @@ def _parse(con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec) -
         line_expr = "l.line_number"
         source = "(select rowid as ordinal, * from raw_file) r join line_map l using (ordinal)"
         raw_columns = available
+        types = {}
 
-    typed = _typed_columns(spec, mapped)
+    typed = _typed_columns(spec, mapped, types)
     raw_expr = "concat_ws(" + _literal(spec.delimiter) + ", " + ", ".join(
         f"coalesce(cast({db.quote_ident(c)} as varchar), '')" for c in raw_columns) + ")"
     selects = ",\n        ".join(f"{expr} as {db.quote_ident(name)}" for name, expr, _ in typed)
@@ -284,8 +322,48 @@ def stage_file(
     if not Path(spec.path).exists():
         result.status, result.message = "failed", f"{path}: no such file"
         return result
-    sha = sha256_file(spec.path)
-    size = Path(spec.path).stat().st_size
+    with private_copy(settings, Path(spec.path)) as copied:
+        if isinstance(copied, str):  # not a regular file: named, never read (a FIFO would block forever)
+            result.status, result.message = "failed", copied
+            return result
+        copy, sha, size = copied
+        return _stage_copy(con, settings, dataclasses.replace(spec, path=copy), run_id, source, result, sha, size)
+
+
+@contextlib.contextmanager
+def private_copy(settings: Settings, path: Path):
+    """The file's bytes, read once into a private copy under RECSYS_HOME and hashed while copying: what is
+    hashed is exactly what is loaded, even when a producer replaces the file in between (write-then-rename
+    uploads do). Yields (copy, sha256, size), or a message for anything that is not a regular file; opened
+    without blocking, so a FIFO cannot hold the ingest (and its run lock) forever. The copy is removed after."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        yield f"{path}: cannot be read ({exc.strerror or exc}); check its permissions"
+        return
+    folder = settings.home / "ingest-copies" / uuid.uuid4().hex[:12]
+    try:
+        with os.fdopen(fd, "rb") as source:
+            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+                yield f"{path}: not a regular file (a folder, FIFO or device); remove or rename it"
+                return
+            folder.mkdir(parents=True)
+            copy = folder / path.name
+            digest, size = hashlib.sha256(), 0
+            with open(copy, "wb") as target:
+                while block := source.read(1 << 20):
+                    digest.update(block)
+                    target.write(block)
+                    size += len(block)
+        yield copy, digest.hexdigest(), size
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stage_copy(con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec, run_id: str, source: str,
+                result: FileResult, sha: str, size: int) -> FileResult:
+    """Stage the private copy ``spec.path`` of the file ``result.path`` (messages name the original)."""
+    path = result.path
     previous = db.run(con, settings, "ingest/previous_load", {"sha256": sha, "kind": spec.kind})
     if previous:
         file_id, first_path, when = previous[0]
@@ -304,7 +382,8 @@ def stage_file(
             raise SchemaMismatchError(f"{path}: compressed files are not supported ({kind}): unpack it first")
         _parse(con, settings, spec)
     except (SchemaMismatchError, duckdb.Error, UnicodeError, OSError) as exc:
-        result.status, result.message = "failed", capped(str(exc).splitlines()[0] if str(exc) else repr(exc))
+        message = (str(exc).splitlines()[0] if str(exc) else repr(exc)).replace(str(spec.path), path)
+        result.status, result.message = "failed", capped(message)
         db.run(con, settings, "ingest/insert_ledger", {**ledger, "rows_read": 0, "rows_accepted": 0,
                                                         "rows_rejected": 0, "status": "failed",
                                                         "message": result.message})

@@ -43,29 +43,62 @@ def partition_path(root: Path, run_date: date) -> Path:
     return (versions[-1] if versions else partition_dir(root, run_date) / "version=none") / PARTITION_FILE
 
 
-def publish_partition(frame: pl.DataFrame, root: Path, run_date: date, grace_seconds: float = 600.0) -> Path:
-    """Publish ``frame`` as a new version of the ``run_date`` partition of ``root``, atomically.
+@dataclass(frozen=True)
+class StagedPartition:
+    """A partition version written completely under ``_staging``, not yet visible to readers."""
 
-    Superseded versions are deleted once they are not among the newest ``KEEP_VERSIONS`` and older than
-    ``grace_seconds``, so a reader that listed the files just before the switch can still read them.
-    """
+    staging: Path
+    final: Path
+
+
+def stage_partition(frame: pl.DataFrame, root: Path, run_date: date) -> StagedPartition:
+    """Write ``frame`` as a new version of the ``run_date`` partition of ``root``, under ``root/_staging``."""
     root = Path(root)
     version = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}"
     staging = root / "_staging" / version
     staging.mkdir(parents=True)
     try:
         frame.drop("run_date", strict=False).write_parquet(staging / PARTITION_FILE, statistics=True)
-        final = partition_dir(root, run_date) / f"version={version}"
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(staging, final)  # atomic: the version directory appears complete or not at all
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return StagedPartition(staging, partition_dir(root, run_date) / f"version={version}")
+
+
+def commit_partitions(staged: list[StagedPartition], grace_seconds: float = 600.0) -> list[Path]:
+    """Make staged versions visible: one rename each (atomic per table), all after every table was written,
+    so a kill while writing publishes nothing and a night's tables appear together (the renames follow one
+    another within milliseconds). Superseded versions are deleted once they are not among the newest
+    ``KEEP_VERSIONS`` and older than ``grace_seconds``, so a reader that listed the files just before the
+    switch can still read them."""
+    paths = []
+    for part in staged:
+        part.final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(part.staging, part.final)  # atomic: the version directory appears complete or not at all
+        paths.append(part.final / PARTITION_FILE)
     now = datetime.now(UTC)
-    for old in sorted(final.parent.glob("version=*"))[:-KEEP_VERSIONS]:
-        stamp = datetime.strptime(old.name.split("=", 1)[1].split("-")[0], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
-        if (now - stamp).total_seconds() >= grace_seconds:
-            shutil.rmtree(old, ignore_errors=True)
-    return final / PARTITION_FILE
+    for part in staged:
+        for old in sorted(part.final.parent.glob("version=*"))[:-KEEP_VERSIONS]:
+            stamp = datetime.strptime(old.name.split("=", 1)[1].split("-")[0], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+            if (now - stamp).total_seconds() >= grace_seconds:
+                shutil.rmtree(old, ignore_errors=True)
+    return paths
+
+
+def publish_partition(frame: pl.DataFrame, root: Path, run_date: date, grace_seconds: float = 600.0) -> Path:
+    """Publish one table's ``run_date`` partition atomically (:func:`stage_partition`, then commit)."""
+    return commit_partitions([stage_partition(frame, root, run_date)], grace_seconds)[0]
+
+
+def clear_staging(roots: list[Path]) -> list[Path]:
+    """Remove what a killed publish left under each ``root/_staging`` (call it holding the run lock: then no
+    publish is in flight). Returns what was removed."""
+    removed = []
+    for root in roots:
+        for leftover in sorted((Path(root) / "_staging").glob("*")):
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
+    return removed
 
 
 def strategy_of(history_length: np.ndarray) -> np.ndarray:
@@ -268,14 +301,19 @@ def publish_step(settings, run_id: str, run_date: date, frames: Frames, model_na
             raise PublishGateError(
                 f"publish gate kept the last good partition for {run_date}: " + "; ".join(reasons))
         out = settings.output_dir
-        paths = {
-            "recommendations": publish_partition(recs, out / "recommendations", run_date),
-            "segment_defaults": publish_partition(defaults, out / "segment_defaults", run_date),
-        }
-        if new_items is not None:
-            paths["new_items"] = publish_partition(new_items, out / "new_items", run_date)
-        if metrics is not None:
-            paths["metrics"] = publish_partition(metrics, out / "metrics", run_date)
+        tables = {"recommendations": recs, "segment_defaults": defaults, "new_items": new_items, "metrics": metrics}
+        tables = {name: frame for name, frame in tables.items() if frame is not None}
+        for leftover in clear_staging([out / name for name in tables]):
+            print(f"removed {leftover}: a publish that was killed before it finished left it")
+        staged: list[StagedPartition] = []
+        try:
+            for name, frame in tables.items():
+                staged.append(stage_partition(frame, out / name, run_date))
+        except BaseException:
+            for part in staged:
+                shutil.rmtree(part.staging, ignore_errors=True)
+            raise
+        paths = dict(zip(tables, commit_partitions(staged), strict=True))
         db.run(con, settings, "publish/log_publish", {
             "run_id": run_id, "run_date": run_date, "model": model_name, "status": "published", "reason": None,
             "users": users, "rows": recs.height, "path": str(paths["recommendations"])})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import stat
 import tomllib
 import urllib.error
 import urllib.request
@@ -200,11 +201,35 @@ def load_mapping(path: Path) -> dict[str, dict]:
     return mapping
 
 
-def _expand(path: Path, fmt: str) -> list[Path]:
+def not_loadable(path: Path, base: Path | None = None) -> str | None:
+    """Why a file found in a folder is not read (None: it is): anything but a regular file (a directory, a
+    FIFO that would block the read forever, a device), or a link whose real path leaves ``base``."""
+    if base is not None and not path.resolve().is_relative_to(base.resolve()):
+        return (f"it is a link to {str(path.resolve())[:200]}, outside {base}; put the file itself there, or allow "
+                "it with --allow-paths-outside-mapping")
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        return f"it is {kind}, not a file; remove or rename it"
+    return None
+
+
+def _expand(path: Path, fmt: str, base: Path | None = None) -> list[Path]:
+    """The files a source path stands for: the file, or a folder's files of the format (others named and
+    skipped). ``base``: where a folder's entries must really be (links leaving it are skipped)."""
     path = Path(path)
     if path.is_dir():
         suffixes = {".parquet", ".pq"} if fmt == "parquet" else {".csv", ".tsv", ".txt"}
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
+        files = []
+        for candidate in sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes):
+            why = not_loadable(candidate, base)
+            if why:
+                print(f"skipping {candidate}: {why}")
+            else:
+                files.append(candidate)
         if not files:
             raise SourceUnavailableError(f"{path}: no {fmt} files in this folder")
         return files
@@ -221,15 +246,21 @@ def tabular_specs(
     items: Path | None = None,
     base_dir: Path | None = None,
     allow_outside: bool = False,
+    confine_to: Path | None = None,
 ) -> list[FileSpec]:
     """Specs for ``csv``/``parquet`` sources: interactions at ``path`` (file or folder), optional users/items.
 
     A ``path`` in the mapping is relative to the mapping's folder and must stay inside it (``../..`` or an
     absolute path elsewhere is refused unless ``allow_outside``): a mapping file cannot make the pipeline
-    read what its author could not put next to it. Paths given on the command line are taken as given.
+    read what its author could not put next to it; a folder's entries (a link among them) must really be
+    inside the mapping's folder, or inside ``confine_to`` (the drop folder). Paths given on the command line
+    are taken as given.
     """
     mapping = {kind: dict(table) for kind, table in (mapping or {}).items()}
     base = (Path(base_dir) if base_dir else Path.cwd()).resolve()
+
+    contained = None if allow_outside else base  # where a mapping's folder's entries must really be
+    confined = None if allow_outside or confine_to is None else Path(confine_to).resolve()
 
     def where(kind: str, given: Path | None) -> Path | None:
         if given is not None:
@@ -248,12 +279,12 @@ def tabular_specs(
     for kind, given in (("users", users), ("items", items)):
         location = where(kind, given)
         if location is not None:
-            for file in _expand(location, fmt):
+            for file in _expand(location, fmt, contained if given is None else confined):
                 specs.append(_spec_from_table(kind, mapping.get(kind, _DEFAULT_TABLES[kind]), file, fmt))
     location = where("interactions", path)
     if location is None:
         raise ConfigError(f"--source {fmt} needs --path (the interactions file or folder) or [interactions].path")
-    for file in _expand(location, fmt):
+    for file in _expand(location, fmt, contained if path is None else confined):
         specs.append(_spec_from_table("interactions", mapping.get("interactions", _DEFAULT_TABLES["interactions"]),
                                       file, fmt))
     return specs
@@ -297,7 +328,8 @@ def resolve_source(
             if mapping is None and (drop / "mapping.toml").exists():
                 mapping = load_mapping(drop / "mapping.toml")
             try:
-                return tabular_specs(source, drop, mapping, base_dir=drop, allow_outside=allow_outside)
+                return tabular_specs(source, drop, mapping, base_dir=drop, allow_outside=allow_outside,
+                                     confine_to=drop)
             except SourceUnavailableError as exc:
                 raise SourceUnavailableError(
                     f"--source {source} without --path reads the drop folder {drop}, which has no {source} files "

@@ -320,10 +320,10 @@ def validate_batch(
     for suite in GATED_SUITES:
         frame = con.execute(db.sql_text(settings, f"validate/{suite}_batch"), _batch_params(
             settings, suite, run_id, all_users_known, all_items_known)).df()
-        staged = db.scalar(con, "select count(*) from ingest_ledger where run_id = $run_id and kind = $kind "
-                                "and status = 'staged'", {"run_id": run_id, "kind": suite})
-        if frame.empty and not staged:
-            continue  # this batch has no file of this kind
+        rows = db.scalar(con, "select coalesce(sum(rows_read), 0) from ingest_ledger where run_id = $run_id "
+                              "and kind = $kind and status = 'staged'", {"run_id": run_id, "kind": suite})
+        if frame.empty and not rows:
+            continue  # no file of this kind, or only files with no data rows (a header alone): nothing to judge
         parameters = suite_parameters(con, settings, run_id, now, len(frame))
         found = suite_outcomes(suite, runner.run(suite, frame, parameters, run_id, INDEX_COLUMNS), settings)
         if all(o.success or o.severity != "critical" for o in found):
@@ -354,7 +354,8 @@ def format_gate(result: GateResult) -> str:
         if result.files_failed:
             return (f"validation gate for {result.run_id}: nothing new was staged ({result.files_failed} file(s) "
                     f"could not be parsed; see the ingest report)")
-        return f"validation gate for {result.run_id}: nothing new was staged (every file was already loaded)"
+        return (f"validation gate for {result.run_id}: nothing new was staged (every file was already loaded or "
+                "holds no data rows)")
     lines = [f"validation gate for {result.run_id}: {'PASSED' if result.passed else 'STOPPED'} "
              f"({len(result.outcomes)} expectations, {len(result.critical_failures)} critical failures, "
              f"{len(result.warnings)} warnings, {result.rows_rejected} rows moved to rejects)"]

@@ -73,6 +73,7 @@ FAILS = {
         "expect_column_values_to_be_of_type:ts_epoch:critical": lambda d: d.assign(ts_epoch=d.ts_epoch.astype(np.int64)),
         "expect_column_values_to_not_be_null:user_id:critical": lambda d: some(d, "user_id", None),
         "expect_column_values_to_not_be_null:item_id:critical": lambda d: some(d, "item_id", None),
+        "expect_column_values_to_not_be_null:ts_epoch:critical": lambda d: some(d, "ts_epoch", None),
         "expect_table_row_count_to_be_between::critical": lambda d: d.iloc[:0],
         "expect_column_values_to_be_between:rating:critical": lambda d: some(d, "rating", 9.0),
         "expect_column_values_to_be_between:ts_epoch:critical": lambda d: some(d, "ts_epoch", NOW + 86400 * 30),

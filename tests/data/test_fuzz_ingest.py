@@ -6,22 +6,27 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from datetime import UTC, datetime
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recsys import db
 from recsys.settings import Settings
 from tasks import ingest
+from tasks.ingest import EPOCH_MAX
 from tasks.sources import tabular_specs
 
 GOOD_ID = st.integers(1, 10**12).map(str)
 BAD_ID = st.sampled_from(["", "0", "-4", "1.5", "0x10", "1e3", "u17", " ", "12a", "9" * 25, "NaN", "١٢"])
 GOOD_RATING = st.one_of(st.integers(1, 5).map(str), st.floats(1, 5, allow_nan=False).map(lambda f: f"{f:.2f}"))
-BAD_RATING = st.sampled_from(["abc", "", "five", "--1"])
+BAD_RATING = st.sampled_from(["abc", "", "five", "--1", "nan", "NaN", "inf", "-inf", "Infinity"])
 GOOD_TS = st.integers(631_152_000, 1_700_000_000).map(str)
-BAD_TS = st.sampled_from(["notatime", "", "2020-13-45", "yesterday"])
+BAD_TS = st.sampled_from(["notatime", "", "2020-13-45", "yesterday", "nan", "inf", "-inf", "infinity", "-infinity",
+                          "1e20", "-1e20", "99999999999999999"])
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r\n"), max_size=12)
 
 
@@ -48,7 +53,9 @@ def expected(row: tuple[str, str, str, str]) -> tuple | None:
         number = float(rating)
     except ValueError:
         return None
-    if not ts.isascii() or not ts.isdigit():
+    if not math.isfinite(number):
+        return None
+    if not ts.isascii() or not ts.isdigit() or int(ts) > EPOCH_MAX:
         return None
     return ids[0], ids[1], number, datetime.fromtimestamp(int(ts), UTC).replace(tzinfo=None)
 
@@ -100,3 +107,34 @@ def test_ingest_never_loses_or_alters_a_row(tmp_path_factory, rows, delimiter, e
         assert wanted.get(line) is not None, (line, values)
         u, i, r, t = wanted[line]
         assert values[:2] == (u, i) and abs(values[2] - r) < 1e-9 and values[3] == t, (line, values, wanted[line])
+
+
+ODD_FLOATS = st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e20, -1e20, 1e300])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.integers(-3, 10**6), st.integers(-3, 10**6),
+                               st.one_of(st.floats(1, 5), ODD_FLOATS), st.one_of(st.floats(6.4e8, 1.7e9), ODD_FLOATS)),
+                     min_size=1, max_size=25))
+def test_parquet_ingest_never_loses_a_row_or_keeps_a_non_finite_value(tmp_path_factory, rows):
+    """Parquet with numeric columns: NaN, inf and out-of-range times are rejected row by row, never loaded,
+    never failing the file; rows read = accepted + rejected + duplicate + held."""
+    home = tmp_path_factory.mktemp("fuzz-parquet")
+    settings_ = Settings(home=home)
+    users, items, ratings, times = (list(column) for column in zip(*rows, strict=True))
+    pq.write_table(pa.table({"u": users, "i": items, "r": ratings, "t": times}), home / "events.parquet")
+    mapping = {"interactions": {"user_id": "u", "item_id": "i", "rating": "r", "timestamp": "t"}}
+    with db.warehouse(settings_) as con:
+        report = ingest.stage_batch(con, settings_, tabular_specs("parquet", home / "events.parquet", mapping),
+                                    "fuzz", "parquet")
+        staged = con.execute("select line_number, rating, epoch(ts) from staging_interactions").fetchall()
+        ingest.promote_batch(con, settings_, "fuzz", register_unknown_users=True, register_unknown_items=True)
+        ((read, accepted, rejected, duplicate, held),) = con.execute(
+            "select rows_read, rows_accepted, rows_rejected, rows_duplicate, rows_held from ingest_ledger").fetchall()
+    (result,) = report.files
+    assert result.status != "failed", result.message
+    assert read == len(rows) == accepted + rejected + duplicate + held
+    good = {line for line, (u, i, r, t) in enumerate(rows, start=1)
+            if u > 0 and i > 0 and math.isfinite(r) and math.isfinite(t) and abs(t) <= EPOCH_MAX}
+    assert {line for line, _, _ in staged} == good
+    assert all(math.isfinite(r) and math.isfinite(t) for _, r, t in staged)

@@ -47,7 +47,7 @@ def test_movielens_passes_every_critical_expectation(con, settings, ml100k_dir):
     assert result.rows_rejected == 0
     assert db.scalar(con, "select count(*) from interactions") == 100_000
     stored = db.scalar(con, "select count(*) from validation_results where run_id = 'r1'")
-    assert stored == len(result.outcomes) == 15 + 6 + 6
+    assert stored == len(result.outcomes) == 16 + 6 + 6
     assert result.docs_path and validate.docs_index(settings).exists()
 
 

@@ -132,6 +132,7 @@ ATTACKS = {
     "attach the warehouse": "attach '{home}/warehouse.duckdb'",
     "load an extension": "load httpfs",
     "two statements": "select 1; select 2",
+    "import a database": "import database '{home}'",
 }
 
 

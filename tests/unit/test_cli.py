@@ -196,3 +196,77 @@ def test_loading_the_deep_model_prints_nothing():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stderr == "loaded\n" and done.stdout == ""
+
+
+def test_a_bad_run_date_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["nightly", "--run-date", "2026-13-45"])
+    assert stopped.value.code == 2
+    assert "'2026-13-45' is not a date: give YYYY-MM-DD" in capsys.readouterr().err
+    assert not (tmp_path / "home" / "warehouse.duckdb").exists()  # nothing ran, nothing was ingested
+    from flows.nightly import night_of
+    from recsys.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is not a date"):  # a deployment's parameter, checked first too
+        night_of("2026-13-45")
+
+
+def test_a_slow_temporary_server_is_retried_within_the_wait_then_one_line(monkeypatch):
+    """Under load Prefect's health check raised httpx.ReadTimeout out of the start-up (a 100-line traceback):
+    the start is retried within the wait, and only then does one line say what to do."""
+    import httpx
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    from cli.main import ServerStartError, start_temporary_server
+
+    calls = {"start": 0, "stop": 0}
+
+    def start(self, timeout=None):
+        calls["start"] += 1
+        if calls["start"] < 3:
+            raise httpx.ReadTimeout("timed out")
+
+    monkeypatch.setattr(SubprocessASGIServer, "start", start)
+    monkeypatch.setattr(SubprocessASGIServer, "stop", lambda self: calls.__setitem__("stop", calls["stop"] + 1))
+    monkeypatch.setattr("cli.main.time.sleep", lambda _: None)
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 60},
+                            restore_defaults={PREFECT_API_URL}):
+        start_temporary_server()
+        assert calls == {"start": 3, "stop": 2}
+        monkeypatch.setattr(SubprocessASGIServer, "start", lambda self, timeout=None: (_ for _ in ()).throw(
+            httpx.ReadTimeout("timed out")))
+        monkeypatch.setattr("cli.main.time.monotonic", iter(range(0, 10_000, 30)).__next__)
+        with pytest.raises(ServerStartError) as failed:
+            start_temporary_server()
+    message = str(failed.value)
+    assert "\n" not in message and "did not start within 60 s" in message and "ReadTimeout" in message
+
+
+@pytest.mark.parametrize(("error", "words"), [
+    (OSError(28, "No space left on device", "/data/home/models/ease/train.npz"), "/data/home/models/ease/train.npz: the disk is full"),
+    (OSError(30, "Read-only file system", "/data/home/warehouse.duckdb"), "the file system is read-only"),
+    (__import__("duckdb").IOException('IO Error: Could not write file "/data/home/warehouse.duckdb.wal": No space left on device'),
+     "/data/home/warehouse.duckdb.wal: the disk is full"),
+])
+def test_a_full_disk_or_read_only_home_is_one_line_and_exit_7(monkeypatch, capsys, error, words):
+    import cli.main as cli_main
+
+    def fails(args):
+        raise error
+
+    monkeypatch.setattr(cli_main, "cmd_generate", fails)
+    parser = cli_main.build_parser()
+    monkeypatch.setattr(cli_main, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        if action.get_default("func") is not None and action.get_default("func").__name__ == "cmd_generate":
+            action.set_defaults(func=fails)
+    assert main(["generate", "--out", "/nowhere"]) == 7
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert words in err and "RECSYS_HOME" in err

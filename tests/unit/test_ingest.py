@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
 import zipfile
 
 import pyarrow as pa
@@ -85,7 +87,7 @@ def test_unparsable_rows_are_kept_with_line_and_reason(con, settings, tmp_path):
     assert 'user_id is not a positive whole number written in digits' in rejects[4] and '"x"' in rejects[4]
     assert "too many columns" in rejects[5]
     assert 'timestamp is not epoch seconds or an ISO date-time: "notatime"' in rejects[6]
-    assert 'rating is not a number: "abc"' in rejects[7]
+    assert 'rating is not a finite number: "abc"' in rejects[7]
     raw = dict(con.execute("select line_number, raw from rejects").fetchall())
     assert raw[4] == "x,12,3,881250949" and raw[5] == "2,13,4,881250949,9"
     assert count(con, "interactions") == 2
@@ -250,3 +252,124 @@ def test_the_gate_says_when_a_file_failed_rather_than_already_loaded(con, settin
     result = validate.validate_batch(con, settings, "r1", raise_on_failure=False)
     assert "could not be parsed" in validate.format_gate(result)
     assert "already loaded" not in validate.format_gate(result)
+
+
+@pytest.mark.parametrize("fmt", ["auto", "epoch", "iso"])
+def test_non_finite_and_out_of_range_values_are_rejected_per_row(con, settings, tmp_path, fmt):
+    """NaN, inf, "infinity" and 1e20 among good rows: each bad row rejected with its line and reason, the good
+    rows loaded (one such value used to fail the whole file, or load a NULL epoch that broke every later night)."""
+    good = "881250949" if fmt != "iso" else "1997-12-04T15:55:49"
+    f = write(tmp_path / "odd.csv", "uid,iid,stars,when\n"
+              f"1,10,5,{good}\n"          # 2 good
+              "1,11,4,nan\n"              # 3
+              "1,12,4,inf\n"              # 4
+              "1,13,4,-infinity\n"        # 5
+              "1,14,4,infinity\n"         # 6
+              "1,15,4,1e20\n"             # 7
+              f"1,16,nan,{good}\n"        # 8 rating NaN
+              f"1,17,inf,{good}\n"        # 9 rating inf
+              f"2,18,3,{good}\n")         # 10 good
+    mapping = {"interactions": {**MAPPING["interactions"], "timestamp_format": fmt}}
+    report = load(con, settings, tabular_specs("csv", f, mapping))
+    (result,) = report.files
+    assert result.status == "loaded"
+    assert (result.rows_read, result.rows_accepted, result.rows_rejected) == (9, 2, 7)
+    rejects = dict(con.execute("select line_number, reason from rejects order by 1").fetchall())
+    assert sorted(rejects) == [3, 4, 5, 6, 7, 8, 9]
+    assert all(rejects[line].startswith("timestamp is not") for line in (3, 4, 5, 6, 7))
+    assert 'rating is not a finite number: "nan"' in rejects[8] and '"inf"' in rejects[9]
+    assert db.scalar(con, "select count(*) from interactions where not isfinite(ts) or ts is null") == 0
+    assert db.scalar(con, "select count(*) from interactions where not isfinite(rating)") == 0
+    assert_identity(con)
+
+
+def test_non_finite_parquet_values_are_rejected_per_row(con, settings, tmp_path):
+    table = pa.table({"u": [1, 2, 3, 4, 5], "i": [5, 6, 7, 8, 9], "r": [4.0, float("nan"), 3.0, float("inf"), 2.0],
+                      "t": [881250949.0, 881250950.0, float("inf"), 881250951.0, 1e20]})
+    pq.write_table(table, tmp_path / "events.parquet")
+    mapping = {"interactions": {"user_id": "u", "item_id": "i", "rating": "r", "timestamp": "t"}}
+    report = load(con, settings, tabular_specs("parquet", tmp_path / "events.parquet", mapping), source="parquet")
+    (result,) = report.files
+    assert (result.rows_read, result.rows_accepted, result.rows_rejected) == (5, 1, 4)
+    reasons = dict(con.execute("select line_number, reason from rejects order by 1").fetchall())
+    assert sorted(reasons) == [2, 3, 4, 5]  # Parquet rows are numbered from 1
+    assert "rating is not a finite number" in reasons[2] and "timestamp is not" in reasons[3]
+    assert "rating is not a finite number" in reasons[4] and "timestamp is not" in reasons[5]
+    assert_identity(con)
+
+
+def test_what_is_loaded_is_what_was_hashed_even_if_the_file_is_swapped(con, settings, tmp_path, monkeypatch):
+    """A producer replacing the file (write-then-rename) between hashing and loading used to record the
+    first file's hash with the second file's rows, so the first file could never be loaded again."""
+    first = "uid,iid,stars,when\n1,10,5,881250949\n"
+    second = "uid,iid,stars,when\n2,20,4,881250949\n3,30,4,881250949\n"
+    f = write(tmp_path / "ratings.csv", first)
+    real = ingest._stage_copy
+
+    def swap_then_stage(*args, **kwargs):
+        (tmp_path / "incoming.csv").write_text(second)
+        os.replace(tmp_path / "incoming.csv", f)  # the upload lands after the hash, before the load
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "_stage_copy", swap_then_stage)
+    load(con, settings, tabular_specs("csv", f, MAPPING))
+    monkeypatch.setattr(ingest, "_stage_copy", real)
+    assert con.execute("select user_id, item_id from interactions").fetchall() == [(1, 10)]
+    (sha,) = con.execute("select sha256 from ingest_ledger").fetchone()
+    assert sha == hashlib.sha256(first.encode()).hexdigest()
+    again = load(con, settings, tabular_specs("csv", f, MAPPING), run_id="r2")  # the second file, now
+    assert [r.status for r in again.files] == ["loaded"]
+    assert count(con, "interactions") == 3
+    assert not (settings.home / "ingest-copies").exists() or not any((settings.home / "ingest-copies").iterdir())
+
+
+def test_a_fifo_or_folder_given_as_the_file_fails_alone_without_blocking(con, settings, tmp_path):
+    os.mkfifo(tmp_path / "p.csv")
+    (tmp_path / "d.csv").mkdir()
+    good = write(tmp_path / "good.csv", "uid,iid,stars,when\n1,10,5,881250949\n")
+    specs = [*tabular_specs("csv", tmp_path / "p.csv", MAPPING), *tabular_specs("csv", good, MAPPING)]
+    report = ingest.stage_batch(con, settings, specs, "r1", "csv")
+    assert [f.status for f in report.files] == ["failed", "staged"]
+    assert "not a regular file" in report.files[0].message and "p.csv" in report.files[0].message
+
+
+def test_markup_in_a_category_is_rejected_per_row(con, settings, tmp_path):
+    """A users file whose gender held <img src=x onerror=...> loaded (the check was a warning) and rendered
+    unescaped in the Data Docs page: a category never needs < or >."""
+    users = write(tmp_path / "users.csv", "user_id,age,gender,occupation,zip\n"
+                  "1,30,F,writer,12345\n"
+                  "2,31,<img src=x onerror=alert(1)>,writer,12345\n"
+                  "3,32,M,<b>boss</b>,12345\n")
+    items = write(tmp_path / "items.csv", "item_id,title,genres\n1,Heat (1995),Action\n2,Up (2009),<script>\n")
+    inter = write(tmp_path / "ratings.csv", "uid,iid,stars,when\n1,1,5,881250949\n")
+    specs = tabular_specs("csv", inter, MAPPING, users=users, items=items)
+    load(con, settings, specs)
+    reasons = dict(con.execute("select line_number || ':' || kind, reason from rejects").fetchall())
+    assert set(reasons) == {"3:users", "4:users", "3:items"}
+    assert "gender holds markup" in reasons["3:users"] and "occupation holds markup" in reasons["4:users"]
+    assert "genres hold markup" in reasons["3:items"]
+    assert con.execute("select user_id from users order by 1").fetchall() == [(1,)]
+    assert_identity(con)
+
+
+def test_float_ids_in_parquet_are_named_as_floats_not_strings(con, settings, tmp_path):
+    table = pa.table({"u": [1.0, 2.0], "i": [5, 6], "r": [4.0, 3.0], "t": [881250949, 881250950]})
+    pq.write_table(table, tmp_path / "floats.parquet")
+    mapping = {"interactions": {"user_id": "u", "item_id": "i", "rating": "r", "timestamp": "t"}}
+    load(con, settings, tabular_specs("parquet", tmp_path / "floats.parquet", mapping), source="parquet")
+    reasons = [r for (r,) in con.execute("select reason from rejects").fetchall()]
+    assert len(reasons) == 2
+    assert all("the Parquet column 'u' is DOUBLE" in r and "INT64" in r and "string ids" not in r for r in reasons)
+
+
+def test_a_header_only_file_is_a_no_op_not_a_held_batch(con, settings, tmp_path):
+    f = write(tmp_path / "empty.csv", "uid,iid,stars,when\n")
+    report = ingest.stage_batch(con, settings, tabular_specs("csv", f, MAPPING), "r1", "csv")
+    assert report.files[0].message == "no data rows"
+    result = validate.validate_batch(con, settings, "r1", all_users_known=True, all_items_known=True)
+    assert result.passed and result.outcomes == []
+    assert "nothing new was staged" in validate.format_gate(result) and "no data rows" in validate.format_gate(result)
+    ingest.promote_batch(con, settings, "r1")
+    assert count(con, "interactions") == 0
+    assert con.execute("select status from ingest_ledger").fetchall() == [("loaded",)]
+    assert_identity(con)

@@ -8,6 +8,7 @@ from datetime import date
 import duckdb
 import numpy as np
 import polars as pl
+import pytest
 
 from tasks.publish import metric_regressions, partition_path, publish_partition, strategy_of
 
@@ -99,3 +100,31 @@ def test_metric_regression_rule():
     assert metric_regressions(metrics(0.46), metrics(0.5), 0.1, "hybrid") == []  # -8 %: within tolerance
     reasons = metric_regressions(metrics(0.40), metrics(0.5), 0.1, "hybrid")
     assert len(reasons) == 2 and "warm" in reasons[0] and "cold k=0" in reasons[1]
+
+
+def test_a_night_is_committed_together_and_a_killed_publish_leaves_nothing_visible(tmp_path, monkeypatch):
+    from tasks import publish
+
+    roots = [tmp_path / name for name in ("recommendations", "new_items", "metrics")]
+    night = date(2026, 1, 1)
+    calls = {"n": 0}
+    real = publish.stage_partition
+
+    def dies_on_the_third(frame_, root, run_date):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed while writing the last table
+        return real(frame_, root, run_date)
+
+    monkeypatch.setattr(publish, "stage_partition", dies_on_the_third)
+    staged = []
+    with pytest.raises(KeyboardInterrupt):
+        for root in roots:
+            staged.append(publish.stage_partition(frame(5, 1), root, night))
+    assert all(not partition_path(root, night).exists() for root in roots)  # nothing visible yet
+    monkeypatch.setattr(publish, "stage_partition", real)
+    leftovers = publish.clear_staging(roots)  # the next run clears what the killed one left
+    assert len(leftovers) == 2 and not any(list((root / "_staging").glob("*")) for root in roots)
+    paths = publish.commit_partitions([real(frame(5, 2), root, night) for root in roots])
+    assert [p.parent.parent.parent for p in paths] == roots
+    assert all(partition_path(root, night).exists() for root in roots)

@@ -94,3 +94,29 @@ def test_a_writer_waits_for_a_reader_then_says_who_to_close(settings):
         reader.send_signal(signal.SIGKILL)
         reader.wait()
     db.connect(settings).close()  # free again once the reader is gone
+
+
+@pytest.mark.parametrize(("error", "expected"), [(RuntimeError("disk on fire\nsecond line"), "RuntimeError: disk on fire"),
+                                                 (KeyboardInterrupt(), "KeyboardInterrupt: interrupted (Ctrl-C")])
+def test_a_run_ended_by_an_error_or_ctrl_c_is_marked_failed_when_it_ends(settings, error, expected):
+    from recsys.runs import failed_on_exit, start_run
+
+    with db.warehouse(settings) as con:
+        start_run(con, settings, "run-1", "nightly")
+    with pytest.raises(type(error)), failed_on_exit(settings, "run-1"):
+        raise error
+    with db.warehouse(settings) as con:
+        ((status, message),) = con.execute("select status, message from runs where run_id = 'run-1'").fetchall()
+    assert status == "failed" and message.startswith(expected)
+
+
+def test_a_run_that_finished_before_the_error_keeps_its_status(settings):
+    from recsys.runs import failed_on_exit, finish_run, start_run
+
+    with db.warehouse(settings) as con:
+        start_run(con, settings, "run-2", "ingest")
+        finish_run(con, settings, "run-2", "held")
+    with pytest.raises(RuntimeError), failed_on_exit(settings, "run-2"):
+        raise RuntimeError("the gate held the batch")
+    with db.warehouse(settings) as con:
+        assert con.execute("select status from runs where run_id = 'run-2'").fetchall() == [("held",)]

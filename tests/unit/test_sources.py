@@ -99,3 +99,37 @@ def test_the_drop_folder_uses_its_mapping(tmp_path, drop):
 
 
 COLUMNS = {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
+
+
+def test_odd_entries_in_a_drop_folder_are_named_and_skipped_never_read(tmp_path, drop, capsys):
+    """A folder named x.csv ended the ingest in a traceback; a FIFO named p.csv hung it forever while it held
+    the run lock; a link read a file outside the landing area. Each is skipped with its reason."""
+    import os
+
+    settings = Settings(home=tmp_path)
+    (drop / "good.csv").write_text("user_id,item_id,timestamp\n1,1,1700000000\n")
+    (drop / "x.csv").mkdir()
+    os.mkfifo(drop / "p.csv")
+    secret = tmp_path / "elsewhere" / "secret.csv"
+    secret.parent.mkdir()
+    secret.write_text("user_id,item_id,timestamp\n9,9,1700000000\n")
+    (drop / "link.csv").symlink_to(secret)
+    (drop / "inside.csv").symlink_to(drop / "good.csv")  # a link that stays inside is fine
+    specs = resolve_source(settings, "csv")
+    assert sorted(s.path.name for s in specs) == ["good.csv", "inside.csv"]
+    printed = capsys.readouterr().out
+    assert "x.csv: it is a folder" in printed and "p.csv: it is a FIFO" in printed
+    assert "link.csv: it is a link to" in printed and "--allow-paths-outside-mapping" in printed
+    allowed = resolve_source(settings, "csv", allow_outside=True)
+    assert "link.csv" in {s.path.name for s in allowed}
+
+
+def test_a_mapping_folder_path_cannot_reach_outside_through_a_link(tmp_path):
+    folder = tmp_path / "share"
+    folder.mkdir()
+    (tmp_path / "private.csv").write_text("user_id,item_id,timestamp\n1,1,1700000000\n")
+    (folder / "data.csv").symlink_to(tmp_path / "private.csv")
+    (folder / "ok.csv").write_text("user_id,item_id,timestamp\n1,1,1700000000\n")
+    mapping = {"interactions": {"path": ".", **COLUMNS}}
+    specs = tabular_specs("csv", None, mapping, base_dir=folder)
+    assert [s.path.name for s in specs] == ["ok.csv"]
