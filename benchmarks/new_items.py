@@ -18,7 +18,6 @@ ratings never reach the warehouse; the variant is built in a temporary folder an
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from benchmarks.quality import ml100k_dir, write_result
 from flows.ingest import ingest_flow
 from flows.nightly import train_publish_flow
 from recsys import db
@@ -122,11 +122,5 @@ def format_result(r: dict) -> str:
 
 
 def main(args) -> int:
-    path = Path(args.path or os.environ.get("RECSYS_ML100K_DIR", "../shared/datasets/ml-100k"))
-    result = run(path, args.share, args.min_ratings, args.seed, args.epochs)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(format_result(result))
-    print(f"JSON: {out}")
-    return 0
+    result = run(ml100k_dir(args.path), args.share, args.min_ratings, args.seed, args.epochs)
+    return write_result(result, args.out, format_result(result), "")

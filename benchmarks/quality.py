@@ -375,8 +375,7 @@ def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protoco
     peer_names = peer_models.PEERS if peers else ()
     settings = Settings(epochs=epochs, bootstrap_samples=500)
     if dataset == "ml-100k":
-        path = Path(path or os.environ.get("RECSYS_ML100K_DIR", "../shared/datasets/ml-100k"))
-        frames = load_ml100k(path)
+        frames = load_ml100k(ml100k_dir(path))
     else:
         frames = load_synthetic()
     names = list(names or ALL_MODELS)
@@ -396,12 +395,22 @@ def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protoco
     return result
 
 
+def ml100k_dir(path: str | Path | None) -> Path:
+    """The MovieLens-100k folder: ``path``, else RECSYS_ML100K_DIR, else ../shared/datasets/ml-100k."""
+    return Path(path or os.environ.get("RECSYS_ML100K_DIR", "../shared/datasets/ml-100k"))
+
+
+def write_result(result: dict, out: str | Path, table: str, footer: str) -> int:
+    """A benchmark's JSON to ``out`` and its table (and ``footer``) to stdout."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(table)
+    print(f"{footer}JSON: {out}")
+    return 0
+
+
 def main(args) -> int:
     result = run(args.dataset, Path(args.path) if args.path else None, args.seeds, args.models, args.epochs,
                  protocols=tuple(args.protocols), peers=args.peers)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(format_tables(result))
-    print(f"\nwall time {result['wall_seconds']} s; JSON: {out}")
-    return 0
+    return write_result(result, args.out, format_tables(result), f"\nwall time {result['wall_seconds']} s; ")

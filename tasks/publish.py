@@ -5,8 +5,12 @@ A night is published as a new immutable version directory,
 ``<root>/_staging/`` and then moved into place with one ``os.rename`` of the directory, which is atomic.
 Paths never change content, so a reader that opens a file twice (DuckDB reads the footer and the data
 separately) can never mix two versions: measured, replacing one file in place tore concurrent DuckDB reads
-("don't know what type"). The views in ``sql/views`` read only the newest version of each night; older
-versions are retired after a grace period, keeping one more for readers already in flight. Other dates are never touched.
+("don't know what type"). The night's tables share one version stamp, and a version counts only once its
+commit marker ``<output>/_commits/run_date=<date>/version=<stamp>`` exists, written after every table of the
+night is in place: the night's tables become visible together, or not at all (a kill between two renames
+leaves a version nobody reads, cleared by the next publish). The views in ``sql/views`` and
+:func:`partition_path` read only the newest committed version of each night; older versions are retired
+after a grace period, keeping one more for readers already in flight. Other dates are never touched.
 """
 
 from __future__ import annotations
@@ -37,10 +41,30 @@ def partition_dir(root: Path, run_date: date) -> Path:
     return Path(root) / f"run_date={run_date.isoformat()}"
 
 
+def commits_dir(root: Path) -> Path:
+    """Where the commit markers of the tables under ``root``'s parent (the output folder) live."""
+    return Path(root).parent / "_commits"
+
+
+def committed_versions(root: Path, run_date: date) -> list[str]:
+    """The committed versions of ``run_date`` in ``root``, oldest first. A layout published before commit
+    markers existed (no ``_commits`` folder at all) counts every version as committed."""
+    markers = commits_dir(root)
+    if not markers.exists():
+        return sorted(p.name.split("=", 1)[1] for p in partition_dir(root, run_date).glob("version=*"))
+    present = {p.name.split("=", 1)[1] for p in partition_dir(root, run_date).glob("version=*")}
+    marked = {p.name.split("=", 1)[1] for p in (markers / f"run_date={run_date.isoformat()}").glob("version=*")}
+    return sorted(present & marked)
+
+
 def partition_path(root: Path, run_date: date) -> Path:
-    """The data file of the newest published version of ``run_date`` (which may not exist)."""
-    versions = sorted(partition_dir(root, run_date).glob("version=*"))
-    return (versions[-1] if versions else partition_dir(root, run_date) / "version=none") / PARTITION_FILE
+    """The data file of the newest committed version of ``run_date`` (which may not exist)."""
+    versions = committed_versions(root, run_date)
+    return partition_dir(root, run_date) / f"version={versions[-1] if versions else 'none'}" / PARTITION_FILE
+
+
+def new_version() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)
@@ -51,10 +75,11 @@ class StagedPartition:
     final: Path
 
 
-def stage_partition(frame: pl.DataFrame, root: Path, run_date: date) -> StagedPartition:
-    """Write ``frame`` as a new version of the ``run_date`` partition of ``root``, under ``root/_staging``."""
+def stage_partition(frame: pl.DataFrame, root: Path, run_date: date, version: str | None = None) -> StagedPartition:
+    """Write ``frame`` as a new version of the ``run_date`` partition of ``root``, under ``root/_staging``
+    (``version``: the night's shared stamp; a new one by default)."""
     root = Path(root)
-    version = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}"
+    version = version or new_version()
     staging = root / "_staging" / version
     staging.mkdir(parents=True)
     try:
@@ -66,23 +91,48 @@ def stage_partition(frame: pl.DataFrame, root: Path, run_date: date) -> StagedPa
 
 
 def commit_partitions(staged: list[StagedPartition], grace_seconds: float = 600.0) -> list[Path]:
-    """Make staged versions visible: one rename each (atomic per table), all after every table was written,
-    so a kill while writing publishes nothing and a night's tables appear together (the renames follow one
-    another within milliseconds). Superseded versions are deleted once they are not among the newest
-    ``KEEP_VERSIONS`` and older than ``grace_seconds``, so a reader that listed the files just before the
-    switch can still read them."""
+    """Make staged versions visible together: each is renamed into place (atomic per table, invisible until
+    committed), then one commit marker per (output folder, night, version) is written, atomically, last. A
+    kill before the marker publishes nothing. Superseded versions are deleted once they are not among the
+    newest ``KEEP_VERSIONS`` committed ones and older than ``grace_seconds``, so a reader that listed the
+    files just before the switch can still read them."""
     paths = []
     for part in staged:
+        root = part.final.parent.parent
+        if not commits_dir(root).exists():
+            adopt_uncommitted_layout(root)
         part.final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(part.staging, part.final)  # atomic: the version directory appears complete or not at all
+        os.rename(part.staging, part.final)
         paths.append(part.final / PARTITION_FILE)
+    for marker in dict.fromkeys(commits_dir(p.parent.parent) / p.parent.name / p.name for p in
+                                (part.final for part in staged)):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        staged_marker = marker.with_name(f".{marker.name}.{uuid.uuid4().hex[:6]}")
+        staged_marker.write_text("")
+        os.replace(staged_marker, marker)  # the commit: atomic
     now = datetime.now(UTC)
     for part in staged:
-        for old in sorted(part.final.parent.glob("version=*"))[:-KEEP_VERSIONS]:
-            stamp = datetime.strptime(old.name.split("=", 1)[1].split("-")[0], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
-            if (now - stamp).total_seconds() >= grace_seconds:
+        root, night = part.final.parent.parent, part.final.parent
+        keep = set(committed_versions(root, date.fromisoformat(night.name.split("=", 1)[1]))[-KEEP_VERSIONS:])
+        for old in sorted(night.glob("version=*")):
+            version = old.name.split("=", 1)[1]
+            stamp = datetime.strptime(version.split("-")[0], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+            if keep and version not in keep and version < max(keep) and (now - stamp).total_seconds() >= grace_seconds:
                 shutil.rmtree(old, ignore_errors=True)
+                (commits_dir(root) / night.name / old.name).unlink(missing_ok=True)
     return paths
+
+
+def adopt_uncommitted_layout(root: Path) -> None:
+    """Commit markers for every version under ``root``'s output folder published before markers existed, so
+    the first publish with markers does not hide the nights already there."""
+    output = Path(root).parent
+    for version_dir in output.glob("*/run_date=*/version=*"):
+        if version_dir.parts[-3].startswith("_"):
+            continue
+        marker = commits_dir(root) / version_dir.parent.name / version_dir.name
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
 
 
 def publish_partition(frame: pl.DataFrame, root: Path, run_date: date, grace_seconds: float = 600.0) -> Path:
@@ -306,9 +356,10 @@ def publish_step(settings, run_id: str, run_date: date, frames: Frames, model_na
         for leftover in clear_staging([out / name for name in tables]):
             print(f"removed {leftover}: a publish that was killed before it finished left it")
         staged: list[StagedPartition] = []
+        version = new_version()  # one stamp for the night's tables: one commit marker makes them visible
         try:
             for name, frame in tables.items():
-                staged.append(stage_partition(frame, out / name, run_date))
+                staged.append(stage_partition(frame, out / name, run_date, version))
         except BaseException:
             for part in staged:
                 shutil.rmtree(part.staging, ignore_errors=True)

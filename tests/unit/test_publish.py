@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import date
 
@@ -128,3 +129,57 @@ def test_a_night_is_committed_together_and_a_killed_publish_leaves_nothing_visib
     paths = publish.commit_partitions([real(frame(5, 2), root, night) for root in roots])
     assert [p.parent.parent.parent for p in paths] == roots
     assert all(partition_path(root, night).exists() for root in roots)
+
+
+def test_a_night_is_visible_only_once_its_commit_marker_is_written(tmp_path, monkeypatch):
+    """Both tables of a night renamed into place but killed before the commit: readers (the views and
+    partition_path) still see the previous night's versions of both, never one table ahead of the other."""
+    from recsys.settings import PROJECT_ROOT
+    from tasks import publish
+
+    out, night = tmp_path / "output", date(2026, 1, 1)
+    tables = ("recommendations", "new_items")
+
+    def night_of(marker: int) -> list:
+        version = publish.new_version()
+        return [publish.stage_partition(frame(5, marker), out / name, night, version) for name in tables]
+
+    publish.commit_partitions(night_of(1))
+    real_replace = os.replace
+
+    def killed_at_the_commit(src, dst):
+        if "_commits" in str(dst):
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_at_the_commit)
+    with pytest.raises(KeyboardInterrupt):
+        publish.commit_partitions(night_of(2))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert len(list((out / "new_items" / f"run_date={night}").glob("version=*"))) == 2  # renamed, uncommitted
+
+    con = duckdb.connect()
+    con.execute("set variable recsys_output = $root", {"root": str(out)})
+    con.execute((PROJECT_ROOT / "sql" / "views" / "published.sql").read_text())
+
+    def seen(name: str) -> set:
+        return {m for (m,) in con.sql(f"select distinct item_id from published('{name}')").fetchall()}
+
+    assert seen("recommendations") == seen("new_items") == {1}
+    assert all(pl.read_parquet(publish.partition_path(out / name, night))["item_id"].unique().to_list() == [1]
+               for name in tables)
+    publish.commit_partitions(night_of(3))
+    assert seen("recommendations") == seen("new_items") == {3}
+
+
+def test_nights_published_before_commit_markers_stay_visible(tmp_path):
+    from tasks import publish
+
+    out, night = tmp_path / "output", date(2026, 1, 1)
+    legacy = out / "recommendations" / f"run_date={night}" / "version=20260101T000000000000-aaaaaa"
+    legacy.mkdir(parents=True)
+    frame(5, 7).write_parquet(legacy / "data.parquet")
+    assert pl.read_parquet(publish.partition_path(out / "recommendations", night))["item_id"].to_list()[0] == 7
+    publish.commit_partitions([publish.stage_partition(frame(5, 8), out / "metrics", date(2026, 1, 2))])
+    assert (out / "_commits" / f"run_date={night}" / legacy.name).exists()  # adopted, not hidden
+    assert pl.read_parquet(publish.partition_path(out / "recommendations", night))["item_id"].to_list()[0] == 7
