@@ -36,6 +36,7 @@ from tasks.features import Frames, build_features, load_frames
 from tasks.generate import GeneratorConfig, generate
 from tasks.item_text import text_vectors
 from tasks.metrics import ITEM_METRICS, Catalog, map_full, ndcg, precision, ranked_lists, recall
+from tasks.report import strongest_item_baseline
 from tasks.sources import movielens_specs, synthetic_specs
 from tasks.split import cold_user_split, item_cold_split, stratified_split
 from tasks.train import fit_tuned
@@ -291,7 +292,8 @@ def format_item_cold(i: dict) -> list[str]:
         lines.append(f"  {model:28} " + " ".join(
             (f"{c['value']:.4f} [{c['ci_low']:.3f},{c['ci_high']:.3f}]" if (c := cells.get((model, m, k))) else "-"
              ).rjust(24) for m, k in ITEM_COLUMNS))
-    strongest = {(m, k): strongest_baseline(i["table"], m, k) for m, k in (("ndcg", 10), ("item_ndcg", 100))}
+    table = pl.DataFrame(i["table"])  # the mean over seeds, as the report's rows of one night
+    strongest = {(m, k): strongest_item_baseline(table, m, k) for m, k in (("ndcg", 10), ("item_ndcg", 100))}
     lines.append("  lift over random and over the strongest baseline (" + ", ".join(
         f"{m}@{k}: {b}" for (m, k), b in strongest.items()) + "), and over the same model without the pretrained "
         "encoder (paired, mean of seeds; seeds with CI > 0):")
@@ -306,13 +308,6 @@ def format_item_cold(i: dict) -> list[str]:
         if parts:
             lines.append(f"    {model:28} " + "; ".join(parts))
     return lines
-
-
-def strongest_baseline(table: list[dict], metric: str, k: int) -> str:
-    """The baseline with the best mean ``metric``@``k`` over seeds (what a model must beat to be worth it)."""
-    values = {r["model"]: r["value"] for r in table if r["metric"] == metric and r["k"] == k
-              and r["model"] in ITEM_COLD_BASELINES}
-    return max(values, key=values.get) if values else ITEM_COLD_BASELINES[0]
 
 
 def format_tables(result: dict) -> str:

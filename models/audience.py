@@ -97,23 +97,16 @@ class NewItemAudience(Recommender):
             "text_weight": None,  # the content part's weight of the pretrained text vector (None: ContentKNN's)
         }
 
-    def _content(self) -> ContentKNN:
-        """The content neighbourhood on this model's encoding."""
+    def _parts(self) -> tuple[ContentKNN, GenrePopularity]:
+        """The content neighbourhood and the genre shares this model reads, on its own encoding."""
         weight = self.params["text_weight"]
-        content = ContentKNN(**({} if weight is None else {"text_weight": float(weight)}))
-        for key in ("item_ids", "item_genres", "item_year", "item_tokens", "item_text", "train"):
-            setattr(content, key, getattr(self, key))
-        content._fit(0)
-        return content
-
-    def _genres(self) -> GenrePopularity:
-        genres = GenrePopularity()
-        genres.item_genres, genres.train = self.item_genres, self.train
-        genres._fit(0)
-        return genres
+        return (ContentKNN.part_of(self, **({} if weight is None else {"text_weight": float(weight)})),
+                GenrePopularity.part_of(self))
 
     def _fit(self, seed: int) -> None:
-        self.content_model, self.genre_model = self._content(), self._genres()
+        self.content_model, self.genre_model = self._parts()
+        self.content_model._fit(seed)
+        self.genre_model._fit(seed)
         rng = np.random.default_rng(seed)
         p = self.params
         taken = np.flatnonzero(self.item_popularity > 0)
@@ -145,20 +138,24 @@ class NewItemAudience(Recommender):
     def _features(self, users: UserBlock, columns: np.ndarray | slice = slice(None)) -> np.ndarray:
         """(users, columns, FEATURES) float32."""
         activity = np.log1p(users.history_length.astype(np.float32))[:, None]
-        affinity = self.content_model.score_block(users)[:, columns]
-        share = self.genre_model.score_block(users)[:, columns]
+        affinity = self.content_model.column_scores(users, columns)
+        share = self.genre_model.column_scores(users, columns)
         activity = np.broadcast_to(activity, affinity.shape)
         return np.stack([activity, affinity, share, activity * affinity], axis=-1).astype(np.float32)
 
     def score_block(self, users: UserBlock) -> np.ndarray:
-        """Log-odds that each user takes each item, as if the item were new (its own interactions unread)."""
+        return self.column_scores(users, slice(None))
+
+    def column_scores(self, users: UserBlock, columns: np.ndarray | slice) -> np.ndarray:
+        """Log-odds that each user takes each item of ``columns``, as if the item were new (its own
+        interactions unread)."""
         a, b = self.calibration
         coefficients = (b * self.weights / self.scale).astype(np.float32)
         intercept = np.float32(a - float(np.dot(self.mean, b * self.weights / self.scale)))
         activity = np.log1p(users.history_length.astype(np.float32))[:, None]
-        affinity = self.content_model.score_block(users)
+        affinity = self.content_model.column_scores(users, columns)
         out = affinity * (coefficients[1] + coefficients[3] * activity)
-        out += coefficients[2] * self.genre_model.score_block(users)
+        out += coefficients[2] * self.genre_model.column_scores(users, columns)
         out += coefficients[0] * activity + intercept
         return out
 
@@ -182,13 +179,8 @@ class NewItemAudience(Recommender):
             "calibration": {"intercept": float(self.calibration[0]), "slope": float(self.calibration[1])}}, indent=2))
 
     def _load_state(self, path: Path) -> None:
-        weight = self.params["text_weight"]
-        self.content_model = ContentKNN(**({} if weight is None else {"text_weight": float(weight)}))
-        for key in ("item_ids", "item_genres", "item_year", "item_tokens", "item_text", "train"):
-            setattr(self.content_model, key, getattr(self, key))
+        self.content_model, self.genre_model = self._parts()
         self.content_model._load_state(path)
-        self.genre_model = GenrePopularity()
-        self.genre_model.item_genres = self.item_genres
         self.genre_model._load_state(path)
         with np.load(path / "audience.npz") as z:
             self.weights, self.mean, self.scale, self.calibration = z["weights"], z["mean"], z["scale"], z["calibration"]

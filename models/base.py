@@ -74,6 +74,19 @@ class Recommender(ABC):
     def default_params(cls) -> dict[str, Any]:
         return {}
 
+    # What a model built inside another (part_of) reads of the parent's encoding.
+    PART_ENCODING: ClassVar[tuple[str, ...]] = ("item_ids", "item_genres", "item_year", "item_tokens", "item_text",
+                                                "train")
+
+    @classmethod
+    def part_of(cls, parent: Recommender, **params: Any) -> Self:
+        """A model of this kind sharing ``parent``'s encoding (the same arrays, not copies), to be fitted or
+        loaded as a part of ``parent`` (a baseline or a feature built from another model's scores)."""
+        part = cls(**params)
+        for key in cls.PART_ENCODING:
+            setattr(part, key, getattr(parent, key))
+        return part
+
     # -- fitting -------------------------------------------------------------------------------------------
 
     def fit(

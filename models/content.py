@@ -63,10 +63,15 @@ class ContentKNN(Recommender):
         self.content.eliminate_zeros()
 
     def score_block(self, users: UserBlock) -> np.ndarray:
+        return self.column_scores(users, slice(None))
+
+    def column_scores(self, users: UserBlock, columns: np.ndarray | slice) -> np.ndarray:
+        """The block's scores of the catalogue ``columns`` only (a caller that needs a few items, the new
+        ones, does not pay for the catalogue)."""
         profile = np.asarray((users.history @ self.content).todense(), dtype=np.float32)  # (b, d)
         norms = np.linalg.norm(profile, axis=1, keepdims=True)
         np.divide(profile, norms, out=profile, where=norms > 0)
-        return np.asarray((self.content @ profile.T).T, dtype=np.float32)
+        return np.asarray((self.content[columns] @ profile.T).T, dtype=np.float32)
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         """"similar to <the known item whose content is closest>"."""
@@ -120,8 +125,7 @@ class Activity(Recommender):
     scores_new_items = True
 
     def _fit(self, seed: int) -> None:
-        self.genres = GenrePopularity()
-        self.genres.item_genres, self.genres.train = self.item_genres, self.train
+        self.genres = GenrePopularity.part_of(self)
         self.genres._fit(seed)
 
     def score_block(self, users: UserBlock) -> np.ndarray:
@@ -135,8 +139,7 @@ class Activity(Recommender):
         self.genres._save_state(path)
 
     def _load_state(self, path: Path) -> None:
-        self.genres = GenrePopularity()
-        self.genres.item_genres = self.item_genres
+        self.genres = GenrePopularity.part_of(self)
         self.genres._load_state(path)
 
 
@@ -155,10 +158,14 @@ class GenrePopularity(Recommender):
                                       where=sizes > 0).astype(np.float32)
 
     def score_block(self, users: UserBlock) -> np.ndarray:
+        return self.column_scores(users, slice(None))
+
+    def column_scores(self, users: UserBlock, columns: np.ndarray | slice) -> np.ndarray:
+        """The block's scores of the catalogue ``columns`` only."""
         per_genre = np.asarray(users.history @ self.item_genres, dtype=np.float32)  # (b, genres)
         totals = per_genre.sum(axis=1, keepdims=True)
         share = np.where(totals > 0, per_genre / np.maximum(totals, 1.0), self.global_share[None, :])
-        return (share @ self.item_profile.T).astype(np.float32)
+        return (share @ self.item_profile[columns].T).astype(np.float32)
 
     def _save_state(self, path: Path) -> None:
         np.savez(path / "genres.npz", global_share=self.global_share, item_profile=self.item_profile)

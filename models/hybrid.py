@@ -347,7 +347,7 @@ class Hybrid(Recommender):
         if slots <= 0 or len(rows) == 0:
             return None
         history = users.history.tocsr()
-        logit = self.components[audience].block_scores(users)[rows][:, new].astype(np.float64)
+        logit = self._audience_of(users, new)[rows].astype(np.float64)
         seen_new = history[rows][:, new].tocoo()
         logit[seen_new.row, seen_new.col] = -np.inf
         slots = min(slots, len(new))
@@ -384,13 +384,18 @@ class Hybrid(Recommender):
             placed[rows[go], cols] = 1.0
         return placed if placed.any() else None
 
+    def _audience_of(self, users: UserBlock, columns: np.ndarray) -> np.ndarray:
+        """The audience model's scores of ``columns`` only: a block lists and explains a few new items, and
+        scoring the whole catalogue for them doubled the content work of every block."""
+        return self.components[self.params["audience_model"]].column_scores(users, columns)
+
     def audience_scores(self, users: UserBlock, columns: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """The audience model's scores of these items (seen ones stay out); without one, the same mix as
         :meth:`score_block` of each component's scores standardised over all training users
         (``audience_scale``) instead of per user: a per-user z-score drops what sets one user's scores above
         another's, which is all that ranking users for an item reads."""
         if self.params["audience_model"]:
-            out = self.components[self.params["audience_model"]].block_scores(users)[:, columns].copy()
+            out = self._audience_of(users, columns)
             seen = users.history[:, columns].tocoo()  # not the list's -inf: unplaced new items are -inf there
             out[seen.row, seen.col] = -np.inf
             return out
