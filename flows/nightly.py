@@ -75,9 +75,9 @@ def evaluate_slice(settings: Settings, run_id: str, fold: EvaluationFold, slice_
 
 @task
 def write_evaluation(settings: Settings, run_id: str, snap: Snapshot, fold: EvaluationFold,
-                     parts: list[SliceMetrics], fitted: dict[str, str]) -> Evaluation:
+                     parts: list[SliceMetrics], fitted: dict[str, str], published: str) -> Evaluation:
     return evaluate.write_evaluation_step(settings, run_id, fold, parts, fitted, settings.reports_dir / run_id,
-                                          gate=snap.gate())
+                                          gate=snap.gate(), published=published)
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only,
@@ -209,7 +209,7 @@ def _train_publish(settings: Settings, run_id: str, night: date, names: list[str
         feats = cached(build_features, settings, run_id, snap)
         progress.step("features", f"{feats.users:,} users ({feats.users_without_history:,} without history), "
                                   f"{feats.items:,} items")
-        evaluation = evaluate_night(runner, settings, run_id, snap, names)
+        evaluation = evaluate_night(runner, settings, run_id, snap, names, publish_model)
         progress.step("evaluate", evaluation.report_html)
         trained = train_night(runner, settings, run_id, snap, feats, names, evaluation)
         progress.step("train", trained.model_dir)
@@ -272,8 +272,10 @@ def fit_fold(runner: TaskRunner, settings: Settings, names: list[str], train: st
     return fitted
 
 
-def evaluate_night(runner: TaskRunner, settings: Settings, run_id: str, snap: Snapshot, names: list[str]) -> Evaluation:
-    """Split once; fit each model once on the evaluation fold; every slice scored by every model; the report."""
+def evaluate_night(runner: TaskRunner, settings: Settings, run_id: str, snap: Snapshot, names: list[str],
+                   publish_model: str) -> Evaluation:
+    """Split once; fit each model once on the evaluation fold; every slice scored by every model; the report
+    (``publish_model``'s answer first)."""
     fold = cached(split_for_evaluation, settings, run_id, snap)
     folder = settings.reports_dir / run_id
     fitted = fit_fold(runner, settings, names, fold.train, fold.features, str(folder / "models"), "evaluation fold",
@@ -287,7 +289,8 @@ def evaluate_night(runner: TaskRunner, settings: Settings, run_id: str, snap: Sn
     parts = run_all(runner, settings, evaluate_slice, [
         {"settings": settings, "run_id": run_id, "fold": fold, "slice_name": name, "models": models,
          "folder": str(folder / "metrics")} for name, models in slices.items()])
-    return cached(write_evaluation, settings, run_id, snap, fold, parts, {n: f.path for n, f in fitted.items()})
+    return cached(write_evaluation, settings, run_id, snap, fold, parts, {n: f.path for n, f in fitted.items()},
+                  publish_model)
 
 
 def train_night(runner: TaskRunner, settings: Settings, run_id: str, snap: Snapshot, feats: FeatureSet,

@@ -80,6 +80,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iterations: int = 25) 
 
 class NewItemAudience(Recommender):
     name = "new_item_audience"
+    description = 'who takes a new item: activity, content affinity and genre share, calibrated'
     scores_new_items = True
 
     @staticmethod

@@ -59,6 +59,8 @@ class UserBlock:
 
 class Recommender(ABC):
     name: ClassVar[str]
+    # What the model is, in one line for people (the report's headline names the published model with it).
+    description: ClassVar[str] = ""
     # Scores an item from its content, so an item with no interactions gets a real score (not a CF zero).
     scores_new_items: ClassVar[bool] = False
 

@@ -32,6 +32,7 @@ def _unit_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
 
 class ContentKNN(Recommender):
     name = "content_knn"
+    description = "items whose genres, year and text (pretrained encoder) are like the user's"
     scores_new_items = True
 
     @classmethod

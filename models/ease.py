@@ -34,6 +34,7 @@ from models.tiled import TiledMatrix
 
 class EASE(Recommender):
     name = "ease"
+    description = "a linear item-to-item autoencoder (EASE) over the user's history"
 
     @classmethod
     def default_params(cls) -> dict:

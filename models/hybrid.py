@@ -68,6 +68,7 @@ class ValidationCase:
 
 class Hybrid(Recommender):
     name = "hybrid"
+    description = 'the two-tower, EASE, item-kNN and segment popularity blended with weights tuned per history length on validation users; new items placed by the audience model'
 
     @classmethod
     def default_params(cls) -> dict:

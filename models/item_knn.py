@@ -18,6 +18,7 @@ class ItemKNN(Recommender):
     """
 
     name = "item_knn"
+    description = "items taken by the same users as the user's items"
 
     @classmethod
     def default_params(cls) -> dict:

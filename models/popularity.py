@@ -16,6 +16,7 @@ class Popularity(Recommender):
     """Global popularity: the same ranking (most interacted items first) for everyone."""
 
     name = "popularity"
+    description = 'the same most-taken items for everyone'
 
     def _fit(self, seed: int) -> None:
         self.scores = self.item_popularity / max(1.0, float(self.item_popularity.max()))
@@ -50,6 +51,7 @@ class SegmentPopularity(Recommender):
     """
 
     name = "segment_popularity"
+    description = "the most-taken items of the user's demographic segment"
 
     @classmethod
     def default_params(cls) -> dict:

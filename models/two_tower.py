@@ -207,6 +207,7 @@ def first_items_by_time(interactions, user_ids: np.ndarray, item_ids: np.ndarray
 
 class TwoTower(Recommender):
     name = "two_tower"
+    description = "a Keras two-tower network over ids, demographics, the user's items and item content"
     scores_new_items = True
 
     @classmethod
@@ -308,7 +309,11 @@ class TwoTower(Recommender):
         def epoch_ended(epoch, logs=None):
             last["loss"] = f", last loss {float((logs or {}).get('loss', float('nan'))):.3f}"
 
-        callbacks = [keras.callbacks.LambdaCallback(on_epoch_begin=epoch_started, on_epoch_end=epoch_ended)]
+        def training_ended(logs=None):
+            progress.detail(f"trained{last['loss']}; caching the item vectors")
+
+        callbacks = [keras.callbacks.LambdaCallback(on_epoch_begin=epoch_started, on_epoch_end=epoch_ended,
+                                                    on_train_end=training_ended)]
         val_ds = None
         if is_val.sum() >= batch:
             val_ds = self._dataset(users[is_val], items[is_val], batch, seed + 1, shuffle=False)

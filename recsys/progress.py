@@ -1,9 +1,9 @@
 """Progress while a long step runs: a line at most every ``RECSYS_PROGRESS_SECONDS`` (default 10) seconds.
 
 A flow opens a :class:`Heartbeat` and names each step as it starts; code deep inside a step (a model's
-epochs, an evaluation slice, a block of users being scored) says what it is doing with :func:`doing` and
-:func:`detail`, which cost an assignment. A background thread prints, only while a step has run longer than
-the interval since the last line, where it is::
+epochs, an evaluation slice, a block of users being scored) says what it is doing with :func:`activity` (for
+as long as it runs) and :func:`detail`, which cost an assignment. A background thread prints, only while a
+step has run longer than the interval since the last line, where it is::
 
       ... evaluate 40 s: fitting two_tower (evaluation fold): epoch 9/30, loss 5.612
 
@@ -12,10 +12,12 @@ A step shorter than the interval prints nothing extra, so a small night reads as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 _state = {"activity": "", "detail": ""}
 
@@ -23,6 +25,17 @@ _state = {"activity": "", "detail": ""}
 def doing(activity: str) -> None:
     """What the running step does now (clears the detail)."""
     _state["activity"], _state["detail"] = activity, ""
+
+
+@contextlib.contextmanager
+def activity(text: str) -> Iterator[None]:
+    """``with activity("fitting ease"):`` says what runs for as long as it runs, and no longer: once the block
+    ends (or raises) the heartbeat stops naming it (it used to repeat a finished fit's last epoch)."""
+    doing(text)
+    try:
+        yield
+    finally:
+        doing("")
 
 
 def detail(text: str) -> None:

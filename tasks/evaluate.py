@@ -24,12 +24,13 @@ from tasks.metrics import (
     ITEM_COLD_MODELS,
     ITEM_METRICS,
     METRICS,
+    USER_BASELINES,
     Catalog,
     aggregate,
     item_to_user_values,
     ranked_lists,
 )
-from tasks.report import write_report
+from tasks.report import HISTORY_NIGHTS, write_report
 from tasks.split import ValidationFold, carve_validation, cold_user_split, item_cold_split, temporal_split
 from tasks.train import FittedModel, fit_fold_here, release_memory
 from tasks.validate import docs_index
@@ -108,14 +109,14 @@ def evaluate_models(
                       s.excluded_users, s.new_items)
         item_cold = s.new_items is not None
         slice_ks = tuple(sorted(set(ks) | set(ITEM_COLD_KS))) if item_cold else tuple(ks)
-        progress.doing(f"scoring {s.split} users" + (f" (k={s.k_shot})" if s.k_shot is not None else "")
-                       + f" with {len(models)} models")
         resamples = bootstrap_indices(len(users), n_boot, seed)
         per_model: dict[str, dict[tuple[str, int], np.ndarray]] = {}
         # One blockwise pass for all models: the hybrid reuses its components' scores of each block; for new
         # items, each one's best users among these come out of the same pass.
-        served = serve_together(models, users, n=max(slice_ks), history=s.history, items=s.new_items,
-                                users_per_item=ITEMS_TO_USERS_K if item_cold else 0)
+        with progress.activity(f"scoring {s.split} users" + (f" (k={s.k_shot})" if s.k_shot is not None else "")
+                               + f" with {len(models)} models"):
+            served = serve_together(models, users, n=max(slice_ks), history=s.history, items=s.new_items,
+                                    users_per_item=ITEMS_TO_USERS_K if item_cold else 0)
         for name, model in models.items():
             recs = served[name].top
             catalog = Catalog.from_model(model)
@@ -130,7 +131,7 @@ def evaluate_models(
                                  s.excluded_users))
         if item_cold:
             rows += _items_to_users(served, s, seed, n_boot, run_id, comparisons)
-        references = ITEM_COLD_BASELINES if item_cold else (baseline,)
+        references = ITEM_COLD_BASELINES if item_cold else tuple(dict.fromkeys((baseline, *USER_BASELINES)))
         pairs = [(name, reference, "lift" if reference == baseline else f"lift_over_{reference}")
                  for reference in references if reference in per_model for name in per_model if name != reference]
         pairs += [(name, reference, f"lift_over_{reference}") for name, reference in comparisons]
@@ -318,24 +319,30 @@ def evaluate_slice_step(settings, run_id: str, fold: EvaluationFold, slice_name:
 
 
 def write_evaluation_step(settings, run_id: str, fold: EvaluationFold, parts: list[SliceMetrics],
-                          fitted: dict[str, str], folder: Path, gate: pl.DataFrame | None = None) -> Evaluation:
-    """Store metrics (DuckDB + Parquet), the hybrid's blend and the report; name the fits to continue from."""
+                          fitted: dict[str, str], folder: Path, gate: pl.DataFrame | None = None,
+                          published: str | None = None) -> Evaluation:
+    """Store metrics (DuckDB + Parquet), the hybrid's blend and the report (the ``published`` model's answer
+    first, beside its earlier nights); name the fits to continue from."""
     folder = Path(folder)
+    published = published or settings.publish_model
     metrics = pl.concat([pl.read_parquet(part.path) for part in parts])
     blend = Hybrid.saved_blend(Path(fitted["hybrid"])) if "hybrid" in fitted else None
     tuning = {"hybrid": blend["tuning"]} if blend else {}
     if "new_item_audience" in fitted:  # the audience model's weights, learned on held-out training items
         tuning["new_item_audience"] = NewItemAudience.saved_weights(Path(fitted["new_item_audience"]))
-    docs = docs_index(settings)
-    progress.doing("writing the report")
-    paths = write_report(metrics, folder, run_id, fold.protocol, tuning,
-                         k=min(settings.ks), gate=gate, docs=str(docs) if docs.exists() else None)
     metrics_path = folder / "metrics.parquet"
     metrics.write_parquet(metrics_path)
     weights_path = folder / "hybrid_weights.json"
     weights_path.write_text(json.dumps(blend))
     with db.warehouse(settings) as con:
         store_metrics(con, settings, run_id, metrics)
+        history = metrics_history(con, settings, run_id, published)
+        night = db.run(con, settings, "runs/run_date", {"run_id": run_id})
+    docs = docs_index(settings)
+    with progress.activity("writing the report"):
+        paths = write_report(metrics, folder, run_id, fold.protocol, tuning, k=min(settings.ks), gate=gate,
+                             docs=str(docs) if docs.exists() else None, published=published, history=history,
+                             night=str(night[0][0]) if night and night[0][0] else "")
     warm_starts = {name: path for name, path in fitted.items() if model_class(name).can_warm_start()}
     return Evaluation(str(folder), str(metrics_path), str(paths["markdown"]), str(paths["html"]), str(weights_path),
                       fold.protocol, warm_starts)
@@ -357,6 +364,13 @@ def evaluate_step(settings, run_id: str, frames: Frames, names, folder: Path, lo
         parts.append(evaluate_slice_step(settings, run_id, fold, ic.slice, {n: ic_fitted[n].path for n in ic_names},
                                          str(folder / "metrics")))
     return write_evaluation_step(settings, run_id, fold, parts, {n: f.path for n, f in fitted.items()}, folder)
+
+
+def metrics_history(con, settings, run_id: str, model: str, nights: int = HISTORY_NIGHTS) -> pl.DataFrame:
+    """``model``'s headline metrics on the last ``nights`` nights evaluated before ``run_id``, each with its
+    outcome (published, rejected by the publish gate with the reason, failed)."""
+    text = db.sql_text(settings, "publish/metrics_history")
+    return con.execute(text, {"run_id": run_id, "model": model, "nights": nights}).pl()
 
 
 def store_metrics(con, settings, run_id: str, metrics: pl.DataFrame) -> None:

@@ -54,9 +54,9 @@ def text_vectors(items: pl.DataFrame, settings: Settings, log=print) -> pl.DataF
               else pl.DataFrame(schema={"key": pl.String, VECTOR_COLUMN: pl.Array(pl.Float32, spec.dimension)}))
     missing = texts.filter(~pl.col("key").is_in(cached["key"].implode())).unique("key").sort("key")
     if missing.height:
-        progress.doing(f"embedding {missing.height:,} item texts with {spec.name}")
         started = time.perf_counter()
-        vectors = TextEncoder(spec, settings.text_encoder_model_path).encode(missing["text"].to_list())
+        with progress.activity(f"embedding {missing.height:,} item texts with {spec.name}"):
+            vectors = TextEncoder(spec, settings.text_encoder_model_path).encode(missing["text"].to_list())
         fresh = pl.DataFrame({"key": missing["key"],
                               VECTOR_COLUMN: pl.Series(VECTOR_COLUMN, vectors, dtype=pl.Array(pl.Float32, spec.dimension))})
         cached = pl.concat([cached, fresh]).unique("key", keep="first").sort("key")

@@ -22,6 +22,9 @@ CATALOGUE_METRICS = {"coverage"}
 # The item-cold protocol's baselines: showing a new item at random, by genre, by genres and exact year, or to
 # the most active users (the strongest on MovieLens: a heavy user has taken more of everything).
 ITEM_COLD_BASELINES = ("random", "genre_popularity", "genre_year", "activity")
+# The users' honest baselines: what everyone takes, and what people of the user's segment take. Every model's
+# lift is measured over each of them (paired), so the report can state its lift over the stronger one.
+USER_BASELINES = ("popularity", "segment_popularity")
 # What the item-cold fold adds to the night's models: the audience model that ranks the published audiences,
 # and its twin without the pretrained encoder (the ablation the report's first line states).
 ITEM_COLD_MODELS = ("new_item_audience", "new_item_audience_without_text")

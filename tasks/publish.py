@@ -183,9 +183,10 @@ def score_step(model_path: str, users: str, block: int, blocks: int, n: int, fol
     user_ids = np.sort(pl.read_parquet(users, columns=["user_id"])["user_id"].to_numpy())
     per, chunks = model.block_users, -(-len(user_ids) // model.block_users)  # the model's blocks, rounded up
     user_ids = user_ids[chunks * block // blocks * per:chunks * (block + 1) // blocks * per]
-    progress.doing(f"scoring {len(user_ids):,} users with {model.name}" + (f" (block {block + 1}/{blocks})" if blocks > 1 else ""))
-    served = model.serve(user_ids, n, explain=True, items=new_item_ids(model, new_item_max_interactions),
-                         users_per_item=users_per_item)
+    with progress.activity(f"scoring {len(user_ids):,} users with {model.name}"
+                           + (f" (block {block + 1}/{blocks})" if blocks > 1 else "")):
+        served = model.serve(user_ids, n, explain=True, items=new_item_ids(model, new_item_max_interactions),
+                             users_per_item=users_per_item)
     where = Path(folder)
     where.mkdir(parents=True, exist_ok=True)
     top, new = where / f"block-{block:05d}.parquet", where / f"new-items-{block:05d}.parquet"

@@ -25,7 +25,7 @@ from recsys.settings import Settings
 
 MACROS = ("published", "latest_published")
 VIEW_ORDER = ("recommendations", "latest_recommendations", "explained_recommendations", "new_items",
-              "latest_new_items", "segment_defaults", "model_metrics", "cold_start_curve")
+              "latest_new_items", "segment_defaults", "model_metrics", "cold_start_curve", "metrics_history")
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
 READ_ONLY_PRAGMAS = {"table_info", "show_tables", "show_tables_expanded", "show", "version", "functions",
                      "database_size", "storage_info", "collations", "platform"}

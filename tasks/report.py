@@ -5,11 +5,19 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 
 import polars as pl
 
-from tasks.metrics import ENCODER_ABLATION, ITEM_COLD_BASELINES, headline
+from models.registry import available, model_class
+from tasks.metrics import ENCODER_ABLATION, ITEM_COLD_BASELINES, USER_BASELINES, headline
+
+# The order models are listed in, after the published one: baselines, then the models by what they read.
+MODEL_ORDER = ("popularity", "segment_popularity", "item_knn", "ease", "content_knn", "two_tower", "hybrid",
+               "new_item_audience", "new_item_audience_without_text", *ITEM_COLD_BASELINES)
+# How many earlier nights the report's history plot shows.
+HISTORY_NIGHTS = 30
 
 
 def _plt():
@@ -92,17 +100,32 @@ ITEM_COLD_COLUMNS = (("ndcg", 10, "users->items nDCG@10"), ("recall", 50, "recal
 
 
 def _cell(value: float, low: float, high: float, percent: bool = False) -> str:
+    """A value with its 95% CI as ± (the wider side of the interval), rounded for people."""
+    half = max(value - low, high - value, 0.0)
     if percent:
-        return f"{value * 100:+.1f}% [{low * 100:+.1f}, {high * 100:+.1f}]"
-    return f"{value:.4f} [{low:.4f}, {high:.4f}]"
+        digits = 0 if abs(value) >= 0.1 else 1
+        return f"{value * 100:+.{digits}f}% ±{half * 100:.{digits}f}"
+    return f"{value:.3f} ±{half:.3f}"
 
 
-def item_cold_table(metrics: pl.DataFrame) -> pl.DataFrame:
+def ordered_models(names, published: str | None = None) -> list[str]:
+    """The published model first, then MODEL_ORDER, then anything else alphabetically: every table alike."""
+    rank = {name: i for i, name in enumerate(MODEL_ORDER)}
+    rest = sorted((n for n in set(names) if n != published), key=lambda n: (rank.get(n, len(rank)), n))
+    return ([published] if published in set(names) else []) + rest
+
+
+def _sort_models(frame: pl.DataFrame, published: str | None) -> pl.DataFrame:
+    order = {name: i for i, name in enumerate(ordered_models(frame["model"].to_list(), published))}
+    return frame.with_columns(_o=pl.col("model").replace_strict(order, return_dtype=pl.Int32)).sort("_o").drop("_o")
+
+
+def item_cold_table(metrics: pl.DataFrame, published: str | None = None) -> pl.DataFrame:
     """Per model, the item-cold protocol's metrics with CIs and the lifts of items->users nDCG over the
     baselines."""
     view = metrics.filter(pl.col("split") == "item_cold")
     rows = []
-    for model in sorted(view["model"].unique()):
+    for model in ordered_models(view["model"].unique().to_list(), published):
         mine = view.filter(pl.col("model") == model)
         row = {"model": model}
         for metric, k, label in ITEM_COLD_COLUMNS:
@@ -162,7 +185,7 @@ def plot_item_cold(metrics: pl.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def item_cold_section(metrics: pl.DataFrame, protocol: dict) -> list[str]:
+def item_cold_section(metrics: pl.DataFrame, protocol: dict, published: str | None = None) -> list[str]:
     if metrics.filter(pl.col("split") == "item_cold").height == 0:
         return []
     return ["## New items (item-cold protocol)", "",
@@ -174,37 +197,46 @@ def item_cold_section(metrics: pl.DataFrame, protocol: dict) -> list[str]:
             "paired, over random and over tonight's strongest baseline (activity: the most active users first; "
             "genre_year: genres and exact year). Collaborative models cannot score an item nobody has interacted "
             "with, and do not pretend to.",
-            "", *_table(item_cold_table(metrics)), "", "![new items](item_cold.png)", ""]
+            "", *_table(item_cold_table(metrics, published)), "", "![new items](item_cold.png)", ""]
+
+
+def md_text(value) -> str:
+    """A value as Markdown-safe text on one line: markup characters as entities and ``|`` escaped, so a value
+    from the data can neither break a table nor render as HTML (the HTML page decodes it exactly once)."""
+    text = f"{value:.3f}" if isinstance(value, float) else "" if value is None else str(value)
+    return html.escape(" ".join(text.split()), quote=False).replace("|", "\\|")
 
 
 def _table(frame: pl.DataFrame) -> list[str]:
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines = ["| " + " | ".join(md_text(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     for row in frame.iter_rows():
-        lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
+        lines.append("| " + " | ".join(md_text(v) for v in row) + " |")
     return lines
 
 
-def headline_table(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
-    view = headline(metrics, k).with_columns(
-        cell=pl.format("{} [{}, {}]", pl.col("value").round(4), pl.col("ci_low").round(4), pl.col("ci_high").round(4)))
+def _cells(view: pl.DataFrame, percent: bool = False) -> pl.DataFrame:
+    cells = [_cell(*row, percent=percent) for row in view.select("value", "ci_low", "ci_high").iter_rows()]
+    return view.with_columns(cell=pl.Series(cells, dtype=pl.String))
+
+
+def headline_table(metrics: pl.DataFrame, k: int = 10, published: str | None = None) -> pl.DataFrame:
+    view = _cells(headline(metrics, k))
     order = list(dict.fromkeys(view["slice"].to_list()))  # warm, then cold k ascending (numerically)
-    return view.pivot(on="slice", index="model", values="cell").select("model", *order).sort("model")
+    return _sort_models(view.pivot(on="slice", index="model", values="cell").select("model", *order), published)
 
 
-def lift_table(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
+def lift_table(metrics: pl.DataFrame, k: int = 10, published: str | None = None) -> pl.DataFrame:
     view = metrics.filter((pl.col("metric") == "ndcg_lift") & (pl.col("k") == k) & (pl.col("split") == "cold"))
-    view = view.sort("k_shot").with_columns(
-        cell=pl.format("{}% [{}, {}]", (pl.col("value") * 100).round(1), (pl.col("ci_low") * 100).round(1),
-                       (pl.col("ci_high") * 100).round(1)),
-        column=pl.format("k={}", pl.col("k_shot")))
-    return view.pivot(on="column", index="model", values="cell", sort_columns=False).sort("model")
+    view = _cells(view.sort("k_shot"), percent=True).with_columns(column=pl.format("k={}", pl.col("k_shot")))
+    return _sort_models(view.pivot(on="column", index="model", values="cell", sort_columns=False), published)
 
 
-def headlines(metrics: pl.DataFrame, k: int = 10, baseline: str = "popularity") -> list[str]:
+def headlines(metrics: pl.DataFrame, k: int = 10, baseline: str = "popularity",
+              published: str | None = None) -> list[str]:
     """One sentence per model: how it does against popularity for users with no history, then with some."""
     lifts = metrics.filter((pl.col("metric") == "ndcg_lift") & (pl.col("k") == k) & (pl.col("split") == "cold"))
     lines = []
-    for model in sorted(lifts["model"].unique()):
+    for model in ordered_models(lifts["model"].unique().to_list(), published):
         rows = lifts.filter(pl.col("model") == model).sort("k_shot")
         zero = rows.filter(pl.col("k_shot") == 0)
         if zero.height == 0:
@@ -222,6 +254,157 @@ def headlines(metrics: pl.DataFrame, k: int = 10, baseline: str = "popularity") 
         lines.append(f"For users with no history, {model} {claim}"
                      + (f"; with k known interactions: {tail}." if tail else "."))
     return lines
+
+
+def few_shot_k(metrics: pl.DataFrame) -> int | None:
+    """The k of the few-shot row in the headline: 5 known interactions, or the nearest k evaluated."""
+    ks = sorted(int(k) for k in metrics.filter(pl.col("split") == "cold")["k_shot"].drop_nulls().unique() if k > 0)
+    return min(ks, key=lambda k: (abs(k - 5), k)) if ks else None
+
+
+def headline_rows(metrics: pl.DataFrame, k: int = 10) -> list[dict]:
+    """The questions the headline answers, each with the slice and metric that answers it."""
+    rows = [{"who": "warm users (their next interactions)", "split": "warm", "k_shot": None, "metric": "ndcg",
+             "k": k, "baselines": USER_BASELINES},
+            {"who": "new users with no history", "split": "cold", "k_shot": 0, "metric": "ndcg", "k": k,
+             "baselines": USER_BASELINES}]
+    if (few := few_shot_k(metrics)) is not None:
+        rows.append({"who": f"new users with {few} known interactions", "split": "cold", "k_shot": few,
+                     "metric": "ndcg", "k": k, "baselines": USER_BASELINES})
+    rows.append({"who": "new items: who to show them to", "split": "item_cold", "k_shot": None,
+                 "metric": "item_ndcg", "k": 100, "baselines": ITEM_COLD_BASELINES})
+    return rows
+
+
+def _pick(frame: pl.DataFrame, row: dict, model: str, metric: str | None = None) -> dict | None:
+    hit = frame.filter((pl.col("model") == model) & (pl.col("split") == row["split"])
+                       & (pl.col("metric") == (metric or row["metric"])) & (pl.col("k") == row["k"])
+                       & (pl.col("k_shot").is_null() if row["k_shot"] is None else pl.col("k_shot") == row["k_shot"]))
+    return hit.row(0, named=True) if hit.height else None
+
+
+def _label(row: dict) -> str:
+    name = "nDCG@{k}" if row["metric"] == "ndcg" else "items -> users nDCG@{k}"
+    return name.format(k=row["k"])
+
+
+def strongest_baseline(metrics: pl.DataFrame, row: dict, published: str) -> tuple[dict | None, dict | None]:
+    """The baseline of ``row``'s slice with the best value tonight, and the published model's paired lift over
+    it (None where no paired lift was stored: an older night's metrics)."""
+    scored = [r for b in row["baselines"] if b != published and (r := _pick(metrics, row, b)) is not None]
+    if not scored:
+        return None, None
+    best = max(scored, key=lambda r: (r["value"], r["model"]))
+    plain = best["model"] == "popularity" and row["metric"] == "ndcg"  # stored as ndcg_lift (the default)
+    name = f"{row['metric']}_lift" + ("" if plain else f"_over_{best['model']}")
+    return best, _pick(metrics, row, published, name)
+
+
+def answer_first(metrics: pl.DataFrame, published: str, history: pl.DataFrame | None = None, k: int = 10,
+                 night: str = "") -> list[str]:
+    """The report's first screen: what the published model is, how it does tonight for warm users, new users
+    (none and a few known interactions) and new items, its lift over the strongest honest baseline of each,
+    and the change since the last published night."""
+    before = last_published(history)
+    description = model_class(published).description if published in available() else ""
+    since = f"since {before['run_date'][0]}" if before is not None else "since the last published night"
+    table, verdicts = [], []
+    for row in headline_rows(metrics, k):
+        mine = _pick(metrics, row, published)
+        if mine is None:
+            continue
+        best, lift = strongest_baseline(metrics, row, published)
+        if lift is not None:
+            lift_text = _cell(lift["value"], lift["ci_low"], lift["ci_high"], percent=True)
+            verdicts.append(f"{row['who']}: " + ("beats" if lift["ci_low"] > 0 else "trails" if lift["ci_high"] < 0
+                                                 else "is level with") + f" {best['model']}")
+        elif best is not None and best["value"]:
+            lift_text = f"{mine['value'] / best['value'] - 1:+.0%}"  # no paired lift stored: the ratio, no CI
+        else:
+            lift_text = ""
+        prev = _pick(before, row, published) if before is not None else None
+        table.append({
+            "who": row["who"], "metric": _label(row),
+            "tonight (95% CI)": _cell(mine["value"], mine["ci_low"], mine["ci_high"]),
+            "strongest baseline": f"{best['model']} {best['value']:.3f}" if best else "",
+            "lift over it": lift_text,
+            since: (f"{mine['value'] / prev['value'] - 1:+.1%} (was {prev['value']:.3f})"
+                    if prev is not None and prev["value"] else "first night" if before is None else ""),
+        })
+    lines = [f"## Tonight{f' ({night})' if night else ''}: {published}, the published model", "",
+             f"**{published}**" + (f": {description}." if description else "."), ""]
+    if table:
+        lines += [*_table(pl.DataFrame(table)), ""]
+    if verdicts:
+        lines += ["In short: " + "; ".join(verdicts) + " (beats or trails: the lift's whole 95% CI is above or "
+                  "below zero).", ""]
+    return lines
+
+
+def last_published(history: pl.DataFrame | None) -> pl.DataFrame | None:
+    """The metrics of the newest earlier night that was published (None before the first)."""
+    if history is None or history.height == 0:
+        return None
+    done = history.filter(pl.col("outcome") == "published")
+    if done.height == 0:
+        return None
+    newest = done.sort("started_at")["run_id"][-1]
+    return done.filter(pl.col("run_id") == newest).with_columns(pl.col("run_date").cast(pl.String))
+
+
+def plot_history(history: pl.DataFrame, tonight: pl.DataFrame, published: str, path: Path, k: int = 10) -> Path:
+    """The published model's headline metrics over the last nights: one point per night (run), held nights
+    marked with a red cross (the table under the plot says why), tonight last."""
+    plt = _plt()
+    rows = headline_rows(tonight, k)
+    nights = (pl.concat([history.select("run_id", "run_date", "started_at", "outcome").unique(),
+                         pl.DataFrame({"run_id": ["tonight"], "run_date": [None], "started_at": [None],
+                                       "outcome": ["tonight"]}, schema=history.select(
+                             "run_id", "run_date", "started_at", "outcome").schema)])
+              .sort("started_at", nulls_last=True))
+    frames = pl.concat([history.select("run_id", "split", "k_shot", "metric", "k", "value", "model"),
+                        tonight.filter(pl.col("model") == published).select(
+                            pl.lit("tonight").alias("run_id"), "split", "k_shot", "metric", "k", "value", "model")],
+                       how="vertical_relaxed")
+    x = {run: i for i, run in enumerate(nights["run_id"])}
+    labels = [("tonight" if run == "tonight" else str(date)) for run, date in nights.select("run_id", "run_date").iter_rows()]
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    for row in rows:
+        view = frames.filter((pl.col("model") == published) & (pl.col("split") == row["split"])
+                             & (pl.col("metric") == row["metric"]) & (pl.col("k") == row["k"])
+                             & (pl.col("k_shot").is_null() if row["k_shot"] is None else pl.col("k_shot") == row["k_shot"]))
+        points = sorted((x[r], v) for r, v in view.select("run_id", "value").iter_rows() if r in x)
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{row['who']} ({_label(row)})")
+    top = ax.get_ylim()[1]
+    for run, outcome in nights.select("run_id", "outcome").iter_rows():
+        if outcome not in ("published", "tonight"):
+            ax.axvline(x[run], color="#c44e52", alpha=0.4, linestyle="--")
+            ax.annotate("held" if outcome == "rejected" else outcome, (x[run], top), color="#c44e52", fontsize=8,
+                        ha="center", va="bottom", annotation_clip=False)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("value")
+    ax.set_title(f"{published} over the last nights (red dashes: nights not published)", pad=14)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
+    return _save(fig, path)
+
+
+def history_section(history: pl.DataFrame | None) -> list[str]:
+    """Under the plot: the nights it shows, and for a held one the gate's reason."""
+    if history is None or history.height == 0:
+        return ["## Nights over time", "", "This is the first night evaluated here: the history starts tonight.", ""]
+    nights = (history.group_by("run_id").agg(pl.col("run_date").first(), pl.col("started_at").first(),
+                                            pl.col("outcome").first(), pl.col("reason").first())
+              .sort("started_at", descending=True))
+    view = nights.select(pl.col("run_date").cast(pl.String).alias("night"), "run_id", "outcome",
+                         pl.col("reason").fill_null("").str.slice(0, 200).alias("why held"))
+    return ["## Nights over time", "",
+            f"The published model's headline metrics on the last {nights.height} earlier nights and tonight; "
+            "`held` nights were evaluated but the publish gate kept the last good lists (the reason is the "
+            "gate's own). The same numbers for published nights: `recsys sql --named metrics_history`.", "",
+            "![history](history.png)", "", *_table(view.with_columns(
+                pl.col("outcome").replace({"rejected": "held"}))), ""]
 
 
 def protocol_table(protocol: dict) -> pl.DataFrame:
@@ -245,12 +428,18 @@ def gate_section(gate: pl.DataFrame | None, docs: str | None = None) -> list[str
     return ["## Validation gate (Great Expectations)", "",
             f"Batch {gate['run_id'][0]}: the gate {verdict}; {gate.height} expectations, {failed.height} failed "
             f"({critical} critical), {int(gate['rows_rejected'].sum())} rows moved to rejects."
-            + (f" Detailed view: Great Expectations Data Docs at `{docs}` (they load their styles from the "
-               "internet)." if docs else ""), "", *_table(view), ""]
+            + " This table is the whole result, offline: every expectation, its observed value and failing "
+            "rows." + (f" Optional: Great Expectations' own Data Docs at `{md_text(docs)}` (they load their "
+                       "styles from the internet)." if docs else ""), "", *_table(view), ""]
 
 
 def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dict, tuning: dict,
-                 k: int = 10, gate: pl.DataFrame | None = None, docs: str | None = None) -> dict[str, Path]:
+                 k: int = 10, gate: pl.DataFrame | None = None, docs: str | None = None,
+                 published: str = "hybrid", history: pl.DataFrame | None = None, night: str = "") -> dict[str, Path]:
+    """The report: the published model's answer first (tonight, its lift over the strongest baseline, the
+    change since the last published night), its history over nights, then every model in one order, the
+    gate, the plots and the protocol. ``history``: earlier nights' metrics of the published model
+    (``publish/metrics_history``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     plots = {
@@ -260,19 +449,25 @@ def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dic
     }
     if metrics.filter(pl.col("split") == "item_cold").height:
         plots["item_cold"] = plot_item_cold(metrics, folder / "item_cold.png")
-    heads = headline_table(metrics, k)
-    lifts = lift_table(metrics, k)
-    beyond = (metrics.filter((pl.col("k") == k) & (pl.col("split") == "warm")
-                             & pl.col("metric").is_in(["coverage", "novelty", "diversity", "popularity_bias"]))
-              .pivot(on="metric", index="model", values="value").sort("model"))
-    md = [f"# Evaluation report {run_id}", "", *encoder_sentence(metrics), *headlines(metrics, k), "",
-          f"nDCG@{k} with 95% bootstrap confidence intervals over users. Cold users were held out of training "
-          f"entirely; `cold k=n` reveals their first n interactions by time as history.", "",
+    if history is not None and history.height:
+        plots["history"] = plot_history(history, metrics, published, folder / "history.png", k)
+    heads = headline_table(metrics, k, published)
+    lifts = lift_table(metrics, k, published)
+    beyond = _sort_models(metrics.filter((pl.col("k") == k) & (pl.col("split") == "warm")
+                                         & pl.col("metric").is_in(["coverage", "novelty", "diversity", "popularity_bias"]))
+                          .pivot(on="metric", index="model", values="value"), published)
+    md = [f"# Nightly report {night or run_id}", "", f"Run `{run_id}`. Values are means over users with their 95% "
+          "bootstrap confidence interval as ±.", "",
+          *answer_first(metrics, published, history, k, night), *encoder_sentence(metrics),
+          *history_section(history),
+          "## Every model", "", *headlines(metrics, k, published=published), "",
+          f"nDCG@{k}. Cold users were held out of training entirely; `cold k=n` reveals their first n "
+          "interactions by time as history.", "",
           *_table(heads), "", f"## Lift of nDCG@{k} over global popularity (cold users, paired bootstrap CI)", "",
           "At k=0 a collaborative model (EASE, item-kNN) knows nothing of the user, so it ranks by the shared "
           "popularity tie-break and equals popularity.", "",
           *_table(lifts), "", "## Beyond accuracy (warm users)", "", *_table(beyond), "",
-          *item_cold_section(metrics, protocol), *gate_section(gate, docs),
+          *item_cold_section(metrics, protocol, published), *gate_section(gate, docs),
           "## Plots", "", "![cold-start curve](cold_start_curve.png)", "",
           "![model comparison](model_comparison.png)", "", "![coverage and novelty](coverage_novelty.png)", "",
           "## Protocol", "", *_table(protocol_table(protocol)), ""]
@@ -287,6 +482,13 @@ def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dic
     return {"markdown": md_path, "html": html_path, **plots}
 
 
+def _inline(line: str) -> str:
+    """A Markdown paragraph as HTML: escaped (entities decoded once first), with **bold** and `code`."""
+    text = html.escape(html.unescape(line))
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
 def _html(md_lines: list[str], plots: dict[str, Path], run_id: str) -> str:
     """A self-contained HTML page (plots inlined) built from the Markdown lines."""
     body, in_table, in_code = [], False, False
@@ -299,14 +501,16 @@ def _html(md_lines: list[str], plots: dict[str, Path], run_id: str) -> str:
             body.append(html.escape(line))
             continue
         if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
+            # Cells split on unescaped bars; each cell's Markdown entities decoded once, then escaped for HTML.
+            cells = [html.escape(html.unescape(c.strip().replace("\\|", "|")))
+                     for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
             if set(line) <= {"|", "-"}:
                 continue
             if not in_table:
-                body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
+                body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>")
                 in_table = True
             else:
-                body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+                body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
             continue
         if in_table:
             body.append("</table>")
@@ -322,10 +526,12 @@ def _html(md_lines: list[str], plots: dict[str, Path], run_id: str) -> str:
         elif line.startswith("# "):
             body.append(f"<h1>{html.escape(line[2:])}</h1>")
         elif line:
-            body.append(f"<p>{html.escape(line)}</p>")
+            body.append(f"<p>{_inline(line)}</p>")
     if in_table:
         body.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-width:100%}")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "font-size:13px}th{background:#f3f3f3}img{max-width:100%}h2{margin-top:1.6em}"
+             "table:first-of-type td:nth-child(3){font-weight:bold}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run_id)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")

@@ -76,7 +76,6 @@ def fit_one(
     evaluation fold's). ``warm_from``: another fold's fit of this model to continue from (the two-tower)."""
     started = time.perf_counter()
     label = f" ({fold})" if fold else ""
-    progress.doing(f"fitting {name}{label}")
     model = build(name, **model_params(name, settings))
     if warm_from is not None:
         model.warm_start(warm_from)
@@ -86,7 +85,8 @@ def fit_one(
             model.use_weights(weights["weights"], weights.get("tuning"))
         elif validation is not None:
             model.use_validation(validation)
-    model.fit(train, user_features, item_features, seed=settings.seed)
+    with progress.activity(f"fitting {name}{label}"):
+        model.fit(train, user_features, item_features, seed=settings.seed)
     detail = model.summary()
     log(f"  fitted {name:20}{label} in {time.perf_counter() - started:6.1f} s" + (f"  {detail}" if detail else ""))
     return model

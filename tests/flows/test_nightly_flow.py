@@ -70,7 +70,8 @@ def test_every_view_reads_the_published_run(night, view):
 
 @pytest.mark.parametrize(("query", "params"), [("top10_for_user", {"user_id": 1}), ("item_reach", None),
                                                ("coverage_per_day", None), ("strategy_mix", None),
-                                               ("reasons_for_user", {"user_id": 1}), ("new_items_overview", None)])
+                                               ("reasons_for_user", {"user_id": 1}), ("new_items_overview", None),
+                                               ("metrics_history", None)])
 def test_every_named_query_runs(night, query, params):
     with open_views(night[0]) as con:
         rows = run_readonly(con, named_query(night[0], query), params).fetchall()
@@ -173,6 +174,11 @@ def test_a_changed_setting_recomputes_evaluation(night, monkeypatch, small_synth
     third = train_publish_flow(run_date="2026-11-20", home=str(settings.home))
     assert third["features"] == second["features"]  # features do not depend on the bootstrap
     assert third["evaluation"] != second["evaluation"]
+    # The new evaluation's report answers first and compares with the night published before it.
+    report = Path(third["evaluation"].report_markdown).read_text()
+    assert "## Tonight (2026-11-20): hybrid, the published model" in report.splitlines()[4]
+    assert "| since 2026-11-20 |" in report and "(was 0." in report
+    assert "![history](history.png)" in report and (Path(third["evaluation"].folder) / "history.png").exists()
 
 
 def test_deleted_model_files_are_recomputed_not_trusted(night):
@@ -216,8 +222,10 @@ def test_the_report_opens_with_the_encoder_and_states_the_audience_weights(night
     report) and states the audience model's weights, learned on held-out training items."""
     _, first, _ = night
     report = Path(first["evaluation"].report_markdown).read_text()
-    assert report.splitlines()[2].startswith("**New items and the pretrained encoder:**")
-    assert "all-MiniLM-L6-v2" in report.splitlines()[2] and "strongest baseline" in report.splitlines()[2]
+    first_screen = report.split("## Nights over time")[0]
+    (line,) = [line for line in first_screen.splitlines() if line.startswith("**New items and the pretrained encoder:**")]
+    assert "all-MiniLM-L6-v2" in line and "strongest baseline" in line
+    assert "| new items: who to show them to | items -&gt; users nDCG@100 |" in first_screen
     assert '"new_item_audience"' in report and '"standardised_weights"' in report and '"activity"' in report
     snapshot = first["snapshot"]
     vectors = pl.read_parquet(snapshot.text_vectors_path)

@@ -27,3 +27,19 @@ def test_the_thread_stops_with_the_block():
         assert beat._thread.is_alive()
     assert not beat._thread.is_alive()
     assert progress.current() == ""
+
+
+def test_an_activity_is_named_only_while_it_runs():
+    """A finished fit's last epoch is not repeated by later lines (it was, for 30 s, after the fit ended)."""
+    beat = Heartbeat(every=10)
+    beat.step("evaluate", now=0.0)
+    with progress.activity("fitting two_tower (evaluation fold)"):
+        progress.detail("epoch 20/30, last loss 11.015")
+        assert beat.tick(10.0) == "  ... evaluate 10 s: fitting two_tower (evaluation fold): epoch 20/30, last loss 11.015"
+    assert beat.tick(20.0) == "  ... evaluate 20 s"
+    try:
+        with progress.activity("fitting ease"):
+            raise RuntimeError("a failed fit")
+    except RuntimeError:
+        pass
+    assert progress.current() == ""
