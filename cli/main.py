@@ -114,8 +114,15 @@ def start_temporary_server() -> None:
             time.sleep(1.0)
 
 
+def _source_settings(args: argparse.Namespace) -> None:
+    """Source flags that are settings: the flows read them from the environment, deployments too."""
+    if args.synthetic_size:
+        os.environ["RECSYS_SYNTHETIC_SIZE"] = args.synthetic_size
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     mapping = _mapping_from_args(args)
+    _source_settings(args)
     start_temporary_server()
     report = ingest_flow(
         source=args.source, path=args.path, mapping=mapping, users=args.users, items=args.items,
@@ -166,6 +173,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_nightly(args: argparse.Namespace) -> int:
     mapping = _mapping_from_args(args)
+    _source_settings(args)
     start_temporary_server()
     nightly_flow(run_date=args.run_date, source=args.source, path=args.path, mapping=mapping, users=args.users,
                  items=args.items, mapping_dir=str(Path(args.mapping).resolve().parent) if args.mapping else None,
@@ -336,6 +344,9 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
                    help="where the data comes from (default synthetic: generated under RECSYS_HOME/landing)")
     p.add_argument("--path", help="file or folder of the source (synthetic/movielens: a folder); "
                                   "omitted: generate (synthetic) or download (movielens-100k)")
+    p.add_argument("--synthetic-size", choices=["small", "full"],
+                   help="synthetic source without --path: small (default, a first result in about two minutes) or "
+                        "full (1,500 users, 75k interactions); sets RECSYS_SYNTHETIC_SIZE for this run")
     p.add_argument("--mapping", help="TOML file mapping your columns to user_id, item_id, rating, timestamp")
     p.add_argument("--users", help="users file (csv/parquet sources)")
     p.add_argument("--items", help="items file (csv/parquet sources)")

@@ -17,7 +17,6 @@ import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-import polars as pl
 from prefect import flow, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -36,7 +35,7 @@ from recsys import db, runs
 from recsys.errors import ConfigError
 from recsys.progress import Heartbeat
 from recsys.settings import Settings
-from tasks import evaluate, features, metrics, publish, snapshot
+from tasks import evaluate, features, publish, snapshot
 from tasks import train as training
 from tasks.evaluate import Evaluation, EvaluationFold, SliceMetrics
 from tasks.features import FeatureSet
@@ -219,18 +218,17 @@ def _train_publish(settings: Settings, run_id: str, night: date, names: list[str
     with db.warehouse(settings) as con:
         runs.finish_run(con, settings, run_id, "published")
 
-    heads = metrics.headline(pl.read_parquet(evaluation.metrics)).filter(
-        pl.col("model").is_in(["popularity", publish_model]))
-    create_table_artifact(key="nightly-headline", table=heads.to_dicts(),
-                          description=f"nDCG@10 with 95% CI, {night}")
+    heads = list(evaluation.headline)
+    create_table_artifact(key="nightly-headline", table=heads,
+                          description=f"{publish_model} tonight ({night}): 95% CIs, lifts over the strongest baseline")
     summary = {
         "run_id": run_id, "run_date": str(night), "fingerprint": snap.fingerprint, "ingest": ingested,
         "snapshot": snap, "features": feats, "evaluation": evaluation, "models": trained, "published": published,
         "steps": progress.timings,
     }
-    create_markdown_artifact(key="nightly-summary", markdown=_summary_markdown(summary, heads),
+    create_markdown_artifact(key="nightly-summary", markdown=_summary_markdown(summary, heads, publish_model),
                              description=f"nightly {night}")
-    print(_summary_text(summary, heads))
+    print(_summary_text(summary, heads, publish_model))
     print(query_hint(published["paths"]["recommendations"]))
     return summary
 
@@ -331,33 +329,32 @@ def _ingest_line(totals: dict | None) -> str:
             f"{totals['rows_rejected']:,} rejected, {totals['rows_duplicate']:,} duplicate; gate passed")
 
 
-def _summary_text(summary: dict, heads) -> str:
+def _summary_text(summary: dict, heads: list[dict], model: str) -> str:
+    """What a person reads at the end of a night: what was loaded and served, then the published model's
+    answer (the report's first table) as aligned text."""
     lines = [f"nightly {summary['run_date']} ({summary['run_id']})",
              f"  {_ingest_line(summary['ingest'])}",
              f"  users served: {summary['published']['users']:,} {summary['published']['strategies']}",
              f"  reasons: {summary['published']['reasons']}; new items with users to show them to: "
              f"{summary['published']['new_items']:,}",
              f"  report: {summary['evaluation'].report_html}"]
-    for row in _ordered(heads).iter_rows(named=True):
-        lines.append(f"  nDCG@10 {row['model']:18} {row['slice']:10} {row['value']:.4f} "
-                     f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]")
+    if heads:
+        columns = list(heads[0])
+        widths = {c: max(len(c), *(len(str(r[c])) for r in heads)) for c in columns}
+        lines.append(f"  {model} tonight:")
+        lines += ["    " + "  ".join(f"{str(r[c]):{widths[c]}}" for c in columns).rstrip()
+                  for r in [dict(zip(columns, columns, strict=True)), *heads]]
     return "\n".join(lines)
 
 
-def _summary_markdown(summary: dict, heads) -> str:
-    rows = "\n".join(f"| {r['model']} | {r['slice']} | {r['value']:.4f} | [{r['ci_low']:.4f}, {r['ci_high']:.4f}] |"
-                     for r in _ordered(heads).iter_rows(named=True))
+def _summary_markdown(summary: dict, heads: list[dict], model: str) -> str:
+    columns = list(heads[0]) if heads else []
+    rows = "\n".join("| " + " | ".join(str(r[c]) for c in columns) + " |" for r in heads)
+    table = (f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}\n{rows}\n\n" if heads else "")
     paths = "\n".join(f"- {k}: `{v}`" for k, v in summary["published"]["paths"].items())
-    return (f"# Nightly {summary['run_date']}\n\n"
-            f"{_ingest_line(summary['ingest'])}.\n\n"
-            f"| model | slice | nDCG@10 | 95% CI |\n|---|---|---|---|\n{rows}\n\n"
+    return (f"# Nightly {summary['run_date']}: {model}\n\n"
+            f"{_ingest_line(summary['ingest'])}.\n\n{table}"
             f"Outputs:\n{paths}\n- report: `{summary['evaluation'].report_html}`\n")
-
-
-def _ordered(heads):
-    """Model, then warm first and cold slices by k numerically."""
-    k = pl.col("slice").str.extract(r"k=(\d+)").cast(pl.Int32).fill_null(-1)
-    return heads.with_columns(_k=k).sort("model", "_k").drop("_k")
 
 
 SERVE_DEPLOYMENT = "nightly-serve"  # not "nightly": that name belongs to deployments/prefect.yaml

@@ -238,7 +238,7 @@ class TwoTower(Recommender):
                 "max_examples_per_epoch": 1_000_000,
                 "example_budget": 4_000_000,
                 "warm_start_budget": 1_000_000,
-                "max_validation_examples": 100_000,
+                "min_validation_examples": 2_048, "max_validation_examples": 100_000,
                 "verbose": 0}  # Keras progress: 0 quiet (a summary line per fit), 2 one line per epoch
 
     # -- training ------------------------------------------------------------------------------------------
@@ -287,9 +287,12 @@ class TwoTower(Recommender):
         coo = self.train.tocoo()
         users, items = coo.row.astype(np.int32), coo.col.astype(np.int32)
         rng = np.random.default_rng(seed)
-        # Held-out examples for early stopping: a share, capped so validation stays cheap at 20 M.
-        val_share = min(p["validation_share"], p["max_validation_examples"] / max(len(users), 1))
-        is_val = rng.random(len(users)) < val_share
+        # Held-out examples for early stopping: a share, at least min_validation_examples (a small night's 5 %
+        # was under one batch, so it never stopped early and ran every epoch), at most a fifth of the data and
+        # max_validation_examples (validation stays cheap at 20 M).
+        wanted = min(max(p["validation_share"] * len(users), p["min_validation_examples"]), 0.2 * len(users),
+                     p["max_validation_examples"])
+        is_val = rng.random(len(users)) < wanted / max(len(users), 1)
         self.train_demographics = self._tower_demographics(self.demographics_of(self.user_ids))
 
         batch = int(min(p["batch_size"], max(2, (~is_val).sum())))
@@ -315,8 +318,8 @@ class TwoTower(Recommender):
         callbacks = [keras.callbacks.LambdaCallback(on_epoch_begin=epoch_started, on_epoch_end=epoch_ended,
                                                     on_train_end=training_ended)]
         val_ds = None
-        if is_val.sum() >= batch:
-            val_ds = self._dataset(users[is_val], items[is_val], batch, seed + 1, shuffle=False)
+        if is_val.sum() >= min(batch, 256):
+            val_ds = self._dataset(users[is_val], items[is_val], int(min(batch, is_val.sum())), seed + 1, shuffle=False)
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=p["patience"],
                                                            restore_best_weights=True))
         self.net.compile(optimizer=keras.optimizers.Adam(p["learning_rate"]),

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     sql_memory_limit: str = Field("2GB", description="recsys sql: DuckDB's memory_limit for a query (it does not "
                                   "spill to disk).")
 
+    synthetic_size: Literal["small", "full"] = Field("small", description="The synthetic source's default data: "
+                                                     "small (800 users, 30k interactions: a first result in about "
+                                                     "two minutes) or full (1,500 users, 75k).")
+
     ml100k_url: str = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
     sql_dir: Path = PROJECT_ROOT / "sql"
     expectations_dir: Path = PROJECT_ROOT / "expectations"

@@ -30,7 +30,7 @@ from tasks.metrics import (
     item_to_user_values,
     ranked_lists,
 )
-from tasks.report import HISTORY_NIGHTS, write_report
+from tasks.report import HISTORY_NIGHTS, answer_table, write_report
 from tasks.split import ValidationFold, carve_validation, cold_user_split, item_cold_split, temporal_split
 from tasks.train import FittedModel, fit_fold_here, release_memory
 from tasks.validate import docs_index
@@ -258,6 +258,7 @@ class Evaluation:
     weights: str  # the hybrid's tuned blend (JSON), reused by the production fit
     protocol: dict
     warm_starts: dict[str, str]  # saved evaluation-fold fits the production fit continues from (two-tower)
+    headline: tuple[dict, ...] = ()  # the report's first table: the published model's answer, a row a question
 
     def exists(self) -> bool:
         return all(Path(p).exists() for p in (self.metrics, self.report_html, self.weights, *self.warm_starts.values()))
@@ -344,8 +345,9 @@ def write_evaluation_step(settings, run_id: str, fold: EvaluationFold, parts: li
                              docs=str(docs) if docs.exists() else None, published=published, history=history,
                              night=str(night[0][0]) if night and night[0][0] else "")
     warm_starts = {name: path for name, path in fitted.items() if model_class(name).can_warm_start()}
+    headline, _ = answer_table(metrics, published, history, k=min(settings.ks))
     return Evaluation(str(folder), str(metrics_path), str(paths["markdown"]), str(paths["html"]), str(weights_path),
-                      fold.protocol, warm_starts)
+                      fold.protocol, warm_starts, tuple(headline.to_dicts()))
 
 
 def evaluate_step(settings, run_id: str, frames: Frames, names, folder: Path, log=print) -> Evaluation:
@@ -370,7 +372,7 @@ def metrics_history(con, settings, run_id: str, model: str, nights: int = HISTOR
     """``model``'s headline metrics on the last ``nights`` nights evaluated before ``run_id``, each with its
     outcome (published, rejected by the publish gate with the reason, failed)."""
     text = db.sql_text(settings, "publish/metrics_history")
-    return con.execute(text, {"run_id": run_id, "model": model, "nights": nights}).pl()
+    return con.sql(text, params={"run_id": run_id, "model": model, "nights": nights}).pl()
 
 
 def store_metrics(con, settings, run_id: str, metrics: pl.DataFrame) -> None:

@@ -300,13 +300,12 @@ def strongest_baseline(metrics: pl.DataFrame, row: dict, published: str) -> tupl
     return best, _pick(metrics, row, published, name)
 
 
-def answer_first(metrics: pl.DataFrame, published: str, history: pl.DataFrame | None = None, k: int = 10,
-                 night: str = "") -> list[str]:
-    """The report's first screen: what the published model is, how it does tonight for warm users, new users
-    (none and a few known interactions) and new items, its lift over the strongest honest baseline of each,
-    and the change since the last published night."""
+def answer_table(metrics: pl.DataFrame, published: str, history: pl.DataFrame | None = None,
+                 k: int = 10) -> tuple[pl.DataFrame, list[str]]:
+    """The published model's answer, a row per question (warm users, new users with none and a few known
+    interactions, new items): tonight with its CI, the slice's strongest baseline, the paired lift over it
+    and the change since the last published night; and a verdict per row whose lift is measured."""
     before = last_published(history)
-    description = model_class(published).description if published in available() else ""
     since = f"since {before['run_date'][0]}" if before is not None else "since the last published night"
     table, verdicts = [], []
     for row in headline_rows(metrics, k):
@@ -331,10 +330,18 @@ def answer_first(metrics: pl.DataFrame, published: str, history: pl.DataFrame | 
             since: (f"{mine['value'] / prev['value'] - 1:+.1%} (was {prev['value']:.3f})"
                     if prev is not None and prev["value"] else "first night" if before is None else ""),
         })
+    return pl.DataFrame(table), verdicts
+
+
+def answer_first(metrics: pl.DataFrame, published: str, history: pl.DataFrame | None = None, k: int = 10,
+                 night: str = "") -> list[str]:
+    """The report's first screen: what the published model is, then :func:`answer_table` and its verdicts."""
+    description = model_class(published).description if published in available() else ""
+    table, verdicts = answer_table(metrics, published, history, k)
     lines = [f"## Tonight{f' ({night})' if night else ''}: {published}, the published model", "",
              f"**{published}**" + (f": {description}." if description else "."), ""]
-    if table:
-        lines += [*_table(pl.DataFrame(table)), ""]
+    if table.height:
+        lines += [*_table(table), ""]
     if verdicts:
         lines += ["In short: " + "; ".join(verdicts) + " (beats or trails: the lift's whole 95% CI is above or "
                   "below zero).", ""]

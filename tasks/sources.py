@@ -310,7 +310,7 @@ def resolve_source(
     """Turn a ``--source``/``--path`` pair into file specs, landing data first where needed."""
     if source == "synthetic":
         if path is None:
-            config = GeneratorConfig(seed=settings.seed)
+            config = GeneratorConfig.sized(settings.synthetic_size, settings.seed)
             path = settings.landing_dir / "synthetic" / config.slug()
             if not (path / SYNTHETIC_FILES["interactions"]).exists():
                 generate(path, config)
