@@ -22,6 +22,9 @@ from tasks.query import VIEW_ORDER, named_query, open_views, run_readonly
 N = 10
 
 
+FITS: Counter = Counter()  # fits of the module's first night, by model (test_each_model_is_fitted_once_per_fold)
+
+
 @pytest.fixture(scope="module")
 def night(prefect_harness, small_synthetic, tmp_path_factory):
     home = tmp_path_factory.mktemp("nightly")
@@ -30,7 +33,15 @@ def night(prefect_harness, small_synthetic, tmp_path_factory):
     for key, value in {"RECSYS_EPOCHS": "2", "RECSYS_TOP_N": str(N), "RECSYS_BOOTSTRAP_SAMPLES": "50",
                        "RECSYS_HOME": str(home), "RECSYS_NEW_ITEM_MAX_INTERACTIONS": "40"}.items():
         mp.setenv(key, value)
+    original = Recommender.fit
+
+    def counting(self, *args, **kwargs):
+        FITS[self.name] += 1
+        return original(self, *args, **kwargs)
+
+    mp.setattr(Recommender, "fit", counting)
     first = nightly_flow(run_date="2026-11-20", source="synthetic", path=str(small_synthetic))
+    mp.setattr(Recommender, "fit", original)
     second = nightly_flow(run_date="2026-11-20", source="synthetic", path=str(small_synthetic))
     yield Settings(), first, second
     mp.undo()
@@ -198,23 +209,12 @@ def test_changed_code_changes_the_cache_key(tmp_path):
     assert code_fingerprint(tmp_path) != before
 
 
-def test_each_model_is_fitted_once_per_fold(prefect_harness, small_synthetic, tmp_path, monkeypatch):
-    fits: Counter = Counter()
-    original = Recommender.fit
-
-    def counting(self, *args, **kwargs):
-        fits[self.name] += 1
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Recommender, "fit", counting)
-    for key, value in {"RECSYS_EPOCHS": "1", "RECSYS_TOP_N": str(N), "RECSYS_BOOTSTRAP_SAMPLES": "20"}.items():
-        monkeypatch.setenv(key, value)
-    nightly_flow(run_date="2026-11-21", source="synthetic", path=str(small_synthetic), home=str(tmp_path))
+def test_each_model_is_fitted_once_per_fold(night):
     # Once per fold: the evaluation fold, the item-cold fold and production (the hybrid's audience model too);
     # the item-cold baselines and the audience model's twin without the text encoder once.
-    assert fits == Counter({**{name: 3 for name in Settings().models}, "new_item_audience": 3, "random": 1,
+    assert FITS == Counter({**{name: 3 for name in Settings().models}, "new_item_audience": 3, "random": 1,
                             "genre_popularity": 1, "genre_year": 1, "activity": 1,
-                            "new_item_audience_without_text": 1}), fits
+                            "new_item_audience_without_text": 1}), FITS
 
 
 def test_the_report_opens_with_the_encoder_and_states_the_audience_weights(night):

@@ -75,7 +75,10 @@ def test_ingest_deployment_triggers_train_and_publish(tmp_path, small_synthetic)
            "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_UI_ENABLED": "false",
            "RECSYS_HOME": str(home), "RECSYS_TIMEZONE": "UTC", "RECSYS_WORK_POOL": "recsys-it",
-           "RECSYS_EPOCHS": "2", "RECSYS_TOP_N": "10", "RECSYS_BOOTSTRAP_SAMPLES": "50"}
+           "RECSYS_EPOCHS": "2", "RECSYS_TOP_N": "10", "RECSYS_BOOTSTRAP_SAMPLES": "50",
+           # The chain (deploy, trigger, cache reuse, serve) is under test, not the models: two quick ones
+           # keep TensorFlow out of the worker's flow runs (the nightly flow tests fit every model).
+           "RECSYS_MODELS": '["popularity", "ease"]', "RECSYS_PUBLISH_MODEL": "ease"}
     procs: list[subprocess.Popen] = []
     try:
         procs.append(start([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env,

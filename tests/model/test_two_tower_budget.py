@@ -21,6 +21,17 @@ def test_example_budget_caps_the_epochs(small_data):
     assert not model.training_["warm_started"]
 
 
+def test_a_small_fit_keeps_enough_validation_examples_to_stop_early(small_data):
+    """5 % of a small night was under one batch, so it had no validation data and ran every epoch; it now
+    keeps at least ``min_validation_examples`` (at most a fifth of the data) and can stop early."""
+    train, uf, itf, _ = small_data
+    assert train.height * 0.05 < 1024  # the case that ran every epoch before
+    model = build("two_tower", **{**FAST, "batch_size": 1024}, epochs=3, min_validation_examples=600).fit(
+        train, uf, itf, seed=3)
+    assert model.training_["best_val_loss"] is not None
+    assert len(model.history_["val_loss"]) == model.training_["epochs_run"]
+
+
 def test_warm_start_carries_known_rows_by_id(small_data):
     train, uf, itf, _ = small_data
     users = np.sort(train["user_id"].unique().to_numpy())
