@@ -91,14 +91,29 @@ def bootstrap_indices(n_users: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n_users, size=(n_boot, n_users))
 
 
+_LAST: dict = {}  # the last resamples and their weights, as one tuple (one slice's resamples serve every metric)
+
+
+def bootstrap_means(values: np.ndarray, resamples: np.ndarray) -> np.ndarray:
+    """The mean of ``values`` in each resample: ``values[resamples].mean(axis=1)``, as one matrix-vector product
+    with each resample's draw counts (a gather of n_boot x n_users values per call was most of an evaluation
+    slice: 1,000 x 5,000 users, thousands of metrics and lifts)."""
+    last = _LAST.get("weights")  # read once: another thread may replace it, never change it
+    if last is None or last[0] is not resamples:
+        n_boot, n = resamples.shape
+        counts = np.bincount((np.arange(n_boot)[:, None] * n + resamples).ravel(), minlength=n_boot * n)
+        last = _LAST["weights"] = (resamples, counts.reshape(n_boot, n) / n)
+    return last[1] @ np.asarray(values, dtype=np.float64)
+
+
 def paired_lift(model_values: np.ndarray, base_values: np.ndarray, resamples: np.ndarray,
                 level: float = 95.0) -> tuple[float, float, float]:
     """Relative lift mean(model)/mean(baseline) - 1, with a paired bootstrap ``level`` % CI over the same users."""
     if len(base_values) == 0 or (base := base_values.mean()) <= 0:
         return float("nan"), float("nan"), float("nan")
     point = float(model_values.mean() / base - 1.0)
-    boot_base = base_values[resamples].mean(axis=1)
-    boot = model_values[resamples].mean(axis=1) / np.where(boot_base > 0, boot_base, np.nan) - 1.0
+    boot_base = bootstrap_means(base_values, resamples)
+    boot = bootstrap_means(model_values, resamples) / np.where(boot_base > 0, boot_base, np.nan) - 1.0
     tail = (100.0 - level) / 2
     lo, hi = np.nanpercentile(boot, [tail, 100.0 - tail])
     return point, float(lo), float(hi)

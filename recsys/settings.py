@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     mean_rating_max: float = 4.5
     new_user_share_max: float = 0.5
     volume_critical: bool = False
+    data_docs: bool = Field(False, description="Also build Great Expectations' Data Docs under RECSYS_HOME/gx (HTML "
+                            "that loads its styles from the internet); the report's gate section has every result.")
     drift_critical: bool = False
 
     # Evaluation and publishing.

@@ -339,10 +339,10 @@ def write_evaluation_step(settings, run_id: str, fold: EvaluationFold, parts: li
         store_metrics(con, settings, run_id, metrics)
         history = metrics_history(con, settings, run_id, published)
         night = db.run(con, settings, "runs/run_date", {"run_id": run_id})
-    docs = docs_index(settings)
+    docs = docs_index(settings) if settings.data_docs else None
     with progress.activity("writing the report"):
         paths = write_report(metrics, folder, run_id, fold.protocol, tuning, k=min(settings.ks), gate=gate,
-                             docs=str(docs) if docs.exists() else None, published=published, history=history,
+                             docs=str(docs) if docs and docs.exists() else None, published=published, history=history,
                              night=str(night[0][0]) if night and night[0][0] else "")
     warm_starts = {name: path for name, path in fitted.items() if model_class(name).can_warm_start()}
     headline, _ = answer_table(metrics, published, history, k=min(settings.ks))

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from models.base import Recommender
-from models.ranking import ndcg_from_hits
+from models.ranking import bootstrap_means, ndcg_from_hits
 
 CATALOGUE_METRICS = {"coverage"}
 
@@ -195,7 +195,7 @@ def aggregate(metric: str, values: np.ndarray, resamples: np.ndarray, n_items: i
         boots = _coverage_values(values, n_items, resamples)
     else:
         point = float(values.mean())
-        boots = values[resamples].mean(axis=1)
+        boots = bootstrap_means(values, resamples)
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return point, float(lo), float(hi)
 

@@ -168,7 +168,8 @@ def suite_parameters(
 
 
 class GxRunner:
-    """A file-backed GX context under RECSYS_HOME/gx, so results accumulate into Data Docs."""
+    """A file-backed GX context under RECSYS_HOME/gx (results accumulate into Data Docs when RECSYS_DATA_DOCS is
+    on)."""
 
     def __init__(self, settings: Settings):
         import great_expectations as gx
@@ -203,7 +204,9 @@ class GxRunner:
             gx.ValidationDefinition(name=name, data=batch, suite=suite))
         checkpoint = self.context.checkpoints.add_or_update(gx.Checkpoint(
             name=name, validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
+            # Data Docs only when asked for (RECSYS_DATA_DOCS): the report's gate section is the one place to
+            # read the gate, offline; rebuilding the docs rendered every stored result again, every suite.
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")] if self.settings.data_docs else [],
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": index_columns},
         ))
         result = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters,
@@ -212,6 +215,8 @@ class GxRunner:
         return validation.results
 
     def docs_path(self) -> str | None:
+        if not self.settings.data_docs:
+            return None
         sites = self.context.get_docs_sites_urls()
         url = sites[0].get("site_url") if sites else None  # None until something was validated
         return url.removeprefix("file://") if url else None

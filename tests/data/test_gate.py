@@ -48,6 +48,14 @@ def test_movielens_passes_every_critical_expectation(con, settings, ml100k_dir):
     assert db.scalar(con, "select count(*) from interactions") == 100_000
     stored = db.scalar(con, "select count(*) from validation_results where run_id = 'r1'")
     assert stored == len(result.outcomes) == 16 + 6 + 6
+    assert result.docs_path is None and not validate.docs_index(settings).exists()  # Data Docs only when asked
+
+
+def test_data_docs_are_built_when_asked_for(tmp_path, ml100k_dir):
+    settings = Settings(home=tmp_path / "home", data_docs=True)
+    settings.ensure_dirs()
+    with db.warehouse(settings) as con:
+        _, result = gate(con, settings, movielens_specs(ml100k_dir))
     assert result.docs_path and validate.docs_index(settings).exists()
 
 
