@@ -36,11 +36,11 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_cold_start_curve(metrics: pl.DataFrame, path: Path, k: int = 10) -> Path:
+def plot_cold_start_curve(metrics: pl.DataFrame, path: Path, k: int = 10, published: str | None = None) -> Path:
     plt = _plt()
     cold = metrics.filter((pl.col("split") == "cold") & (pl.col("metric") == "ndcg") & (pl.col("k") == k))
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
-    for model in sorted(cold["model"].unique()):
+    for model in ordered_models(cold["model"].unique().to_list(), published):
         m = cold.filter(pl.col("model") == model).sort("k_shot")
         x = m["k_shot"].to_numpy()
         ax.plot(x, m["value"].to_numpy(), marker="o", label=model)
@@ -57,11 +57,11 @@ def plot_cold_start_curve(metrics: pl.DataFrame, path: Path, k: int = 10) -> Pat
     return _save(fig, path)
 
 
-def plot_model_bars(metrics: pl.DataFrame, path: Path, k: int = 10) -> Path:
+def plot_model_bars(metrics: pl.DataFrame, path: Path, k: int = 10, published: str | None = None) -> Path:
     plt = _plt()
     view = headline(metrics, k)
     slices = list(dict.fromkeys(view["slice"].to_list()))  # warm, then cold k ascending
-    models = sorted(view["model"].unique())
+    models = ordered_models(view["model"].unique().to_list(), published)
     fig, ax = plt.subplots(figsize=(max(8.5, len(slices) * 1.5), 4.2))
     width = 0.8 / max(len(models), 1)
     for j, model in enumerate(models):
@@ -450,8 +450,8 @@ def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dic
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     plots = {
-        "cold_start_curve": plot_cold_start_curve(metrics, folder / "cold_start_curve.png", k),
-        "model_comparison": plot_model_bars(metrics, folder / "model_comparison.png", k),
+        "cold_start_curve": plot_cold_start_curve(metrics, folder / "cold_start_curve.png", k, published),
+        "model_comparison": plot_model_bars(metrics, folder / "model_comparison.png", k, published),
         "coverage_novelty": plot_coverage_novelty(metrics, folder / "coverage_novelty.png", k),
     }
     if metrics.filter(pl.col("split") == "item_cold").height:

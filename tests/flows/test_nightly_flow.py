@@ -193,11 +193,13 @@ def test_a_changed_setting_recomputes_evaluation(night, monkeypatch, small_synth
 
 
 def test_deleted_model_files_are_recomputed_not_trusted(night):
+    """A cached fit whose folder was deleted is fitted again (and what blends it); the others are reused."""
     settings, _, second = night
-    shutil.rmtree(second["models"].model_dir)
+    shutil.rmtree(second["models"].models["ease"])
     again = train_publish_flow(run_date="2026-11-20", home=str(settings.home))
-    assert again["models"].model_dir != second["models"].model_dir and again["models"].exists()
-    assert again["evaluation"] == second["evaluation"]
+    assert again["models"].exists() and again["evaluation"] == second["evaluation"]
+    moved = {name for name, path in again["models"].models.items() if path != second["models"].models[name]}
+    assert moved == {"ease", "hybrid"}, moved
 
 
 def test_changed_code_changes_the_cache_key(tmp_path):

@@ -78,7 +78,7 @@ def test_ingest_deployment_triggers_train_and_publish(tmp_path, small_synthetic)
            "RECSYS_EPOCHS": "2", "RECSYS_TOP_N": "10", "RECSYS_BOOTSTRAP_SAMPLES": "50",
            # The chain (deploy, trigger, cache reuse, serve) is under test, not the models: two quick ones
            # keep TensorFlow out of the worker's flow runs (the nightly flow tests fit every model).
-           "RECSYS_MODELS": '["popularity", "ease"]', "RECSYS_PUBLISH_MODEL": "ease"}
+           "RECSYS_MODELS": '["popularity", "ease"]', "RECSYS_PUBLISH_MODEL": "ease", "RECSYS_ITEM_COLD_FRACTION": "0"}
     procs: list[subprocess.Popen] = []
     try:
         procs.append(start([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env,

@@ -70,11 +70,17 @@ def test_two_tower_ignores_nothing_it_needs(planted, deep):
     assert cold_ndcg(deep, split, 0) > cold_ndcg(blind, split, 0) + 0.02
 
 
+@pytest.fixture(scope="module")
+def hybrid(planted):
+    """The hybrid on the planted data, tuned on validation users carved from its training, fitted once."""
+    split, uf, itf = planted
+    return fit_model("hybrid", split.train, uf, itf, seed=1)
+
+
 @pytest.mark.parametrize("k_shot", [0, 5])
-def test_hybrid_is_not_worse_than_its_best_part_on_held_out_users(planted, k_shot):
+def test_hybrid_is_not_worse_than_its_best_part_on_held_out_users(planted, hybrid, k_shot):
     """On cold test users it was never tuned on, the blend is not significantly below any component."""
     split, uf, itf = planted
-    hybrid = fit_model("hybrid", split.train, uf, itf, seed=1)
     assert hybrid.tuning, "the hybrid tuned nothing"
     truth = split.truth[k_shot]
     users = np.sort(truth["user_id"].unique().to_numpy())
