@@ -35,8 +35,12 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/recsys nightly $(ARGS)
 
+# Two pytest workers (pytest-xdist), a test module to a worker (its module fixtures are built once): alone the
+# suite keeps about one core busy, its waits on servers, workers and subprocesses leave the other idle.
+# TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 # Style and the architecture: ruff, then the import-linter contracts (one-way layers, no cycles).
 # Read-only SQL over the published tables: make sql Q="select * from latest_recommendations limit 5"
