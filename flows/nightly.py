@@ -17,6 +17,7 @@ import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import polars as pl
 from prefect import flow, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -39,6 +40,7 @@ from tasks import evaluate, features, publish, snapshot
 from tasks import train as training
 from tasks.evaluate import Evaluation, EvaluationFold, SliceMetrics
 from tasks.features import FeatureSet
+from tasks.report import markdown_table
 from tasks.snapshot import Snapshot
 from tasks.train import FittedModel, TrainedModels
 
@@ -348,9 +350,7 @@ def _summary_text(summary: dict, heads: list[dict], model: str) -> str:
 
 
 def _summary_markdown(summary: dict, heads: list[dict], model: str) -> str:
-    columns = list(heads[0]) if heads else []
-    rows = "\n".join("| " + " | ".join(str(r[c]) for c in columns) + " |" for r in heads)
-    table = (f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}\n{rows}\n\n" if heads else "")
+    table = "\n".join(markdown_table(pl.DataFrame(heads))) + "\n\n" if heads else ""
     paths = "\n".join(f"- {k}: `{v}`" for k, v in summary["published"]["paths"].items())
     return (f"# Nightly {summary['run_date']}: {model}\n\n"
             f"{_ingest_line(summary['ingest'])}.\n\n{table}"

@@ -16,7 +16,7 @@ from models.hybrid import Hybrid
 from models.ranking import bootstrap_indices, paired_lift
 from models.registry import load_many, model_class
 from recsys import db, progress
-from tasks.features import FeatureSet, Frames, store_features
+from tasks.features import FeatureSet, Frames, read_table, store_features
 from tasks.metrics import (
     ACCURACY_METRICS,
     ENCODER_ABLATION,
@@ -340,14 +340,14 @@ def write_evaluation_step(settings, run_id: str, fold: EvaluationFold, parts: li
         history = metrics_history(con, settings, run_id, published)
         night = db.run(con, settings, "runs/run_date", {"run_id": run_id})
     docs = docs_index(settings) if settings.data_docs else None
+    answer = answer_table(metrics, published, history, k=min(settings.ks))
     with progress.activity("writing the report"):
         paths = write_report(metrics, folder, run_id, fold.protocol, tuning, k=min(settings.ks), gate=gate,
                              docs=str(docs) if docs and docs.exists() else None, published=published, history=history,
-                             night=str(night[0][0]) if night and night[0][0] else "")
+                             night=str(night[0][0]) if night and night[0][0] else "", answer=answer)
     warm_starts = {name: path for name, path in fitted.items() if model_class(name).can_warm_start()}
-    headline, _ = answer_table(metrics, published, history, k=min(settings.ks))
     return Evaluation(str(folder), str(metrics_path), str(paths["markdown"]), str(paths["html"]), str(weights_path),
-                      fold.protocol, warm_starts, tuple(headline.to_dicts()))
+                      fold.protocol, warm_starts, tuple(answer[0].to_dicts()))
 
 
 def evaluate_step(settings, run_id: str, frames: Frames, names, folder: Path, log=print) -> Evaluation:
@@ -371,8 +371,8 @@ def evaluate_step(settings, run_id: str, frames: Frames, names, folder: Path, lo
 def metrics_history(con, settings, run_id: str, model: str, nights: int = HISTORY_NIGHTS) -> pl.DataFrame:
     """``model``'s headline metrics on the last ``nights`` nights evaluated before ``run_id``, each with its
     outcome (published, rejected by the publish gate with the reason, failed)."""
-    text = db.sql_text(settings, "publish/metrics_history")
-    return con.sql(text, params={"run_id": run_id, "model": model, "nights": nights}).pl()
+    return read_table(con, db.sql_text(settings, "publish/metrics_history"),
+                      {"run_id": run_id, "model": model, "nights": nights})
 
 
 def store_metrics(con, settings, run_id: str, metrics: pl.DataFrame) -> None:

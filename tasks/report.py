@@ -197,7 +197,7 @@ def item_cold_section(metrics: pl.DataFrame, protocol: dict, published: str | No
             "paired, over random and over tonight's strongest baseline (activity: the most active users first; "
             "genre_year: genres and exact year). Collaborative models cannot score an item nobody has interacted "
             "with, and do not pretend to.",
-            "", *_table(item_cold_table(metrics, published)), "", "![new items](item_cold.png)", ""]
+            "", *markdown_table(item_cold_table(metrics, published)), "", "![new items](item_cold.png)", ""]
 
 
 def md_text(value) -> str:
@@ -207,7 +207,7 @@ def md_text(value) -> str:
     return html.escape(" ".join(text.split()), quote=False).replace("|", "\\|")
 
 
-def _table(frame: pl.DataFrame) -> list[str]:
+def markdown_table(frame: pl.DataFrame) -> list[str]:
     lines = ["| " + " | ".join(md_text(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     for row in frame.iter_rows():
         lines.append("| " + " | ".join(md_text(v) for v in row) + " |")
@@ -294,7 +294,7 @@ def strongest_baseline(metrics: pl.DataFrame, row: dict, published: str) -> tupl
     scored = [r for b in row["baselines"] if b != published and (r := _pick(metrics, row, b)) is not None]
     if not scored:
         return None, None
-    best = max(scored, key=lambda r: (r["value"], r["model"]))
+    best = min(scored, key=lambda r: (-r["value"], r["model"]))  # ties: by name, as strongest_item_baseline
     plain = best["model"] == "popularity" and row["metric"] == "ndcg"  # stored as ndcg_lift (the default)
     name = f"{row['metric']}_lift" + ("" if plain else f"_over_{best['model']}")
     return best, _pick(metrics, row, published, name)
@@ -334,14 +334,15 @@ def answer_table(metrics: pl.DataFrame, published: str, history: pl.DataFrame | 
 
 
 def answer_first(metrics: pl.DataFrame, published: str, history: pl.DataFrame | None = None, k: int = 10,
-                 night: str = "") -> list[str]:
-    """The report's first screen: what the published model is, then :func:`answer_table` and its verdicts."""
+                 night: str = "", answer: tuple[pl.DataFrame, list[str]] | None = None) -> list[str]:
+    """The report's first screen: what the published model is, then :func:`answer_table` (``answer``, where the
+    caller has it already) and its verdicts."""
     description = model_class(published).description if published in available() else ""
-    table, verdicts = answer_table(metrics, published, history, k)
+    table, verdicts = answer or answer_table(metrics, published, history, k)
     lines = [f"## Tonight{f' ({night})' if night else ''}: {published}, the published model", "",
              f"**{published}**" + (f": {description}." if description else "."), ""]
     if table.height:
-        lines += [*_table(table), ""]
+        lines += [*markdown_table(table), ""]
     if verdicts:
         lines += ["In short: " + "; ".join(verdicts) + " (beats or trails: the lift's whole 95% CI is above or "
                   "below zero).", ""]
@@ -410,7 +411,7 @@ def history_section(history: pl.DataFrame | None) -> list[str]:
             f"The published model's headline metrics on the last {nights.height} earlier nights and tonight; "
             "`held` nights were evaluated but the publish gate kept the last good lists (the reason is the "
             "gate's own). The same numbers for published nights: `recsys sql --named metrics_history`.", "",
-            "![history](history.png)", "", *_table(view.with_columns(
+            "![history](history.png)", "", *markdown_table(view.with_columns(
                 pl.col("outcome").replace({"rejected": "held"}))), ""]
 
 
@@ -437,12 +438,13 @@ def gate_section(gate: pl.DataFrame | None, docs: str | None = None) -> list[str
             f"({critical} critical), {int(gate['rows_rejected'].sum())} rows moved to rejects."
             + " This table is the whole result, offline: every expectation, its observed value and failing "
             "rows." + (f" Optional: Great Expectations' own Data Docs at `{md_text(docs)}` (they load their "
-                       "styles from the internet)." if docs else ""), "", *_table(view), ""]
+                       "styles from the internet)." if docs else ""), "", *markdown_table(view), ""]
 
 
 def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dict, tuning: dict,
                  k: int = 10, gate: pl.DataFrame | None = None, docs: str | None = None,
-                 published: str = "hybrid", history: pl.DataFrame | None = None, night: str = "") -> dict[str, Path]:
+                 published: str = "hybrid", history: pl.DataFrame | None = None, night: str = "",
+                 answer: tuple[pl.DataFrame, list[str]] | None = None) -> dict[str, Path]:
     """The report: the published model's answer first (tonight, its lift over the strongest baseline, the
     change since the last published night), its history over nights, then every model in one order, the
     gate, the plots and the protocol. ``history``: earlier nights' metrics of the published model
@@ -465,19 +467,19 @@ def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dic
                           .pivot(on="metric", index="model", values="value"), published)
     md = [f"# Nightly report {night or run_id}", "", f"Run `{run_id}`. Values are means over users with their 95% "
           "bootstrap confidence interval as ±.", "",
-          *answer_first(metrics, published, history, k, night), *encoder_sentence(metrics),
+          *answer_first(metrics, published, history, k, night, answer), *encoder_sentence(metrics),
           *history_section(history),
           "## Every model", "", *headlines(metrics, k, published=published), "",
           f"nDCG@{k}. Cold users were held out of training entirely; `cold k=n` reveals their first n "
           "interactions by time as history.", "",
-          *_table(heads), "", f"## Lift of nDCG@{k} over global popularity (cold users, paired bootstrap CI)", "",
+          *markdown_table(heads), "", f"## Lift of nDCG@{k} over global popularity (cold users, paired bootstrap CI)", "",
           "At k=0 a collaborative model (EASE, item-kNN) knows nothing of the user, so it ranks by the shared "
           "popularity tie-break and equals popularity.", "",
-          *_table(lifts), "", "## Beyond accuracy (warm users)", "", *_table(beyond), "",
+          *markdown_table(lifts), "", "## Beyond accuracy (warm users)", "", *markdown_table(beyond), "",
           *item_cold_section(metrics, protocol, published), *gate_section(gate, docs),
           "## Plots", "", "![cold-start curve](cold_start_curve.png)", "",
           "![model comparison](model_comparison.png)", "", "![coverage and novelty](coverage_novelty.png)", "",
-          "## Protocol", "", *_table(protocol_table(protocol)), ""]
+          "## Protocol", "", *markdown_table(protocol_table(protocol)), ""]
     if tuning:
         md += ["## Weights learned on validation data drawn from training (the hybrid's blend per history bucket, "
                "the audience model's on held-out training items)", "", "```json",
