@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.quality import MSR_ML100K, main
 
-pytestmark = pytest.mark.ml100k
+pytestmark = [pytest.mark.ml100k, pytest.mark.slow]
 
 
 def test_reduced_quality_benchmark_writes_every_number(ml100k_dir, tmp_path, capsys):

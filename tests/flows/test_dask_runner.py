@@ -16,6 +16,8 @@ from flows.nightly import nightly_flow
 from flows.runners import local_cluster_options
 from tasks import publish
 
+pytestmark = pytest.mark.slow
+
 N = 10
 NIGHT = "2026-11-20"
 MODELS = ["popularity", "ease"]  # BLAS-heavy and quick: no TensorFlow in the workers

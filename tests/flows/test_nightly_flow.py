@@ -19,6 +19,8 @@ from recsys.settings import Settings
 from tasks import features, publish
 from tasks.query import VIEW_ORDER, named_query, open_views, run_readonly
 
+pytestmark = pytest.mark.slow
+
 N = 10
 
 

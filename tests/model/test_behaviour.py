@@ -13,6 +13,8 @@ from tasks.generate import GeneratorConfig, generate
 from tasks.metrics import Catalog, ndcg, ranked_lists
 from tasks.split import carve_validation, cold_user_split, stratified_split
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
