@@ -32,7 +32,7 @@ from recsys.errors import ConfigError
 from recsys.settings import Settings
 from tasks import ingest
 from tasks.evaluate import ITEM_COLD_BASELINES, ItemColdFold, Slice, cold_slices, evaluate_models
-from tasks.features import Frames, build_features, load_frames
+from tasks.features import Frames, feature_frames, load_frames
 from tasks.generate import GeneratorConfig, generate
 from tasks.item_text import text_vectors
 from tasks.metrics import ITEM_METRICS, Catalog, map_full, ndcg, precision, ranked_lists, recall
@@ -64,7 +64,7 @@ def without_text(frames: Frames, train: pl.DataFrame, seed: int, fitted: dict[st
     """``<model>_without_text`` for the text readers among ``fitted`` (empty when the encoder is off)."""
     if frames.text_vectors is None:
         return {}
-    uf, itf = build_features(dataclasses.replace(frames, text_vectors=None), train)
+    uf, itf = feature_frames(dataclasses.replace(frames, text_vectors=None), train)
     plain = {f"{n}_without_text": build(n).fit(train, uf, itf, seed=seed)
              for n in ("content_knn", "new_item_audience") if n in fitted}
     hybrid = fitted.get("hybrid")
@@ -101,7 +101,7 @@ def load_synthetic(seed: int = 42) -> Frames:
 
 def fit_peers(names: list[str], frames: Frames, train: pl.DataFrame, seed: int, log) -> dict[str, Recommender]:
     """LightFM and implicit ALS fitted on exactly what our models are fitted on (``benchmarks/peers.py``)."""
-    uf, itf = build_features(frames, train)
+    uf, itf = feature_frames(frames, train)
     fitted = {}
     for name in names:
         started = time.perf_counter()
@@ -213,7 +213,7 @@ def protocol_z(frames: Frames, settings: Settings, seeds: list[int], log) -> dic
     started = time.perf_counter()
     for seed in seeds:
         split = cold_user_split(frames.interactions, settings.cold_user_fraction, (0,), seed)
-        uf, itf = build_features(frames, split.train)
+        uf, itf = feature_frames(frames, split.train)
         models = {name: build(model, **params).fit(split.train, uf, itf, seed=seed)
                   for name, (model, params) in variants.items()}
         log(f"  protocol Z, seed {seed}: fitted {len(models)} segment models; segment_popularity: "

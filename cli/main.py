@@ -37,14 +37,12 @@ from flows.nightly import SERVE_DEPLOYMENT, nightly_flow, serve_nightly
 from recsys import db, runs
 from recsys.errors import ConfigError, RecsysError, storage_error
 from recsys.settings import Settings
-from tasks import ingest, validate
-from tasks.evaluate import evaluate_step
-from tasks.features import features_step, load_frames
+from tasks import night, validate
 from tasks.generate import GeneratorConfig, generate
 from tasks.query import fetch_readonly, named_query, open_views, parse_param
 from tasks.report import headline_table
+from tasks.snapshot import take_snapshot
 from tasks.sources import load_mapping, with_overrides
-from tasks.train import fit_tuned, format_training, save_models
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_FILES_FAILED = 0, 1, 2, 3
 EPHEMERAL_STARTUP_SECONDS = 180
@@ -158,15 +156,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         kinds = set(runs.run_params(con, run_id).get("kinds") or [
             kind for (kind,) in con.execute("select distinct kind from ingest_ledger where run_id = $run_id",
                                             {"run_id": run_id}).fetchall()])
-        result = validate.validate_batch(con, settings, run_id, all_users_known="users" not in kinds,
-                                         all_items_known="items" not in kinds, raise_on_failure=False)
-        print(validate.format_gate(result))
-        if not result.passed:
-            print(validate.failure_message(result), file=sys.stderr)
-            return 4
-        ingest.promote_batch(con, settings, run_id, register_unknown_users="users" not in kinds,
-                             register_unknown_items="items" not in kinds)
-        runs.finish_run(con, settings, run_id, "loaded")
+        validate.gate_and_promote(con, settings, run_id, kinds)
         print(f"batch {run_id} passed the gate and was promoted")
     return EXIT_OK
 
@@ -183,32 +173,33 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Production models on everything loaded; a hybrid is tuned on validation users carved out first."""
+    """Production models on everything loaded: the night's graph up to its production fit (the hybrid's blend
+    is tuned on the evaluation fold's validation users, and the two-tower continues from that fold's fit)."""
     settings = Settings()
     settings.ensure_dirs()
     names = args.models or list(settings.models)
     with runs.run_lock(settings), runs.recorded_run(settings, "train", {"models": names}, done="trained") as run_id:
-        with db.warehouse(settings) as con:
-            frames = load_frames(con, settings)
-        feats = features_step(settings, run_id, frames, settings.home / "features" / run_id)
+        snap = take_snapshot(settings)
+        steps = night.InProcess()
+        feats = night.build_features(settings, run_id, snap)
         print(f"features: {feats.users:,} users ({feats.users_without_history:,} without history), "
               f"{feats.items:,} items")
-        models = fit_tuned(names, frames, frames.interactions, settings)
-        paths = save_models(models, settings.models_dir / run_id)
-        print(format_training(paths))
-    print(f"models saved under {settings.models_dir / run_id}")
+        _, fitted = night.fit_evaluation_fold(steps, settings, run_id, snap, names)
+        trained = night.train_night(steps, settings, run_id, snap, feats, names,
+                                    **night.carry_over({name: fit.path for name, fit in fitted.items()}))
+    print(f"models saved under {trained.model_dir}")
     return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """The night's evaluation (the same graph as the nightly flow's), in this process."""
     settings = Settings()
     settings.ensure_dirs()
     names = args.models or list(settings.models)
     with runs.run_lock(settings), runs.recorded_run(settings, "evaluate", {"models": names},
                                                     done="evaluated") as run_id:
-        with db.warehouse(settings) as con:
-            frames = load_frames(con, settings)
-        result = evaluate_step(settings, run_id, frames, names, settings.reports_dir / run_id)
+        result = night.evaluate_night(night.InProcess(), settings, run_id, take_snapshot(settings), names,
+                                      settings.publish_model if settings.publish_model in names else names[-1])
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40):
         print(headline_table(pl.read_parquet(result.metrics), k=min(settings.ks)))
     print(f"report: {result.report_html}\nmetrics: {result.metrics} (and the `metrics` table)")

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.filesystems import LocalFileSystem
+from prefect.settings import PREFECT_API_URL
 from prefect.utilities.hashing import hash_objects
 
 from recsys.errors import RecsysError
@@ -28,18 +30,24 @@ NOT_SHAPING = {"top_n", "metric_tolerance", "sql_dir", "expectations_dir", "time
                "verbose", "lock_wait_seconds", "connect_wait_seconds", "task_runner", "dask_address",
                "dask_workers", "text_encoder_model_path", "text_vector_cache",
                "sql_timeout_seconds", "sql_memory_limit"}
+# Settings only the scoring of slices reads: a night that changes them re-scores and re-reports, and reuses
+# the split, the features and every fit.
+EVALUATION_ONLY = {"bootstrap_samples", "max_eval_users", "ks", "data_docs"}
+BEFORE_SCORING = ("build_features", "split_for_evaluation", "fit_model")
 CODE_FOLDERS = ("recsys", "models", "tasks", "sql")
 
 
 @dataclass
 class ShapingSettings(CachePolicy):
-    """The settings that shape a step's output (and the home it writes to), taken from its ``settings``."""
+    """The settings that shape a step's output (and the home it writes to), taken from its ``settings``: the
+    steps before scoring ignore the settings that only scoring reads."""
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
         settings = inputs.get("settings")
         if not isinstance(settings, Settings):
             return None
-        shaping = settings.model_dump(mode="json", exclude=NOT_SHAPING)
+        ignored = NOT_SHAPING | (EVALUATION_ONLY if task_ctx.task.name in BEFORE_SCORING else set())
+        shaping = settings.model_dump(mode="json", exclude=ignored)
         shaping["home"] = str(Path(settings.home).resolve())
         return hash_objects(shaping)
 
@@ -63,10 +71,16 @@ def code_fingerprint(root: Path = PROJECT_ROOT) -> str:
 
 
 def result_storage(base: Path) -> str:
-    """A LocalFileSystem block for this home's results (Prefect wants result storage saved server-side)."""
+    """A LocalFileSystem block for this home's results (Prefect wants result storage saved server-side),
+    saved once per Prefect API and home in this process."""
     name = "recsys-results-" + hashlib.sha256(str(base).encode()).hexdigest()[:12]
-    LocalFileSystem(basepath=str(base / "results")).save(name, overwrite=True)
+    _save_storage(PREFECT_API_URL.value() or "temporary", base, name)
     return f"local-file-system/{name}"
+
+
+@cache
+def _save_storage(api: str, base: Path, name: str) -> None:
+    LocalFileSystem(basepath=str(base / "results")).save(name, overwrite=True)
 
 
 def step_options(settings: Settings) -> dict[str, Any]:

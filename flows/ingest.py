@@ -13,7 +13,6 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.caching import transient_only
 from recsys import db, runs
-from recsys.errors import ValidationFailedError
 from recsys.progress import Heartbeat
 from recsys.settings import Settings
 from tasks import ingest, sources, validate
@@ -47,29 +46,14 @@ def stage_files(settings: Settings, specs: list[sources.FileSpec], run_id: str, 
 
 
 @task(cache_policy=NO_CACHE)
-def validate_staged(settings: Settings, run_id: str, kinds: list[str]) -> validate.GateResult:
-    """The Great Expectations gate between staging and promotion."""
-    with db.warehouse(settings) as con:
-        result = validate.validate_batch(con, settings, run_id, all_users_known="users" not in kinds,
-                                         all_items_known="items" not in kinds, raise_on_failure=False)
-        if not result.passed:
-            runs.finish_run(con, settings, run_id, "held")
-    print(validate.format_gate(result))
-    create_markdown_artifact(key="validation-gate", markdown=validate.gate_markdown(result),
-                             description=f"validation gate {run_id}")
-    if not result.passed:
-        raise ValidationFailedError(validate.failure_message(result))
-    return result
+def gate_and_promote(settings: Settings, report: ingest.IngestReport, kinds: list[str]) -> ingest.IngestReport:
+    """The Great Expectations gate between staging and promotion; a held batch stops the flow."""
+    def artifact(result: validate.GateResult) -> None:
+        create_markdown_artifact(key="validation-gate", markdown=validate.gate_markdown(result),
+                                 description=f"validation gate {report.run_id}")
 
-
-@task(cache_policy=NO_CACHE)
-def promote_files(settings: Settings, report: ingest.IngestReport, specs: list[sources.FileSpec]) -> ingest.IngestReport:
-    kinds = {spec.kind for spec in specs}
     with db.warehouse(settings) as con:
-        ingest.promote_batch(con, settings, report.run_id,
-                             register_unknown_users="users" not in kinds,
-                             register_unknown_items="items" not in kinds)
-        runs.finish_run(con, settings, report.run_id, "loaded")
+        validate.gate_and_promote(con, settings, report.run_id, kinds, shown=artifact)
         return ingest.batch_report(con, settings, report)
 
 
@@ -94,10 +78,8 @@ def ingest_flow(
         specs = land_source(settings, source, path, mapping, users, items, mapping_dir, allow_paths_outside_mapping)
         beat.step("stage")
         report = stage_files(settings, specs, run_id, source)
-        beat.step("validate")
-        validate_staged(settings, run_id, sorted({spec.kind for spec in specs}))
-        beat.step("promote")
-        report = promote_files(settings, report, specs)
+        beat.step("validate and promote")
+        report = gate_and_promote(settings, report, sorted({spec.kind for spec in specs}))
     text = ingest.format_report(report)
     print(text)
     create_markdown_artifact(key="ingest-summary", markdown=f"```\n{text}\n```",

@@ -29,56 +29,37 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runner import Runner
 from prefect.task_runners import TaskRunner
 
-from flows.caching import step_options, transient_only
+from flows.caching import transient_only
 from flows.ingest import ingest_flow
-from flows.runners import parallelism, run_all, task_runner
+from flows.runners import parallelism, run_all, run_here, task_runner
 from recsys import db, runs
 from recsys.errors import ConfigError
 from recsys.progress import Heartbeat
 from recsys.settings import Settings
-from tasks import evaluate, features, publish, snapshot
-from tasks import train as training
-from tasks.evaluate import Evaluation, EvaluationFold, SliceMetrics
-from tasks.features import FeatureSet
+from tasks import night, publish, snapshot
 from tasks.report import markdown_table
 from tasks.snapshot import Snapshot
-from tasks.train import FittedModel, TrainedModels
+
+snapshot_warehouse = task(snapshot.take_snapshot, name="snapshot_warehouse", cache_policy=NO_CACHE, retries=2,
+                          retry_delay_seconds=5, retry_condition_fn=transient_only)
+
+# The night's steps (tasks/night.py) as Prefect tasks, cached by flows/caching.py.
+RUN_NAMES = {night.fit_model: "fit-{name} ({fold})", night.evaluate_slice: "evaluate-{slice_name}"}
+TASKS = {step: task(step, task_run_name=RUN_NAMES.get(step)) for step in night.STEPS}
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=transient_only)
-def snapshot_warehouse(settings: Settings) -> Snapshot:
-    return snapshot.take_snapshot(settings)
+class OnPrefect:
+    """:class:`tasks.night.Steps` on Prefect: ``one`` a cached task in the flow's thread, ``many`` cached tasks
+    on the night's task runner (one at a time locally, side by side on Dask)."""
 
+    def __init__(self, runner: TaskRunner, settings: Settings):
+        self.runner, self.settings = runner, settings
 
-@task
-def build_features(settings: Settings, run_id: str, snap: Snapshot) -> FeatureSet:
-    return features.features_step(settings, run_id, snap.frames(), settings.home / "features" / snap.fingerprint)
+    def one(self, step, **call):
+        return run_here(self.settings, TASKS[step], call)
 
-
-@task
-def split_for_evaluation(settings: Settings, run_id: str, snap: Snapshot) -> EvaluationFold:
-    return evaluate.split_step(settings, snap.frames(), settings.reports_dir / run_id)
-
-
-@task(task_run_name="fit-{name} ({fold})")
-def fit_model(settings: Settings, name: str, train: str, features: FeatureSet, folder: str, fold: str,
-              components: dict[str, str] | None = None, validation: str | None = None, weights: str | None = None,
-              warm_from: str | None = None) -> FittedModel:
-    return training.fit_step(settings, name, train, features, folder, fold, components=components,
-                             validation=validation, weights=weights, warm_from=warm_from)
-
-
-@task(task_run_name="evaluate-{slice_name}")
-def evaluate_slice(settings: Settings, run_id: str, fold: EvaluationFold, slice_name: str, models: dict[str, str],
-                   folder: str) -> SliceMetrics:
-    return evaluate.evaluate_slice_step(settings, run_id, fold, slice_name, models, folder)
-
-
-@task
-def write_evaluation(settings: Settings, run_id: str, snap: Snapshot, fold: EvaluationFold,
-                     parts: list[SliceMetrics], fitted: dict[str, str], published: str) -> Evaluation:
-    return evaluate.write_evaluation_step(settings, run_id, fold, parts, fitted, settings.reports_dir / run_id,
-                                          gate=snap.gate(), published=published)
+    def many(self, step, calls: list[dict]) -> list:
+        return run_all(self.runner, self.settings, TASKS[step], calls)
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only,
@@ -105,21 +86,12 @@ def publish_recommendations(settings: Settings, run_id: str, run_date: date, sna
                                 new_items)
 
 
-def cached(step, settings: Settings, *args):
-    """Run a cached step; a cached record whose files were deleted since is recomputed, not trusted."""
-    options = step_options(settings)
-    record = step.with_options(**options)(settings, *args)
-    if not record.exists():
-        record = step.with_options(**options, refresh_cache=True)(settings, *args)
-    return record
-
-
 class Progress:
     """One line per step with its elapsed time, the Prefect progress artifact, a timing record, and while a
     step runs longer than RECSYS_PROGRESS_SECONDS a heartbeat line saying what it is doing."""
 
-    def __init__(self, night: date, names: list[str]):
-        self.artifact = create_progress_artifact(0.0, key="nightly-progress", description=f"nightly {night}")
+    def __init__(self, day: date, names: list[str]):
+        self.artifact = create_progress_artifact(0.0, key="nightly-progress", description=f"nightly {day}")
         self.names, self.done = names, 0
         self.started = self.last = time.perf_counter()
         self.timings: list[dict] = []
@@ -187,34 +159,35 @@ def train_publish_flow(
     """snapshot -> features -> evaluate -> train -> publish on what the warehouse holds (chained after ``ingest``)."""
     settings = _settings(home)
     publish_model = publish_model or settings.publish_model
-    night = night_of(run_date)
+    day = night_of(run_date)
     names = list(models or settings.models)
     if publish_model not in names:
         raise ConfigError(f"publish_model {publish_model!r} is not among the models to train ({', '.join(names)})")
     run_id = runs.new_run_id("nightly")
     with runs.run_lock(settings), runs.failed_on_exit(settings, run_id):
-        return _train_publish(settings, run_id, night, names, publish_model, ingested)
+        return _train_publish(settings, run_id, day, names, publish_model, ingested)
 
 
-def _train_publish(settings: Settings, run_id: str, night: date, names: list[str], publish_model: str,
+def _train_publish(settings: Settings, run_id: str, day: date, names: list[str], publish_model: str,
                    ingested: dict | None) -> dict:
     with db.warehouse(settings) as con:
         for line in runs.recover_stale_runs(con, settings, run_id):
             print(line)
-        runs.start_run(con, settings, run_id, "train-and-publish", run_date=night,
+        runs.start_run(con, settings, run_id, "train-and-publish", run_date=day,
                        params={"models": names, "publish_model": publish_model})
     runner = task_runner(settings)
-    with Progress(night, ["snapshot", "features", "evaluate", "train", "publish"]) as progress, runner:
+    with Progress(day, ["snapshot", "features", "evaluate", "train", "publish"]) as progress, runner:
         snap = snapshot_warehouse(settings)
         progress.step("snapshot", f"{snap.interactions:,} interactions, {snap.users:,} users, {snap.items:,} items")
-        feats = cached(build_features, settings, run_id, snap)
+        steps = OnPrefect(runner, settings)
+        feats = steps.one(night.build_features, settings=settings, run_id=run_id, snap=snap)
         progress.step("features", f"{feats.users:,} users ({feats.users_without_history:,} without history), "
                                   f"{feats.items:,} items")
-        evaluation = evaluate_night(runner, settings, run_id, snap, names, publish_model)
+        evaluation = night.evaluate_night(steps, settings, run_id, snap, names, publish_model)
         progress.step("evaluate", evaluation.report_html)
-        trained = train_night(runner, settings, run_id, snap, feats, names, evaluation)
+        trained = night.train_night(steps, settings, run_id, snap, feats, names, **evaluation.carry)
         progress.step("train", trained.model_dir)
-        published = publish_night(runner, settings, run_id, night, snap, trained.models[publish_model],
+        published = publish_night(runner, settings, run_id, day, snap, trained.models[publish_model],
                                   publish_model, evaluation.metrics)
         progress.step("publish", published["paths"]["recommendations"])
     with db.warehouse(settings) as con:
@@ -222,14 +195,14 @@ def _train_publish(settings: Settings, run_id: str, night: date, names: list[str
 
     heads = list(evaluation.headline)
     create_table_artifact(key="nightly-headline", table=heads,
-                          description=f"{publish_model} tonight ({night}): 95% CIs, lifts over the strongest baseline")
+                          description=f"{publish_model} tonight ({day}): 95% CIs, lifts over the strongest baseline")
     summary = {
-        "run_id": run_id, "run_date": str(night), "fingerprint": snap.fingerprint, "ingest": ingested,
+        "run_id": run_id, "run_date": str(day), "fingerprint": snap.fingerprint, "ingest": ingested,
         "snapshot": snap, "features": feats, "evaluation": evaluation, "models": trained, "published": published,
         "steps": progress.timings,
     }
     create_markdown_artifact(key="nightly-summary", markdown=_summary_markdown(summary, heads, publish_model),
-                             description=f"nightly {night}")
+                             description=f"nightly {day}")
     print(_summary_text(summary, heads, publish_model))
     print(query_hint(published["paths"]["recommendations"]))
     return summary
@@ -260,51 +233,7 @@ def nightly_flow(
                                   home=str(settings.home), ingested=ingested["totals"])
 
 
-def fit_fold(runner: TaskRunner, settings: Settings, names: list[str], train: str, feats: FeatureSet, folder: str,
-             fold: str, **shared) -> dict[str, FittedModel]:
-    """Each model fitted once on ``train``, as one task per model: the single models side by side, then
-    the blends of them. ``shared``: ``validation``, ``weights``, ``warm_from`` (see ``fit_arguments``)."""
-    fitted: dict[str, FittedModel] = {}
-    common = {"settings": settings, "train": train, "features": feats, "folder": folder, "fold": fold}
-    for stage in training.fit_stages(names):
-        calls = [{**common, **training.fit_arguments(name, fitted, **shared)} for name in stage]
-        fitted.update(zip(stage, run_all(runner, settings, fit_model, calls), strict=True))
-    return fitted
-
-
-def evaluate_night(runner: TaskRunner, settings: Settings, run_id: str, snap: Snapshot, names: list[str],
-                   publish_model: str) -> Evaluation:
-    """Split once; fit each model once on the evaluation fold; every slice scored by every model; the report
-    (``publish_model``'s answer first)."""
-    fold = cached(split_for_evaluation, settings, run_id, snap)
-    folder = settings.reports_dir / run_id
-    fitted = fit_fold(runner, settings, names, fold.train, fold.features, str(folder / "models"), "evaluation fold",
-                      validation=fold.validation)
-    slices = {name: {name: fitted[name].path for name in names} for name in fold.slices}
-    if fold.item_cold is not None:  # the item-cold fold: every model and the baselines, without the new items
-        ic, ic_names = fold.item_cold, evaluate.ItemColdFold.models(names)
-        ic_fitted = fit_fold(runner, settings, ic_names, ic.train, ic.features, str(folder / "models-item-cold"),
-                             "item-cold fold", **evaluate.ItemColdFold.fit_options(fitted))
-        slices[ic.slice] = {name: ic_fitted[name].path for name in ic_names}
-    parts = run_all(runner, settings, evaluate_slice, [
-        {"settings": settings, "run_id": run_id, "fold": fold, "slice_name": name, "models": models,
-         "folder": str(folder / "metrics")} for name, models in slices.items()])
-    return cached(write_evaluation, settings, run_id, snap, fold, parts, {n: f.path for n, f in fitted.items()},
-                  publish_model)
-
-
-def train_night(runner: TaskRunner, settings: Settings, run_id: str, snap: Snapshot, feats: FeatureSet,
-                names: list[str], evaluation: Evaluation) -> TrainedModels:
-    """The production fit on everything loaded: the blend reuses the evaluation fold's weights and the
-    two-tower continues from its evaluation-fold fit."""
-    fitted = fit_fold(runner, settings, names, str(snap.path("interactions")), feats, str(settings.models_dir / run_id),
-                      "production", weights=evaluation.weights, warm_from=evaluation.warm_starts)
-    paths = {name: fitted[name].path for name in training.needed(names)}
-    print(training.format_training(paths))
-    return TrainedModels(str(Path(paths[names[-1]]).parent), paths)
-
-
-def publish_night(runner: TaskRunner, settings: Settings, run_id: str, night: date, snap: Snapshot, model_path: str,
+def publish_night(runner: TaskRunner, settings: Settings, run_id: str, day: date, snap: Snapshot, model_path: str,
                   model: str, metrics_path: str) -> dict:
     """Every user scored and explained in blocks (one task per block, as many as the runner runs at once),
     the segment defaults beside them; the new items' best users from the same blocks; then the gate and the
@@ -318,7 +247,7 @@ def publish_night(runner: TaskRunner, settings: Settings, run_id: str, night: da
              "n": settings.top_n, "folder": str(folder), "new_item_max_interactions": settings.new_item_max_interactions,
              "users_per_item": settings.new_item_users} for block in range(blocks)], cache=False)
         new_items = rank_new_items(model_path, scored, settings.new_item_users, str(folder))
-        return publish_recommendations(settings, run_id, night, snap, model, scored, defaults.result(), metrics_path,
+        return publish_recommendations(settings, run_id, day, snap, model, scored, defaults.result(), metrics_path,
                                        new_items)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

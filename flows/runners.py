@@ -65,18 +65,31 @@ def parallelism(runner: TaskRunner) -> int:
     return 1
 
 
+def run_here(settings: Settings, step: Task, call: dict[str, Any]) -> Any:
+    """Run ``step`` once in this thread, cached by Prefect on its inputs (``flows/caching.py``); a cached
+    record whose files were deleted since is recomputed, not trusted."""
+    return _trusted(settings, step, [call], lambda task, calls: [task(**call) for call in calls])[0]
+
+
 def run_all(runner: TaskRunner, settings: Settings, step: Task, calls: list[dict[str, Any]],
             cache: bool = True) -> list[Any]:
     """Submit ``step`` once per parameter set, wait for all, and return their records in order.
 
-    With ``cache``, each call is cached by Prefect on its inputs (``flows/caching.py``); a cached record
-    whose files were deleted since is recomputed, not trusted. A failed call raises after all have ended.
+    With ``cache``, as :func:`run_here` does for one call. A failed call raises after all have ended.
     """
-    options = step_options(settings) if cache else {}
-    records = _results([runner.submit(step.with_options(**options), call) for call in calls])
-    stale = [i for i, record in enumerate(records) if cache and not record.exists()]
+    def submit(task: Task, some: list[dict[str, Any]]) -> list[Any]:
+        return _results([runner.submit(task, call) for call in some])
+
+    return _trusted(settings, step, calls, submit) if cache else submit(step, calls)
+
+
+def _trusted(settings: Settings, step: Task, calls: list[dict[str, Any]], execute) -> list[Any]:
+    """``execute`` the calls cached; those whose records lost their files are executed again, refreshed."""
+    options = step_options(settings)
+    records = execute(step.with_options(**options), calls)
+    stale = [i for i, record in enumerate(records) if not record.exists()]
     if stale:
-        again = _results([runner.submit(step.with_options(**options, refresh_cache=True), calls[i]) for i in stale])
+        again = execute(step.with_options(**options, refresh_cache=True), [calls[i] for i in stale])
         for i, record in zip(stale, again, strict=True):
             records[i] = record
     return records

@@ -14,7 +14,7 @@ from models.audience import NewItemAudience
 from models.base import Recommender, Served, serve_together
 from models.hybrid import Hybrid
 from models.ranking import bootstrap_indices, paired_lift
-from models.registry import load_many, model_class
+from models.registry import load_many
 from recsys import db, progress
 from tasks.features import FeatureSet, Frames, read_table, store_features
 from tasks.metrics import (
@@ -32,7 +32,7 @@ from tasks.metrics import (
 )
 from tasks.report import HISTORY_NIGHTS, answer_table, write_report
 from tasks.split import ValidationFold, carve_validation, cold_user_split, item_cold_split, temporal_split
-from tasks.train import FittedModel, fit_fold_here, release_memory
+from tasks.train import release_memory
 from tasks.validate import docs_index
 
 # ---------------------------------------------------------------------------------------------------------
@@ -200,12 +200,6 @@ class ItemColdFold:
         """What the fold fits and scores: the night's models and the item-cold baselines."""
         return [*names, *(b for b in (*ITEM_COLD_BASELINES, *ITEM_COLD_MODELS) if b not in names)]
 
-    @staticmethod
-    def fit_options(fitted: dict[str, FittedModel]) -> dict:
-        """``fit_arguments`` options: a hybrid takes the evaluation fold's tuned blend (the held-out items'
-        interactions are the truth, so nothing here is tuned on them again)."""
-        return {"weights": str(Hybrid.blend_file(Path(fitted["hybrid"].path)))} if "hybrid" in fitted else {}
-
 
 @dataclass(frozen=True)
 class EvaluationFold:
@@ -255,13 +249,13 @@ class Evaluation:
     metrics: str
     report_markdown: str
     report_html: str
-    weights: str  # the hybrid's tuned blend (JSON), reused by the production fit
     protocol: dict
-    warm_starts: dict[str, str]  # saved evaluation-fold fits the production fit continues from (two-tower)
+    carry: dict  # what the production fit takes from the evaluation fold's fits: ``weights``, ``warm_from``
     headline: tuple[dict, ...] = ()  # the report's first table: the published model's answer, a row a question
 
     def exists(self) -> bool:
-        return all(Path(p).exists() for p in (self.metrics, self.report_html, self.weights, *self.warm_starts.values()))
+        carried = [self.carry["weights"]] if self.carry["weights"] else []
+        return all(Path(p).exists() for p in (self.metrics, self.report_html, *carried, *self.carry["warm_from"].values()))
 
 
 def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
@@ -321,7 +315,7 @@ def evaluate_slice_step(settings, run_id: str, fold: EvaluationFold, slice_name:
 
 def write_evaluation_step(settings, run_id: str, fold: EvaluationFold, parts: list[SliceMetrics],
                           fitted: dict[str, str], folder: Path, gate: pl.DataFrame | None = None,
-                          published: str | None = None) -> Evaluation:
+                          published: str | None = None, carry: dict | None = None) -> Evaluation:
     """Store metrics (DuckDB + Parquet), the hybrid's blend and the report (the ``published`` model's answer
     first, beside its earlier nights); name the fits to continue from."""
     folder = Path(folder)
@@ -333,8 +327,6 @@ def write_evaluation_step(settings, run_id: str, fold: EvaluationFold, parts: li
         tuning["new_item_audience"] = NewItemAudience.saved_weights(Path(fitted["new_item_audience"]))
     metrics_path = folder / "metrics.parquet"
     metrics.write_parquet(metrics_path)
-    weights_path = folder / "hybrid_weights.json"
-    weights_path.write_text(json.dumps(blend))
     with db.warehouse(settings) as con:
         store_metrics(con, settings, run_id, metrics)
         history = metrics_history(con, settings, run_id, published)
@@ -345,27 +337,8 @@ def write_evaluation_step(settings, run_id: str, fold: EvaluationFold, parts: li
         paths = write_report(metrics, folder, run_id, fold.protocol, tuning, k=min(settings.ks), gate=gate,
                              docs=str(docs) if docs and docs.exists() else None, published=published, history=history,
                              night=str(night[0][0]) if night and night[0][0] else "", answer=answer)
-    warm_starts = {name: path for name, path in fitted.items() if model_class(name).can_warm_start()}
-    return Evaluation(str(folder), str(metrics_path), str(paths["markdown"]), str(paths["html"]), str(weights_path),
-                      fold.protocol, warm_starts, tuple(answer[0].to_dicts()))
-
-
-def evaluate_step(settings, run_id: str, frames: Frames, names, folder: Path, log=print) -> Evaluation:
-    """The evaluation run in this process, one step after another (``recsys evaluate``); the nightly flow
-    runs the same steps as tasks on its task runner."""
-    folder = Path(folder)
-    fold = split_step(settings, frames, folder)
-    fitted = fit_fold_here(settings, names, fold.train, fold.features, str(folder / "models"), "evaluation fold",
-                           log, validation=fold.validation)
-    models = {name: fitted[name].path for name in names}
-    parts = [evaluate_slice_step(settings, run_id, fold, name, models, str(folder / "metrics")) for name in fold.slices]
-    if fold.item_cold is not None:
-        ic, ic_names = fold.item_cold, ItemColdFold.models(names)
-        ic_fitted = fit_fold_here(settings, ic_names, ic.train, ic.features, str(folder / "models-item-cold"),
-                                  "item-cold fold", log, **ItemColdFold.fit_options(fitted))
-        parts.append(evaluate_slice_step(settings, run_id, fold, ic.slice, {n: ic_fitted[n].path for n in ic_names},
-                                         str(folder / "metrics")))
-    return write_evaluation_step(settings, run_id, fold, parts, {n: f.path for n, f in fitted.items()}, folder)
+    return Evaluation(str(folder), str(metrics_path), str(paths["markdown"]), str(paths["html"]), fold.protocol,
+                      carry or {"weights": None, "warm_from": {}}, tuple(answer[0].to_dicts()))
 
 
 def metrics_history(con, settings, run_id: str, model: str, nights: int = HISTORY_NIGHTS) -> pl.DataFrame:

@@ -44,7 +44,7 @@ def load_frames(con: duckdb.DuckDBPyConnection, settings: Settings | None = None
     return Frames(interactions, users, items, text_vectors(items, settings) if settings is not None else None)
 
 
-def build_features(frames: Frames, train: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def feature_frames(frames: Frames, train: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """User and item features from the training fold only (no test interaction leaks in)."""
     reference = train["ts"].max() if train.height else datetime(1970, 1, 1)
     return (build_user_features(frames.users.lazy(), train.lazy(), reference),
@@ -158,14 +158,14 @@ def store_features(frames: Frames, train: pl.DataFrame, folder: Path) -> Feature
     """Build a fold's features and write them as Parquet under ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    user_features, item_features = build_features(frames, train)
+    user_features, item_features = feature_frames(frames, train)
     user_features.write_parquet(folder / "user_features.parquet")
     item_features.write_parquet(folder / "item_features.parquet")
     return FeatureSet(str(folder), user_features.height, item_features.height,
                       int((~user_features["has_history"]).sum()))
 
 
-def features_step(settings: Settings, run_id: str, frames: Frames, folder: Path) -> FeatureSet:
+def production_features(settings: Settings, run_id: str, frames: Frames, folder: Path) -> FeatureSet:
     """The production fold's features (everything loaded): stored as Parquet and as the warehouse tables."""
     feature_set = store_features(frames, frames.interactions, folder)
     user_features, item_features = feature_set.read()

@@ -15,7 +15,7 @@ from models.hybrid import Hybrid, ValidationCase
 from models.registry import build, load, load_many, model_class
 from recsys import progress
 from recsys.settings import Settings
-from tasks.features import FeatureSet, Frames, build_features
+from tasks.features import FeatureSet, Frames, feature_frames
 from tasks.split import WARM_TRUTH_SHARE, ValidationFold, carve_validation
 
 # Validation users when the tuning fold is a fold of its own (fit_tuned): it is thrown away after tuning, so
@@ -152,18 +152,6 @@ def release_memory() -> None:
     gc.freeze()
 
 
-def fit_fold_here(settings: Settings, names: list[str], train: str, features: FeatureSet, folder: str, fold: str,
-                  log=print, **shared) -> dict[str, FittedModel]:
-    """Each model of ``names`` fitted once on a stored fold, in this process, stage after stage (the flow's
-    ``fit_fold`` submits the same fits to its task runner). ``shared``: see :func:`fit_arguments`."""
-    fitted: dict[str, FittedModel] = {}
-    for stage in fit_stages(names):
-        for name in stage:
-            fitted[name] = fit_step(settings, train=train, features=features, folder=folder, fold=fold, log=log,
-                                    **fit_arguments(name, fitted, **shared))
-    return fitted
-
-
 def hybrid_weights(models: dict[str, Recommender]) -> dict | None:
     """The tuned blend of a fitted set, to hand to another fold's fit."""
     hybrid = models.get("hybrid")
@@ -188,13 +176,13 @@ def fit_tuned(
         fold = carve_validation(train, max(settings.validation_user_fraction, TUNING_FOLD_COLD_SHARE), settings.seed,
                                 warm_truth=warm_truth, warm_truth_share=warm_truth_share,
                                 warm_share=TUNING_FOLD_WARM_SHARE)
-        uf, itf = build_features(frames, fold.train)
+        uf, itf = feature_frames(frames, fold.train)
         tuned = fit_models(["hybrid"], fold.train, uf, itf, settings, validation=fold.cases,
                            fold=f"{label + ', ' if label else ''}hybrid tuning fold", log=log)
         weights = hybrid_weights(tuned)
         if ablate:
             lesser = _without(ablate, tuned).use_validation(fold.cases).fit(fold.train, uf, itf, seed=settings.seed)
-    uf, itf = build_features(frames, train)
+    uf, itf = feature_frames(frames, train)
     fitted = fit_models(names, train, uf, itf, settings, weights=weights, fold=label, log=log)
     if lesser is not None:
         fitted[f"hybrid_without_{ablate}"] = _without(ablate, fitted).use_weights(lesser.weights, lesser.tuning).fit(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,9 +28,10 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from recsys import db
+from recsys import db, runs
 from recsys.errors import ConfigError, ValidationFailedError
 from recsys.settings import Settings
+from tasks import ingest
 
 GATED_SUITES = ("users", "items", "interactions")  # validation order: referenced tables first
 STAGING_TABLE = {"users": "staging_users", "items": "staging_items", "interactions": "staging_interactions"}
@@ -352,6 +354,28 @@ def _batch_params(settings, suite, run_id, all_users_known, all_items_known) -> 
     if suite == "interactions":
         params.update(all_users_known=all_users_known, all_items_known=all_items_known)
     return params
+
+
+def gate_and_promote(con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, kinds: set[str] | list[str],
+                     shown: Callable[[GateResult], None] = lambda result: None) -> GateResult:
+    """The gate between staging and promotion, for the ingest flow and ``recsys validate`` alike.
+
+    ``kinds``: the files the source had; a kind it lacks (users, items) has its unknown ids registered, not
+    rejected. The result is printed and handed to ``shown`` (the flow's artifact) before anything else; a
+    failed gate marks the run held and raises :class:`ValidationFailedError`, a passed one promotes the batch
+    and marks the run loaded.
+    """
+    result = validate_batch(con, settings, run_id, all_users_known="users" not in kinds,
+                            all_items_known="items" not in kinds, raise_on_failure=False)
+    print(format_gate(result))
+    shown(result)
+    if not result.passed:
+        runs.finish_run(con, settings, run_id, "held")
+        raise ValidationFailedError(failure_message(result))
+    ingest.promote_batch(con, settings, run_id, register_unknown_users="users" not in kinds,
+                         register_unknown_items="items" not in kinds)
+    runs.finish_run(con, settings, run_id, "loaded")
+    return result
 
 
 def format_gate(result: GateResult) -> str:

@@ -37,14 +37,6 @@ def pytest_sessionfinish(session, exitstatus):
         shutil.rmtree(SESSION_VECTOR_CACHE, ignore_errors=True)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Modules marked ``slow`` first, in their order, then the rest in theirs: pytest-xdist (``make test``) hands
-    a module to each free worker in collection order, so the longest start first and the short ones fill in
-    (a whole night started last would leave the other worker idle for minutes)."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)
-
-
 def ml100k_path() -> Path:
     return Path(os.environ.get("RECSYS_ML100K_DIR", REPO_ROOT.parent / "shared" / "datasets" / "ml-100k"))
 

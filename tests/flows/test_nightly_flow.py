@@ -187,6 +187,8 @@ def test_a_changed_setting_recomputes_evaluation(night, monkeypatch, small_synth
     third = train_publish_flow(run_date="2026-11-20", home=str(settings.home))
     assert third["features"] == second["features"]  # features do not depend on the bootstrap
     assert third["evaluation"] != second["evaluation"]
+    # Only scoring reads the bootstrap: the evaluation fold's fits are reused, not fitted again.
+    assert third["evaluation"].carry == second["evaluation"].carry
     # The new evaluation's report answers first and compares with the night published before it.
     report = Path(third["evaluation"].report_markdown).read_text()
     assert "## Tonight (2026-11-20): hybrid, the published model" in report.splitlines()[4]
