@@ -78,7 +78,7 @@ def run(path: Path, share: float, min_ratings: int, seed: int, epochs: int, log=
         os.environ["RECSYS_EPOCHS"] = str(epochs)
         settings = Settings(home=home)
         settings.ensure_dirs()
-        ingest_flow(source="movielens-100k", path=str(path), home=str(home))
+        ingest_flow(settings=settings, source="movielens-100k", path=str(path))
         with db.warehouse(settings) as con:
             full = con.sql("select user_id, item_id from interactions").pl()
             dropped = drop_films(full, share, min_ratings, seed)
@@ -86,7 +86,7 @@ def run(path: Path, share: float, min_ratings: int, seed: int, epochs: int, log=
         truth = full.filter(pl.col("item_id").is_in(dropped))
         kept = full.filter(~pl.col("item_id").is_in(dropped))
         log(f"  {len(dropped)} films lost their {truth.height:,} ratings; {kept.height:,} ratings stay")
-        night = train_publish_flow(run_date=str(date(2026, 12, 2)), home=str(home))
+        night = train_publish_flow(settings=settings, run_date=str(date(2026, 12, 2)))
         paths = night["published"]["paths"]
         recommendations = pl.read_parquet(paths["recommendations"])
         new_items = pl.read_parquet(paths["new_items"])

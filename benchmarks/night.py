@@ -35,6 +35,7 @@ from prefect import flow
 from flows.ingest import ingest_flow
 from flows.nightly import peak_rss_gib, train_publish_flow
 from models.registry import load
+from recsys.settings import Settings
 from tasks.generate import SYNTHETIC_FILES, GeneratorConfig, generate
 
 # ML-20M: 138,493 users and 26,744 items rated at 20 M interactions.
@@ -99,11 +100,12 @@ def run_size(n: int, home: Path, epochs: int, models: list[str] | None, runner: 
     raw = raw_read_csv_rows_per_s(landing / SYNTHETIC_FILES["interactions"])
     warm_up()
     started = time.perf_counter()
-    ingested = ingest_flow(source="synthetic", path=str(landing), home=str(home))
+    settings = Settings(home=home)  # after the RECSYS_* variables above
+    ingested = ingest_flow(settings=settings, source="synthetic", path=str(landing))
     ingest_seconds = time.perf_counter() - started
     rows = ingested["totals"]["rows_read"]
     started = time.perf_counter()
-    night = train_publish_flow(run_date=str(date(2026, 11, 23)), models=models, home=str(home),
+    night = train_publish_flow(settings=settings, run_date=str(date(2026, 11, 23)), models=models,
                                ingested=ingested["totals"])
     night_seconds = time.perf_counter() - started
     steps = [{"step": "ingest (stage + gate + promote)", "seconds": round(ingest_seconds, 1),

@@ -36,7 +36,7 @@ from flows.ingest import ingest_flow
 from flows.nightly import SERVE_DEPLOYMENT, nightly_flow, serve_nightly
 from recsys import db, runs
 from recsys.errors import ConfigError, RecsysError, storage_error
-from recsys.settings import Settings
+from recsys.settings import Settings, quiet_libraries
 from tasks import night, validate
 from tasks.generate import GeneratorConfig, generate
 from tasks.query import fetch_readonly, named_query, open_views, parse_param
@@ -46,13 +46,6 @@ from tasks.sources import load_mapping, with_overrides
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_FILES_FAILED = 0, 1, 2, 3
 EPHEMERAL_STARTUP_SECONDS = 180
-
-
-def _quiet_prefect() -> None:
-    # Telemetry of the temporary Prefect server only adds log noise ("database is locked").
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 
 def _mapping_from_args(args: argparse.Namespace) -> dict | None:
@@ -68,7 +61,7 @@ def _mapping_from_args(args: argparse.Namespace) -> dict | None:
     return mapping or None
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     config = GeneratorConfig(n_users=args.users, n_items=args.items, n_interactions=args.interactions,
                              seed=args.seed)
     paths = generate(Path(args.out), config)
@@ -112,18 +105,17 @@ def start_temporary_server() -> None:
             time.sleep(1.0)
 
 
-def _source_settings(args: argparse.Namespace) -> None:
-    """Source flags that are settings: the flows read them from the environment, deployments too."""
-    if args.synthetic_size:
-        os.environ["RECSYS_SYNTHETIC_SIZE"] = args.synthetic_size
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The run's one settings object: RECSYS_* from the environment, with the flags that are settings."""
+    overrides = {"synthetic_size": getattr(args, "synthetic_size", None)}
+    return Settings(**{name: value for name, value in overrides.items() if value is not None})
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     mapping = _mapping_from_args(args)
-    _source_settings(args)
     start_temporary_server()
     report = ingest_flow(
-        source=args.source, path=args.path, mapping=mapping, users=args.users, items=args.items,
+        settings=settings, source=args.source, path=args.path, mapping=mapping, users=args.users, items=args.items,
         mapping_dir=str(Path(args.mapping).resolve().parent) if args.mapping else None,
         allow_paths_outside_mapping=args.allow_paths_outside_mapping,
     )
@@ -134,8 +126,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    settings = Settings()
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     with runs.run_lock(settings), db.warehouse(settings) as con:
         run_id = args.run_id
         if run_id is None:
@@ -161,21 +152,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_nightly(args: argparse.Namespace) -> int:
+def cmd_nightly(args: argparse.Namespace, settings: Settings) -> int:
     mapping = _mapping_from_args(args)
-    _source_settings(args)
     start_temporary_server()
-    nightly_flow(run_date=args.run_date, source=args.source, path=args.path, mapping=mapping, users=args.users,
+    nightly_flow(settings=settings, run_date=args.run_date, source=args.source, path=args.path, mapping=mapping, users=args.users,
                  items=args.items, mapping_dir=str(Path(args.mapping).resolve().parent) if args.mapping else None,
                  allow_paths_outside_mapping=args.allow_paths_outside_mapping,
                  models=args.models, publish_model=args.publish_model)
     return EXIT_OK
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     """Production models on everything loaded: the night's graph up to its production fit (the hybrid's blend
     is tuned on the evaluation fold's validation users, and the two-tower continues from that fold's fit)."""
-    settings = Settings()
     settings.ensure_dirs()
     names = args.models or list(settings.models)
     with runs.run_lock(settings), runs.recorded_run(settings, "train", {"models": names}, done="trained") as run_id:
@@ -191,9 +180,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     """The night's evaluation (the same graph as the nightly flow's), in this process."""
-    settings = Settings()
     settings.ensure_dirs()
     names = args.models or list(settings.models)
     with runs.run_lock(settings), runs.recorded_run(settings, "evaluate", {"models": names},
@@ -206,8 +194,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_sql(args: argparse.Namespace) -> int:
-    settings = Settings()
+def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
     sql = named_query(settings, args.query) if args.named else args.query
     bad = [p for p in args.param or [] if "=" not in p]
     if bad:
@@ -224,20 +211,22 @@ def build_serve_schedule(cron: str, timezone: str):
     return Cron(cron, timezone=timezone)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """The single-process alternative to a work pool: this process schedules and runs the nightly flow."""
-    if not os.environ.get("PREFECT_API_URL"):
+    if not get_current_settings().api.url:
         raise ConfigError("recsys serve needs a running Prefect server (the temporary one cannot schedule flows): "
                           "start `.venv/bin/prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
-    print(f"serving the nightly flow as deployment nightly/{SERVE_DEPLOYMENT} ({args.cron} {args.timezone}); "
-          "", flush=True)
-    asyncio.run(serve_nightly([build_serve_schedule(args.cron, args.timezone)],
-                              {"source": args.source, "path": args.path}))
+    timezone = args.timezone or settings.timezone
+    print(f"serving the nightly flow as deployment nightly/{SERVE_DEPLOYMENT} ({args.cron} {timezone})", flush=True)
+    # Every night runs on the settings this command started with (RECSYS_* then), home included.
+    asyncio.run(serve_nightly([build_serve_schedule(args.cron, timezone)],
+                              {"settings": settings.model_dump(mode="json"), "source": args.source,
+                               "path": args.path}))
     print("stopped")
     return EXIT_OK
 
 
-def cmd_benchmark(args: argparse.Namespace) -> int:
+def cmd_benchmark(args: argparse.Namespace, settings: Settings) -> int:
     return new_items_main(args) if args.benchmark == "new-items" else quality_main(args)
 
 
@@ -287,8 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="run the nightly flow on a schedule in this process (flow.serve)")
     sv.add_argument("--cron", default="0 2 * * *", help="cron schedule (default 02:00 daily)")
-    sv.add_argument("--timezone", default=os.environ.get("RECSYS_TIMEZONE", "UTC"),
-                    help="timezone of the cron schedule (default RECSYS_TIMEZONE or UTC)")
+    sv.add_argument("--timezone", help="timezone of the cron schedule (default RECSYS_TIMEZONE, UTC)")
     sv.add_argument("--source", default="synthetic", choices=["synthetic", "movielens-100k", "csv", "parquet"],
                     help="the nightly's source (default synthetic)")
     sv.add_argument("--path", help="file or folder of the source")
@@ -405,7 +393,7 @@ def prefect_settings() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_prefect()
+    quiet_libraries()  # telemetry of the temporary Prefect server only adds log noise ("database is locked")
     logging.getLogger("prefect").addFilter(TemporaryServerNotice())
     for name in ("prefect.task_runs", "prefect.flow_runs"):
         logging.getLogger(name).addFilter(UserErrorTracebacks())
@@ -413,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     updates = prefect_settings()
     try:
         with temporary_settings(updates=updates):
-            return args.func(args)
+            return args.func(args, settings_from(args))
     except RecsysError as exc:
         print(f"error: {exc}", file=sys.stderr)
         release(exc)

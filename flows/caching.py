@@ -38,7 +38,7 @@ CODE_FOLDERS = ("recsys", "models", "tasks", "sql")
 
 
 @dataclass
-class ShapingSettings(CachePolicy):
+class SettingsThatShape(CachePolicy):
     """The settings that shape a step's output (and the home it writes to), taken from its ``settings``: the
     steps before scoring ignore the settings that only scoring reads."""
 
@@ -90,7 +90,7 @@ def step_options(settings: Settings) -> dict[str, Any]:
     base = settings.home.resolve() / "prefect"
     # TASK_SOURCE: two steps with the same inputs (features and the evaluation split both take the snapshot)
     # are different steps.
-    policy = (TASK_SOURCE + INPUTS - "settings" - "run_id" - "folder" + ShapingSettings() + ProjectCode()).configure(
+    policy = (TASK_SOURCE + INPUTS - "settings" - "run_id" - "folder" + SettingsThatShape() + ProjectCode()).configure(
         key_storage=str(base / "cache-keys"))
     return {"cache_policy": policy, "persist_result": True,
             "result_storage": result_storage(base)}

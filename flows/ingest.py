@@ -59,6 +59,7 @@ def gate_and_promote(settings: Settings, report: ingest.IngestReport, kinds: lis
 
 @flow(name="ingest", log_prints=True)
 def ingest_flow(
+    settings: Settings,
     source: str = "synthetic",
     path: str | None = None,
     mapping: dict | None = None,
@@ -67,13 +68,13 @@ def ingest_flow(
     mapping_dir: str | None = None,
     allow_paths_outside_mapping: bool = False,
     run_id: str | None = None,
-    home: str | None = None,
 ) -> dict:
-    """Ingest one source into the warehouse. Returns the per-file report as a dict."""
-    settings = Settings(home=Path(home)) if home else Settings()
+    """Ingest one source into the warehouse. Returns the per-file report as a dict. ``settings``: built
+    once by the caller (a deployment gives the fields it sets, ``{"home": ...}``; the rest come from the
+    worker's RECSYS_* environment)."""
     settings.ensure_dirs()
     run_id = run_id or runs.new_run_id("ingest")
-    with runs.run_lock(settings), runs.failed_on_exit(settings, run_id), Heartbeat() as beat:
+    with runs.run_lock(settings), runs.failed_on_exit(settings, run_id), Heartbeat(settings.progress_seconds) as beat:
         beat.step("land")
         specs = land_source(settings, source, path, mapping, users, items, mapping_dir, allow_paths_outside_mapping)
         beat.step("stage")

@@ -15,7 +15,6 @@ import shutil
 import signal
 import time
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import polars as pl
 from prefect import flow, task
@@ -65,8 +64,9 @@ class OnPrefect:
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only,
       task_run_name="score-block-{block}")
 def score_users(model_path: str, users: str, block: int, blocks: int, n: int, folder: str,
-                new_item_max_interactions: int, users_per_item: int) -> publish.ScoredBlock:
-    return publish.score_step(model_path, users, block, blocks, n, folder, new_item_max_interactions, users_per_item)
+                new_item_max_interactions: int, users_per_item: int, threads: int) -> publish.ScoredBlock:
+    return publish.score_step(model_path, users, block, blocks, n, folder, new_item_max_interactions, users_per_item,
+                              threads)
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
@@ -90,12 +90,12 @@ class Progress:
     """One line per step with its elapsed time, the Prefect progress artifact, a timing record, and while a
     step runs longer than RECSYS_PROGRESS_SECONDS a heartbeat line saying what it is doing."""
 
-    def __init__(self, day: date, names: list[str]):
+    def __init__(self, day: date, names: list[str], every: float):
         self.artifact = create_progress_artifact(0.0, key="nightly-progress", description=f"nightly {day}")
         self.names, self.done = names, 0
         self.started = self.last = time.perf_counter()
         self.timings: list[dict] = []
-        self.beat = Heartbeat()
+        self.beat = Heartbeat(every)
 
     def __enter__(self) -> Progress:
         self.beat.__enter__()
@@ -130,13 +130,6 @@ def query_hint(partition: str) -> str:
             f"  make sql Q=\"select strategy, count(distinct user_id) from latest_recommendations group by 1\"")
 
 
-def _settings(home: str | None) -> Settings:
-    """Settings from the environment; ``home`` overrides RECSYS_HOME (deployment parameters arrive as text)."""
-    settings = Settings(home=Path(home)) if home and home != "None" else Settings()
-    settings.ensure_dirs()
-    return settings
-
-
 def night_of(run_date: str | None) -> date:
     """The night to publish: ``run_date`` (YYYY-MM-DD) or today in UTC; a bad date is a ConfigError before
     any work (it was found only after ingest had committed)."""
@@ -150,14 +143,14 @@ def night_of(run_date: str | None) -> date:
 
 @flow(name="train-and-publish", log_prints=True)
 def train_publish_flow(
+    settings: Settings,
     run_date: str | None = None,
     models: list[str] | None = None,
     publish_model: str | None = None,
-    home: str | None = None,
     ingested: dict | None = None,
 ) -> dict:
     """snapshot -> features -> evaluate -> train -> publish on what the warehouse holds (chained after ``ingest``)."""
-    settings = _settings(home)
+    settings.ensure_dirs()
     publish_model = publish_model or settings.publish_model
     day = night_of(run_date)
     names = list(models or settings.models)
@@ -176,7 +169,8 @@ def _train_publish(settings: Settings, run_id: str, day: date, names: list[str],
         runs.start_run(con, settings, run_id, "train-and-publish", run_date=day,
                        params={"models": names, "publish_model": publish_model})
     runner = task_runner(settings)
-    with Progress(day, ["snapshot", "features", "evaluate", "train", "publish"]) as progress, runner:
+    with Progress(day, ["snapshot", "features", "evaluate", "train", "publish"],
+                  settings.progress_seconds) as progress, runner:
         snap = snapshot_warehouse(settings)
         progress.step("snapshot", f"{snap.interactions:,} interactions, {snap.users:,} users, {snap.items:,} items")
         steps = OnPrefect(runner, settings)
@@ -210,6 +204,7 @@ def _train_publish(settings: Settings, run_id: str, day: date, names: list[str],
 
 @flow(name="nightly", log_prints=True)
 def nightly_flow(
+    settings: Settings,
     run_date: str | None = None,
     source: str = "synthetic",
     path: str | None = None,
@@ -220,17 +215,18 @@ def nightly_flow(
     allow_paths_outside_mapping: bool = False,
     models: list[str] | None = None,
     publish_model: str | None = None,
-    home: str | None = None,
 ) -> dict:
-    """The whole night: the ingest flow (with its validation gate), then train-and-publish."""
+    """The whole night: the ingest flow (with its validation gate), then train-and-publish, on one
+    ``settings`` (built once by the caller; a deployment gives ``{"home": ...}`` and the worker's environment
+    the rest)."""
     night_of(run_date)  # arguments are checked before any work
-    settings = _settings(home)
+    settings.ensure_dirs()
     with runs.run_lock(settings):  # held across both flows: no other run slips in between
-        ingested = ingest_flow(source=source, path=path, mapping=mapping, users=users, items=items,
-                               mapping_dir=mapping_dir, allow_paths_outside_mapping=allow_paths_outside_mapping,
-                               home=str(settings.home))
-        return train_publish_flow(run_date=run_date, models=models, publish_model=publish_model,
-                                  home=str(settings.home), ingested=ingested["totals"])
+        ingested = ingest_flow(settings=settings, source=source, path=path, mapping=mapping, users=users,
+                               items=items, mapping_dir=mapping_dir,
+                               allow_paths_outside_mapping=allow_paths_outside_mapping)
+        return train_publish_flow(settings=settings, run_date=run_date, models=models, publish_model=publish_model,
+                                  ingested=ingested["totals"])
 
 
 def publish_night(runner: TaskRunner, settings: Settings, run_id: str, day: date, snap: Snapshot, model_path: str,
@@ -245,7 +241,8 @@ def publish_night(runner: TaskRunner, settings: Settings, run_id: str, day: date
         scored = run_all(runner, settings, score_users, [
             {"model_path": model_path, "users": str(snap.path("users")), "block": block, "blocks": blocks,
              "n": settings.top_n, "folder": str(folder), "new_item_max_interactions": settings.new_item_max_interactions,
-             "users_per_item": settings.new_item_users} for block in range(blocks)], cache=False)
+             "users_per_item": settings.new_item_users, "threads": settings.scoring_threads}
+            for block in range(blocks)], cache=False)
         new_items = rank_new_items(model_path, scored, settings.new_item_users, str(folder))
         return publish_recommendations(settings, run_id, day, snap, model, scored, defaults.result(), metrics_path,
                                        new_items)

@@ -27,10 +27,22 @@ TILE = 1024  # columns per tile: an output tile of one scoring block (600 users)
 DENSE_FROM = 0.06
 
 
-@cache
+_THREADS = {"wanted": 0}
+
+
+def use_threads(threads: int) -> None:
+    """How many threads this process's blockwise work uses from now on (``RECSYS_SCORING_THREADS``; 0: every
+    core the process may use). Set by each step that fits or scores, from its settings."""
+    _THREADS["wanted"] = threads
+
+
 def scoring_pool() -> ThreadPoolExecutor:
     """The threads blockwise scoring and top-n selection share (numpy and scipy release the GIL)."""
-    threads = int(os.environ.get("RECSYS_SCORING_THREADS", 0)) or len(os.sched_getaffinity(0))
+    return _pool(_THREADS["wanted"] or len(os.sched_getaffinity(0)))
+
+
+@cache
+def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="recsys-scoring")
 
 

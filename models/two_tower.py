@@ -31,9 +31,6 @@ from models.base import DEMOGRAPHIC_COLUMNS, N_DECADES, Recommender, UserBlock, 
 from models.text import BUCKETS, MAX_TOKENS
 from recsys import progress
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 @contextlib.contextmanager
 def _native_stderr_discarded():

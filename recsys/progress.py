@@ -13,7 +13,6 @@ A step shorter than the interval prints nothing extra, so a small night reads as
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import threading
 import time
@@ -48,15 +47,12 @@ def current() -> str:
     return f"{activity}: {more}" if activity and more else activity or more
 
 
-def interval() -> float:
-    return float(os.environ.get("RECSYS_PROGRESS_SECONDS", "10"))
-
-
 class Heartbeat:
-    """``with Heartbeat() as beat: beat.step("evaluate"); ...``: a line every interval while a step runs."""
+    """``with Heartbeat(settings.progress_seconds) as beat: beat.step("evaluate"); ...``: a line at most every
+    ``every`` seconds while a step runs (0: none)."""
 
-    def __init__(self, every: float | None = None, out=None):
-        self.every = interval() if every is None else float(every)
+    def __init__(self, every: float, out=None):
+        self.every = float(every)
         self.out = out
         self._step, self._started, self._last = "", 0.0, 0.0
         self._stop = threading.Event()

@@ -5,6 +5,7 @@ Built at the entry point (CLI, flow) and passed down; importing this module has 
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from recsys import schema
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Defaults for the libraries the project runs, where the user has not set them: TensorFlow's C++ start-up
+# lines, and the telemetry of Prefect and Great Expectations, are noise in a night's output.
+LIBRARY_DEFAULTS = {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2", "DO_NOT_TRACK": "1",
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false"}
+
+
+def quiet_libraries() -> None:
+    """Set :data:`LIBRARY_DEFAULTS` in this process's environment where unset (before the libraries load)."""
+    for name, value in LIBRARY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 class Settings(BaseSettings):
@@ -74,6 +86,10 @@ class Settings(BaseSettings):
                                 "top 10, placed where they are likelier to be taken than the known item they "
                                 "displace (0: new items only in new_items).")
     batch_size: int = 1024
+    scoring_threads: int = Field(0, ge=0, description="Threads of blockwise scoring and top-N selection (0: every "
+                                 "core this process may use).")
+    progress_seconds: float = Field(10.0, ge=0, description="A heartbeat line at most this often while a step "
+                                    "runs (0: none).")
 
     # Where the night's independent work runs (model fits, evaluation slices, scoring blocks): ``local`` in
     # this process, one task at a time; ``dask`` on a Dask cluster through prefect-dask, the one at

@@ -15,6 +15,7 @@ from models.base import Recommender, Served, serve_together
 from models.hybrid import Hybrid
 from models.ranking import bootstrap_indices, paired_lift
 from models.registry import load_many
+from models.tiled import use_threads
 from recsys import db, progress
 from tasks.features import FeatureSet, Frames, read_table, store_features
 from tasks.metrics import (
@@ -300,6 +301,7 @@ def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
 def evaluate_slice_step(settings, run_id: str, fold: EvaluationFold, slice_name: str, models: dict[str, str],
                         folder: str) -> SliceMetrics:
     """Every model in ``models`` (saved fits, by path) on one slice of ``fold``, in one blockwise pass."""
+    use_threads(settings.scoring_threads)
     loaded = load_many(models)
     ablation = (ENCODER_ABLATION,) if all(name in loaded for name in ENCODER_ABLATION) else ()
     metrics = evaluate_models(loaded, [fold.slice(slice_name)], settings.ks, settings.seed,

@@ -27,6 +27,7 @@ import polars as pl
 
 from models.base import merge_best_users, reason_columns
 from models.registry import load, load_encoding
+from models.tiled import use_threads
 from recsys import db, progress, schema
 from recsys.errors import PublishGateError
 from tasks.features import Frames
@@ -170,7 +171,7 @@ def new_item_ids(model, max_interactions: int) -> np.ndarray:
 
 
 def score_step(model_path: str, users: str, block: int, blocks: int, n: int, folder: str,
-               new_item_max_interactions: int = 5, users_per_item: int = 100) -> ScoredBlock:
+               new_item_max_interactions: int = 5, users_per_item: int = 100, threads: int = 0) -> ScoredBlock:
     """Top-``n`` of the saved model, with each row's reason, for block ``block`` of ``blocks`` of the users
     in ``users`` (a Parquet file with ``user_id``), and the block's best ``users_per_item`` users for each item
     with fewer than ``new_item_max_interactions`` interactions, all in one blockwise pass, written to
@@ -178,7 +179,8 @@ def score_step(model_path: str, users: str, block: int, blocks: int, n: int, fol
 
     Blocks are contiguous runs of the sorted user ids cut at multiples of the model's own scoring block, so
     every user is scored in the same company whatever the number of blocks: the rows published are the
-    same, bit for bit, from one process or many."""
+    same, bit for bit, from one process or many. ``threads``: RECSYS_SCORING_THREADS."""
+    use_threads(threads)
     model = load(Path(model_path))
     user_ids = np.sort(pl.read_parquet(users, columns=["user_id"])["user_id"].to_numpy())
     per, chunks = model.block_users, -(-len(user_ids) // model.block_users)  # the model's blocks, rounded up

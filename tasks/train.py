@@ -13,6 +13,7 @@ import polars as pl
 from models.base import Recommender
 from models.hybrid import Hybrid, ValidationCase
 from models.registry import build, load, load_many, model_class
+from models.tiled import use_threads
 from recsys import progress
 from recsys.settings import Settings
 from tasks.features import FeatureSet, Frames, feature_frames
@@ -126,6 +127,7 @@ def fit_step(settings: Settings, name: str, train: str, features: FeatureSet, fo
     ``train``: a Parquet file of interactions; ``components``: saved fits a hybrid blends; ``validation``: a
     saved :class:`ValidationFold` folder to tune on, or ``weights``: a JSON file of weights tuned elsewhere;
     ``warm_from``: a saved fit of this model to continue from."""
+    use_threads(settings.scoring_threads)
     user_features, item_features = features.read()
     loaded = load_many(components or {})
     model = fit_one(name, pl.read_parquet(train), user_features, item_features, settings, components=loaded,

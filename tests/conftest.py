@@ -10,11 +10,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # Item text vectors are kept between nights keyed by the text's hash; the suite's many homes share one cache,
 # so each synthetic title is embedded once per session (tests of the cache itself use their own).
 SESSION_VECTOR_CACHE = None
@@ -22,7 +17,9 @@ if "RECSYS_TEXT_VECTOR_CACHE" not in os.environ:
     SESSION_VECTOR_CACHE = os.environ["RECSYS_TEXT_VECTOR_CACHE"] = tempfile.mkdtemp(prefix="recsys-text-vectors-")
 
 from recsys import db  # noqa: E402
-from recsys.settings import Settings  # noqa: E402
+from recsys.settings import Settings, quiet_libraries  # noqa: E402
+
+quiet_libraries()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

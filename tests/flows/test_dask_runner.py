@@ -14,6 +14,7 @@ from distributed import Client, LocalCluster, get_task_stream
 from benchmarks.night import published_hash
 from flows.nightly import nightly_flow
 from flows.runners import local_cluster_options
+from recsys.settings import Settings
 from tasks import publish
 
 pytestmark = pytest.mark.slow
@@ -51,7 +52,7 @@ def night(home: Path, small_synthetic, monkeypatch, address: str | None = None) 
         monkeypatch.setenv("RECSYS_DASK_ADDRESS", address)
     else:
         monkeypatch.setenv("RECSYS_TASK_RUNNER", "local")
-    return nightly_flow(run_date=NIGHT, source="synthetic", path=str(small_synthetic), home=str(home),
+    return nightly_flow(settings=Settings(home=home), run_date=NIGHT, source="synthetic", path=str(small_synthetic),
                         models=MODELS, publish_model="ease")
 
 

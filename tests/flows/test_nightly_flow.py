@@ -42,10 +42,11 @@ def night(prefect_harness, small_synthetic, tmp_path_factory):
         return original(self, *args, **kwargs)
 
     mp.setattr(Recommender, "fit", counting)
-    first = nightly_flow(run_date="2026-11-20", source="synthetic", path=str(small_synthetic))
+    settings = Settings()
+    first = nightly_flow(settings=settings, run_date="2026-11-20", source="synthetic", path=str(small_synthetic))
     mp.setattr(Recommender, "fit", original)
-    second = nightly_flow(run_date="2026-11-20", source="synthetic", path=str(small_synthetic))
-    yield Settings(), first, second
+    second = nightly_flow(settings=settings, run_date="2026-11-20", source="synthetic", path=str(small_synthetic))
+    yield settings, first, second
     mp.undo()
 
 
@@ -181,10 +182,10 @@ def test_regressed_run_keeps_the_last_good_partition(night, tmp_path):
     assert status[0][0] == "rejected" and "ndcg@10" in status[0][1]
 
 
-def test_a_changed_setting_recomputes_evaluation(night, monkeypatch, small_synthetic):
+def test_a_changed_setting_recomputes_evaluation(night, small_synthetic):
     settings, _, second = night
-    monkeypatch.setenv("RECSYS_BOOTSTRAP_SAMPLES", "60")
-    third = train_publish_flow(run_date="2026-11-20", home=str(settings.home))
+    changed = settings.model_copy(update={"bootstrap_samples": 60})
+    third = train_publish_flow(settings=changed, run_date="2026-11-20")
     assert third["features"] == second["features"]  # features do not depend on the bootstrap
     assert third["evaluation"] != second["evaluation"]
     # Only scoring reads the bootstrap: the evaluation fold's fits are reused, not fitted again.
@@ -200,7 +201,7 @@ def test_deleted_model_files_are_recomputed_not_trusted(night):
     """A cached fit whose folder was deleted is fitted again (and what blends it); the others are reused."""
     settings, _, second = night
     shutil.rmtree(second["models"].models["ease"])
-    again = train_publish_flow(run_date="2026-11-20", home=str(settings.home))
+    again = train_publish_flow(settings=settings, run_date="2026-11-20")
     assert again["models"].exists() and again["evaluation"] == second["evaluation"]
     moved = {name for name, path in again["models"].models.items() if path != second["models"].models[name]}
     assert moved == {"ease", "hybrid"}, moved

@@ -101,8 +101,8 @@ def test_ingest_deployment_triggers_train_and_publish(tmp_path, small_synthetic)
 
         procs.append(start([*PREFECT, "worker", "start", "--pool", "recsys-it", "--type", "process"], env,
                            tmp_path / "worker.log"))
-        triggered = run("deployment", "run", "ingest/ingest", "--param", f"path={small_synthetic}",
-                        "--param", f"home={home}")
+        triggered = run("deployment", "run", "ingest/ingest", "--params",
+                        json.dumps({"path": str(small_synthetic), "settings": {"home": str(home)}}))
         assert triggered.returncode == 0, triggered.stdout + triggered.stderr
 
         def downstream_state():
@@ -112,15 +112,15 @@ def test_ingest_deployment_triggers_train_and_publish(tmp_path, small_synthetic)
             return runs if "COMPLETED" in states else None
 
         runs = wait_for(downstream_state, 540, "the triggered train-and-publish run")
-        assert runs[0]["parameters"]["home"] == str(home)  # passed through from the upstream run
+        assert runs[0]["parameters"]["settings"]["home"] == str(home)  # passed through from the upstream run
         today = datetime.now(UTC).date().isoformat()
         partition = publish.partition_path(home / "output" / "recommendations", date.fromisoformat(today))
         assert partition.exists(), _logs(tmp_path)
 
         # A no-op ingest (every file loaded already) triggers train-and-publish again: with the warehouse
         # unchanged it reuses the cached features, evaluation and training, and publishes once more.
-        again = run("deployment", "run", "ingest/ingest", "--param", f"path={small_synthetic}",
-                    "--param", f"home={home}")
+        again = run("deployment", "run", "ingest/ingest", "--params",
+                    json.dumps({"path": str(small_synthetic), "settings": {"home": str(home)}}))
         assert again.returncode == 0, again.stdout + again.stderr
         wait_for(lambda: (r := downstream_state()) and sum(x["state_type"] == "COMPLETED" for x in r) == 2,
                  540, "the second triggered train-and-publish run")

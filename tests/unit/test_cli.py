@@ -76,7 +76,7 @@ def test_deployment_file_declares_schedule_and_trigger():
     trigger = by_name["train-and-publish"]["triggers"][0]
     assert trigger["expect"] == ["prefect.flow-run.Completed"]
     assert trigger["match_related"]["prefect.resource.name"] == "ingest"
-    assert "flow_run.parameters['home']" in trigger["parameters"]["home"]["template"]
+    assert "flow_run.parameters['settings']['home']" in trigger["parameters"]["settings"]["home"]["template"]
 
 
 def test_validate_command_releases_a_held_batch_after_a_threshold_change(tmp_path, monkeypatch, capsys):
@@ -257,7 +257,7 @@ def test_a_slow_temporary_server_is_retried_within_the_wait_then_one_line(monkey
 def test_a_full_disk_or_read_only_home_is_one_line_and_exit_7(monkeypatch, capsys, error, words):
     import cli.main as cli_main
 
-    def fails(args):
+    def fails(args, settings):
         raise error
 
     monkeypatch.setattr(cli_main, "cmd_generate", fails)
