@@ -82,13 +82,15 @@ def migrate(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
 def run(
     con: duckdb.DuckDBPyConnection, settings: Settings, name: str, params: Mapping[str, Any] | None = None
 ) -> list[tuple]:
-    """Execute ``sql/<name>.sql`` and fetch every row (DuckDB 2.0 wants results consumed).
-
-    Only the parameters the statement names are bound, so callers can pass one dict of context.
-    """
+    """Execute ``sql/<name>.sql`` with exactly the parameters it names and fetch every row (DuckDB 2.0 wants
+    results consumed). A parameter the statement does not name, or one it names and is not given, is a
+    programming error, raised before the statement runs (a misspelt parameter was silently dropped)."""
     text = sql_text(settings, name)
-    bound = {key: value for key, value in (params or {}).items() if re.search(rf"\${key}\b", text)}
-    return con.execute(text, bound).fetchall()
+    named, given = set(re.findall(r"\$([A-Za-z_]\w*)", text)), set(params or {})
+    if named != given:
+        raise ValueError(f"sql/{name}.sql names {sorted(named)}; given {sorted(given)} (unknown: "
+                         f"{sorted(given - named)}, missing: {sorted(named - given)})")
+    return con.execute(text, dict(params or {})).fetchall()
 
 
 def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any] | None = None) -> Any:

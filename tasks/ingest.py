@@ -440,7 +440,7 @@ def promote_batch(
                     db.run(con, settings, "ingest/register_unknown_users", params)
                 if register_unknown_items:
                     db.run(con, settings, "ingest/register_unknown_items", params)
-            db.run(con, settings, f"ingest/promote_{kind}", params)
+            db.run(con, settings, f"ingest/promote_{kind}")
             for file_id, duplicates in db.run(con, settings, "ingest/count_duplicates",
                                               {"plan_table": f"plan_{kind}"}):
                 db.run(con, settings, "ingest/mark_loaded", {"file_id": file_id, "duplicates": duplicates})
