@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import Recommender, UserBlock
+from models.base import Recommender
+from models.serving import UserBlock
 
 INSTALL_HINT = "the peers are an optional extra: pip install '.[peers]' (rectools-lightfm and implicit)"
 PEERS = ("lightfm", "implicit_als")

@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import Recommender, UserBlock
+from models.base import Recommender
 from models.content import ContentKNN, GenrePopularity
+from models.serving import UserBlock
 
 FEATURES = ("activity", "affinity", "genre_share", "activity_x_affinity")
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import N_DECADES, Recommender, UserBlock, decade_of
+from models.base import Recommender
+from models.serving import N_DECADES, UserBlock, decade_of
 
 FIRST_YEAR, LAST_YEAR = 1880, 2040  # exact release years one-hot; others (and unknown) have no year part
 

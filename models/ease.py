@@ -28,7 +28,8 @@ import numpy as np
 from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
-from models.base import Recommender, UserBlock, item_cooccurrence
+from models.base import Recommender
+from models.serving import UserBlock, item_cooccurrence
 from models.tiled import TiledMatrix
 
 

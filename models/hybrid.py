@@ -32,8 +32,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from models.base import Recommender, UserBlock, replace
+from models.base import Recommender
+from models.explain import replace
 from models.ranking import ndcg_at_k, one_sided_gain, standardize_rows, top_k_indices
+from models.serving import UserBlock
 from recsys import progress
 
 BUCKET_EDGES = (0, 1, 3, 5, 10, 20)  # bucket b holds history lengths in [edge_b, edge_b+1)

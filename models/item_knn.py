@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import Recommender, UserBlock, item_cooccurrence
+from models.base import Recommender
+from models.serving import UserBlock, item_cooccurrence
 
 
 class ItemKNN(Recommender):

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import DEMOGRAPHIC_COLUMNS, Recommender, UserBlock, replace
+from models.base import Recommender
+from models.explain import replace
 from models.ranking import ndcg_at_k, one_sided_gain
+from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock
 
 
 class Popularity(Recommender):

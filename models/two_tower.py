@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.base import DEMOGRAPHIC_COLUMNS, N_DECADES, Recommender, UserBlock, decade_of, padded_rows
+from models.base import Recommender
+from models.serving import DEMOGRAPHIC_COLUMNS, N_DECADES, UserBlock, decade_of, padded_rows
 from models.text import BUCKETS, MAX_TOKENS
 from recsys import progress
 

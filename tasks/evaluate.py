@@ -11,10 +11,11 @@ import numpy as np
 import polars as pl
 
 from models.audience import NewItemAudience
-from models.base import Recommender, Served, serve_together
+from models.base import Recommender
 from models.hybrid import Hybrid
 from models.ranking import bootstrap_indices, paired_lift
 from models.registry import load_many
+from models.serving import Served, serve_together
 from models.tiled import use_threads
 from recsys import db, progress
 from tasks.features import FeatureSet, Frames, read_table, store_features

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from models.base import merge_best_users, reason_columns
 from models.registry import load, load_encoding
+from models.serving import merge_best_users, reason_columns
 from models.tiled import use_threads
 from recsys import db, progress, schema
 from recsys.errors import PublishGateError

@@ -10,9 +10,9 @@ from model_helpers import fit_model
 from polars.testing import assert_frame_equal
 
 import models.base
-from models.base import merge_best_users, recommend_together
 from models.ranking import standardize_rows
 from models.registry import load
+from models.serving import merge_best_users, recommend_together
 from models.tiled import TILE, TiledMatrix
 from tasks.publish import score_step
 

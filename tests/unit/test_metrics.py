@@ -152,7 +152,7 @@ def test_vectorised_coverage_bootstrap_equals_one_resample_at_a_time():
 
 
 def test_top_n_orders_planted_ties_exactly_by_score_then_tiebreak_rank():
-    from models.base import _top_n
+    from models.serving import top_n
 
     half = np.float32(0.5)
     above = np.nextafter(half, np.float32(1))  # one float32 step above 0.5: a real, tiny difference
@@ -161,7 +161,7 @@ def test_top_n_orders_planted_ties_exactly_by_score_then_tiebreak_rank():
                        [-np.inf, 1, -np.inf, -np.inf, -np.inf]], dtype=np.float32)  # seen almost everything
     tiebreak = np.array([3, 1, 4, 0, 2])  # rank of each item in the tie order
     items = np.array([10, 11, 12, 13, 14])
-    out = _top_n(np.array([1, 2, 3]), scores, 3, items, tiebreak)
+    out = top_n(np.array([1, 2, 3]), scores, 3, items, tiebreak)
     by_user = {u: out.filter(pl.col("user_id") == u)["item_id"].to_list() for u in (1, 2, 3)}
     assert by_user[1] == [12, 13, 11]  # the higher score first, then ranks 0 and 1 among the 0.5s
     assert by_user[2] == [13, 11, 14]

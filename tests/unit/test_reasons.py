@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import best_history_item
+from models.explain import best_history_item
 
 
 def test_best_history_item_matches_brute_force_with_ties_and_chunks():
