@@ -2,4 +2,4 @@
 
 from recsys.settings import quiet_libraries
 
-quiet_libraries()  # before models.two_tower imports TensorFlow
+quiet_libraries()  # before models.towers imports TensorFlow

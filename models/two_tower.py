@@ -19,188 +19,16 @@ The model itself is backend-agnostic Keras; the training input pipeline is ``tf.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from models.base import Recommender
-from models.serving import DEMOGRAPHIC_COLUMNS, N_DECADES, UserBlock, decade_of, padded_rows
-from models.text import BUCKETS, MAX_TOKENS
+from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock, decade_of, padded_rows
+from models.text import MAX_TOKENS
+from models.towers import TwoTowerNet, first_items_by_time, keras, ops, positions
 from recsys import progress
-
-
-@contextlib.contextmanager
-def _native_stderr_discarded():
-    """TensorFlow 2.20 logs "oneDNN custom operations are on" twice from C++ while it is imported, through
-    absl before absl is initialised (with absl's own "WARNING: All log messages before absl::InitializeLog()"),
-    and no TF_CPP_MIN_LOG_LEVEL or absl/glog level silences it; only TF_ENABLE_ONEDNN_OPTS=0 does, which
-    changes the kernels. So the import's native stderr (file descriptor 2) goes to /dev/null; an import
-    error still raises, and is printed once the descriptor is back."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-with _native_stderr_discarded():
-    import keras  # noqa: E402
-    from keras import ops  # noqa: E402
-
-
-@keras.saving.register_keras_serializable(package="recsys")
-class TwoTowerNet(keras.Model):
-    def __init__(self, n_users, n_items, demo_sizes, item_genres, item_decade, item_logpop, item_logq,
-                 item_words, item_known, item_text=None, dim=64, hidden=128, temperature=0.05, full_softmax=True, content_weight=1.0,
-                 content_share=0.25, seed=0, **kwargs):
-        super().__init__(**kwargs)
-        self.config_ = {"n_users": int(n_users), "n_items": int(n_items), "demo_sizes": [int(s) for s in demo_sizes],
-                        "dim": int(dim), "hidden": int(hidden), "temperature": float(temperature),
-                        "full_softmax": bool(full_softmax), "content_weight": float(content_weight),
-                        "content_share": float(content_share)}
-        self.content_weight = float(content_weight)
-        self.content_share = float(content_share)
-        self.seeds = keras.random.SeedGenerator(int(seed))
-        self.full_softmax = bool(full_softmax)
-        self.temperature = float(temperature)
-        self.user_id = keras.layers.Embedding(n_users + 1, dim, name="user_id")  # 0 = unknown user
-        self.demo = [keras.layers.Embedding(size, 16, name=f"demo_{k}") for k, size in enumerate(demo_sizes)]
-        self.bag_items = keras.layers.Embedding(n_items + 1, dim, name="bag_items")  # 0 = padding
-        self.user_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
-        self.item_id = keras.layers.Embedding(n_items, dim, name="item_id")
-        self.decade = keras.layers.Embedding(N_DECADES, 8, name="decade")
-        self.item_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
-        # A per-item bias outside the cosine: popularity is shared by everyone, and unit vectors alone
-        # spend personalisation capacity to express it.
-        self.item_bias = keras.layers.Embedding(n_items, 1, embeddings_initializer="zeros", name="item_bias")
-        self.bias_from_popularity = keras.layers.Dense(1, name="bias_from_popularity")
-        # The content tower: what an item with no interactions is read with. Its initial weights come from
-        # seeds of their own, so the towers above start (and learn) the same with or without it.
-        def own(k):
-            return {"embeddings_initializer": keras.initializers.RandomUniform(-0.05, 0.05, seed=seed + k)}
-
-        def dense(k):
-            return {"kernel_initializer": keras.initializers.GlorotUniform(seed=seed + k)}
-
-        self.words = keras.layers.Embedding(BUCKETS + 1, 16, name="title_words", **own(1))  # 0 = padding
-        self.content_decade = keras.layers.Embedding(N_DECADES, 8, name="content_decade", **own(2))
-        self.content_mlp = [keras.layers.Dense(hidden, activation="relu", **dense(3)), keras.layers.Dense(dim, **dense(4))]
-        self.content_bias = keras.layers.Dense(1, name="content_bias", **dense(5))
-        for layer in (self.words, self.content_decade, *self.content_mlp, self.content_bias):
-            layer.trainable = self.content_weight > 0  # without its loss it has nothing to learn
-        # Item side features live in the model as constants, so the item tower needs only an index.
-        self.genres = ops.convert_to_tensor(np.asarray(item_genres, dtype="float32"))
-        self.decades = ops.convert_to_tensor(np.asarray(item_decade, dtype="int32"))
-        self.logpop = ops.convert_to_tensor(np.asarray(item_logpop, dtype="float32")[:, None])
-        self.item_words = ops.convert_to_tensor(np.asarray(item_words, dtype="int32"))  # (items, MAX_TOKENS)
-        self.item_known = ops.convert_to_tensor(np.asarray(item_known, dtype="bool"))  # any training interaction
-        # The pretrained encoder's text vector of each item (width 0 when it is off): content tower only.
-        text = np.zeros((len(item_genres), 0)) if item_text is None else item_text
-        self.item_text = ops.convert_to_tensor(np.asarray(text, dtype="float32"))
-        # log of each item's sampling probability as an in-batch negative (logQ correction, Yi et al. 2019):
-        # without it in-batch softmax learns p(i|u)/p(i) and buries popular items.
-        self.logq = ops.convert_to_tensor(np.asarray(item_logq, dtype="float32"))
-
-    def user_tower(self, user, demo, bag):
-        parts = [self.user_id(user)]
-        parts += [layer(demo[:, k]) for k, layer in enumerate(self.demo)]
-        mask = ops.cast(ops.greater(bag, 0), "float32")[:, :, None]
-        bag_sum = ops.sum(self.bag_items(bag) * mask, axis=1)
-        count = ops.sum(mask, axis=1)
-        # The mean alone cannot tell one known item from twenty: the size says how far to trust it.
-        parts += [bag_sum / ops.maximum(count, 1.0), ops.log1p(count)]
-        x = ops.concatenate(parts, axis=-1)
-        for layer in self.user_mlp:
-            x = layer(x)
-        return ops.normalize(x, axis=-1)
-
-    def item_tower(self, item):
-        x = ops.concatenate([
-            self.item_id(item),
-            ops.take(self.genres, item, axis=0),
-            self.decade(ops.take(self.decades, item, axis=0)),
-            ops.take(self.logpop, item, axis=0),
-        ], axis=-1)
-        for layer in self.item_mlp:
-            x = layer(x)
-        bias = self.item_bias(item) + self.bias_from_popularity(ops.take(self.logpop, item, axis=0))
-        return ops.normalize(x, axis=-1), ops.squeeze(bias, -1)
-
-    def content_tower(self, item):
-        """An item from its content alone (no id, no popularity): genres, decade, title words and the
-        pretrained text vector."""
-        words = ops.take(self.item_words, item, axis=0)
-        mask = ops.cast(ops.greater(words, 0), "float32")[:, :, None]
-        title = ops.sum(self.words(words) * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
-        x = ops.concatenate([ops.take(self.genres, item, axis=0),
-                             self.content_decade(ops.take(self.decades, item, axis=0)), title,
-                             ops.take(self.item_text, item, axis=0)], axis=-1)
-        bias = self.content_bias(x)
-        for layer in self.content_mlp:
-            x = layer(x)
-        return ops.normalize(x, axis=-1), ops.squeeze(bias, -1)
-
-    def _logits(self, u, v, bias, item):
-        if self.full_softmax:  # every item is a candidate: the label is the item index
-            logits = ops.matmul(u, ops.transpose(v)) / self.temperature + bias[None, :]
-            # An item nobody interacted with is unknown, not a negative: it is left out of the softmax.
-            return ops.where(self.item_known[None, :], logits, -1e9)
-        logits = (ops.matmul(u, ops.transpose(v)) / self.temperature + bias[None, :]
-                  - ops.take(self.logq, item, axis=0)[None, :])
-        # Mask accidental hits: the same item elsewhere in the batch is not a negative.
-        same = ops.equal(item[:, None], item[None, :])
-        eye = ops.eye(ops.shape(item)[0], dtype="bool")
-        return ops.where(ops.logical_and(same, ops.logical_not(eye)), -1e9, logits)
-
-    def call(self, inputs, training=False):
-        item = inputs["item"]
-        candidates = ops.arange(self.config_["n_items"], dtype="int32") if self.full_softmax else item
-        u = self.user_tower(inputs["user"], inputs["demo"], inputs["bag"])
-        logits = self._logits(u, *self.item_tower(candidates), item)
-        if training and self.content_weight > 0:
-            # The content tower learns the same task against the same user vectors, in the same softmax: a
-            # random share of the candidates is read by the content tower instead, among the others' fixed
-            # logits, so its scores are on the item tower's scale (as a new item competes with known ones
-            # when served). Gradients reach the content tower only: the warm path learns what it learns
-            # without it (and the validation loss is the item tower's alone).
-            content = self._logits(ops.stop_gradient(u), *self.content_tower(candidates), item)
-            swap = keras.random.uniform(ops.shape(candidates), seed=self.seeds) < self.content_share
-            mixed = ops.where(swap[None, :], content, ops.stop_gradient(logits))
-            labels = item if self.full_softmax else ops.arange(ops.shape(item)[0], dtype="int32")
-            self.add_loss(self.content_weight * ops.mean(
-                keras.losses.sparse_categorical_crossentropy(labels, mixed, from_logits=True)))
-        return logits
-
-    def get_config(self):
-        return dict(self.config_)
-
-
-def _positions(ids: np.ndarray, earlier: np.ndarray) -> np.ndarray:
-    """Each id's row in the sorted ``earlier`` ids, or -1 where it is new."""
-    if len(earlier) == 0:
-        return np.full(len(ids), -1)
-    pos = np.clip(np.searchsorted(earlier, ids), 0, len(earlier) - 1)
-    return np.where(earlier[pos] == ids, pos, -1)
-
-
-def first_items_by_time(interactions, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
-    """Each user's distinct items in the order they were first taken (ties: lower column), laid out like
-    the rows of the training CSR (same ``indptr``: a row's items are the same, in time order)."""
-    rows = np.searchsorted(user_ids, interactions["user_id"].to_numpy())
-    cols = np.searchsorted(item_ids, interactions["item_id"].to_numpy()).astype(np.int64)
-    order = np.lexsort((cols, interactions["ts"].to_physical().to_numpy(), rows))
-    key = rows[order].astype(np.int64) * len(item_ids) + cols[order]
-    _, first = np.unique(key, return_index=True)  # a pair's earliest row: its first in time order
-    first.sort()
-    return cols[order][first].astype(np.int32)
 
 
 class TwoTower(Recommender):
@@ -356,8 +184,8 @@ class TwoTower(Recommender):
         if not same or previous.vocab != self.vocab or previous._full_softmax() != self._full_softmax():
             return False
         new, old = self.net, previous.net
-        users = _positions(self.user_ids, previous.user_ids)
-        items = _positions(self.item_ids, previous.item_ids)
+        users = positions(self.user_ids, previous.user_ids)
+        items = positions(self.item_ids, previous.item_ids)
         for layer, before, rows, reserved in ((new.user_id, old.user_id, users, 1), (new.bag_items, old.bag_items, items, 1),
                                               (new.item_id, old.item_id, items, 0),
                                               (new.item_bias, old.item_bias, items, 0)):

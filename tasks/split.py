@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from models.hybrid import BUCKET_EDGES, WARM, ValidationCase
+from models.blend import BUCKET_EDGES, WARM, ValidationCase
 
 WARM_TRUTH_SHARE = 0.2
 

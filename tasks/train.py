@@ -11,7 +11,8 @@ from pathlib import Path
 import polars as pl
 
 from models.base import Recommender
-from models.hybrid import Hybrid, ValidationCase
+from models.blend import ValidationCase
+from models.hybrid import Hybrid
 from models.registry import build, load, load_many, model_class
 from models.tiled import use_threads
 from recsys import progress

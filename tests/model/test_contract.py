@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from model_helpers import fit_model
 
-from models.hybrid import WARM
+from models.blend import WARM
 from models.registry import available, build, load, load_many
 
 N = 10

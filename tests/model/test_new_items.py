@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from model_helpers import featurize, fit_model, load_synthetic
 
-from models.hybrid import WARM
+from models.blend import WARM
 from models.ranking import standardize_rows
 from models.registry import build
 from models.text import title_token_matrix, title_words

@@ -90,7 +90,7 @@ def test_the_content_tower_does_not_change_the_warm_path(small_data):
 
 
 def test_first_items_follow_time_and_the_training_rows():
-    from models.two_tower import first_items_by_time
+    from models.towers import first_items_by_time
 
     inter = pl.DataFrame({"user_id": [7, 7, 7, 7, 3, 3], "item_id": [30, 10, 20, 10, 20, 30],
                           "ts": [5, 9, 1, 2, 4, 4]})

@@ -1,0 +1,155 @@
+"""Tuning a hybrid's blend: per history bucket, the grid of component weights searched on that bucket's
+validation users, and kept only where it beats the bucket's best single component significantly
+(:class:`BlendTuning`, a mixin of :class:`models.hybrid.Hybrid`)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from models.ranking import ndcg_at_k, one_sided_gain, standardize_rows, top_k_indices
+from recsys import progress
+
+BUCKET_EDGES = (0, 1, 3, 5, 10, 20)  # bucket b holds history lengths in [edge_b, edge_b+1)
+WARM = len(BUCKET_EDGES)  # one more bucket: users seen in training (tuned on warm validation users)
+
+
+def bucket_of(history_length: np.ndarray, in_training: np.ndarray | None = None) -> np.ndarray:
+    buckets = np.searchsorted(np.asarray(BUCKET_EDGES), history_length, side="right") - 1
+    if in_training is not None:
+        buckets = np.where(in_training, WARM, buckets)
+    return buckets
+
+
+@dataclass
+class ValidationCase:
+    """One bucket's tuning data: users, what is known of them, and what they did next (the truth).
+
+    ``as_history``: the known interactions are passed as history (cold users with k revealed items); for
+    the warm bucket the users are in training already and ``known`` only masks what they have seen.
+    """
+
+    label: str
+    bucket: int
+    users: np.ndarray
+    known: pl.DataFrame
+    truth: pl.DataFrame
+    as_history: bool
+
+
+class BlendTuning:
+    """The grid search of :class:`models.hybrid.Hybrid` (its ``params``, ``item_ids`` and the scoring of its
+    components)."""
+
+    def _grid(self) -> list[tuple[float, ...]]:
+        steps = int(round(1 / self.params["grid_step"]))
+        n = len(self.params["components"])
+        return [tuple(c / steps for c in combo) for combo in itertools.product(range(steps + 1), repeat=n)
+                if sum(combo) == steps]
+
+    def _tune(self, components: dict, cases: list, seed: int = 0):
+        """Per bucket, the grid weights with the best nDCG@k on that bucket's validation case, kept only when
+        they beat the bucket's best single component significantly (else that component alone).
+
+        Cold cases pass their revealed items as history; the warm case's users are in training already.
+        A bucket without validation users keeps the first component alone.
+        """
+        names = list(components)
+        grid = self._grid()
+        default = tuple(1.0 if i == 0 else 0.0 for i in range(len(names)))
+        weights: dict[int, list[float]] = {b: list(default) for b in range(WARM + 1)}
+        tuning: dict[str, dict] = {}
+        for case in cases:
+            b, label, known, truth = case.bucket, case.label, case.known, case.truth
+            users = np.intersect1d(case.users, truth["user_id"].unique().to_numpy())
+            if len(users) == 0:
+                continue
+            progress.detail(f"tuning the blend for {label} validation users")
+            history = known if (case.as_history and known.height) else None
+            seen = self._history_mask(users, known if known.height else None)
+            relevant = self._truth_matrix(users, truth)
+            z = []
+            for name in names:
+                model = components[name]
+                scores = self._align(model, model.score_users(users, history))
+                scores[seen] = -np.inf
+                z.append(standardize_rows(scores))
+            n_rel = relevant.sum(axis=1).astype(np.int64)
+            # A component that cannot rank these users at all (e.g. CF with no history) gets no weight,
+            # so that ties in the grid do not hand it weight that means nothing.
+            silent = [not np.any(np.where(np.isfinite(zi), zi, 0.0)) for zi in z]
+            candidates = [w for w in grid if not any(wi > 0 and quiet for wi, quiet in zip(w, silent, strict=True))]
+            candidates = candidates or grid
+            zc, rel_c = self._candidate_view(z, relevant)
+            per_user = [self._per_user(sum(wi * zi for wi, zi in zip(w, zc, strict=True) if wi > 0), rel_c, n_rel)
+                        for w in candidates]
+            results = [float(p.mean()) for p in per_user]
+            best = int(np.argmax(results))  # first maximum in grid order: deterministic
+            singles = {name: self._per_user(z[i], relevant, n_rel) for i, name in enumerate(names)}
+            audible = [name for i, name in enumerate(names) if not silent[i]] or names
+            best_single = max(audible, key=lambda name: (float(singles[name].mean()), -names.index(name)))
+            gain = one_sided_gain(per_user[best], singles[best_single], float(self.params["blend_alpha"]),
+                                  int(self.params["bootstrap_samples"]), seed + b)
+            blended = sum(1 for wi in candidates[best] if wi > 0) > 1
+            kept = blended and gain[1] > 0
+            chosen = candidates[best] if kept or not blended else tuple(float(n == best_single) for n in names)
+            weights[b] = list(chosen)
+            tuning[label] = {
+                "users": int(len(users)), "weights": dict(zip(names, chosen, strict=True)),
+                "grid_best": dict(zip(names, candidates[best], strict=True)), "ndcg_blend": results[best],
+                "best_component": best_single,
+                "blend_gain": {"lift": gain[0], "ci_low": gain[1], "ci_high": gain[2],
+                               "one_sided_alpha": float(self.params["blend_alpha"])},
+                "chosen": "blend" if kept else f"{names[int(np.argmax(chosen))]} alone",
+                "ndcg_components": {name: float(values.mean()) for name, values in singles.items()},
+                "bucket": int(b),
+                "hit_rate_by_rank": self._hit_rate_by_rank(zc, rel_c, chosen),
+                # The test window's share of these users' interactions: a new item's probability of being
+                # taken at all, times this, is its probability of being taken in a window like the one the
+                # hit rates were counted in.
+                "truth_share": float(np.mean(n_rel / np.maximum(n_rel + seen.sum(axis=1), 1))),
+            }
+        return weights, tuning
+
+    def _hit_rate_by_rank(self, z: list[np.ndarray], relevant: np.ndarray, weights) -> list[float]:
+        """The chosen blend's calibration on the bucket's validation users: at each rank 1..new_item_rank, the
+        share of users whose item there is one they took (made non-increasing down the list). What a known
+        item at that rank is worth, on the scale of a probability that the user takes it: a new item whose
+        calibrated probability is higher belongs above it."""
+        blend = sum(w * zi for w, zi in zip(weights, z, strict=True) if w > 0)
+        depth = min(int(self.params["new_item_rank"]), blend.shape[1])
+        hits = np.take_along_axis(relevant, top_k_indices(blend, depth), axis=1).mean(axis=0)
+        return [round(float(v), 6) for v in np.minimum.accumulate(hits)]
+
+    def _candidate_view(self, z: list[np.ndarray], relevant: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """The grid search's columns: per user, the union of every component's top ``tune_candidates`` items.
+
+        A blend of z-scores ranks an item in its top k only if some component ranks it high, so the grid
+        runs on a few hundred columns instead of the catalogue (at 27k items, 60x less work a weighting).
+        Columns are in item order, so ties break as in the full search; repeats are masked out.
+        """
+        c = int(self.params["tune_candidates"])
+        if c * len(z) >= z[0].shape[1]:
+            return z, relevant
+        cand = np.sort(np.concatenate([top_k_indices(zi, c) for zi in z], axis=1), axis=1)
+        repeat = np.zeros(cand.shape, dtype=bool)
+        repeat[:, 1:] = cand[:, 1:] == cand[:, :-1]
+        zc = []
+        for zi in z:
+            view = np.take_along_axis(zi, cand, axis=1)
+            view[repeat] = -np.inf
+            zc.append(view)
+        return zc, np.take_along_axis(relevant, cand, axis=1) & ~repeat
+
+    def _per_user(self, z: np.ndarray, relevant: np.ndarray, n_rel: np.ndarray) -> np.ndarray:
+        """Each validation user's nDCG@k of the ranking ``z`` (columns aligned with ``relevant``)."""
+        return ndcg_at_k(z, relevant, self.params["k"], n_rel)
+
+    def _history_mask(self, users: np.ndarray, history: pl.DataFrame | None) -> np.ndarray:
+        return self._history_matrix(users, history).toarray() > 0
+
+    def _truth_matrix(self, users: np.ndarray, truth: pl.DataFrame) -> np.ndarray:
+        return self._history_matrix(users, truth).toarray() > 0
