@@ -50,7 +50,8 @@ def list_hits(recommendations: pl.DataFrame, truth: pl.DataFrame, n_users: int) 
     raters = truth.group_by("item_id").len()
     expected = float(slots.join(raters, on="item_id", how="left")["len"].fill_null(0).sum()) / max(n_users, 1)
     return {"slots": slots.height, "users_with_a_new_film": slots["user_id"].n_unique(), "hits": hits,
-            "expected_at_random": round(expected, 1), "ratio_to_random": round(hits / expected, 2) if expected else None}
+            "expected_at_random": round(expected, 1),
+            "ratio_to_random": round(hits / expected, 2) if expected else None}
 
 
 def audience_hits(new_items: pl.DataFrame, truth: pl.DataFrame, activity: pl.DataFrame, audience: int) -> dict:
@@ -112,7 +113,8 @@ def format_result(r: dict) -> str:
     return "\n".join([
         f"New films on {r['dataset']}: {r['films_dropped']} films (of those with >= {r['min_ratings']} ratings, seed "
         f"{r['seed']}) lost {r['ratings_dropped']:,} ratings; the published tables of the night:",
-        f"  lists (top {r['list_length']}): {lists['slots']:,} slots hold a new film ({lists['users_with_a_new_film']:,} "
+        f"  lists (top {r['list_length']}): {lists['slots']:,} slots hold a new film "
+        f"({lists['users_with_a_new_film']:,} "
         f"users); {lists['hits']:,} with a user who rated it, {lists['expected_at_random']:,} expected at random: "
         f"{lists['ratio_to_random']}x (target >= 2x: {'met' if r['met']['lists'] else 'MISSED'})",
         f"  audiences: {aud['published_pairs']:,} users published for {aud['films_with_audiences']} new films reach "

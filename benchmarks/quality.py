@@ -60,7 +60,8 @@ ALL_MODELS = ("popularity", "segment_popularity", "item_knn", "ease", "content_k
 TEXT_READERS = ("hybrid", "content_knn", "new_item_audience")
 
 
-def without_text(frames: Frames, train: pl.DataFrame, seed: int, fitted: dict[str, Recommender]) -> dict[str, Recommender]:
+def without_text(frames: Frames, train: pl.DataFrame, seed: int,
+                 fitted: dict[str, Recommender]) -> dict[str, Recommender]:
     """``<model>_without_text`` for the text readers among ``fitted`` (empty when the encoder is off)."""
     if frames.text_vectors is None:
         return {}
@@ -246,8 +247,10 @@ def format_zero_shot(z: dict) -> list[str]:
         if c is None:
             continue
         lines.append(f"  {model:30} {c['value']:8.4f} {cells[(model, 'coverage')]['value']:9.1%}  "
-                     f"{lift(cells.get((model, 'ndcg_lift'))):42} {lift(cells.get((model, 'ndcg_lift_over_gender x age')))}")
-    picks = [" x ".join(c["segment"]) + (f" a={c['alpha']:g}" if c["parent"] else "") for c in z["segment_popularity_chose"]]
+                     f"{lift(cells.get((model, 'ndcg_lift'))):42} "
+                     f"{lift(cells.get((model, 'ndcg_lift_over_gender x age')))}")
+    picks = [" x ".join(c["segment"]) + (f" a={c['alpha']:g}" if c["parent"] else "")
+             for c in z["segment_popularity_chose"]]
     lines.append(f"  segment_popularity chose, per seed: {'; '.join(picks)}")
     return lines
 
@@ -314,11 +317,13 @@ def format_tables(result: dict) -> str:
     lines = []
     if "w" in result:
         w = result["w"]
-        lines += ["Protocol W (warm, MSR ML-100k protocol): @10", f"  {'model':22} {'nDCG':>8} {'P':>8} {'R':>8} {'MAP':>8}"]
+        lines += ["Protocol W (warm, MSR ML-100k protocol): @10",
+                  f"  {'model':22} {'nDCG':>8} {'P':>8} {'R':>8} {'MAP':>8}"]
         for name, r in w["results"].items():
             lines.append(f"  {name:22} {r['ndcg']:8.4f} {r['precision']:8.4f} {r['recall']:8.4f} {r['map']:8.4f}")
         for name, r in w["reference"].items():
-            lines.append(f"  {'MSR ' + name:22} {r['ndcg']:8.4f} {r['precision']:8.4f} {r['recall']:8.4f} {r['map']:8.4f}")
+            lines.append(f"  {'MSR ' + name:22} {r['ndcg']:8.4f} {r['precision']:8.4f} {r['recall']:8.4f} "
+                         f"{r['map']:8.4f}")
         status = "met" if (w["best_cf_ndcg"] or 0) >= w["target_best_cf_ndcg"] else "MISSED"
         lines.append(f"  target best CF nDCG@10 >= 0.48: {w['best_cf']} {w['best_cf_ndcg']:.4f} ({status})")
     if "c" in result:
@@ -340,7 +345,8 @@ def format_tables(result: dict) -> str:
                 cells = {r["k_shot"]: r["value"] for r in coverage if r["model"] == model}
                 lines.append(f"    {model:24} " + " ".join(f"k={k} {cells[k]:.1%}" for k in ks if k in cells))
         for label, metric, model in (("hybrid's lift over popularity", "ndcg_lift", "hybrid"),
-                                     ("what the two-tower adds to the hybrid", "ndcg_lift_over_hybrid_without_two_tower",
+                                     ("what the two-tower adds to the hybrid",
+                                      "ndcg_lift_over_hybrid_without_two_tower",
                                       "hybrid"),
                                      ("what the pretrained encoder adds to the hybrid",
                                       "ndcg_lift_over_hybrid_without_text", "hybrid"),
@@ -351,7 +357,8 @@ def format_tables(result: dict) -> str:
             if cells:
                 lines.append(f"  {label} (paired, mean of seeds; seeds with CI > 0):")
                 lines.append("    " + "  ".join(
-                    f"k={r['k_shot']} {r['value']:+.1%} [{r['ci_low']:+.1%},{r['ci_high']:+.1%}] {r['seeds_ci_above_zero']}/"
+                    f"k={r['k_shot']} {r['value']:+.1%} [{r['ci_low']:+.1%},{r['ci_high']:+.1%}] "
+                    f"{r['seeds_ci_above_zero']}/"
                     f"{len(c['seeds'])}" for r in cells))
         lines.append(f"  hybrid below popularity at k: {c['hybrid_below_popularity_at_k'] or 'never'}")
     if "i" in result:
@@ -375,8 +382,8 @@ def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protoco
         frames = load_synthetic()
     names = list(names or ALL_MODELS)
     result: dict = {"dataset": dataset, "generated_at": datetime.now(UTC).isoformat(), "models": names,
-                    "versions": library_versions(), "settings": settings.model_dump(mode="json",
-                                                                                     exclude={"sql_dir", "expectations_dir", "home"})}
+                    "versions": library_versions(),
+                    "settings": settings.model_dump(mode="json", exclude={"sql_dir", "expectations_dir", "home"})}
     frames.text_vectors = text_vectors(frames.items, settings, log=log)
     if "w" in protocols:
         result["w"] = protocol_w(frames, names, settings, log, peer_names)

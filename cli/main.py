@@ -44,7 +44,7 @@ from tasks.report import headline_table
 from tasks.snapshot import take_snapshot
 from tasks.sources import load_mapping, with_overrides
 
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_FILES_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_FILES_FAILED = 0, 1, 3
 EPHEMERAL_STARTUP_SECONDS = 180
 
 
@@ -100,7 +100,8 @@ def start_temporary_server() -> None:
                 raise ServerStartError(
                     f"the temporary Prefect API server did not start within {waited} s (a busy machine? last: "
                     f"{type(exc).__name__}). Start one with `.venv/bin/prefect server start` and set "
-                    "PREFECT_API_URL=http://127.0.0.1:4200/api, or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+                    "PREFECT_API_URL=http://127.0.0.1:4200/api, or raise "
+                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
                 ) from None
             time.sleep(1.0)
 
@@ -133,7 +134,8 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
             waiting = db.run(con, settings, "validate/latest_gated_run")
             if not waiting:
                 print("no batch is waiting in staging or held back; stored results of the latest gated run:")
-                rows = con.execute("select run_id from validation_results order by validated_at desc limit 1").fetchall()
+                rows = con.execute("select run_id from validation_results order by validated_at desc "
+                                   "limit 1").fetchall()
                 run_id = rows[0][0] if rows else None
                 if run_id is None:
                     print("  (none: nothing has been validated yet)")
@@ -155,8 +157,9 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_nightly(args: argparse.Namespace, settings: Settings) -> int:
     mapping = _mapping_from_args(args)
     start_temporary_server()
-    nightly_flow(settings=settings, run_date=args.run_date, source=args.source, path=args.path, mapping=mapping, users=args.users,
-                 items=args.items, mapping_dir=str(Path(args.mapping).resolve().parent) if args.mapping else None,
+    nightly_flow(settings=settings, run_date=args.run_date, source=args.source, path=args.path, mapping=mapping,
+                 users=args.users, items=args.items,
+                 mapping_dir=str(Path(args.mapping).resolve().parent) if args.mapping else None,
                  allow_paths_outside_mapping=args.allow_paths_outside_mapping,
                  models=args.models, publish_model=args.publish_model)
     return EXIT_OK
@@ -300,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     qual.set_defaults(func=cmd_benchmark)
     new = bsub.add_parser("new-items", help="new films in the published lists and audiences (MovieLens-100k with "
                                             "a share of films stripped of their ratings)")
-    new.add_argument("--path", help="the MovieLens-100k folder (default RECSYS_ML100K_DIR or ../shared/datasets/ml-100k)")
+    new.add_argument("--path",
+                     help="the MovieLens-100k folder (default RECSYS_ML100K_DIR or ../shared/datasets/ml-100k)")
     new.add_argument("--share", type=float, default=0.1, help="share of the films that lose their ratings (0.1)")
     new.add_argument("--min-ratings", type=int, default=20, help="only films with at least this many ratings (20)")
     new.add_argument("--seed", type=int, default=0, help="which films (seeded)")

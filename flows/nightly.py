@@ -81,7 +81,8 @@ def segment_defaults(model_path: str, n: int, folder: str) -> str:
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
 def publish_recommendations(settings: Settings, run_id: str, run_date: date, snap: Snapshot, model: str,
-                            scored: list[publish.ScoredBlock], defaults: str, metrics_path: str, new_items: str) -> dict:
+                            scored: list[publish.ScoredBlock], defaults: str, metrics_path: str,
+                            new_items: str) -> dict:
     return publish.publish_step(settings, run_id, run_date, snap.frames(), model, scored, defaults, metrics_path,
                                 new_items)
 
@@ -110,7 +111,8 @@ class Progress:
             self.beat.step(self.names[self.done + 1])
         self.done += 1
         now = time.perf_counter()
-        self.timings.append({"step": name, "seconds": round(now - self.last, 2), "peak_rss_gib": round(peak_rss_gib(), 2)})
+        self.timings.append({"step": name, "seconds": round(now - self.last, 2),
+                             "peak_rss_gib": round(peak_rss_gib(), 2)})
         self.last = now
         update_progress_artifact(self.artifact, 100.0 * self.done / len(self.names))
         print(f"[{self.done}/{len(self.names)}] {name:10} {self.timings[-1]['seconds']:7.1f} s"
@@ -125,7 +127,8 @@ def peak_rss_gib() -> float:
 def query_hint(partition: str) -> str:
     """How to query what was just published, as commands that run from the repository root."""
     return (f"Published {partition}\nQuery it from the repository root:\n"
-            f"  .venv/bin/recsys sql \"select * from latest_recommendations where user_id = 1 order by rank limit 10\"\n"
+            "  .venv/bin/recsys sql \"select * from latest_recommendations where user_id = 1 order by rank "
+            "limit 10\"\n"
             f"  .venv/bin/recsys sql --named top10_for_user --param user_id=1\n"
             f"  make sql Q=\"select strategy, count(distinct user_id) from latest_recommendations group by 1\"")
 
@@ -240,7 +243,8 @@ def publish_night(runner: TaskRunner, settings: Settings, run_id: str, day: date
     try:
         scored = run_all(runner, settings, score_users, [
             {"model_path": model_path, "users": str(snap.path("users")), "block": block, "blocks": blocks,
-             "n": settings.top_n, "folder": str(folder), "new_item_max_interactions": settings.new_item_max_interactions,
+             "n": settings.top_n, "folder": str(folder),
+             "new_item_max_interactions": settings.new_item_max_interactions,
              "users_per_item": settings.new_item_users, "threads": settings.scoring_threads}
             for block in range(blocks)], cache=False)
         new_items = rank_new_items(model_path, scored, settings.new_item_users, str(folder))

@@ -185,7 +185,8 @@ class NewItemAudience(Recommender):
         self.content_model._load_state(path)
         self.genre_model._load_state(path)
         with np.load(path / "audience.npz") as z:
-            self.weights, self.mean, self.scale, self.calibration = z["weights"], z["mean"], z["scale"], z["calibration"]
+            self.weights, self.mean = z["weights"], z["mean"]
+            self.scale, self.calibration = z["scale"], z["calibration"]
         self.validation = json.loads((path / "audience.json").read_text())["validation"]
 
 

@@ -234,7 +234,8 @@ class Recommender(Explaining, ABC):
                       else pl.Series([None] * profiles.height, dtype=pl.String).fill_null("unknown"))
             codes.append(values.replace_strict(vocab, default=0, return_dtype=pl.Int32).to_numpy())
         rows = np.arange(profiles.height, dtype=np.int64)
-        block = UserBlock(rows, np.full(len(rows), -1), sp.csr_matrix((len(rows), len(self.item_ids)), dtype=np.float32),
+        block = UserBlock(rows, np.full(len(rows), -1),
+                          sp.csr_matrix((len(rows), len(self.item_ids)), dtype=np.float32),
                           np.stack(codes, axis=1).astype(np.int32))
         scores = np.asarray(self.score_block(block), dtype=np.float32)
         return top_n(rows, scores, min(n, len(self.item_ids)), self.item_ids, self.tiebreak)

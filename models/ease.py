@@ -4,21 +4,19 @@ B = I - P / diag(P) with P = (X^T X + lambda I)^-1 and diag(B) = 0. Scores are h
 users are served from their known items; with no history the scores are zero and the tie-breaker
 (popularity) decides, which is why the hybrid pairs it with a model that sees features.
 
-Item-degree normalisation (``degree_norm`` = a): the Gram matrix is fitted as D^-a X^T X D^-a (D: each
-item's interaction count), the symmetric normalisation of the item-item graph that GF-CF (Shen et al.,
-2021) and LightGCN use, here with a mild exponent, and the history is read on the same scale (B's rows
-carry D^-a, so scoring is still history @ B). It stops the most popular items' co-occurrences from
-dominating every regression. The ridge keeps its ratio to the mean diagonal, so ``l2`` stays in units of
-raw co-occurrence counts (a = 0 is plain EASE). Chosen on protocol W's split seeds 1-3 (nDCG@10, mean:
-a = 0 0.4776, 0.15 0.4822; 0.25 with l2 x2 0.4818) and confirmed on seed 42, the benchmark's own split
-(0.4808 -> 0.4898).
-Items nobody interacted with (new items, the item-cold fold's held-out ones) have a zero row and column in
-B whatever lambda is (their Gram row is lambda on the diagonal only), so the model is fitted and stored on
-the items with interactions alone: the same weights, and at a fifth of the catalogue held out about half the
-Cholesky's flops and 0.64x its memory. Memory is one n_known^2 float32 matrix, fitted in place and laid out in column tiles for scoring in the
-same memory (:mod:`models.tiled`): ~2.9 GB at 27k items; beyond ~50k items it no longer fits a 24 GiB
-machine next to everything else, and a low-rank model is the way on.
-"""
+Item-degree normalisation (``degree_norm`` = a): the Gram matrix is fitted as D^-a X^T X D^-a (D: each item's
+interaction count), the symmetric normalisation of the item-item graph that GF-CF (Shen et al., 2021) and
+LightGCN use, here with a mild exponent, and the history is read on the same scale (B's rows carry D^-a, so
+scoring is still history @ B). It stops the most popular items' co-occurrences from dominating every
+regression. The ridge keeps its ratio to the mean diagonal, so ``l2`` stays in units of raw co-occurrence
+counts (a = 0 is plain EASE). Chosen on protocol W's split seeds 1-3 (nDCG@10, mean: a = 0 0.4776, 0.15
+0.4822; 0.25 with l2 x2 0.4818) and confirmed on seed 42, the benchmark's own split (0.4808 -> 0.4898). Items
+nobody interacted with (new items, the item-cold fold's held-out ones) have a zero row and column in B
+whatever lambda is (their Gram row is lambda on the diagonal only), so the model is fitted and stored on the
+items with interactions alone: the same weights, and at a fifth of the catalogue held out about half the
+Cholesky's flops and 0.64x its memory. Memory is one n_known^2 float32 matrix, fitted in place and laid out in
+column tiles for scoring in the same memory (:mod:`models.tiled`): ~2.9 GB at 27k items; beyond ~50k items it
+no longer fits a 24 GiB machine next to everything else, and a low-rank model is the way on."""
 
 from __future__ import annotations
 

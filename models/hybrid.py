@@ -1,24 +1,24 @@
 """A hybrid that blends a feature-based deep model, collaborative filtering and segment popularity.
 
-The blend weights depend on how much history a user has: a user with no interactions is served by
-features and popularity, a user with many by CF. They also depend on how much history an item has: an item
-with ``item_evidence`` or more interactions is scored by the user's blend, an item with none by the models
-that read content (``new_item_weights``: the two-tower's item tower and the content neighbourhood), and one
-in between by a mix in proportion to its interactions, so a new item never gets a CF score it has no data
-for. Whom to show a new item to (its audience) is ranked by the audience model (``audience_model``:
+The blend weights depend on how much history a user has: a user with no interactions is served by features and
+popularity, a user with many by CF. They also depend on how much history an item has: an item with
+``item_evidence`` or more interactions is scored by the user's blend, an item with none by the models that
+read content (``new_item_weights``: the two-tower's item tower and the content neighbourhood), and one in
+between by a mix in proportion to its interactions, so a new item never gets a CF score it has no data for.
+Whom to show a new item to (its audience) is ranked by the audience model (``audience_model``:
 :class:`models.audience.NewItemAudience`, content affinity and activity weighed on items held out of
 training), and an item nobody has taken enters a user's own list on the same scale as the known items: the
-audience model's probability that the user takes it (calibrated on items held out of training), scaled
-to the share of a user's interactions a validation window holds, against what a known item at each rank is
-worth, the tuned blend's hit rate at that rank on the user's bucket of validation users in that window
-(:meth:`models.blend.BlendTuning._hit_rate_by_rank`). A new item goes just above the first known item it
-is more likely to be taken than, within the top ``new_item_rank``, at most ``new_item_slots`` a list. Without an audience model, new items compete through
-the new-item scorers' per-user z-scores, which aims them at users hardly better than at random. The hybrid fits nothing itself: it receives its fitted
-components (:meth:`Hybrid.use_components`), and either tunes the weights per history bucket on validation
-cases (:meth:`Hybrid.use_validation`, built by ``tasks.split.carve_validation`` from training users, never
-test users) or takes weights tuned earlier (:meth:`Hybrid.use_weights`: the production fit reuses the
-evaluation fold's weights, so no component is ever fitted twice on the same fold).
-"""
+audience model's probability that the user takes it (calibrated on items held out of training), scaled to the
+share of a user's interactions a validation window holds, against what a known item at each rank is worth, the
+tuned blend's hit rate at that rank on the user's bucket of validation users in that window
+(:meth:`models.blend.BlendTuning._hit_rate_by_rank`). A new item goes just above the first known item it is
+more likely to be taken than, within the top ``new_item_rank``, at most ``new_item_slots`` a list. Without an
+audience model, new items compete through the new-item scorers' per-user z-scores, which aims them at users
+hardly better than at random. The hybrid fits nothing itself: it receives its fitted components
+(:meth:`Hybrid.use_components`), and either tunes the weights per history bucket on validation cases
+(:meth:`Hybrid.use_validation`, built by ``tasks.split.carve_validation`` from training users, never test
+users) or takes weights tuned earlier (:meth:`Hybrid.use_weights`: the production fit reuses the evaluation
+fold's weights, so no component is ever fitted twice on the same fold)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from models.blend import BlendTuning, ValidationCase, bucket_of
 from models.explain import replace
 from models.ranking import standardize_rows, top_k_indices
 from models.serving import UserBlock
+from recsys import schema
 
 COMPONENTS = ("two_tower", "ease", "item_knn", "segment_popularity")
 # How items with no (or few) interactions are scored: by the models that read an item's content.
@@ -42,7 +43,8 @@ NEW_ITEM_WEIGHTS = {"two_tower": 0.5, "content_knn": 0.5}
 
 class Hybrid(BlendTuning, Recommender):
     name = "hybrid"
-    description = 'the two-tower, EASE, item-kNN and segment popularity blended with weights tuned per history length on validation users; new items placed by the audience model'
+    description = ("the two-tower, EASE, item-kNN and segment popularity blended with weights tuned per history "
+                   "length on validation users; new items placed by the audience model")
 
     @classmethod
     def default_params(cls) -> dict:
@@ -51,7 +53,7 @@ class Hybrid(BlendTuning, Recommender):
             # on long ones EASE does; the tuned weights pick per history bucket.
             "components": list(COMPONENTS),
             "grid_step": 0.2,
-            "k": 10,
+            "k": schema.DEFAULT_K,
             "tune_candidates": 100,  # per component and user: the grid search's columns (see _candidate_view)
             # A blend replaces the bucket's best single component only when its validation gain over it is
             # significant: the lower end of the one-sided (1 - alpha) paired-bootstrap interval above zero.

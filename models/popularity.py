@@ -12,6 +12,7 @@ from models.base import Recommender
 from models.explain import replace
 from models.ranking import ndcg_at_k, one_sided_gain
 from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock
+from recsys import schema
 
 
 class Popularity(Recommender):
@@ -84,7 +85,8 @@ class SegmentPopularity(Recommender):
 
     def _choose(self, base: dict, seed: int) -> tuple[dict, dict]:
         p = self.params
-        candidates = [base] + [{"segment": [*base["segment"], *extra], "parent": list(base["segment"]), "alpha": float(a)}
+        candidates = [base] + [{"segment": [*base["segment"], *extra], "parent": list(base["segment"]),
+                                "alpha": float(a)}
                                for extra in p["choose_from"] if not set(extra) & set(base["segment"])
                                for a in p["choose_alphas"]]
         degree = np.diff(self.train.indptr)
@@ -102,13 +104,15 @@ class SegmentPopularity(Recommender):
         for spec in candidates:
             self._count(spec, counted)
             ndcg.append(held_out_ndcg(lambda rows, spec=spec: self._rows(demographics[rows], spec),
-                                      self.train[held], k=10))
+                                      self.train[held], k=schema.DEFAULT_K))
         means = [float(v.mean()) for v in ndcg]
         best = int(np.argmax(means))  # the first maximum: the configured segment wins ties
         gain = one_sided_gain(ndcg[best], ndcg[0], float(p["choose_level"]), int(p["bootstrap_samples"]), seed)
         kept = best > 0 and gain[1] > 0
-        record = {"held_out_users": n, "candidates": [{**spec, "ndcg": m} for spec, m in zip(candidates, means, strict=True)],
-                  "best": candidates[best], "gain_over_configured": {"lift": gain[0], "ci_low": gain[1], "ci_high": gain[2]},
+        record = {"held_out_users": n,
+                  "candidates": [{**spec, "ndcg": m} for spec, m in zip(candidates, means, strict=True)],
+                  "best": candidates[best], "gain_over_configured": {"lift": gain[0], "ci_low": gain[1],
+                                                                     "ci_high": gain[2]},
                   "chosen": "finer segment" if kept else "as configured"}
         return (candidates[best] if kept else base), record
 
@@ -135,7 +139,8 @@ class SegmentPopularity(Recommender):
             return ""
         gain = s["gain_over_configured"]
         return (f"segment {' x '.join(self.chosen['segment'])} ({s['chosen']}; best finer "
-                f"{' x '.join(s['best']['segment'])} {gain['lift']:+.1%} [{gain['ci_low']:+.1%}, {gain['ci_high']:+.1%}] "
+                f"{' x '.join(s['best']['segment'])} {gain['lift']:+.1%} "
+                f"[{gain['ci_low']:+.1%}, {gain['ci_high']:+.1%}] "
                 f"on {s['held_out_users']:,} held-out users)")
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:

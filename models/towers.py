@@ -44,8 +44,8 @@ with _native_stderr_discarded():
 @keras.saving.register_keras_serializable(package="recsys")
 class TwoTowerNet(keras.Model):
     def __init__(self, n_users, n_items, demo_sizes, item_genres, item_decade, item_logpop, item_logq,
-                 item_words, item_known, item_text=None, dim=64, hidden=128, temperature=0.05, full_softmax=True, content_weight=1.0,
-                 content_share=0.25, seed=0, **kwargs):
+                 item_words, item_known, item_text=None, dim=64, hidden=128, temperature=0.05, full_softmax=True,
+                 content_weight=1.0, content_share=0.25, seed=0, **kwargs):
         super().__init__(**kwargs)
         self.config_ = {"n_users": int(n_users), "n_items": int(n_items), "demo_sizes": [int(s) for s in demo_sizes],
                         "dim": int(dim), "hidden": int(hidden), "temperature": float(temperature),
@@ -77,7 +77,8 @@ class TwoTowerNet(keras.Model):
 
         self.words = keras.layers.Embedding(BUCKETS + 1, 16, name="title_words", **own(1))  # 0 = padding
         self.content_decade = keras.layers.Embedding(N_DECADES, 8, name="content_decade", **own(2))
-        self.content_mlp = [keras.layers.Dense(hidden, activation="relu", **dense(3)), keras.layers.Dense(dim, **dense(4))]
+        self.content_mlp = [keras.layers.Dense(hidden, activation="relu", **dense(3)),
+                            keras.layers.Dense(dim, **dense(4))]
         self.content_bias = keras.layers.Dense(1, name="content_bias", **dense(5))
         for layer in (self.words, self.content_decade, *self.content_mlp, self.content_bias):
             layer.trainable = self.content_weight > 0  # without its loss it has nothing to learn

@@ -8,11 +8,12 @@ from demographics alone (zero-shot) and from a few known items (k-shot). Half th
 items by time (as a new user's are when served, the rest a random sample of the history), and the tower
 reads the bag's size beside its mean: one known item is weaker evidence than twenty.
 
-Items with no interactions are served by a content tower of their own: genres + decade + title words (a bag
-of hashed words) + the pretrained encoder's text vector (where it is on) -> MLP, trained beside the item tower on the same examples against the same user vectors,
-with the user tower's gradient stopped (an auxiliary loss). It learns to place an item where the user tower
-looks for it from content alone, and it cannot change the warm path: the user and item towers learn exactly
-what they learn without it. Items nobody interacted with are unknown, never trained as negatives.
+Items with no interactions are served by a content tower of their own: genres + decade + title words (a bag of
+hashed words) + the pretrained encoder's text vector (where it is on) -> MLP, trained beside the item tower on
+the same examples against the same user vectors, with the user tower's gradient stopped (an auxiliary loss).
+It learns to place an item where the user tower looks for it from content alone, and it cannot change the warm
+path: the user and item towers learn exactly what they learn without it. Items nobody interacted with are
+unknown, never trained as negatives.
 
 The model itself is backend-agnostic Keras; the training input pipeline is ``tf.data`` on this machine.
 """
@@ -80,7 +81,8 @@ class TwoTower(Recommender):
         logq = np.log((self.item_popularity + 1.0) / (self.item_popularity.sum() + len(self.item_popularity)))
         net = TwoTowerNet(len(self.user_ids), len(self.item_ids), [len(self.vocab[c]) for c in self.vocab],
                           self.item_genres, decade_of(self.item_year), logpop, logq, self._item_words(),
-                          self.item_popularity > 0, item_text=self.item_text, dim=self.params["dim"], hidden=self.params["hidden"],
+                          self.item_popularity > 0, item_text=self.item_text, dim=self.params["dim"],
+                          hidden=self.params["hidden"],
                           temperature=self.params["temperature"], full_softmax=self._full_softmax(),
                           content_weight=self.params["content_weight"], content_share=self.params["content_share"],
                           seed=self.seed or 0)
@@ -186,7 +188,8 @@ class TwoTower(Recommender):
         new, old = self.net, previous.net
         users = positions(self.user_ids, previous.user_ids)
         items = positions(self.item_ids, previous.item_ids)
-        for layer, before, rows, reserved in ((new.user_id, old.user_id, users, 1), (new.bag_items, old.bag_items, items, 1),
+        for layer, before, rows, reserved in ((new.user_id, old.user_id, users, 1),
+                                              (new.bag_items, old.bag_items, items, 1),
                                               (new.item_id, old.item_id, items, 0),
                                               (new.item_bias, old.item_bias, items, 0)):
             table = ops.convert_to_numpy(layer.embeddings).copy()

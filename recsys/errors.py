@@ -25,12 +25,6 @@ class SchemaMismatchError(RecsysError):
     exit_code = 2
 
 
-class IngestFailedError(RecsysError):
-    """One or more files could not be parsed at all; the others were still loaded."""
-
-    exit_code = 3
-
-
 class ValidationFailedError(RecsysError):
     """A critical expectation failed: the batch was held back in staging."""
 

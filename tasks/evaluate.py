@@ -228,7 +228,8 @@ class EvaluationFold:
     def exists(self) -> bool:
         names = [*self.slices, *([self.item_cold.slice] if self.item_cold else [])]
         return (Path(self.train).exists() and self.features.exists()
-                and (self.item_cold is None or (Path(self.item_cold.train).exists() and self.item_cold.features.exists()))
+                and (self.item_cold is None
+                     or (Path(self.item_cold.train).exists() and self.item_cold.features.exists()))
                 and all((Path(self.folder) / "slices" / name / "meta.json").exists() for name in names))
 
 
@@ -257,7 +258,8 @@ class Evaluation:
 
     def exists(self) -> bool:
         carried = [self.carry["weights"]] if self.carry["weights"] else []
-        return all(Path(p).exists() for p in (self.metrics, self.report_html, *carried, *self.carry["warm_from"].values()))
+        return all(Path(p).exists() for p in (self.metrics, self.report_html, *carried,
+                                              *self.carry["warm_from"].values()))
 
 
 def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:

@@ -125,7 +125,8 @@ def write_features(
 ) -> None:
     """Replace the feature tables with this run's (the run_id column says which run built them)."""
     # The text vectors stay in the fold's Parquet (what the models read), not in the warehouse table.
-    for name, frame in (("user_features", user_features), ("item_features", item_features.select(ITEM_FEATURE_COLUMNS))):
+    for name, frame in (("user_features", user_features),
+                        ("item_features", item_features.select(ITEM_FEATURE_COLUMNS))):
         staged = frame.with_columns(run_id=pl.lit(run_id))  # noqa: F841 - queried by name below
         con.execute(f"create or replace table {name} as select * from staged")
 

@@ -223,8 +223,9 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str], types: dict[str, str]
         else:
             typed = (f"try_strptime({raw}, {_literal(spec.date_format)})::date" if spec.date_format
                      else f"try_cast({raw} as date)")
-            out.append(("release_date", typed, f"case when {raw} is not null and {typed} is null then "
-                                               f"'release_date is not a date: \"' || left({raw}, {MAX_ECHO}) || '\"' end"))
+            out.append(("release_date", typed,
+                        f"case when {raw} is not null and {typed} is null then "
+                        f"'release_date is not a date: \"' || left({raw}, {MAX_ECHO}) || '\"' end"))
         if spec.genre_flags:
             flags = [(_text(column), genre) for column, genre in spec.genre_flags]
             typed = ("list_filter([" + ", ".join(f"case when {t} = '1' then {_literal(g)} end" for t, g in flags)
@@ -467,7 +468,8 @@ def batch_report(con: duckdb.DuckDBPyConnection, settings: Settings, report: Ing
 
 def format_report(report: IngestReport) -> str:
     lines = [f"ingest run {report.run_id}"]
-    header = f"  {'status':8} {'kind':12} {'read':>10} {'accepted':>10} {'rejected':>9} {'duplicate':>9} {'held':>8}  file"
+    header = (f"  {'status':8} {'kind':12} {'read':>10} {'accepted':>10} {'rejected':>9} {'duplicate':>9} "
+              f"{'held':>8}  file")
     lines.append(header)
     for f in report.files:
         lines.append(f"  {f.status:8} {f.kind:12} {f.rows_read:>10,} {f.rows_accepted:>10,} {f.rows_rejected:>9,} "

@@ -48,7 +48,8 @@ def text_vectors(items: pl.DataFrame, settings: Settings, log=print) -> pl.DataF
         return None
     spec = ENCODERS[settings.text_encoder]
     texts = item_texts(items).filter(pl.col("text").str.len_chars() > 0)
-    texts = texts.with_columns(key=pl.col("text").map_elements(lambda t: text_key(spec.name, t), return_dtype=pl.String))
+    texts = texts.with_columns(key=pl.col("text").map_elements(lambda t: text_key(spec.name, t),
+                                                               return_dtype=pl.String))
     path = cache_path(settings)
     cached = (pl.read_parquet(path) if path.exists()
               else pl.DataFrame(schema={"key": pl.String, VECTOR_COLUMN: pl.Array(pl.Float32, spec.dimension)}))
@@ -58,7 +59,8 @@ def text_vectors(items: pl.DataFrame, settings: Settings, log=print) -> pl.DataF
         with progress.activity(f"embedding {missing.height:,} item texts with {spec.name}"):
             vectors = TextEncoder(spec, settings.text_encoder_model_path).encode(missing["text"].to_list())
         fresh = pl.DataFrame({"key": missing["key"],
-                              VECTOR_COLUMN: pl.Series(VECTOR_COLUMN, vectors, dtype=pl.Array(pl.Float32, spec.dimension))})
+                              VECTOR_COLUMN: pl.Series(VECTOR_COLUMN, vectors,
+                                                       dtype=pl.Array(pl.Float32, spec.dimension))})
         cached = pl.concat([cached, fresh]).unique("key", keep="first").sort("key")
         _write_atomically(cached, path)
         log(f"  embedded {missing.height:,} item texts with {spec.name} in {time.perf_counter() - started:.1f} s "

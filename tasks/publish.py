@@ -215,7 +215,8 @@ def segment_defaults_step(model_path: str, n: int, folder: str) -> str:
     model = load(Path(model_path))
     genders = model.vocab["gender"][1:] + ["unknown"]
     ages = model.vocab["age_bucket"][1:] + ["unknown"]
-    profiles = pl.DataFrame({"gender": [g for g in genders for _ in ages], "age_bucket": [a for _ in genders for a in ages]})
+    profiles = pl.DataFrame({"gender": [g for g in genders for _ in ages],
+                             "age_bucket": [a for _ in genders for a in ages]})
     recs = model.recommend_for_profiles(profiles, n=n)
     profiles = profiles.with_row_index("user_id").with_columns(pl.col("user_id").cast(pl.Int64))
     path = Path(folder) / "segment_defaults.parquet"
@@ -228,7 +229,8 @@ def reason_text() -> pl.Expr:
     """A reason in words, with the id it names: "because you rated <title> [item 50]", "similar genres to
     <title> [item 7]", "popular with women aged 25-34 [gender=F, age_bucket=25-34]", "popular with all
     users". Reads ``reason_title``, the named item's title."""
-    named = pl.format("{} [item {}]", pl.coalesce(pl.col("reason_title"), pl.format("item {}", pl.col("reason_item_id"))),
+    named = pl.format("{} [item {}]",
+                      pl.coalesce(pl.col("reason_title"), pl.format("item {}", pl.col("reason_item_id"))),
                       pl.col("reason_item_id"))
     return (pl.when(pl.col("reason_kind") == "neighbour").then(pl.concat_str(pl.lit("because you rated "), named))
             .when(pl.col("reason_kind") == "content").then(pl.concat_str(pl.lit("similar genres to "), named))

@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from models.registry import available, model_class
+from recsys import schema
 from tasks.metrics import ENCODER_ABLATION, ITEM_COLD_BASELINES, USER_BASELINES, headline
 
 # The order models are listed in, after the published one: baselines, then the models by what they read.
@@ -36,7 +37,8 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_cold_start_curve(metrics: pl.DataFrame, path: Path, k: int = 10, published: str | None = None) -> Path:
+def plot_cold_start_curve(metrics: pl.DataFrame, path: Path, k: int = schema.DEFAULT_K,
+                          published: str | None = None) -> Path:
     plt = _plt()
     cold = metrics.filter((pl.col("split") == "cold") & (pl.col("metric") == "ndcg") & (pl.col("k") == k))
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
@@ -57,7 +59,7 @@ def plot_cold_start_curve(metrics: pl.DataFrame, path: Path, k: int = 10, publis
     return _save(fig, path)
 
 
-def plot_model_bars(metrics: pl.DataFrame, path: Path, k: int = 10, published: str | None = None) -> Path:
+def plot_model_bars(metrics: pl.DataFrame, path: Path, k: int = schema.DEFAULT_K, published: str | None = None) -> Path:
     plt = _plt()
     view = headline(metrics, k)
     slices = list(dict.fromkeys(view["slice"].to_list()))  # warm, then cold k ascending
@@ -83,7 +85,7 @@ def plot_model_bars(metrics: pl.DataFrame, path: Path, k: int = 10, published: s
     return _save(fig, path)
 
 
-def plot_coverage_novelty(metrics: pl.DataFrame, path: Path, k: int = 10) -> Path:
+def plot_coverage_novelty(metrics: pl.DataFrame, path: Path, k: int = schema.DEFAULT_K) -> Path:
     plt = _plt()
     view = metrics.filter((pl.col("split") == "warm") & (pl.col("k") == k)
                           & pl.col("metric").is_in(["coverage", "novelty"]))
@@ -135,7 +137,8 @@ def item_cold_table(metrics: pl.DataFrame, published: str | None = None) -> pl.D
                                         strongest_item_baseline(view, "item_ndcg", 100))):
             for metric, k, label in (("ndcg", 10, "users->items"), ("item_ndcg", 100, "items->users")):
                 hit = mine.filter((pl.col("metric") == f"{metric}_lift_over_{reference}") & (pl.col("k") == k))
-                row[f"{label} lift over {reference}"] = (_cell(*hit.select("value", "ci_low", "ci_high").row(0), percent=True)
+                row[f"{label} lift over {reference}"] = (_cell(*hit.select("value", "ci_low", "ci_high").row(0),
+                                                               percent=True)
                                                          if hit.height else "")
         rows.append(row)
     return pl.DataFrame(rows)
@@ -219,19 +222,19 @@ def _cells(view: pl.DataFrame, percent: bool = False) -> pl.DataFrame:
     return view.with_columns(cell=pl.Series(cells, dtype=pl.String))
 
 
-def headline_table(metrics: pl.DataFrame, k: int = 10, published: str | None = None) -> pl.DataFrame:
+def headline_table(metrics: pl.DataFrame, k: int = schema.DEFAULT_K, published: str | None = None) -> pl.DataFrame:
     view = _cells(headline(metrics, k))
     order = list(dict.fromkeys(view["slice"].to_list()))  # warm, then cold k ascending (numerically)
     return _sort_models(view.pivot(on="slice", index="model", values="cell").select("model", *order), published)
 
 
-def lift_table(metrics: pl.DataFrame, k: int = 10, published: str | None = None) -> pl.DataFrame:
+def lift_table(metrics: pl.DataFrame, k: int = schema.DEFAULT_K, published: str | None = None) -> pl.DataFrame:
     view = metrics.filter((pl.col("metric") == "ndcg_lift") & (pl.col("k") == k) & (pl.col("split") == "cold"))
     view = _cells(view.sort("k_shot"), percent=True).with_columns(column=pl.format("k={}", pl.col("k_shot")))
     return _sort_models(view.pivot(on="column", index="model", values="cell", sort_columns=False), published)
 
 
-def headlines(metrics: pl.DataFrame, k: int = 10, baseline: str = "popularity",
+def headlines(metrics: pl.DataFrame, k: int = schema.DEFAULT_K, baseline: str = "popularity",
               published: str | None = None) -> list[str]:
     """One sentence per model: how it does against popularity for users with no history, then with some."""
     lifts = metrics.filter((pl.col("metric") == "ndcg_lift") & (pl.col("k") == k) & (pl.col("split") == "cold"))
@@ -262,7 +265,7 @@ def few_shot_k(metrics: pl.DataFrame) -> int | None:
     return min(ks, key=lambda k: (abs(k - 5), k)) if ks else None
 
 
-def headline_rows(metrics: pl.DataFrame, k: int = 10) -> list[dict]:
+def headline_rows(metrics: pl.DataFrame, k: int = schema.DEFAULT_K) -> list[dict]:
     """The questions the headline answers, each with the slice and metric that answers it."""
     rows = [{"who": "warm users (their next interactions)", "split": "warm", "k_shot": None, "metric": "ndcg",
              "k": k, "baselines": USER_BASELINES},
@@ -301,7 +304,7 @@ def strongest_baseline(metrics: pl.DataFrame, row: dict, published: str) -> tupl
 
 
 def answer_table(metrics: pl.DataFrame, published: str, history: pl.DataFrame | None = None,
-                 k: int = 10) -> tuple[pl.DataFrame, list[str]]:
+                 k: int = schema.DEFAULT_K) -> tuple[pl.DataFrame, list[str]]:
     """The published model's answer, a row per question (warm users, new users with none and a few known
     interactions, new items): tonight with its CI, the slice's strongest baseline, the paired lift over it
     and the change since the last published night; and a verdict per row whose lift is measured."""
@@ -333,7 +336,7 @@ def answer_table(metrics: pl.DataFrame, published: str, history: pl.DataFrame | 
     return pl.DataFrame(table), verdicts
 
 
-def answer_first(metrics: pl.DataFrame, published: str, history: pl.DataFrame | None = None, k: int = 10,
+def answer_first(metrics: pl.DataFrame, published: str, history: pl.DataFrame | None = None, k: int = schema.DEFAULT_K,
                  night: str = "", answer: tuple[pl.DataFrame, list[str]] | None = None) -> list[str]:
     """The report's first screen: what the published model is, then :func:`answer_table` (``answer``, where the
     caller has it already) and its verdicts."""
@@ -360,7 +363,8 @@ def last_published(history: pl.DataFrame | None) -> pl.DataFrame | None:
     return done.filter(pl.col("run_id") == newest).with_columns(pl.col("run_date").cast(pl.String))
 
 
-def plot_history(history: pl.DataFrame, tonight: pl.DataFrame, published: str, path: Path, k: int = 10) -> Path:
+def plot_history(history: pl.DataFrame, tonight: pl.DataFrame, published: str, path: Path,
+                 k: int = schema.DEFAULT_K) -> Path:
     """The published model's headline metrics over the last nights: one point per night (run), held nights
     marked with a red cross (the table under the plot says why), tonight last."""
     plt = _plt()
@@ -375,12 +379,14 @@ def plot_history(history: pl.DataFrame, tonight: pl.DataFrame, published: str, p
                             pl.lit("tonight").alias("run_id"), "split", "k_shot", "metric", "k", "value", "model")],
                        how="vertical_relaxed")
     x = {run: i for i, run in enumerate(nights["run_id"])}
-    labels = [("tonight" if run == "tonight" else str(date)) for run, date in nights.select("run_id", "run_date").iter_rows()]
+    labels = [("tonight" if run == "tonight" else str(date))
+              for run, date in nights.select("run_id", "run_date").iter_rows()]
     fig, ax = plt.subplots(figsize=(10, 4.8))
     for row in rows:
         view = frames.filter((pl.col("model") == published) & (pl.col("split") == row["split"])
                              & (pl.col("metric") == row["metric"]) & (pl.col("k") == row["k"])
-                             & (pl.col("k_shot").is_null() if row["k_shot"] is None else pl.col("k_shot") == row["k_shot"]))
+                             & (pl.col("k_shot").is_null() if row["k_shot"] is None
+                                else pl.col("k_shot") == row["k_shot"]))
         points = sorted((x[r], v) for r, v in view.select("run_id", "value").iter_rows() if r in x)
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{row['who']} ({_label(row)})")
@@ -442,7 +448,7 @@ def gate_section(gate: pl.DataFrame | None, docs: str | None = None) -> list[str
 
 
 def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dict, tuning: dict,
-                 k: int = 10, gate: pl.DataFrame | None = None, docs: str | None = None,
+                 k: int = schema.DEFAULT_K, gate: pl.DataFrame | None = None, docs: str | None = None,
                  published: str = "hybrid", history: pl.DataFrame | None = None, night: str = "",
                  answer: tuple[pl.DataFrame, list[str]] | None = None) -> dict[str, Path]:
     """The report: the published model's answer first (tonight, its lift over the strongest baseline, the
@@ -463,7 +469,8 @@ def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dic
     heads = headline_table(metrics, k, published)
     lifts = lift_table(metrics, k, published)
     beyond = _sort_models(metrics.filter((pl.col("k") == k) & (pl.col("split") == "warm")
-                                         & pl.col("metric").is_in(["coverage", "novelty", "diversity", "popularity_bias"]))
+                                         & pl.col("metric").is_in(["coverage", "novelty", "diversity",
+                                                                   "popularity_bias"]))
                           .pivot(on="metric", index="model", values="value"), published)
     md = [f"# Nightly report {night or run_id}", "", f"Run `{run_id}`. Values are means over users with their 95% "
           "bootstrap confidence interval as ±.", "",
@@ -472,7 +479,8 @@ def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dic
           "## Every model", "", *headlines(metrics, k, published=published), "",
           f"nDCG@{k}. Cold users were held out of training entirely; `cold k=n` reveals their first n "
           "interactions by time as history.", "",
-          *markdown_table(heads), "", f"## Lift of nDCG@{k} over global popularity (cold users, paired bootstrap CI)", "",
+          *markdown_table(heads), "",
+          f"## Lift of nDCG@{k} over global popularity (cold users, paired bootstrap CI)", "",
           "At k=0 a collaborative model (EASE, item-kNN) knows nothing of the user, so it ranks by the shared "
           "popularity tie-break and equals popularity.", "",
           *markdown_table(lifts), "", "## Beyond accuracy (warm users)", "", *markdown_table(beyond), "",

@@ -142,7 +142,8 @@ class ValidationFold:
             mine = users.filter(pl.col("case") == label)
             cases.append(ValidationCase(label, int(mine["bucket"][0]), mine["user_id"].to_numpy(),
                                         known.filter(pl.col("case") == label).drop("case"),
-                                        truth.filter(pl.col("case") == label).drop("case"), bool(mine["as_history"][0])))
+                                        truth.filter(pl.col("case") == label).drop("case"),
+                                        bool(mine["as_history"][0])))
         return cases
 
 

@@ -170,7 +170,8 @@ def fit_tuned(
     Components are then fitted twice (tuning fold, then ``train``): what the nightly does across its
     evaluation and production folds, for callers that have only one fold (the quality benchmark, ``recsys
     train``). The tuning fold is thrown away, so it lends many validation users (TUNING_FOLD_*_SHARE): the
-    warm ones lend a share of their interactions to the warm bucket's validation (``warm_truth``, ``warm_truth_share``: the shape of the warm test it is for).
+    warm ones lend a share of their interactions to the warm bucket's validation (``warm_truth``,
+    ``warm_truth_share``: the shape of the warm test it is for).
     ``ablate``: a component; also returns ``hybrid_without_<it>``, the blend of the other components tuned on
     the same validation users, from the same fits (the ablation of what that component adds).
     """

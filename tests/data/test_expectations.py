@@ -70,7 +70,8 @@ FAILS = {
         "expect_table_columns_to_match_set::critical": lambda d: d.assign(extra=1),
         "expect_column_values_to_be_of_type:user_id:critical": lambda d: d.assign(user_id=d.user_id.astype(float)),
         "expect_column_values_to_be_of_type:item_id:critical": lambda d: d.assign(item_id=d.item_id.astype(float)),
-        "expect_column_values_to_be_of_type:ts_epoch:critical": lambda d: d.assign(ts_epoch=d.ts_epoch.astype(np.int64)),
+        "expect_column_values_to_be_of_type:ts_epoch:critical":
+            lambda d: d.assign(ts_epoch=d.ts_epoch.astype(np.int64)),
         "expect_column_values_to_not_be_null:user_id:critical": lambda d: some(d, "user_id", None),
         "expect_column_values_to_not_be_null:item_id:critical": lambda d: some(d, "item_id", None),
         "expect_column_values_to_not_be_null:ts_epoch:critical": lambda d: some(d, "ts_epoch", None),

@@ -136,8 +136,9 @@ def test_new_items_are_published_with_their_audience(night):
 
 ATTACKS = {
     "copy to a file": "copy (select 1) to 'x.csv'",
-    "explain analyze of a copy into the output folder": "explain analyze copy (select * from recommendations "
-                                                         "limit 1) to '{out}/recommendations/run_date=2099-01-01/x.parquet'",
+    "explain analyze of a copy into the output folder":
+        "explain analyze copy (select * from recommendations limit 1) to "
+        "'{out}/recommendations/run_date=2099-01-01/x.parquet'",
     "explain of a copy": "explain copy (select 1) to '{out}/y.csv'",
     "read_text of a system file": "select * from read_text('/etc/passwd')",
     "read_csv of a system file": "select * from read_csv('/etc/passwd')",
@@ -230,7 +231,8 @@ def test_the_report_opens_with_the_encoder_and_states_the_audience_weights(night
     _, first, _ = night
     report = Path(first["evaluation"].report_markdown).read_text()
     first_screen = report.split("## Nights over time")[0]
-    (line,) = [line for line in first_screen.splitlines() if line.startswith("**New items and the pretrained encoder:**")]
+    (line,) = [line for line in first_screen.splitlines()
+               if line.startswith("**New items and the pretrained encoder:**")]
     assert "all-MiniLM-L6-v2" in line and "strongest baseline" in line
     assert "| new items: who to show them to | items -&gt; users nDCG@100 |" in first_screen
     assert '"new_item_audience"' in report and '"standardised_weights"' in report and '"activity"' in report

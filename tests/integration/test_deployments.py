@@ -106,7 +106,8 @@ def test_ingest_deployment_triggers_train_and_publish(tmp_path, small_synthetic)
         assert triggered.returncode == 0, triggered.stdout + triggered.stderr
 
         def downstream_state():
-            runs = api(url, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployments["train-and-publish"]["id"]]}}})
+            runs = api(url, "/flow_runs/filter",
+                       {"deployments": {"id": {"any_": [deployments["train-and-publish"]["id"]]}}})
             states = [r["state_type"] for r in runs]
             assert "FAILED" not in states and "CRASHED" not in states, _logs(tmp_path)
             return runs if "COMPLETED" in states else None

@@ -45,7 +45,8 @@ def test_segment_popularity_finds_the_planted_occupation_effect(planted):
     # +0.0086 with today's library versions; the paired lift, +1.2 % [+0.3, +2.2], is what must hold).
     truth = split.truth[0]
     users = np.sort(truth["user_id"].unique().to_numpy())
-    ours, theirs = (ndcg(ranked_lists(m.recommend(users, n=10), truth, 10, Catalog.from_model(m))) for m in (chosen, fixed))
+    ours, theirs = (ndcg(ranked_lists(m.recommend(users, n=10), truth, 10, Catalog.from_model(m)))
+                    for m in (chosen, fixed))
     assert paired_lift(ours, theirs, bootstrap_indices(len(users), 1000, 0))[1] > 0
     assert "occupation" in chosen.summary()
 

@@ -33,7 +33,8 @@ def test_recommend_shape_ranks_and_order(fitted, small_data):
     users = warm_users(small_data)
     recs = model.recommend(users, n=N)
     assert recs.columns == ["user_id", "item_id", "rank", "score"]
-    per_user = recs.group_by("user_id").agg(pl.len(), pl.col("rank").sort(), pl.col("score"), pl.col("item_id").n_unique())
+    per_user = recs.group_by("user_id").agg(pl.len(), pl.col("rank").sort(), pl.col("score"),
+                                            pl.col("item_id").n_unique())
     assert per_user.height == len(users)
     assert (per_user["len"] == N).all() and (per_user["item_id"] == N).all()
     assert per_user["rank"].to_list() == [list(range(1, N + 1))] * len(users)

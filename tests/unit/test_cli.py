@@ -249,9 +249,11 @@ def test_a_slow_temporary_server_is_retried_within_the_wait_then_one_line(monkey
 
 
 @pytest.mark.parametrize(("error", "words"), [
-    (OSError(28, "No space left on device", "/data/home/models/ease/train.npz"), "/data/home/models/ease/train.npz: the disk is full"),
+    (OSError(28, "No space left on device", "/data/home/models/ease/train.npz"),
+     "/data/home/models/ease/train.npz: the disk is full"),
     (OSError(30, "Read-only file system", "/data/home/warehouse.duckdb"), "the file system is read-only"),
-    (__import__("duckdb").IOException('IO Error: Could not write file "/data/home/warehouse.duckdb.wal": No space left on device'),
+    (__import__("duckdb").IOException(
+        'IO Error: Could not write file "/data/home/warehouse.duckdb.wal": No space left on device'),
      "/data/home/warehouse.duckdb.wal: the disk is full"),
 ])
 def test_a_full_disk_or_read_only_home_is_one_line_and_exit_7(monkeypatch, capsys, error, words):

@@ -35,7 +35,8 @@ def test_an_activity_is_named_only_while_it_runs():
     beat.step("evaluate", now=0.0)
     with progress.activity("fitting two_tower (evaluation fold)"):
         progress.detail("epoch 20/30, last loss 11.015")
-        assert beat.tick(10.0) == "  ... evaluate 10 s: fitting two_tower (evaluation fold): epoch 20/30, last loss 11.015"
+        assert beat.tick(10.0) == ("  ... evaluate 10 s: fitting two_tower (evaluation fold): epoch 20/30, "
+                                   "last loss 11.015")
     assert beat.tick(20.0) == "  ... evaluate 20 s"
     try:
         with progress.activity("fitting ease"):

@@ -96,7 +96,8 @@ def test_a_writer_waits_for_a_reader_then_says_who_to_close(settings):
     db.connect(settings).close()  # free again once the reader is gone
 
 
-@pytest.mark.parametrize(("error", "expected"), [(RuntimeError("disk on fire\nsecond line"), "RuntimeError: disk on fire"),
+@pytest.mark.parametrize(("error", "expected"),
+                         [(RuntimeError("disk on fire\nsecond line"), "RuntimeError: disk on fire"),
                                                  (KeyboardInterrupt(), "KeyboardInterrupt: interrupted (Ctrl-C")])
 def test_a_run_ended_by_an_error_or_ctrl_c_is_marked_failed_when_it_ends(settings, error, expected):
     from recsys.runs import failed_on_exit, start_run
