@@ -31,7 +31,7 @@ INSTALL_HINT = "the peers are an optional extra: pip install '.[peers]' (rectool
 PEERS = ("lightfm", "implicit_als")
 
 
-def missing() -> list[str]:
+def missing_peers() -> list[str]:
     """Peer libraries that are not installed."""
     return [package for package, module in (("rectools-lightfm", "lightfm"), ("implicit", "implicit"))
             if importlib.util.find_spec(module) is None]

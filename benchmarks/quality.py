@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from benchmarks import peers as peer_models
+from benchmarks.peers import INSTALL_HINT, PEER_CLASSES, PEERS, missing_peers
 from models.base import Recommender, library_versions
 from models.registry import build
 from recsys import db
@@ -106,7 +106,7 @@ def fit_peers(names: list[str], frames: Frames, train: pl.DataFrame, seed: int, 
     fitted = {}
     for name in names:
         started = time.perf_counter()
-        fitted[name] = peer_models.PEER_CLASSES[name]().fit(train, uf, itf, seed=seed)
+        fitted[name] = PEER_CLASSES[name]().fit(train, uf, itf, seed=seed)
         log(f"  fitted {name:20} (peer) in {time.perf_counter() - started:6.1f} s")
     return fitted
 
@@ -161,7 +161,7 @@ def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log,
         comparisons = ((("hybrid", f"hybrid_without_{ablate}"),) if ablate else ()) + text_comparisons(models)
         metrics = evaluate_models(models, cold_slices(split), (10,), seed, settings.bootstrap_samples,
                                   comparisons=comparisons)
-        mute = [name for name in peers if not peer_models.PEER_CLASSES[name].ranks_users_without_history]
+        mute = [name for name in peers if not PEER_CLASSES[name].ranks_users_without_history]
         metrics = metrics.filter(~(pl.col("model").is_in(mute) & (pl.col("k_shot") == 0)))
         per_seed.append(metrics.with_columns(seed=pl.lit(seed)))
     all_metrics = pl.concat(per_seed)
@@ -371,10 +371,10 @@ def format_tables(result: dict) -> str:
 def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protocols=("w", "c", "i", "z"), log=print,
         peers: bool = False) -> dict:
     started = time.perf_counter()
-    missing = peer_models.missing() if peers else []
+    missing = missing_peers() if peers else []
     if missing:
-        raise ConfigError(f"--peers needs {', '.join(missing)}: {peer_models.INSTALL_HINT}")
-    peer_names = peer_models.PEERS if peers else ()
+        raise ConfigError(f"--peers needs {', '.join(missing)}: {INSTALL_HINT}")
+    peer_names = PEERS if peers else ()
     settings = Settings(epochs=epochs, bootstrap_samples=500)
     if dataset == "ml-100k":
         frames = load_ml100k(ml100k_dir(path))

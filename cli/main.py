@@ -30,8 +30,7 @@ from prefect.settings import (
     temporary_settings,
 )
 
-from benchmarks.new_items import main as new_items_main
-from benchmarks.quality import main as quality_main
+from benchmarks import new_items, quality
 from flows.ingest import ingest_flow
 from flows.nightly import SERVE_DEPLOYMENT, nightly_flow, serve_nightly
 from recsys import db, runs
@@ -230,7 +229,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace, settings: Settings) -> int:
-    return new_items_main(args) if args.benchmark == "new-items" else quality_main(args)
+    return new_items.main(args) if args.benchmark == "new-items" else quality.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,9 +84,10 @@ class NewItemAudience(Recommender):
     description = 'who takes a new item: activity, content affinity and genre share, calibrated'
     scores_new_items = True
 
-    @staticmethod
-    def saved_weights(path: Path) -> dict:
-        """What a saved audience model learned and on what (for the report), without loading it."""
+    @classmethod
+    def saved_tuning(cls, path: Path) -> dict:
+        """What a saved audience model learned and on what (for the report), without loading it: its weights,
+        learned on items held out of training."""
         return json.loads((Path(path) / "audience.json").read_text())
 
     @classmethod

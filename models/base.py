@@ -18,7 +18,7 @@ import json
 import platform
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -100,6 +100,33 @@ class Recommender(Explaining, ABC):
     def summary(self) -> str:
         """One line on how the last fit went, beyond its time (e.g. epochs and loss); empty for most models."""
         return ""
+
+    # What a model takes from the night's settings: its parameter -> the settings field (RECSYS_<FIELD>).
+    SETTINGS: ClassVar[dict[str, str]] = {}
+
+    # -- composing fitted models (the hybrid; every other model composes nothing) ---------------------------
+
+    @classmethod
+    def needed_components(cls, params: dict | None = None) -> list[str]:
+        """The fitted models this one composes: fitted before it and handed to :meth:`compose`."""
+        return []
+
+    def compose(self, components: Mapping[str, Recommender], weights: dict | None = None,
+                validation: list | None = None) -> Self:
+        """Take the fitted ``components`` and either ``weights`` tuned on another fold (as
+        :meth:`tuned_file` holds them) or ``validation`` cases to tune on when fitted."""
+        return self
+
+    @classmethod
+    def tuned_file(cls, path: Path) -> Path | None:
+        """The file of what a saved fit tuned on validation users, which a fit on another fold can take as its
+        ``weights`` (None: it tunes nothing)."""
+        return None
+
+    @classmethod
+    def saved_tuning(cls, path: Path) -> dict | None:
+        """What a saved fit learned on validation data, for the report, without loading it (None: nothing)."""
+        return None
 
     @classmethod
     def can_warm_start(cls) -> bool:

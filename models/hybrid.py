@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ NEW_ITEM_WEIGHTS = {"two_tower": 0.5, "content_knn": 0.5}
 
 class Hybrid(BlendTuning, Recommender):
     name = "hybrid"
+    SETTINGS = {"new_item_slots": "new_item_slots"}
     description = ("the two-tower, EASE, item-kNN and segment popularity blended with weights tuned per history "
                    "length on validation users; new items placed by the audience model")
 
@@ -77,6 +78,13 @@ class Hybrid(BlendTuning, Recommender):
         names += [n for n, w in params["new_item_weights"].items() if w > 0 and n not in names]
         return names + ([params["audience_model"]] if params["audience_model"] and params["audience_model"] not in names
                         else [])
+
+    def compose(self, components: Mapping[str, Recommender], weights: dict | None = None,
+                validation: list | None = None) -> Hybrid:
+        self.use_components(dict(components))
+        if weights is not None:
+            return self.use_weights(weights["weights"], weights.get("tuning"))
+        return self.use_validation(validation) if validation is not None else self
 
     def use_components(self, fitted: dict[str, Recommender]) -> Hybrid:
         """The fitted components to blend (fitted on the same interactions the hybrid is fitted on)."""
@@ -307,8 +315,8 @@ class Hybrid(BlendTuning, Recommender):
                                                        "tuning": self.tuning,
                                                        "audience_scale": self.audience_scale}, indent=2))
 
-    @staticmethod
-    def blend_file(path: Path) -> Path:
+    @classmethod
+    def tuned_file(cls, path: Path) -> Path:
         """The JSON file of a saved hybrid's blend, ``{"weights": ..., "tuning": ...}``: what another fold's
         fit takes as its weights."""
         return Path(path) / "weights.json"
@@ -316,7 +324,11 @@ class Hybrid(BlendTuning, Recommender):
     @classmethod
     def saved_blend(cls, path: Path) -> dict:
         """The blend a saved hybrid uses, without loading its components."""
-        return json.loads(cls.blend_file(path).read_text())
+        return json.loads(cls.tuned_file(path).read_text())
+
+    @classmethod
+    def saved_tuning(cls, path: Path) -> dict:
+        return cls.saved_blend(path)["tuning"]
 
     def _load_state(self, path: Path) -> None:
         if self._loader is None:

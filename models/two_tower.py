@@ -34,6 +34,7 @@ from recsys import progress
 
 class TwoTower(Recommender):
     name = "two_tower"
+    SETTINGS = {"epochs": "epochs", "batch_size": "batch_size", "verbose": "verbose"}
     description = "a Keras two-tower network over ids, demographics, the user's items and item content"
     scores_new_items = True
 
@@ -66,7 +67,7 @@ class TwoTower(Recommender):
                 "example_budget": 4_000_000,
                 "warm_start_budget": 1_000_000,
                 "min_validation_examples": 2_048, "max_validation_examples": 100_000,
-                "verbose": 0}  # Keras progress: 0 quiet (a summary line per fit), 2 one line per epoch
+                "verbose": False}  # Keras progress: a summary line per fit, or (True) a line per epoch
 
     # -- training ------------------------------------------------------------------------------------------
 
@@ -156,7 +157,8 @@ class TwoTower(Recommender):
         # is traced is traced twice, and this graph takes seconds to trace (a third of a small night's fit).
         self.net.optimizer.build(self.net.trainable_variables)
         history = self.net.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps,
-                               callbacks=callbacks, shuffle=False, verbose=p["verbose"])
+                               callbacks=callbacks, shuffle=False,
+                               verbose=2 if p["verbose"] else 0)
         losses = history.history.get("loss", [])
         self.training_ = {"epochs_planned": epochs, "epochs_run": len(losses), "examples_per_epoch": per_epoch,
                           "warm_started": warm, "first_loss": losses[0] if losses else None,

@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from models.audience import NewItemAudience
 from models.base import Recommender
-from models.hybrid import Hybrid
 from models.ranking import bootstrap_indices, paired_lift
-from models.registry import load_many
+from models.registry import load_many, model_class
 from models.serving import Served, serve_together
 from models.tiled import use_threads
 from recsys import db, progress
@@ -326,10 +324,8 @@ def write_evaluation_step(settings, run_id: str, fold: EvaluationFold, parts: li
     folder = Path(folder)
     published = published or settings.publish_model
     metrics = pl.concat([pl.read_parquet(part.path) for part in parts])
-    blend = Hybrid.saved_blend(Path(fitted["hybrid"])) if "hybrid" in fitted else None
-    tuning = {"hybrid": blend["tuning"]} if blend else {}
-    if "new_item_audience" in fitted:  # the audience model's weights, learned on held-out training items
-        tuning["new_item_audience"] = NewItemAudience.saved_weights(Path(fitted["new_item_audience"]))
+    tuning = {name: learned for name, path in fitted.items()
+              if (learned := model_class(name).saved_tuning(Path(path))) is not None}
     metrics_path = folder / "metrics.parquet"
     metrics.write_parquet(metrics_path)
     with db.warehouse(settings) as con:

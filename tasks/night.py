@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from models.hybrid import Hybrid
 from models.registry import model_class
 from recsys.settings import Settings
 from tasks.evaluate import (
@@ -148,7 +147,8 @@ def evaluate_night(steps: Steps, settings: Settings, run_id: str, snap: Snapshot
 def carry_over(fitted: dict[str, str]) -> dict[str, Any]:
     """What the production fit takes from the evaluation fold's fits (by path): the hybrid's tuned blend
     (``weights``) and the fits to continue from (``warm_from``: the two-tower's)."""
-    return {"weights": str(Hybrid.blend_file(Path(fitted["hybrid"]))) if "hybrid" in fitted else None,
+    tuned = [file for name, path in fitted.items() if (file := model_class(name).tuned_file(Path(path)))]
+    return {"weights": str(tuned[0]) if tuned else None,
             "warm_from": {name: path for name, path in fitted.items() if model_class(name).can_warm_start()}}
 
 

@@ -27,17 +27,13 @@ TUNING_FOLD_WARM_SHARE = 0.75
 
 
 def model_params(name: str, settings: Settings) -> dict:
-    """Hyper-parameters that come from settings (the rest are each model's defaults)."""
-    if name == "two_tower":
-        return {"epochs": settings.epochs, "batch_size": settings.batch_size, "verbose": 2 if settings.verbose else 0}
-    if name == "hybrid":
-        return {"new_item_slots": settings.new_item_slots}
-    return {}
+    """Hyper-parameters that come from settings (the model's ``SETTINGS``; the rest are its defaults)."""
+    return {param: getattr(settings, field) for param, field in model_class(name).SETTINGS.items()}
 
 
 def components_of(name: str) -> list[str]:
-    """The fitted models ``name`` blends (a hybrid's components; none for the others)."""
-    return Hybrid.needed_components() if name == "hybrid" else []
+    """The fitted models ``name`` composes (a hybrid's components; none for the others)."""
+    return model_class(name).needed_components()
 
 
 def needed(names: list[str] | tuple[str, ...]) -> list[str]:
@@ -81,12 +77,8 @@ def fit_one(
     model = build(name, **model_params(name, settings))
     if warm_from is not None:
         model.warm_start(warm_from)
-    if isinstance(model, Hybrid):
-        model.use_components(components or {})
-        if weights is not None:
-            model.use_weights(weights["weights"], weights.get("tuning"))
-        elif validation is not None:
-            model.use_validation(validation)
+    if components_of(name):
+        model.compose(components or {}, weights=weights, validation=validation)
     with progress.activity(f"fitting {name}{label}"):
         model.fit(train, user_features, item_features, seed=settings.seed)
     detail = model.summary()

@@ -75,13 +75,12 @@ def test_new_items_on_movielens_reach_their_audience_beyond_the_strongest_baseli
 
 
 def test_peers_that_are_not_installed_are_named_with_the_command_that_installs_them(monkeypatch):
-    from benchmarks import peers
-    from benchmarks.quality import run
+    from benchmarks import quality
     from recsys.errors import ConfigError
 
-    monkeypatch.setattr(peers, "missing", lambda: ["implicit"])
+    monkeypatch.setattr(quality, "missing_peers", lambda: ["implicit"])
     with pytest.raises(ConfigError, match=r"--peers needs implicit: .*pip install '\.\[peers\]'"):
-        run("synthetic", None, 1, None, 1, peers=True)
+        quality.run("synthetic", None, 1, None, 1, peers=True)
 
 
 def test_finer_demographics_do_not_tell_more_about_new_movielens_users(ml100k_dir, capsys):
