@@ -220,10 +220,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                           "start `.venv/bin/prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
     timezone = args.timezone or settings.timezone
     print(f"serving the nightly flow as deployment nightly/{SERVE_DEPLOYMENT} ({args.cron} {timezone})", flush=True)
-    # Every night runs on the settings this command started with (RECSYS_* then), home included.
+    # Every night runs on the settings this command started with (RECSYS_* then), its home made absolute.
+    frozen = settings.model_copy(update={"home": settings.home.resolve()}).model_dump(mode="json")
     asyncio.run(serve_nightly([build_serve_schedule(args.cron, timezone)],
-                              {"settings": settings.model_dump(mode="json"), "source": args.source,
-                               "path": args.path}))
+                              {"settings": frozen, "source": args.source, "path": args.path}))
     print("stopped")
     return EXIT_OK
 
