@@ -24,6 +24,7 @@ from prefect.utilities.hashing import hash_objects
 
 from recsys.errors import RecsysError
 from recsys.settings import PROJECT_ROOT, Settings
+from tasks import night
 
 # Settings that only matter to publishing or to where files are found: changing them recomputes nothing.
 NOT_SHAPING = {"top_n", "metric_tolerance", "sql_dir", "expectations_dir", "timezone", "ml100k_url", "publish_model",
@@ -33,7 +34,7 @@ NOT_SHAPING = {"top_n", "metric_tolerance", "sql_dir", "expectations_dir", "time
 # Settings only the scoring of slices reads: a night that changes them re-scores and re-reports, and reuses
 # the split, the features and every fit.
 EVALUATION_ONLY = {"bootstrap_samples", "max_eval_users", "ks", "data_docs"}
-BEFORE_SCORING = ("build_features", "split_for_evaluation", "fit_model")
+BEFORE_SCORING = {step.__name__ for step in (night.build_features, night.split_for_evaluation, night.fit_model)}
 CODE_FOLDERS = ("recsys", "models", "tasks", "sql")
 
 

@@ -181,9 +181,9 @@ def warm_slice(test: pl.DataFrame, train_users: np.ndarray) -> Slice:
 
 # ---------------------------------------------------------------------------------------------------------
 # The evaluation run: one training on a fold that hides the cold users and each warm user's latest items.
-# Split once and stored (split_step); each model fitted once on the fold (tasks.train.fit_step); each slice
-# scored by every model (evaluate_slice_step); then one write-up (write_evaluation_step). The steps hand each
-# other paths, so a task runner can spread the fits and the slices over processes or machines.
+# Split once and stored (split_step); each model fitted once on the fold (tasks.train.fit_model); each slice
+# scored by every model (evaluate_slice); then one write-up (write_evaluation_step). The graph is
+# tasks/night.py; the steps hand each other paths, so a task runner can spread the fits and the slices.
 
 
 @dataclass(frozen=True)
@@ -299,7 +299,7 @@ def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
     return EvaluationFold(str(folder), features, tuple(s.save(folder / "slices") for s in slices), protocol, item_cold)
 
 
-def evaluate_slice_step(settings, run_id: str, fold: EvaluationFold, slice_name: str, models: dict[str, str],
+def evaluate_slice(settings, run_id: str, fold: EvaluationFold, slice_name: str, models: dict[str, str],
                         folder: str) -> SliceMetrics:
     """Every model in ``models`` (saved fits, by path) on one slice of ``fold``, in one blockwise pass."""
     use_threads(settings.scoring_threads)

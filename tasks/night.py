@@ -1,10 +1,12 @@
 """The night, described once: its steps, the records each takes and hands on, and the order they run in.
 
-Every step is a plain function from small records (paths, a fingerprint, counts) to a small record. The
-functions below the steps (``fit_fold``, ``evaluate_night``, ``train_night``) are the night's graph; a
-:class:`Steps` runs them. :class:`InProcess` calls each step here, one after another (``recsys evaluate``,
-``recsys train``, the quality benchmark); the nightly flow hands the same steps to Prefect as cached tasks on
-its task runner (``flows/nightly.py``), so there is one graph to change.
+Every step is a plain function from small records (paths, a fingerprint, counts) to a small record: the ones
+defined here adapt the snapshot to the work in ``tasks/``; ``fit_model`` and ``evaluate_slice`` are that work
+itself. The functions below the steps (``fit_fold``, ``evaluate_night``, ``train_night``) are the night's
+graph; a :class:`Steps` runs them. :class:`InProcess` calls each step here, one after another (``recsys
+evaluate``, ``recsys train``); the nightly flow hands the same steps to Prefect as cached tasks on its task
+runner (``flows/nightly.py``), so there is one graph to change. (The quality benchmark still fits through
+``tasks.train.fit_tuned``, on frames in memory.)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tasks.evaluate import (
     EvaluationFold,
     ItemColdFold,
     SliceMetrics,
-    evaluate_slice_step,
+    evaluate_slice,
     split_step,
     write_evaluation_step,
 )
@@ -30,8 +32,8 @@ from tasks.train import (
     FittedModel,
     TrainedModels,
     fit_arguments,
+    fit_model,
     fit_stages,
-    fit_step,
     format_training,
     needed,
 )
@@ -50,20 +52,6 @@ def build_features(settings: Settings, run_id: str, snap: Snapshot) -> FeatureSe
 def split_for_evaluation(settings: Settings, run_id: str, snap: Snapshot) -> EvaluationFold:
     """Cold users, warm users' latest interactions, validation users and the item-cold fold, split once."""
     return split_step(settings, snap.frames(), settings.reports_dir / run_id)
-
-
-def fit_model(settings: Settings, name: str, train: str, features: FeatureSet, folder: str, fold: str,
-              components: dict[str, str] | None = None, validation: str | None = None, weights: str | None = None,
-              warm_from: str | None = None) -> FittedModel:
-    """One model fitted on a stored fold and saved (see :func:`tasks.train.fit_step`)."""
-    return fit_step(settings, name, train, features, folder, fold, components=components,
-                          validation=validation, weights=weights, warm_from=warm_from)
-
-
-def evaluate_slice(settings: Settings, run_id: str, fold: EvaluationFold, slice_name: str, models: dict[str, str],
-                   folder: str) -> SliceMetrics:
-    """Every model of ``models`` (saved fits) on one slice of the fold."""
-    return evaluate_slice_step(settings, run_id, fold, slice_name, models, folder)
 
 
 def write_evaluation(settings: Settings, run_id: str, snap: Snapshot, fold: EvaluationFold, parts: list[SliceMetrics],

@@ -57,7 +57,7 @@ def fit_stages(names: list[str] | tuple[str, ...]) -> list[list[str]]:
 
 def fit_arguments(name: str, fitted: dict[str, FittedModel], validation: str | None = None,
                   weights: str | None = None, warm_from: dict[str, str] | None = None) -> dict:
-    """The :func:`fit_step` arguments of ``name`` that differ between models of a fold."""
+    """The :func:`fit_model` arguments of ``name`` that differ between models of a fold."""
     blended = components_of(name)
     return {"name": name, "components": {c: fitted[c].path for c in blended} or None,
             "validation": validation if blended else None, "weights": weights if blended else None,
@@ -93,7 +93,7 @@ def fit_models(
 ) -> dict[str, Recommender]:
     """Fit each model once on ``train``, in this process; a hybrid blends the fitted components.
     Returns every fitted model, components included. (The nightly fits each model as a task of its own:
-    :func:`fit_step`.)"""
+    :func:`fit_model`.)"""
     fitted: dict[str, Recommender] = {}
     for name in needed(names):
         fitted[name] = fit_one(name, train, user_features, item_features, settings, components=fitted,
@@ -112,9 +112,9 @@ class FittedModel:
         return (Path(self.path) / "params.json").exists()
 
 
-def fit_step(settings: Settings, name: str, train: str, features: FeatureSet, folder: str, fold: str,
+def fit_model(settings: Settings, name: str, train: str, features: FeatureSet, folder: str, fold: str,
              components: dict[str, str] | None = None, validation: str | None = None, weights: str | None = None,
-             warm_from: str | None = None, log=print) -> FittedModel:
+             warm_from: str | None = None) -> FittedModel:
     """Fit one model from files and save it under ``folder/name``: the unit of work a task runner spreads.
 
     ``train``: a Parquet file of interactions; ``components``: saved fits a hybrid blends; ``validation``: a
@@ -126,7 +126,7 @@ def fit_step(settings: Settings, name: str, train: str, features: FeatureSet, fo
     model = fit_one(name, pl.read_parquet(train), user_features, item_features, settings, components=loaded,
                     validation=ValidationFold.load_cases(validation) if validation else None,
                     weights=json.loads(Path(weights).read_text()) if weights else None,
-                    warm_from=load(Path(warm_from)) if warm_from else None, fold=fold, log=log)
+                    warm_from=load(Path(warm_from)) if warm_from else None, fold=fold)
     saved = FittedModel(name, str(model.save(Path(folder) / name)))
     del model, loaded
     release_memory()
