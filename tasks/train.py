@@ -194,10 +194,6 @@ def _without(component: str, fitted: dict[str, Recommender]) -> Hybrid:
                  ).use_components(fitted)
 
 
-def save_models(models: dict[str, Recommender], folder: Path) -> dict[str, Path]:
-    return {name: model.save(Path(folder) / name) for name, model in models.items()}
-
-
 def format_training(paths: dict[str, Path | str]) -> str:
     """A table of saved fits (read from each one's metadata)."""
     lines = [f"  {'model':20} {'users':>8} {'items':>7} {'interactions':>13} {'seconds':>8}  saved to"]
