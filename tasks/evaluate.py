@@ -276,7 +276,9 @@ def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
     slices = [warm_slice(warm.test, train_users), *cold_slices(cold)]
     item_cold, item_protocol = None, {}
     if settings.item_cold_fraction > 0:
-        held = item_cold_split(frames.interactions, settings.item_cold_fraction, settings.seed)
+        # Drawn from the evaluation fold's training: what the item-cold fold trains on is a part of what the
+        # evaluation fold trains on, so a fit can continue from one to the other (tasks/night.py).
+        held = item_cold_split(fold.train, settings.item_cold_fraction, settings.seed, everything=frames.interactions)
         where = folder / "item_cold"
         where.mkdir(parents=True, exist_ok=True)
         held.train.write_parquet(where / "train.parquet")
@@ -285,8 +287,9 @@ def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
                                  item_slice.save(folder / "slices"))
         item_protocol = {"item_cold_fraction": settings.item_cold_fraction, "new_items": int(len(held.new_items)),
                          "item_cold_truth_interactions": held.truth.height,
-                         "item_cold": f"{settings.item_cold_fraction:.0%} of items held out of training entirely; "
-                                      f"users -> items @{list(ITEM_COLD_KS)}, items -> users @{ITEMS_TO_USERS_K}, "
+                         "item_cold": f"{settings.item_cold_fraction:.0%} of items held out of the evaluation "
+                                      f"fold's training entirely; users -> items @{list(ITEM_COLD_KS)}, "
+                                      f"items -> users @{ITEMS_TO_USERS_K}, "
                                       f"against {' and '.join(ITEM_COLD_BASELINES)}"}
     protocol = {
         "cold_user_fraction": settings.cold_user_fraction, "cold_users": int(len(cold.cold_users)),

@@ -39,15 +39,20 @@ class ItemColdSplit:
     excluded_users: int  # users whose every interaction was with a held-out item (nothing to serve them from)
 
 
-def item_cold_split(interactions: pl.DataFrame, share: float, seed: int) -> ItemColdSplit:
+def item_cold_split(interactions: pl.DataFrame, share: float, seed: int,
+                    everything: pl.DataFrame | None = None) -> ItemColdSplit:
     """A seeded ``share`` of the items that have interactions, held out entirely: new items as a catalogue
-    sees them on the night they arrive."""
-    items = np.sort(interactions["item_id"].unique().to_numpy())
+    sees them on the night they arrive. ``interactions`` is what the fold trains on (less the held-out items);
+    ``everything`` (default: ``interactions``) is where the items are drawn from and the truth is read: the
+    nightly trains the item-cold fold on its evaluation fold's training, and takes as truth every interaction
+    its users ever had with the held-out items."""
+    everything = interactions if everything is None else everything
+    items = np.sort(everything["item_id"].unique().to_numpy())
     n_new = int(round(len(items) * share))
     new = np.sort(np.random.default_rng(seed).choice(items, size=n_new, replace=False)) if n_new else items[:0]
     is_new = pl.col("item_id").is_in(new)
     train = interactions.filter(~is_new)
-    held = interactions.filter(is_new)
+    held = everything.filter(is_new)
     truth = held.filter(pl.col("user_id").is_in(train["user_id"].unique()))
     return ItemColdSplit(train, new, truth, held["user_id"].n_unique() - truth["user_id"].n_unique())
 
