@@ -80,10 +80,10 @@ def run(path: Path, share: float, min_ratings: int, seed: int, epochs: int, log=
         settings = Settings(home=home)
         settings.ensure_dirs()
         ingest_flow(settings=settings, source="movielens-100k", path=str(path))
-        with db.warehouse(settings) as con:
-            full = con.sql("select user_id, item_id from interactions").pl()
+        with db.warehouse(settings) as wh:
+            full = wh.sql("select user_id, item_id from interactions").pl()
             dropped = drop_films(full, share, min_ratings, seed)
-            con.execute("delete from interactions where item_id in (select unnest($ids))", {"ids": dropped.tolist()})
+            wh.execute("delete from interactions where item_id in (select unnest($ids))", {"ids": dropped.tolist()})
         truth = full.filter(pl.col("item_id").is_in(dropped))
         kept = full.filter(~pl.col("item_id").is_in(dropped))
         log(f"  {len(dropped)} films lost their {truth.height:,} ratings; {kept.height:,} ratings stay")

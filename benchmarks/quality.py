@@ -84,20 +84,20 @@ def load_ml100k(path: Path) -> Frames:
     """Read MovieLens-100k through the product's own ingest (into a throwaway warehouse)."""
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(home=Path(home))
-        with db.warehouse(settings) as con:
-            ingest.stage_batch(con, settings, movielens_specs(path), "benchmark", "movielens-100k")
-            ingest.promote_batch(con, settings, "benchmark")
-            return load_frames(con)
+        with db.warehouse(settings) as wh:
+            ingest.stage_batch(wh, settings, movielens_specs(path), "benchmark", "movielens-100k")
+            ingest.promote_batch(wh, "benchmark")
+            return load_frames(wh)
 
 
 def load_synthetic(seed: int = 42) -> Frames:
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(home=Path(home))
         generate(Path(home) / "data", GeneratorConfig(seed=seed))
-        with db.warehouse(settings) as con:
-            ingest.stage_batch(con, settings, synthetic_specs(Path(home) / "data"), "benchmark", "synthetic")
-            ingest.promote_batch(con, settings, "benchmark")
-            return load_frames(con)
+        with db.warehouse(settings) as wh:
+            ingest.stage_batch(wh, settings, synthetic_specs(Path(home) / "data"), "benchmark", "synthetic")
+            ingest.promote_batch(wh, "benchmark")
+            return load_frames(wh)
 
 
 def fit_peers(names: list[str], frames: Frames, train: pl.DataFrame, seed: int, log) -> dict[str, Recommender]:

@@ -127,28 +127,28 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
-    with runs.run_lock(settings), db.warehouse(settings) as con:
+    with runs.run_lock(settings), db.warehouse(settings) as wh:
         run_id = args.run_id
         if run_id is None:
-            waiting = db.run(con, settings, "validate/latest_gated_run")
+            waiting = wh.run("validate/latest_gated_run")
             if not waiting:
                 print("no batch is waiting in staging or held back; stored results of the latest gated run:")
-                rows = con.execute("select run_id from validation_results order by validated_at desc "
+                rows = wh.execute("select run_id from validation_results order by validated_at desc "
                                    "limit 1").fetchall()
                 run_id = rows[0][0] if rows else None
                 if run_id is None:
                     print("  (none: nothing has been validated yet)")
                     return EXIT_OK
-                for row in db.run(con, settings, "validate/stored_results", {"run_id": run_id}):
+                for row in wh.run("validate/stored_results", {"run_id": run_id}):
                     print("  " + " | ".join("" if v is None else str(v) for v in row))
                 return EXIT_OK
             run_id = waiting[0][0]
         # Which kinds the source had decides whether unknown users/items are registered or rejected: the
         # ingest run records it; for a batch staged outside the flow, the ledger's kinds stand in.
-        kinds = set(runs.run_params(con, run_id).get("kinds") or [
-            kind for (kind,) in con.execute("select distinct kind from ingest_ledger where run_id = $run_id",
+        kinds = set(runs.run_params(wh, run_id).get("kinds") or [
+            kind for (kind,) in wh.execute("select distinct kind from ingest_ledger where run_id = $run_id",
                                             {"run_id": run_id}).fetchall()])
-        validate.gate_and_promote(con, settings, run_id, kinds)
+        validate.gate_and_promote(wh, settings, run_id, kinds)
         print(f"batch {run_id} passed the gate and was promoted")
     return EXIT_OK
 

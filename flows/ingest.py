@@ -37,12 +37,12 @@ def land_source(
 
 @task(cache_policy=NO_CACHE)
 def stage_files(settings: Settings, specs: list[sources.FileSpec], run_id: str, source: str) -> ingest.IngestReport:
-    with db.warehouse(settings) as con:
-        for line in runs.recover_stale_runs(con, settings, run_id):
+    with db.warehouse(settings) as wh:
+        for line in runs.recover_stale_runs(wh, run_id):
             print(line)
-        runs.start_run(con, settings, run_id, "ingest", params={
+        runs.start_run(wh, settings, run_id, "ingest", params={
             "source": source, "files": [str(s.path) for s in specs], "kinds": sorted({s.kind for s in specs})})
-        return ingest.stage_batch(con, settings, specs, run_id, source)
+        return ingest.stage_batch(wh, settings, specs, run_id, source)
 
 
 @task(cache_policy=NO_CACHE)
@@ -52,9 +52,9 @@ def gate_and_promote(settings: Settings, report: ingest.IngestReport, kinds: lis
         create_markdown_artifact(key="validation-gate", markdown=validate.gate_markdown(result),
                                  description=f"validation gate {report.run_id}")
 
-    with db.warehouse(settings) as con:
-        validate.gate_and_promote(con, settings, report.run_id, kinds, shown=artifact)
-        return ingest.batch_report(con, settings, report)
+    with db.warehouse(settings) as wh:
+        validate.gate_and_promote(wh, settings, report.run_id, kinds, shown=artifact)
+        return ingest.batch_report(wh, report)
 
 
 @flow(name="ingest", log_prints=True)

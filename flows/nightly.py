@@ -166,10 +166,10 @@ def train_publish_flow(
 
 def _train_publish(settings: Settings, run_id: str, day: date, names: list[str], publish_model: str,
                    ingested: dict | None) -> dict:
-    with db.warehouse(settings) as con:
-        for line in runs.recover_stale_runs(con, settings, run_id):
+    with db.warehouse(settings) as wh:
+        for line in runs.recover_stale_runs(wh, run_id):
             print(line)
-        runs.start_run(con, settings, run_id, "train-and-publish", run_date=day,
+        runs.start_run(wh, settings, run_id, "train-and-publish", run_date=day,
                        params={"models": names, "publish_model": publish_model})
     runner = task_runner(settings)
     with Progress(day, ["snapshot", "features", "evaluate", "train", "publish"],
@@ -187,8 +187,8 @@ def _train_publish(settings: Settings, run_id: str, day: date, names: list[str],
         published = publish_night(runner, settings, run_id, day, snap, trained.models[publish_model],
                                   publish_model, evaluation.metrics)
         progress.step("publish", published["paths"]["recommendations"])
-    with db.warehouse(settings) as con:
-        runs.finish_run(con, settings, run_id, "published")
+    with db.warehouse(settings) as wh:
+        runs.finish_run(wh, run_id, "published")
 
     heads = list(evaluation.headline)
     create_table_artifact(key="nightly-headline", table=heads,

@@ -39,6 +39,7 @@ from models.serving import (
 )
 from models.text import BUCKETS, title_token_matrix
 from recsys import schema
+from recsys.schema import ITEM_ID, USER_ID
 
 
 class Recommender(Explaining, ABC):
@@ -143,10 +144,10 @@ class Recommender(Explaining, ABC):
     def _encode(self, interactions: pl.DataFrame, user_features: pl.DataFrame, item_features: pl.DataFrame) -> None:
         # The catalogue: every item with features, plus any item seen in training.
         self.item_ids = np.unique(np.concatenate([
-            item_features["item_id"].to_numpy(), interactions["item_id"].unique().to_numpy()])).astype(np.int64)
-        self.user_ids = np.unique(interactions["user_id"].to_numpy()).astype(np.int64)
-        rows = np.searchsorted(self.user_ids, interactions["user_id"].to_numpy())
-        cols = np.searchsorted(self.item_ids, interactions["item_id"].to_numpy())
+            item_features[ITEM_ID].to_numpy(), interactions[ITEM_ID].unique().to_numpy()])).astype(np.int64)
+        self.user_ids = np.unique(interactions[USER_ID].to_numpy()).astype(np.int64)
+        rows = np.searchsorted(self.user_ids, interactions[USER_ID].to_numpy())
+        cols = np.searchsorted(self.item_ids, interactions[ITEM_ID].to_numpy())
         train = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
                               shape=(len(self.user_ids), len(self.item_ids)))
         train.sum_duplicates()
@@ -161,8 +162,8 @@ class Recommender(Explaining, ABC):
         self._encode_side_features(user_features, item_features)
 
     def _encode_side_features(self, user_features: pl.DataFrame, item_features: pl.DataFrame) -> None:
-        uf = user_features.sort("user_id")
-        self.feature_user_ids = uf["user_id"].to_numpy().astype(np.int64)
+        uf = user_features.sort(USER_ID)
+        self.feature_user_ids = uf[USER_ID].to_numpy().astype(np.int64)
         self.vocab: dict[str, list[str]] = {}
         codes = []
         for column in DEMOGRAPHIC_COLUMNS:
@@ -175,13 +176,13 @@ class Recommender(Explaining, ABC):
         self.user_demographics = (np.stack(codes, axis=1) if codes else np.zeros((uf.height, 0), np.int32))
 
         # Item side features, aligned to self.item_ids (items without features keep zeros).
-        itf = item_features.sort("item_id")
+        itf = item_features.sort(ITEM_ID)
         self.genre_vocab = list(schema.GENRES)
-        rows = np.searchsorted(self.item_ids, itf["item_id"].to_numpy())
-        pairs = itf.select("item_id", "genres").explode("genres").drop_nulls()
+        rows = np.searchsorted(self.item_ids, itf[ITEM_ID].to_numpy())
+        pairs = itf.select(ITEM_ID, "genres").explode("genres").drop_nulls()
         pairs = pairs.filter(pl.col("genres").is_in(self.genre_vocab))
         genres = np.zeros((len(self.item_ids), len(self.genre_vocab)), dtype=np.float32)
-        genres[np.searchsorted(self.item_ids, pairs["item_id"].to_numpy()),
+        genres[np.searchsorted(self.item_ids, pairs[ITEM_ID].to_numpy()),
                pairs["genres"].replace_strict({g: i for i, g in enumerate(self.genre_vocab)},
                                               return_dtype=pl.Int64).to_numpy()] = 1.0
         self.item_genres = genres
@@ -200,7 +201,7 @@ class Recommender(Explaining, ABC):
             if known.height:
                 vectors = known["text_vector"].to_numpy().astype(np.float16).astype(np.float32)
                 self.item_text = np.zeros((len(self.item_ids), vectors.shape[1]), dtype=np.float32)
-                self.item_text[np.searchsorted(self.item_ids, known["item_id"].to_numpy())] = vectors
+                self.item_text[np.searchsorted(self.item_ids, known[ITEM_ID].to_numpy())] = vectors
 
     # -- serving -------------------------------------------------------------------------------------------
 
@@ -279,8 +280,8 @@ class Recommender(Explaining, ABC):
         if history is None or history.height == 0:
             return sp.csr_matrix(shape, dtype=np.float32)
         order = np.argsort(user_ids, kind="stable")
-        h_users = history["user_id"].to_numpy()
-        h_items = history["item_id"].to_numpy()
+        h_users = history[USER_ID].to_numpy()
+        h_items = history[ITEM_ID].to_numpy()
         pos = np.searchsorted(user_ids[order], h_users)
         pos = np.clip(pos, 0, len(user_ids) - 1)
         col = np.searchsorted(self.item_ids, h_items)
@@ -383,7 +384,7 @@ def tokens_from(indptr: np.ndarray | None, indices: np.ndarray | None, n_items: 
 
 def data_fingerprint(interactions: pl.DataFrame) -> str:
     """A content hash of the training interactions (order-independent)."""
-    h = interactions.select(pl.struct("user_id", "item_id").hash(seed=0).sum()).item()
+    h = interactions.select(pl.struct(USER_ID, ITEM_ID).hash(seed=0).sum()).item()
     return f"{interactions.height}-{h:x}"
 
 

@@ -12,6 +12,7 @@ import polars as pl
 
 from models.ranking import ndcg_at_k, one_sided_gain, standardize_rows, top_k_indices
 from recsys import progress
+from recsys.schema import USER_ID
 
 BUCKET_EDGES = (0, 1, 3, 5, 10, 20)  # bucket b holds history lengths in [edge_b, edge_b+1)
 WARM = len(BUCKET_EDGES)  # one more bucket: users seen in training (tuned on warm validation users)
@@ -64,7 +65,7 @@ class BlendTuning:
         tuning: dict[str, dict] = {}
         for case in cases:
             b, label, known, truth = case.bucket, case.label, case.known, case.truth
-            users = np.intersect1d(case.users, truth["user_id"].unique().to_numpy())
+            users = np.intersect1d(case.users, truth[USER_ID].unique().to_numpy())
             if len(users) == 0:
                 continue
             progress.detail(f"tuning the blend for {label} validation users")

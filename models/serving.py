@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 from models.tiled import scoring_pool
 from recsys import progress, schema
+from recsys.schema import ITEM_ID, USER_ID
 
 # Memory bound of one scoring block: users x items float32 scores.
 SCORE_BLOCK_CELLS = 16_000_000
@@ -161,9 +162,9 @@ def _columns_of(item_ids: np.ndarray, items: np.ndarray | None) -> np.ndarray:
 def _with_reasons(model: Any, users: UserBlock, frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` (one block's top-n) with each row's reason from ``model.explain``."""
     order = np.argsort(users.user_ids, kind="stable")
-    uid = frame["user_id"].to_numpy()
+    uid = frame[USER_ID].to_numpy()
     rows = order[np.searchsorted(users.user_ids[order], uid)]
-    cols = np.searchsorted(model.item_ids, frame["item_id"].to_numpy())
+    cols = np.searchsorted(model.item_ids, frame[ITEM_ID].to_numpy())
     return frame.with_columns(reason_columns(model, model.explain(users, rows, cols)))
 
 
@@ -183,8 +184,8 @@ def _best_users(user_ids: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, 
     order = np.argsort(-scores, axis=0, kind="stable")[:m]  # (m, items); rows are in user id order
     values = np.take_along_axis(scores, order, axis=0)
     keep = np.isfinite(values)
-    return pl.DataFrame({"item_id": np.broadcast_to(item_ids[None, :], order.shape)[keep],
-                         "user_id": user_ids[order[keep]], "score": values[keep].astype(np.float32)})
+    return pl.DataFrame({ITEM_ID: np.broadcast_to(item_ids[None, :], order.shape)[keep],
+                         USER_ID: user_ids[order[keep]], "score": values[keep].astype(np.float32)})
 
 
 def _merge_best_users(parts: list[pl.DataFrame], m: int) -> pl.DataFrame:
@@ -195,8 +196,8 @@ def _merge_best_users(parts: list[pl.DataFrame], m: int) -> pl.DataFrame:
 
 def merge_best_users(candidates: pl.DataFrame, m: int) -> pl.DataFrame:
     """Each item's best ``m`` users among candidates from several blocks, ranked by (score desc, user id asc)."""
-    return (candidates.sort(["item_id", "score", "user_id"], descending=[False, True, False])
-            .with_columns(rank=(pl.int_range(pl.len()).over("item_id") + 1).cast(pl.Int32))
+    return (candidates.sort([ITEM_ID, "score", USER_ID], descending=[False, True, False])
+            .with_columns(rank=(pl.int_range(pl.len()).over(ITEM_ID) + 1).cast(pl.Int32))
             .filter(pl.col("rank") <= m).select(*schema.BY_ITEM_SCHEMA))
 
 
@@ -243,8 +244,8 @@ def _top_n_rows(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.n
     rank = np.arange(len(rows)) - starts[rows]
     keep = (rank < n) & np.isfinite(values)  # a user who has seen almost everything gets a shorter list
     return pl.DataFrame({
-        "user_id": user_ids[rows[keep]],
-        "item_id": item_ids[cols[keep]],
+        USER_ID: user_ids[rows[keep]],
+        ITEM_ID: item_ids[cols[keep]],
         "rank": (rank[keep] + 1).astype(np.int32),
         "score": values[keep].astype(np.float32),
     }, schema=schema.RECOMMENDATION_SCHEMA)

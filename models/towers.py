@@ -16,6 +16,7 @@ import numpy as np
 
 from models.serving import N_DECADES
 from models.text import BUCKETS
+from recsys.schema import ITEM_ID, TIMESTAMP, USER_ID
 
 
 @contextlib.contextmanager
@@ -56,11 +57,11 @@ class TwoTowerNet(keras.Model):
         self.seeds = keras.random.SeedGenerator(int(seed))
         self.full_softmax = bool(full_softmax)
         self.temperature = float(temperature)
-        self.user_id = keras.layers.Embedding(n_users + 1, dim, name="user_id")  # 0 = unknown user
+        self.user_id = keras.layers.Embedding(n_users + 1, dim, name=USER_ID)  # 0 = unknown user
         self.demo = [keras.layers.Embedding(size, 16, name=f"demo_{k}") for k, size in enumerate(demo_sizes)]
         self.bag_items = keras.layers.Embedding(n_items + 1, dim, name="bag_items")  # 0 = padding
         self.user_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
-        self.item_id = keras.layers.Embedding(n_items, dim, name="item_id")
+        self.item_id = keras.layers.Embedding(n_items, dim, name=ITEM_ID)
         self.decade = keras.layers.Embedding(N_DECADES, 8, name="decade")
         self.item_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
         # A per-item bias outside the cosine: popularity is shared by everyone, and unit vectors alone
@@ -180,9 +181,9 @@ def positions(ids: np.ndarray, earlier: np.ndarray) -> np.ndarray:
 def first_items_by_time(interactions, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
     """Each user's distinct items in the order they were first taken (ties: lower column), laid out like
     the rows of the training CSR (same ``indptr``: a row's items are the same, in time order)."""
-    rows = np.searchsorted(user_ids, interactions["user_id"].to_numpy())
-    cols = np.searchsorted(item_ids, interactions["item_id"].to_numpy()).astype(np.int64)
-    order = np.lexsort((cols, interactions["ts"].to_physical().to_numpy(), rows))
+    rows = np.searchsorted(user_ids, interactions[USER_ID].to_numpy())
+    cols = np.searchsorted(item_ids, interactions[ITEM_ID].to_numpy()).astype(np.int64)
+    order = np.lexsort((cols, interactions[TIMESTAMP].to_physical().to_numpy(), rows))
     key = rows[order].astype(np.int64) * len(item_ids) + cols[order]
     _, first = np.unique(key, return_index=True)  # a pair's earliest row: its first in time order
     first.sort()

@@ -1,4 +1,5 @@
-"""Warehouse access: connections, SQL files from ``sql/`` and the schema migration.
+"""Warehouse access: the open warehouse (:class:`Warehouse`: a connection and its SQL folder), named SQL
+statements from ``sql/`` and the schema migration.
 
 SQL lives in ``sql/``, one statement per file; values are bound as parameters. Identifiers that depend
 on a user's column mapping go through :func:`quote_ident`.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -25,16 +26,70 @@ def _read_sql(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def sql_text(settings: Settings, name: str) -> str:
-    """The statement in ``sql/<name>.sql``."""
-    return _read_sql(settings.sql_dir / f"{name}.sql")
-
-
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def connect(settings: Settings, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+class Warehouse:
+    """The open warehouse: its DuckDB connection and the folder its named statements come from (``sql/``).
+
+    Named statements run through :meth:`run` (exactly the parameters they name); ad-hoc SQL through
+    :meth:`execute` / :meth:`sql`; several statements as one through :meth:`transaction`; a frame is visible to
+    SQL inside :meth:`registered`. ``con`` is the connection itself, for what reads from it (Polars, Arrow)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, sql_dir: Path):
+        self.con, self.sql_dir = con, Path(sql_dir)
+
+    def text(self, name: str) -> str:
+        """The statement in ``<sql_dir>/<name>.sql``."""
+        return _read_sql(self.sql_dir / f"{name}.sql")
+
+    def run(self, name: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
+        """Execute ``<name>.sql`` with exactly the parameters it names and fetch every row (DuckDB 2.0 wants
+        results consumed). A parameter the statement does not name, or one it names and is not given, is a
+        programming error, raised before the statement runs (a misspelt parameter was silently dropped)."""
+        text = self.text(name)
+        named, given = set(re.findall(r"\$([A-Za-z_]\w*)", text)), set(params or {})
+        if named != given:
+            raise ValueError(f"sql/{name}.sql names {sorted(named)}; given {sorted(given)} (unknown: "
+                             f"{sorted(given - named)}, missing: {sorted(named - given)})")
+        return self.con.execute(text, dict(params or {})).fetchall()
+
+    def execute(self, query: str, params: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+        return self.con.execute(query, dict(params) if params else None)
+
+    def sql(self, query: str, params: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyRelation:
+        return self.con.sql(query, params=dict(params) if params else None)
+
+    def scalar(self, query: str, params: Mapping[str, Any] | None = None) -> Any:
+        rows = self.execute(query, params).fetchall()
+        return rows[0][0] if rows else None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The statements inside commit together, or none does (rolled back on any exception)."""
+        self.con.begin()
+        try:
+            yield
+        except BaseException:
+            self.con.rollback()
+            raise
+        self.con.commit()
+
+    @contextmanager
+    def registered(self, name: str, frame: Any) -> Iterator[None]:
+        """``frame`` (pandas, Arrow) visible to SQL as ``name`` inside the block."""
+        self.con.register(name, frame)
+        try:
+            yield
+        finally:
+            self.con.unregister(name)
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def connect(settings: Settings, read_only: bool = False) -> Warehouse:
     """Open the warehouse (creating it and its schema when writable).
 
     DuckDB allows one writing process per file, or many readers: while another process holds the file (a
@@ -59,40 +114,22 @@ def connect(settings: Settings, read_only: bool = False) -> duckdb.DuckDBPyConne
             time.sleep(0.5)
     # Epoch seconds and ISO strings mean UTC, whatever the machine's zone.
     con.execute("set TimeZone = 'UTC'")
+    wh = Warehouse(con, settings.sql_dir)
     if not read_only:
-        migrate(con, settings)
-    return con
+        migrate(wh)
+    return wh
 
 
 @contextmanager
-def warehouse(settings: Settings, read_only: bool = False):
-    con = connect(settings, read_only=read_only)
+def warehouse(settings: Settings, read_only: bool = False) -> Iterator[Warehouse]:
+    wh = connect(settings, read_only=read_only)
     try:
-        yield con
+        yield wh
     finally:
-        con.close()
+        wh.close()
 
 
-def migrate(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+def migrate(wh: Warehouse) -> None:
     """Create every table in ``sql/schema`` that does not exist yet (idempotent)."""
-    for path in sorted((settings.sql_dir / "schema").glob("*.sql")):
-        con.execute(_read_sql(path))
-
-
-def run(
-    con: duckdb.DuckDBPyConnection, settings: Settings, name: str, params: Mapping[str, Any] | None = None
-) -> list[tuple]:
-    """Execute ``sql/<name>.sql`` with exactly the parameters it names and fetch every row (DuckDB 2.0 wants
-    results consumed). A parameter the statement does not name, or one it names and is not given, is a
-    programming error, raised before the statement runs (a misspelt parameter was silently dropped)."""
-    text = sql_text(settings, name)
-    named, given = set(re.findall(r"\$([A-Za-z_]\w*)", text)), set(params or {})
-    if named != given:
-        raise ValueError(f"sql/{name}.sql names {sorted(named)}; given {sorted(given)} (unknown: "
-                         f"{sorted(given - named)}, missing: {sorted(named - given)})")
-    return con.execute(text, dict(params or {})).fetchall()
-
-
-def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any] | None = None) -> Any:
-    rows = con.execute(sql, dict(params or {})).fetchall()
-    return rows[0][0] if rows else None
+    for path in sorted((wh.sql_dir / "schema").glob("*.sql")):
+        wh.execute(_read_sql(path))

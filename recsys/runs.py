@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-import duckdb
-
 from recsys import db
 from recsys.errors import RunLockedError
 from recsys.settings import Settings
@@ -28,17 +26,17 @@ def new_run_id(flow: str, when: datetime | None = None) -> str:
 
 
 def start_run(
-    con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, flow: str,
+    wh: db.Warehouse, settings: Settings, run_id: str, flow: str,
     run_date: date | None = None, params: dict | None = None,
 ) -> None:
-    db.run(con, settings, "runs/start_run", {
+    wh.run("runs/start_run", {
         "run_id": run_id, "flow": flow, "run_date": run_date, "seed": settings.seed,
         "params": json.dumps(params or {}, default=str, sort_keys=True),
     })
 
 
-def finish_run(con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, status: str) -> None:
-    db.run(con, settings, "runs/finish_run", {"run_id": run_id, "status": status})
+def finish_run(wh: db.Warehouse, run_id: str, status: str) -> None:
+    wh.run("runs/finish_run", {"run_id": run_id, "status": status})
 
 
 @contextmanager
@@ -52,15 +50,15 @@ def failed_on_exit(settings: Settings, run_id: str) -> Iterator[None]:
         if isinstance(exc, KeyboardInterrupt):
             reason = "interrupted (Ctrl-C or SIGINT)"
         try:
-            with db.warehouse(settings) as con:
-                db.run(con, settings, "runs/fail_run", {"run_id": run_id, "message": f"{type(exc).__name__}: {reason}"})
+            with db.warehouse(settings) as wh:
+                wh.run("runs/fail_run", {"run_id": run_id, "message": f"{type(exc).__name__}: {reason}"})
         except Exception:  # noqa: BLE001 - the original error is the one to report; the next run recovers this one
             pass
         raise
 
 
-def run_params(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
-    rows = con.execute("select params from runs where run_id = $run_id", {"run_id": run_id}).fetchall()
+def run_params(wh: db.Warehouse, run_id: str) -> dict:
+    rows = wh.execute("select params from runs where run_id = $run_id", {"run_id": run_id}).fetchall()
     return json.loads(rows[0][0]) if rows and rows[0][0] else {}
 
 
@@ -68,15 +66,15 @@ def run_params(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
 def recorded_run(settings: Settings, flow: str, params: dict | None = None, done: str = "done") -> Iterator[str]:
     """A run id recorded in ``runs`` for the duration of the block: ``done`` on success, else ``failed``."""
     run_id = new_run_id(flow)
-    with db.warehouse(settings) as con:
-        start_run(con, settings, run_id, flow, params=params)
+    with db.warehouse(settings) as wh:
+        start_run(wh, settings, run_id, flow, params=params)
     status = "failed"
     try:
         yield run_id
         status = done
     finally:
-        with db.warehouse(settings) as con:
-            finish_run(con, settings, run_id, status)
+        with db.warehouse(settings) as wh:
+            finish_run(wh, run_id, status)
 
 
 @contextmanager
@@ -122,22 +120,22 @@ def run_lock(settings: Settings) -> Iterator[None]:
         os.close(fd)
 
 
-def recover_stale_runs(con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str) -> list[str]:
+def recover_stale_runs(wh: db.Warehouse, run_id: str) -> list[str]:
     """Runs left ``running`` by a dead process are marked failed, their staged batches abandoned and cleared.
 
     Call it while holding :func:`run_lock`: then no other run can be in flight. Returns what was done, one
     line each, for the log.
     """
     message = f"the process ended without finishing (found by {run_id})"
-    stale = db.run(con, settings, "runs/fail_stale_runs", {"run_id": run_id, "message": message})
+    stale = wh.run("runs/fail_stale_runs", {"run_id": run_id, "message": message})
     if not stale:
         return []
     ids = [row[0] for row in stale]
-    files = db.run(con, settings, "runs/abandon_staging", {
+    files = wh.run("runs/abandon_staging", {
         "run_ids": ids, "message": f"abandoned: its run died before the gate (cleared by {run_id}); ingest the file "
                                    f"again to load it"})
     for kind in ("interactions", "users", "items"):
-        db.run(con, settings, f"runs/clear_abandoned_{kind}", {"run_ids": ids})
+        wh.run(f"runs/clear_abandoned_{kind}", {"run_ids": ids})
     lines = [f"run {r} ({flow}, started {started:%Y-%m-%d %H:%M:%S}) was left running by a process that died: "
              f"marked failed" for r, flow, started in stale]
     lines += [f"  its staged file {path} ({rows:,} rows) was abandoned and cleared from staging"

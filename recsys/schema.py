@@ -42,9 +42,9 @@ STRATEGY_K_SHOT = "k_shot"
 STRATEGY_ZERO_SHOT = "zero_shot"
 
 # The published tables' rows, as the models serve them: a user's top-N, each row's reason, an item's best users.
-RECOMMENDATION_SCHEMA = {"user_id": pl.Int64, "item_id": pl.Int64, "rank": pl.Int32, "score": pl.Float32}
+RECOMMENDATION_SCHEMA = {USER_ID: pl.Int64, ITEM_ID: pl.Int64, "rank": pl.Int32, "score": pl.Float32}
 REASON_SCHEMA = {"reason_kind": pl.String, "reason_item_id": pl.Int64, "reason_segment": pl.String}
-BY_ITEM_SCHEMA = {"item_id": pl.Int64, "user_id": pl.Int64, "rank": pl.Int32, "score": pl.Float32}
+BY_ITEM_SCHEMA = {ITEM_ID: pl.Int64, USER_ID: pl.Int64, "rank": pl.Int32, "score": pl.Float32}
 # The evaluation's metrics, one row per (slice, model, metric, k), as stored in the ``metrics`` table.
 METRIC_COLUMNS = {"run_id": pl.String, "split": pl.String, "k_shot": pl.Int32, "model": pl.String,
                   "metric": pl.String, "k": pl.Int32, "value": pl.Float64, "ci_low": pl.Float64,

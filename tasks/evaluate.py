@@ -16,6 +16,7 @@ from models.registry import load_many, model_class
 from models.serving import Served, serve_together
 from models.tiled import use_threads
 from recsys import db, progress
+from recsys.schema import ITEM_ID, USER_ID
 from tasks.features import FeatureSet, Frames, read_table, store_features
 from tasks.metrics import (
     ACCURACY_METRICS,
@@ -62,7 +63,7 @@ class Slice:
         if self.history is not None:
             self.history.write_parquet(where / "history.parquet")
         if self.new_items is not None:
-            pl.DataFrame({"item_id": self.new_items.astype(np.int64)}).write_parquet(where / "new_items.parquet")
+            pl.DataFrame({ITEM_ID: self.new_items.astype(np.int64)}).write_parquet(where / "new_items.parquet")
         (where / "meta.json").write_text(json.dumps({"split": self.split, "k_shot": self.k_shot,
                                                      "excluded_users": self.excluded_users}))
         return self.name
@@ -73,7 +74,7 @@ class Slice:
         history, new = Path(where) / "history.parquet", Path(where) / "new_items.parquet"
         return cls(meta["split"], meta["k_shot"], pl.read_parquet(Path(where) / "truth.parquet"),
                    pl.read_parquet(history) if history.exists() else None, meta["excluded_users"],
-                   pl.read_parquet(new)["item_id"].to_numpy() if new.exists() else None)
+                   pl.read_parquet(new)[ITEM_ID].to_numpy() if new.exists() else None)
 
 
 # The item-cold protocol: users -> items at these K (nDCG@10, recall@50, HR@50), items -> users at
@@ -102,10 +103,10 @@ def evaluate_models(
     """
     rows = []
     for s in slices:
-        users = np.sort(s.truth["user_id"].unique().to_numpy())
+        users = np.sort(s.truth[USER_ID].unique().to_numpy())
         if max_users and len(users) > max_users:
             users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
-            s = Slice(s.split, s.k_shot, s.truth.filter(pl.col("user_id").is_in(users)), s.history,
+            s = Slice(s.split, s.k_shot, s.truth.filter(pl.col(USER_ID).is_in(users)), s.history,
                       s.excluded_users, s.new_items)
         item_cold = s.new_items is not None
         slice_ks = tuple(sorted(set(ks) | set(ITEM_COLD_KS))) if item_cold else tuple(ks)
@@ -150,8 +151,8 @@ def _items_to_users(served: dict[str, Served], s: Slice, seed: int, n_boot: int,
     """Items -> users on an item-cold slice: per new item, how its true users rank among the evaluated users,
     with bootstrap CIs over items (``n_users`` holds the number of items) and the paired lift over each
     item-cold baseline and each ``comparisons`` reference."""
-    truth = s.truth.filter(pl.col("item_id").is_in(s.new_items))
-    n_items = truth["item_id"].n_unique()
+    truth = s.truth.filter(pl.col(ITEM_ID).is_in(s.new_items))
+    n_items = truth[ITEM_ID].n_unique()
     resamples = bootstrap_indices(n_items, n_boot, seed)
     values = {name: item_to_user_values(result.by_item, truth, ITEMS_TO_USERS_K) for name, result in served.items()}
     rows = []
@@ -174,8 +175,8 @@ def cold_slices(split) -> list[Slice]:
 
 
 def warm_slice(test: pl.DataFrame, train_users: np.ndarray) -> Slice:
-    known = test.filter(pl.col("user_id").is_in(train_users))
-    excluded = test["user_id"].n_unique() - known["user_id"].n_unique()
+    known = test.filter(pl.col(USER_ID).is_in(train_users))
+    excluded = test[USER_ID].n_unique() - known[USER_ID].n_unique()
     return Slice("warm", None, known, None, excluded)
 
 
@@ -272,7 +273,7 @@ def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
     fold = carve_validation(warm.train, settings.validation_user_fraction, settings.seed)
     fold.save(folder / "fold")
     features = store_features(frames, fold.train, folder / "features")
-    train_users = np.sort(fold.train["user_id"].unique().to_numpy())
+    train_users = np.sort(fold.train[USER_ID].unique().to_numpy())
     slices = [warm_slice(warm.test, train_users), *cold_slices(cold)]
     item_cold, item_protocol = None, {}
     if settings.item_cold_fraction > 0:
@@ -331,10 +332,10 @@ def write_evaluation_step(settings, run_id: str, fold: EvaluationFold, parts: li
               if (learned := model_class(name).saved_tuning(Path(path))) is not None}
     metrics_path = folder / "metrics.parquet"
     metrics.write_parquet(metrics_path)
-    with db.warehouse(settings) as con:
-        store_metrics(con, settings, run_id, metrics)
-        history = metrics_history(con, settings, run_id, published)
-        night = db.run(con, settings, "runs/run_date", {"run_id": run_id})
+    with db.warehouse(settings) as wh:
+        store_metrics(wh, run_id, metrics)
+        history = metrics_history(wh, run_id, published)
+        night = wh.run("runs/run_date", {"run_id": run_id})
     docs = docs_index(settings) if settings.data_docs else None
     answer = answer_table(metrics, published, history, k=min(settings.ks))
     with progress.activity("writing the report"):
@@ -345,19 +346,14 @@ def write_evaluation_step(settings, run_id: str, fold: EvaluationFold, parts: li
                       carry or {"weights": None, "warm_from": {}}, tuple(answer[0].to_dicts()))
 
 
-def metrics_history(con, settings, run_id: str, model: str, nights: int = HISTORY_NIGHTS) -> pl.DataFrame:
+def metrics_history(wh: db.Warehouse, run_id: str, model: str, nights: int = HISTORY_NIGHTS) -> pl.DataFrame:
     """``model``'s headline metrics on the last ``nights`` nights evaluated before ``run_id``, each with its
     outcome (published, rejected by the publish gate with the reason, failed)."""
-    return read_table(con, db.sql_text(settings, "publish/metrics_history"),
+    return read_table(wh, wh.text("publish/metrics_history"),
                       {"run_id": run_id, "model": model, "nights": nights})
 
 
-def store_metrics(con, settings, run_id: str, metrics: pl.DataFrame) -> None:
-    con.register("metrics_frame", metrics.with_columns(run_id=pl.lit(run_id)).to_arrow())
-    try:
-        con.begin()
-        db.run(con, settings, "publish/delete_metrics", {"run_id": run_id})
-        db.run(con, settings, "publish/insert_metrics")
-        con.commit()
-    finally:
-        con.unregister("metrics_frame")
+def store_metrics(wh: db.Warehouse, run_id: str, metrics: pl.DataFrame) -> None:
+    with wh.registered("metrics_frame", metrics.with_columns(run_id=pl.lit(run_id)).to_arrow()), wh.transaction():
+        wh.run("publish/delete_metrics", {"run_id": run_id})
+        wh.run("publish/insert_metrics")

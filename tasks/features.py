@@ -10,17 +10,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import duckdb
 import polars as pl
 
 from recsys import db, schema
 from recsys.errors import EmptyWarehouseError
+from recsys.schema import ITEM_ID, RATING, TIMESTAMP, USER_ID
 from recsys.settings import Settings
 from tasks.item_text import text_vectors
 
-USER_FEATURE_COLUMNS = ("user_id", "gender", "age_bucket", "occupation", "zip_region",
+USER_FEATURE_COLUMNS = (USER_ID, "gender", "age_bucket", "occupation", "zip_region",
                         "activity_count", "mean_rating", "recency_days", "has_history")
-ITEM_FEATURE_COLUMNS = ("item_id", "title", "genres", "release_year", "popularity", "log_popularity", "mean_rating")
+ITEM_FEATURE_COLUMNS = (ITEM_ID, "title", "genres", "release_year", "popularity", "log_popularity", "mean_rating")
 
 
 @dataclass
@@ -33,20 +33,20 @@ class Frames:
     text_vectors: pl.DataFrame | None = None  # (item_id, text_vector) from the pretrained encoder, if on
 
 
-def load_frames(con: duckdb.DuckDBPyConnection, settings: Settings | None = None) -> Frames:
+def load_frames(wh: db.Warehouse, settings: Settings | None = None) -> Frames:
     """The warehouse's tables; with ``settings``, the items' text vectors too (``RECSYS_TEXT_ENCODER``)."""
-    interactions = read_table(con, "select user_id, item_id, coalesce(rating, 1.0) as rating, ts "
+    interactions = read_table(wh, "select user_id, item_id, coalesce(rating, 1.0) as rating, ts "
                                    "from interactions order by user_id, ts, item_id")
     if interactions.height == 0:
         raise EmptyWarehouseError("the warehouse has no interactions yet; run `recsys ingest` first")
-    users = read_table(con, "select user_id, age, gender, occupation, zip from users order by user_id")
-    items = read_table(con, "select item_id, title, release_date, genres from items order by item_id")
+    users = read_table(wh, "select user_id, age, gender, occupation, zip from users order by user_id")
+    items = read_table(wh, "select item_id, title, release_date, genres from items order by item_id")
     return Frames(interactions, users, items, text_vectors(items, settings) if settings is not None else None)
 
 
 def feature_frames(frames: Frames, train: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """User and item features from the training fold only (no test interaction leaks in)."""
-    reference = train["ts"].max() if train.height else datetime(1970, 1, 1)
+    reference = train[TIMESTAMP].max() if train.height else datetime(1970, 1, 1)
     return (build_user_features(frames.users.lazy(), train.lazy(), reference),
             build_item_features(frames.items.lazy(), train.lazy(), frames.text_vectors))
 
@@ -67,16 +67,16 @@ def zip_region(zipcode: pl.Expr) -> pl.Expr:
 
 
 def build_user_features(users: pl.LazyFrame, train: pl.LazyFrame, reference_time: datetime) -> pl.DataFrame:
-    activity = train.group_by("user_id").agg(
+    activity = train.group_by(USER_ID).agg(
         activity_count=pl.len().cast(pl.Int64),
-        mean_rating=pl.col("rating").mean(),
-        last_ts=pl.col("ts").max(),
+        mean_rating=pl.col(RATING).mean(),
+        last_ts=pl.col(TIMESTAMP).max(),
     )
     # Users seen in interactions but missing from the users table still get a row.
-    ids = pl.concat([users.select("user_id"), train.select("user_id")]).unique()
+    ids = pl.concat([users.select(USER_ID), train.select(USER_ID)]).unique()
     return (
-        ids.join(users, on="user_id", how="left")
-        .join(activity, on="user_id", how="left")
+        ids.join(users, on=USER_ID, how="left")
+        .join(activity, on=USER_ID, how="left")
         .with_columns(
             gender=pl.col("gender").fill_null("unknown"),
             age_bucket=age_bucket(pl.col("age")),
@@ -87,7 +87,7 @@ def build_user_features(users: pl.LazyFrame, train: pl.LazyFrame, reference_time
             has_history=pl.col("activity_count").fill_null(0) > 0,
         )
         .select(USER_FEATURE_COLUMNS)
-        .sort("user_id")
+        .sort(USER_ID)
         .collect()
     )
 
@@ -96,11 +96,11 @@ def build_item_features(items: pl.LazyFrame, train: pl.LazyFrame, text_vectors: 
                         ) -> pl.DataFrame:
     """Item features; with ``text_vectors``, each item's pretrained text vector as ``text_vector`` (null for
     an item without text)."""
-    stats = train.group_by("item_id").agg(popularity=pl.len().cast(pl.Int64), mean_rating=pl.col("rating").mean())
-    ids = pl.concat([items.select("item_id"), train.select("item_id")]).unique()
+    stats = train.group_by(ITEM_ID).agg(popularity=pl.len().cast(pl.Int64), mean_rating=pl.col(RATING).mean())
+    ids = pl.concat([items.select(ITEM_ID), train.select(ITEM_ID)]).unique()
     features = (
-        ids.join(items, on="item_id", how="left")
-        .join(stats, on="item_id", how="left")
+        ids.join(items, on=ITEM_ID, how="left")
+        .join(stats, on=ITEM_ID, how="left")
         .with_columns(
             genres=pl.col("genres").fill_null(pl.lit([], dtype=pl.List(pl.String))),
             release_year=pl.col("release_date").dt.year(),
@@ -110,25 +110,25 @@ def build_item_features(items: pl.LazyFrame, train: pl.LazyFrame, text_vectors: 
         .select(ITEM_FEATURE_COLUMNS)
     )
     if text_vectors is not None:
-        features = features.join(text_vectors.lazy(), on="item_id", how="left")
-    return features.sort("item_id").collect()
+        features = features.join(text_vectors.lazy(), on=ITEM_ID, how="left")
+    return features.sort(ITEM_ID).collect()
 
 
-def read_table(con: duckdb.DuckDBPyConnection, query: str, params: dict | None = None) -> pl.DataFrame:
+def read_table(wh: db.Warehouse, query: str, params: dict | None = None) -> pl.DataFrame:
     """A DuckDB query as a Polars frame, through Arrow."""
-    return con.sql(query, params=params or None).pl()
+    return wh.sql(query, params=params or None).pl()
 
 
 def write_features(
-    con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str,
+    wh: db.Warehouse, run_id: str,
     user_features: pl.DataFrame, item_features: pl.DataFrame,
 ) -> None:
     """Replace the feature tables with this run's (the run_id column says which run built them)."""
     # The text vectors stay in the fold's Parquet (what the models read), not in the warehouse table.
     for name, frame in (("user_features", user_features),
                         ("item_features", item_features.select(ITEM_FEATURE_COLUMNS))):
-        staged = frame.with_columns(run_id=pl.lit(run_id))  # noqa: F841 - queried by name below
-        con.execute(f"create or replace table {name} as select * from staged")
+        with wh.registered("staged", frame.with_columns(run_id=pl.lit(run_id)).to_arrow()):
+            wh.execute(f"create or replace table {name} as select * from staged")
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,6 @@ def production_features(settings: Settings, run_id: str, frames: Frames, folder:
     """The production fold's features (everything loaded): stored as Parquet and as the warehouse tables."""
     feature_set = store_features(frames, frames.interactions, folder)
     user_features, item_features = feature_set.read()
-    with db.warehouse(settings) as con:
-        write_features(con, settings, run_id, user_features, item_features)
+    with db.warehouse(settings) as wh:
+        write_features(wh, run_id, user_features, item_features)
     return feature_set

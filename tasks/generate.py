@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from recsys import schema
+from recsys.schema import ITEM_ID, RATING, USER_ID
 
 SYNTHETIC_FILES = {"users": "users.csv", "items": "items.csv", "interactions": "interactions.csv"}
 
@@ -151,9 +152,9 @@ def generate(out: Path, config: GeneratorConfig | None = None) -> dict[str, Path
         room = (start + span - signup[lo:hi]) / np.maximum(elapsed[:, -1], 1.0)  # never past the end
         times = signup[lo:hi, None] + (elapsed * np.minimum(room, 1.0)[:, None]).astype(np.int64)
         table = pa.table({
-            "user_id": users_block + 1,
-            "item_id": items_block + 1,
-            "rating": ratings,
+            USER_ID: users_block + 1,
+            ITEM_ID: items_block + 1,
+            RATING: ratings,
             "timestamp": times[keep],
         })
         if writer is None:
@@ -163,7 +164,7 @@ def generate(out: Path, config: GeneratorConfig | None = None) -> dict[str, Path
         writer.close()
 
     pacsv.write_csv(pa.table({
-        "user_id": np.arange(1, config.n_users + 1),
+        USER_ID: np.arange(1, config.n_users + 1),
         "age": ages,
         "gender": genders,
         "occupation": np.array(schema.OCCUPATIONS)[occupations],
@@ -171,7 +172,7 @@ def generate(out: Path, config: GeneratorConfig | None = None) -> dict[str, Path
     }), out / SYNTHETIC_FILES["users"])
     genre_names = np.array(_GENRES)
     pacsv.write_csv(pa.table({
-        "item_id": np.arange(1, config.n_items + 1),
+        ITEM_ID: np.arange(1, config.n_items + 1),
         "title": [f"Synthetic Item {i + 1} ({y})" for i, y in enumerate(release_year)],
         "release_date": [f"{y}-01-01" for y in release_year],
         "genres": ["|".join(genre_names[row.astype(bool)]) for row in item_genres],

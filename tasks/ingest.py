@@ -31,6 +31,7 @@ import duckdb
 
 from recsys import db, schema
 from recsys.errors import SchemaMismatchError
+from recsys.schema import ITEM_ID, RATING, TIMESTAMP, USER_ID
 from recsys.settings import Settings
 from tasks.sources import FileSpec
 
@@ -95,8 +96,8 @@ def _source_columns(spec: FileSpec, available: tuple[str, ...]) -> dict[str, str
     for name in schema.CANONICAL_COLUMNS[spec.kind]:
         if name not in mapped and name in available:
             mapped[name] = name
-    if spec.kind == "interactions" and "ts" not in spec.columns and "timestamp" in available:
-        mapped["ts"] = "timestamp"
+    if spec.kind == "interactions" and TIMESTAMP not in spec.columns and "timestamp" in available:
+        mapped[TIMESTAMP] = "timestamp"
     needed = list(mapped.values()) + [column for column, _ in spec.genre_flags]
     missing = [column for column in needed if column not in available]
     if missing:
@@ -193,29 +194,29 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str], types: dict[str, str]
         out.append((name, raw, reason))
 
     if spec.kind == "interactions":
-        integer("user_id", True)
-        integer("item_id", True)
-        raw = text_of("rating")
+        integer(USER_ID, True)
+        integer(ITEM_ID, True)
+        raw = text_of(RATING)
         if raw is None:
-            out.append(("rating", "cast(null as double)", None))
+            out.append((RATING, "cast(null as double)", None))
         else:
             number = f"try_cast({raw} as double)"
             typed = f"case when isfinite({number}) then {number} end"  # NaN and inf are not ratings
-            out.append(("rating", typed, f"case when {typed} is null then 'rating is not a finite number: ' || "
+            out.append((RATING, typed, f"case when {typed} is null then 'rating is not a finite number: ' || "
                                          f"coalesce('\"' || left({raw}, {MAX_ECHO}) || '\"', 'empty') end"))
-        raw = text_of("ts")
+        raw = text_of(TIMESTAMP)
         typed = _timestamp_expr(raw, spec.timestamp_format)
         expected = _TIMESTAMP_WORDS.get(spec.timestamp_format, f"a time in the format {spec.timestamp_format}")
         expected = expected.replace("'", "''")
-        out.append(("ts", typed, f"case when {typed} is null then 'timestamp is not {expected}: ' || "
+        out.append((TIMESTAMP, typed, f"case when {typed} is null then 'timestamp is not {expected}: ' || "
                                  f"coalesce('\"' || left({raw}, {MAX_ECHO}) || '\"', 'empty') end"))
     elif spec.kind == "users":
-        integer("user_id", True)
+        integer(USER_ID, True)
         integer("age", False, "integer")
         for name in ("gender", "occupation", "zip"):
             text(name, categorical=True)
     else:  # items
-        integer("item_id", True)
+        integer(ITEM_ID, True)
         text("title")
         raw = text_of("release_date")
         if raw is None:
@@ -243,15 +244,15 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str], types: dict[str, str]
     return out
 
 
-def _parse(con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec) -> None:
+def _parse(wh: db.Warehouse, spec: FileSpec) -> None:
     """Fill temp tables ``parsed`` (line_number, raw, canonical columns, reason) and ``structural_rejects``."""
     if spec.format == "parquet":
-        con.execute(db.sql_text(settings, "ingest/read_parquet_raw"), {"path": str(spec.path)})
-        described = dict(con.execute("select column_name, column_type from (describe raw_file) "
+        wh.execute(wh.text("ingest/read_parquet_raw"), {"path": str(spec.path)})
+        described = dict(wh.execute("select column_name, column_type from (describe raw_file) "
                                      "where column_name <> 'file_row_number'").fetchall())
         available = tuple(described)
         mapped = _source_columns(spec, available)
-        con.execute("create or replace temp table structural_rejects "
+        wh.execute("create or replace temp table structural_rejects "
                     "(line_number bigint, raw varchar, reason varchar)")
         line_expr = "file_row_number + 1"
         source = "raw_file"
@@ -268,15 +269,15 @@ def _parse(con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec) -
         if len(set(available)) != len(available):
             raise SchemaMismatchError(f"{spec.path}: the header repeats a column name ({', '.join(available)})")
         for table in ("raw_reject_errors", "raw_reject_scans"):
-            con.execute(f"drop table if exists {table}")
-        con.execute(db.sql_text(settings, "ingest/read_csv_raw"), {
+            wh.execute(f"drop table if exists {table}")
+        wh.execute(wh.text("ingest/read_csv_raw"), {
             "path": str(spec.path), "header": spec.header, "delimiter": spec.delimiter, "quote": spec.quote,
             "encoding": spec.encoding, "columns": {name: "VARCHAR" for name in available},
         })
-        con.execute(db.sql_text(settings, "ingest/structural_rejects"))
-        n_accepted = db.scalar(con, "select count(*) from raw_file")
-        n_rejected = db.scalar(con, "select count(*) from structural_rejects")
-        con.execute(db.sql_text(settings, "ingest/line_map"),
+        wh.execute(wh.text("ingest/structural_rejects"))
+        n_accepted = wh.scalar("select count(*) from raw_file")
+        n_rejected = wh.scalar("select count(*) from structural_rejects")
+        wh.execute(wh.text("ingest/line_map"),
                     {"first_line": 2 if spec.header else 1, "n_lines": n_accepted + n_rejected})
         line_expr = "l.line_number"
         source = "(select rowid as ordinal, * from raw_file) r join line_map l using (ordinal)"
@@ -289,7 +290,7 @@ def _parse(con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec) -
     selects = ",\n        ".join(f"{expr} as {db.quote_ident(name)}" for name, expr, _ in typed)
     reasons = [reason for _, _, reason in typed if reason]
     reason_expr = "nullif(concat_ws('; ', " + ", ".join(reasons) + "), '')" if reasons else "cast(null as varchar)"
-    con.execute(f"""
+    wh.execute(f"""
         create or replace temp table parsed as
         select
             {line_expr} as line_number,
@@ -315,7 +316,7 @@ def compression_of(path: Path) -> str | None:
 
 
 def stage_file(
-    con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec, run_id: str, source: str
+    wh: db.Warehouse, settings: Settings, spec: FileSpec, run_id: str, source: str
 ) -> FileResult:
     """Parse one file into staging, recording it in the ledger. Never raises for bad data in the file."""
     path = str(Path(spec.path).resolve())
@@ -328,7 +329,7 @@ def stage_file(
             result.status, result.message = "failed", copied
             return result
         copy, sha, size = copied
-        return _stage_copy(con, settings, dataclasses.replace(spec, path=copy), run_id, source, result, sha, size)
+        return _stage_copy(wh, dataclasses.replace(spec, path=copy), run_id, source, result, sha, size)
 
 
 @contextlib.contextmanager
@@ -361,19 +362,19 @@ def private_copy(settings: Settings, path: Path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _stage_copy(con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSpec, run_id: str, source: str,
+def _stage_copy(wh: db.Warehouse, spec: FileSpec, run_id: str, source: str,
                 result: FileResult, sha: str, size: int) -> FileResult:
     """Stage the private copy ``spec.path`` of the file ``result.path`` (messages name the original)."""
     path = result.path
-    previous = db.run(con, settings, "ingest/previous_load", {"sha256": sha, "kind": spec.kind})
+    previous = wh.run("ingest/previous_load", {"sha256": sha, "kind": spec.kind})
     if previous:
         file_id, first_path, when = previous[0]
         result.status = "skipped"
         result.message = (f"already ingested as file {file_id} ({first_path}) at {when:%Y-%m-%d %H:%M:%S}; "
                           f"0 rows added")
         return result
-    result.version = db.run(con, settings, "ingest/next_version", {"path": path, "kind": spec.kind})[0][0]
-    result.file_id = db.scalar(con, "select nextval('file_id_seq')")
+    result.version = wh.run("ingest/next_version", {"path": path, "kind": spec.kind})[0][0]
+    result.file_id = wh.scalar("select nextval('file_id_seq')")
     ledger = {"file_id": result.file_id, "run_id": run_id, "source": source, "kind": spec.kind, "path": path,
               "sha256": sha, "size_bytes": size, "version": result.version}
     try:
@@ -381,36 +382,31 @@ def _stage_copy(con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSp
             raise SchemaMismatchError(f"{path}: the file is empty (0 bytes); nothing to load")
         if (kind := compression_of(Path(spec.path))) is not None:
             raise SchemaMismatchError(f"{path}: compressed files are not supported ({kind}): unpack it first")
-        _parse(con, settings, spec)
+        _parse(wh, spec)
     except (SchemaMismatchError, duckdb.Error, UnicodeError, OSError) as exc:
         message = (str(exc).splitlines()[0] if str(exc) else repr(exc)).replace(str(spec.path), path)
         result.status, result.message = "failed", capped(message)
-        db.run(con, settings, "ingest/insert_ledger", {**ledger, "rows_read": 0, "rows_accepted": 0,
+        wh.run("ingest/insert_ledger", {**ledger, "rows_read": 0, "rows_accepted": 0,
                                                         "rows_rejected": 0, "status": "failed",
                                                         "message": result.message})
         return result
 
-    n_good = db.scalar(con, "select count(*) from parsed where reason is null")
-    n_bad = db.scalar(con, "select count(*) from parsed where reason is not null")
-    n_structural = db.scalar(con, "select count(*) from structural_rejects")
+    n_good = wh.scalar("select count(*) from parsed where reason is null")
+    n_bad = wh.scalar("select count(*) from parsed where reason is not null")
+    n_structural = wh.scalar("select count(*) from structural_rejects")
     result.rows_read = n_good + n_bad + n_structural
     result.rows_accepted = n_good
     result.rows_rejected = n_bad + n_structural
     result.message = "no data rows" if result.rows_read == 0 else ""
-    con.begin()
-    try:
+    with wh.transaction():
         params = {"run_id": run_id, "file_id": result.file_id}
-        db.run(con, settings, f"ingest/stage_{spec.kind}", params)
-        db.run(con, settings, "ingest/insert_parse_rejects", {**params, "path": path, "kind": spec.kind})
-        db.run(con, settings, "ingest/insert_ledger", {**ledger, "rows_read": result.rows_read,
-                                                        "rows_accepted": n_good, "rows_rejected": result.rows_rejected,
-                                                        "status": "staged", "message": result.message})
-        con.commit()
-    except Exception:
-        con.rollback()
-        raise
+        wh.run(f"ingest/stage_{spec.kind}", params)
+        wh.run("ingest/insert_parse_rejects", {**params, "path": path, "kind": spec.kind})
+        wh.run("ingest/insert_ledger", {**ledger, "rows_read": result.rows_read, "rows_accepted": n_good,
+                                        "rows_rejected": result.rows_rejected, "status": "staged",
+                                        "message": result.message})
     result.sample_rejects = [
-        f"{path}:{line}: {reason}" for line, reason in con.execute(
+        f"{path}:{line}: {reason}" for line, reason in wh.execute(
             "select line_number, reason from rejects where file_id = $file_id order by line_number limit 3",
             {"file_id": result.file_id}).fetchall()
     ]
@@ -418,44 +414,38 @@ def _stage_copy(con: duckdb.DuckDBPyConnection, settings: Settings, spec: FileSp
 
 
 def stage_batch(
-    con: duckdb.DuckDBPyConnection, settings: Settings, specs: list[FileSpec], run_id: str, source: str
+    wh: db.Warehouse, settings: Settings, specs: list[FileSpec], run_id: str, source: str
 ) -> IngestReport:
     order = {kind: i for i, kind in enumerate(schema.FILE_KINDS)}
-    results = [stage_file(con, settings, spec, run_id, source)
+    results = [stage_file(wh, settings, spec, run_id, source)
                for spec in sorted(specs, key=lambda s: order[s.kind])]
     return IngestReport(run_id=run_id, files=results)
 
 
 def promote_batch(
-    con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str,
+    wh: db.Warehouse, run_id: str,
     register_unknown_users: bool = False, register_unknown_items: bool = False,
 ) -> None:
     """Move a staged (and validated) batch into the final tables in one transaction."""
     params = {"run_id": run_id}
-    con.begin()
-    try:
+    with wh.transaction():
         for kind in ("users", "items", "interactions"):
-            db.run(con, settings, f"ingest/plan_{kind}", params)
+            wh.run(f"ingest/plan_{kind}", params)
             if kind == "interactions":
                 if register_unknown_users:
-                    db.run(con, settings, "ingest/register_unknown_users", params)
+                    wh.run("ingest/register_unknown_users", params)
                 if register_unknown_items:
-                    db.run(con, settings, "ingest/register_unknown_items", params)
-            db.run(con, settings, f"ingest/promote_{kind}")
-            for file_id, duplicates in db.run(con, settings, "ingest/count_duplicates",
-                                              {"plan_table": f"plan_{kind}"}):
-                db.run(con, settings, "ingest/mark_loaded", {"file_id": file_id, "duplicates": duplicates})
-            db.run(con, settings, f"ingest/clear_staging_{kind}", params)
-        db.run(con, settings, "ingest/finish_batch", params)
-        con.commit()
-    except Exception:
-        con.rollback()
-        raise
+                    wh.run("ingest/register_unknown_items", params)
+            wh.run(f"ingest/promote_{kind}")
+            for file_id, duplicates in wh.run("ingest/count_duplicates", {"plan_table": f"plan_{kind}"}):
+                wh.run("ingest/mark_loaded", {"file_id": file_id, "duplicates": duplicates})
+            wh.run(f"ingest/clear_staging_{kind}", params)
+        wh.run("ingest/finish_batch", params)
 
 
-def batch_report(con: duckdb.DuckDBPyConnection, settings: Settings, report: IngestReport) -> IngestReport:
+def batch_report(wh: db.Warehouse, report: IngestReport) -> IngestReport:
     """Refresh the per-file numbers of a report from the ledger (after the gate and promotion)."""
-    rows = {row[0]: row for row in db.run(con, settings, "ingest/batch_summary", {"run_id": report.run_id})}
+    rows = {row[0]: row for row in wh.run("ingest/batch_summary", {"run_id": report.run_id})}
     for result in report.files:
         row = rows.get(result.file_id)
         if row is None:

@@ -18,6 +18,7 @@ import polars as pl
 
 from models.text_encoder import ENCODERS, TextEncoder
 from recsys import progress
+from recsys.schema import ITEM_ID
 from recsys.settings import Settings
 
 VECTOR_COLUMN = "text_vector"
@@ -30,7 +31,7 @@ def item_texts(items: pl.DataFrame) -> pl.DataFrame:
     title = pl.col("title").fill_null("").str.strip_chars() if "title" in items.columns else pl.lit("")
     text = (pl.when(genres.str.len_chars() > 0).then(pl.concat_str([title, pl.lit(". Genres: "), genres]))
             .otherwise(title))
-    return items.select("item_id", text.alias("text"))
+    return items.select(ITEM_ID, text.alias("text"))
 
 
 def text_key(encoder: str, text: str) -> str:
@@ -65,7 +66,7 @@ def text_vectors(items: pl.DataFrame, settings: Settings, log=print) -> pl.DataF
         _write_atomically(cached, path)
         log(f"  embedded {missing.height:,} item texts with {spec.name} in {time.perf_counter() - started:.1f} s "
             f"({texts.height - missing.height:,} from the cache)")
-    return texts.join(cached, on="key", how="left").select("item_id", VECTOR_COLUMN).sort("item_id")
+    return texts.join(cached, on="key", how="left").select(ITEM_ID, VECTOR_COLUMN).sort(ITEM_ID)
 
 
 def _write_atomically(frame: pl.DataFrame, path: Path) -> None:

@@ -16,6 +16,7 @@ import polars as pl
 
 from models.base import Recommender
 from models.ranking import bootstrap_means, ndcg_from_hits
+from recsys.schema import ITEM_ID, USER_ID
 
 CATALOGUE_METRICS = {"coverage"}
 
@@ -61,16 +62,16 @@ class RankedLists:
 
 
 def ranked_lists(recs: pl.DataFrame, truth: pl.DataFrame, k: int, catalog: Catalog) -> RankedLists:
-    users = np.sort(truth["user_id"].unique().to_numpy())
-    n_relevant = truth.group_by("user_id").agg(n=pl.col("item_id").n_unique()).sort("user_id")["n"].to_numpy()
-    top = recs.filter((pl.col("rank") <= k) & pl.col("user_id").is_in(users))
-    top = top.join(truth.select("user_id", "item_id").unique().with_columns(hit=pl.lit(True)),
-                   on=["user_id", "item_id"], how="left").with_columns(pl.col("hit").fill_null(False))
-    rows = np.searchsorted(users, top["user_id"].to_numpy())
+    users = np.sort(truth[USER_ID].unique().to_numpy())
+    n_relevant = truth.group_by(USER_ID).agg(n=pl.col(ITEM_ID).n_unique()).sort(USER_ID)["n"].to_numpy()
+    top = recs.filter((pl.col("rank") <= k) & pl.col(USER_ID).is_in(users))
+    top = top.join(truth.select(USER_ID, ITEM_ID).unique().with_columns(hit=pl.lit(True)),
+                   on=[USER_ID, ITEM_ID], how="left").with_columns(pl.col("hit").fill_null(False))
+    rows = np.searchsorted(users, top[USER_ID].to_numpy())
     cols = top["rank"].to_numpy().astype(np.int64) - 1
     items = np.full((len(users), k), -1, dtype=np.int64)
     hits = np.zeros((len(users), k), dtype=bool)
-    items[rows, cols] = np.searchsorted(catalog.item_ids, top["item_id"].to_numpy())
+    items[rows, cols] = np.searchsorted(catalog.item_ids, top[ITEM_ID].to_numpy())
     hits[rows, cols] = top["hit"].to_numpy()
     return RankedLists(users, items, hits, n_relevant.astype(np.int64), catalog)
 
@@ -206,13 +207,13 @@ ITEM_METRICS = ("item_ndcg", "item_recall")  # items -> users: per new item, its
 def item_to_user_values(best_users: pl.DataFrame, truth: pl.DataFrame, k: int) -> dict[str, np.ndarray]:
     """Per item of ``truth`` (one value each, items in id order): how well its true users are ranked among
     the users of ``best_users`` (item_id, user_id, rank), nDCG@k and recall@k over users."""
-    items = np.sort(truth["item_id"].unique().to_numpy())
-    n_relevant = truth.group_by("item_id").agg(n=pl.col("user_id").n_unique()).sort("item_id")["n"].to_numpy()
-    top = best_users.filter((pl.col("rank") <= k) & pl.col("item_id").is_in(items)).join(
-        truth.select("item_id", "user_id").unique().with_columns(hit=pl.lit(True)), on=["item_id", "user_id"],
+    items = np.sort(truth[ITEM_ID].unique().to_numpy())
+    n_relevant = truth.group_by(ITEM_ID).agg(n=pl.col(USER_ID).n_unique()).sort(ITEM_ID)["n"].to_numpy()
+    top = best_users.filter((pl.col("rank") <= k) & pl.col(ITEM_ID).is_in(items)).join(
+        truth.select(ITEM_ID, USER_ID).unique().with_columns(hit=pl.lit(True)), on=[ITEM_ID, USER_ID],
         how="left").with_columns(pl.col("hit").fill_null(False))
     hits = np.zeros((len(items), k), dtype=np.float64)
-    hits[np.searchsorted(items, top["item_id"].to_numpy()), top["rank"].to_numpy() - 1] = top["hit"].to_numpy()
+    hits[np.searchsorted(items, top[ITEM_ID].to_numpy()), top["rank"].to_numpy() - 1] = top["hit"].to_numpy()
     return {"item_ndcg": ndcg_from_hits(hits, n_relevant.astype(np.int64)),
             "item_recall": hits.sum(axis=1) / np.maximum(n_relevant, 1)}
 

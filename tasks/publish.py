@@ -30,6 +30,7 @@ from models.serving import merge_best_users, reason_columns
 from models.tiled import use_threads
 from recsys import db, progress, schema
 from recsys.errors import PublishGateError
+from recsys.schema import ITEM_ID, USER_ID
 from tasks.features import Frames
 from tasks.validate import GxRunner, suite_outcomes, suite_parameters
 
@@ -182,7 +183,7 @@ def score_step(model_path: str, users: str, block: int, blocks: int, n: int, fol
     same, bit for bit, from one process or many. ``threads``: RECSYS_SCORING_THREADS."""
     use_threads(threads)
     model = load(Path(model_path))
-    user_ids = np.sort(pl.read_parquet(users, columns=["user_id"])["user_id"].to_numpy())
+    user_ids = np.sort(pl.read_parquet(users, columns=[USER_ID])[USER_ID].to_numpy())
     per, chunks = model.block_users, -(-len(user_ids) // model.block_users)  # the model's blocks, rounded up
     user_ids = user_ids[chunks * block // blocks * per:chunks * (block + 1) // blocks * per]
     with progress.activity(f"scoring {len(user_ids):,} users with {model.name}"
@@ -202,11 +203,11 @@ def new_items_step(model_path: str, scored: list[ScoredBlock], users_per_item: i
     saved model is enough (no scoring)."""
     best = merge_best_users(pl.concat([pl.read_parquet(b.new_items) for b in scored]), users_per_item)
     model = load_encoding(Path(model_path))
-    why = model.explain_new_items(best["user_id"].to_numpy(), best["item_id"].to_numpy())
+    why = model.explain_new_items(best[USER_ID].to_numpy(), best[ITEM_ID].to_numpy())
     path = Path(folder) / "new_items.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    counts = pl.DataFrame({"item_id": model.item_ids, "interactions": model.item_popularity.astype(np.int64)})
-    best.with_columns(reason_columns(model, why)).join(counts, on="item_id", how="left").write_parquet(path)
+    counts = pl.DataFrame({ITEM_ID: model.item_ids, "interactions": model.item_popularity.astype(np.int64)})
+    best.with_columns(reason_columns(model, why)).join(counts, on=ITEM_ID, how="left").write_parquet(path)
     return str(path)
 
 
@@ -218,10 +219,10 @@ def segment_defaults_step(model_path: str, n: int, folder: str) -> str:
     profiles = pl.DataFrame({"gender": [g for g in genders for _ in ages],
                              "age_bucket": [a for _ in genders for a in ages]})
     recs = model.recommend_for_profiles(profiles, n=n)
-    profiles = profiles.with_row_index("user_id").with_columns(pl.col("user_id").cast(pl.Int64))
+    profiles = profiles.with_row_index(USER_ID).with_columns(pl.col(USER_ID).cast(pl.Int64))
     path = Path(folder) / "segment_defaults.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    recs.join(profiles, on="user_id").select("gender", "age_bucket", "item_id", "rank", "score").write_parquet(path)
+    recs.join(profiles, on=USER_ID).select("gender", "age_bucket", ITEM_ID, "rank", "score").write_parquet(path)
     return str(path)
 
 
@@ -254,9 +255,9 @@ def segment_words(segment: pl.Expr) -> pl.Expr:
 def with_reasons(frame: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
     """``frame`` with its item's ``title`` and its reason in words (``reason``, the named item's title looked
     up in ``items`` too)."""
-    titles = items.select("item_id", "title")
-    return (frame.join(titles, on="item_id", how="left", maintain_order="left")
-            .join(titles.rename({"item_id": "reason_item_id", "title": "reason_title"}), on="reason_item_id",
+    titles = items.select(ITEM_ID, "title")
+    return (frame.join(titles, on=ITEM_ID, how="left", maintain_order="left")
+            .join(titles.rename({ITEM_ID: "reason_item_id", "title": "reason_title"}), on="reason_item_id",
                   how="left", maintain_order="left")
             .with_columns(reason=reason_text()).drop("reason_title"))
 
@@ -265,11 +266,11 @@ def build_recommendations(recs: pl.DataFrame, frames: Frames, model: str, run_id
                           run_date: date) -> pl.DataFrame:
     """The published rows of scored top-n lists, with the strategy that served each user and the reason for
     each item."""
-    counts = frames.interactions.group_by("user_id").agg(history=pl.len())
-    recs = with_reasons(recs.sort("user_id", "rank"), frames.items).join(
-        counts, on="user_id", how="left", maintain_order="left").with_columns(pl.col("history").fill_null(0))
+    counts = frames.interactions.group_by(USER_ID).agg(history=pl.len())
+    recs = with_reasons(recs.sort(USER_ID, "rank"), frames.items).join(
+        counts, on=USER_ID, how="left", maintain_order="left").with_columns(pl.col("history").fill_null(0))
     return recs.select(
-        pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), "user_id", "item_id",
+        pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), USER_ID, ITEM_ID,
         pl.col("rank").cast(pl.Int32), "score", pl.lit(model).alias("model"),
         pl.Series("strategy", strategy_of(recs["history"].to_numpy())), "title",
         "reason_kind", "reason", "reason_item_id", "reason_segment",
@@ -278,20 +279,20 @@ def build_recommendations(recs: pl.DataFrame, frames: Frames, model: str, run_id
 
 def build_new_items(best: pl.DataFrame, frames: Frames, model: str, run_id: str, run_date: date) -> pl.DataFrame:
     """The published rows of ``new_items``: per item with few interactions, the users to show it to."""
-    return with_reasons(best.sort("item_id", "rank"), frames.items).select(
-        pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), "item_id", "title",
-        pl.col("interactions").cast(pl.Int64), "user_id", pl.col("rank").cast(pl.Int32), "score",
+    return with_reasons(best.sort(ITEM_ID, "rank"), frames.items).select(
+        pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), ITEM_ID, "title",
+        pl.col("interactions").cast(pl.Int64), USER_ID, pl.col("rank").cast(pl.Int32), "score",
         pl.lit(model).alias("model"), "reason_kind", "reason", "reason_item_id", "reason_segment")
 
 
 def gate_frame(recs: pl.DataFrame, interactions: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
     """The columns the ``recommendations`` suite checks."""
-    seen = interactions.select("user_id", "item_id").unique().with_columns(is_seen=pl.lit(True))
-    known = items.select("item_id").unique().with_columns(item_known=pl.lit(True))
-    return (recs.select("user_id", "item_id", "rank", "score", "model", "strategy", "reason_kind", "reason")
-            .with_columns(list_length=pl.len().over("user_id").cast(pl.Int64))
-            .join(seen, on=["user_id", "item_id"], how="left")
-            .join(known, on="item_id", how="left")
+    seen = interactions.select(USER_ID, ITEM_ID).unique().with_columns(is_seen=pl.lit(True))
+    known = items.select(ITEM_ID).unique().with_columns(item_known=pl.lit(True))
+    return (recs.select(USER_ID, ITEM_ID, "rank", "score", "model", "strategy", "reason_kind", "reason")
+            .with_columns(list_length=pl.len().over(USER_ID).cast(pl.Int64))
+            .join(seen, on=[USER_ID, ITEM_ID], how="left")
+            .join(known, on=ITEM_ID, how="left")
             .with_columns(pl.col("is_seen").fill_null(False), pl.col("item_known").fill_null(False))
             .with_columns(pl.col("rank").cast(pl.Int64), pl.col("score").cast(pl.Float64)))
 
@@ -327,12 +328,12 @@ def publish_step(settings, run_id: str, run_date: date, frames: Frames, model_na
     new_items = build_new_items(pl.read_parquet(new_items_path), frames, model_name, run_id, run_date) \
         if new_items_path else None
     defaults = pl.read_parquet(defaults_path).select(
-        pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), "gender", "age_bucket", "item_id",
+        pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), "gender", "age_bucket", ITEM_ID,
         pl.col("rank").cast(pl.Int32), "score", pl.lit(model_name).alias("model"))
-    with db.warehouse(settings) as con:
+    with db.warehouse(settings) as wh:
         metrics = pl.read_parquet(metrics_path).with_columns(run_id=pl.lit(run_id)) if metrics_path else None
-        previous_publish = db.run(con, settings, "publish/last_published_run", {"run_id": run_id})
-        params = suite_parameters(con, settings, run_id, _now(), recs.height)
+        previous_publish = wh.run("publish/last_published_run", {"run_id": run_id})
+        params = suite_parameters(wh, settings, run_id, _now(), recs.height)
 
     previous = None
     if previous_publish:
@@ -340,17 +341,17 @@ def publish_step(settings, run_id: str, run_date: date, frames: Frames, model_na
         previous = pl.read_parquet(previous_path) if previous_path.exists() else None
     frame = gate_frame(recs, frames.interactions, frames.items)
     outcomes = suite_outcomes("recommendations", GxRunner(settings).run(
-        "recommendations", frame.to_pandas(), params, run_id, ["user_id", "rank"]), settings)
+        "recommendations", frame.to_pandas(), params, run_id, [USER_ID, "rank"]), settings)
     reasons = [f"suite 'recommendations', expectation {o.label}: observed {o.observed_text()}"
                + (f"; e.g. {o.failing_rows[:2]}" if o.failing_rows else "")
                for o in outcomes if not o.success and o.severity == "critical"]
     if metrics is not None:
         reasons += metric_regressions(metrics, previous, settings.metric_tolerance, model_name,
                                       k=min(settings.ks))
-    users = recs["user_id"].n_unique()
-    with db.warehouse(settings) as con:
+    users = recs[USER_ID].n_unique()
+    with db.warehouse(settings) as wh:
         if reasons:
-            db.run(con, settings, "publish/log_publish", {
+            wh.run("publish/log_publish", {
                 "run_id": run_id, "run_date": run_date, "model": model_name, "status": "rejected",
                 "reason": "; ".join(reasons), "users": users, "rows": recs.height, "path": None})
             raise PublishGateError(
@@ -370,13 +371,13 @@ def publish_step(settings, run_id: str, run_date: date, frames: Frames, model_na
                 shutil.rmtree(part.staging, ignore_errors=True)
             raise
         paths = dict(zip(tables, commit_partitions(staged), strict=True))
-        db.run(con, settings, "publish/log_publish", {
+        wh.run("publish/log_publish", {
             "run_id": run_id, "run_date": run_date, "model": model_name, "status": "published", "reason": None,
             "users": users, "rows": recs.height, "path": str(paths["recommendations"])})
-    strategies = dict(recs.group_by("strategy").agg(pl.col("user_id").n_unique()).iter_rows())
+    strategies = dict(recs.group_by("strategy").agg(pl.col(USER_ID).n_unique()).iter_rows())
     return {"paths": {k: str(v) for k, v in paths.items()}, "users": users, "rows": recs.height,
             "strategies": strategies, "reasons": dict(recs.group_by("reason_kind").len().iter_rows()),
-            "new_items": new_items["item_id"].n_unique() if new_items is not None else 0}
+            "new_items": new_items[ITEM_ID].n_unique() if new_items is not None else 0}
 
 
 def _now():

@@ -56,34 +56,34 @@ class Snapshot:
         return pl.read_parquet(path) if path.exists() else pl.DataFrame()
 
 
-def warehouse_fingerprint(con, settings: Settings) -> str:
-    row = db.run(con, settings, "snapshot/warehouse_fingerprint")[0]
+def warehouse_fingerprint(wh: db.Warehouse) -> str:
+    row = wh.run("snapshot/warehouse_fingerprint")[0]
     return hashlib.sha256("-".join(str(v) for v in row).encode()).hexdigest()[:20]
 
 
 def take_snapshot(settings: Settings) -> Snapshot:
     """Copy interactions, users and items to ``RECSYS_HOME/snapshots/<fingerprint>/`` (once per content)."""
-    with db.warehouse(settings) as con:
-        fingerprint = warehouse_fingerprint(con, settings)
-        counts = {table: db.scalar(con, f"select count(*) from {table}") for table in TABLES}
+    with db.warehouse(settings) as wh:
+        fingerprint = warehouse_fingerprint(wh)
+        counts = {table: wh.scalar(f"select count(*) from {table}") for table in TABLES}
         if counts["interactions"] == 0:
             raise EmptyWarehouseError("the warehouse has no interactions yet; run `recsys ingest` first")
         folder = settings.home / "snapshots" / fingerprint
         snapshot = Snapshot(str(folder), fingerprint, counts["interactions"], counts["users"], counts["items"],
                             settings.text_encoder)
         if not all(snapshot.path(table).exists() for table in TABLES):
-            _copy_tables(con, settings, folder)
+            _copy_tables(wh, settings, folder)
     return with_text_vectors(snapshot, settings)
 
 
-def _copy_tables(con, settings: Settings, folder: Path) -> None:
+def _copy_tables(wh: db.Warehouse, settings: Settings, folder: Path) -> None:
     """The tables, written aside and renamed into ``folder``: a folder is complete or absent."""
     staging = settings.home / "snapshots" / f"_staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
         for table in (*TABLES, "validation_results"):
             target = str(staging / f"{table}.parquet").replace("'", "''")
-            con.execute(f"copy ({db.sql_text(settings, f'snapshot/{table}')}) to '{target}' (format parquet)")
+            wh.execute(f"copy ({wh.text(f'snapshot/{table}')}) to '{target}' (format parquet)")
         shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from a crash
         os.rename(staging, folder)
     finally:

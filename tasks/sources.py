@@ -19,13 +19,14 @@ from pathlib import Path
 
 from recsys import schema
 from recsys.errors import ConfigError, SourceUnavailableError
+from recsys.schema import ITEM_ID, RATING, TIMESTAMP, USER_ID
 from recsys.settings import Settings
 from tasks.generate import SYNTHETIC_FILES, GeneratorConfig, generate
 
 SOURCES = ("synthetic", "movielens-100k", "csv", "parquet")
 # Canonical column -> its key in mapping.toml and its command-line flag (see cli/main.py).
-MAPPING_KEY = {"ts": "timestamp"}
-COLUMN_FLAG = {"user_id": "--user-col", "item_id": "--item-col", "rating": "--rating-col", "ts": "--timestamp-col"}
+MAPPING_KEY = {TIMESTAMP: "timestamp"}
+COLUMN_FLAG = {USER_ID: "--user-col", ITEM_ID: "--item-col", RATING: "--rating-col", TIMESTAMP: "--timestamp-col"}
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def synthetic_specs(folder: Path) -> list[FileSpec]:
         FileSpec(folder / SYNTHETIC_FILES["items"], "items",
                  columns={c: c for c in ("item_id", "title", "release_date", "genres")}),
         FileSpec(folder / SYNTHETIC_FILES["interactions"], "interactions", timestamp_format="epoch",
-                 columns={"user_id": "user_id", "item_id": "item_id", "rating": "rating", "ts": "timestamp"}),
+                 columns={USER_ID: "user_id", ITEM_ID: "item_id", RATING: "rating", TIMESTAMP: "timestamp"}),
     ]
 
 
@@ -109,11 +110,11 @@ def movielens_specs(folder: Path) -> list[FileSpec]:
                  columns={c: c for c in ("user_id", "age", "gender", "occupation", "zip")}),
         FileSpec(folder / "u.item", "items", delimiter="|", header=False, quote="", encoding="latin-1",
                  names=("item_id", "title", "release_date", "video_release_date", "imdb_url", *_ML_GENRE_COLUMNS),
-                 columns={"item_id": "item_id", "title": "title", "release_date": "release_date"},
+                 columns={ITEM_ID: "item_id", "title": "title", "release_date": "release_date"},
                  date_format="%d-%b-%Y", genre_flags=tuple(zip(_ML_GENRE_COLUMNS, schema.GENRES, strict=True))),
         FileSpec(folder / "u.data", "interactions", delimiter="\t", header=False, quote="",
                  names=("user_id", "item_id", "rating", "timestamp"), timestamp_format="epoch",
-                 columns={"user_id": "user_id", "item_id": "item_id", "rating": "rating", "ts": "timestamp"}),
+                 columns={USER_ID: "user_id", ITEM_ID: "item_id", RATING: "rating", TIMESTAMP: "timestamp"}),
     ]
 
 
@@ -176,7 +177,7 @@ def _spec_from_table(kind: str, table: dict, path: Path, fmt: str) -> FileSpec:
     for key, value in table.items():
         if key == "path":
             continue
-        canonical = "ts" if key == "timestamp" else key
+        canonical = TIMESTAMP if key == "timestamp" else key
         if key in _SPEC_OPTIONS:
             options[key] = value
         elif canonical in schema.CANONICAL_COLUMNS[kind]:

@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from models.blend import BUCKET_EDGES, WARM, ValidationCase
+from recsys.schema import ITEM_ID, TIMESTAMP, USER_ID
 
 WARM_TRUTH_SHARE = 0.2
 
@@ -47,14 +48,14 @@ def item_cold_split(interactions: pl.DataFrame, share: float, seed: int,
     nightly trains the item-cold fold on its evaluation fold's training, and takes as truth every interaction
     its users ever had with the held-out items."""
     everything = interactions if everything is None else everything
-    items = np.sort(everything["item_id"].unique().to_numpy())
+    items = np.sort(everything[ITEM_ID].unique().to_numpy())
     n_new = int(round(len(items) * share))
     new = np.sort(np.random.default_rng(seed).choice(items, size=n_new, replace=False)) if n_new else items[:0]
-    is_new = pl.col("item_id").is_in(new)
+    is_new = pl.col(ITEM_ID).is_in(new)
     train = interactions.filter(~is_new)
     held = everything.filter(is_new)
-    truth = held.filter(pl.col("user_id").is_in(train["user_id"].unique()))
-    return ItemColdSplit(train, new, truth, held["user_id"].n_unique() - truth["user_id"].n_unique())
+    truth = held.filter(pl.col(USER_ID).is_in(train[USER_ID].unique()))
+    return ItemColdSplit(train, new, truth, held[USER_ID].n_unique() - truth[USER_ID].n_unique())
 
 
 @dataclass
@@ -67,20 +68,20 @@ class WarmSplit:
 def cold_user_split(
     interactions: pl.DataFrame, cold_fraction: float, k_shots: tuple[int, ...] | list[int], seed: int,
 ) -> ColdSplit:
-    users = np.sort(interactions["user_id"].unique().to_numpy())
+    users = np.sort(interactions[USER_ID].unique().to_numpy())
     rng = np.random.default_rng(seed)
     n_cold = int(round(len(users) * cold_fraction))
     cold = np.sort(rng.choice(users, size=n_cold, replace=False)) if n_cold else np.array([], dtype=np.int64)
-    is_cold = pl.col("user_id").is_in(cold)
+    is_cold = pl.col(USER_ID).is_in(cold)
     train = interactions.filter(~is_cold)
     # Order by time; ties broken by item id so the split is deterministic.
-    cold_rows = interactions.filter(is_cold).sort("user_id", "ts", "item_id").with_columns(
-        position=pl.int_range(pl.len()).over("user_id"))
+    cold_rows = interactions.filter(is_cold).sort(USER_ID, TIMESTAMP, ITEM_ID).with_columns(
+        position=pl.int_range(pl.len()).over(USER_ID))
     split = ColdSplit(train=train, cold_users=cold)
     for k in sorted(set(int(k) for k in k_shots)):
         split.history[k] = cold_rows.filter(pl.col("position") < k).drop("position")
         split.truth[k] = cold_rows.filter(pl.col("position") >= k).drop("position")
-        split.excluded[k] = int(n_cold - split.truth[k]["user_id"].n_unique())
+        split.excluded[k] = int(n_cold - split.truth[k][USER_ID].n_unique())
     return split
 
 
@@ -91,8 +92,8 @@ def stratified_split(interactions: pl.DataFrame, ratio: float = 0.75, seed: int 
     ML-100k benchmark; ``by="item"`` stratifies per item instead.
     """
     rng = np.random.default_rng(seed)
-    key = "user_id" if by == "user" else "item_id"
-    ranked = (interactions.sort("user_id", "item_id", "ts")
+    key = USER_ID if by == "user" else ITEM_ID
+    ranked = (interactions.sort(USER_ID, ITEM_ID, TIMESTAMP)
               .with_columns(_r=pl.Series(rng.random(interactions.height)))
               .with_columns(_pos=pl.col("_r").rank("ordinal").over(key), _n=pl.len().over(key)))
     in_train = pl.col("_pos") <= (pl.col("_n") * ratio).round(0)
@@ -102,8 +103,8 @@ def stratified_split(interactions: pl.DataFrame, ratio: float = 0.75, seed: int 
 
 def temporal_split(interactions: pl.DataFrame, test_share: float = 0.2) -> WarmSplit:
     """The last ``test_share`` of each user's interactions by time are the test set."""
-    ordered = interactions.sort("user_id", "ts", "item_id").with_columns(
-        _pos=pl.int_range(pl.len()).over("user_id"), _n=pl.len().over("user_id"))
+    ordered = interactions.sort(USER_ID, TIMESTAMP, ITEM_ID).with_columns(
+        _pos=pl.int_range(pl.len()).over(USER_ID), _n=pl.len().over(USER_ID))
     in_train = pl.col("_pos") < (pl.col("_n") * (1 - test_share)).ceil()
     return WarmSplit(train=ordered.filter(in_train).drop("_pos", "_n"),
                      test=ordered.filter(~in_train).drop("_pos", "_n"), protocol="temporal")
@@ -124,7 +125,7 @@ class ValidationFold:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.train.write_parquet(folder / "train.parquet")
-        pl.concat([pl.DataFrame({"user_id": c.users.astype(np.int64)}).with_columns(
+        pl.concat([pl.DataFrame({USER_ID: c.users.astype(np.int64)}).with_columns(
             case=pl.lit(c.label), bucket=pl.lit(c.bucket, pl.Int32), as_history=pl.lit(c.as_history))
             for c in self.cases]).write_parquet(folder / "validation_users.parquet")
         for part in ("known", "truth"):
@@ -145,7 +146,7 @@ class ValidationFold:
         cases = []
         for label in users["case"].unique(maintain_order=True):
             mine = users.filter(pl.col("case") == label)
-            cases.append(ValidationCase(label, int(mine["bucket"][0]), mine["user_id"].to_numpy(),
+            cases.append(ValidationCase(label, int(mine["bucket"][0]), mine[USER_ID].to_numpy(),
                                         known.filter(pl.col("case") == label).drop("case"),
                                         truth.filter(pl.col("case") == label).drop("case"),
                                         bool(mine["as_history"][0])))
@@ -168,27 +169,27 @@ def carve_validation(
     """
     if warm_truth not in ("latest", "random"):
         raise ValueError(f"warm_truth must be 'latest' or 'random', not {warm_truth!r}")
-    counts = interactions.group_by("user_id").len()
-    eligible = counts.filter(pl.col("len") >= min_history + 1)["user_id"].sort().to_numpy()
+    counts = interactions.group_by(USER_ID).len()
+    eligible = counts.filter(pl.col("len") >= min_history + 1)[USER_ID].sort().to_numpy()
     n_val = min(int(round(len(eligible) * share)), int(max_users))
     n_warm = min(int(round(len(eligible) * (share if warm_share is None else warm_share))), int(max_users),
                  len(eligible) - n_val)
     picked = np.random.default_rng(seed).permutation(eligible)
     cold_users, warm_users = np.sort(picked[:n_val]), np.sort(picked[n_val:n_val + n_warm])
-    ordered = interactions.sort("user_id", "ts", "item_id").with_columns(
-        position=pl.int_range(pl.len()).over("user_id"), n=pl.len().over("user_id"))
-    warm_rows = ordered.filter(pl.col("user_id").is_in(warm_users))
+    ordered = interactions.sort(USER_ID, TIMESTAMP, ITEM_ID).with_columns(
+        position=pl.int_range(pl.len()).over(USER_ID), n=pl.len().over(USER_ID))
+    warm_rows = ordered.filter(pl.col(USER_ID).is_in(warm_users))
     if warm_truth == "random":  # a seeded random order within each user instead of time
         draw = pl.Series(np.random.default_rng(seed + 1).random(warm_rows.height))
         warm_rows = warm_rows.with_columns(_draw=draw).with_columns(
-            position=pl.col("_draw").rank("ordinal").over("user_id").cast(pl.Int64) - 1).drop("_draw")
+            position=pl.col("_draw").rank("ordinal").over(USER_ID).cast(pl.Int64) - 1).drop("_draw")
     is_truth = pl.col("position") >= (pl.col("n") * (1 - warm_truth_share)).ceil()
     warm_truth_rows = warm_rows.filter(is_truth).drop("position", "n")
     warm_known = warm_rows.filter(~is_truth).drop("position", "n")
-    keys = ["user_id", "item_id", "ts"]
-    train = (ordered.filter(~pl.col("user_id").is_in(cold_users)).drop("position", "n")
+    keys = [USER_ID, ITEM_ID, TIMESTAMP]
+    train = (ordered.filter(~pl.col(USER_ID).is_in(cold_users)).drop("position", "n")
              .join(warm_truth_rows.select(keys), on=keys, how="anti"))
-    cold_rows = ordered.filter(pl.col("user_id").is_in(cold_users))
+    cold_rows = ordered.filter(pl.col(USER_ID).is_in(cold_users))
     cases = [ValidationCase(str(k), b, cold_users, cold_rows.filter(pl.col("position") < k).drop("position", "n"),
                             cold_rows.filter(pl.col("position") >= k).drop("position", "n"), k > 0)
              for b, k in enumerate(BUCKET_EDGES)]

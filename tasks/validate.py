@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pandas as pd
 
 from recsys import db, runs
@@ -140,12 +139,12 @@ def severity_of(meta: dict, settings: Settings) -> str:
 
 
 def suite_parameters(
-    con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, now: datetime, batch_rows: int
+    wh: db.Warehouse, settings: Settings, run_id: str, now: datetime, batch_rows: int
 ) -> dict[str, Any]:
     """Values for the suites' ``$PARAMETER``s, from settings and the warehouse's history."""
-    mean_volume, n_batches = db.run(con, settings, "validate/volume_history",
+    mean_volume, n_batches = wh.run("validate/volume_history",
                                     {"run_id": run_id, "window": settings.volume_window})[0]
-    has_history = db.run(con, settings, "validate/has_history")[0][0]
+    has_history = wh.run("validate/has_history")[0][0]
     floor = settings.timestamp_floor.replace(tzinfo=settings.timestamp_floor.tzinfo or UTC)
     return {
         "rating_min": settings.rating_min,
@@ -258,7 +257,7 @@ def _plain(value: Any) -> Any:
 # The gate
 
 
-def _reject_failing_rows(con, settings: Settings, run_id: str, suite: str, outcomes: list[Outcome]) -> None:
+def _reject_failing_rows(wh: db.Warehouse, run_id: str, suite: str, outcomes: list[Outcome]) -> None:
     """Move rows of row-level expectations that passed within ``mostly`` from staging to rejects."""
     rows = []
     for outcome in outcomes:
@@ -273,24 +272,21 @@ def _reject_failing_rows(con, settings: Settings, run_id: str, suite: str, outco
     if not rows:
         return
     failing = pd.DataFrame(rows).groupby(INDEX_COLUMNS, as_index=False).agg({"reason": "; ".join})
-    con.register("failing_rows_view", failing)
-    try:
-        con.execute("create or replace temp table failing_rows as select * from failing_rows_view")
-    finally:
-        con.unregister("failing_rows_view")
+    with wh.registered("failing_rows_view", failing):
+        wh.execute("create or replace temp table failing_rows as select * from failing_rows_view")
     params = {"run_id": run_id, "kind": suite, "staging_table": STAGING_TABLE[suite]}
-    db.run(con, settings, "validate/reject_rows", params)
-    for file_id, n in db.run(con, settings, "validate/reject_counts"):
-        db.run(con, settings, "validate/move_to_rejected", {"file_id": file_id, "n": n})
-    con.execute(f"delete from {STAGING_TABLE[suite]} s using failing_rows f "
+    wh.run("validate/reject_rows", params)
+    for file_id, n in wh.run("validate/reject_counts"):
+        wh.run("validate/move_to_rejected", {"file_id": file_id, "n": n})
+    wh.execute(f"delete from {STAGING_TABLE[suite]} s using failing_rows f "
                 "where s.run_id = $run_id and s.file_id = f.file_id and s.line_number = f.line_number",
                 {"run_id": run_id})
 
 
-def _store(con, settings: Settings, run_id: str, outcomes: list[Outcome]) -> None:
+def _store(wh: db.Warehouse, run_id: str, outcomes: list[Outcome]) -> None:
     for o in outcomes:
         sample = o.failing_rows[:5]
-        db.run(con, settings, "validate/insert_result", {
+        wh.run("validate/insert_result", {
             "run_id": run_id, "suite": o.suite, "expectation": o.expectation, "column_name": o.column,
             "severity": o.severity, "success": o.success, "observed_value": o.observed_text(),
             "unexpected_count": o.unexpected_count, "element_count": o.element_count,
@@ -316,33 +312,33 @@ def failure_message(result: GateResult) -> str:
 
 
 def validate_batch(
-    con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, now: datetime | None = None,
+    wh: db.Warehouse, settings: Settings, run_id: str, now: datetime | None = None,
     all_users_known: bool = False, all_items_known: bool = False, raise_on_failure: bool = True,
 ) -> GateResult:
     """Run the gate on the batch staged under ``run_id``: reject rows, hold the batch, or let it through."""
     now = now or datetime.now(UTC)
-    db.run(con, settings, "validate/release_batch", {"run_id": run_id})  # re-validating a held batch
+    wh.run("validate/release_batch", {"run_id": run_id})  # re-validating a held batch
     runner = GxRunner(settings)
     outcomes: list[Outcome] = []
     for suite in GATED_SUITES:
-        frame = con.execute(db.sql_text(settings, f"validate/{suite}_batch"), _batch_params(
+        frame = wh.execute(wh.text(f"validate/{suite}_batch"), _batch_params(
             settings, suite, run_id, all_users_known, all_items_known)).df()
-        rows = db.scalar(con, "select coalesce(sum(rows_read), 0) from ingest_ledger where run_id = $run_id "
+        rows = wh.scalar("select coalesce(sum(rows_read), 0) from ingest_ledger where run_id = $run_id "
                               "and kind = $kind and status = 'staged'", {"run_id": run_id, "kind": suite})
         if frame.empty and not rows:
             continue  # no file of this kind, or only files with no data rows (a header alone): nothing to judge
-        parameters = suite_parameters(con, settings, run_id, now, len(frame))
+        parameters = suite_parameters(wh, settings, run_id, now, len(frame))
         found = suite_outcomes(suite, runner.run(suite, frame, parameters, run_id, INDEX_COLUMNS), settings)
         if all(o.success or o.severity != "critical" for o in found):
-            _reject_failing_rows(con, settings, run_id, suite, found)
+            _reject_failing_rows(wh, run_id, suite, found)
         outcomes.extend(found)
     result = GateResult(run_id=run_id, outcomes=outcomes, docs_path=runner.docs_path(),
-                        reject_reasons=[(r, int(n)) for r, n in db.run(con, settings, "validate/batch_rejects",
+                        reject_reasons=[(r, int(n)) for r, n in wh.run("validate/batch_rejects",
                                                                        {"run_id": run_id})],
-                        files_failed=int(db.run(con, settings, "validate/failed_files", {"run_id": run_id})[0][0]))
-    _store(con, settings, run_id, outcomes)
+                        files_failed=int(wh.run("validate/failed_files", {"run_id": run_id})[0][0]))
+    _store(wh, run_id, outcomes)
     if not result.passed:
-        db.run(con, settings, "validate/hold_batch", {"run_id": run_id,
+        wh.run("validate/hold_batch", {"run_id": run_id,
                                                       "message": failure_message(result).splitlines()[1].strip()})
         if raise_on_failure:
             raise ValidationFailedError(failure_message(result))
@@ -356,7 +352,7 @@ def _batch_params(settings, suite, run_id, all_users_known, all_items_known) -> 
     return params
 
 
-def gate_and_promote(con: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, kinds: set[str] | list[str],
+def gate_and_promote(wh: db.Warehouse, settings: Settings, run_id: str, kinds: set[str] | list[str],
                      shown: Callable[[GateResult], None] = lambda result: None) -> GateResult:
     """The gate between staging and promotion, for the ingest flow and ``recsys validate`` alike.
 
@@ -365,16 +361,16 @@ def gate_and_promote(con: duckdb.DuckDBPyConnection, settings: Settings, run_id:
     failed gate marks the run held and raises :class:`ValidationFailedError`, a passed one promotes the batch
     and marks the run loaded.
     """
-    result = validate_batch(con, settings, run_id, all_users_known="users" not in kinds,
+    result = validate_batch(wh, settings, run_id, all_users_known="users" not in kinds,
                             all_items_known="items" not in kinds, raise_on_failure=False)
     print(format_gate(result))
     shown(result)
     if not result.passed:
-        runs.finish_run(con, settings, run_id, "held")
+        runs.finish_run(wh, run_id, "held")
         raise ValidationFailedError(failure_message(result))
-    ingest.promote_batch(con, settings, run_id, register_unknown_users="users" not in kinds,
+    ingest.promote_batch(wh, run_id, register_unknown_users="users" not in kinds,
                          register_unknown_items="items" not in kinds)
-    runs.finish_run(con, settings, run_id, "loaded")
+    runs.finish_run(wh, run_id, "loaded")
     return result
 
 

@@ -88,10 +88,10 @@ def test_ingest_never_loses_or_alters_a_row(tmp_path_factory, rows, delimiter, e
         report = ingest.stage_batch(con, settings_, tabular_specs("csv", path, mapping), "fuzz", "csv")
         staged = {line: (u, i, r, t) for line, u, i, r, t in con.execute(
             "select line_number, user_id, item_id, rating, ts from staging_interactions").fetchall()}
-        ingest.promote_batch(con, settings_, "fuzz", register_unknown_users=True, register_unknown_items=True)
+        ingest.promote_batch(con, "fuzz", register_unknown_users=True, register_unknown_items=True)
         ledger = con.execute("select status, rows_read, rows_accepted, rows_rejected, rows_duplicate, rows_held "
                              "from ingest_ledger").fetchall()
-        loaded = db.scalar(con, "select count(*) from interactions")
+        loaded = con.scalar("select count(*) from interactions")
     (result,) = report.files
     if result.status == "failed":  # the whole file was unreadable: it says so, and nothing was loaded
         assert result.message and loaded == 0
@@ -128,7 +128,7 @@ def test_parquet_ingest_never_loses_a_row_or_keeps_a_non_finite_value(tmp_path_f
         report = ingest.stage_batch(con, settings_, tabular_specs("parquet", home / "events.parquet", mapping),
                                     "fuzz", "parquet")
         staged = con.execute("select line_number, rating, epoch(ts) from staging_interactions").fetchall()
-        ingest.promote_batch(con, settings_, "fuzz", register_unknown_users=True, register_unknown_items=True)
+        ingest.promote_batch(con, "fuzz", register_unknown_users=True, register_unknown_items=True)
         ((read, accepted, rejected, duplicate, held),) = con.execute(
             "select rows_read, rows_accepted, rows_rejected, rows_duplicate, rows_held from ingest_ledger").fetchall()
     (result,) = report.files

@@ -37,16 +37,16 @@ def good_rows(n=100):
 def gate(con, settings, specs, run_id="r1", **kwargs):
     report = ingest.stage_batch(con, settings, specs, run_id, "synthetic")
     result = validate.validate_batch(con, settings, run_id, now=NOW, **kwargs)
-    ingest.promote_batch(con, settings, run_id)
-    return ingest.batch_report(con, settings, report), result
+    ingest.promote_batch(con, run_id)
+    return ingest.batch_report(con, report), result
 
 
 def test_movielens_passes_every_critical_expectation(con, settings, ml100k_dir):
     report, result = gate(con, settings, movielens_specs(ml100k_dir))
     assert result.passed and result.critical_failures == []
     assert result.rows_rejected == 0
-    assert db.scalar(con, "select count(*) from interactions") == 100_000
-    stored = db.scalar(con, "select count(*) from validation_results where run_id = 'r1'")
+    assert con.scalar("select count(*) from interactions") == 100_000
+    stored = con.scalar("select count(*) from validation_results where run_id = 'r1'")
     assert stored == len(result.outcomes) == 16 + 6 + 6
     assert result.docs_path is None and not validate.docs_index(settings).exists()  # Data Docs only when asked
 
@@ -74,11 +74,11 @@ def test_mostly_bad_batch_is_stopped_and_never_reaches_interactions(con, setting
     assert "suite 'interactions'" in message and expectation in message
     assert "60 of 100 rows unexpected" in message and "failing row: file" in message
     assert "held in staging" in message
-    assert db.scalar(con, "select count(*) from interactions") == 0
+    assert con.scalar("select count(*) from interactions") == 0
     ledger = con.execute("select status, rows_accepted, rows_held from ingest_ledger "
                          "where kind = 'interactions'").fetchall()
     assert ledger == [("held", 0, 100)]
-    assert db.scalar(con, "select count(*) from staging_interactions where run_id = 'bad'") == 100
+    assert con.scalar("select count(*) from staging_interactions where run_id = 'bad'") == 100
 
 
 def test_a_handful_of_bad_rows_are_rejected_and_the_rest_loads(con, settings, tmp_path):
@@ -88,13 +88,13 @@ def test_a_handful_of_bad_rows_are_rejected_and_the_rest_loads(con, settings, tm
     rows[5] = (999, 4, 3.0, GOOD_TS)  # unknown user
     report, result = gate(con, settings, landing(tmp_path, rows))
     assert result.passed
-    assert db.scalar(con, "select count(*) from interactions") == 97
+    assert con.scalar("select count(*) from interactions") == 97
     rejects = con.execute("select line_number, reason from rejects where stage = 'validation' order by 1").fetchall()
     assert [line for line, _ in rejects] == [5, 6, 7]
     assert "rating=9.0" in rejects[0][1] and "ts_epoch" in rejects[1][1] and "user_known" in rejects[2][1]
     inter = next(f for f in report.files if f.kind == "interactions")
     assert (inter.rows_read, inter.rows_accepted, inter.rows_rejected) == (100, 97, 3)
-    assert db.scalar(con, "select count(*) from ingest_ledger where rows_read <> "
+    assert con.scalar("select count(*) from ingest_ledger where rows_read <> "
                           "rows_accepted + rows_rejected + rows_duplicate + rows_held") == 0
 
 
@@ -104,8 +104,8 @@ def test_held_batch_passes_after_threshold_change(con, settings, tmp_path):
     assert not validate.validate_batch(con, settings, "held", now=NOW, raise_on_failure=False).passed
     relaxed = Settings(home=settings.home, rating_max=10, mean_rating_max=8)
     assert validate.validate_batch(con, relaxed, "held", now=NOW).passed
-    ingest.promote_batch(con, relaxed, "held")
-    assert db.scalar(con, "select count(*) from interactions") == 100
+    ingest.promote_batch(con, "held")
+    assert con.scalar("select count(*) from interactions") == 100
 
 
 def test_volume_is_a_warning_unless_configured_critical(con, settings, tmp_path):

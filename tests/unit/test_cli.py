@@ -98,7 +98,7 @@ def test_validate_command_releases_a_held_batch_after_a_threshold_change(tmp_pat
     assert main(["validate", "--run-id", "r1"]) == 0
     assert "promoted" in capsys.readouterr().out
     with db.warehouse(Settings()) as con:
-        assert db.scalar(con, "select count(*) from interactions") == 20
+        assert con.scalar("select count(*) from interactions") == 20
     assert main(["validate"]) == 0  # nothing waiting: shows the stored results
     assert "stored results" in capsys.readouterr().out
 
@@ -114,7 +114,7 @@ def test_train_and_evaluate_commands_on_a_small_warehouse(tmp_path, monkeypatch,
     settings = Settings()
     with db.warehouse(settings) as con:
         ingest.stage_batch(con, settings, synthetic_specs(small_synthetic), "r1", "synthetic")
-        ingest.promote_batch(con, settings, "r1")
+        ingest.promote_batch(con, "r1")
     assert main(["train", "--models", "popularity", "ease"]) == 0
     out = capsys.readouterr().out
     assert "features: 300 users" in out and "without history" in out
@@ -123,11 +123,11 @@ def test_train_and_evaluate_commands_on_a_small_warehouse(tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert "segment_popularity" in out and "report:" in out
     with db.warehouse(settings) as con:
-        assert db.scalar(con, "select count(distinct model) from metrics where split <> 'item_cold'") == 2
+        assert con.scalar("select count(distinct model) from metrics where split <> 'item_cold'") == 2
         # The item-cold protocol scores the same models, its four baselines and the audience model with and
         # without the text encoder on its own fold.
-        assert db.scalar(con, "select count(distinct model) from metrics where split = 'item_cold'") == 8
-        assert db.scalar(con, "select count(*) from user_features") == 300
+        assert con.scalar("select count(distinct model) from metrics where split = 'item_cold'") == 8
+        assert con.scalar("select count(*) from user_features") == 300
 
 
 def test_sql_errors_are_one_line_and_name_the_parameters(tmp_path, monkeypatch, capsys):

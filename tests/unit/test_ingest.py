@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recsys import db
 from tasks import ingest, validate
 from tasks.sources import FileSpec, movielens_specs, synthetic_specs, tabular_specs
 
@@ -21,13 +20,13 @@ MAPPING = {"interactions": {"user_id": "uid", "item_id": "iid", "rating": "stars
 def load(con, settings, specs, run_id="r1", source="csv", **kwargs):
     report = ingest.stage_batch(con, settings, specs, run_id, source)
     kinds = {s.kind for s in specs}
-    ingest.promote_batch(con, settings, run_id, register_unknown_users="users" not in kinds,
+    ingest.promote_batch(con, run_id, register_unknown_users="users" not in kinds,
                          register_unknown_items="items" not in kinds)
-    return ingest.batch_report(con, settings, report)
+    return ingest.batch_report(con, report)
 
 
 def count(con, table):
-    return db.scalar(con, f"select count(*) from {table}")
+    return con.scalar(f"select count(*) from {table}")
 
 
 def assert_identity(con):
@@ -61,7 +60,7 @@ def test_synthetic_source_round_trip(con, settings, small_synthetic):
     assert report.totals()["rows_rejected"] == 0
     assert count(con, "interactions") == 9000
     assert count(con, "users") == 300 and count(con, "items") == 120
-    assert db.scalar(con, "select count(*) from items where len(genres) = 0") == 0
+    assert con.scalar("select count(*) from items where len(genres) = 0") == 0
 
 
 def write(path, text, encoding="utf-8"):
@@ -218,7 +217,7 @@ def test_bad_utf8_is_rejected_with_encoding_hint(con, settings, tmp_path):
     f.write_bytes(b"uid,iid,stars,when\n1,1,4,100\n2,2,3,200\n" + "3,3,5,300,é\n".encode("latin-1"))
     report = load(con, settings, tabular_specs("csv", f, MAPPING))
     assert report.files[0].rows_rejected == 1
-    assert "encoding" in db.scalar(con, "select reason from rejects")
+    assert "encoding" in con.scalar("select reason from rejects")
 
 
 @pytest.mark.parametrize(("opener", "kind"), [(gzip.open, "gzip"), (None, "zip")])
@@ -278,8 +277,8 @@ def test_non_finite_and_out_of_range_values_are_rejected_per_row(con, settings, 
     assert sorted(rejects) == [3, 4, 5, 6, 7, 8, 9]
     assert all(rejects[line].startswith("timestamp is not") for line in (3, 4, 5, 6, 7))
     assert 'rating is not a finite number: "nan"' in rejects[8] and '"inf"' in rejects[9]
-    assert db.scalar(con, "select count(*) from interactions where not isfinite(ts) or ts is null") == 0
-    assert db.scalar(con, "select count(*) from interactions where not isfinite(rating)") == 0
+    assert con.scalar("select count(*) from interactions where not isfinite(ts) or ts is null") == 0
+    assert con.scalar("select count(*) from interactions where not isfinite(rating)") == 0
     assert_identity(con)
 
 
@@ -369,7 +368,7 @@ def test_a_header_only_file_is_a_no_op_not_a_held_batch(con, settings, tmp_path)
     result = validate.validate_batch(con, settings, "r1", all_users_known=True, all_items_known=True)
     assert result.passed and result.outcomes == []
     assert "nothing new was staged" in validate.format_gate(result) and "no data rows" in validate.format_gate(result)
-    ingest.promote_batch(con, settings, "r1")
+    ingest.promote_batch(con, "r1")
     assert count(con, "interactions") == 0
     assert con.execute("select status from ingest_ledger").fetchall() == [("loaded",)]
     assert_identity(con)

@@ -60,20 +60,20 @@ def test_a_killed_run_never_leaves_a_stale_lock(settings):
 def test_the_next_run_marks_a_dead_run_failed_and_clears_its_staging(con, settings, small_synthetic):
     runs.start_run(con, settings, "dead", "ingest")
     ingest.stage_batch(con, settings, synthetic_specs(small_synthetic), "dead", "synthetic")
-    assert db.scalar(con, "select count(*) from staging_interactions") > 0
+    assert con.scalar("select count(*) from staging_interactions") > 0
     runs.start_run(con, settings, "held-before", "ingest")
-    runs.finish_run(con, settings, "held-before", "held")  # a held batch is kept for `recsys validate`
-    lines = runs.recover_stale_runs(con, settings, "next")
+    runs.finish_run(con, "held-before", "held")  # a held batch is kept for `recsys validate`
+    lines = runs.recover_stale_runs(con, "next")
     assert lines and "dead" in lines[0] and "marked failed" in lines[0]
     assert any("abandoned" in line for line in lines)
     status, message = con.execute("select status, message from runs where run_id = 'dead'").fetchall()[0]
     assert status == "failed" and "found by next" in message
-    assert db.scalar(con, "select status from runs where run_id = 'held-before'") == "held"
+    assert con.scalar("select status from runs where run_id = 'held-before'") == "held"
     for table in ("staging_interactions", "staging_users", "staging_items"):
-        assert db.scalar(con, f"select count(*) from {table}") == 0
+        assert con.scalar(f"select count(*) from {table}") == 0
     assert {s for (s,) in con.execute("select distinct status from ingest_ledger").fetchall()} == {"abandoned"}
-    assert db.run(con, settings, "validate/latest_gated_run") == []  # `recsys validate` has nothing to pick up
-    assert runs.recover_stale_runs(con, settings, "again") == []
+    assert con.run("validate/latest_gated_run") == []  # `recsys validate` has nothing to pick up
+    assert runs.recover_stale_runs(con, "again") == []
     # The abandoned files load normally next time.
     report = ingest.stage_batch(con, settings, synthetic_specs(small_synthetic), "retry", "synthetic")
     assert all(f.status == "staged" for f in report.files)
@@ -116,7 +116,7 @@ def test_a_run_that_finished_before_the_error_keeps_its_status(settings):
 
     with db.warehouse(settings) as con:
         start_run(con, settings, "run-2", "ingest")
-        finish_run(con, settings, "run-2", "held")
+        finish_run(con, "run-2", "held")
     with pytest.raises(RuntimeError), failed_on_exit(settings, "run-2"):
         raise RuntimeError("the gate held the batch")
     with db.warehouse(settings) as con:
