@@ -175,7 +175,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         feats = night.build_features(settings, run_id, snap)
         print(f"features: {feats.users:,} users ({feats.users_without_history:,} without history), "
               f"{feats.items:,} items")
-        _, fitted, _ = night.fit_evaluation_fold(steps, settings, run_id, snap, names)
+        _, fitted = night.fit_evaluation_fold(steps, settings, run_id, snap, names)
         trained = night.train_night(steps, settings, run_id, snap, feats, names,
                                     **night.carry_over({name: fit.path for name, fit in fitted.items()}))
     print(f"models saved under {trained.model_dir}")

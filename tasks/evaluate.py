@@ -277,8 +277,8 @@ def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
     slices = [warm_slice(warm.test, train_users), *cold_slices(cold)]
     item_cold, item_protocol = None, {}
     if settings.item_cold_fraction > 0:
-        # Drawn from the evaluation fold's training: what the item-cold fold trains on is a part of what the
-        # evaluation fold trains on, so a fit can continue from one to the other (tasks/night.py).
+        # Drawn from the evaluation fold's training: the item-cold fold sees the same window of time and users as
+        # the other slices, less the held-out items (and its fits are smaller than on everything).
         held = item_cold_split(fold.train, settings.item_cold_fraction, settings.seed, everything=frames.interactions)
         where = folder / "item_cold"
         where.mkdir(parents=True, exist_ok=True)
