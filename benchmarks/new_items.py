@@ -18,7 +18,6 @@ ratings never reach the warehouse; the variant is built in a temporary folder an
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from datetime import date
@@ -75,9 +74,7 @@ def run(path: Path, share: float, min_ratings: int, seed: int, epochs: int, log=
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="recsys-new-items-") as tmp:
         home = Path(tmp) / "home"
-        os.environ["RECSYS_HOME"] = str(home)
-        os.environ["RECSYS_EPOCHS"] = str(epochs)
-        settings = Settings(home=home)
+        settings = Settings(home=home, epochs=epochs)
         settings.ensure_dirs()
         ingest_flow(settings=settings, source="movielens-100k", path=str(path))
         with db.warehouse(settings) as wh:

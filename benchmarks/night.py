@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -91,16 +90,12 @@ def published_hash(path: str) -> str:
 def run_size(n: int, home: Path, epochs: int, models: list[str] | None, runner: str = "local",
              dask_workers: int = 2) -> dict:
     n_users, n_items = shape(n)
-    os.environ["RECSYS_HOME"] = str(home)
-    os.environ["RECSYS_EPOCHS"] = str(epochs)
-    os.environ["RECSYS_TASK_RUNNER"] = runner
-    os.environ["RECSYS_DASK_WORKERS"] = str(dask_workers)
     landing = home / "generated"  # a --path source, outside the landing area
     generate(landing, GeneratorConfig(n_users=n_users, n_items=n_items, n_interactions=n, seed=1))
     raw = raw_read_csv_rows_per_s(landing / SYNTHETIC_FILES["interactions"])
     warm_up()
     started = time.perf_counter()
-    settings = Settings(home=home)  # after the RECSYS_* variables above
+    settings = Settings(home=home, epochs=epochs, task_runner=runner, dask_workers=dask_workers)
     ingested = ingest_flow(settings=settings, source="synthetic", path=str(landing))
     ingest_seconds = time.perf_counter() - started
     rows = ingested["totals"]["rows_read"]

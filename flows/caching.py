@@ -27,8 +27,8 @@ from recsys.settings import PROJECT_ROOT, Settings
 from tasks import night
 
 # Settings that only matter to publishing or to where files are found: changing them recomputes nothing.
-NOT_SHAPING = {"top_n", "metric_tolerance", "sql_dir", "expectations_dir", "timezone", "ml100k_url", "publish_model",
-               "verbose", "lock_wait_seconds", "connect_wait_seconds", "task_runner", "dask_address",
+NOT_SHAPING = {"top_n", "metric_tolerance", "sql_dir", "expectations_dir", "timezone", "ml100k_url", "ml100k_dir",
+               "publish_model", "verbose", "lock_wait_seconds", "connect_wait_seconds", "task_runner", "dask_address",
                "dask_workers", "text_encoder_model_path", "text_vector_cache",
                "sql_timeout_seconds", "sql_memory_limit"}
 # Settings only the scoring of slices reads: a night that changes them re-scores and re-reports, and reuses

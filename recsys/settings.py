@@ -111,6 +111,9 @@ class Settings(BaseSettings):
                                                      "two minutes) or full (1,500 users, 75k).")
 
     ml100k_url: str = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+    ml100k_dir: Path = Field(PROJECT_ROOT.parent / "shared" / "datasets" / "ml-100k",
+                             description="Where the benchmarks and tests find MovieLens-100k (RECSYS_ML100K_DIR; "
+                                         "its licence forbids copying it into the repository).")
     sql_dir: Path = PROJECT_ROOT / "sql"
     expectations_dir: Path = PROJECT_ROOT / "expectations"
 

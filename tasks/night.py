@@ -4,9 +4,9 @@ Every step is a plain function from small records (paths, a fingerprint, counts)
 defined here adapt the snapshot to the work in ``tasks/``; ``fit_model`` and ``evaluate_slice`` are that work
 itself. The functions below the steps (``fit_fold``, ``evaluate_night``, ``train_night``) are the night's
 graph; a :class:`Steps` runs them. :class:`InProcess` calls each step here, one after another (``recsys
-evaluate``, ``recsys train``); the nightly flow hands the same steps to Prefect as cached tasks on its task
-runner (``flows/nightly.py``), so there is one graph to change. (The quality benchmark still fits through
-``tasks.train.fit_tuned``, on frames in memory.)
+evaluate``, ``recsys train``, the quality benchmark's folds through :func:`fit_tuned`); the nightly flow hands
+the same steps to Prefect as cached tasks on its task runner (``flows/nightly.py``), so there is one graph to
+change.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from tasks.evaluate import (
 )
 from tasks.features import FeatureSet, production_features
 from tasks.snapshot import Snapshot
+from tasks.split import ValidationFold
 from tasks.train import (
     FittedModel,
     TrainedModels,
+    components_of,
     fit_arguments,
     fit_model,
     fit_stages,
@@ -152,3 +154,21 @@ def train_night(steps: Steps, settings: Settings, run_id: str, snap: Snapshot, f
     print(format_training(paths))
     return TrainedModels(str(Path(paths[names[-1]]).parent), paths)
 
+
+def fit_tuned(steps: Steps, settings: Settings, names: list[str], train: str, feats: FeatureSet, folder: str,
+              fold: str, tuning: str | None = None, tuning_features: FeatureSet | None = None,
+              continue_fits: bool = True) -> tuple[dict[str, FittedModel], dict[str, FittedModel]]:
+    """One fold fitted the way the night reaches production: the blends among ``names`` fitted first on a tuning
+    fold (``tuning``: a saved :class:`~tasks.split.ValidationFold` carved from ``train``, with its features),
+    then every model on ``train`` with what :func:`carry_over` takes from those fits: the tuned blend and, with
+    ``continue_fits``, the fits to continue. For callers with one fold (the quality benchmark's protocols).
+    Returns the fits on ``train`` and the tuning fold's."""
+    blends = [name for name in names if components_of(name)]
+    tuned: dict[str, FittedModel] = {}
+    if blends and tuning is not None and tuning_features is not None:
+        tuned = fit_fold(steps, settings, blends, str(ValidationFold.train_path(Path(tuning))), tuning_features,
+                         str(Path(folder) / "tuning"), f"{fold}, tuning fold", validation=tuning)
+    carried = carry_over({name: fit.path for name, fit in tuned.items()})
+    if not continue_fits:
+        carried["warm_from"] = {}
+    return fit_fold(steps, settings, names, train, feats, folder, fold, **carried), tuned

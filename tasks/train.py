@@ -12,18 +12,12 @@ import polars as pl
 
 from models.base import Recommender
 from models.blend import ValidationCase
-from models.hybrid import Hybrid
 from models.registry import build, load, load_many, model_class
 from models.tiled import use_threads
 from recsys import progress
 from recsys.settings import Settings
-from tasks.features import FeatureSet, Frames, feature_frames
-from tasks.split import WARM_TRUTH_SHARE, ValidationFold, carve_validation
-
-# Validation users when the tuning fold is a fold of its own (fit_tuned): it is thrown away after tuning, so
-# it can lend many users (a blend's gain of 2 % is within the noise of the nightly's 10 % on ML-100k).
-TUNING_FOLD_COLD_SHARE = 0.25
-TUNING_FOLD_WARM_SHARE = 0.75
+from tasks.features import FeatureSet
+from tasks.split import ValidationFold
 
 
 def model_params(name: str, settings: Settings) -> dict:
@@ -86,21 +80,6 @@ def fit_one(
     return model
 
 
-def fit_models(
-    names: list[str] | tuple[str, ...], train: pl.DataFrame, user_features: pl.DataFrame,
-    item_features: pl.DataFrame, settings: Settings, *, validation: list[ValidationCase] | None = None,
-    weights: dict | None = None, fold: str = "", log=print,
-) -> dict[str, Recommender]:
-    """Fit each model once on ``train``, in this process; a hybrid blends the fitted components.
-    Returns every fitted model, components included. (The nightly fits each model as a task of its own:
-    :func:`fit_model`.)"""
-    fitted: dict[str, Recommender] = {}
-    for name in needed(names):
-        fitted[name] = fit_one(name, train, user_features, item_features, settings, components=fitted,
-                               validation=validation, weights=weights, fold=fold, log=log)
-    return fitted
-
-
 @dataclass(frozen=True)
 class FittedModel:
     """One saved fit, by path: what a fit task hands on instead of the model."""
@@ -145,53 +124,6 @@ def release_memory() -> None:
     records, not a model (the task deleted its models before calling this)."""
     gc.collect()
     gc.freeze()
-
-
-def hybrid_weights(models: dict[str, Recommender]) -> dict | None:
-    """The tuned blend of a fitted set, to hand to another fold's fit."""
-    hybrid = models.get("hybrid")
-    return {"weights": hybrid.weights, "tuning": hybrid.tuning} if isinstance(hybrid, Hybrid) else None
-
-
-def fit_tuned(
-    names: list[str] | tuple[str, ...], frames: Frames, train: pl.DataFrame, settings: Settings, label: str = "",
-    log=print, warm_truth: str = "latest", warm_truth_share: float = WARM_TRUTH_SHARE, ablate: str | None = None,
-) -> dict[str, Recommender]:
-    """Fit ``names`` on ``train``; a hybrid's weights are tuned first on validation users carved from it.
-
-    Components are then fitted twice (tuning fold, then ``train``): what the nightly does across its
-    evaluation and production folds, for callers that have only one fold (the quality benchmark, ``recsys
-    train``). The tuning fold is thrown away, so it lends many validation users (TUNING_FOLD_*_SHARE): the
-    warm ones lend a share of their interactions to the warm bucket's validation (``warm_truth``,
-    ``warm_truth_share``: the shape of the warm test it is for).
-    ``ablate``: a component; also returns ``hybrid_without_<it>``, the blend of the other components tuned on
-    the same validation users, from the same fits (the ablation of what that component adds).
-    """
-    weights, lesser = None, None
-    if "hybrid" in names:
-        fold = carve_validation(train, max(settings.validation_user_fraction, TUNING_FOLD_COLD_SHARE), settings.seed,
-                                warm_truth=warm_truth, warm_truth_share=warm_truth_share,
-                                warm_share=TUNING_FOLD_WARM_SHARE)
-        uf, itf = feature_frames(frames, fold.train)
-        tuned = fit_models(["hybrid"], fold.train, uf, itf, settings, validation=fold.cases,
-                           fold=f"{label + ', ' if label else ''}hybrid tuning fold", log=log)
-        weights = hybrid_weights(tuned)
-        if ablate:
-            lesser = _without(ablate, tuned).use_validation(fold.cases).fit(fold.train, uf, itf, seed=settings.seed)
-    uf, itf = feature_frames(frames, train)
-    fitted = fit_models(names, train, uf, itf, settings, weights=weights, fold=label, log=log)
-    if lesser is not None:
-        fitted[f"hybrid_without_{ablate}"] = _without(ablate, fitted).use_weights(lesser.weights, lesser.tuning).fit(
-            train, uf, itf, seed=settings.seed)
-    return fitted
-
-
-def _without(component: str, fitted: dict[str, Recommender]) -> Hybrid:
-    """A hybrid of the fitted components but ``component``."""
-    params = Hybrid.default_params()
-    return build("hybrid", components=[c for c in params["components"] if c != component],
-                 new_item_weights={c: w for c, w in params["new_item_weights"].items() if c != component}
-                 ).use_components(fitted)
 
 
 def format_training(paths: dict[str, Path | str]) -> str:

@@ -11,7 +11,6 @@ from models.hybrid import Hybrid
 from models.registry import build
 from tasks import features
 from tasks.split import carve_validation
-from tasks.train import hybrid_weights
 
 FAST_PARAMS = {
     "popularity": {},
@@ -46,7 +45,7 @@ def fit_model(name: str, train, uf, itf, seed: int, params: dict | None = None, 
         return hybrid.fit(interactions, uf, itf, seed=seed)
 
     tuned = fit(fold.train)
-    return fit(train, **hybrid_weights({"hybrid": tuned}))
+    return fit(train, weights=tuned.weights, tuning=tuned.tuning)
 
 
 def load_synthetic(folder):
