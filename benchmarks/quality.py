@@ -1,4 +1,6 @@
-"""Quality benchmark: protocol W (warm, the Microsoft Recommenders ML-100k protocol), protocol C (cold users),
+"""Quality benchmark: protocol W (warm, the Microsoft Recommenders ML-100k protocol: a random split), protocol T
+(the night's own shape: the log cut at a moment, what the known users did next, the users first seen after it;
+5 cuts), protocol C (cold users),
 protocol I (new items: 20 % of the items held out of training entirely, 5 seeds) and protocol Z (what each
 demographic tells about a user with no history: protocol C's k=0 users, segment popularity over finer
 segments, each shrunk towards gender x age).
@@ -29,16 +31,24 @@ from models.hybrid import Hybrid
 from models.registry import build, load_many
 from recsys import db
 from recsys.errors import ConfigError
+from recsys.schema import USER_ID
 from recsys.settings import Settings
 from tasks import ingest, night
-from tasks.evaluate import ITEM_COLD_BASELINES, ItemColdFold, Slice, cold_slices, evaluate_models
+from tasks.evaluate import ITEM_COLD_BASELINES, ItemColdFold, Slice, cold_slices, evaluate_models, warm_slice
 from tasks.features import Frames, feature_frames, load_frames, store_features
 from tasks.generate import GeneratorConfig, generate
 from tasks.item_text import text_vectors
-from tasks.metrics import ITEM_METRICS, Catalog, map_full, ndcg, precision, ranked_lists, recall
+from tasks.metrics import ITEM_METRICS, USER_BASELINES, Catalog, map_full, ndcg, precision, ranked_lists, recall
 from tasks.report import strongest_item_baseline
 from tasks.sources import movielens_specs, synthetic_specs
-from tasks.split import WARM_TRUTH_SHARE, carve_validation, cold_user_split, item_cold_split, stratified_split
+from tasks.split import (
+    WARM_TRUTH_SHARE,
+    carve_validation,
+    cold_user_split,
+    item_cold_split,
+    stratified_split,
+    temporal_cut,
+)
 from tasks.train import components_of
 
 # Microsoft Recommenders, ML-100k, their benchmark notebook (MAP is their full MAP, not MAP@K).
@@ -249,6 +259,89 @@ def zero_shot_variants() -> dict[str, tuple[str, dict]]:
     return variants
 
 
+# Where protocol T cuts the log: quantiles of its interaction times (a night is run at each).
+T_CUTS = (0.70, 0.75, 0.80, 0.85, 0.90)
+T_METRICS = ("ndcg", "recall", "map_at_k")
+
+
+def t_cuts(n: int) -> tuple[float, ...]:
+    """``n`` of :data:`T_CUTS`, spread over them (all five from n >= 5; the middle one for n = 1)."""
+    if n >= len(T_CUTS):
+        return T_CUTS
+    if n <= 1:
+        return (T_CUTS[len(T_CUTS) // 2],)
+    return tuple(T_CUTS[round(i * (len(T_CUTS) - 1) / (n - 1))] for i in range(n))
+
+
+def protocol_t(frames: Frames, names, settings: Settings, cuts: tuple[float, ...] | list[float], log,
+               peers: tuple[str, ...] = ()) -> dict:
+    """The night's own shape: the log cut at a moment (``cuts``: quantiles of its interaction times), every model
+    fitted on what was known then (a blend tuned on validation users' latest interactions, as the nightly tunes),
+    and scored on what the users known then did next (warm) and on the users first seen after it (cold, their
+    first k interactions revealed). Each cut is one night; CIs are per night (bootstrap over users), the table
+    averages the nights. Every model is paired against the published one (``hybrid_lift_over_<model>``)."""
+    per_cut = []
+    started = time.perf_counter()
+    for index, quantile in enumerate(cuts):
+        split = temporal_cut(frames.interactions, quantile, settings.k_shots)
+        seeded = settings.model_copy(update={"seed": index})
+        fitted = fit_tuned(names, frames, split.train, seeded, label=f"protocol T, cut at {quantile:.0%}")
+        models = {name: model for name, model in fitted.items() if name in names}
+        models.update(fit_peers(list(peers), frames, split.train, index, log))
+        log(f"  protocol T, cut at {quantile:.0%} of the log ({split.cut}): {split.train.height:,} interactions "
+            f"known, {split.warm.height:,} next ones of {split.warm[USER_ID].n_unique():,} known users, "
+            f"{len(split.cold.cold_users):,} new users")
+        train_users = np.sort(split.train[USER_ID].unique().to_numpy())
+        published = "hybrid" if "hybrid" in models else None
+        paired_already = set(USER_BASELINES) - {"popularity"}  # evaluate_models pairs these as lift_over_<name>
+        comparisons = tuple((published, name) for name in models
+                            if published and name != published and name not in paired_already)
+        metrics = evaluate_models(models, [warm_slice(split.warm, train_users), *cold_slices(split.cold)], (10,),
+                                  index, settings.bootstrap_samples, comparisons=comparisons)
+        mute = [name for name in peers if not PEER_CLASSES[name].ranks_users_without_history]
+        metrics = metrics.filter(~(pl.col("model").is_in(mute) & (pl.col("k_shot") == 0)))
+        per_cut.append(metrics.with_columns(seed=pl.lit(index), cut=pl.lit(quantile)))
+    all_metrics = pl.concat(per_cut)
+    keep = (pl.col("metric").is_in(T_METRICS) | pl.col("metric").is_in([f"{m}_lift" for m in T_METRICS])
+            | pl.col("metric").str.starts_with("ndcg_lift_over_"))
+    table = over_seeds(all_metrics.filter(keep & (pl.col("k") == 10)), "k_shot")
+    warm_ndcg = all_metrics.filter((pl.col("split") == "warm") & (pl.col("metric") == "ndcg") & (pl.col("k") == 10))
+    per_night = warm_ndcg.pivot(on="model", index="cut", values="value").sort("cut")
+    return {"protocol": "global temporal cut of the log at each of the cuts (quantiles of interaction time): "
+                        "train on what was known then; warm = the known users' interactions after it; cold = "
+                        "users first seen after it (first k revealed)",
+            "cuts": list(cuts), "table": table.to_dicts(), "warm_ndcg_per_cut": per_night.to_dicts(),
+            "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def format_temporal(t: dict) -> list[str]:
+    lines = ["", f"Protocol T (the night's shape: the log cut at {t['cuts']} of its time): @10, mean over cuts "
+                 "[mean 95% CI]"]
+    cells = {(r["model"], r["metric"], r["k_shot"]): r for r in t["table"]}
+    models = sorted({r["model"] for r in t["table"]})
+    ks = sorted({r["k_shot"] for r in t["table"] if r["k_shot"] is not None})
+
+    def cell(model, metric, k):
+        c = cells.get((model, metric, k))
+        return (f"{c['value']:.4f} [{c['ci_low']:.3f},{c['ci_high']:.3f}]" if c else "-").rjust(24)
+
+    lines.append(f"  {'warm: model':24} " + " ".join(f"{m:>24}" for m in ("nDCG", "recall", "MAP")))
+    for model in models:
+        lines.append(f"  {model:24} " + " ".join(cell(model, m, None) for m in T_METRICS))
+    lines.append(f"  {'new users: nDCG':24} " + " ".join(f"{'k=' + str(k):>24}" for k in ks))
+    for model in models:
+        lines.append(f"  {model:24} " + " ".join(cell(model, "ndcg", k) for k in ks))
+    lifts = sorted({r["metric"].removeprefix("ndcg_lift_over_") for r in t["table"]
+                    if r["model"] == "hybrid" and r["metric"].startswith("ndcg_lift_over_")})
+    for reference in lifts:
+        row = [r for r in t["table"] if r["model"] == "hybrid" and r["metric"] == f"ndcg_lift_over_{reference}"]
+        lines.append(f"  hybrid over {reference:18} " + "; ".join(
+            f"{'warm' if r['k_shot'] is None else 'k=' + str(r['k_shot'])} {r['value']:+.1%} "
+            f"[{r['ci_low']:+.1%},{r['ci_high']:+.1%}] {r['seeds_ci_above_zero']}/{len(t['cuts'])}"
+            for r in sorted(row, key=lambda r: -1 if r["k_shot"] is None else r["k_shot"])))
+    return lines
+
+
 def protocol_z(frames: Frames, settings: Settings, seeds: list[int], log) -> dict:
     """What the demographics tell about a new user (protocol C's users at k=0, same seeds and splits):
     segment popularity on gender x age against finer segments that add occupation, zip region
@@ -361,6 +454,52 @@ def format_item_cold(i: dict) -> list[str]:
     return lines
 
 
+def headline(result: dict, model: str = "hybrid") -> dict[str, tuple[float, float | None]]:
+    """The published model's numbers a change is judged by, per protocol: {label: (value, CI half-width or None)}.
+    W: nDCG@10 (one split, no CI); T: warm and k = 0 / 5 nDCG@10 (mean over cuts); C: nDCG@10 at every k; I:
+    items -> users nDCG@100 (means over seeds)."""
+    cells: dict[str, tuple[float, float | None]] = {}
+    if "w" in result and model in result["w"]["results"]:
+        cells["W nDCG@10"] = (result["w"]["results"][model]["ndcg"], None)
+    for key, label, column, metric in (("t", "T", "k_shot", "ndcg"), ("c", "C", "k_shot", "ndcg"),
+                                       ("i", "I", "k", "item_ndcg")):
+        for r in (result.get(key) or {}).get("table", []):
+            if r["model"] != model or r["metric"] != metric:
+                continue
+            if key == "t" and r[column] not in (None, 0, 5):
+                continue
+            where = ("warm" if r[column] is None else f"k={r[column]}") if column == "k_shot" else "@100"
+            cells[f"{label} {'items->users ' if key == 'i' else ''}{where}"] = (
+                r["value"], (r["ci_high"] - r["ci_low"]) / 2)
+    return cells
+
+
+def judge(result: dict, earlier: dict, model: str = "hybrid") -> list[str]:
+    """This run against ``earlier`` on every headline both have: the change, and whether it is beyond the earlier
+    run's CI (W has none: a change over 1 % counts). Ends with a verdict naming what rose and what fell."""
+    now, before = headline(result, model), headline(earlier, model)
+    lines = ["", f"Against {earlier.get('generated_at', 'the earlier run')} ({model}; beyond = outside the earlier "
+                 "run's 95% CI, or over 1 % where a protocol has none)"]
+    rose, fell = [], []
+    for label in [label for label in before if label in now]:
+        (value, _), (old, half) = now[label], before[label]
+        change = value - old
+        beyond = abs(change) > (half if half is not None else 0.01 * abs(old))
+        lines.append(f"  {label:24} {old:.4f} -> {value:.4f}  {change / old if old else 0.0:+6.1%}"
+                     f"{'  beyond' if beyond else ''}")
+        if beyond:
+            (rose if change > 0 else fell).append(label)
+    if rose and fell:
+        lines.append(f"  MIXED: lifts {', '.join(rose)} and costs {', '.join(fell)}")
+    elif fell:
+        lines.append(f"  WORSE on {', '.join(fell)}")
+    elif rose:
+        lines.append(f"  better on {', '.join(rose)}, nothing worse beyond its CI")
+    else:
+        lines.append("  no change beyond a CI")
+    return lines
+
+
 def format_tables(result: dict) -> str:
     lines = []
     if "w" in result:
@@ -409,6 +548,8 @@ def format_tables(result: dict) -> str:
                     f"{r['seeds_ci_above_zero']}/"
                     f"{len(c['seeds'])}" for r in cells))
         lines.append(f"  hybrid below popularity at k: {c['hybrid_below_popularity_at_k'] or 'never'}")
+    if "t" in result:
+        lines += format_temporal(result["t"])
     if "i" in result:
         lines += format_item_cold(result["i"])
     if "z" in result:
@@ -416,7 +557,7 @@ def format_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protocols=("w", "c", "i", "z"), log=print,
+def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protocols=("w", "t", "c", "i", "z"), log=print,
         peers: bool = False) -> dict:
     started = time.perf_counter()
     missing = missing_peers() if peers else []
@@ -435,6 +576,8 @@ def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protoco
     frames.text_vectors = text_vectors(frames.items, settings, log=log)
     if "w" in protocols:
         result["w"] = protocol_w(frames, names, settings, log, peer_names)
+    if "t" in protocols:
+        result["t"] = protocol_t(frames, names, settings, t_cuts(seeds), log, peer_names)
     if "c" in protocols:
         result["c"] = protocol_c(frames, names, settings, list(range(seeds)), log, peer_names)
     if "i" in protocols:
@@ -462,6 +605,11 @@ def write_result(result: dict, out: str | Path, table: str, footer: str) -> int:
 
 
 def main(args) -> int:
+    earlier = json.loads(Path(args.against).read_text()) if getattr(args, "against", None) else None
     result = run(args.dataset, Path(args.path) if args.path else None, args.seeds, args.models, args.epochs,
                  protocols=tuple(args.protocols), peers=args.peers)
-    return write_result(result, args.out, format_tables(result), f"\nwall time {result['wall_seconds']} s; ")
+    table = format_tables(result)
+    if earlier is not None:
+        result["against"] = {"file": str(args.against), "judgement": judge(result, earlier)[1:]}
+        table += "\n" + "\n".join(judge(result, earlier))
+    return write_result(result, args.out, table, f"\nwall time {result['wall_seconds']} s; ")

@@ -291,14 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="MovieLens-100k (RECSYS_ML100K_DIR or --path) or the synthetic generator")
     qual.add_argument("--path", help="dataset folder (ml-100k: the folder with u.data)")
     qual.add_argument("--out", default="var/benchmarks/quality.json", help="JSON output file")
-    qual.add_argument("--seeds", type=int, default=5, help="seeds of protocols C (cold users) and I (new items)")
-    qual.add_argument("--protocols", nargs="+", choices=["w", "c", "i", "z"], default=["w", "c", "i", "z"],
-                      help="w: warm (MSR), c: cold users, i: new items (item cold start), z: what each "
-                           "demographic tells about a user with no history")
+    qual.add_argument("--seeds", type=int, default=5,
+                      help="seeds of protocols C (cold users) and I (new items); cuts of protocol T (at most 5)")
+    qual.add_argument("--protocols", nargs="+", choices=["w", "t", "c", "i", "z"],
+                      default=["w", "t", "c", "i", "z"],
+                      help="w: warm (MSR, a random split), t: the night's shape (the log cut in time: what known "
+                           "users do next, users first seen after), c: cold users, i: new items (item cold "
+                           "start), z: what each demographic tells about a user with no history")
     qual.add_argument("--models", nargs="+", help="models (default: all)")
     qual.add_argument("--epochs", type=int, default=30, help="two-tower epochs (early stopping applies)")
     qual.add_argument("--peers", action="store_true",
                       help="also run LightFM and implicit ALS on the same splits (pip install '.[peers]')")
+    qual.add_argument("--against", help="an earlier run's JSON: judge this run's published model against it on every "
+                                        "protocol both ran (a change that lifts one and costs another is named)")
     qual.set_defaults(func=cmd_benchmark)
     new = bsub.add_parser("new-items", help="new films in the published lists and audiences (MovieLens-100k with "
                                             "a share of films stripped of their ratings)")

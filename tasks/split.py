@@ -73,16 +73,42 @@ def cold_user_split(
     n_cold = int(round(len(users) * cold_fraction))
     cold = np.sort(rng.choice(users, size=n_cold, replace=False)) if n_cold else np.array([], dtype=np.int64)
     is_cold = pl.col(USER_ID).is_in(cold)
-    train = interactions.filter(~is_cold)
-    # Order by time; ties broken by item id so the split is deterministic.
-    cold_rows = interactions.filter(is_cold).sort(USER_ID, TIMESTAMP, ITEM_ID).with_columns(
-        position=pl.int_range(pl.len()).over(USER_ID))
-    split = ColdSplit(train=train, cold_users=cold)
+    return reveal_first(ColdSplit(train=interactions.filter(~is_cold), cold_users=cold),
+                        interactions.filter(is_cold), k_shots)
+
+
+def reveal_first(split: ColdSplit, rows: pl.DataFrame, k_shots: tuple[int, ...] | list[int]) -> ColdSplit:
+    """Fill ``split`` per k from its cold users' ``rows``: the first k by time are the history, the rest the
+    truth (ties broken by item id, so the split is deterministic)."""
+    rows = rows.sort(USER_ID, TIMESTAMP, ITEM_ID).with_columns(position=pl.int_range(pl.len()).over(USER_ID))
     for k in sorted(set(int(k) for k in k_shots)):
-        split.history[k] = cold_rows.filter(pl.col("position") < k).drop("position")
-        split.truth[k] = cold_rows.filter(pl.col("position") >= k).drop("position")
-        split.excluded[k] = int(n_cold - split.truth[k][USER_ID].n_unique())
+        split.history[k] = rows.filter(pl.col("position") < k).drop("position")
+        split.truth[k] = rows.filter(pl.col("position") >= k).drop("position")
+        split.excluded[k] = int(len(split.cold_users) - split.truth[k][USER_ID].n_unique())
     return split
+
+
+@dataclass
+class TemporalCut:
+    """The night's shape on a log: everything before a moment is known; ``warm`` is what the users known then
+    did after it; users first seen after it are ``cold`` (their first k interactions revealed, the rest truth)."""
+
+    cut: object  # the moment (a timestamp of the data's type)
+    train: pl.DataFrame
+    warm: pl.DataFrame
+    cold: ColdSplit
+
+
+def temporal_cut(interactions: pl.DataFrame, quantile: float, k_shots: tuple[int, ...] | list[int]) -> TemporalCut:
+    """Cut the log at the ``quantile`` of its interaction times (a global cut, as a night sees it: not per user).
+    Ties at the cut go to training."""
+    cut = interactions[TIMESTAMP].sort()[min(int(quantile * interactions.height), interactions.height - 1)]
+    before, after = interactions.filter(pl.col(TIMESTAMP) <= cut), interactions.filter(pl.col(TIMESTAMP) > cut)
+    known = before[USER_ID].unique().implode()
+    warm = after.filter(pl.col(USER_ID).is_in(known))
+    newcomers = after.filter(~pl.col(USER_ID).is_in(known))
+    cold = ColdSplit(train=before, cold_users=np.sort(newcomers[USER_ID].unique().to_numpy()))
+    return TemporalCut(cut, before, warm, reveal_first(cold, newcomers, k_shots))
 
 
 def stratified_split(interactions: pl.DataFrame, ratio: float = 0.75, seed: int = 42, by: str = "user") -> WarmSplit:

@@ -18,7 +18,7 @@ def test_reduced_quality_benchmark_writes_every_number(ml100k_dir, tmp_path, cap
     # One two-tower epoch: what is checked here is that every number is written and sane, not how well the
     # deep model trains (`recsys benchmark quality` measures that, at its full budget).
     args = Namespace(dataset="ml-100k", path=str(ml100k_dir), out=str(out), seeds=1, models=None, epochs=1,
-                     peers=False, protocols=["w", "c"])
+                     peers=False, protocols=["w", "t", "c"])
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert set(result["w"]["results"]) == {"popularity", "segment_popularity", "item_knn", "ease", "content_knn",
@@ -40,8 +40,17 @@ def test_reduced_quality_benchmark_writes_every_number(ml100k_dir, tmp_path, cap
     assert result["w"]["results"]["ease"]["ndcg"] > result["w"]["results"]["popularity"]["ndcg"] + 0.1
     warm = result["w"]["hybrid_tuning"]["warm"]  # tuned on a random holdout, like protocol W's test
     assert warm["users"] > 500 and warm["chosen"] in ("blend", f"{warm['best_component']} alone")
+    # Protocol T: one cut (the middle one for one seed), warm and cold slices, every model paired with the hybrid.
+    assert result["t"]["cuts"] == [0.8]
+    t_rows = result["t"]["table"]
+    assert {(r["model"], r["k_shot"]) for r in t_rows if r["metric"] == "ndcg"} >= {
+        ("hybrid", None), ("ease", None), ("hybrid", 0), ("hybrid", 20)}
+    paired = {r["metric"] for r in t_rows if r["model"] == "hybrid" and r["metric"].startswith("ndcg_lift_over_")}
+    assert {"ndcg_lift_over_ease", "ndcg_lift_over_two_tower", "ndcg_lift_over_segment_popularity"} <= paired
+    assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in t_rows if r["metric"] in paired)
     printed = capsys.readouterr().out
     assert "Protocol W" in printed and "Protocol C" in printed and "MSR BiVAE" in printed
+    assert "Protocol T (the night's shape" in printed and "hybrid over ease" in printed
     assert "catalogue coverage" in printed
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.split import carve_validation, cold_user_split, stratified_split, temporal_split
+from tasks.split import carve_validation, cold_user_split, stratified_split, temporal_cut, temporal_split
 
 
 def interactions(n_users=50, per_user=12, seed=0):
@@ -94,3 +94,25 @@ def test_validation_is_carved_like_the_warm_test_it_tunes_for():
     assert keys(again.cases[-1].truth) == keys(random.cases[-1].truth)
     with pytest.raises(ValueError, match="warm_truth"):
         carve_validation(data, 0.2, seed=1, warm_truth="oldest")
+
+
+def test_a_temporal_cut_is_a_night_seen_from_the_log():
+    """Protocol T: one global moment; before it is training, after it the known users' next interactions (warm)
+    and the users first seen after it (cold: their first k by time revealed). Nothing lost, nothing leaks."""
+    data = interactions().vstack(  # a user known before the cut who comes back after it
+        pl.DataFrame([(3, 150, 5.0, datetime(2024, 1, 1) + timedelta(hours=4_500))],
+                     schema=["user_id", "item_id", "rating", "ts"], orient="row"))
+    cut = temporal_cut(data, 0.6, k_shots=(0, 1, 3))
+    assert (cut.train["ts"] <= cut.cut).all() and (cut.warm["ts"] > cut.cut).all()
+    assert cut.train.height == int(0.6 * data.height) + 1  # ties at the cut go to training (none here)
+    known = set(cut.train["user_id"])
+    assert set(cut.warm["user_id"]) <= known and 3 in set(cut.warm["user_id"])
+    assert not known & set(cut.cold.cold_users.tolist())
+    for k in (0, 1, 3):
+        history, truth = cut.cold.history[k], cut.cold.truth[k]
+        assert cut.train.height + cut.warm.height + history.height + truth.height == data.height
+        assert (history.group_by("user_id").len()["len"] <= k).all()
+        latest_known = history.group_by("user_id").agg(pl.col("ts").max())
+        first_truth = truth.group_by("user_id").agg(pl.col("ts").min())
+        both = latest_known.join(first_truth, on="user_id", suffix="_truth")
+        assert (both["ts"] < both["ts_truth"]).all()
