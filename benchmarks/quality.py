@@ -78,11 +78,13 @@ TUNING_FOLD_WARM_SHARE = 0.75
 
 def fit_tuned(names: list[str], frames: Frames, train: pl.DataFrame, settings: Settings, label: str = "",
               warm_truth: str = "latest", warm_truth_share: float = WARM_TRUTH_SHARE,
-              ablate: str | None = None) -> dict[str, Recommender]:
+              ablate: str | None = None, continue_fits: bool = False) -> dict[str, Recommender]:
     """``names`` fitted on ``train`` through the night's graph (:func:`tasks.night.fit_tuned`): a blend's weights
     tuned first on validation users carved from ``train`` (``warm_truth``, ``warm_truth_share``: the shape of the
     warm test they stand for), then every model on all of it with the tuned blend. Each fit starts from scratch
-    (the protocols' numbers are a model's, not a continued fit's). Returns the fitted models, loaded.
+    (the protocols' numbers are a model's), or with ``continue_fits`` continues the tuning fold's fit where a
+    model can (the two-tower), as the production fit continues the evaluation fold's: what is published.
+    Returns the fitted models, loaded.
     ``ablate``: a component; also returns ``hybrid_without_<it>``, the blend of the other components tuned on
     the same validation users from the same fits (what that component adds)."""
     with tempfile.TemporaryDirectory(prefix="recsys-quality-") as work:
@@ -98,7 +100,7 @@ def fit_tuned(names: list[str], frames: Frames, train: pl.DataFrame, settings: S
             tuning_features = store_features(frames, fold.train, folder / "tuning" / "features")
         fitted, tuned = night.fit_tuned(night.InProcess(), settings, list(names), str(folder / "train.parquet"),
                                         feats, str(folder / "models"), label, tuning=tuning,
-                                        tuning_features=tuning_features, continue_fits=False)
+                                        tuning_features=tuning_features, continue_fits=continue_fits)
         models = load_many({name: fit.path for name, fit in fitted.items()})
         if ablate and fold is not None and tuning_features is not None:
             uf, itf = tuning_features.read()
@@ -169,13 +171,15 @@ def fit_peers(names: list[str], frames: Frames, train: pl.DataFrame, seed: int, 
     return fitted
 
 
-def protocol_w(frames: Frames, names, settings: Settings, log, peers: tuple[str, ...] = ()) -> dict:
+def protocol_w(frames: Frames, names, settings: Settings, log, peers: tuple[str, ...] = (),
+               continue_fits: bool = False) -> dict:
     split = stratified_split(frames.interactions, ratio=0.75, seed=42, by="user")
     started = time.perf_counter()
     # The hybrid's warm bucket is tuned on validation shaped like this protocol's test: a random quarter of
     # each validation user's interactions (a blend tuned on the latest interactions does not carry over).
     models = {name: model for name, model in fit_tuned(names, frames, split.train, settings, label="protocol W",
-                                                       warm_truth="random", warm_truth_share=0.25).items()
+                                                       warm_truth="random", warm_truth_share=0.25,
+                                                       continue_fits=continue_fits).items()
               if name in names}
     models.update(fit_peers(list(peers), frames, split.train, settings.seed, log))
     results = {}
@@ -204,14 +208,16 @@ def over_seeds(metrics: pl.DataFrame, column: str) -> pl.DataFrame:
             .sort("metric", "model", column))
 
 
-def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log, peers: tuple[str, ...] = ()) -> dict:
+def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log, peers: tuple[str, ...] = (),
+               continue_fits: bool = False) -> dict:
     per_seed = []
     started = time.perf_counter()
     for seed in seeds:
         seeded = settings.model_copy(update={"seed": seed})
         split = cold_user_split(frames.interactions, settings.cold_user_fraction, settings.k_shots, seed)
         ablate = "two_tower" if {"hybrid", "two_tower"} <= set(names) else None  # what the deep model adds
-        fitted = fit_tuned(names, frames, split.train, seeded, label=f"protocol C, seed {seed}", ablate=ablate)
+        fitted = fit_tuned(names, frames, split.train, seeded, label=f"protocol C, seed {seed}", ablate=ablate,
+                           continue_fits=continue_fits)
         models = {name: model for name, model in fitted.items() if name in names or name == f"hybrid_without_{ablate}"}
         models.update(fit_peers(list(peers), frames, split.train, seed, log))
         models.update({n: m for n, m in without_text(frames, split.train, seed, fitted).items()
@@ -274,7 +280,7 @@ def t_cuts(n: int) -> tuple[float, ...]:
 
 
 def protocol_t(frames: Frames, names, settings: Settings, cuts: tuple[float, ...] | list[float], log,
-               peers: tuple[str, ...] = ()) -> dict:
+               peers: tuple[str, ...] = (), continue_fits: bool = False) -> dict:
     """The night's own shape: the log cut at a moment (``cuts``: quantiles of its interaction times), every model
     fitted on what was known then (a blend tuned on validation users' latest interactions, as the nightly tunes),
     and scored on what the users known then did next (warm) and on the users first seen after it (cold, their
@@ -285,7 +291,8 @@ def protocol_t(frames: Frames, names, settings: Settings, cuts: tuple[float, ...
     for index, quantile in enumerate(cuts):
         split = temporal_cut(frames.interactions, quantile, settings.k_shots)
         seeded = settings.model_copy(update={"seed": index})
-        fitted = fit_tuned(names, frames, split.train, seeded, label=f"protocol T, cut at {quantile:.0%}")
+        fitted = fit_tuned(names, frames, split.train, seeded, label=f"protocol T, cut at {quantile:.0%}",
+                           continue_fits=continue_fits)
         models = {name: model for name, model in fitted.items() if name in names}
         models.update(fit_peers(list(peers), frames, split.train, index, log))
         log(f"  protocol T, cut at {quantile:.0%} of the log ({split.cut}): {split.train.height:,} interactions "
@@ -396,7 +403,7 @@ def format_zero_shot(z: dict) -> list[str]:
     return lines
 
 
-def protocol_i(frames: Frames, names, settings: Settings, seeds: list[int], log) -> dict:
+def protocol_i(frames: Frames, names, settings: Settings, seeds: list[int], log, continue_fits: bool = False) -> dict:
     """Item cold start: per seed, ``item_cold_fraction`` of the items held out of training entirely; users ->
     items (nDCG@10, recall@50, HR@50 on the new items, from the whole catalogue) and items -> users
     (nDCG@100 over users, per new item), against the baselines (random exposure, genre popularity, genres +
@@ -407,7 +414,8 @@ def protocol_i(frames: Frames, names, settings: Settings, seeds: list[int], log)
     for seed in seeds:
         seeded = settings.model_copy(update={"seed": seed})
         split = item_cold_split(frames.interactions, settings.item_cold_fraction, seed)
-        fitted = fit_tuned(models_i, frames, split.train, seeded, label=f"protocol I, seed {seed}")
+        fitted = fit_tuned(models_i, frames, split.train, seeded, label=f"protocol I, seed {seed}",
+                           continue_fits=continue_fits)
         models = {n: fitted[n] for n in models_i}
         models.update(without_text(frames, split.train, seed, fitted))
         item_slice = Slice("item_cold", None, split.truth, None, split.excluded_users, split.new_items)
@@ -558,7 +566,7 @@ def format_tables(result: dict) -> str:
 
 
 def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protocols=("w", "t", "c", "i", "z"), log=print,
-        peers: bool = False) -> dict:
+        peers: bool = False, continue_fits: bool = False) -> dict:
     started = time.perf_counter()
     missing = missing_peers() if peers else []
     if missing:
@@ -571,17 +579,17 @@ def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protoco
         frames = load_synthetic()
     names = list(names or ALL_MODELS)
     result: dict = {"dataset": dataset, "generated_at": datetime.now(UTC).isoformat(), "models": names,
-                    "versions": library_versions(),
+                    "versions": library_versions(), "continue_fits": continue_fits,
                     "settings": settings.model_dump(mode="json", exclude={"sql_dir", "expectations_dir", "home"})}
     frames.text_vectors = text_vectors(frames.items, settings, log=log)
     if "w" in protocols:
-        result["w"] = protocol_w(frames, names, settings, log, peer_names)
+        result["w"] = protocol_w(frames, names, settings, log, peer_names, continue_fits)
     if "t" in protocols:
-        result["t"] = protocol_t(frames, names, settings, t_cuts(seeds), log, peer_names)
+        result["t"] = protocol_t(frames, names, settings, t_cuts(seeds), log, peer_names, continue_fits)
     if "c" in protocols:
-        result["c"] = protocol_c(frames, names, settings, list(range(seeds)), log, peer_names)
+        result["c"] = protocol_c(frames, names, settings, list(range(seeds)), log, peer_names, continue_fits)
     if "i" in protocols:
-        result["i"] = protocol_i(frames, names, settings, list(range(seeds)), log)
+        result["i"] = protocol_i(frames, names, settings, list(range(seeds)), log, continue_fits)
     if "z" in protocols:
         result["z"] = protocol_z(frames, settings, list(range(seeds)), log)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -607,7 +615,8 @@ def write_result(result: dict, out: str | Path, table: str, footer: str) -> int:
 def main(args) -> int:
     earlier = json.loads(Path(args.against).read_text()) if getattr(args, "against", None) else None
     result = run(args.dataset, Path(args.path) if args.path else None, args.seeds, args.models, args.epochs,
-                 protocols=tuple(args.protocols), peers=args.peers)
+                 protocols=tuple(args.protocols), peers=args.peers,
+                 continue_fits=getattr(args, "continue_fits", False))
     table = format_tables(result)
     if earlier is not None:
         result["against"] = {"file": str(args.against), "judgement": judge(result, earlier)[1:]}

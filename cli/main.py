@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     qual.add_argument("--epochs", type=int, default=30, help="two-tower epochs (early stopping applies)")
     qual.add_argument("--peers", action="store_true",
                       help="also run LightFM and implicit ALS on the same splits (pip install '.[peers]')")
+    qual.add_argument("--continue-fits", action="store_true",
+                      help="fit each protocol's models as production is fitted: continuing the tuning fold's fit "
+                           "where a model can (the two-tower), not from scratch")
     qual.add_argument("--against", help="an earlier run's JSON: judge this run's published model against it on every "
                                         "protocol both ran (a change that lifts one and costs another is named)")
     qual.set_defaults(func=cmd_benchmark)
