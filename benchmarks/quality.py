@@ -38,7 +38,7 @@ from tasks.evaluate import ITEM_COLD_BASELINES, ItemColdFold, Slice, cold_slices
 from tasks.features import Frames, feature_frames, load_frames, store_features
 from tasks.generate import GeneratorConfig, generate
 from tasks.item_text import text_vectors
-from tasks.metrics import ITEM_METRICS, USER_BASELINES, Catalog, map_full, ndcg, precision, ranked_lists, recall
+from tasks.metrics import ITEM_METRICS, Catalog, map_full, ndcg, precision, ranked_lists, recall
 from tasks.report import strongest_item_baseline
 from tasks.sources import movielens_specs, synthetic_specs
 from tasks.split import (
@@ -102,7 +102,7 @@ def fit_tuned(names: list[str], frames: Frames, train: pl.DataFrame, settings: S
                                         feats, str(folder / "models"), label, tuning=tuning,
                                         tuning_features=tuning_features, continue_fits=continue_fits)
         models = load_many({name: fit.path for name, fit in fitted.items()})
-        if ablate and fold is not None and tuning_features is not None:
+        if ablate and fold is not None:  # a tuning fold (and its features) exists
             uf, itf = tuning_features.read()
             lesser = _without(ablate, load_many({name: fit.path for name, fit in tuned.items()})).use_validation(
                 fold.cases).fit(fold.train, uf, itf, seed=settings.seed)
@@ -208,6 +208,12 @@ def over_seeds(metrics: pl.DataFrame, column: str) -> pl.DataFrame:
             .sort("metric", "model", column))
 
 
+def unranked_peers_muted(metrics: pl.DataFrame, peers: tuple[str, ...]) -> pl.DataFrame:
+    """``metrics`` without the k=0 rows of peers that cannot rank a user with no history (implicit ALS)."""
+    mute = [name for name in peers if not PEER_CLASSES[name].ranks_users_without_history]
+    return metrics.filter(~(pl.col("model").is_in(mute) & (pl.col("k_shot") == 0)))
+
+
 def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log, peers: tuple[str, ...] = (),
                continue_fits: bool = False) -> dict:
     per_seed = []
@@ -225,9 +231,7 @@ def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log,
         comparisons = ((("hybrid", f"hybrid_without_{ablate}"),) if ablate else ()) + text_comparisons(models)
         metrics = evaluate_models(models, cold_slices(split), (10,), seed, settings.bootstrap_samples,
                                   comparisons=comparisons)
-        mute = [name for name in peers if not PEER_CLASSES[name].ranks_users_without_history]
-        metrics = metrics.filter(~(pl.col("model").is_in(mute) & (pl.col("k_shot") == 0)))
-        per_seed.append(metrics.with_columns(seed=pl.lit(seed)))
+        per_seed.append(unranked_peers_muted(metrics, peers).with_columns(seed=pl.lit(seed)))
     all_metrics = pl.concat(per_seed)
     table = over_seeds(all_metrics.filter(pl.col("metric").is_in(["ndcg", "ndcg_lift", "coverage"])
                                           | pl.col("metric").str.starts_with("ndcg_lift_over_")), "k_shot")
@@ -299,15 +303,10 @@ def protocol_t(frames: Frames, names, settings: Settings, cuts: tuple[float, ...
             f"known, {split.warm.height:,} next ones of {split.warm[USER_ID].n_unique():,} known users, "
             f"{len(split.cold.cold_users):,} new users")
         train_users = np.sort(split.train[USER_ID].unique().to_numpy())
-        published = "hybrid" if "hybrid" in models else None
-        paired_already = set(USER_BASELINES) - {"popularity"}  # evaluate_models pairs these as lift_over_<name>
-        comparisons = tuple((published, name) for name in models
-                            if published and name != published and name not in paired_already)
+        comparisons = tuple(("hybrid", name) for name in models if "hybrid" in models and name != "hybrid")
         metrics = evaluate_models(models, [warm_slice(split.warm, train_users), *cold_slices(split.cold)], (10,),
                                   index, settings.bootstrap_samples, comparisons=comparisons)
-        mute = [name for name in peers if not PEER_CLASSES[name].ranks_users_without_history]
-        metrics = metrics.filter(~(pl.col("model").is_in(mute) & (pl.col("k_shot") == 0)))
-        per_cut.append(metrics.with_columns(seed=pl.lit(index), cut=pl.lit(quantile)))
+        per_cut.append(unranked_peers_muted(metrics, peers).with_columns(seed=pl.lit(index), cut=pl.lit(quantile)))
     all_metrics = pl.concat(per_cut)
     keep = (pl.col("metric").is_in(T_METRICS) | pl.col("metric").is_in([f"{m}_lift" for m in T_METRICS])
             | pl.col("metric").str.starts_with("ndcg_lift_over_"))
@@ -619,6 +618,7 @@ def main(args) -> int:
                  continue_fits=getattr(args, "continue_fits", False))
     table = format_tables(result)
     if earlier is not None:
-        result["against"] = {"file": str(args.against), "judgement": judge(result, earlier)[1:]}
-        table += "\n" + "\n".join(judge(result, earlier))
+        judgement = judge(result, earlier)
+        result["against"] = {"file": str(args.against), "judgement": judgement[1:]}
+        table += "\n" + "\n".join(judgement)
     return write_result(result, args.out, table, f"\nwall time {result['wall_seconds']} s; ")

@@ -135,7 +135,8 @@ def evaluate_models(
         references = ITEM_COLD_BASELINES if item_cold else tuple(dict.fromkeys((baseline, *USER_BASELINES)))
         pairs = [(name, reference, "lift" if reference == baseline else f"lift_over_{reference}")
                  for reference in references if reference in per_model for name in per_model if name != reference]
-        pairs += [(name, reference, f"lift_over_{reference}") for name, reference in comparisons]
+        pairs += [pair for name, reference in comparisons  # a baseline's pair is made once
+                  if (pair := (name, reference, f"lift_over_{reference}")) not in pairs]
         for name, reference, suffix in pairs:
             for k in slice_ks:
                 for metric in ACCURACY_METRICS:
