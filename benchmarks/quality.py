@@ -150,10 +150,11 @@ def load_ml100k(path: Path) -> Frames:
             return load_frames(wh)
 
 
-def load_synthetic(seed: int = 42) -> Frames:
+def load_synthetic(seed: int = 42, config: GeneratorConfig | None = None) -> Frames:
+    """Generated data (``config``, else the default shape with ``seed``) read through the product's ingest."""
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(home=Path(home))
-        generate(Path(home) / "data", GeneratorConfig(seed=seed))
+        generate(Path(home) / "data", config or GeneratorConfig(seed=seed))
         with db.warehouse(settings) as wh:
             ingest.stage_batch(wh, settings, synthetic_specs(Path(home) / "data"), "benchmark", "synthetic")
             ingest.promote_batch(wh, "benchmark")

@@ -21,6 +21,7 @@ The model itself is backend-agnostic Keras; the training input pipeline is ``tf.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ import numpy as np
 from models.base import Recommender
 from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock, decade_of, padded_rows
 from models.text import MAX_TOKENS
-from models.towers import TwoTowerNet, first_items_by_time, keras, ops, positions
+from models.towers import LazyAdam, TwoTowerNet, first_items_by_time, keras, ops, positions
 from recsys import progress
 
 
@@ -56,17 +57,24 @@ class TwoTower(Recommender):
                 # full softmax evaluates the item tower on the whole catalogue every step: worth it on small
                 # catalogues (ML-100k: 1,682 items), 5x slower a step than in-batch negatives at 6.7k items.
                 "full_softmax_max_items": 2_500,
-                # The cost per night is bounded: each epoch sees a fresh random sample of at most
-                # max_examples_per_epoch examples, and a fit sees at most example_budget in all (early
-                # stopping usually ends it sooner). A fit warm-started from an earlier fit (production from the
-                # evaluation fold) continues for at most warm_start_budget examples. On 2 cores the Keras
-                # step runs ~25-30k examples/s at 1k items and ~12k/s at 27k items and 138k users (20 M
-                # interactions): 4 M examples is 2.5-5.5 min, 1 M 0.6-1.4 min, so the deep model costs at most
-                # ~7 min of a 20 M night. ML-100k (100k examples an epoch) stops early well before either.
-                "max_examples_per_epoch": 1_000_000,
-                "example_budget": 4_000_000,
-                "warm_start_budget": 1_000_000,
+                # The budget follows the data: a fit sees at most ``passes`` times its training examples, and
+                # never more than example_budget (a fit from scratch) or warm_start_budget (production
+                # continuing the evaluation fold's fit). ML-100k's fits stop early after 12-16 passes; above ~100k
+                # interactions the cap binds. An epoch is at most max_examples_per_epoch examples and at most a
+                # quarter of the budget, so early stopping can end a capped fit at a quarter, a half, ...
+                # At 25-34k examples/s on 2 cores (XLA, lazy Adam; 6.7k-27k items) a 2 M fit is 60-80 s.
+                "passes": 20,
+                "max_examples_per_epoch": 500_000,
+                "example_budget": 2_000_000,
+                "warm_start_budget": 500_000,
                 "min_validation_examples": 2_048, "max_validation_examples": 100_000,
+                # An epoch that lowers the validation loss by less than this is no progress (flat fits end).
+                "min_delta": 0.002,
+                # XLA compiles the training step: 1.6-2x the examples/s, for ~6-8 s of compiling a fit.
+                # "auto": when the fit's budget is at least jit_min_examples, where it pays for itself.
+                "jit_compile": "auto", "jit_min_examples": 1_000_000,
+                # Embedding tables with at least this many rows are updated lazily (the rows a batch touches).
+                "lazy_rows": 20_000,
                 "verbose": False}  # Keras progress: a summary line per fit, or (True) a line per epoch
 
     # -- training ------------------------------------------------------------------------------------------
@@ -108,10 +116,7 @@ class TwoTower(Recommender):
         return np.where(np.array(used)[None, :], demographics, 0).astype(np.int32)
 
     def _fit(self, seed: int) -> None:
-        import tensorflow as tf
-
-        keras.utils.set_random_seed(seed)
-        tf.config.experimental.enable_op_determinism()
+        keras.utils.set_random_seed(seed)  # with seeded ops, and XLA or TensorFlow's CPU kernels: same weights
         p = self.params
         coo = self.train.tocoo()
         users, items = coo.row.astype(np.int32), coo.col.astype(np.int32)
@@ -124,16 +129,22 @@ class TwoTower(Recommender):
         is_val = rng.random(len(users)) < wanted / max(len(users), 1)
         self.train_demographics = self._tower_demographics(self.demographics_of(self.user_ids))
 
-        batch = int(min(p["batch_size"], max(2, (~is_val).sum())))
+        n_train = int((~is_val).sum())
+        batch = int(min(p["batch_size"], max(2, n_train)))
         self.net = self._build_net()
         warm = self._continue_from(getattr(self, "_previous", None))
-        per_epoch = min(int((~is_val).sum()), int(p["max_examples_per_epoch"]))
-        budget = int(p["warm_start_budget"] if warm else p["example_budget"])
-        epochs = max(1, min(int(p["epochs"]), budget // max(per_epoch, 1)))
+        budget = int(min(p["warm_start_budget"] if warm else p["example_budget"], p["passes"] * n_train))
+        per_epoch = max(batch, min(n_train, int(p["max_examples_per_epoch"]), budget // 4))
+        epochs = max(1, min(int(p["epochs"]), budget // per_epoch))
         steps = max(1, per_epoch // batch)
+        jit = p["jit_compile"] is True or (p["jit_compile"] == "auto" and epochs * per_epoch >= p["jit_min_examples"])
         train_ds = self._dataset(users[~is_val], items[~is_val], batch, seed, shuffle=True, epochs=epochs,
                                  steps=steps)
         last = {"loss": ""}
+        clock = {"started": time.perf_counter()}  # the first step (tracing, compiling) apart from the rest
+
+        def batch_ended(batch, logs=None):
+            clock.setdefault("first_step", time.perf_counter())
 
         def epoch_started(epoch, logs=None):
             progress.detail(f"epoch {epoch + 1}/{epochs}{last['loss']}")
@@ -142,17 +153,18 @@ class TwoTower(Recommender):
             last["loss"] = f", last loss {float((logs or {}).get('loss', float('nan'))):.3f}"
 
         def training_ended(logs=None):
+            clock["ended"] = time.perf_counter()
             progress.detail(f"trained{last['loss']}; caching the item vectors")
 
-        callbacks = [keras.callbacks.LambdaCallback(on_epoch_begin=epoch_started, on_epoch_end=epoch_ended,
-                                                    on_train_end=training_ended)]
+        callbacks = [keras.callbacks.LambdaCallback(on_train_batch_end=batch_ended, on_epoch_begin=epoch_started,
+                                                    on_epoch_end=epoch_ended, on_train_end=training_ended)]
         val_ds = None
         if is_val.sum() >= min(batch, 256):
             val_ds = self._dataset(users[is_val], items[is_val], int(min(batch, is_val.sum())), seed + 1, shuffle=False)
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=p["patience"],
-                                                           restore_best_weights=True))
-        self.net.compile(optimizer=keras.optimizers.Adam(p["learning_rate"]),
-                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                                                           min_delta=p["min_delta"], restore_best_weights=True))
+        self.net.compile(optimizer=LazyAdam(p["learning_rate"], lazy_rows=p["lazy_rows"]),
+                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
         # The optimizer's slots made now, not in the first step: a tf.function that creates variables while it
         # is traced is traced twice, and this graph takes seconds to trace (a third of a small night's fit).
         self.net.optimizer.build(self.net.trainable_variables)
@@ -160,8 +172,13 @@ class TwoTower(Recommender):
                                callbacks=callbacks, shuffle=False,
                                verbose=2 if p["verbose"] else 0)
         losses = history.history.get("loss", [])
-        self.training_ = {"epochs_planned": epochs, "epochs_run": len(losses), "examples_per_epoch": per_epoch,
-                          "warm_started": warm, "first_loss": losses[0] if losses else None,
+        # Training examples/s after the first step, validation passes included: what a fit of this size costs.
+        examples = (len(losses) * steps - 1) * batch
+        after_first = clock.get("ended", 0.0) - clock.get("first_step", 0.0)
+        self.training_ = {"examples_per_second": round(examples / after_first) if after_first > 0 else None,
+                          "first_step_seconds": round(clock.get("first_step", clock["started"]) - clock["started"], 2),
+                          "epochs_planned": epochs, "epochs_run": len(losses), "examples_per_epoch": per_epoch,
+                          "warm_started": warm, "jit_compile": jit, "first_loss": losses[0] if losses else None,
                           "final_loss": losses[-1] if losses else None,
                           "best_val_loss": min(history.history["val_loss"]) if "val_loss" in history.history else None}
         self.history_ = {k: [float(x) for x in v] for k, v in history.history.items()}
@@ -172,7 +189,8 @@ class TwoTower(Recommender):
         if not t:
             return ""
         val = f", best val_loss {t['best_val_loss']:.3f}" if t.get("best_val_loss") is not None else ""
-        return (f"{t['epochs_run']}/{t['epochs_planned']} epochs of {t['examples_per_epoch']:,} examples"
+        speed = f" at {t['examples_per_second']:,}/s" if t.get("examples_per_second") else ""
+        return (f"{t['epochs_run']}/{t['epochs_planned']} epochs of {t['examples_per_epoch']:,} examples{speed}"
                 f"{' (warm start)' if t['warm_started'] else ''}, loss (both towers) {t['first_loss']:.3f} -> "
                 f"{t['final_loss']:.3f}{val}")
 

@@ -17,8 +17,31 @@ def test_example_budget_caps_the_epochs(small_data):
     train, uf, itf, _ = small_data
     model = build("two_tower", **FAST, epochs=30, max_examples_per_epoch=2_000, example_budget=6_000,
                   patience=100).fit(train, uf, itf, seed=3)
-    assert model.training_["epochs_planned"] == 3 and model.training_["epochs_run"] == 3
-    assert not model.training_["warm_started"]
+    # An epoch is at most a quarter of the budget, so early stopping can end a capped fit a quarter at a time.
+    assert model.training_["examples_per_epoch"] == 1_500
+    assert model.training_["epochs_planned"] == 4 and model.training_["epochs_run"] == 4
+    assert not model.training_["warm_started"] and not model.training_["jit_compile"]
+
+
+def test_the_budget_follows_the_data(small_data):
+    """A fit sees at most ``passes`` times its training examples: a small night does not pay a large one's cap."""
+    train, uf, itf, _ = small_data
+    model = build("two_tower", **FAST, epochs=30, passes=2, patience=100).fit(train, uf, itf, seed=3)
+    t = model.training_
+    planned = t["epochs_planned"] * t["examples_per_epoch"]
+    assert t["epochs_run"] == t["epochs_planned"] == 4  # a budget of two passes, in quarters
+    # Every interaction is a training example but the validation share (at most a fifth).
+    assert 2 * 0.8 * train.height - 4 * FAST["batch_size"] <= planned <= 2 * train.height
+
+
+def test_a_compiled_fit_is_deterministic(small_data):
+    """XLA compiles the training step of a large fit ("auto"); forced here on a small one: same seed, same
+    weights, bit for bit."""
+    train, uf, itf, _ = small_data
+    fits = [build("two_tower", **FAST, epochs=2, jit_compile=True).fit(train, uf, itf, seed=3) for _ in range(2)]
+    assert all(f.training_["jit_compile"] for f in fits)
+    for a, b in zip(fits[0].net.get_weights(), fits[1].net.get_weights(), strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_a_small_fit_keeps_enough_validation_examples_to_stop_early(small_data):
