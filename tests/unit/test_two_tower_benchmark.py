@@ -10,7 +10,7 @@ from benchmarks import two_tower
 def test_the_profile_reports_examples_per_second_for_each_variant(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
     out = tmp_path / "two_tower.json"
-    variants = ["product", "no_xla", "input_only"]
+    variants = ["product", "input_only"]
     assert two_tower.main(["--users", "300", "--items", "80", "--interactions", "6000", "--examples", "4096",
                            "--variants", *variants, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
