@@ -25,7 +25,6 @@ import argparse
 import json
 import time
 
-import numpy as np
 import polars as pl
 
 from benchmarks.quality import load_synthetic, write_result
@@ -54,11 +53,8 @@ def input_only(inter, user_features, item_features, examples: int) -> dict:
     """Examples/s of the training input pipeline alone."""
     model = build("two_tower")
     model._encode(inter, user_features, item_features)
-    model.train_demographics = model._tower_demographics(model.demographics_of(model.user_ids))
-    coo = model.train.tocoo()
     batch = model.params["batch_size"]
-    batches = iter(model._dataset(coo.row.astype(np.int32), coo.col.astype(np.int32), batch, 0, shuffle=True,
-                                  steps=examples // batch))
+    batches = iter(model._dataset(*model._examples(), batch, 0, shuffle=True, steps=examples // batch))
     started = time.perf_counter()
     next(batches)
     first = time.perf_counter()

@@ -117,11 +117,17 @@ class TwoTower(Recommender):
         used = [c in self.params["user_demographics"] for c in DEMOGRAPHIC_COLUMNS]
         return np.where(np.array(used)[None, :], demographics, 0).astype(np.int32)
 
+    def _examples(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user row, item column) of every training interaction, with the demographics the user tower reads
+        set for the training users: what :meth:`_dataset` makes batches of."""
+        self.train_demographics = self._tower_demographics(self.demographics_of(self.user_ids))
+        coo = self.train.tocoo()
+        return coo.row.astype(np.int32), coo.col.astype(np.int32)
+
     def _fit(self, seed: int) -> None:
         keras.utils.set_random_seed(seed)  # with seeded ops, and XLA or TensorFlow's CPU kernels: same weights
         p = self.params
-        coo = self.train.tocoo()
-        users, items = coo.row.astype(np.int32), coo.col.astype(np.int32)
+        users, items = self._examples()
         rng = np.random.default_rng(seed)
         # Held-out examples for early stopping: a share, at least min_validation_examples (a small night's 5 %
         # was under one batch, so it never stopped early and ran every epoch), at most a fifth of the data and
@@ -129,7 +135,6 @@ class TwoTower(Recommender):
         wanted = min(max(p["validation_share"] * len(users), p["min_validation_examples"]), 0.2 * len(users),
                      p["max_validation_examples"])
         is_val = rng.random(len(users)) < wanted / max(len(users), 1)
-        self.train_demographics = self._tower_demographics(self.demographics_of(self.user_ids))
 
         n_train = int((~is_val).sum())
         batch = int(min(p["batch_size"], max(2, n_train)))
