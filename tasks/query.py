@@ -111,7 +111,10 @@ def fetch_readonly(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None
         raise ConfigError(f"the query failed: {str(exc).splitlines()[0]}") from exc
     finally:
         if timer is not None:
+            # Joined, not only cancelled: a timer thread still waking when the interpreter exits is killed
+            # mid-unwind by CPython's finalisation and aborts the process ("FATAL: exception not rethrown").
             timer.cancel()
+            timer.join()
 
 
 def parse_param(value: str) -> int | str:
