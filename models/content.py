@@ -23,6 +23,10 @@ from models.base import Recommender
 from models.serving import N_DECADES, UserBlock, decade_of
 
 FIRST_YEAR, LAST_YEAR = 1880, 2040  # exact release years one-hot; others (and unknown) have no year part
+# Content columns set in at least this share of items are scored as one dense BLAS product (the encoder's text
+# vector: every item; genres): scipy's single-threaded sparse x dense product over them was 57 % of scoring
+# the published hybrid at 5 M interactions. The rest (title words, years) stays sparse.
+DENSE_COLUMN_SHARE = 0.05
 
 
 def _unit_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
@@ -63,17 +67,35 @@ class ContentKNN(Recommender):
             parts.append((p["text_weight"], sp.csr_matrix(self.item_text)))
         self.content = _unit_rows(sp.hstack([float(w) * _unit_rows(part) for w, part in parts if float(w) > 0]).tocsr())
         self.content.eliminate_zeros()
+        self._scoring = None
 
     def score_block(self, users: UserBlock) -> np.ndarray:
         return self.column_scores(users, slice(None))
 
     def column_scores(self, users: UserBlock, columns: np.ndarray | slice) -> np.ndarray:
         """The block's scores of the catalogue ``columns`` only (a caller that needs a few items, the new
-        ones, does not pay for the catalogue)."""
-        profile = np.asarray((users.history @ self.content).todense(), dtype=np.float32)  # (b, d)
-        norms = np.linalg.norm(profile, axis=1, keepdims=True)
-        np.divide(profile, norms, out=profile, where=norms > 0)
-        return np.asarray((self.content[columns] @ profile.T).T, dtype=np.float32)
+        ones, does not pay for the catalogue): the dense content columns by BLAS, the sparse ones by scipy."""
+        dense, sparse = self._scoring_parts()
+        # The profile (the sum of the user's items' vectors, unit length) in the same two parts.
+        in_dense = np.asarray(users.history @ dense, dtype=np.float32)
+        in_sparse = np.asarray((users.history @ sparse).todense(), dtype=np.float32)
+        norms = np.sqrt(np.square(in_dense).sum(axis=1, keepdims=True)
+                        + np.square(in_sparse).sum(axis=1, keepdims=True))
+        scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        scores = (in_dense * scale) @ dense[columns].T
+        if sparse.nnz:
+            scores += np.asarray((sparse[columns] @ (in_sparse * scale).T).T, dtype=np.float32)
+        return scores
+
+    def _scoring_parts(self) -> tuple[np.ndarray, sp.csr_matrix]:
+        """The content matrix split by column (kept after the first call): the columns set in at least
+        :data:`DENSE_COLUMN_SHARE` of items as a dense (items, columns) array, the others as CSR."""
+        parts = getattr(self, "_scoring", None)
+        if parts is None:
+            dense = np.diff(self.content.tocsc().indptr) >= DENSE_COLUMN_SHARE * self.content.shape[0]
+            parts = self._scoring = (np.ascontiguousarray(self.content[:, np.flatnonzero(dense)].toarray()),
+                                     self.content[:, np.flatnonzero(~dense)].tocsr())
+        return parts
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         """"similar to <the known item whose content is closest>"."""
@@ -87,6 +109,7 @@ class ContentKNN(Recommender):
 
     def _load_state(self, path: Path) -> None:
         self.content = sp.load_npz(path / "content.npz").tocsr()
+        self._scoring = None
 
 
 def one_hot(codes: np.ndarray, width: int) -> sp.csr_matrix:

@@ -238,3 +238,21 @@ def test_no_slots_no_new_items_in_lists(eager, held_out):
     untouched = opened.filter(~pl.col("user_id").is_in(new_items_in_lists(hybrid, split, users)["user_id"]))
     assert untouched.select("user_id", "item_id", "rank").equals(
         kept.filter(pl.col("user_id").is_in(untouched["user_id"])).select("user_id", "item_id", "rank"))
+
+
+def test_content_scores_are_the_cosine_with_the_profile_whatever_part_a_column_is_scored_in(fitted):
+    """The content neighbourhood scores its dense columns (genres, the encoder's vector) by BLAS and the sparse ones
+    (title words, years) by scipy: the sum is the cosine of each item with the user's unit profile."""
+    import scipy.sparse as sp
+
+    model = fitted["content_knn"]
+    users = model.user_ids[:60]
+    block = model._user_block(users, sp.csr_matrix((len(users), len(model.item_ids)), dtype=np.float32))  # noqa: SLF001
+    profile = (block.history @ model.content).toarray()
+    profile /= np.maximum(np.linalg.norm(profile, axis=1, keepdims=True), 1e-12)
+    expected = profile @ model.content.toarray().T
+    dense, sparse = model._scoring_parts()  # noqa: SLF001
+    assert dense.shape[1] > 0 and sparse.shape[1] > 0  # both parts are exercised
+    np.testing.assert_allclose(model.score_block(block), expected, atol=1e-5)
+    columns = np.array([7, 0, 3])
+    np.testing.assert_allclose(model.column_scores(block, columns), expected[:, columns], atol=1e-5)
