@@ -31,7 +31,7 @@ from models.hybrid import Hybrid
 from models.registry import build, load_many
 from recsys import db
 from recsys.errors import ConfigError
-from recsys.schema import USER_ID
+from recsys.schema import ITEM_ID, USER_ID
 from recsys.settings import Settings
 from tasks import ingest, night
 from tasks.evaluate import ITEM_COLD_BASELINES, ItemColdFold, Slice, cold_slices, evaluate_models, warm_slice
@@ -296,29 +296,48 @@ def protocol_t(frames: Frames, names, settings: Settings, cuts: tuple[float, ...
     for index, quantile in enumerate(cuts):
         split = temporal_cut(frames.interactions, quantile, settings.k_shots)
         seeded = settings.model_copy(update={"seed": index})
-        fitted = fit_tuned(names, frames, split.train, seeded, label=f"protocol T, cut at {quantile:.0%}",
-                           continue_fits=continue_fits)
+        # The baselines of new items too: the known users' next interactions include films nobody had rated.
+        fitted = fit_tuned(ItemColdFold.models(list(names)), frames, split.train, seeded,
+                           label=f"protocol T, cut at {quantile:.0%}", continue_fits=continue_fits)
         models = {name: model for name, model in fitted.items() if name in names}
         models.update(fit_peers(list(peers), frames, split.train, index, log))
+        new = new_items_after(split)
         log(f"  protocol T, cut at {quantile:.0%} of the log ({split.cut}): {split.train.height:,} interactions "
-            f"known, {split.warm.height:,} next ones of {split.warm[USER_ID].n_unique():,} known users, "
+            f"known, {split.warm.height:,} next ones of {split.warm[USER_ID].n_unique():,} known users "
+            f"({new.truth.height:,} with {len(new.new_items):,} items nobody had taken), "
             f"{len(split.cold.cold_users):,} new users")
         train_users = np.sort(split.train[USER_ID].unique().to_numpy())
         comparisons = tuple(("hybrid", name) for name in models if "hybrid" in models and name != "hybrid")
         metrics = evaluate_models(models, [warm_slice(split.warm, train_users), *cold_slices(split.cold)], (10,),
                                   index, settings.bootstrap_samples, comparisons=comparisons)
+        if len(new.new_items):
+            against = tuple(("hybrid", name) for name in fitted if "hybrid" in fitted and name != "hybrid")
+            metrics = pl.concat([metrics, evaluate_models(fitted, [new], (10,), index, settings.bootstrap_samples,
+                                                          comparisons=against)])
         per_cut.append(unranked_peers_muted(metrics, peers).with_columns(seed=pl.lit(index), cut=pl.lit(quantile)))
     all_metrics = pl.concat(per_cut)
-    keep = (pl.col("metric").is_in(T_METRICS) | pl.col("metric").is_in([f"{m}_lift" for m in T_METRICS])
-            | pl.col("metric").str.starts_with("ndcg_lift_over_"))
+    keep = (pl.col("split") != "item_cold") & (
+        pl.col("metric").is_in(T_METRICS) | pl.col("metric").is_in([f"{m}_lift" for m in T_METRICS])
+        | pl.col("metric").str.starts_with("ndcg_lift_over_"))
     table = over_seeds(all_metrics.filter(keep & (pl.col("k") == 10)), "k_shot")
+    new_items = all_metrics.filter((pl.col("split") == "item_cold") & (
+        pl.col("metric").str.starts_with("ndcg") | pl.col("metric").str.starts_with("item_ndcg")))
     warm_ndcg = all_metrics.filter((pl.col("split") == "warm") & (pl.col("metric") == "ndcg") & (pl.col("k") == 10))
     per_night = warm_ndcg.pivot(on="model", index="cut", values="value").sort("cut")
     return {"protocol": "global temporal cut of the log at each of the cuts (quantiles of interaction time): "
                         "train on what was known then; warm = the known users' interactions after it; cold = "
                         "users first seen after it (first k revealed)",
             "cuts": list(cuts), "table": table.to_dicts(), "warm_ndcg_per_cut": per_night.to_dicts(),
+            "new_items": over_seeds(new_items, "k").to_dicts(),
             "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def new_items_after(split) -> Slice:
+    """Protocol T's new items: what the known users did next with items nobody had taken before the cut (users ->
+    items counts only them, from the whole catalogue; items -> users ranks those users for each)."""
+    known = split.train[ITEM_ID].unique().implode()
+    truth = split.warm.filter(~pl.col(ITEM_ID).is_in(known))
+    return Slice("item_cold", None, truth, None, 0, np.sort(truth[ITEM_ID].unique().to_numpy()))
 
 
 def format_temporal(t: dict) -> list[str]:
@@ -346,6 +365,14 @@ def format_temporal(t: dict) -> list[str]:
             f"{'warm' if r['k_shot'] is None else 'k=' + str(r['k_shot'])} {r['value']:+.1%} "
             f"[{r['ci_low']:+.1%},{r['ci_high']:+.1%}] {r['seeds_ci_above_zero']}/{len(t['cuts'])}"
             for r in sorted(row, key=lambda r: -1 if r["k_shot"] is None else r["k_shot"])))
+    new = {(r["model"], r["metric"], r["k"]): r for r in t.get("new_items", [])}
+    if new:
+        lines.append("  items nobody had taken before the cut, in the known users' next interactions:")
+        lines.append(f"  {'model':24} {'users -> items nDCG@10':>24} {'items -> users nDCG@100':>24}")
+        for model in sorted({m for m, _, _ in new}):
+            lines.append(f"  {model:24} " + " ".join(
+                (f"{c['value']:.4f} [{c['ci_low']:.3f},{c['ci_high']:.3f}]" if (c := new.get((model, metric, k)))
+                 else "-").rjust(24) for metric, k in (("ndcg", 10), ("item_ndcg", 100))))
     return lines
 
 

@@ -48,9 +48,14 @@ def test_reduced_quality_benchmark_writes_every_number(ml100k_dir, tmp_path, cap
     paired = {r["metric"] for r in t_rows if r["model"] == "hybrid" and r["metric"].startswith("ndcg_lift_over_")}
     assert {"ndcg_lift_over_ease", "ndcg_lift_over_two_tower", "ndcg_lift_over_segment_popularity"} <= paired
     assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in t_rows if r["metric"] in paired)
+    # Films first rated after the cut, in the known users' next interactions: every model and their baselines.
+    new_items = {(r["model"], r["metric"]) for r in result["t"]["new_items"]}
+    assert {("hybrid", "ndcg"), ("two_tower", "ndcg"), ("activity", "ndcg"), ("hybrid", "item_ndcg"),
+            ("activity", "item_ndcg"), ("hybrid", "ndcg_lift_over_two_tower")} <= new_items
     printed = capsys.readouterr().out
     assert "Protocol W" in printed and "Protocol C" in printed and "MSR BiVAE" in printed
     assert "Protocol T (the night's shape" in printed and "hybrid over ease" in printed
+    assert "items nobody had taken before the cut" in printed
     assert "catalogue coverage" in printed
 
 

@@ -44,3 +44,24 @@ def test_a_change_that_lifts_one_protocol_and_costs_another_is_named():
 def test_protocol_t_cuts_spread_over_the_log():
     assert t_cuts(5) == t_cuts(9) == (0.70, 0.75, 0.80, 0.85, 0.90)
     assert t_cuts(1) == (0.80,) and t_cuts(2) == (0.70, 0.90) and t_cuts(3) == (0.70, 0.80, 0.90)
+
+
+def test_protocol_t_new_items_are_the_items_nobody_had_taken_before_the_cut():
+    """What known users did next with films first rated after the cut: only those rows, every one of them."""
+    from datetime import datetime, timedelta
+
+    import polars as pl
+
+    from benchmarks.quality import new_items_after
+    from tasks.split import temporal_cut
+
+    start = datetime(2024, 1, 1)
+    rows = [(1, 10, 0), (1, 11, 1), (2, 10, 2), (2, 12, 3),  # before the cut: items 10, 11, 12 known
+            (1, 12, 5), (1, 20, 6), (2, 20, 7), (2, 21, 8),  # after: known users, items 20 and 21 new
+            (3, 20, 9)]  # a user first seen after the cut: cold, not in the warm truth
+    data = pl.DataFrame([(u, i, 4.0, start + timedelta(hours=h)) for u, i, h in rows],
+                        schema=["user_id", "item_id", "rating", "ts"], orient="row")
+    split = temporal_cut(data, 0.4, k_shots=(0,))
+    new = new_items_after(split)
+    assert new.split == "item_cold" and new.new_items.tolist() == [20, 21]
+    assert sorted(zip(new.truth["user_id"], new.truth["item_id"], strict=True)) == [(1, 20), (2, 20), (2, 21)]
