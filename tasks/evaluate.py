@@ -161,7 +161,8 @@ def _items_to_users(served: dict[str, Served], s: Slice, seed: int, n_boot: int,
         for metric in ITEM_METRICS:
             value, lo, hi = aggregate(metric, per_item[metric], resamples, 0)
             rows.append((run_id, s.split, s.k_shot, name, metric, ITEMS_TO_USERS_K, value, lo, hi, n_items, 0))
-            references = [*ITEM_COLD_BASELINES, *(ref for model, ref in comparisons if model == name)]
+            # Each reference once: a comparison may name a baseline too (protocol T pairs the hybrid with every model).
+            references = dict.fromkeys([*ITEM_COLD_BASELINES, *(ref for model, ref in comparisons if model == name)])
             for reference in references:
                 if reference in values and reference != name:
                     value, lo, hi = paired_lift(per_item[metric], values[reference][metric], resamples)

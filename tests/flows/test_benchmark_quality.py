@@ -52,6 +52,8 @@ def test_reduced_quality_benchmark_writes_every_number(ml100k_dir, tmp_path, cap
     new_items = {(r["model"], r["metric"]) for r in result["t"]["new_items"]}
     assert {("hybrid", "ndcg"), ("two_tower", "ndcg"), ("activity", "ndcg"), ("hybrid", "item_ndcg"),
             ("activity", "item_ndcg"), ("hybrid", "ndcg_lift_over_two_tower")} <= new_items
+    # One cut: each pair is counted once (the hybrid's comparisons name the baselines too).
+    assert all(r["seeds_ci_above_zero"] + r["seeds_ci_below_zero"] <= 1 for r in result["t"]["new_items"])
     printed = capsys.readouterr().out
     assert "Protocol W" in printed and "Protocol C" in printed and "MSR BiVAE" in printed
     assert "Protocol T (the night's shape" in printed and "hybrid over ease" in printed
