@@ -307,13 +307,12 @@ def protocol_t(frames: Frames, names, settings: Settings, cuts: tuple[float, ...
             f"({new.truth.height:,} with {len(new.new_items):,} items nobody had taken), "
             f"{len(split.cold.cold_users):,} new users")
         train_users = np.sort(split.train[USER_ID].unique().to_numpy())
-        comparisons = tuple(("hybrid", name) for name in models if "hybrid" in models and name != "hybrid")
+        comparisons = paired_with_hybrid(models)
         metrics = evaluate_models(models, [warm_slice(split.warm, train_users), *cold_slices(split.cold)], (10,),
                                   index, settings.bootstrap_samples, comparisons=comparisons)
         if len(new.new_items):
-            against = tuple(("hybrid", name) for name in fitted if "hybrid" in fitted and name != "hybrid")
             metrics = pl.concat([metrics, evaluate_models(fitted, [new], (10,), index, settings.bootstrap_samples,
-                                                          comparisons=against)])
+                                                          comparisons=paired_with_hybrid(fitted))])
         per_cut.append(unranked_peers_muted(metrics, peers).with_columns(seed=pl.lit(index), cut=pl.lit(quantile)))
     all_metrics = pl.concat(per_cut)
     keep = (pl.col("split") != "item_cold") & (
@@ -330,6 +329,11 @@ def protocol_t(frames: Frames, names, settings: Settings, cuts: tuple[float, ...
             "cuts": list(cuts), "table": table.to_dicts(), "warm_ndcg_per_cut": per_night.to_dicts(),
             "new_items": over_seeds(new_items, "k").to_dicts(),
             "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def paired_with_hybrid(models: dict) -> tuple[tuple[str, str], ...]:
+    """The published model against every other model evaluated beside it (none without a hybrid)."""
+    return tuple(("hybrid", name) for name in models if "hybrid" in models and name != "hybrid")
 
 
 def new_items_after(split) -> Slice:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 from model_helpers import featurize, fit_model, load_synthetic
 
 from models.blend import WARM
@@ -243,8 +244,6 @@ def test_no_slots_no_new_items_in_lists(eager, held_out):
 def test_content_scores_are_the_cosine_with_the_profile_whatever_part_a_column_is_scored_in(fitted):
     """The content neighbourhood scores its dense columns (genres, the encoder's vector) by BLAS and the sparse ones
     (title words, years) by scipy: the sum is the cosine of each item with the user's unit profile."""
-    import scipy.sparse as sp
-
     model = fitted["content_knn"]
     users = model.user_ids[:60]
     block = model._user_block(users, sp.csr_matrix((len(users), len(model.item_ids)), dtype=np.float32))  # noqa: SLF001

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
+import polars as pl
 import pytest
 
-from benchmarks.quality import headline, judge, t_cuts
+from benchmarks.quality import headline, judge, new_items_after, t_cuts
+from tasks.split import temporal_cut
 
 
 def result(w: float, t_warm: float, c0: float, i: float) -> dict:
@@ -48,13 +52,6 @@ def test_protocol_t_cuts_spread_over_the_log():
 
 def test_protocol_t_new_items_are_the_items_nobody_had_taken_before_the_cut():
     """What known users did next with films first rated after the cut: only those rows, every one of them."""
-    from datetime import datetime, timedelta
-
-    import polars as pl
-
-    from benchmarks.quality import new_items_after
-    from tasks.split import temporal_cut
-
     start = datetime(2024, 1, 1)
     rows = [(1, 10, 0), (1, 11, 1), (2, 10, 2), (2, 12, 3),  # before the cut: items 10, 11, 12 known
             (1, 12, 5), (1, 20, 6), (2, 20, 7), (2, 21, 8),  # after: known users, items 20 and 21 new
