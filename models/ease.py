@@ -15,14 +15,23 @@ nobody interacted with (new items, the item-cold fold's held-out ones) have a ze
 whatever lambda is (their Gram row is lambda on the diagonal only), so the model is fitted and stored on the
 items with interactions alone: the same weights, and at a fifth of the catalogue held out about half the
 Cholesky's flops and 0.64x its memory. Memory is one n_known^2 float32 matrix, fitted in place and laid out in
-column tiles for scoring in the same memory (:mod:`models.tiled`): ~2.9 GB at 27k items; beyond ~50k items it
-no longer fits a 24 GiB machine next to everything else, and a low-rank model is the way on."""
+column tiles for scoring in the same memory (:mod:`models.tiled`): ~2.9 GB at 27k items, 40 GB at 100k.
+
+The catalogue cap (``max_items``, ``RECSYS_EASE_MAX_ITEMS``): EASE is fitted on the most-taken items up to the
+cap (ties by catalogue order), the regression of those items on each other; the rest score zero here and are
+ranked by the hybrid's other components (the two-tower, item-kNN), whose memory grows with the catalogue, not
+its square. Unset (0), the cap is what a quarter of this machine's memory holds as one float32 square
+(:func:`memory_item_cap`: ~40k items at 24 GiB), so a wide catalogue no longer stops the night; the cap used
+and the items it kept are in the report (``saved_tuning``)."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
+import psutil
 from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
@@ -37,7 +46,9 @@ class EASE(Recommender):
 
     @classmethod
     def default_params(cls) -> dict:
-        return {"l2": 500.0, "degree_norm": 0.15}
+        return {"l2": 500.0, "degree_norm": 0.15, "max_items": 0}
+
+    SETTINGS = {"max_items": "ease_max_items"}
 
     def _fit(self, seed: int) -> None:
         # float32 and in place: one n_items^2 matrix at a time (27k items: 2.9 GB, not the 14 GB of float64
@@ -45,7 +56,12 @@ class EASE(Recommender):
         # well conditioned (measured: weights within 3e-8 of a float64 fit on 1,500 items, largest 0.02). The
         # Gram matrix is symmetric positive definite, so its inverse is a Cholesky inverse (half an LU's flops).
         counts = np.diff(self.train.tocsc().indptr)
-        self.known = None if counts.all() else np.flatnonzero(counts)  # columns of the items with interactions
+        cap = int(self.params["max_items"]) or memory_item_cap()
+        self.known = fitted_items(counts, cap)  # None: every item of the catalogue
+        self.catalogue = {"items_fitted": len(counts) if self.known is None else len(self.known),
+                          "items_with_interactions": int(np.count_nonzero(counts)), "catalogue": len(counts),
+                          "max_items": cap, "cap_from": "RECSYS_EASE_MAX_ITEMS" if self.params["max_items"]
+                          else "a quarter of this machine's memory"}
         train = self.train if self.known is None else self.train[:, self.known]
         n = train.shape[1]
         degree = (counts if self.known is None else counts[self.known]).astype(np.float64)  # all >= 1
@@ -88,15 +104,48 @@ class EASE(Recommender):
         out[both] = self.weights.take(r[both], c[both])
         return out
 
+    def summary(self) -> str:
+        fitted, taken = self.catalogue["items_fitted"], self.catalogue["items_with_interactions"]
+        return (f"on the {fitted:,} most taken of {taken:,} items (cap {self.catalogue['max_items']:,})"
+                if fitted < taken else "")
+
     def _save_state(self, path: Path) -> None:
         self.weights.save(path / "weights.npz")
         if self.known is not None:
             np.save(path / "known_items.npy", self.known)
+        (path / "catalogue.json").write_text(json.dumps(self.catalogue, indent=2))
+
+    @classmethod
+    def saved_tuning(cls, path: Path) -> dict | None:
+        """The items EASE was fitted on and the cap that chose them (for the report)."""
+        saved = Path(path) / "catalogue.json"
+        return json.loads(saved.read_text()) if saved.exists() else None
 
     def _load_state(self, path: Path) -> None:
         self.weights = TiledMatrix.load(path / "weights.npz")
         known = path / "known_items.npy"
         self.known = np.load(known) if known.exists() else None
+        self.catalogue = self.saved_tuning(path) or {}
+
+
+def fitted_items(counts: np.ndarray, cap: int) -> np.ndarray | None:
+    """The catalogue columns EASE is fitted on: the items with interactions, the ``cap`` most-taken of them
+    where there are more (ties by catalogue order), ascending; None when that is the whole catalogue."""
+    taken = np.flatnonzero(counts)
+    if len(taken) > cap:
+        taken = np.sort(taken[np.argsort(-counts[taken], kind="stable")[:cap]])
+    return None if len(taken) == len(counts) else taken
+
+
+def memory_item_cap(share: float = 0.25) -> int:
+    """The most items whose float32 square fits in ``share`` of this machine's memory (the smaller of the
+    machine's and its container's limit). The machine's, not what is free now, so that the same machine fits
+    the same model every night."""
+    memory = psutil.virtual_memory().total
+    limit = Path("/sys/fs/cgroup/memory.max")
+    if limit.exists() and (text := limit.read_text().strip()).isdigit():
+        memory = min(memory, int(text))
+    return max(1, math.isqrt(int(share * memory) // 4))
 
 
 def _spd_inverse_in_place(matrix: np.ndarray, block: int = 1024) -> np.ndarray:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import psutil
 import pytest
 import scipy.sparse as sp
 from model_helpers import fit_model
 from polars.testing import assert_frame_equal
 
 import models.base
+from models.ease import memory_item_cap
 from models.ranking import standardize_rows
 from models.registry import load
 from models.serving import merge_best_users, recommend_together
@@ -208,3 +210,38 @@ def test_ease_fitted_on_the_items_with_interactions_equals_the_whole_catalogue_f
     column = int(np.flatnonzero(np.isin(model.item_ids, new))[0])
     assert model._weight(known[:1], np.array([column]))[0] == 0.0
     assert model._weight(known[:1], known[1:2])[0] == pytest.approx(expected[known[0], known[1]], rel=1e-4, abs=1e-6)
+
+
+def test_ease_capped_is_the_formula_on_the_most_taken_items(small_data, tmp_path):
+    """With a cap below the items with interactions, EASE is the regression of the ``cap`` most-taken items on
+    each other (ties by catalogue order), zero for the others, and the report is told which cap chose them."""
+    train, uf, itf, _ = small_data
+    model = fit_model("ease", train, uf, itf, seed=0, params={"max_items": 40})
+    x = model.train.toarray().astype(np.float64)
+    counts = (x > 0).sum(axis=0)
+    kept = np.sort(np.argsort(-counts, kind="stable")[:40])
+    assert np.array_equal(model.known, kept)
+    users = np.sort(train["user_id"].unique().to_numpy())[:30]
+    rows = np.searchsorted(model.user_ids, users)
+    scores = model.score_users(users)
+    expected = x[rows][:, kept] @ ease_formula(x[:, kept], model.params["l2"], model.params["degree_norm"])
+    np.testing.assert_allclose(scores[:, kept], expected, rtol=1e-4, atol=1e-5)
+    assert not np.delete(scores, kept, axis=1).any()
+    assert model.summary().startswith(f"on the 40 most taken of {np.count_nonzero(counts)} items")
+
+    saved = model.save(tmp_path / "ease")
+    tuning = type(model).saved_tuning(saved)
+    assert tuning == {"items_fitted": 40, "items_with_interactions": int(np.count_nonzero(counts)),
+                      "catalogue": len(model.item_ids), "max_items": 40, "cap_from": "RECSYS_EASE_MAX_ITEMS"}
+    assert np.array_equal(load(saved).score_users(users), scores)
+
+
+def test_ease_cap_by_default_is_a_quarter_of_the_machine_memory(small_data):
+    """Unset, the cap is the largest float32 square in a quarter of this machine's memory (deterministic for a
+    machine: its total, not what is free), so a catalogue of this size is fitted whole."""
+    train, uf, itf, _ = small_data
+    model = fit_model("ease", train, uf, itf, seed=0)
+    cap = memory_item_cap()
+    assert 1_000 < cap and 4 * cap**2 <= psutil.virtual_memory().total / 4
+    assert model.catalogue["max_items"] == cap and model.catalogue["cap_from"].startswith("a quarter")
+    assert model.catalogue["items_fitted"] == model.catalogue["items_with_interactions"]
