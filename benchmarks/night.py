@@ -1,7 +1,13 @@
-"""The whole night at scale: the same flows ``recsys nightly`` runs, on synthetic data of ML-20M shape.
+"""The whole night at scale: the same flows ``recsys nightly`` runs, on synthetic data of ML-20M or a shop's shape.
 
     python -m benchmarks.night --sizes 1000000 5000000 20000000 --out var/benchmarks/night.json
     python -m benchmarks.night --sizes 5000000 --runners local dask   # the same night, side by side
+    python -m benchmarks.night --shape shop --sizes 10000000 30000000 100000000
+    python -m benchmarks.night --shape shop --sizes 2000000 --items 100000   # a wide catalogue
+
+Shapes: ``ml20m`` (6,925 users and 1,337 items a million interactions, ML-20M's at 20 M) and ``shop`` (100
+interactions a user, 2,000 items a million: 10 M -> 100k users x 20k items, 100 M -> 1 M x 200k; popularity
+Zipf, as the generator plants); ``--items`` sets the catalogue whatever the shape.
 
 For each size (and task runner: ``local``, or ``dask`` with a LocalCluster of ``--dask-workers`` processes),
 in a fresh home: generate (not timed as part of the night), then the ingest flow and the train-and-publish
@@ -37,13 +43,14 @@ from models.registry import load
 from recsys.settings import Settings
 from tasks.generate import SYNTHETIC_FILES, GeneratorConfig, generate
 
-# ML-20M: 138,493 users and 26,744 items rated at 20 M interactions.
-USERS_PER_MILLION, ITEMS_PER_MILLION = 6_925, 1_337
+# Users and items a million interactions. ML-20M: 138,493 users and 26,744 items rated at 20 M interactions.
+SHAPES = {"ml20m": (6_925, 1_337), "shop": (10_000, 2_000)}
 
 
-def shape(n_interactions: int) -> tuple[int, int]:
+def shape(n_interactions: int, name: str = "ml20m", items: int | None = None) -> tuple[int, int]:
+    users_per_million, items_per_million = SHAPES[name]
     millions = n_interactions / 1e6
-    return max(200, int(USERS_PER_MILLION * millions)), max(100, int(ITEMS_PER_MILLION * millions))
+    return max(200, int(users_per_million * millions)), items or max(100, int(items_per_million * millions))
 
 
 def sgemm_gflops(n: int = 2048, repeats: int = 3) -> float:
@@ -88,10 +95,12 @@ def published_hash(path: str) -> str:
 
 
 def run_size(n: int, home: Path, epochs: int, models: list[str] | None, runner: str = "local",
-             dask_workers: int = 2) -> dict:
-    n_users, n_items = shape(n)
+             dask_workers: int = 2, shape_name: str = "ml20m", items: int | None = None) -> dict:
+    n_users, n_items = shape(n, shape_name, items)
+    started = time.perf_counter()
     landing = home / "generated"  # a --path source, outside the landing area
     generate(landing, GeneratorConfig(n_users=n_users, n_items=n_items, n_interactions=n, seed=1))
+    generate_seconds = time.perf_counter() - started
     raw = raw_read_csv_rows_per_s(landing / SYNTHETIC_FILES["interactions"])
     warm_up()
     started = time.perf_counter()
@@ -108,8 +117,9 @@ def run_size(n: int, home: Path, epochs: int, models: list[str] | None, runner: 
     gemm = sgemm_gflops()
     scoring = scoring_gflops(Path(night["models"].model_dir))
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    return {"interactions": n, "runner": runner, "workers": dask_workers if runner == "dask" else 0,
-            "users": n_users, "items": n_items, "steps": steps,
+    return {"interactions": n, "shape": shape_name, "runner": runner,
+            "workers": dask_workers if runner == "dask" else 0, "users": n_users, "items": n_items,
+            "generate_seconds": round(generate_seconds, 1), "steps": steps,
             "total_seconds": round(ingest_seconds + night_seconds, 1), "peak_rss_gib": round(peak_rss_gib(), 2),
             "peak_rss_child_gib": round(children, 2),
             "published_hash": published_hash(night["published"]["paths"]["recommendations"]),
@@ -131,8 +141,8 @@ def format_table(results: list[dict]) -> str:
             rss = "" if s is None or s["peak_rss_gib"] is None else f"{s['peak_rss_gib']:5.1f}"
             cells.append(f"{s['seconds'] if s else float('nan'):11.1f}  {rss:>5}")
         lines.append(f"{name:34}" + "".join(cells))
-    for key in ("total_seconds", "peak_rss_gib", "peak_rss_child_gib", "published_hash", "ingest_vs_raw",
-                "scoring_vs_sgemm"):
+    for key in ("users", "items", "generate_seconds", "total_seconds", "peak_rss_gib", "peak_rss_child_gib",
+                "published_hash", "ingest_vs_raw", "scoring_vs_sgemm"):
         lines.append(f"{key:34}" + "".join(f"{r.get(key, '-')!s:>18}" for r in results))
     return "\n".join(lines)
 
@@ -140,6 +150,8 @@ def format_table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 20_000_000])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="ml20m", help="users and items per interaction")
+    parser.add_argument("--items", type=int, help="the catalogue's size, whatever the shape")
     parser.add_argument("--epochs", type=int, default=30, help="two-tower epochs (early stopping applies)")
     parser.add_argument("--models", nargs="+", help="models (default: RECSYS_MODELS)")
     parser.add_argument("--runners", nargs="+", choices=["local", "dask"], default=["local"],
@@ -151,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:  # a child: one size in a fresh process, so its peak RSS is its own
         with tempfile.TemporaryDirectory(prefix=f"night-{args.sizes[0]}-") as tmp:
             Path(args.out).write_text(json.dumps(run_size(args.sizes[0], Path(tmp), args.epochs, args.models,
-                                                          args.runners[0], args.dask_workers)))
+                                                          args.runners[0], args.dask_workers, args.shape,
+                                                          args.items)))
         return 0
     results = []
     for n in args.sizes:
@@ -159,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
                 command = [sys.executable, "-m", "benchmarks.night", "--one", "--sizes", str(n), "--epochs",
                            str(args.epochs), "--out", out.name, "--runners", runner, "--dask-workers",
-                           str(args.dask_workers), *(["--models", *args.models] if args.models else [])]
+                           str(args.dask_workers), "--shape", args.shape,
+                           *(["--items", str(args.items)] if args.items else []),
+                           *(["--models", *args.models] if args.models else [])]
                 subprocess.run(command, check=True)
                 results.append(json.loads(Path(out.name).read_text()))
             print(json.dumps(results[-1]), flush=True)

@@ -1,6 +1,6 @@
-"""Peers for the quality benchmark: LightFM and implicit's ALS, run on the benchmark's own splits.
+"""Peers for the quality benchmark: LightFM, run on the benchmark's own splits.
 
-    pip install '.[peers]'          # rectools-lightfm (a maintained LightFM build) and implicit
+    pip install '.[peers]'          # rectools-lightfm (a maintained LightFM build)
     recsys benchmark quality --peers ...
 
 Each peer is a :class:`models.base.Recommender`, so it is fitted on exactly the training interactions and
@@ -11,8 +11,9 @@ nothing in the nightly imports them.
 - ``lightfm``: LightFM with WARP loss, user features = id + demographics (gender, age bucket, occupation),
   item features = id + genres. Users not seen in training are represented by their demographics alone (also
   when they have revealed k items: LightFM has no fold-in), which is how LightFM serves cold users.
-- ``implicit_als``: implicit's ALS on the binary interaction matrix. Users not seen in training are folded
-  in from their revealed items (``recalculate_user``); with none (k = 0) it cannot rank and is not reported.
+
+implicit's ALS, the other peer of earlier tables, is a product model now (``als``, :mod:`models.als`): a row of
+every table like EASE's.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ import scipy.sparse as sp
 from models.base import Recommender
 from models.serving import UserBlock
 
-INSTALL_HINT = "the peers are an optional extra: pip install '.[peers]' (rectools-lightfm and implicit)"
-PEERS = ("lightfm", "implicit_als")
+INSTALL_HINT = "the peers are an optional extra: pip install '.[peers]' (rectools-lightfm)"
+PEERS = ("lightfm",)
 
 
 def missing_peers() -> list[str]:
     """Peer libraries that are not installed."""
-    return [package for package, module in (("rectools-lightfm", "lightfm"), ("implicit", "implicit"))
+    return [package for package, module in (("rectools-lightfm", "lightfm"),)
             if importlib.util.find_spec(module) is None]
 
 
@@ -41,7 +42,6 @@ class _Pickled(Recommender):
     """Peers keep their fitted state in one library object, saved as a pickle."""
 
     state: tuple[str, ...] = ()
-    ranks_users_without_history = True  # False: its lists for a user with no items would be tie order
 
     def _save_state(self, path: Path) -> None:
         with open(path / "peer.pkl", "wb") as f:
@@ -106,34 +106,4 @@ class LightFMPeer(_Pickled):
         return (embeddings @ self.item_embeddings.T + biases[:, None] + self.item_biases[None, :]).astype(np.float32)
 
 
-class ImplicitALSPeer(_Pickled):
-    name = "implicit_als"
-    state = ("model",)
-    ranks_users_without_history = False  # a user with no interactions has no factors to fold in
-
-    @classmethod
-    def default_params(cls) -> dict:
-        # Chosen on a validation split inside protocol W's training fold (nDCG@10 0.276; 64 factors, l2 0.05: 0.211).
-        return {"factors": 24, "regularization": 30.0, "alpha": 4.0, "iterations": 15}
-
-    def _fit(self, seed: int) -> None:
-        from implicit.cpu.als import AlternatingLeastSquares  # optional peer library (pip install '.[peers]')
-        from threadpoolctl import threadpool_limits  # comes with implicit
-
-        p = self.params
-        with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS threads under it slow it down
-            self.model = AlternatingLeastSquares(factors=p["factors"], regularization=p["regularization"],
-                                                 alpha=p["alpha"], iterations=p["iterations"], random_state=seed)
-            self.model.fit(self.train.tocsr(), show_progress=False)
-
-    def score_block(self, users: UserBlock) -> np.ndarray:
-        factors = np.zeros((len(users.user_ids), self.model.factors), dtype=np.float32)
-        known = users.train_rows >= 0
-        factors[known] = self.model.user_factors[users.train_rows[known]]
-        fold_in = np.flatnonzero(~known & (users.history_length > 0))  # from their revealed items
-        if len(fold_in):
-            factors[fold_in] = self.model.recalculate_user(fold_in, users.history[fold_in].tocsr())
-        return factors @ self.model.item_factors.T
-
-
-PEER_CLASSES: dict[str, type[Recommender]] = {cls.name: cls for cls in (LightFMPeer, ImplicitALSPeer)}
+PEER_CLASSES: dict[str, type[Recommender]] = {cls.name: cls for cls in (LightFMPeer,)}

@@ -162,7 +162,7 @@ def load_synthetic(seed: int = 42, config: GeneratorConfig | None = None) -> Fra
 
 
 def fit_peers(names: list[str], frames: Frames, train: pl.DataFrame, seed: int, log) -> dict[str, Recommender]:
-    """LightFM and implicit ALS fitted on exactly what our models are fitted on (``benchmarks/peers.py``)."""
+    """LightFM fitted on exactly what our models are fitted on (``benchmarks/peers.py``)."""
     uf, itf = feature_frames(frames, train)
     fitted = {}
     for name in names:
@@ -209,12 +209,6 @@ def over_seeds(metrics: pl.DataFrame, column: str) -> pl.DataFrame:
             .sort("metric", "model", column))
 
 
-def unranked_peers_muted(metrics: pl.DataFrame, peers: tuple[str, ...]) -> pl.DataFrame:
-    """``metrics`` without the k=0 rows of peers that cannot rank a user with no history (implicit ALS)."""
-    mute = [name for name in peers if not PEER_CLASSES[name].ranks_users_without_history]
-    return metrics.filter(~(pl.col("model").is_in(mute) & (pl.col("k_shot") == 0)))
-
-
 def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log, peers: tuple[str, ...] = (),
                continue_fits: bool = False) -> dict:
     per_seed = []
@@ -232,7 +226,7 @@ def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log,
         comparisons = ((("hybrid", f"hybrid_without_{ablate}"),) if ablate else ()) + text_comparisons(models)
         metrics = evaluate_models(models, cold_slices(split), (10,), seed, settings.bootstrap_samples,
                                   comparisons=comparisons)
-        per_seed.append(unranked_peers_muted(metrics, peers).with_columns(seed=pl.lit(seed)))
+        per_seed.append(metrics.with_columns(seed=pl.lit(seed)))
     all_metrics = pl.concat(per_seed)
     table = over_seeds(all_metrics.filter(pl.col("metric").is_in(["ndcg", "ndcg_lift", "coverage"])
                                           | pl.col("metric").str.starts_with("ndcg_lift_over_")), "k_shot")
@@ -313,7 +307,7 @@ def protocol_t(frames: Frames, names, settings: Settings, cuts: tuple[float, ...
         if len(new.new_items):
             metrics = pl.concat([metrics, evaluate_models(fitted, [new], (10,), index, settings.bootstrap_samples,
                                                           comparisons=paired_with_hybrid(fitted))])
-        per_cut.append(unranked_peers_muted(metrics, peers).with_columns(seed=pl.lit(index), cut=pl.lit(quantile)))
+        per_cut.append(metrics.with_columns(seed=pl.lit(index), cut=pl.lit(quantile)))
     all_metrics = pl.concat(per_cut)
     keep = (pl.col("split") != "item_cold") & (
         pl.col("metric").is_in(T_METRICS) | pl.col("metric").is_in([f"{m}_lift" for m in T_METRICS])

@@ -6,6 +6,7 @@ import importlib
 import json
 from pathlib import Path
 
+from models.als import ALS
 from models.audience import NewItemAudience, NewItemAudienceWithoutText
 from models.base import Recommender
 from models.content import Activity, ContentKNN, GenrePopularity, GenreYear, RandomExposure
@@ -15,7 +16,7 @@ from models.item_knn import ItemKNN
 from models.popularity import Popularity, SegmentPopularity
 
 MODELS: dict[str, type[Recommender]] = {
-    cls.name: cls for cls in (Popularity, SegmentPopularity, ItemKNN, EASE, ContentKNN, GenreYear, Activity,
+    cls.name: cls for cls in (Popularity, SegmentPopularity, ItemKNN, EASE, ALS, ContentKNN, GenreYear, Activity,
                               GenrePopularity, RandomExposure, NewItemAudience,
                               NewItemAudienceWithoutText, Hybrid)
 }

@@ -94,8 +94,8 @@ def test_peers_that_are_not_installed_are_named_with_the_command_that_installs_t
     from benchmarks import quality
     from recsys.errors import ConfigError
 
-    monkeypatch.setattr(quality, "missing_peers", lambda: ["implicit"])
-    with pytest.raises(ConfigError, match=r"--peers needs implicit: .*pip install '\.\[peers\]'"):
+    monkeypatch.setattr(quality, "missing_peers", lambda: ["rectools-lightfm"])
+    with pytest.raises(ConfigError, match=r"--peers needs rectools-lightfm: .*pip install '\.\[peers\]'"):
         quality.run("synthetic", None, 1, None, 1, peers=True)
 
 

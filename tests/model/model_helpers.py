@@ -17,6 +17,7 @@ FAST_PARAMS = {
     "segment_popularity": {},
     "item_knn": {"neighbours": 50},
     "ease": {"l2": 50.0},
+    "als": {"factors": 16, "regularization": 1.0, "iterations": 8},
     "content_knn": {},
     "genre_popularity": {},
     "random": {},

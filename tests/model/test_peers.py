@@ -1,4 +1,4 @@
-"""The benchmark's peers (LightFM, implicit ALS) behave as Recommenders on our data: an optional extra."""
+"""The benchmark's peer (LightFM) behaves as Recommenders on our data: an optional extra."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 pytest.importorskip("lightfm", reason="peers are an optional extra: pip install '.[peers]'")
-pytest.importorskip("implicit", reason="peers are an optional extra: pip install '.[peers]'")
 
 from benchmarks.peers import PEER_CLASSES  # noqa: E402
 from models.registry import build  # noqa: E402
