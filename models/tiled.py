@@ -36,9 +36,14 @@ def use_threads(threads: int) -> None:
     _THREADS["wanted"] = threads
 
 
+def thread_count() -> int:
+    """The threads :func:`use_threads` asked for: every core this process may use unless told otherwise."""
+    return _THREADS["wanted"] or len(os.sched_getaffinity(0))
+
+
 def scoring_pool() -> ThreadPoolExecutor:
     """The threads blockwise scoring and top-n selection share (numpy and scipy release the GIL)."""
-    return _pool(_THREADS["wanted"] or len(os.sched_getaffinity(0)))
+    return _pool(thread_count())
 
 
 @cache

@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from models.text_encoder import ENCODERS, TextEncoder
+from models.tiled import thread_count, use_threads
 from recsys import progress
 from recsys.schema import ITEM_ID
 from recsys.settings import Settings
@@ -57,8 +58,10 @@ def text_vectors(items: pl.DataFrame, settings: Settings, log=print) -> pl.DataF
     missing = texts.filter(~pl.col("key").is_in(cached["key"].implode())).unique("key").sort("key")
     if missing.height:
         started = time.perf_counter()
+        use_threads(settings.scoring_threads)  # the same vectors on any number of threads (tested)
         with progress.activity(f"embedding {missing.height:,} item texts with {spec.name}"):
-            vectors = TextEncoder(spec, settings.text_encoder_model_path).encode(missing["text"].to_list())
+            vectors = TextEncoder(spec, settings.text_encoder_model_path, threads=thread_count()).encode(
+                missing["text"].to_list())
         fresh = pl.DataFrame({"key": missing["key"],
                               VECTOR_COLUMN: pl.Series(VECTOR_COLUMN, vectors,
                                                        dtype=pl.Array(pl.Float32, spec.dimension))})

@@ -35,6 +35,12 @@ def test_vectors_are_unit_length_and_put_like_with_like(encoder):
     assert similarity[2, 3] > similarity[2, 0] + 0.1  # the two Austen adaptations
 
 
+def test_a_text_gets_the_same_vector_on_any_number_of_threads(encoder):
+    """The night embeds on every core (RECSYS_SCORING_THREADS): the vectors are the one thread's, bit for bit."""
+    texts = TITLES + [f"Synthetic Item {i} ({1950 + i % 70}). Genres: Drama, Comedy" for i in range(150)]
+    assert np.array_equal(TextEncoder(threads=2).encode(texts), encoder.encode(texts))
+
+
 def test_a_text_gets_the_same_vector_whatever_else_is_encoded_with_it(encoder):
     together = encoder.encode(TITLES)
     alone = np.stack([encoder.encode([t])[0] for t in TITLES])
