@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     verbose: bool = Field(False, description="Per-epoch lines from Keras (RECSYS_VERBOSE=1).")
     epochs: int = 30
     ease_max_items: int = Field(0, ge=0, description="EASE is fitted on at most this many items, the most taken "
-                                "(0: as many as a quarter of this machine's memory holds, ~40k at 24 GiB); the "
+                                "(0: 20,000 or what a quarter of this machine's memory holds, the smaller); the "
                                 "hybrid's other components rank the rest.")
     # Item text (title, genres) embedded by a pretrained sentence encoder (models/text_encoder.py), read by the
     # content models and the two-tower's content tower; ``none`` turns it off (the models then read genres,

@@ -11,7 +11,7 @@ from model_helpers import fit_model
 from polars.testing import assert_frame_equal
 
 import models.base
-from models.ease import memory_item_cap
+from models.ease import DEFAULT_MAX_ITEMS, memory_item_cap
 from models.ranking import standardize_rows
 from models.registry import load
 from models.serving import merge_best_users, recommend_together
@@ -236,12 +236,13 @@ def test_ease_capped_is_the_formula_on_the_most_taken_items(small_data, tmp_path
     assert np.array_equal(load(saved).score_users(users), scores)
 
 
-def test_ease_cap_by_default_is_a_quarter_of_the_machine_memory(small_data):
-    """Unset, the cap is the largest float32 square in a quarter of this machine's memory (deterministic for a
-    machine: its total, not what is free), so a catalogue of this size is fitted whole."""
+def test_ease_cap_by_default_is_bounded_by_time_and_a_quarter_of_the_machine_memory(small_data):
+    """Unset, the cap is 20,000 items or the largest float32 square in a quarter of this machine's memory
+    (deterministic for a machine: its total, not what is free), so a catalogue of this size is fitted whole."""
     train, uf, itf, _ = small_data
     model = fit_model("ease", train, uf, itf, seed=0)
     cap = memory_item_cap()
     assert 1_000 < cap and 4 * cap**2 <= psutil.virtual_memory().total / 4
-    assert model.catalogue["max_items"] == cap and model.catalogue["cap_from"].startswith("a quarter")
+    assert model.catalogue["max_items"] == min(cap, DEFAULT_MAX_ITEMS)
+    assert model.catalogue["cap_from"].startswith("the default")
     assert model.catalogue["items_fitted"] == model.catalogue["items_with_interactions"]
