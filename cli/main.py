@@ -35,6 +35,7 @@ from flows.ingest import ingest_flow
 from flows.nightly import SERVE_DEPLOYMENT, nightly_flow, serve_nightly
 from recsys import db, runs
 from recsys.errors import ConfigError, RecsysError, storage_error
+from recsys.progress import Heartbeat
 from recsys.settings import Settings, quiet_libraries
 from tasks import night, validate
 from tasks.generate import GeneratorConfig, generate
@@ -63,7 +64,9 @@ def _mapping_from_args(args: argparse.Namespace) -> dict | None:
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     config = GeneratorConfig(n_users=args.users, n_items=args.items, n_interactions=args.interactions,
                              seed=args.seed)
-    paths = generate(Path(args.out), config)
+    with Heartbeat(settings.progress_seconds) as beat:  # a line every 10 s: 100 M rows take minutes
+        beat.step("generate")
+        paths = generate(Path(args.out), config)
     for kind, path in paths.items():
         print(f"{kind:13} {path}")
     return EXIT_OK

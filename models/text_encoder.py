@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recsys import progress
 from recsys.errors import ConfigError
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "all-MiniLM-L6-v2"
@@ -132,6 +133,7 @@ class TextEncoder:
         self._load()
         ids = [e.ids for e in self._tokenizer.encode_batch(list(texts))]
         lengths = np.array([len(i) for i in ids])
+        done = 0
         for length in np.unique(lengths):
             rows = np.flatnonzero(lengths == length)
             for lo in range(0, len(rows), batch):
@@ -144,4 +146,6 @@ class TextEncoder:
                 pooled = hidden.mean(axis=1)
                 norms = np.linalg.norm(pooled, axis=1, keepdims=True)
                 out[part] = pooled / np.maximum(norms, 1e-12)
+                done += len(part)
+                progress.detail(f"{done:,}/{len(texts):,}")
         return out

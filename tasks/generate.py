@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from recsys import schema
+from recsys import progress, schema
 from recsys.schema import ITEM_ID, RATING, USER_ID
 
 SYNTHETIC_FILES = {"users": "users.csv", "items": "items.csv", "interactions": "interactions.csv"}
@@ -130,10 +130,13 @@ def generate(out: Path, config: GeneratorConfig | None = None) -> dict[str, Path
     writer = None
     interactions_path = out / SYNTHETIC_FILES["interactions"]
     blocks = _pooled_blocks if world.pooled() else _full_blocks
+    written = 0
     for table in blocks(world, rng):
         if writer is None:
             writer = pacsv.CSVWriter(interactions_path, table.schema)
         writer.write_table(table)
+        written += table.num_rows
+        progress.detail(f"{written:,} of {config.n_interactions:,} interactions written")
     if writer is not None:
         writer.close()
 
