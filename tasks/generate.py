@@ -185,7 +185,8 @@ class _World:
         return c.n_interactions < POOLED_BELOW_DENSITY * c.n_users * c.n_items
 
     def affinity(self, users: np.ndarray) -> np.ndarray:
-        """The planted taste of ``users`` for every item."""
+        """The planted taste of ``users`` for every item. (The same taste as :attr:`factors`' product, summed in
+        the order the dense data sets were always made with, so that they stay byte-identical.)"""
         c = self.config
         return (c.demographic_weight * self.taste[users] @ self.genre_norm.T + c.individual_weight
                 * (self.user_latent[users] @ self.item_latent.T) / np.sqrt(c.latent_dim))
