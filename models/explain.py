@@ -37,6 +37,30 @@ def best_history_item(history: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray
     return best
 
 
+def best_by_vectors(history: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """:func:`best_history_item` for ``affinity = vectors[known] . vectors[col]``, as one matrix product per
+    row of ``history`` (its known items x its pairs' columns) instead of one gathered dot product per (pair,
+    known item): 50k new items x 100 users x 100 known items is 500 M gathered rows of ``vectors`` the
+    other way, and seconds of SGEMM this way. Same rule: the highest affinity, ties to the lower column (the
+    first of the sorted known items), an undefined (NaN) affinity never wins; -1 for a row without history."""
+    history = history.tocsr()
+    if not history.has_sorted_indices:
+        history = history.sorted_indices()
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    best = np.full(len(rows), -1, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    cuts = np.flatnonzero(np.diff(rows[order])) + 1
+    for which in np.split(order, cuts) if len(rows) else ():
+        row = rows[which[0]]
+        known = history.indices[history.indptr[row]:history.indptr[row + 1]]
+        if len(known) == 0:
+            continue
+        values = vectors[known] @ vectors[cols[which]].T  # (known items, this row's pairs)
+        values[np.isnan(values)] = -np.inf
+        best[which] = known[np.argmax(values, axis=0)]  # argmax: the first maximum, the lower column
+    return best
+
+
 def _best_known(history: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, lengths: np.ndarray,
                 affinity: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
     best = np.full(len(rows), -1, dtype=np.int64)
@@ -81,7 +105,11 @@ class Explaining:
                           segment: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         """``kind`` naming the known item with the highest ``affinity(known, recommended)``; for a user
         without history, the user's ``segment`` (:meth:`segment_reasons`) or else ``popular``."""
-        item = best_history_item(users.history, rows, cols, affinity)
+        return self.history_reasons(users, rows, best_history_item(users.history, rows, cols, affinity), kind, segment)
+
+    def history_reasons(self, users: UserBlock, rows: np.ndarray, item: np.ndarray, kind: str = "neighbour",
+                        segment: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """:meth:`neighbour_reasons` for the known items already chosen (``item``, -1 for none)."""
         why = self.reasons(rows, np.where(item >= 0, kind, "popular"), item)
         cold = np.flatnonzero(item < 0)
         if segment and len(cold):
@@ -101,15 +129,11 @@ class Explaining:
         again: "similar to <the user's known item closest in genres and decade>", or for a user without
         history "popular with <gender, age>"."""
         user_ids, item_ids = np.asarray(user_ids, dtype=np.int64), np.asarray(item_ids, dtype=np.int64)
-        vectors = self.content_vectors()
-
-        def closeness(known: np.ndarray, target: np.ndarray) -> np.ndarray:
-            return np.einsum("ij,ij->i", vectors[known], vectors[target])
-
         users = np.unique(user_ids)
         block = self._user_block(users, sp.csr_matrix((len(users), len(self.item_ids)), dtype=np.float32))
-        return self.neighbour_reasons(block, np.searchsorted(users, user_ids), np.searchsorted(self.item_ids, item_ids),
-                                      closeness, kind="content", segment=("gender", "age_bucket"))
+        rows = np.searchsorted(users, user_ids)
+        item = best_by_vectors(block.history, rows, np.searchsorted(self.item_ids, item_ids), self.content_vectors())
+        return self.history_reasons(block, rows, item, kind="content", segment=("gender", "age_bucket"))
 
     def segment_reasons(self, users: UserBlock, rows: np.ndarray, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
         """``segment`` naming the user's cell of ``columns`` (e.g. gender=F, age_bucket=25-34); ``popular``
