@@ -333,7 +333,7 @@ def publish_step(settings, run_id: str, run_date: date, frames: Frames, model_na
     with db.warehouse(settings) as wh:
         metrics = pl.read_parquet(metrics_path).with_columns(run_id=pl.lit(run_id)) if metrics_path else None
         previous_publish = wh.run("publish/last_published_run", {"run_id": run_id})
-        params = suite_parameters(wh, settings, run_id, _now(), recs.height)
+        params = suite_parameters(wh, settings, run_id, _now())
 
     previous = None
     if previous_publish:

@@ -3,7 +3,10 @@
 Why pandas batches built from DuckDB rather than a GX SQL datasource on the warehouse: GX has no DuckDB
 dialect, its metric resolution on DuckDB hits known ``IndexError``s, and a second connection would fight
 DuckDB's single-writer lock. A pandas frame of just the new batch is robust and keeps the gate's cost
-proportional to the batch, not to the warehouse.
+proportional to the batch, not to the warehouse. A batch larger than ``GATE_CHUNK_ROWS`` is streamed from
+DuckDB and validated chunk by chunk, the chunks' results merged into the whole batch's (counts added, every
+failing row kept, ``mostly`` and the bounds judged on the totals), so memory is bounded by the chunk, not the
+batch (100 M interactions are ~8 GB as one pandas frame); a batch of one chunk gets GX's results as they are.
 
 Semantics:
 - A *row-level* expectation (``meta.row_level``) that fails on a share of rows within its ``mostly`` passes;
@@ -19,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +38,7 @@ from tasks import ingest
 GATED_SUITES = ("users", "items", "interactions")  # validation order: referenced tables first
 STAGING_TABLE = {"users": "staging_users", "items": "staging_items", "interactions": "staging_interactions"}
 INDEX_COLUMNS = ["file_id", "line_number"]
+GATE_CHUNK_ROWS = 2_000_000  # rows GX sees at a time: ~0.2 GB of pandas for the interactions' ten columns
 
 
 @dataclass
@@ -53,6 +57,8 @@ class Outcome:
     description: str = ""
     failing_rows: list[dict] = field(default_factory=list)
     rows_rejected: int = 0
+    missing_count: int | None = None  # nulls a map expectation did not judge (not in its ``mostly``)
+    kwargs: dict = field(default_factory=dict, repr=False)  # the expectation's arguments, parameters resolved
 
     @property
     def label(self) -> str:
@@ -128,6 +134,13 @@ def load_suite(settings: Settings, name: str):
             f"expectations/{name}.json holds {len(data['expectations'])} expectations but Great Expectations "
             f"loaded {len(suite.expectations)}: one is invalid (check its type and kwargs)"
         )
+    if name in GATED_SUITES:  # the gate validates large batches chunk by chunk
+        for expectation in data["expectations"]:
+            if chunk_rule(expectation["type"]) is None:
+                raise ConfigError(
+                    f"expectations/{name}.json: {expectation['type']} cannot be judged chunk by chunk, and the gate "
+                    f"validates batches over {GATE_CHUNK_ROWS:,} rows in chunks; use a column map expectation "
+                    f"(one verdict per row) or one of {', '.join(CHUNK_RULES)}")
     return suite
 
 
@@ -138,9 +151,7 @@ def severity_of(meta: dict, settings: Settings) -> str:
     return meta.get("severity", "critical")
 
 
-def suite_parameters(
-    wh: db.Warehouse, settings: Settings, run_id: str, now: datetime, batch_rows: int
-) -> dict[str, Any]:
+def suite_parameters(wh: db.Warehouse, settings: Settings, run_id: str, now: datetime) -> dict[str, Any]:
     """Values for the suites' ``$PARAMETER``s, from settings and the warehouse's history."""
     mean_volume, n_batches = wh.run("validate/volume_history",
                                     {"run_id": run_id, "window": settings.volume_window})[0]
@@ -241,8 +252,82 @@ def suite_outcomes(name: str, results, settings: Settings) -> list[Outcome]:
             element_count=res.get("element_count"),
             description=meta.get("description", ""),
             failing_rows=[{k: _plain(v) for k, v in row.items()} for row in res.get("unexpected_index_list") or []],
+            missing_count=res.get("missing_count"),
+            kwargs=dict(config.kwargs),
         ))
     return outcomes
+
+
+# How each kind of expectation's result over a batch follows from its results over the batch's chunks. A map
+# expectation (one verdict per row: not null, between, in set) adds its counts; these are the others the
+# suites may use. An aggregate that does not follow from its chunks' (uniqueness across rows, a median) is
+# refused when the suite is loaded, with the expectations that can be judged chunk by chunk.
+CHUNK_RULES = {
+    "expect_table_columns_to_match_set": "all",   # the same columns in every chunk
+    "expect_column_values_to_be_of_type": "all",  # a chunk's dtype: nullable where its column has a null
+    "expect_table_row_count_to_be_between": "rows",
+    "expect_column_mean_to_be_between": "mean",
+}
+
+
+def chunk_rule(expectation_type: str) -> str | None:
+    """How an expectation merges over chunks: ``map``, a :data:`CHUNK_RULES` rule, or None (it cannot)."""
+    # Great Expectations is heavy to import: loaded when a suite is, as elsewhere in this module.
+    from great_expectations.expectations.expectation import ColumnMapExpectation
+    from great_expectations.expectations.registry import get_expectation_impl
+
+    if expectation_type in CHUNK_RULES:
+        return CHUNK_RULES[expectation_type]
+    try:
+        return "map" if issubclass(get_expectation_impl(expectation_type), ColumnMapExpectation) else None
+    except Exception:  # GX raises its own error for an unknown type; load_suite reports that one
+        return None
+
+
+def merge_chunks(chunks: list[list[Outcome]], nonnull: list[dict[str, int]]) -> list[Outcome]:
+    """One suite's outcomes over a whole batch from its outcomes over consecutive chunks (``nonnull``: each
+    chunk's non-null count per column, which a mean is weighted by). Same verdicts as GX on the whole batch:
+    a map expectation's ``mostly`` on the summed counts (rows considered: all rows, less the nulls it does
+    not judge), bounds on the summed rows and the weighted mean; failing rows in batch order."""
+    if len(chunks) == 1:
+        return chunks[0]
+    merged = []
+    for parts in zip(*chunks, strict=True):
+        first, rule = parts[0], chunk_rule(parts[0].expectation)
+        out = Outcome(**{**first.__dict__, "failing_rows": [row for p in parts for row in p.failing_rows]})
+        if rule == "map":
+            out.element_count = sum(p.element_count or 0 for p in parts)
+            out.unexpected_count = sum(p.unexpected_count or 0 for p in parts)
+            out.missing_count = None if first.missing_count is None else sum(p.missing_count or 0 for p in parts)
+            considered = out.element_count - (out.missing_count or 0)
+            mostly = first.kwargs.get("mostly")
+            out.success = considered == 0 or (considered - out.unexpected_count) / considered >= (
+                1.0 if mostly is None else mostly)
+        elif rule == "rows":
+            out.observed_value = sum(p.observed_value for p in parts)
+            out.success = _between(out.observed_value, first.kwargs)
+        elif rule == "mean":
+            column = first.column
+            weights = [n[column] for n in nonnull]
+            total = sum(weights)
+            out.observed_value = (sum(p.observed_value * w for p, w in zip(parts, weights, strict=True) if w)
+                                  / total if total else None)
+            out.success = _between(out.observed_value, first.kwargs)
+        else:  # "all": the first chunk that failed says what was observed
+            failed = [p for p in parts if not p.success]
+            out.success, out.observed_value = not failed, (failed or parts)[0].observed_value
+        merged.append(out)
+    return merged
+
+
+def _between(value: Any, kwargs: dict) -> bool:
+    """GX's verdict on an aggregate between ``min_value`` and ``max_value`` (None: unbounded; ``strict_*``)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    above = low is None or (value > low if kwargs.get("strict_min") else value >= low)
+    below = high is None or (value < high if kwargs.get("strict_max") else value <= high)
+    return above and below
 
 
 def _plain(value: Any) -> Any:
@@ -314,21 +399,30 @@ def failure_message(result: GateResult) -> str:
 def validate_batch(
     wh: db.Warehouse, settings: Settings, run_id: str, now: datetime | None = None,
     all_users_known: bool = False, all_items_known: bool = False, raise_on_failure: bool = True,
+    chunk_rows: int = GATE_CHUNK_ROWS,
 ) -> GateResult:
-    """Run the gate on the batch staged under ``run_id``: reject rows, hold the batch, or let it through."""
+    """Run the gate on the batch staged under ``run_id``: reject rows, hold the batch, or let it through.
+    Batches over ``chunk_rows`` are validated chunk by chunk (:func:`merge_chunks`)."""
     now = now or datetime.now(UTC)
     wh.run("validate/release_batch", {"run_id": run_id})  # re-validating a held batch
     runner = GxRunner(settings)
     outcomes: list[Outcome] = []
     for suite in GATED_SUITES:
-        frame = wh.execute(wh.text(f"validate/{suite}_batch"), _batch_params(
-            settings, suite, run_id, all_users_known, all_items_known)).df()
         rows = wh.scalar("select coalesce(sum(rows_read), 0) from ingest_ledger where run_id = $run_id "
                               "and kind = $kind and status = 'staged'", {"run_id": run_id, "kind": suite})
-        if frame.empty and not rows:
-            continue  # no file of this kind, or only files with no data rows (a header alone): nothing to judge
-        parameters = suite_parameters(wh, settings, run_id, now, len(frame))
-        found = suite_outcomes(suite, runner.run(suite, frame, parameters, run_id, INDEX_COLUMNS), settings)
+        parameters = suite_parameters(wh, settings, run_id, now)
+        chunks: list[list[Outcome]] = []
+        nonnull: list[dict[str, int]] = []
+        for frame in _batch_chunks(wh, wh.text(f"validate/{suite}_batch"), _batch_params(
+                settings, suite, run_id, all_users_known, all_items_known), chunk_rows):
+            if frame.empty and not rows:
+                break  # no file of this kind, or only files with no data rows (a header alone): nothing to judge
+            chunks.append(suite_outcomes(suite, runner.run(suite, frame, parameters, run_id, INDEX_COLUMNS),
+                                         settings))
+            nonnull.append(frame.count().to_dict())
+        if not chunks:
+            continue
+        found = merge_chunks(chunks, nonnull)
         if all(o.success or o.severity != "critical" for o in found):
             _reject_failing_rows(wh, run_id, suite, found)
         outcomes.extend(found)
@@ -343,6 +437,23 @@ def validate_batch(
         if raise_on_failure:
             raise ValidationFailedError(failure_message(result))
     return result
+
+
+def _batch_chunks(wh: db.Warehouse, query: str, params: dict, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The batch query's rows as pandas frames of about ``chunk_rows`` (whole DuckDB vectors of 2,048 rows),
+    in its order, streamed; at least one frame (empty for an empty batch: GX still judges it). The result is
+    read to its end before anything else uses the connection."""
+    result = wh.execute(query, params)
+    vectors = max(1, chunk_rows // 2048)
+    first = True
+    while True:
+        frame = result.fetch_df_chunk(vectors)
+        if frame.empty and not first:
+            return
+        yield frame
+        first = False
+        if frame.empty:
+            return
 
 
 def _batch_params(settings, suite, run_id, all_users_known, all_items_known) -> dict:

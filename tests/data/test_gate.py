@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
 
 from recsys import db
-from recsys.errors import ValidationFailedError
+from recsys.errors import ConfigError, ValidationFailedError
 from recsys.settings import Settings
 from tasks import ingest, validate
 from tasks.sources import movielens_specs, synthetic_specs
@@ -119,3 +120,51 @@ def test_volume_is_a_warning_unless_configured_critical(con, settings, tmp_path)
     strict = Settings(home=settings.home, volume_critical=True)
     with pytest.raises(ValidationFailedError, match="expect_table_row_count_to_be_between"):
         validate.validate_batch(con, strict, "r2", now=NOW)
+
+
+def _judged(tmp_path, rows, name, **kwargs):
+    settings = Settings(home=tmp_path / name)
+    settings.ensure_dirs()
+    with db.warehouse(settings) as con:
+        ingest.stage_batch(con, settings, landing(tmp_path / f"{name}-landing", rows), "r1", "synthetic")
+        result = validate.validate_batch(con, settings, "r1", now=NOW, raise_on_failure=False, **kwargs)
+        rejects = con.execute("select file_id, line_number, reason from rejects order by 1, 2").fetchall()
+    return result, rejects
+
+
+@pytest.mark.parametrize("bad", [
+    # 4 % of the ratings out of scale, all in one chunk (a quarter of it): each chunk alone would stop the batch
+    {k: (9.0, GOOD_TS) for k in range(2100, 2380)},
+    # 8 %, in one chunk: the batch is stopped, though three chunks of four are clean
+    {k: (9.0, GOOD_TS) for k in range(4200, 4760)},
+    # a few of each kind, spread over every chunk (rejected row by row), and timestamps in the future
+    {**{k: (9.0, GOOD_TS) for k in range(5, 7000, 997)}, **{k: (3.0, FUTURE_TS) for k in range(11, 7000, 1409)}},
+])
+def test_a_batch_judged_in_chunks_gets_the_whole_batchs_verdicts(tmp_path, bad):
+    """Four chunks of 2,048 rows against one frame: every outcome (success, counts, observed values, failing
+    rows in order) and every rejected row are the same."""
+    rows = [(u, i, *bad.get(k, (r, t))) for k, (u, i, r, t) in enumerate(good_rows(7000))]
+    whole, whole_rejects = _judged(tmp_path, rows, "whole")
+    chunked, chunked_rejects = _judged(tmp_path, rows, "chunked", chunk_rows=2048)
+    assert len(whole.outcomes) == len(chunked.outcomes) == 16 + 6 + 6
+    for a, b in zip(whole.outcomes, chunked.outcomes, strict=True):
+        assert (a.label, a.success, a.unexpected_count, a.element_count, a.missing_count, a.rows_rejected) == (
+            b.label, b.success, b.unexpected_count, b.element_count, b.missing_count, b.rows_rejected), a.label
+        assert a.failing_rows == b.failing_rows, a.label
+        if isinstance(a.observed_value, float):
+            assert a.observed_value == pytest.approx(b.observed_value, rel=1e-12), a.label
+        else:
+            assert a.observed_value == b.observed_value, a.label
+    assert whole.passed == chunked.passed and whole_rejects == chunked_rejects
+    assert whole.passed == (len(bad) < 300)
+
+
+def test_an_expectation_that_cannot_be_judged_in_chunks_is_refused_at_load(tmp_path):
+    settings = Settings(home=tmp_path / "home", expectations_dir=tmp_path / "suites")
+    settings.expectations_dir.mkdir()
+    suite = json.loads((Settings().expectations_dir / "interactions.json").read_text())
+    suite["expectations"].append({"type": "expect_compound_columns_to_be_unique",
+                                  "kwargs": {"column_list": ["user_id", "item_id"]}})
+    (settings.expectations_dir / "interactions.json").write_text(json.dumps(suite))
+    with pytest.raises(ConfigError, match="expect_compound_columns_to_be_unique cannot be judged chunk by chunk"):
+        validate.load_suite(settings, "interactions")
