@@ -102,6 +102,10 @@ class Recommender(Explaining, ABC):
         """One line on how the last fit went, beyond its time (e.g. epochs and loss); empty for most models."""
         return ""
 
+    def items_left_out(self) -> int:
+        """Items with interactions this fit does not score (e.g. EASE beyond its memory cap); 0 for most."""
+        return 0
+
     # What a model takes from the night's settings: its parameter -> the settings field (RECSYS_<FIELD>).
     SETTINGS: ClassVar[dict[str, str]] = {}
 

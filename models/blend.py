@@ -45,9 +45,8 @@ class BlendTuning:
     """The grid search of :class:`models.hybrid.Hybrid` (its ``params``, ``item_ids`` and the scoring of its
     components)."""
 
-    def _grid(self) -> list[tuple[float, ...]]:
+    def _grid(self, n: int) -> list[tuple[float, ...]]:
         steps = int(round(1 / self.params["grid_step"]))
-        n = len(self.params["components"])
         return [tuple(c / steps for c in combo) for combo in itertools.product(range(steps + 1), repeat=n)
                 if sum(combo) == steps]
 
@@ -59,7 +58,7 @@ class BlendTuning:
         A bucket without validation users keeps the first component alone.
         """
         names = list(components)
-        grid = self._grid()
+        grid = self._grid(len(names))
         default = tuple(1.0 if i == 0 else 0.0 for i in range(len(names)))
         weights: dict[int, list[float]] = {b: list(default) for b in range(WARM + 1)}
         tuning: dict[str, dict] = {}

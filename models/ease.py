@@ -114,6 +114,9 @@ class EASE(Recommender):
         return (f"on the {fitted:,} most taken of {taken:,} items (cap {self.catalogue['max_items']:,})"
                 if fitted < taken else "")
 
+    def items_left_out(self) -> int:
+        return self.catalogue["items_with_interactions"] - self.catalogue["items_fitted"]
+
     def _save_state(self, path: Path) -> None:
         self.weights.save(path / "weights.npz")
         if self.known is not None:

@@ -37,6 +37,9 @@ from models.serving import UserBlock
 from recsys import schema
 
 COMPONENTS = ("two_tower", "ease", "item_knn", "segment_popularity")
+# Blended as well when a component leaves items with interactions out (EASE beyond its memory cap): a
+# factorised model scores the whole catalogue in memory linear in items.
+WIDE_COMPONENTS = ("als",)
 # How items with no (or few) interactions are scored: by the models that read an item's content.
 NEW_ITEM_WEIGHTS = {"two_tower": 0.5, "content_knn": 0.5}
 
@@ -53,6 +56,9 @@ class Hybrid(BlendTuning, Recommender):
             # item_knn next to EASE: on short (k-shot) histories neighbourhood CF generalises better,
             # on long ones EASE does; the tuned weights pick per history bucket.
             "components": list(COMPONENTS),
+            # Fitted every night, blended only where a component above leaves items out (the tuning record's
+            # "blend" says which and why): ML-100k's and a 5 M night's blends are unchanged by it.
+            "wide_components": list(WIDE_COMPONENTS),
             "grid_step": 0.2,
             "k": schema.DEFAULT_K,
             "tune_candidates": 100,  # per component and user: the grid search's columns (see _candidate_view)
@@ -75,6 +81,7 @@ class Hybrid(BlendTuning, Recommender):
         """Every model a hybrid with ``params`` reads: the blended components, then the new-item scorers."""
         params = {**cls.default_params(), **(params or {})}
         names = list(params["components"])
+        names += [n for n in params["wide_components"] if n not in names]
         names += [n for n, w in params["new_item_weights"].items() if w > 0 and n not in names]
         return names + ([params["audience_model"]] if params["audience_model"] and params["audience_model"] not in names
                         else [])
@@ -105,11 +112,33 @@ class Hybrid(BlendTuning, Recommender):
         return self
 
     def use_weights(self, weights: dict[int, list[float]], tuning: dict | None = None) -> Hybrid:
-        """Use weights tuned elsewhere (e.g. the evaluation fold's) instead of tuning."""
+        """Use weights tuned elsewhere (e.g. the evaluation fold's) instead of tuning; they are aligned with the
+        components that tuning blended (its ``blend`` record)."""
         self.weights = {int(b): list(w) for b, w in weights.items()}
         self.tuning = dict(tuning or {})
         self._cases = None
         return self
+
+    @property
+    def blended(self) -> list[str]:
+        """The components the weights are aligned with: ``components``, and ``wide_components`` where the
+        tuning found a component leaving items out (see :meth:`_blended_for`)."""
+        tuning = getattr(self, "tuning", None) or {}
+        return list(tuning.get("blend", {}).get("components", self.params["components"]))
+
+    def _blended_for(self, components: dict[str, Recommender]) -> dict:
+        """Which components to blend, and why: the wide components join when one of ``components`` leaves out
+        items that have interactions (their scores there would otherwise come from the others alone)."""
+        names = list(self.params["components"])
+        short = {name: n for name in names if (n := components[name].items_left_out()) > 0}
+        wide = [n for n in self.params["wide_components"] if n not in names]
+        gaps = ", ".join(f"{name} leaves out {n:,} items with interactions" for name, n in short.items())
+        if short and wide:
+            return {"components": names + wide, "why": f"{gaps}: {', '.join(wide)} blended for the whole catalogue"}
+        if short:
+            return {"components": names, "why": f"{gaps}, and no wide component is configured"}
+        return {"components": names, "why": "every component scores every item with interactions" + (
+            f": {', '.join(wide)} not blended" if wide else "")}
 
     @property
     def hit_rates(self) -> dict[int, tuple[np.ndarray, float]]:
@@ -127,8 +156,10 @@ class Hybrid(BlendTuning, Recommender):
                 raise ValueError(f"hybrid: component {name} was fitted on other interactions than the hybrid")
         cases = getattr(self, "_cases", None)
         if cases is not None:
-            blended = {name: components[name] for name in self.params["components"]}
-            self.weights, self.tuning = self._tune(blended, cases, seed)
+            blend = self._blended_for(components)
+            self.weights, self.tuning = self._tune({name: components[name] for name in blend["components"]}, cases,
+                                                   seed)
+            self.tuning["blend"] = blend
         elif not getattr(self, "weights", None):
             raise ValueError("hybrid: call use_validation() or use_weights() before fit()")
         self.audience_scale = self._audience_scale(seed)
@@ -172,7 +203,7 @@ class Hybrid(BlendTuning, Recommender):
         w = np.array([self.weights[int(b)] for b in buckets], dtype=np.float32)  # (users, components)
         evidence = np.minimum(self.item_popularity[columns] / max(float(self.params["item_evidence"]), 1e-9), 1.0)
         evidence = evidence.astype(np.float32)[None, :]
-        blended = list(self.params["components"])
+        blended = self.blended
         for name in self.components:
             by_user = w[:, blended.index(name)][:, None] if name in blended else np.zeros((len(w), 1), np.float32)
             by_item = np.float32(self.params["new_item_weights"].get(name, 0.0)) * (1 - evidence)

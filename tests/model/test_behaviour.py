@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from model_helpers import featurize, fit_model, load_synthetic
+from model_helpers import FAST_PARAMS, featurize, fit_model, load_synthetic
 
-from models.hybrid import Hybrid
+from models.blend import WARM
+from models.hybrid import COMPONENTS, Hybrid
 from models.ranking import bootstrap_indices, paired_lift
-from models.registry import build
+from models.registry import build, load
 from tasks.generate import GeneratorConfig, generate
 from tasks.metrics import Catalog, ndcg, ranked_lists
 from tasks.split import carve_validation, cold_user_split, stratified_split
@@ -102,7 +103,8 @@ def test_hybrid_is_not_worse_than_its_best_part_on_held_out_users(planted, hybri
 def assert_not_below_any_component(hybrid, per_user, users, where) -> None:
     blend = per_user(hybrid)
     resamples = bootstrap_indices(len(users), 500, seed=0)
-    for name, component in hybrid.components.items():
+    for name in hybrid.blended:
+        component = hybrid.components[name]
         gap = (blend - per_user(component))[resamples].mean(axis=1)
         assert np.percentile(gap, 97.5) >= 0, (name, where, float(gap.mean()))
 
@@ -130,7 +132,9 @@ def test_a_blend_replaces_the_best_component_only_where_its_validation_gain_is_s
     tuned = {}
     for alpha in (0.5, 0.001):  # 0.5: the point estimate decides; 0.001: a 99.8 % interval must clear zero
         hybrid = build("hybrid", grid_step=0.25, blend_alpha=alpha).use_components(components)
-        tuned[alpha] = hybrid.use_validation(fold.cases).fit(fold.train, uf, itf, seed=2).tuning
+        tuning = hybrid.use_validation(fold.cases).fit(fold.train, uf, itf, seed=2).tuning
+        assert tuning.pop("blend")["components"] == list(COMPONENTS)  # EASE holds every item: ALS not blended
+        tuned[alpha] = tuning
         for label, t in tuned[alpha].items():
             blended = sum(w > 0 for w in t["grid_best"].values()) > 1
             if t["chosen"] == "blend":
@@ -162,3 +166,31 @@ def test_als_learns_warm_taste_and_folds_in_new_users_from_a_few_items(planted):
     strangers = np.sort(split.truth[0]["user_id"].unique().to_numpy())[:5]
     assert np.array_equal(cold.recommend(strangers, n=10)["item_id"].to_numpy(),
                           pop.recommend(strangers, n=10)["item_id"].to_numpy())
+
+
+def test_where_ease_leaves_items_out_als_joins_the_blend_and_lifts_it(planted, tmp_path):
+    """EASE capped at the 100 most taken of 300 items (a wide catalogue in small): the hybrid blends ALS, says
+    why, keeps it through save and load, and ranks held-out warm interactions better than the same blend
+    without it (measured: 0.529 vs 0.510 nDCG@10, +3.6 % [+1.4, +6.0])."""
+    split, uf, itf = planted
+    warm = stratified_split(split.train, ratio=0.75, seed=3)
+    users = np.sort(warm.test["user_id"].unique().to_numpy())
+    per_user, blends = {}, {}
+    for wide in (["als"], []):
+        params = {"grid_step": 0.25, "wide_components": wide}
+        components = {c: fit_model(c, warm.train, uf, itf, seed=1, params={**FAST_PARAMS[c], "max_items": 100}
+                                   if c == "ease" else None) for c in Hybrid.needed_components(params)}
+        fold = carve_validation(warm.train, 0.2, 1, warm_truth="random", warm_truth_share=0.25, warm_share=0.5)
+        hybrid = build("hybrid", **params).use_components(components).use_validation(fold.cases)
+        hybrid = hybrid.fit(warm.train, uf, itf, seed=1)
+        blends[str(wide)] = hybrid.tuning["blend"]
+        recs = hybrid.recommend(users, n=10)
+        per_user[str(wide)] = ndcg(ranked_lists(recs, warm.test, 10, Catalog.from_model(hybrid)))
+        if wide:
+            assert hybrid.blended == [*COMPONENTS, "als"] and len(hybrid.weights[WARM]) == 5
+            again = load(hybrid.save(tmp_path / "hybrid"))
+            assert again.blended == hybrid.blended and again.weights == hybrid.weights
+    assert "ease leaves out" in blends["['als']"]["why"] and "als blended" in blends["['als']"]["why"]
+    assert blends["[]"]["components"] == list(COMPONENTS) and "no wide component" in blends["[]"]["why"]
+    lift = paired_lift(per_user["['als']"], per_user["[]"], bootstrap_indices(len(users), 1000, 0))
+    assert lift[1] > 0, lift

@@ -93,7 +93,8 @@ def test_loaded_models_are_freed_without_the_cyclic_gc(small_data, tmp_path):
     train, uf, itf, _ = small_data
     components = {c: fit_model(c, train, uf, itf, seed=3)
                   for c in ("ease", "popularity", "content_knn", "new_item_audience")}
-    hybrid = (build("hybrid", components=["ease", "popularity"], new_item_weights={"content_knn": 1.0})
+    hybrid = (build("hybrid", components=["ease", "popularity"], wide_components=[],
+                    new_item_weights={"content_knn": 1.0})
               .use_components(components).use_weights({b: [0.5, 0.5] for b in range(WARM + 1)})
               .fit(train, uf, itf, seed=3))
     paths = {name: model.save(tmp_path / name) for name, model in {**components, "hybrid": hybrid}.items()}

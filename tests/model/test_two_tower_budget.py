@@ -94,6 +94,8 @@ def test_pruned_blend_search_scores_like_the_full_search(small_data):
         hybrid = build("hybrid", grid_step=0.25, tune_candidates=candidates).use_components(components)
         tuned[candidates] = hybrid.use_validation(fold.cases).fit(fold.train, uf, itf, seed=2).tuning
     for bucket, full in tuned[10_000].items():
+        if bucket == "blend":  # which components were blended, not a bucket's result
+            continue
         assert tuned[10][bucket]["ndcg_blend"] >= full["ndcg_blend"] - 0.02, (bucket, tuned[10][bucket], full)
 
 

@@ -11,6 +11,7 @@ import sys
 import weakref
 
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from cli.main import UserErrorTracebacks, build_parser, build_serve_schedule, main, release
 from recsys.errors import ValidationFailedError
@@ -153,10 +154,13 @@ def test_a_temporary_server_that_does_not_start_ends_in_one_line_saying_what_to_
 
 
 def test_serve_refuses_without_a_real_server(tmp_path, monkeypatch, capsys):
-    """A temporary Prefect server cannot schedule flows: serve says what to start instead of idling."""
+    """A temporary Prefect server cannot schedule flows: serve says what to start instead of idling. (The
+    session's Prefect test API, once a flow test has started it, is in this process's settings: cleared here,
+    or serve would run against it forever.)"""
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
-    assert main(["serve"]) == 2
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert main(["serve"]) == 2
     assert "prefect server start" in capsys.readouterr().err
 
 
