@@ -15,7 +15,7 @@ flow, each step's wall seconds and the flow process's peak RSS after it; with Da
 largest child process (a Dask worker, or Prefect's temporary API server) and the content hash of what was
 published, which must be the local run's. Next to them, in the
 same run and on the same files: DuckDB's raw ``read_csv`` of the interactions (the ingest ceiling) and a
-numpy float32 SGEMM (the scoring ceiling), against which ingest rows/s and the published model's scoring
+numpy float32 SGEMM (the scoring ceiling), against which ingest rows/s and the production EASE's and ALS's scoring
 GFLOP/s are reported. Prints a JSON and a table. Targets (20 M): <= 30 min, <= 12 GiB peak RSS.
 """
 
@@ -88,6 +88,27 @@ def scoring_gflops(model_dir: Path, model: str = "ease", users: int = 20_000) ->
     return 2 * nnz * len(fitted.item_ids) / (time.perf_counter() - started) / 1e9
 
 
+def factor_scoring_gflops(model_dir: Path, model: str = "als", users: int = 20_000) -> tuple[float, float]:
+    """The production factor model's whole recommend path (per block: the user vectors times the item factors
+    in one SGEMM, seen items masked, top-N by ``argpartition``) in GFLOP/s (2 * users * items * factors), and
+    numpy's SGEMM of the same thin shape (users x factors times factors x items), whose output, not its
+    arithmetic, is the cost."""
+    fitted = load(model_dir / model)
+    ids = fitted.user_ids[:users]
+    factors = fitted.solver.item_factors
+    flops = 2 * len(ids) * factors.shape[0] * factors.shape[1]
+    started = time.perf_counter()
+    fitted.recommend(ids, n=50)
+    scoring = flops / (time.perf_counter() - started) / 1e9
+    left = fitted.solver.user_factors[: min(len(ids), 2048)]
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        left @ factors.T
+        best = min(best, time.perf_counter() - started)
+    return scoring, 2 * left.shape[0] * factors.shape[0] * factors.shape[1] / best / 1e9
+
+
 def published_hash(path: str) -> str:
     """The content of a published partition, sorted, without its run id: equal for equal answers."""
     frame = pl.read_parquet(path).drop("run_id").sort("user_id", "rank")
@@ -116,6 +137,7 @@ def run_size(n: int, home: Path, epochs: int, models: list[str] | None, runner: 
               "peak_rss_gib": None}, *night["steps"]]
     gemm = sgemm_gflops()
     scoring = scoring_gflops(Path(night["models"].model_dir))
+    factor_scoring, thin_gemm = factor_scoring_gflops(Path(night["models"].model_dir))
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     return {"interactions": n, "shape": shape_name, "runner": runner,
             "workers": dask_workers if runner == "dask" else 0, "users": n_users, "items": n_items,
@@ -126,7 +148,9 @@ def run_size(n: int, home: Path, epochs: int, models: list[str] | None, runner: 
             "ingest_rows_per_s": round(rows / ingest_seconds), "raw_read_csv_rows_per_s": round(raw),
             "ingest_vs_raw": round(rows / ingest_seconds / raw, 3),
             "scoring_gflops": round(scoring, 2), "sgemm_gflops": round(gemm, 1),
-            "scoring_vs_sgemm": round(scoring / gemm, 3)}
+            "scoring_vs_sgemm": round(scoring / gemm, 3),
+            "als_scoring_gflops": round(factor_scoring, 2), "als_shape_sgemm_gflops": round(thin_gemm, 1),
+            "als_scoring_vs_sgemm": round(factor_scoring / gemm, 3)}
 
 
 def format_table(results: list[dict]) -> str:
@@ -142,7 +166,7 @@ def format_table(results: list[dict]) -> str:
             cells.append(f"{s['seconds'] if s else float('nan'):11.1f}  {rss:>5}")
         lines.append(f"{name:34}" + "".join(cells))
     for key in ("users", "items", "generate_seconds", "total_seconds", "peak_rss_gib", "peak_rss_child_gib",
-                "published_hash", "ingest_vs_raw", "scoring_vs_sgemm"):
+                "published_hash", "ingest_vs_raw", "scoring_vs_sgemm", "als_scoring_vs_sgemm"):
         lines.append(f"{key:34}" + "".join(f"{r.get(key, '-')!s:>18}" for r in results))
     return "\n".join(lines)
 
