@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -53,14 +54,19 @@ def shape(n_interactions: int, name: str = "ml20m", items: int | None = None) ->
     return max(200, int(users_per_million * millions)), items or max(100, int(items_per_million * millions))
 
 
-def sgemm_gflops(n: int = 2048, repeats: int = 3) -> float:
-    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+def best_seconds(work: Callable[[], object], repeats: int = 3) -> float:
+    """The fastest of ``repeats`` timed calls of ``work``."""
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        a @ a
+        work()
         best = min(best, time.perf_counter() - started)
-    return 2 * n**3 / best / 1e9
+    return best
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 3) -> float:
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    return 2 * n**3 / best_seconds(lambda: a @ a, repeats) / 1e9
 
 
 def raw_read_csv_rows_per_s(path: Path) -> float:
@@ -90,7 +96,7 @@ def scoring_gflops(model_dir: Path, model: str = "ease", users: int = 20_000) ->
 
 def factor_scoring_gflops(model_dir: Path, model: str = "als", users: int = 20_000) -> tuple[float, float]:
     """The production factor model's whole recommend path (per block: the user vectors times the item factors
-    in one SGEMM, seen items masked, top-N by ``argpartition``) in GFLOP/s (2 * users * items * factors), and
+    in one SGEMM, seen items masked, top-N by ``np.partition``) in GFLOP/s (2 * users * items * factors), and
     numpy's SGEMM of the same thin shape (users x factors times factors x items), whose output, not its
     arithmetic, is the cost."""
     fitted = load(model_dir / model)
@@ -101,12 +107,8 @@ def factor_scoring_gflops(model_dir: Path, model: str = "als", users: int = 20_0
     fitted.recommend(ids, n=50)
     scoring = flops / (time.perf_counter() - started) / 1e9
     left = fitted.solver.user_factors[: min(len(ids), 2048)]
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        left @ factors.T
-        best = min(best, time.perf_counter() - started)
-    return scoring, 2 * left.shape[0] * factors.shape[0] * factors.shape[1] / best / 1e9
+    thin = 2 * left.shape[0] * factors.shape[0] * factors.shape[1] / best_seconds(lambda: left @ factors.T) / 1e9
+    return scoring, thin
 
 
 def published_hash(path: str) -> str:

@@ -200,8 +200,20 @@ class GxRunner:
             self.source = self.context.data_sources.get("recsys_batches")
         except (KeyError, ValueError, LookupError):
             self.source = self.context.data_sources.add_pandas("recsys_batches")
+        self._checkpoints: dict[tuple[str, tuple[str, ...]], Any] = {}
 
     def run(self, name: str, frame: pd.DataFrame, parameters: dict, run_id: str, index_columns: list[str]):
+        """The suite ``name``'s results on ``frame``; its checkpoint is registered once per runner (a batch
+        validated in chunks runs it once a chunk)."""
+        key = (name, tuple(index_columns))
+        if key not in self._checkpoints:
+            self._checkpoints[key] = self._checkpoint(name, index_columns)
+        result = self._checkpoints[key].run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters,
+                                            run_id=self.gx.RunIdentifier(run_name=f"{run_id}-{name}"))
+        (validation,) = result.run_results.values()
+        return validation.results
+
+    def _checkpoint(self, name: str, index_columns: list[str]):
         gx = self.gx
         suite = self.context.suites.add_or_update(load_suite(self.settings, name))
         try:
@@ -214,17 +226,13 @@ class GxRunner:
             batch = asset.add_batch_definition_whole_dataframe("batch")
         definition = self.context.validation_definitions.add_or_update(
             gx.ValidationDefinition(name=name, data=batch, suite=suite))
-        checkpoint = self.context.checkpoints.add_or_update(gx.Checkpoint(
+        return self.context.checkpoints.add_or_update(gx.Checkpoint(
             name=name, validation_definitions=[definition],
             # Data Docs only when asked for (RECSYS_DATA_DOCS): the report's gate section is the one place to
             # read the gate, offline; rebuilding the docs rendered every stored result again, every suite.
             actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")] if self.settings.data_docs else [],
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": index_columns},
         ))
-        result = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters,
-                                run_id=gx.RunIdentifier(run_name=f"{run_id}-{name}"))
-        (validation,) = result.run_results.values()
-        return validation.results
 
     def docs_path(self) -> str | None:
         if not self.settings.data_docs:
@@ -407,10 +415,10 @@ def validate_batch(
     wh.run("validate/release_batch", {"run_id": run_id})  # re-validating a held batch
     runner = GxRunner(settings)
     outcomes: list[Outcome] = []
+    parameters = suite_parameters(wh, settings, run_id, now)  # the same for every suite
     for suite in GATED_SUITES:
         rows = wh.scalar("select coalesce(sum(rows_read), 0) from ingest_ledger where run_id = $run_id "
                               "and kind = $kind and status = 'staged'", {"run_id": run_id, "kind": suite})
-        parameters = suite_parameters(wh, settings, run_id, now)
         chunks: list[list[Outcome]] = []
         nonnull: list[dict[str, int]] = []
         for frame in _batch_chunks(wh, wh.text(f"validate/{suite}_batch"), _batch_params(
