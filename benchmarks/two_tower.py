@@ -14,7 +14,9 @@ under XLA, compiles: reported apart). Variants:
 - ``dense_adam``: every table updated by Keras's Adam (the whole table and both moments, every step);
 - ``no_content``: without the content tower's auxiliary softmax (what serves new items);
 - ``bag_of_one``: the user's bag of known items cut to one item (its gather and mean);
-- ``input_only``: the ``tf.data`` pipeline alone (sampling bags, dropout), no model.
+- ``numpy_input``: the product fed NumPy batches (what feeds it on JAX) instead of ``tf.data``;
+- ``input_only``: the training input alone (sampling bags, dropout), no model: ``tf.data`` under TensorFlow,
+  the NumPy batches on another backend (``KERAS_BACKEND=jax``, where every variant takes Keras's Adam).
 
 Prints a JSON and a table. Target (this 2-core machine, ML-20M tables): the product >= 25k examples/s.
 """
@@ -38,7 +40,8 @@ from tasks.item_text import text_vectors
 VARIANTS = {"product": {"jit_compile": True}, "no_xla": {"jit_compile": False},
             "dense_adam": {"jit_compile": True, "lazy_rows": 2**62},
             "no_content": {"jit_compile": True, "content_weight": 0.0},
-            "bag_of_one": {"jit_compile": True, "bag_size": 1}, "input_only": {}}
+            "bag_of_one": {"jit_compile": True, "bag_size": 1}, "numpy_input": {"jit_compile": True, "input": "numpy"},
+            "input_only": {}}
 
 
 def load(users: int, items: int, interactions: int, settings: Settings) -> tuple[pl.DataFrame, ...]:

@@ -217,6 +217,66 @@ class LazyAdam(keras.optimizers.Adam):
         return {**super().get_config(), "lazy_rows": self.lazy_rows}
 
 
+class TrainingBatches(keras.utils.PyDataset):
+    """The two-tower's training (or validation) batches in NumPy, for a backend without ``tf.data`` (JAX on a
+    GPU machine, where TensorFlow is not installed): the same examples as the ``tf.data`` pipeline of
+    ``TwoTower._dataset``, by the same rules (a fresh permutation each epoch, its first ``steps`` batches;
+    bags sampled from the history or the user's first items; DropoutNet-style id and bag dropout; the target
+    never in its own bag), from NumPy random streams seeded by (seed, epoch, step), so the same seed gives
+    the same batches. The random numbers differ from ``tf.data``'s: the two paths train alike, not bit for bit.
+
+    ``indptr``/``indices``/``first_items`` are the training CSR and its rows in time order, ``demographics`` the
+    codes the user tower reads per training user; ``steps`` batches an epoch (0: every full batch, in order).
+    """
+
+    def __init__(self, users, items, indptr, indices, first_items, demographics, params: dict, batch: int,
+                 seed: int, full_softmax: bool, shuffle: bool, steps: int = 0):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.users, self.items = np.asarray(users, np.int64), np.asarray(items, np.int32)
+        self.indptr, self.indices = np.asarray(indptr, np.int64), np.asarray(indices, np.int32)
+        self.first_items, self.demographics = np.asarray(first_items, np.int32), np.asarray(demographics, np.int32)
+        self.params, self.batch, self.seed = params, int(batch), int(seed)
+        self.full_softmax, self.shuffle = bool(full_softmax), bool(shuffle)
+        self.steps = int(steps) if shuffle else len(self.users) // self.batch
+        self.epoch, self._order = 0, None
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def on_epoch_end(self) -> None:
+        self.epoch, self._order = self.epoch + 1, None
+
+    def _rows(self, step: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(step * self.batch, (step + 1) * self.batch)
+        if self._order is None:  # this epoch's permutation: only the rows its steps read
+            order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.users))
+            self._order = order[:self.steps * self.batch]
+        return self._order[step * self.batch:(step + 1) * self.batch]
+
+    def __getitem__(self, step: int):
+        if not 0 <= step < self.steps:
+            raise IndexError(step)  # the end of an epoch, for a plain ``for batch in batches``
+        p, n, bag_size = self.params, self.batch, int(self.params["bag_size"])
+        rows = self._rows(int(step))
+        u, i = self.users[rows], self.items[rows]
+        rng = np.random.default_rng((self.seed, self.epoch, int(step)))
+        start = self.indptr[u]
+        degree = self.indptr[u + 1] - start
+        sampled = self.indices[start[:, None] + np.floor(rng.random((n, bag_size)) * degree[:, None]).astype(np.int64)]
+        slot = np.arange(bag_size)[None, :]
+        first = self.first_items[start[:, None] + np.minimum(slot, degree[:, None] - 1)]
+        first = np.where(slot < degree[:, None], first + 1, 0)
+        bag = np.where(rng.random((n, 1)) < p["first_items_share"], first, sampled + 1)
+        keep = slot < np.floor(rng.random((n, 1)) * (bag_size + 1))
+        keep &= bag != (i + 1)[:, None]  # never the target itself
+        keep &= rng.random((n, 1)) >= p["bag_dropout"]
+        user = np.where(rng.random(n) < p["id_dropout"], 0, u + 1)
+        features = {"user": user.astype(np.int32), "demo": self.demographics[u], "bag": np.where(keep, bag, 0).astype(
+            np.int32), "item": i}
+        return features, (i if self.full_softmax else np.arange(n, dtype=np.int32))
+
+
 def positions(ids: np.ndarray, earlier: np.ndarray) -> np.ndarray:
     """Each id's row in the sorted ``earlier`` ids, or -1 where it is new."""
     if len(earlier) == 0:

@@ -15,7 +15,10 @@ It learns to place an item where the user tower looks for it from content alone,
 path: the user and item towers learn exactly what they learn without it. Items nobody interacted with are
 unknown, never trained as negatives.
 
-The model itself is backend-agnostic Keras; the training input pipeline is ``tf.data`` on this machine.
+The model itself is backend-agnostic Keras (``keras.ops`` only). Its training input is a ``tf.data`` pipeline
+under TensorFlow (this machine's backend) and the same batches in NumPy (``models/towers.TrainingBatches``) on
+any other backend: ``KERAS_BACKEND=jax`` trains it where TensorFlow is not installed (a GPU machine), with
+every step compiled (JAX's jit).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 from models.base import Recommender
 from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock, decade_of, padded_rows
 from models.text import MAX_TOKENS
-from models.towers import LazyAdam, TwoTowerNet, first_items_by_time, keras, ops, positions
+from models.towers import LazyAdam, TrainingBatches, TwoTowerNet, first_items_by_time, keras, ops, positions
 from recsys import progress
 
 
@@ -78,6 +81,9 @@ class TwoTower(Recommender):
                 "jit_compile": "auto", "jit_min_examples": 400_000,
                 # Embedding tables with at least this many rows are updated lazily (the rows a batch touches).
                 "lazy_rows": 20_000,
+                # Training input: "auto" = tf.data under TensorFlow, NumPy batches on other backends (JAX);
+                # "numpy" forces the NumPy batches (the same examples by the same rules, other random draws).
+                "input": "auto",
                 "verbose": False}  # Keras progress: a summary line per fit, or (True) a line per epoch
 
     # -- training ------------------------------------------------------------------------------------------
@@ -146,6 +152,7 @@ class TwoTower(Recommender):
         epochs = max(1, min(int(p["epochs"]), budget // per_epoch))
         steps = max(1, per_epoch // batch)
         jit = p["jit_compile"] is True or (p["jit_compile"] == "auto" and epochs * per_epoch >= p["jit_min_examples"])
+        jit = jit or keras.backend.backend() == "jax"  # JAX runs op by op without jit: every fit compiles there
         train_ds = self._dataset(users[~is_val], items[~is_val], batch, seed, shuffle=True, epochs=epochs,
                                  steps=steps)
         last = {"loss": ""}
@@ -237,13 +244,18 @@ class TwoTower(Recommender):
 
     def _dataset(self, users: np.ndarray, items: np.ndarray, batch: int, seed: int, shuffle: bool,
                  epochs: int = 1, steps: int = 0):
-        """tf.data: (user, item) pairs -> batches with sampled bags and DropoutNet-style id/bag dropout.
+        """(user, item) pairs -> batches with sampled bags and DropoutNet-style id/bag dropout: ``tf.data`` under
+        TensorFlow, NumPy batches (``TrainingBatches``) elsewhere or when ``input`` is "numpy".
 
         Training batches come from a fresh random permutation each epoch (the first ``steps`` batches of
         it), drawn by a stateless index shuffle: no shuffle buffer, so memory does not grow with the data
         (a 4 M-element buffer held several GiB at 5 M interactions).
         """
-        import tensorflow as tf
+        if self.params["input"] == "numpy" or keras.backend.backend() != "tensorflow":
+            return TrainingBatches(users, items, self.train.indptr, self.train.indices, self.first_items,
+                                   self.train_demographics, self.params, batch, seed, self._full_softmax(),
+                                   shuffle, steps)
+        import tensorflow as tf  # the backend in use (checked above): its input pipeline
 
         p = self.params
         indptr = tf.constant(self.train.indptr.astype(np.int64))

@@ -1,0 +1,117 @@
+"""The two-tower's NumPy training input (what feeds it on a backend without ``tf.data``, JAX on a GPU machine):
+the same examples by the same rules as the ``tf.data`` pipeline, and a fit fed by it learns as much."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.registry import build
+
+FAST = {"dim": 8, "hidden": 16, "batch_size": 128}
+
+
+@pytest.fixture(scope="module")
+def fitted(small_data):
+    train, uf, itf, _ = small_data
+    return build("two_tower", **FAST, epochs=1, validation_share=0.0, min_validation_examples=0).fit(
+        train, uf, itf, seed=3)
+
+
+def _batches(model, source: str, epochs: int, steps: int, seed: int = 11):
+    model.params["input"] = source
+    users, items = model._examples()
+    data = model._dataset(users, items, 128, seed, shuffle=True, epochs=epochs, steps=steps)
+    if source == "numpy":
+        out = []
+        for _ in range(epochs):
+            out += [data[k] for k in range(len(data))]
+            data.on_epoch_end()
+        return users, items, out
+    return users, items, [(({k: v.numpy() for k, v in x.items()}), y.numpy()) for x, y in data]
+
+
+def test_numpy_batches_follow_the_pipelines_rules(fitted):
+    users, items, batches = _batches(fitted, "numpy", epochs=2, steps=20)
+    assert len(batches) == 40
+    history = {u: set(fitted.train.indices[fitted.train.indptr[u]:fitted.train.indptr[u + 1]]) for u in range(
+        len(fitted.user_ids))}
+    pairs = set(zip(users.tolist(), items.tolist(), strict=True))
+    data = fitted._dataset(users, items, 128, 11, shuffle=True, epochs=2, steps=20)
+    epochs = []
+    for _ in range(2):  # each epoch: the first 20 batches of a fresh permutation, no example twice
+        rows = np.concatenate([data._rows(k) for k in range(len(data))])
+        assert len(np.unique(rows)) == len(rows) == 20 * 128
+        epochs.append(rows)
+        data.on_epoch_end()
+    assert not np.array_equal(epochs[0], epochs[1])
+    ids_dropped, bag_sizes = [], []
+    for x, y in batches:
+        assert np.array_equal(y, x["item"]) if fitted._full_softmax() else np.array_equal(y, np.arange(128))
+        for user, demo, bag, item in zip(x["user"], x["demo"], x["bag"], x["item"], strict=True):
+            ids_dropped.append(user == 0)
+            known = bag[bag > 0] - 1
+            bag_sizes.append(len(known))
+            assert item not in known  # never the target itself
+            if user:
+                assert (user - 1, item) in pairs and set(known) <= history[user - 1]
+                assert np.array_equal(demo, fitted.train_demographics[user - 1])
+    # DropoutNet-style rates as the parameters say (id dropout 0.7 of 5,120 examples: +-4 standard errors).
+    assert abs(np.mean(ids_dropped) - 0.7) < 4 * np.sqrt(0.21 / len(ids_dropped))
+    assert 0 < np.mean(np.equal(bag_sizes, 0)) < 1
+    # The same seed, the same batches.
+    again = _batches(fitted, "numpy", epochs=2, steps=20)[2]
+    for (a, _), (b, _) in zip(batches, again, strict=True):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_numpy_and_tf_data_batches_agree_in_distribution(fitted):
+    """The two paths draw different random numbers by the same rules: their batches' statistics agree."""
+    stats = {}
+    for source in ("numpy", "tf.data"):
+        _, _, batches = _batches(fitted, source, epochs=1, steps=40)
+        x = {k: np.concatenate([b[0][k] for b in batches]) for k in ("user", "bag", "item")}
+        sizes = (x["bag"] > 0).sum(axis=1)
+        stats[source] = {"id_dropout": np.mean(x["user"] == 0), "empty_bag": np.mean(sizes == 0),
+                         "mean_bag": sizes.mean(), "distinct_items": len(np.unique(x["item"]))}
+    for key, value in stats["numpy"].items():
+        assert value == pytest.approx(stats["tf.data"][key], rel=0.15), (key, stats)
+
+
+def test_a_numpy_fed_fit_learns_like_the_tf_data_fit(small_data):
+    train, uf, itf, _ = small_data
+    fits = {source: build("two_tower", **FAST, epochs=4, input=source).fit(train, uf, itf, seed=3)
+            for source in ("numpy", "auto")}
+    assert fits["auto"].training_["best_val_loss"] is not None
+    loss = {s: f.training_["best_val_loss"] for s, f in fits.items()}
+    assert loss["numpy"] == pytest.approx(loss["auto"], rel=0.02), loss
+    again = build("two_tower", **FAST, epochs=4, input="numpy").fit(train, uf, itf, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(again.net.get_weights(), fits["numpy"].net.get_weights(),
+                                                    strict=True))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed (an option for GPUs)")
+def test_the_model_trains_on_the_jax_backend(small_synthetic, tmp_path):
+    """``KERAS_BACKEND=jax``: the same model, fed NumPy batches, every step compiled."""
+    script = (
+        "import sys; sys.path[:0] = [sys.argv[1]]\n"
+        "import keras, polars as pl\n"
+        "from pathlib import Path\n"
+        "from model_helpers import featurize, load_synthetic\n"
+        "from models.registry import build\n"
+        "inter, users, items = load_synthetic(Path(sys.argv[2]))\n"
+        "uf, itf = featurize(inter, users, items)\n"
+        "m = build('two_tower', dim=8, hidden=16, batch_size=128, epochs=2).fit(inter, uf, itf, seed=3)\n"
+        "assert keras.backend.backend() == 'jax' and m.training_['jit_compile'], m.training_\n"
+        "assert m.training_['final_loss'] < m.training_['first_loss'], m.training_\n"
+        "print('ok', m.summary())\n")
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), str(small_synthetic)],
+                          env=env, capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
