@@ -59,8 +59,8 @@ MSR_ML100K = {
     "NCF": {"ndcg": 0.396118, "precision": 0.347296, "recall": 0.180775, "map": 0.107720},
     "SAR": {"ndcg": 0.382461, "precision": 0.330753, "recall": 0.176385, "map": 0.110591},
 }
-CF_MODELS = ("item_knn", "ease")
-ALL_MODELS = ("popularity", "segment_popularity", "item_knn", "ease", "content_knn", "two_tower", "hybrid")
+CF_MODELS = ("item_knn", "ease", "als")
+ALL_MODELS = ("popularity", "segment_popularity", "item_knn", "ease", "als", "content_knn", "two_tower", "hybrid")
 # The ablation of the pretrained encoder: the models that read the items' text vectors, refitted on the same
 # splits and seeds without them as "<model>_without_text", paired user by user (protocol C) or item by item
 # (protocol I). The hybrid reads text only through its audience model (items nobody has taken are placed by

@@ -68,8 +68,8 @@ class Settings(BaseSettings):
     metric_tolerance: float = Field(0.10, description="Allowed relative drop of headline metrics vs last publish.")
 
     # Models.
-    models: tuple[str, ...] = ("popularity", "segment_popularity", "item_knn", "ease", "content_knn", "two_tower",
-                               "hybrid")
+    models: tuple[str, ...] = ("popularity", "segment_popularity", "item_knn", "ease", "als", "content_knn",
+                               "two_tower", "hybrid")
     publish_model: str = "hybrid"
     timezone: str = "UTC"
     verbose: bool = Field(False, description="Per-epoch lines from Keras (RECSYS_VERBOSE=1).")

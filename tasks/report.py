@@ -15,7 +15,7 @@ from recsys import schema
 from tasks.metrics import ENCODER_ABLATION, ITEM_COLD_BASELINES, USER_BASELINES, headline
 
 # The order models are listed in, after the published one: baselines, then the models by what they read.
-MODEL_ORDER = ("popularity", "segment_popularity", "item_knn", "ease", "content_knn", "two_tower", "hybrid",
+MODEL_ORDER = ("popularity", "segment_popularity", "item_knn", "ease", "als", "content_knn", "two_tower", "hybrid",
                "new_item_audience", "new_item_audience_without_text", *ITEM_COLD_BASELINES)
 # How many earlier nights the report's history plot shows.
 HISTORY_NIGHTS = 30

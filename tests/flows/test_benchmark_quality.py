@@ -21,8 +21,8 @@ def test_reduced_quality_benchmark_writes_every_number(ml100k_dir, tmp_path, cap
                      peers=False, protocols=["w", "t", "c"])
     assert main(args) == 0
     result = json.loads(out.read_text())
-    assert set(result["w"]["results"]) == {"popularity", "segment_popularity", "item_knn", "ease", "content_knn",
-                                           "two_tower", "hybrid"}
+    assert set(result["w"]["results"]) == {"popularity", "segment_popularity", "item_knn", "ease", "als",
+                                           "content_knn", "two_tower", "hybrid"}
     assert result["w"]["reference"] == MSR_ML100K
     ks = {row["k_shot"] for row in result["c"]["table"]}
     assert ks == {0, 1, 3, 5, 10, 20}
