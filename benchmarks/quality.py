@@ -60,7 +60,6 @@ MSR_ML100K = {
     "SAR": {"ndcg": 0.382461, "precision": 0.330753, "recall": 0.176385, "map": 0.110591},
 }
 CF_MODELS = ("item_knn", "ease", "als")
-ALL_MODELS = ("popularity", "segment_popularity", "item_knn", "ease", "als", "content_knn", "two_tower", "hybrid")
 # The ablation of the pretrained encoder: the models that read the items' text vectors, refitted on the same
 # splits and seeds without them as "<model>_without_text", paired user by user (protocol C) or item by item
 # (protocol I). The hybrid reads text only through its audience model (items nobody has taken are placed by
@@ -602,7 +601,7 @@ def run(dataset: str, path: Path | None, seeds: int, names, epochs: int, protoco
         frames = load_ml100k(ml100k_dir(path))
     else:
         frames = load_synthetic()
-    names = list(names or ALL_MODELS)
+    names = list(names or settings.models)  # the nightly's models (RECSYS_MODELS)
     result: dict = {"dataset": dataset, "generated_at": datetime.now(UTC).isoformat(), "models": names,
                     "versions": library_versions(), "continue_fits": continue_fits,
                     "settings": settings.model_dump(mode="json", exclude={"sql_dir", "expectations_dir", "home"})}

@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="w: warm (MSR, a random split), t: the night's shape (the log cut in time: what known "
                            "users do next, users first seen after), c: cold users, i: new items (item cold "
                            "start), z: what each demographic tells about a user with no history")
-    qual.add_argument("--models", nargs="+", help="models (default: all)")
+    qual.add_argument("--models", nargs="+", help="models (default: the nightly's, RECSYS_MODELS)")
     qual.add_argument("--epochs", type=int, default=30, help="two-tower epochs (early stopping applies)")
     qual.add_argument("--peers", action="store_true",
                       help="also run LightFM and implicit ALS on the same splits (pip install '.[peers]')")

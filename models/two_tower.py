@@ -151,8 +151,9 @@ class TwoTower(Recommender):
         per_epoch = max(batch, min(n_train, int(p["max_examples_per_epoch"]), budget // 4))
         epochs = max(1, min(int(p["epochs"]), budget // per_epoch))
         steps = max(1, per_epoch // batch)
-        jit = p["jit_compile"] is True or (p["jit_compile"] == "auto" and epochs * per_epoch >= p["jit_min_examples"])
-        jit = jit or keras.backend.backend() == "jax"  # JAX runs op by op without jit: every fit compiles there
+        jit = (keras.backend.backend() == "jax"  # JAX runs op by op without jit: every fit compiles there
+               or p["jit_compile"] is True
+               or (p["jit_compile"] == "auto" and epochs * per_epoch >= p["jit_min_examples"]))
         train_ds = self._dataset(users[~is_val], items[~is_val], batch, seed, shuffle=True, epochs=epochs,
                                  steps=steps)
         last = {"loss": ""}
