@@ -11,14 +11,22 @@ of four features, all readable for an item nobody has taken yet:
 - ``genre share``: the share of the user's history in the item's genres;
 - ``activity x affinity``: affinity counts for more when there is more history behind it.
 
+and, for how many users will take the item at all, its **appeal**: the log of the interactions that items
+with its content drew, predicted by a ridge regression from genres, release decade and exact year and the
+encoder's text vector (:func:`fit_appeal`, fitted on the items with interactions). Appeal is the same for
+every user, so it leaves who is in an item's audience as it is; it decides which new items a user is likeliest
+to take, and how likely (MovieLens-100k protocol I, 5 seeds: each user's list of new items ranked by this
+model, users -> items nDCG@10, 0.036 without appeal, 0.149 with it; the most active users' baseline 0.142).
+
 The weights are learned when fitted, on an item-cold validation fold carved from the training data alone:
 a seeded share of the items with interactions is taken out of every history (as the night's item-cold
 evaluation does with its test items), the features are computed without them, and the weights maximise the
 likelihood of who took each held-out item among all users (a conditional logit per item: what ranks users
-for one item, untouched by how popular items differ). A Platt scaling on the same pairs turns the score
-into log-odds, so ``sigmoid(score)`` is the probability that the user takes the item, calibrated on those
-held-out items: the hybrid reads it to rank a new item's audience and to decide when a new item has
-earned a slot in a user's list. The fitted weights and the validation fold's size are in ``summary()``.
+for one item, untouched by how popular items differ). A Platt scaling on the same pairs of the score and the
+item's appeal (predicted without the held-out items, from the others) turns them into log-odds, so
+``sigmoid(score)`` is the probability that the user takes the item, calibrated on those held-out items: the
+hybrid reads it to rank a new item's audience and to decide when a new item has earned a slot in a user's
+list. The fitted weights and the validation fold's size are in ``summary()``.
 """
 
 from __future__ import annotations
@@ -31,9 +39,43 @@ import scipy.sparse as sp
 
 from models.base import Recommender
 from models.content import ContentKNN, GenrePopularity
-from models.serving import UserBlock
+from models.serving import N_DECADES, UserBlock, decade_of
 
 FEATURES = ("activity", "affinity", "genre_share", "activity_x_affinity")
+APPEAL_BLOCK = 16384  # items a block when the appeal's design is built: bounded memory at any catalogue size
+
+
+def appeal_design(genres: np.ndarray, years: np.ndarray, text: np.ndarray, rows: np.ndarray,
+                  catalogue_years: np.ndarray) -> np.ndarray:
+    """(len(rows), features) float64 of what is known of an item before anyone takes it: an intercept, its
+    genres, release decade and exact year (one-hot over ``catalogue_years``), and its text vector."""
+    year = years[rows]
+    decade = decade_of(year)[:, None] == np.arange(1, N_DECADES)[None, :]
+    exact = year[:, None] == catalogue_years[None, :]
+    return np.hstack([np.ones((len(rows), 1)), genres[rows], decade, exact, text[rows]]).astype(np.float64)
+
+
+def fit_appeal(model: Recommender, popularity: np.ndarray, train_items: np.ndarray, l2: float) -> np.ndarray:
+    """An item's appeal for every item of ``model``'s catalogue: log(1 + interactions) predicted from its
+    content by a ridge regression fitted on ``train_items`` (their ``popularity``). Blockwise over items."""
+    years = np.unique(model.item_year[model.item_year > 0])
+
+    def design(rows: np.ndarray) -> np.ndarray:
+        return appeal_design(model.item_genres, model.item_year, model.item_text, rows, years)
+
+    width = design(train_items[:0]).shape[1]
+    gram, moment = np.zeros((width, width)), np.zeros(width)
+    for lo in range(0, len(train_items), APPEAL_BLOCK):
+        rows = train_items[lo:lo + APPEAL_BLOCK]
+        x = design(rows)
+        gram += x.T @ x
+        moment += x.T @ np.log1p(popularity[rows].astype(np.float64))
+    penalty = np.full(width, float(l2))
+    penalty[0] = 0.0  # the intercept is not shrunk
+    weights = np.linalg.solve(gram + np.diag(penalty), moment) if len(train_items) else np.zeros(width)
+    everything = np.arange(len(model.item_ids))
+    return np.concatenate([design(everything[lo:lo + APPEAL_BLOCK]) @ weights
+                           for lo in range(0, len(everything), APPEAL_BLOCK)] or [np.zeros(0)]).astype(np.float32)
 
 
 def fit_audience(x: np.ndarray, truth: np.ndarray, l2: float, iterations: int = 30) -> np.ndarray:
@@ -97,6 +139,7 @@ class NewItemAudience(Recommender):
             "max_validation_items": 400,
             "max_validation_users": 8000,  # pairs = users x items: bounded at any scale
             "l2": 1.0,
+            "appeal_l2": 1.0,  # the ridge of an item's appeal on its content
             "text_weight": None,  # the content part's weight of the pretrained text vector (None: ContentKNN's)
         }
 
@@ -133,8 +176,13 @@ class NewItemAudience(Recommender):
         self.mean, self.scale = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-9)
         x = ((x - self.mean) / self.scale).reshape(len(users), len(held), len(FEATURES)).transpose(1, 0, 2)
         self.weights = fit_audience(x, truth.T, float(p["l2"]))
-        # Platt scaling of the ranking score on the same pairs: log-odds that the user takes the item.
-        self.calibration = fit_logistic((x @ self.weights).reshape(-1, 1), truth.T.ravel().astype(np.float64), 0.0)
+        # Platt scaling of the ranking score and the held-out items' appeal (predicted from the other items) on
+        # the same pairs: log-odds that the user takes the item.
+        others = np.setdiff1d(taken, held)
+        held_appeal = fit_appeal(self, self.item_popularity, others, float(p["appeal_l2"]))[held]
+        pairs = np.column_stack([(x @ self.weights).ravel(), np.repeat(held_appeal, len(users))])
+        self.calibration = fit_logistic(pairs, truth.T.ravel().astype(np.float64), 0.0)
+        self.appeal = fit_appeal(self, self.item_popularity, taken, float(p["appeal_l2"]))
         self.validation = {"items": int(len(held)), "users": int(len(users)), "pairs": int(truth.size),
                            "positives": int(truth.sum())}
 
@@ -152,7 +200,7 @@ class NewItemAudience(Recommender):
     def column_scores(self, users: UserBlock, columns: np.ndarray | slice) -> np.ndarray:
         """Log-odds that each user takes each item of ``columns``, as if the item were new (its own
         interactions unread)."""
-        a, b = self.calibration
+        a, b, c = self.calibration
         coefficients = (b * self.weights / self.scale).astype(np.float32)
         intercept = np.float32(a - float(np.dot(self.mean, b * self.weights / self.scale)))
         activity = np.log1p(users.history_length.astype(np.float32))[:, None]
@@ -160,13 +208,14 @@ class NewItemAudience(Recommender):
         out = affinity * (coefficients[1] + coefficients[3] * activity)
         out += coefficients[2] * self.genre_model.column_scores(users, columns)
         out += coefficients[0] * activity + intercept
+        out += np.float32(c) * self.appeal[columns][None, :]
         return out
 
     def summary(self) -> str:
         named = ", ".join(f"{name} {w:+.2f}" for name, w in zip(FEATURES, self.weights, strict=True))
         v = self.validation
         return (f"weighed on {v['items']} held-out training items x {v['users']:,} users ({v['positives']:,} taken): "
-                f"standardised weights {named}")
+                f"standardised weights {named}; appeal {float(self.calibration[2]):+.2f} a log-interaction")
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         return self.content_model.explain(users, rows, cols)
@@ -175,11 +224,12 @@ class NewItemAudience(Recommender):
         sp.save_npz(path / "content.npz", self.content_model.content)
         self.genre_model._save_state(path)
         np.savez(path / "audience.npz", weights=self.weights, mean=self.mean, scale=self.scale,
-                 calibration=self.calibration)
+                 calibration=self.calibration, appeal=self.appeal)
         (path / "audience.json").write_text(json.dumps({
             "features": FEATURES, "validation": self.validation,
             "standardised_weights": dict(zip(FEATURES, map(float, self.weights), strict=True)),
-            "calibration": {"intercept": float(self.calibration[0]), "slope": float(self.calibration[1])}}, indent=2))
+            "calibration": {"intercept": float(self.calibration[0]), "slope": float(self.calibration[1]),
+                            "appeal": float(self.calibration[2])}}, indent=2))
 
     def _load_state(self, path: Path) -> None:
         self.content_model, self.genre_model = self._parts()
@@ -187,7 +237,7 @@ class NewItemAudience(Recommender):
         self.genre_model._load_state(path)
         with np.load(path / "audience.npz") as z:
             self.weights, self.mean = z["weights"], z["mean"]
-            self.scale, self.calibration = z["scale"], z["calibration"]
+            self.scale, self.calibration, self.appeal = z["scale"], z["calibration"], z["appeal"]
         self.validation = json.loads((path / "audience.json").read_text())["validation"]
 
 
