@@ -14,6 +14,11 @@ read is what downstream SQL reads, the published Parquet:
 
 Targets (issue 29): lists >= 2x random exposure; audiences >= 1.15x the most active users. The held-out
 ratings never reach the warehouse; the variant is built in a temporary folder and deleted.
+
+The night runs with ``RECSYS_NEW_ITEM_MIN_RATE`` = ``min_rate`` (default 1): the stripped films are
+tonight's arrivals, and no validation window of the past holds an arrival's takes (in this variant the films
+never had a rating at any time, so the night's own measured rate is about zero and, with ``--min-rate 0``,
+its lists hold none of them).
 """
 
 from __future__ import annotations
@@ -70,11 +75,12 @@ def audience_hits(new_items: pl.DataFrame, truth: pl.DataFrame, activity: pl.Dat
             "ratio_to_most_active": round(hits / baseline_same, 3) if baseline_same else None}
 
 
-def run(path: Path, share: float, min_ratings: int, seed: int, epochs: int, log=print) -> dict:
+def run(path: Path, share: float, min_ratings: int, seed: int, epochs: int, min_rate: float = 1.0,
+        log=print) -> dict:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="recsys-new-items-") as tmp:
         home = Path(tmp) / "home"
-        settings = Settings(home=home, epochs=epochs)
+        settings = Settings(home=home, epochs=epochs, new_item_min_rate=min_rate)
         settings.ensure_dirs()
         ingest_flow(settings=settings, source="movielens-100k", path=str(path))
         with db.warehouse(settings) as wh:
@@ -93,6 +99,7 @@ def run(path: Path, share: float, min_ratings: int, seed: int, epochs: int, log=
         audience = int(new_items.group_by("item_id").len()["len"].max() or settings.new_item_users)
         result = {
             "dataset": "MovieLens-100k", "share": share, "min_ratings": min_ratings, "seed": seed,
+            "new_item_min_rate": min_rate,
             "films_dropped": int(len(dropped)), "ratings_dropped": truth.height, "users": n_users,
             "list_length": int(recommendations.group_by("user_id").len()["len"].max()),
             "lists": list_hits(recommendations, truth, n_users),
@@ -109,7 +116,8 @@ def format_result(r: dict) -> str:
     lists, aud = r["lists"], r["audiences"]
     return "\n".join([
         f"New films on {r['dataset']}: {r['films_dropped']} films (of those with >= {r['min_ratings']} ratings, seed "
-        f"{r['seed']}) lost {r['ratings_dropped']:,} ratings; the published tables of the night:",
+        f"{r['seed']}) lost {r['ratings_dropped']:,} ratings; the published tables of the night "
+        f"(RECSYS_NEW_ITEM_MIN_RATE {r['new_item_min_rate']}):",
         f"  lists (top {r['list_length']}): {lists['slots']:,} slots hold a new film "
         f"({lists['users_with_a_new_film']:,} "
         f"users); {lists['hits']:,} with a user who rated it, {lists['expected_at_random']:,} expected at random: "
@@ -121,5 +129,5 @@ def format_result(r: dict) -> str:
 
 
 def main(args) -> int:
-    result = run(ml100k_dir(args.path), args.share, args.min_ratings, args.seed, args.epochs)
+    result = run(ml100k_dir(args.path), args.share, args.min_ratings, args.seed, args.epochs, args.min_rate)
     return write_result(result, args.out, format_result(result), "")

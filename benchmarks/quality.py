@@ -64,7 +64,9 @@ CF_MODELS = ("item_knn", "ease", "als")
 # splits and seeds without them as "<model>_without_text", paired user by user (protocol C) or item by item
 # (protocol I). The hybrid reads text only through its audience model (items nobody has taken are placed by
 # it; every other item is scored by components that never read text), so ``hybrid_without_text`` is the
-# same blend with the audience model refitted without text: exact, and no deep model is fitted twice. The
+# same blend with the audience model refitted without text, tuned again on the same validation fold (the
+# rate at which new items earn list places is measured with that model's probabilities): exact, and no deep
+# model is fitted twice. The
 # two-tower's own content tower is not ablated here (its rows show what it scores with the encoder on).
 TEXT_READERS = ("hybrid", "content_knn", "new_item_audience")
 
@@ -77,7 +79,8 @@ TUNING_FOLD_WARM_SHARE = 0.75
 
 def fit_tuned(names: list[str], frames: Frames, train: pl.DataFrame, settings: Settings, label: str = "",
               warm_truth: str = "latest", warm_truth_share: float = WARM_TRUTH_SHARE,
-              ablate: str | None = None, continue_fits: bool = False) -> dict[str, Recommender]:
+              ablate: str | None = None, ablate_text: bool = False,
+              continue_fits: bool = False) -> dict[str, Recommender]:
     """``names`` fitted on ``train`` through the night's graph (:func:`tasks.night.fit_tuned`): a blend's weights
     tuned first on validation users carved from ``train`` (``warm_truth``, ``warm_truth_share``: the shape of the
     warm test they stand for), then every model on all of it with the tuned blend. Each fit starts from scratch
@@ -85,7 +88,8 @@ def fit_tuned(names: list[str], frames: Frames, train: pl.DataFrame, settings: S
     model can (the two-tower), as the production fit continues the evaluation fold's: what is published.
     Returns the fitted models, loaded.
     ``ablate``: a component; also returns ``hybrid_without_<it>``, the blend of the other components tuned on
-    the same validation users from the same fits (what that component adds)."""
+    the same validation users from the same fits (what that component adds). ``ablate_text``: also returns the
+    text readers without the pretrained encoder (:func:`without_text`)."""
     with tempfile.TemporaryDirectory(prefix="recsys-quality-") as work:
         folder = Path(work)
         train.write_parquet(folder / "train.parquet")
@@ -101,13 +105,16 @@ def fit_tuned(names: list[str], frames: Frames, train: pl.DataFrame, settings: S
                                         feats, str(folder / "models"), label, tuning=tuning,
                                         tuning_features=tuning_features, continue_fits=continue_fits)
         models = load_many({name: fit.path for name, fit in fitted.items()})
+        tuned_models = load_many({name: fit.path for name, fit in tuned.items()}) if fold is not None else None
         if ablate and fold is not None:  # a tuning fold (and its features) exists
             uf, itf = tuning_features.read()
-            lesser = _without(ablate, load_many({name: fit.path for name, fit in tuned.items()})).use_validation(
-                fold.cases).fit(fold.train, uf, itf, seed=settings.seed)
+            lesser = _without(ablate, tuned_models).use_validation(fold.cases).fit(fold.train, uf, itf,
+                                                                                   seed=settings.seed)
             uf, itf = feats.read()
             models[f"hybrid_without_{ablate}"] = _without(ablate, models).use_weights(
                 lesser.weights, lesser.tuning).fit(train, uf, itf, seed=settings.seed)
+        if ablate_text:
+            models.update(without_text(frames, train, settings.seed, models, fold, tuned_models))
     return models
 
 
@@ -119,19 +126,31 @@ def _without(component: str, fitted: dict[str, Recommender]) -> Hybrid:
                  ).use_components(fitted)
 
 
-def without_text(frames: Frames, train: pl.DataFrame, seed: int,
-                 fitted: dict[str, Recommender]) -> dict[str, Recommender]:
-    """``<model>_without_text`` for the text readers among ``fitted`` (empty when the encoder is off)."""
+def without_text(frames: Frames, train: pl.DataFrame, seed: int, fitted: dict[str, Recommender],
+                 fold=None, tuned: dict[str, Recommender] | None = None) -> dict[str, Recommender]:
+    """``<model>_without_text`` for the text readers among ``fitted`` (empty when the encoder is off). The
+    hybrid's is tuned again on the tuning ``fold`` with the audience model without text fitted there (its
+    ``tuned`` components), so the rate at which it places new items is measured with that audience model's
+    probabilities, not borrowed from the one with text."""
     if frames.text_vectors is None:
         return {}
-    uf, itf = feature_frames(dataclasses.replace(frames, text_vectors=None), train)
+    plain_frames = dataclasses.replace(frames, text_vectors=None)
+    uf, itf = feature_frames(plain_frames, train)
     plain = {f"{n}_without_text": build(n).fit(train, uf, itf, seed=seed)
              for n in ("content_knn", "new_item_audience") if n in fitted}
     hybrid = fitted.get("hybrid")
     if hybrid is not None and "new_item_audience_without_text" in plain:
-        plain["hybrid_without_text"] = build(
-            "hybrid", **{**hybrid.params, "audience_model": "new_item_audience_without_text"}).use_components(
-            {**hybrid.components, **plain}).use_weights(hybrid.weights, hybrid.tuning).fit(train, uf, itf, seed=seed)
+        params = {**hybrid.params, "audience_model": "new_item_audience_without_text"}
+        weights, tuning = hybrid.weights, hybrid.tuning
+        if fold is not None and tuned is not None and "hybrid" in tuned:
+            fold_uf, fold_itf = feature_frames(plain_frames, fold.train)
+            audience = build("new_item_audience_without_text").fit(fold.train, fold_uf, fold_itf, seed=seed)
+            retuned = build("hybrid", **params).use_components(
+                {**tuned["hybrid"].components, "new_item_audience_without_text": audience}).use_validation(
+                fold.cases).fit(fold.train, fold_uf, fold_itf, seed=seed)
+            weights, tuning = retuned.weights, retuned.tuning
+        plain["hybrid_without_text"] = build("hybrid", **params).use_components(
+            {**hybrid.components, **plain}).use_weights(weights, tuning).fit(train, uf, itf, seed=seed)
     return plain
 
 
@@ -217,11 +236,10 @@ def protocol_c(frames: Frames, names, settings: Settings, seeds: list[int], log,
         split = cold_user_split(frames.interactions, settings.cold_user_fraction, settings.k_shots, seed)
         ablate = "two_tower" if {"hybrid", "two_tower"} <= set(names) else None  # what the deep model adds
         fitted = fit_tuned(names, frames, split.train, seeded, label=f"protocol C, seed {seed}", ablate=ablate,
-                           continue_fits=continue_fits)
-        models = {name: model for name, model in fitted.items() if name in names or name == f"hybrid_without_{ablate}"}
+                           ablate_text=True, continue_fits=continue_fits)
+        models = {name: model for name, model in fitted.items() if name in names or name == f"hybrid_without_{ablate}"
+                  or name.removesuffix("_without_text") in names}
         models.update(fit_peers(list(peers), frames, split.train, seed, log))
-        models.update({n: m for n, m in without_text(frames, split.train, seed, fitted).items()
-                       if n.removesuffix("_without_text") in models})
         comparisons = ((("hybrid", f"hybrid_without_{ablate}"),) if ablate else ()) + text_comparisons(models)
         metrics = evaluate_models(models, cold_slices(split), (10,), seed, settings.bootstrap_samples,
                                   comparisons=comparisons)
@@ -438,10 +456,13 @@ def protocol_i(frames: Frames, names, settings: Settings, seeds: list[int], log,
     for seed in seeds:
         seeded = settings.model_copy(update={"seed": seed})
         split = item_cold_split(frames.interactions, settings.item_cold_fraction, seed)
+        # Tuned on validation shaped like this test: the same share of the training items held out of the
+        # fold entirely, what the validation users did with them the window (whether new items earn list
+        # places is measured there: models.hybrid.Hybrid._new_item_rates).
         fitted = fit_tuned(models_i, frames, split.train, seeded, label=f"protocol I, seed {seed}",
+                           warm_truth="items", warm_truth_share=settings.item_cold_fraction, ablate_text=True,
                            continue_fits=continue_fits)
-        models = {n: fitted[n] for n in models_i}
-        models.update(without_text(frames, split.train, seed, fitted))
+        models = {n: m for n, m in fitted.items() if n.removesuffix("_without_text") in models_i}
         item_slice = Slice("item_cold", None, split.truth, None, split.excluded_users, split.new_items)
         metrics = evaluate_models(models, [item_slice], (10,), seed, settings.bootstrap_samples,
                                   comparisons=text_comparisons(models))

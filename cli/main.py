@@ -319,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--min-ratings", type=int, default=20, help="only films with at least this many ratings (20)")
     new.add_argument("--seed", type=int, default=0, help="which films (seeded)")
     new.add_argument("--epochs", type=int, default=30, help="two-tower epochs (early stopping applies)")
+    new.add_argument("--min-rate", type=float, default=1.0,
+                     help="RECSYS_NEW_ITEM_MIN_RATE of the night (1: the stripped films are tonight's arrivals, "
+                          "which no validation window has seen; 0: the night's own measured rate)")
     new.add_argument("--out", default="var/benchmarks/new_items.json", help="JSON output file")
     new.set_defaults(func=cmd_benchmark)
     return parser

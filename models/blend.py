@@ -107,10 +107,6 @@ class BlendTuning:
                 "ndcg_components": {name: float(values.mean()) for name, values in singles.items()},
                 "bucket": int(b),
                 "hit_rate_by_rank": self._hit_rate_by_rank(zc, rel_c, chosen),
-                # The test window's share of these users' interactions: a new item's probability of being
-                # taken at all, times this, is its probability of being taken in a window like the one the
-                # hit rates were counted in.
-                "truth_share": float(np.mean(n_rel / np.maximum(n_rel + seen.sum(axis=1), 1))),
             }
         return weights, tuning
 

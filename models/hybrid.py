@@ -7,13 +7,20 @@ read content (``new_item_weights``: the two-tower's item tower and the content n
 between by a mix in proportion to its interactions, so a new item never gets a CF score it has no data for.
 Whom to show a new item to (its audience) is ranked by the audience model (``audience_model``:
 :class:`models.audience.NewItemAudience`, content affinity and activity weighed on items held out of
-training), and an item nobody has taken enters a user's own list on the same scale as the known items: the
-audience model's probability that the user takes it (calibrated on items held out of training), scaled to the
-share of a user's interactions a validation window holds, against what a known item at each rank is worth, the
-tuned blend's hit rate at that rank on the user's bucket of validation users in that window
-(:meth:`models.blend.BlendTuning._hit_rate_by_rank`). A new item goes just above the first known item it is
-more likely to be taken than, within the top ``new_item_rank``, at most ``new_item_slots`` a list. Without an
-audience model, new items compete through the new-item scorers' per-user z-scores, which aims them at users
+training), and an item nobody has taken enters a user's own list on the same scale as the known items: its
+probability of being taken in a window like the validation window, against what a known item at each rank is
+worth there, the tuned blend's hit rate at that rank on the user's bucket of validation users
+(:meth:`models.blend.BlendTuning._hit_rate_by_rank`). That probability is the audience model's (that the user
+takes the item at all, calibrated on items held out of training) times the window's measured rate
+(:meth:`Hybrid._new_item_rates`): how many of the items nobody had taken before the window the bucket's
+validation users took in it, against how many the audience model expected them to take. Where the window's
+new items are obscure (a random hold-out: they are the catalogue's rarest) the rate is near zero and new
+items stay out of the lists; where they are what users take next (a catalogue's new releases, or an
+item-cold hold-out) it is near one; ``new_item_min_rate`` (RECSYS_NEW_ITEM_MIN_RATE) is a floor under it for
+nights whose untaken items are arrivals no past window has seen. A new item is placed only in the lists of
+the users it is published to (its ``new_item_users`` likeliest training users), just above the first known
+item it is more likely to be taken than, within the top ``new_item_rank``, at most ``new_item_slots`` a list.
+Without an audience model, new items compete through the new-item scorers' per-user z-scores, which aims them at users
 hardly better than at random. The hybrid fits nothing itself: it receives its fitted components
 (:meth:`Hybrid.use_components`), and either tunes the weights per history bucket on validation cases
 (:meth:`Hybrid.use_validation`, built by ``tasks.split.carve_validation`` from training users, never test
@@ -28,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from models.base import Recommender
 from models.blend import BlendTuning, ValidationCase, bucket_of
@@ -35,6 +43,7 @@ from models.explain import replace
 from models.ranking import standardize_rows, top_k_indices
 from models.serving import UserBlock
 from recsys import schema
+from recsys.schema import USER_ID
 
 # ALS beside EASE: on a random hold-out they are level (ML-100k protocol W 0.4887 / 0.4898) and the tuned blend of
 # both with the two-tower beats either (0.4987); on the log cut in time (protocol T) ALS is the best single model;
@@ -46,7 +55,8 @@ NEW_ITEM_WEIGHTS = {"two_tower": 0.5, "content_knn": 0.5}
 
 class Hybrid(BlendTuning, Recommender):
     name = "hybrid"
-    SETTINGS = {"new_item_slots": "new_item_slots"}
+    SETTINGS = {"new_item_slots": "new_item_slots", "new_item_min_rate": "new_item_min_rate",
+                "new_item_users": "new_item_users"}
     description = ("the two-tower, EASE, item-kNN, segment popularity and ALS blended with weights tuned per "
                    "history length on validation users; new items placed by the audience model")
 
@@ -75,6 +85,14 @@ class Hybrid(BlendTuning, Recommender):
             "audience_model": "new_item_audience",
             "new_item_slots": 2,
             "new_item_rank": 10,
+            # A floor under the measured new-item rate (RECSYS_NEW_ITEM_MIN_RATE): the operator's word that
+            # tonight's untaken items are arrivals, which no validation window of the past can have seen.
+            "new_item_min_rate": 0.0,
+            # A new item enters only the lists of the users it is published to (its audience, this many users):
+            # the lists and the new_items table tell one story, and a list slot goes to a user picked for the
+            # item, not to whoever the item is likeliest for (on a variant of MovieLens-100k whose films lost
+            # their ratings: 3x random exposure given the film, against 1.4-1.7x ungated).
+            "new_item_users": 100,
         }
 
     @classmethod
@@ -145,9 +163,37 @@ class Hybrid(BlendTuning, Recommender):
     @property
     def hit_rates(self) -> dict[int, tuple[np.ndarray, float]]:
         """Per history bucket, the tuned blend's hit rate at each rank (see :meth:`_hit_rate_by_rank`) and the
-        share of a user's interactions the validation window held."""
-        return {int(t["bucket"]): (np.asarray(t["hit_rate_by_rank"], dtype=np.float64), float(t["truth_share"]))
-                for t in getattr(self, "tuning", {}).values() if "hit_rate_by_rank" in t}
+        validation window's new-item rate (see :meth:`_new_item_rates`)."""
+        return {int(t["bucket"]): (np.asarray(t["hit_rate_by_rank"], dtype=np.float64),
+                                   float(t["new_items"]["rate"]))
+                for t in getattr(self, "tuning", {}).values() if "hit_rate_by_rank" in t and "new_items" in t}
+
+    def _new_item_rates(self, cases: Sequence[ValidationCase]) -> dict[str, dict]:
+        """Per validation case: the items nobody had taken before its window (no interaction in the data the
+        hybrid is fitted on), how many (user, item) of them its users took in the window, how many the audience
+        model expected (the sum of its probabilities over the users' unseen new items), and their ratio, the
+        ``rate`` that turns the audience model's probability into one of being taken in such a window."""
+        audience = self.params["audience_model"]
+        new = np.flatnonzero(self.item_popularity == 0)
+        if not audience:
+            return {}
+        model = self.components[audience]
+        out = {}
+        for case in cases:
+            users = np.intersect1d(case.users, case.truth[USER_ID].unique().to_numpy())
+            taken = expected = 0.0
+            for lo in range(0, len(users) if len(new) else 0, model.block_users):
+                block_users = users[lo:lo + model.block_users]
+                known = model._history_matrix(block_users, case.known if case.known.height else None)
+                # Cold users' known items are their history; warm users are in training, known only masks.
+                block = model._user_block(block_users, known if case.as_history else sp.csr_matrix(known.shape))
+                p = 1.0 / (1.0 + np.exp(-model.column_scores(block, new).astype(np.float64)))
+                p[(known[:, new] + block.history[:, new]).toarray() > 0] = 0.0  # seen items are not listed
+                expected += float(p.sum())
+                taken += float(model._history_matrix(block_users, case.truth)[:, new].sum())
+            out[case.label] = {"items": int(len(new)), "taken": int(taken), "expected": round(expected, 3),
+                               "rate": round(taken / expected, 6) if expected > 0 else 0.0}
+        return out
 
     def _fit(self, seed: int) -> None:
         components = getattr(self, "components", None)
@@ -161,10 +207,14 @@ class Hybrid(BlendTuning, Recommender):
             blend = self._blended_for(components)
             self.weights, self.tuning = self._tune({name: components[name] for name in blend["components"]}, cases,
                                                    seed)
+            for label, rate in self._new_item_rates(cases).items():
+                if label in self.tuning:
+                    self.tuning[label]["new_items"] = rate
             self.tuning["blend"] = blend
         elif not getattr(self, "weights", None):
             raise ValueError("hybrid: call use_validation() or use_weights() before fit()")
         self.audience_scale = self._audience_scale(seed)
+        self.audience_floor = self._audience_floor()
 
     def _audience_scale(self, seed: int) -> dict[str, tuple[float, float]]:
         """Per component, the mean and standard deviation of its finite scores over the training users (a
@@ -187,6 +237,25 @@ class Hybrid(BlendTuning, Recommender):
             std = float(np.sqrt(max(squares / max(count, 1) - mean * mean, 0.0)))
             scale[name] = (float(mean), std if std > 1e-12 else 1.0)
         return scale
+
+    def _audience_floor(self) -> np.ndarray:
+        """Per item nobody has taken (in item order), the audience model's log-odds of its ``new_item_users``-th
+        likeliest training user: a new item is placed only in the lists of users at or above it, the users it
+        is published to. Blockwise over users, keeping the best ``new_item_users`` per item."""
+        new = np.flatnonzero(self.item_popularity == 0)
+        audience = self.params["audience_model"]
+        size = min(int(self.params["new_item_users"]), len(self.user_ids))
+        if not audience or len(new) == 0 or size == 0:
+            return np.full(len(new), np.inf, dtype=np.float32)
+        model = self.components[audience]
+        best = np.full((0, len(new)), -np.inf, dtype=np.float32)
+        for start in range(0, len(self.user_ids), model.block_users):
+            users = self.user_ids[start:start + model.block_users]
+            block = model._user_block(users, sp.csr_matrix((len(users), len(model.item_ids)), dtype=np.float32))
+            best = np.concatenate([best, model.column_scores(block, new)])
+            if len(best) > size:
+                best = -np.partition(-best, size - 1, axis=0)[:size]
+        return best.min(axis=0).astype(np.float32)
 
     def _align(self, model: Recommender, scores: np.ndarray) -> np.ndarray:
         if np.array_equal(model.item_ids, self.item_ids):
@@ -258,15 +327,18 @@ class Hybrid(BlendTuning, Recommender):
         logit = self._audience_of(users, new)[rows].astype(np.float64)
         seen_new = history[rows][:, new].tocoo()
         logit[seen_new.row, seen_new.col] = -np.inf
+        logit[logit < self.audience_floor[None, :]] = -np.inf  # only for the users it is published to
         slots = min(slots, len(new))
         best = top_k_indices(logit, slots)  # (rows, slots), most likely first
-        p = 1.0 / (1.0 + np.exp(-np.take_along_axis(logit, best, axis=1)))
+        p = 1.0 / (1.0 + np.exp(-np.take_along_axis(logit, best, axis=1)))  # 0 where out of every audience
         depth = int(self.params["new_item_rank"])
         rate = np.full((len(rows), depth), np.inf)  # a rank without a calibrated hit rate takes no new item
-        for bucket, (curve, share) in curves.items():
+        for bucket, (curve, measured) in curves.items():
             mine = buckets[rows] == bucket
             rate[mine, :len(curve[:depth])] = curve[:depth]
-            p[mine] *= share  # taken at all -> taken within a window like the hit rates' (see _tune)
+            measured = max(measured, float(self.params["new_item_min_rate"]))
+            p[mine] = np.minimum(p[mine] * measured, 1.0)  # taken at all -> in a window like the hit rates'
+
         # The known item each placed one goes above: the first rank whose hit rate is below p (depth: none).
         target = (rate[:, None, :] >= p[:, :, None]).sum(axis=2)  # rates are non-increasing down the list
         if not (target < depth).any():
@@ -347,6 +419,7 @@ class Hybrid(BlendTuning, Recommender):
         (path / "weights.json").write_text(json.dumps({"weights": {str(b): w for b, w in self.weights.items()},
                                                        "tuning": self.tuning,
                                                        "audience_scale": self.audience_scale}, indent=2))
+        np.save(path / "audience_floor.npy", self.audience_floor)
 
     @classmethod
     def tuned_file(cls, path: Path) -> Path:
@@ -374,3 +447,5 @@ class Hybrid(BlendTuning, Recommender):
         self.tuning = saved["tuning"]
         self.audience_scale = ({name: tuple(v) for name, v in saved["audience_scale"].items()}
                                if "audience_scale" in saved else self._audience_scale(self.seed))
+        floor = path / "audience_floor.npy"
+        self.audience_floor = np.load(floor) if floor.exists() else self._audience_floor()

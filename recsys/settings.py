@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     new_item_slots: int = Field(2, ge=0, description="At most this many items nobody has taken yet in a user's "
                                 "top 10, placed where they are likelier to be taken than the known item they "
                                 "displace (0: new items only in new_items).")
+    new_item_min_rate: float = Field(0.0, ge=0, description="A floor under the validation window's measured rate "
+                                     "at which users take items nobody had taken before it (the rate that scales "
+                                     "a new item's probability before it competes for a list place): set it when "
+                                     "tonight's untaken items are arrivals the window cannot have seen (1: as the "
+                                     "audience model calibrates them on items held out of training); 0 trusts "
+                                     "the window.")
     batch_size: int = 1024
     scoring_threads: int = Field(0, ge=0, description="Threads of blockwise scoring and top-N selection (0: every "
                                  "core this process may use).")

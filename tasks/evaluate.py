@@ -343,7 +343,8 @@ def write_evaluation_step(settings, run_id: str, fold: EvaluationFold, parts: li
     with progress.activity("writing the report"):
         paths = write_report(metrics, folder, run_id, fold.protocol, tuning, k=min(settings.ks), gate=gate,
                              docs=str(docs) if docs and docs.exists() else None, published=published, history=history,
-                             night=str(night[0][0]) if night and night[0][0] else "", answer=answer)
+                             night=str(night[0][0]) if night and night[0][0] else "", answer=answer,
+                             new_item_min_rate=settings.new_item_min_rate)
     return Evaluation(str(folder), str(metrics_path), str(paths["markdown"]), str(paths["html"]), fold.protocol,
                       carry or {"weights": None, "warm_from": {}}, tuple(answer[0].to_dicts()))
 

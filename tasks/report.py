@@ -171,6 +171,26 @@ def encoder_sentence(metrics: pl.DataFrame) -> list[str]:
             f"nDCG@100 of the audience model with it over without it){tail}.", ""]
 
 
+def placement_sentence(tuning: dict, min_rate: float = 0.0) -> list[str]:
+    """Whether new items earn places in tonight's lists, and why: the published hybrid's measured rate on
+    its warm validation window (models.hybrid.Hybrid._new_item_rates), or the floor under it
+    (RECSYS_NEW_ITEM_MIN_RATE) where that is higher."""
+    warm = (tuning.get("hybrid") or {}).get("warm") or {}
+    rate = warm.get("new_items")
+    if not rate:
+        return []
+    used = max(rate["rate"], min_rate)
+    floor = (f" raised to RECSYS_NEW_ITEM_MIN_RATE {min_rate:.2f} (tonight's untaken items are arrivals)"
+             if min_rate > rate["rate"] else "")
+    verdict = ("so new items stay out of the lists" if used == 0 else
+               f"so a new item enters a list where the audience model's probability times {used:.2f} "
+               "beats the hit rate of the known item at that rank")
+    return [f"**New items in the lists:** in the validation window, users took {rate['taken']:,} times one of the "
+            f"{rate['items']:,} items nobody had taken before it, against {rate['expected']:,.0f} times that the "
+            f"audience model expected of them (rate {rate['rate']:.2f}){floor}, {verdict} "
+            "(RECSYS_NEW_ITEM_SLOTS a list at most).", ""]
+
+
 def plot_item_cold(metrics: pl.DataFrame, path: Path) -> Path:
     """Users -> items nDCG@10 and items -> users nDCG@100 per model on new items, with 95% CIs."""
     plt = _plt()
@@ -450,7 +470,8 @@ def gate_section(gate: pl.DataFrame | None, docs: str | None = None) -> list[str
 def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dict, tuning: dict,
                  k: int = schema.DEFAULT_K, gate: pl.DataFrame | None = None, docs: str | None = None,
                  published: str = "hybrid", history: pl.DataFrame | None = None, night: str = "",
-                 answer: tuple[pl.DataFrame, list[str]] | None = None) -> dict[str, Path]:
+                 answer: tuple[pl.DataFrame, list[str]] | None = None,
+                 new_item_min_rate: float = 0.0) -> dict[str, Path]:
     """The report: the published model's answer first (tonight, its lift over the strongest baseline, the
     change since the last published night), its history over nights, then every model in one order, the
     gate, the plots and the protocol. ``history``: earlier nights' metrics of the published model
@@ -475,6 +496,7 @@ def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dic
     md = [f"# Nightly report {night or run_id}", "", f"Run `{run_id}`. Values are means over users with their 95% "
           "bootstrap confidence interval as ±.", "",
           *answer_first(metrics, published, history, k, night, answer), *encoder_sentence(metrics),
+          *placement_sentence(tuning, new_item_min_rate),
           *history_section(history),
           "## Every model", "", *headlines(metrics, k, published=published), "",
           f"nDCG@{k}. Cold users were held out of training entirely; `cold k=n` reveals their first n "

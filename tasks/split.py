@@ -190,11 +190,15 @@ def carve_validation(
     default ``share``) stay in training without ``warm_truth_share`` of their interactions, which tune the
     warm bucket as true warm users, taken the way the warm test takes them: ``warm_truth="latest"`` their
     latest by time (the nightly's temporal warm test), ``"random"`` a seeded random share of each user's
-    (a per-user random holdout such as protocol W). A blend tuned on one shape does not carry over to the
-    other: on ML-100k the latest interactions favour neighbourhood CF, a random holdout EASE.
+    (a per-user random holdout such as protocol W), ``"items"`` their interactions with a seeded
+    ``warm_truth_share`` of the items, which leave the fold's training entirely (an item-cold hold-out such as
+    protocol I: what users do with items nobody has taken). A blend tuned on one shape does not carry over to
+    the other: on ML-100k the latest interactions favour neighbourhood CF, a random holdout EASE; and how often
+    users take the items that were new at the window's start decides whether new items earn a place in lists
+    (:meth:`models.hybrid.Hybrid._new_item_rates`).
     """
-    if warm_truth not in ("latest", "random"):
-        raise ValueError(f"warm_truth must be 'latest' or 'random', not {warm_truth!r}")
+    if warm_truth not in ("latest", "random", "items"):
+        raise ValueError(f"warm_truth must be 'latest', 'random' or 'items', not {warm_truth!r}")
     counts = interactions.group_by(USER_ID).len()
     eligible = counts.filter(pl.col("len") >= min_history + 1)[USER_ID].sort().to_numpy()
     n_val = min(int(round(len(eligible) * share)), int(max_users))
@@ -209,12 +213,21 @@ def carve_validation(
         draw = pl.Series(np.random.default_rng(seed + 1).random(warm_rows.height))
         warm_rows = warm_rows.with_columns(_draw=draw).with_columns(
             position=pl.col("_draw").rank("ordinal").over(USER_ID).cast(pl.Int64) - 1).drop("_draw")
-    is_truth = pl.col("position") >= (pl.col("n") * (1 - warm_truth_share)).ceil()
+    held_items = None
+    if warm_truth == "items":
+        items = np.sort(interactions[ITEM_ID].unique().to_numpy())
+        held_items = np.sort(np.random.default_rng(seed + 2).choice(
+            items, size=int(round(len(items) * warm_truth_share)), replace=False))
+        is_truth = pl.col(ITEM_ID).is_in(held_items)
+    else:
+        is_truth = pl.col("position") >= (pl.col("n") * (1 - warm_truth_share)).ceil()
     warm_truth_rows = warm_rows.filter(is_truth).drop("position", "n")
     warm_known = warm_rows.filter(~is_truth).drop("position", "n")
     keys = [USER_ID, ITEM_ID, TIMESTAMP]
     train = (ordered.filter(~pl.col(USER_ID).is_in(cold_users)).drop("position", "n")
              .join(warm_truth_rows.select(keys), on=keys, how="anti"))
+    if held_items is not None:  # nobody's interactions with the held-out items stay in the fold's training
+        train = train.filter(~pl.col(ITEM_ID).is_in(held_items))
     cold_rows = ordered.filter(pl.col(USER_ID).is_in(cold_users))
     cases = [ValidationCase(str(k), b, cold_users, cold_rows.filter(pl.col("position") < k).drop("position", "n"),
                             cold_rows.filter(pl.col("position") >= k).drop("position", "n"), k > 0)

@@ -105,6 +105,21 @@ def history(values: list[tuple[str, str, float, str | None]]) -> pl.DataFrame:
                         schema_overrides={"k_shot": pl.Int32, "k": pl.Int32, "reason": pl.String})
 
 
+def test_the_report_says_whether_new_items_earned_places_in_the_lists_and_why():
+    from tasks.report import placement_sentence
+
+    def tuning(taken, expected, rate):
+        return {"hybrid": {"warm": {"new_items": {"items": 40, "taken": taken, "expected": expected, "rate": rate}}}}
+
+    (line, _) = placement_sentence(tuning(12, 30.0, 0.4))
+    assert "took 12 times one of the 40 items nobody had taken" in line and "30 times" in line
+    assert "probability times 0.40 beats the hit rate" in line
+    assert "stay out of the lists" in placement_sentence(tuning(0, 30.0, 0.0))[0]
+    floored = placement_sentence(tuning(0, 30.0, 0.0), min_rate=1.0)[0]
+    assert "raised to RECSYS_NEW_ITEM_MIN_RATE 1.00" in floored and "probability times 1.00" in floored
+    assert placement_sentence({}) == [] and placement_sentence({"hybrid": {"warm": {}}}) == []
+
+
 def test_the_report_answers_first_for_the_published_model(tmp_path):
     """First screen: the published model, tonight per audience with ± CIs, the strongest baseline of each
     slice and the paired lift over it, and the change since the last *published* night (not a held one)."""

@@ -96,6 +96,21 @@ def test_validation_is_carved_like_the_warm_test_it_tunes_for():
         carve_validation(data, 0.2, seed=1, warm_truth="oldest")
 
 
+def test_an_item_cold_validation_fold_holds_items_out_of_everyone_s_training():
+    """``warm_truth="items"`` (protocol I's shape): a seeded share of the items leaves the fold's training
+    entirely; the warm validation users' truth is what they did with those items, and nothing is lost."""
+    data = interactions(n_users=60, per_user=12)
+    fold = carve_validation(data, 0.2, seed=1, warm_truth="items", warm_truth_share=0.25, warm_share=0.5)
+    warm = fold.cases[-1]
+    held = set(warm.truth["item_id"].to_list())
+    assert held and not held & set(fold.train["item_id"].to_list())
+    assert not set(warm.known["item_id"].to_list()) & held
+    assert keys(warm.known) | keys(warm.truth) == keys(data.filter(pl.col("user_id").is_in(fold.warm_users)))
+    assert keys(warm.known) <= keys(fold.train)
+    again = carve_validation(data, 0.2, seed=1, warm_truth="items", warm_truth_share=0.25, warm_share=0.5)
+    assert keys(again.cases[-1].truth) == keys(warm.truth) and again.train.equals(fold.train)
+
+
 def test_a_temporal_cut_is_a_night_seen_from_the_log():
     """Protocol T: one global moment; before it is training, after it the known users' next interactions (warm)
     and the users first seen after it (cold: their first k by time revealed). Nothing lost, nothing leaks."""
