@@ -245,8 +245,8 @@ class Hybrid(BlendTuning, Recommender):
         new = np.flatnonzero(self.item_popularity == 0)
         audience = self.params["audience_model"]
         size = min(int(self.params["new_item_users"]), len(self.user_ids))
-        if not audience or len(new) == 0 or size == 0:
-            return np.full(len(new), np.inf, dtype=np.float32)
+        if not audience or len(new) == 0 or size == 0 or int(self.params["new_item_slots"]) <= 0:
+            return np.full(len(new), np.inf, dtype=np.float32)  # no new item is placed anywhere
         model = self.components[audience]
         best = np.full((0, len(new)), -np.inf, dtype=np.float32)
         for start in range(0, len(self.user_ids), model.block_users):
