@@ -185,9 +185,9 @@ def placement_sentence(tuning: dict, min_rate: float = 0.0) -> list[str]:
     verdict = ("so new items stay out of the lists" if used == 0 else
                f"so a new item enters a list where the audience model's probability times {used:.2f} "
                "beats the hit rate of the known item at that rank")
-    return [f"**New items in the lists:** in the validation window, users took {rate['taken']:,} times one of the "
-            f"{rate['items']:,} items nobody had taken before it, against {rate['expected']:,.0f} times that the "
-            f"audience model expected of them (rate {rate['rate']:.2f}){floor}, {verdict} "
+    return [f"**New items in the lists:** in the validation window, the items nobody had taken before it "
+            f"({rate['items']:,}) were taken {rate['taken']:,} times, against {rate['expected']:,.0f} that the "
+            f"audience model expected (rate {rate['rate']:.2f}){floor}, {verdict} "
             "(RECSYS_NEW_ITEM_SLOTS a list at most).", ""]
 
 
