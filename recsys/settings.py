@@ -61,7 +61,8 @@ class Settings(BaseSettings):
                                       "evaluation (0 turns it off).")
     new_item_max_interactions: int = Field(5, ge=1, description="Items with fewer interactions are published "
                                            "in new_items with the users to show them to.")
-    new_item_users: int = Field(100, ge=1, description="Users published per new item.")
+    new_item_users: int = Field(100, ge=1, description="Users published per new item; an item nobody has taken "
+                                "enters only their lists.")
     validation_user_fraction: float = 0.1
     bootstrap_samples: int = 1000
     max_eval_users: int = Field(5000, description="Users sampled per evaluation slice (bounds cost at scale).")
