@@ -14,9 +14,9 @@ worth there, the tuned blend's hit rate at that rank on the user's bucket of val
 takes the item at all, calibrated on items held out of training) times the window's measured rate
 (:meth:`Hybrid._new_item_rates`): how many of the items nobody had taken before the window the bucket's
 validation users took in it, against how many the audience model expected them to take. Where the window's
-new items are obscure (a random hold-out: they are the catalogue's rarest) the rate is near zero and new
-items stay out of the lists; where they are what users take next (a catalogue's new releases, or an
-item-cold hold-out) it is near one; ``new_item_min_rate`` (RECSYS_NEW_ITEM_MIN_RATE) is a floor under it for
+new items are obscure (a random hold-out: they are the catalogue's rarest) the rate is low and new items
+stay out of the lists; where they are what users take next (a catalogue's new releases, or an
+item-cold hold-out) it is of the order of one; ``new_item_min_rate`` (RECSYS_NEW_ITEM_MIN_RATE) is a floor under it for
 nights whose untaken items are arrivals no past window has seen. A new item is placed only in the lists of
 the users it is published to (its ``new_item_users`` likeliest training users), just above the first known
 item it is more likely to be taken than, within the top ``new_item_rank``, at most ``new_item_slots`` a list.
