@@ -457,7 +457,7 @@ def protocol_i(frames: Frames, names, settings: Settings, seeds: list[int], log,
         seeded = settings.model_copy(update={"seed": seed})
         split = item_cold_split(frames.interactions, settings.item_cold_fraction, seed)
         # Tuned on validation shaped like this test: the same share of the training items held out of the
-        # fold entirely, what the validation users did with them the window (whether new items earn list
+        # fold entirely, what the validation users did with them its window (whether new items earn list
         # places is measured there: models.hybrid.Hybrid._new_item_rates).
         fitted = fit_tuned(models_i, frames, split.train, seeded, label=f"protocol I, seed {seed}",
                            warm_truth="items", warm_truth_share=settings.item_cold_fraction, ablate_text=True,
