@@ -38,44 +38,41 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import Recommender
-from models.content import ContentKNN, GenrePopularity
+from models.content import ContentKNN, GenrePopularity, one_hot, year_one_hot
 from models.serving import N_DECADES, UserBlock, decade_of
 
 FEATURES = ("activity", "affinity", "genre_share", "activity_x_affinity")
 APPEAL_BLOCK = 16384  # items a block when the appeal's design is built: bounded memory at any catalogue size
 
 
-def appeal_design(genres: np.ndarray, years: np.ndarray, text: np.ndarray, rows: np.ndarray,
-                  catalogue_years: np.ndarray) -> np.ndarray:
+def appeal_design(model: Recommender, rows: np.ndarray) -> np.ndarray:
     """(len(rows), features) float64 of what is known of an item before anyone takes it: an intercept, its
-    genres, release decade and exact year (one-hot over ``catalogue_years``), and its text vector."""
-    year = years[rows]
-    decade = decade_of(year)[:, None] == np.arange(1, N_DECADES)[None, :]
-    exact = year[:, None] == catalogue_years[None, :]
-    return np.hstack([np.ones((len(rows), 1)), genres[rows], decade, exact, text[rows]]).astype(np.float64)
+    genres, release decade and exact year (one-hot, as the content neighbourhood encodes them), and its text
+    vector."""
+    year = model.item_year[rows]
+    return np.hstack([np.ones((len(rows), 1)), model.item_genres[rows],
+                      one_hot(decade_of(year), N_DECADES)[:, 1:].toarray(),  # 0: unknown
+                      year_one_hot(year).toarray(), model.item_text[rows]]).astype(np.float64)
 
 
-def fit_appeal(model: Recommender, popularity: np.ndarray, train_items: np.ndarray, l2: float) -> np.ndarray:
-    """An item's appeal for every item of ``model``'s catalogue: log(1 + interactions) predicted from its
-    content by a ridge regression fitted on ``train_items`` (their ``popularity``). Blockwise over items."""
-    years = np.unique(model.item_year[model.item_year > 0])
-
-    def design(rows: np.ndarray) -> np.ndarray:
-        return appeal_design(model.item_genres, model.item_year, model.item_text, rows, years)
-
-    width = design(train_items[:0]).shape[1]
+def fit_appeal(model: Recommender, popularity: np.ndarray, train_items: np.ndarray, l2: float,
+               rows: np.ndarray | None = None) -> np.ndarray:
+    """An item's appeal for ``rows`` of ``model``'s catalogue (default: every item): log(1 + interactions)
+    predicted from its content by a ridge regression fitted on ``train_items`` (their ``popularity``).
+    Blockwise over items."""
+    width = appeal_design(model, train_items[:0]).shape[1]
     gram, moment = np.zeros((width, width)), np.zeros(width)
     for lo in range(0, len(train_items), APPEAL_BLOCK):
-        rows = train_items[lo:lo + APPEAL_BLOCK]
-        x = design(rows)
+        block = train_items[lo:lo + APPEAL_BLOCK]
+        x = appeal_design(model, block)
         gram += x.T @ x
-        moment += x.T @ np.log1p(popularity[rows].astype(np.float64))
+        moment += x.T @ np.log1p(popularity[block].astype(np.float64))
     penalty = np.full(width, float(l2))
     penalty[0] = 0.0  # the intercept is not shrunk
     weights = np.linalg.solve(gram + np.diag(penalty), moment) if len(train_items) else np.zeros(width)
-    everything = np.arange(len(model.item_ids))
-    return np.concatenate([design(everything[lo:lo + APPEAL_BLOCK]) @ weights
-                           for lo in range(0, len(everything), APPEAL_BLOCK)] or [np.zeros(0)]).astype(np.float32)
+    rows = np.arange(len(model.item_ids)) if rows is None else rows
+    return np.concatenate([appeal_design(model, rows[lo:lo + APPEAL_BLOCK]) @ weights
+                           for lo in range(0, len(rows), APPEAL_BLOCK)] or [np.zeros(0)]).astype(np.float32)
 
 
 def fit_audience(x: np.ndarray, truth: np.ndarray, l2: float, iterations: int = 30) -> np.ndarray:
@@ -179,7 +176,7 @@ class NewItemAudience(Recommender):
         # Platt scaling of the ranking score and the held-out items' appeal (predicted from the other items) on
         # the same pairs: log-odds that the user takes the item.
         others = np.setdiff1d(taken, held)
-        held_appeal = fit_appeal(self, self.item_popularity, others, float(p["appeal_l2"]))[held]
+        held_appeal = fit_appeal(self, self.item_popularity, others, float(p["appeal_l2"]), rows=held)
         pairs = np.column_stack([(x @ self.weights).ravel(), np.repeat(held_appeal, len(users))])
         self.calibration = fit_logistic(pairs, truth.T.ravel().astype(np.float64), 0.0)
         self.appeal = fit_appeal(self, self.item_popularity, taken, float(p["appeal_l2"]))
