@@ -105,7 +105,8 @@ def fit_tuned(names: list[str], frames: Frames, train: pl.DataFrame, settings: S
                                         feats, str(folder / "models"), label, tuning=tuning,
                                         tuning_features=tuning_features, continue_fits=continue_fits)
         models = load_many({name: fit.path for name, fit in fitted.items()})
-        tuned_models = load_many({name: fit.path for name, fit in tuned.items()}) if fold is not None else None
+        tuned_models = (load_many({name: fit.path for name, fit in tuned.items()})
+                        if fold is not None and (ablate or ablate_text) else None)  # only the ablations read them
         if ablate and fold is not None:  # a tuning fold (and its features) exists
             uf, itf = tuning_features.read()
             lesser = _without(ablate, tuned_models).use_validation(fold.cases).fit(fold.train, uf, itf,

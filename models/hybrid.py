@@ -251,7 +251,7 @@ class Hybrid(BlendTuning, Recommender):
         best = np.full((0, len(new)), -np.inf, dtype=np.float32)
         for start in range(0, len(self.user_ids), model.block_users):
             users = self.user_ids[start:start + model.block_users]
-            block = model._user_block(users, sp.csr_matrix((len(users), len(model.item_ids)), dtype=np.float32))
+            block = model._user_block(users, model._history_matrix(users, None))
             best = np.concatenate([best, model.column_scores(block, new)])
             if len(best) > size:
                 best = -np.partition(-best, size - 1, axis=0)[:size]
