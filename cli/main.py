@@ -365,6 +365,16 @@ class TemporaryServerNotice(logging.Filter):
         return True
 
 
+class ServerShutdownNoise(logging.Filter):
+    """When the temporary Prefect server stops at the end of a command, SQLAlchemy may still be resetting one of
+    its pooled SQLite connections; the server's event loop cancels that, and the pool logs the cancellation as an
+    error with a traceback after the night has finished (Prefect's SQLite pool; nothing is lost). Only that
+    record is dropped: any other error of the pool is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
 def _error_names(cls: type = RecsysError) -> set[str]:
     return {cls.__name__}.union(*(_error_names(sub) for sub in cls.__subclasses__()))
 
@@ -412,6 +422,8 @@ def prefect_settings() -> dict:
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()  # telemetry of the temporary Prefect server only adds log noise ("database is locked")
     logging.getLogger("prefect").addFilter(TemporaryServerNotice())
+    # A logger's filter sees only its own records: the pool logs under its class's name.
+    logging.getLogger("sqlalchemy.pool.impl.AsyncAdaptedQueuePool").addFilter(ServerShutdownNoise())
     for name in ("prefect.task_runs", "prefect.flow_runs"):
         logging.getLogger(name).addFilter(UserErrorTracebacks())
     args = build_parser().parse_args(argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import os
@@ -13,7 +14,7 @@ import weakref
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from cli.main import UserErrorTracebacks, build_parser, build_serve_schedule, main, release
+from cli.main import ServerShutdownNoise, UserErrorTracebacks, build_parser, build_serve_schedule, main, release
 from recsys.errors import ValidationFailedError
 
 
@@ -173,6 +174,17 @@ def test_prefect_records_of_a_user_error_keep_one_line_and_others_are_untouched(
                                    " ... (the whole message follows)")
     other = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "boom\nsecond line", (), None)
     assert keep.filter(other) and other.getMessage() == "boom\nsecond line"
+
+
+def test_only_the_pool_s_cancelled_reset_at_server_shutdown_is_dropped():
+    noise = ServerShutdownNoise()
+
+    def record(error: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("sqlalchemy.pool.impl.AsyncAdaptedQueuePool", logging.ERROR, __file__, 1,
+                                 "Exception during reset or similar", (), (type(error), error, None))
+
+    assert not noise.filter(record(asyncio.CancelledError()))
+    assert noise.filter(record(RuntimeError("database is locked")))
 
 
 def test_a_handled_error_no_longer_keeps_its_frames_locals_alive():
