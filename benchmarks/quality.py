@@ -34,7 +34,15 @@ from recsys.errors import ConfigError
 from recsys.schema import ITEM_ID, USER_ID
 from recsys.settings import Settings
 from tasks import ingest, night
-from tasks.evaluate import ITEM_COLD_BASELINES, ItemColdFold, Slice, cold_slices, evaluate_models, warm_slice
+from tasks.evaluate import (
+    ITEM_COLD_BASELINES,
+    ItemColdFold,
+    Slice,
+    cold_slices,
+    evaluate_models,
+    tuning_shape,
+    warm_slice,
+)
 from tasks.features import Frames, feature_frames, load_frames, store_features
 from tasks.generate import GeneratorConfig, generate
 from tasks.item_text import text_vectors
@@ -43,6 +51,7 @@ from tasks.report import strongest_item_baseline
 from tasks.sources import movielens_specs, synthetic_specs
 from tasks.split import (
     WARM_TRUTH_SHARE,
+    ValidationFold,
     carve_validation,
     cold_user_split,
     item_cold_split,
@@ -80,7 +89,7 @@ TUNING_FOLD_WARM_SHARE = 0.75
 def fit_tuned(names: list[str], frames: Frames, train: pl.DataFrame, settings: Settings, label: str = "",
               warm_truth: str = "latest", warm_truth_share: float = WARM_TRUTH_SHARE,
               ablate: str | None = None, ablate_text: bool = False,
-              continue_fits: bool = False) -> dict[str, Recommender]:
+              continue_fits: bool = False, tune_als: bool = False) -> dict[str, Recommender]:
     """``names`` fitted on ``train`` through the night's graph (:func:`tasks.night.fit_tuned`): a blend's weights
     tuned first on validation users carved from ``train`` (``warm_truth``, ``warm_truth_share``: the shape of the
     warm test they stand for), then every model on all of it with the tuned blend. Each fit starts from scratch
@@ -89,7 +98,8 @@ def fit_tuned(names: list[str], frames: Frames, train: pl.DataFrame, settings: S
     Returns the fitted models, loaded.
     ``ablate``: a component; also returns ``hybrid_without_<it>``, the blend of the other components tuned on
     the same validation users from the same fits (what that component adds). ``ablate_text``: also returns the
-    text readers without the pretrained encoder (:func:`without_text`)."""
+    text readers without the pretrained encoder (:func:`without_text`). ``tune_als``: also returns ``als_tuned``
+    (:func:`als_tuned_on` the same validation users)."""
     with tempfile.TemporaryDirectory(prefix="recsys-quality-") as work:
         folder = Path(work)
         train.write_parquet(folder / "train.parquet")
@@ -116,7 +126,31 @@ def fit_tuned(names: list[str], frames: Frames, train: pl.DataFrame, settings: S
                 lesser.weights, lesser.tuning).fit(train, uf, itf, seed=settings.seed)
         if ablate_text:
             models.update(without_text(frames, train, settings.seed, models, fold, tuned_models))
+        if tune_als and fold is not None:
+            models["als_tuned"] = als_tuned_on(fold, frames, train, settings.seed)
     return models
+
+
+# ALS's hyper-parameters searched on a protocol's own validation users: factors x l2 x alpha (15 iterations).
+ALS_GRID = tuple({"factors": f, "regularization": r, "alpha": a} for f in (16, 24, 48, 96)
+                 for r in (3.0, 10.0, 30.0, 100.0) for a in (1.0, 4.0, 10.0))
+
+
+def als_tuned_on(fold: ValidationFold, frames: Frames, train: pl.DataFrame, seed: int) -> Recommender:
+    """implicit's ALS with the :data:`ALS_GRID` cell that ranks the tuning ``fold``'s warm validation users' truth
+    best (nDCG@10; the first best in grid order), refitted on ``train``: a baseline tuned on the protocol's own
+    validation, beside the product's ALS (whose defaults were chosen on protocol W)."""
+    warm = fold.cases[-1]
+    users = np.sort(warm.truth[USER_ID].unique().to_numpy())
+    uf, itf = feature_frames(frames, fold.train)
+
+    def validation_ndcg(params: dict) -> float:
+        model = build("als", **params).fit(fold.train, uf, itf, seed=seed)
+        return float(ndcg(ranked_lists(model.recommend(users, n=10), warm.truth, 10, Catalog.from_model(model))).mean())
+
+    scores = [validation_ndcg(params) for params in ALS_GRID]
+    uf, itf = feature_frames(frames, train)
+    return build("als", **ALS_GRID[int(np.argmax(scores))]).fit(train, uf, itf, seed=seed)
 
 
 def _without(component: str, fitted: dict[str, Recommender]) -> Hybrid:
@@ -299,19 +333,25 @@ def t_cuts(n: int) -> tuple[float, ...]:
 def protocol_t(frames: Frames, names, settings: Settings, cuts: tuple[float, ...] | list[float], log,
                peers: tuple[str, ...] = (), continue_fits: bool = False) -> dict:
     """The night's own shape: the log cut at a moment (``cuts``: quantiles of its interaction times), every model
-    fitted on what was known then (a blend tuned on validation users' latest interactions, as the nightly tunes),
+    fitted on what was known then (a blend tuned as the nightly tunes, on the tuning fold of RECSYS_TUNING_SHAPE;
+    ``als_tuned``: ALS with its hyper-parameters chosen on the same validation users),
     and scored on what the users known then did next (warm) and on the users first seen after it (cold, their
     first k interactions revealed). Each cut is one night; CIs are per night (bootstrap over users), the table
     averages the nights. Every model is paired against the published one (``hybrid_lift_over_<model>``)."""
-    per_cut = []
+    per_cut, tuned = [], []
     started = time.perf_counter()
     for index, quantile in enumerate(cuts):
         split = temporal_cut(frames.interactions, quantile, settings.k_shots)
         seeded = settings.model_copy(update={"seed": index})
         # The baselines of new items too: the known users' next interactions include films nobody had rated.
         fitted = fit_tuned(ItemColdFold.models(list(names)), frames, split.train, seeded,
-                           label=f"protocol T, cut at {quantile:.0%}", continue_fits=continue_fits)
-        models = {name: model for name, model in fitted.items() if name in names}
+                           label=f"protocol T, cut at {quantile:.0%}", continue_fits=continue_fits,
+                           tune_als="als" in names, **tuning_shape(seeded))
+        models = {name: model for name, model in fitted.items() if name in (*names, "als_tuned")}
+        tuned.append({"cut": quantile, **({"als_tuned": fitted["als_tuned"].params} if "als_tuned" in fitted else {}),
+                      **({"warm": {key: value for key, value in fitted["hybrid"].tuning["warm"].items()
+                                   if key in ("users", "weights", "chosen", "ndcg_components")}}
+                         if "hybrid" in fitted and "warm" in fitted["hybrid"].tuning else {})})
         models.update(fit_peers(list(peers), frames, split.train, index, log))
         new = new_items_after(split)
         log(f"  protocol T, cut at {quantile:.0%} of the log ({split.cut}): {split.train.height:,} interactions "
@@ -339,7 +379,7 @@ def protocol_t(frames: Frames, names, settings: Settings, cuts: tuple[float, ...
                         "train on what was known then; warm = the known users' interactions after it; cold = "
                         "users first seen after it (first k revealed)",
             "cuts": list(cuts), "table": table.to_dicts(), "warm_ndcg_per_cut": per_night.to_dicts(),
-            "new_items": over_seeds(new_items, "k").to_dicts(),
+            "new_items": over_seeds(new_items, "k").to_dicts(), "tuned": tuned,
             "wall_seconds": round(time.perf_counter() - started, 1)}
 
 

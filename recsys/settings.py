@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     new_item_users: int = Field(100, ge=1, description="Users published per new item; an item nobody has taken "
                                 "enters only their lists.")
     validation_user_fraction: float = 0.1
+    tuning_shape: Literal["window", "latest"] = Field("window", description="What the blend is tuned on: window "
+                                                      "(the night's shape: a tuning fold cut in time before the "
+                                                      "last tuning_window of the evaluation fold's interactions, "
+                                                      "tuned on what the users known then did in it) or latest "
+                                                      "(each validation user's latest 20 %).")
+    tuning_window: float = Field(0.3, gt=0.0, lt=1.0, description="The window's share of the evaluation fold's "
+                                 "interactions, by time.")
     bootstrap_samples: int = 1000
     max_eval_users: int = Field(5000, description="Users sampled per evaluation slice (bounds cost at scale).")
     metric_tolerance: float = Field(0.10, description="Allowed relative drop of headline metrics vs last publish.")

@@ -32,7 +32,7 @@ from tasks.metrics import (
     ranked_lists,
 )
 from tasks.report import HISTORY_NIGHTS, answer_table, write_report
-from tasks.split import ValidationFold, carve_validation, cold_user_split, item_cold_split, temporal_split
+from tasks.split import WARM_TRUTH_SHARE, carve_validation, cold_user_split, item_cold_split, temporal_split
 from tasks.train import release_memory
 from tasks.validate import docs_index
 
@@ -206,29 +206,32 @@ class ItemColdFold:
 
 @dataclass(frozen=True)
 class EvaluationFold:
-    """The evaluation protocol's split, stored: the fold to fit on (with its validation users), the fold's
-    features, and the slices to score; and the item-cold fold (None where RECSYS_ITEM_COLD_FRACTION is 0)."""
+    """The evaluation protocol's split, stored: the fold to fit on and its features, the tuning fold carved from
+    it (validation users, shaped by RECSYS_TUNING_SHAPE) and its features, and the slices to score; and the
+    item-cold fold (None where RECSYS_ITEM_COLD_FRACTION is 0)."""
 
     folder: str
     features: FeatureSet
+    tuning_features: FeatureSet
     slices: tuple[str, ...]
     protocol: dict
     item_cold: ItemColdFold | None = None
 
     @property
-    def validation(self) -> str:
-        return str(Path(self.folder) / "fold")
+    def train(self) -> str:
+        return str(Path(self.folder) / "train.parquet")
 
     @property
-    def train(self) -> str:
-        return str(ValidationFold.train_path(Path(self.validation)))
+    def tuning(self) -> str:
+        """The saved :class:`ValidationFold` the blends are tuned on."""
+        return str(Path(self.folder) / "tuning")
 
     def slice(self, name: str) -> Slice:
         return Slice.load(Path(self.folder) / "slices" / name)
 
     def exists(self) -> bool:
         names = [*self.slices, *([self.item_cold.slice] if self.item_cold else [])]
-        return (Path(self.train).exists() and self.features.exists()
+        return (Path(self.train).exists() and self.features.exists() and self.tuning_features.exists()
                 and (self.item_cold is None
                      or (Path(self.item_cold.train).exists() and self.item_cold.features.exists()))
                 and all((Path(self.folder) / "slices" / name / "meta.json").exists() for name in names))
@@ -263,25 +266,37 @@ class Evaluation:
                                               *self.carry["warm_from"].values()))
 
 
+def tuning_shape(settings) -> dict:
+    """:func:`tasks.split.carve_validation`'s shape arguments for the night's tuning fold."""
+    window = settings.tuning_shape == "window"
+    return {"warm_truth": settings.tuning_shape,
+            "warm_truth_share": settings.tuning_window if window else WARM_TRUTH_SHARE}
+
+
 def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
     """Cold users (zero- and k-shot) and warm users (their last 20 % by time), split once and stored.
 
-    Held-out cold test users, each remaining user's latest 20 % as the warm test, and validation users carved
-    from what is left for the hybrid's tuning; the fold's features are built on what is left after that.
+    Held-out cold test users and each remaining user's latest 20 % as the warm test; what is left is the fold the
+    models are fitted on, and from it the tuning fold the blends are tuned on (validation users carved in the
+    shape of ``settings.tuning_shape``: by default a window cut in time, :func:`tasks.split.carve_validation`).
     """
     folder = Path(folder)
     cold = cold_user_split(frames.interactions, settings.cold_user_fraction, settings.k_shots, settings.seed)
     warm = temporal_split(cold.train, test_share=0.2)
-    fold = carve_validation(warm.train, settings.validation_user_fraction, settings.seed)
-    fold.save(folder / "fold")
-    features = store_features(frames, fold.train, folder / "features")
-    train_users = np.sort(fold.train[USER_ID].unique().to_numpy())
+    folder.mkdir(parents=True, exist_ok=True)
+    warm.train.write_parquet(folder / "train.parquet")
+    tuning = carve_validation(warm.train, settings.validation_user_fraction, settings.seed,
+                              **tuning_shape(settings))
+    tuning.save(folder / "tuning")
+    features = store_features(frames, warm.train, folder / "features")
+    tuning_features = store_features(frames, tuning.train, folder / "tuning" / "features")
+    train_users = np.sort(warm.train[USER_ID].unique().to_numpy())
     slices = [warm_slice(warm.test, train_users), *cold_slices(cold)]
     item_cold, item_protocol = None, {}
     if settings.item_cold_fraction > 0:
         # Drawn from the evaluation fold's training: the item-cold fold sees the same window of time and users as
         # the other slices, less the held-out items (and its fits are smaller than on everything).
-        held = item_cold_split(fold.train, settings.item_cold_fraction, settings.seed, everything=frames.interactions)
+        held = item_cold_split(warm.train, settings.item_cold_fraction, settings.seed, everything=frames.interactions)
         where = folder / "item_cold"
         where.mkdir(parents=True, exist_ok=True)
         held.train.write_parquet(where / "train.parquet")
@@ -297,12 +312,15 @@ def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
     protocol = {
         "cold_user_fraction": settings.cold_user_fraction, "cold_users": int(len(cold.cold_users)),
         "k_shots": list(settings.k_shots), "warm": "temporal: last 20% of each warm user's interactions",
-        "validation_users": {"cold": int(len(fold.cold_users)), "warm": int(len(fold.warm_users))},
+        "tuning": tuning.shape, "validation_users": {"cold": int(len(tuning.cold_users)),
+                                                      "warm": int(len(tuning.warm_users))},
         "ks": list(settings.ks), "seed": settings.seed, "bootstrap_samples": settings.bootstrap_samples,
         "max_eval_users_per_slice": settings.max_eval_users,
-        "train_interactions": fold.train.height, "warm_test_interactions": warm.test.height, **item_protocol,
+        "train_interactions": warm.train.height, "tuning_train_interactions": tuning.train.height,
+        "warm_test_interactions": warm.test.height, **item_protocol,
     }
-    return EvaluationFold(str(folder), features, tuple(s.save(folder / "slices") for s in slices), protocol, item_cold)
+    return EvaluationFold(str(folder), features, tuning_features, tuple(s.save(folder / "slices") for s in slices),
+                          protocol, item_cold)
 
 
 def evaluate_slice(settings, run_id: str, fold: EvaluationFold, slice_name: str, models: dict[str, str],

@@ -106,11 +106,13 @@ def fit_fold(steps: Steps, settings: Settings, names: list[str], train_path: str
 
 def fit_evaluation_fold(steps: Steps, settings: Settings, run_id: str, snap: Snapshot,
                         names: list[str]) -> tuple[EvaluationFold, dict[str, FittedModel]]:
-    """Split once; each model fitted once on the evaluation fold (a hybrid tuned on its validation users)."""
+    """Split once; each model fitted once on the evaluation fold, a blend with the weights tuned on the tuning
+    fold carved from it (its components fitted there first; each fit from scratch)."""
     fold = steps.one(split_for_evaluation, settings=settings, run_id=run_id, snap=snap)
     folder = settings.reports_dir / run_id / "models"
-    return fold, fit_fold(steps, settings, names, fold.train, fold.features, str(folder), "evaluation fold",
-                          validation=fold.validation)
+    fitted, _ = fit_tuned(steps, settings, names, fold.train, fold.features, str(folder), "evaluation fold",
+                          tuning=fold.tuning, tuning_features=fold.tuning_features, continue_fits=False)
+    return fold, fitted
 
 
 def evaluate_night(steps: Steps, settings: Settings, run_id: str, snap: Snapshot, names: list[str],

@@ -16,6 +16,7 @@ from models.blend import BUCKET_EDGES, WARM, ValidationCase
 from recsys.schema import ITEM_ID, TIMESTAMP, USER_ID
 
 WARM_TRUTH_SHARE = 0.2
+WARM_TRUTHS = ("latest", "random", "items", "window")
 
 
 @dataclass
@@ -144,6 +145,7 @@ class ValidationFold:
     cases: list[ValidationCase]
     cold_users: np.ndarray
     warm_users: np.ndarray
+    shape: str = ""  # what the warm users' truth is, in words (the report's protocol says it)
 
     def save(self, folder: Path) -> Path:
         """Write the fold as Parquet (``train``, the cases' users, known and truth rows), for tasks that run
@@ -192,20 +194,36 @@ def carve_validation(
     latest by time (the nightly's temporal warm test), ``"random"`` a seeded random share of each user's
     (a per-user random holdout such as protocol W), ``"items"`` their interactions with a seeded
     ``warm_truth_share`` of the items, which leave the fold's training entirely (an item-cold hold-out such as
-    protocol I: what users do with items nobody has taken). A blend tuned on one shape does not carry over to
+    protocol I: what users do with items nobody has taken), ``"window"`` the night's own shape: the log cut at the
+    moment before its last ``warm_truth_share`` of interactions, the fold's training everything before it (every
+    user's later rows leave, so nothing of the window's popularity leaks in), the warm users those known before
+    it who came back in it (all of them, up to ``max_users``; ``warm_share`` does not apply), their truth what
+    they did in it; cold users are drawn from the others. Where nobody came back, each user's latest share.
+    A blend tuned on one shape does not carry over to
     the other: on ML-100k the latest interactions favour neighbourhood CF, a random holdout EASE; and how often
     users take the items that were new at the window's start decides whether new items earn a place in lists
     (:meth:`models.hybrid.Hybrid._new_item_rates`).
     """
-    if warm_truth not in ("latest", "random", "items"):
-        raise ValueError(f"warm_truth must be 'latest', 'random' or 'items', not {warm_truth!r}")
-    counts = interactions.group_by(USER_ID).len()
-    eligible = counts.filter(pl.col("len") >= min_history + 1)[USER_ID].sort().to_numpy()
+    if warm_truth not in WARM_TRUTHS:
+        raise ValueError(f"warm_truth must be one of {', '.join(WARM_TRUTHS)}, not {warm_truth!r}")
+    window, requested = None, warm_truth
+    if warm_truth == "window":
+        cut = temporal_cut(interactions, 1 - warm_truth_share, ())
+        returning = np.intersect1d(_eligible(cut.train, min_history), cut.warm[USER_ID].unique().to_numpy())
+        if len(returning):
+            interactions, window = cut.train, cut.warm.filter(pl.col(USER_ID).is_in(returning))
+        else:
+            warm_truth, warm_truth_share = "latest", WARM_TRUTH_SHARE
+    eligible = _eligible(interactions, min_history)
     n_val = min(int(round(len(eligible) * share)), int(max_users))
     n_warm = min(int(round(len(eligible) * (share if warm_share is None else warm_share))), int(max_users),
                  len(eligible) - n_val)
     picked = np.random.default_rng(seed).permutation(eligible)
-    cold_users, warm_users = np.sort(picked[:n_val]), np.sort(picked[n_val:n_val + n_warm])
+    if window is None:
+        cold_users, warm_users = np.sort(picked[:n_val]), np.sort(picked[n_val:n_val + n_warm])
+    else:  # the returning users are the warm ones (all of them); the cold ones are drawn from the others
+        back = np.isin(picked, returning)
+        cold_users, warm_users = np.sort(picked[~back][:n_val]), np.sort(picked[back][:int(max_users)])
     ordered = interactions.sort(USER_ID, TIMESTAMP, ITEM_ID).with_columns(
         position=pl.int_range(pl.len()).over(USER_ID), n=pl.len().over(USER_ID))
     warm_rows = ordered.filter(pl.col(USER_ID).is_in(warm_users))
@@ -219,9 +237,12 @@ def carve_validation(
         held_items = np.sort(np.random.default_rng(seed + 2).choice(
             items, size=int(round(len(items) * warm_truth_share)), replace=False))
         is_truth = pl.col(ITEM_ID).is_in(held_items)
-    else:
+    elif window is None:
         is_truth = pl.col("position") >= (pl.col("n") * (1 - warm_truth_share)).ceil()
-    warm_truth_rows = warm_rows.filter(is_truth).drop("position", "n")
+    else:
+        is_truth = pl.lit(False)  # the truth is the window, out of ``interactions`` already
+    warm_truth_rows = (warm_rows.filter(is_truth).drop("position", "n") if window is None
+                       else window.filter(pl.col(USER_ID).is_in(warm_users)).sort(USER_ID, TIMESTAMP, ITEM_ID))
     warm_known = warm_rows.filter(~is_truth).drop("position", "n")
     keys = [USER_ID, ITEM_ID, TIMESTAMP]
     train = (ordered.filter(~pl.col(USER_ID).is_in(cold_users)).drop("position", "n")
@@ -233,4 +254,16 @@ def carve_validation(
                             cold_rows.filter(pl.col("position") >= k).drop("position", "n"), k > 0)
              for b, k in enumerate(BUCKET_EDGES)]
     cases.append(ValidationCase("warm", WARM, warm_users, warm_known, warm_truth_rows, False))
-    return ValidationFold(train, cases, cold_users, warm_users)
+    if window is not None:
+        shape = (f"window: the last {warm_truth_share:.0%} of the interactions by time (after {cut.cut}) held out of "
+                 f"the tuning fold; the warm users are the {len(warm_users):,} known before it who came back in it")
+    else:
+        shape = f"{warm_truth}: {warm_truth_share:.0%} of each warm validation user's interactions" + (
+            " (nobody came back after the window's start)" if requested == "window" else "")
+    return ValidationFold(train, cases, cold_users, warm_users, shape)
+
+
+def _eligible(interactions: pl.DataFrame, min_history: int) -> np.ndarray:
+    """Users with at least ``min_history`` interactions and one more (sorted)."""
+    counts = interactions.group_by(USER_ID).len()
+    return counts.filter(pl.col("len") >= min_history + 1)[USER_ID].sort().to_numpy()

@@ -8,7 +8,7 @@ from argparse import Namespace
 
 import pytest
 
-from benchmarks.quality import MSR_ML100K, main
+from benchmarks.quality import ALS_GRID, MSR_ML100K, main
 
 pytestmark = [pytest.mark.ml100k, pytest.mark.slow]
 
@@ -44,9 +44,13 @@ def test_reduced_quality_benchmark_writes_every_number(ml100k_dir, tmp_path, cap
     assert result["t"]["cuts"] == [0.8]
     t_rows = result["t"]["table"]
     assert {(r["model"], r["k_shot"]) for r in t_rows if r["metric"] == "ndcg"} >= {
-        ("hybrid", None), ("ease", None), ("hybrid", 0), ("hybrid", 20)}
+        ("hybrid", None), ("ease", None), ("als", None), ("als_tuned", None), ("hybrid", 0), ("hybrid", 20)}
     paired = {r["metric"] for r in t_rows if r["model"] == "hybrid" and r["metric"].startswith("ndcg_lift_over_")}
-    assert {"ndcg_lift_over_ease", "ndcg_lift_over_two_tower", "ndcg_lift_over_segment_popularity"} <= paired
+    assert {"ndcg_lift_over_ease", "ndcg_lift_over_two_tower", "ndcg_lift_over_segment_popularity",
+            "ndcg_lift_over_als_tuned"} <= paired
+    # Tuned in the night's shape (a window cut in time); ALS's own hyper-parameters chosen on the same users.
+    (tuned,) = result["t"]["tuned"]
+    assert tuned["warm"]["users"] > 50 and tuned["als_tuned"] in [{**p, "iterations": 15} for p in ALS_GRID]
     assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in t_rows if r["metric"] in paired)
     # Films first rated after the cut, in the known users' next interactions: every model and their baselines.
     new_items = {(r["model"], r["metric"]) for r in result["t"]["new_items"]}

@@ -19,6 +19,7 @@ from recsys.errors import ConfigError, PublishGateError
 from recsys.settings import Settings
 from tasks import features, publish
 from tasks.query import VIEW_ORDER, named_query, open_views, run_readonly
+from tasks.train import components_of
 
 pytestmark = pytest.mark.slow
 
@@ -218,12 +219,36 @@ def test_changed_code_changes_the_cache_key(tmp_path):
     assert code_fingerprint(tmp_path) != before
 
 
+def test_the_blend_is_tuned_on_a_fold_cut_in_time_and_carried_to_the_evaluation_fold(night):
+    """The night's shape: the tuning fold is the evaluation fold's training before a moment (nobody's later rows in
+    it), tuned on what the users known then did after it; the evaluation fold's hybrid (fitted on all of its
+    training) and production blend with the weights tuned there."""
+    _, first, _ = night
+    evaluation = first["evaluation"]
+    folder = Path(evaluation.folder)
+    keys = ["user_id", "item_id", "ts"]
+    tuning_train = pl.read_parquet(folder / "tuning" / "train.parquet")
+    truth = pl.read_parquet(folder / "tuning" / "validation_truth.parquet").filter(pl.col("case") == "warm")
+    known = pl.read_parquet(folder / "tuning" / "validation_known.parquet").filter(pl.col("case") == "warm")
+    fold_train = pl.read_parquet(folder / "train.parquet")
+    assert truth.height and tuning_train["ts"].max() < truth["ts"].min()
+    assert truth["user_id"].is_in(known["user_id"].implode()).all()  # known before the moment, back after it
+    assert tuning_train.select(keys).join(fold_train.select(keys), on=keys, how="anti").is_empty()
+    assert fold_train.filter(pl.col("ts") > tuning_train["ts"].max()).height >= truth.height
+    assert evaluation.protocol["tuning"].startswith("window: the last 30% of the interactions by time")
+    blend = [json.loads((path / "hybrid" / "weights.json").read_text())["weights"]
+             for path in (folder / "models" / "tuning", folder / "models",
+                          Path(first["models"].models["hybrid"]).parent)]
+    assert blend[0] == blend[1] == blend[2]
+
+
 def test_each_model_is_fitted_once_per_fold(night):
-    # Once per fold: the evaluation fold, the item-cold fold and production (the hybrid's audience model too);
-    # the item-cold baselines and the audience model's twin without the text encoder once. ALS is the hybrid's
-    # wide component: fitted beside the others, blended where EASE leaves items out.
-    assert FITS == Counter({**{name: 3 for name in Settings().models}, "new_item_audience": 3, "als": 3, "random": 1,
-                            "genre_popularity": 1, "genre_year": 1, "activity": 1,
+    # Once per fold: the evaluation fold, the item-cold fold and production; the hybrid's components (its audience
+    # model too) once more, on the tuning fold its blend is tuned on; the item-cold baselines and the audience
+    # model's twin without the text encoder once.
+    blended = {*components_of("hybrid"), "hybrid"}
+    assert FITS == Counter({**{name: 3 + (name in blended) for name in Settings().models}, "random": 1,
+                            "new_item_audience": 4, "genre_popularity": 1, "genre_year": 1, "activity": 1,
                             "new_item_audience_without_text": 1}), FITS
 
 
@@ -250,7 +275,7 @@ def test_the_item_cold_fold_is_the_evaluation_folds_training_less_the_new_items(
     evaluation fold's two-tower is fitted from scratch; production continues it."""
     _, first, _ = night
     folder = Path(first["evaluation"].folder)
-    fold_train = pl.read_parquet(folder / "fold" / "train.parquet")
+    fold_train = pl.read_parquet(folder / "train.parquet")
     item_cold_train = pl.read_parquet(folder / "item_cold" / "train.parquet")
     keys = ["user_id", "item_id", "ts"]
     new_items = pl.read_parquet(folder / "slices" / "item_cold" / "new_items.parquet")["item_id"].implode()

@@ -111,6 +111,49 @@ def test_an_item_cold_validation_fold_holds_items_out_of_everyone_s_training():
     assert keys(again.cases[-1].truth) == keys(warm.truth) and again.train.equals(fold.train)
 
 
+def returning_log(seed=0):
+    """Users 0-39 active in the first half of the year, 20-59 in the second: 20-39 come back after mid-year."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(60):
+        spans = ([0] if u < 20 else [0, 1] if u < 40 else [1])
+        for half in spans:
+            for j, i in enumerate(rng.choice(200, size=8, replace=False)):
+                rows.append((u, int(i), 4.0, datetime(2024, 1, 1) + timedelta(days=180 * half + u, hours=j)))
+    return pl.DataFrame(rows, schema=["user_id", "item_id", "rating", "ts"], orient="row")
+
+
+def test_a_window_fold_tunes_on_what_returning_users_did_after_a_moment():
+    """``warm_truth="window"`` (the night's shape): the log is cut before its last share of interactions; nobody's
+    rows after the moment stay in the fold's training (no future popularity leaks in); the warm users are every
+    user known before it who came back, their truth what they did after it; cold users are drawn from the
+    others. A log where nobody came back is carved by each user's latest share instead."""
+    data = returning_log()
+    fold = carve_validation(data, 0.2, seed=1, warm_truth="window", warm_truth_share=0.45)
+    moment = fold.train["ts"].max()
+    assert data.filter(pl.col("ts") > moment)["ts"].min() > moment
+    assert keys(fold.train) | keys(data.filter(pl.col("ts") > moment)) >= keys(data.filter(
+        ~pl.col("user_id").is_in(fold.cold_users)))
+    before, after = data.filter(pl.col("ts") <= moment), data.filter(pl.col("ts") > moment)
+    returning = sorted(set(before.group_by("user_id").len().filter(pl.col("len") >= 6)["user_id"].to_list())
+                       & set(after["user_id"].to_list()))
+    assert fold.warm_users.tolist() == returning and len(returning) >= 10  # every returning user, only them
+    assert set(returning) <= set(range(20, 40))
+    warm = fold.cases[-1]
+    assert keys(warm.truth) == keys(data.filter(pl.col("user_id").is_in(fold.warm_users) & (pl.col("ts") > moment)))
+    assert keys(warm.known) == keys(data.filter(pl.col("user_id").is_in(fold.warm_users) & (pl.col("ts") <= moment)))
+    assert keys(warm.known) <= keys(fold.train)
+    assert len(fold.cold_users) and not set(fold.cold_users.tolist()) & set(fold.warm_users.tolist())
+    assert not set(fold.cold_users.tolist()) & set(after["user_id"].to_list())  # not back after the moment
+    assert "window" in fold.shape and f"{len(returning)} known before it who came back" in fold.shape
+    again = carve_validation(data, 0.2, seed=1, warm_truth="window", warm_truth_share=0.45)
+    assert again.train.equals(fold.train) and keys(again.cases[-1].truth) == keys(warm.truth)
+    nobody_back = carve_validation(interactions(n_users=60, per_user=12), 0.2, seed=1, warm_truth="window",
+                                   warm_truth_share=0.3, warm_share=0.5)
+    assert nobody_back.shape.startswith("latest") and "nobody came back" in nobody_back.shape
+    assert (nobody_back.cases[-1].truth.group_by("user_id").len()["len"] == 2).all()  # the latest 20 %, not 30 %
+
+
 def test_a_temporal_cut_is_a_night_seen_from_the_log():
     """Protocol T: one global moment; before it is training, after it the known users' next interactions (warm)
     and the users first seen after it (cold: their first k by time revealed). Nothing lost, nothing leaks."""
