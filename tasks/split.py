@@ -254,13 +254,19 @@ def carve_validation(
                             cold_rows.filter(pl.col("position") >= k).drop("position", "n"), k > 0)
              for b, k in enumerate(BUCKET_EDGES)]
     cases.append(ValidationCase("warm", WARM, warm_users, warm_known, warm_truth_rows, False))
-    if window is not None:
-        shape = (f"window: the last {warm_truth_share:.0%} of the interactions by time (after {cut.cut}) held out of "
-                 f"the tuning fold; the warm users are the {len(warm_users):,} known before it who came back in it")
-    else:
-        shape = f"{warm_truth}: {warm_truth_share:.0%} of each warm validation user's interactions" + (
-            " (nobody came back after the window's start)" if requested == "window" else "")
-    return ValidationFold(train, cases, cold_users, warm_users, shape)
+    moment = cut.cut if window is not None else None
+    return ValidationFold(train, cases, cold_users, warm_users,
+                          _describe(warm_truth, warm_truth_share, moment, len(warm_users), requested != warm_truth))
+
+
+def _describe(warm_truth: str, share: float, moment, n_warm: int, fell_back: bool) -> str:
+    """A validation fold's warm truth in words (the report's protocol says it)."""
+    text = {"window": f"window: the last {share:.0%} of the interactions by time (after {moment}) held out of the "
+                      f"tuning fold; the warm users are the {n_warm:,} known before it who came back in it",
+            "latest": f"latest: each warm validation user's latest {share:.0%}",
+            "random": f"random: a random {share:.0%} of each warm validation user's interactions",
+            "items": f"items: {share:.0%} of the items held out of the fold"}[warm_truth]
+    return text + (" (nobody came back after the window's start)" if fell_back else "")
 
 
 def _eligible(interactions: pl.DataFrame, min_history: int) -> np.ndarray:
