@@ -167,3 +167,30 @@ def test_top_n_orders_planted_ties_exactly_by_score_then_tiebreak_rank():
     assert by_user[2] == [13, 11, 14]
     assert by_user[3] == [11]
     assert out["rank"].to_list() == [1, 2, 3, 1, 2, 3, 1]
+
+
+@pytest.mark.parametrize("n_items", [40, 3_000, 50_000])
+@pytest.mark.parametrize("n", [1, 10, 50])
+def test_top_n_on_wide_rows_is_the_full_sort_of_each_row(n_items, n):
+    """On rows wide enough for the sampled bound (a sixteenth of the columns), every row's list is exactly the
+    first n of the whole row sorted by (score desc, tiebreak asc): rows of distinct scores, heavy ties, one tie
+    everywhere, masked items, and rows with fewer than n scorable items."""
+    from models.serving import top_n
+
+    rng = np.random.default_rng(n_items + n)
+    rows = 96
+    scores = rng.standard_normal((rows, n_items)).astype(np.float32)
+    scores[:, ::7] = -np.inf  # seen items
+    scores[:8] = 0.0  # no signal: ties everywhere
+    scores[8:16] = np.round(scores[8:16] * 2) / 2  # a few distinct values, many tied
+    scores[16:20] = -np.inf
+    scores[16:20, :3] = 1.0  # seen almost everything
+    scores[20:24] = np.where(rng.random((4, n_items)) < 0.9, -np.inf, scores[20:24])
+    scores[24:28, : n_items // 2] = scores[24:28, n_items // 2:][:, : n_items // 2]  # repeated halves
+    tiebreak = rng.permutation(n_items).astype(np.int64)
+    items = np.arange(n_items, dtype=np.int64) + 7
+    out = top_n(np.arange(rows), scores, n, items, tiebreak)
+    for r in range(rows):
+        order = np.lexsort((tiebreak, -scores[r]))
+        expected = [int(items[c]) for c in order[:n] if np.isfinite(scores[r, c])]
+        assert out.filter(pl.col("user_id") == r)["item_id"].to_list() == expected, r
