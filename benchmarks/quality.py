@@ -348,10 +348,13 @@ def protocol_t(frames: Frames, names, settings: Settings, cuts: tuple[float, ...
                            label=f"protocol T, cut at {quantile:.0%}", continue_fits=continue_fits,
                            tune_als="als" in names, **tuning_shape(seeded))
         models = {name: model for name, model in fitted.items() if name in (*names, "als_tuned")}
-        tuned.append({"cut": quantile, **({"als_tuned": fitted["als_tuned"].params} if "als_tuned" in fitted else {}),
-                      **({"warm": {key: value for key, value in fitted["hybrid"].tuning["warm"].items()
-                                   if key in ("users", "weights", "chosen", "ndcg_components")}}
-                         if "hybrid" in fitted and "warm" in fitted["hybrid"].tuning else {})})
+        record = {"cut": quantile}
+        if "als_tuned" in fitted:
+            record["als_tuned"] = fitted["als_tuned"].params
+        warm = fitted["hybrid"].tuning.get("warm") if "hybrid" in fitted else None
+        if warm:
+            record["warm"] = {key: warm[key] for key in ("users", "weights", "chosen", "ndcg_components")}
+        tuned.append(record)
         models.update(fit_peers(list(peers), frames, split.train, index, log))
         new = new_items_after(split)
         log(f"  protocol T, cut at {quantile:.0%} of the log ({split.cut}): {split.train.height:,} interactions "

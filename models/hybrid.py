@@ -29,6 +29,7 @@ fold's weights, so no component is ever fitted twice on the same fold)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -214,7 +215,15 @@ class Hybrid(BlendTuning, Recommender):
         elif not getattr(self, "weights", None):
             raise ValueError("hybrid: call use_validation() or use_weights() before fit()")
         self.audience_scale = self._audience_scale(seed)
-        self.audience_floor = self._audience_floor()
+        if cases is None:  # a fit with weights tuned elsewhere is one that is scored: its floor now, saved with it
+            self.audience_floor = self._audience_floor()
+        else:  # a tuning fit (the night's tuning fold's is never scored): measured if it ever is
+            self.__dict__.pop("audience_floor", None)
+
+    @functools.cached_property
+    def audience_floor(self) -> np.ndarray:
+        """See :meth:`_audience_floor`; measured on first use where the fit did not."""
+        return self._audience_floor()
 
     def _audience_scale(self, seed: int) -> dict[str, tuple[float, float]]:
         """Per component, the mean and standard deviation of its finite scores over the training users (a
@@ -419,7 +428,8 @@ class Hybrid(BlendTuning, Recommender):
         (path / "weights.json").write_text(json.dumps({"weights": {str(b): w for b, w in self.weights.items()},
                                                        "tuning": self.tuning,
                                                        "audience_scale": self.audience_scale}, indent=2))
-        np.save(path / "audience_floor.npy", self.audience_floor)
+        if "audience_floor" in vars(self):
+            np.save(path / "audience_floor.npy", self.audience_floor)
 
     @classmethod
     def tuned_file(cls, path: Path) -> Path:
@@ -448,4 +458,5 @@ class Hybrid(BlendTuning, Recommender):
         self.audience_scale = ({name: tuple(v) for name, v in saved["audience_scale"].items()}
                                if "audience_scale" in saved else self._audience_scale(self.seed))
         floor = path / "audience_floor.npy"
-        self.audience_floor = np.load(floor) if floor.exists() else self._audience_floor()
+        if floor.exists():
+            self.audience_floor = np.load(floor)
