@@ -239,11 +239,12 @@ def carve_validation(
         is_truth = pl.col(ITEM_ID).is_in(held_items)
     elif window is None:
         is_truth = pl.col("position") >= (pl.col("n") * (1 - warm_truth_share)).ceil()
-    else:
-        is_truth = pl.lit(False)  # the truth is the window, out of ``interactions`` already
-    warm_truth_rows = (warm_rows.filter(is_truth).drop("position", "n") if window is None
-                       else window.filter(pl.col(USER_ID).is_in(warm_users)).sort(USER_ID, TIMESTAMP, ITEM_ID))
-    warm_known = warm_rows.filter(~is_truth).drop("position", "n")
+    if window is None:
+        warm_truth_rows = warm_rows.filter(is_truth).drop("position", "n")
+        warm_known = warm_rows.filter(~is_truth).drop("position", "n")
+    else:  # their truth is the window (out of ``interactions`` already), all they did before it is known
+        warm_truth_rows = window.filter(pl.col(USER_ID).is_in(warm_users)).sort(USER_ID, TIMESTAMP, ITEM_ID)
+        warm_known = warm_rows.drop("position", "n")
     keys = [USER_ID, ITEM_ID, TIMESTAMP]
     train = (ordered.filter(~pl.col(USER_ID).is_in(cold_users)).drop("position", "n")
              .join(warm_truth_rows.select(keys), on=keys, how="anti"))
