@@ -89,7 +89,8 @@ TUNING_FOLD_WARM_SHARE = 0.75
 def fit_tuned(names: list[str], frames: Frames, train: pl.DataFrame, settings: Settings, label: str = "",
               warm_truth: str = "latest", warm_truth_share: float = WARM_TRUTH_SHARE,
               ablate: str | None = None, ablate_text: bool = False,
-              continue_fits: bool = False, tune_als: bool = False) -> dict[str, Recommender]:
+              continue_fits: bool = False, tune_als: bool = False,
+              last_blend: dict | None = None) -> dict[str, Recommender]:
     """``names`` fitted on ``train`` through the night's graph (:func:`tasks.night.fit_tuned`): a blend's weights
     tuned first on validation users carved from ``train`` (``warm_truth``, ``warm_truth_share``: the shape of the
     warm test they stand for), then every model on all of it with the tuned blend. Each fit starts from scratch
@@ -99,7 +100,8 @@ def fit_tuned(names: list[str], frames: Frames, train: pl.DataFrame, settings: S
     ``ablate``: a component; also returns ``hybrid_without_<it>``, the blend of the other components tuned on
     the same validation users from the same fits (what that component adds). ``ablate_text``: also returns the
     text readers without the pretrained encoder (:func:`without_text`). ``tune_als``: also returns ``als_tuned``
-    (:func:`als_tuned_on` the same validation users)."""
+    (:func:`als_tuned_on` the same validation users). ``last_blend``: the blend of the night before (a saved
+    hybrid's weights and tuning), which the tuning keeps where this one is not significantly better."""
     with tempfile.TemporaryDirectory(prefix="recsys-quality-") as work:
         folder = Path(work)
         train.write_parquet(folder / "train.parquet")
@@ -111,9 +113,14 @@ def fit_tuned(names: list[str], frames: Frames, train: pl.DataFrame, settings: S
                                     warm_share=TUNING_FOLD_WARM_SHARE)
             tuning = str(fold.save(folder / "tuning"))
             tuning_features = store_features(frames, fold.train, folder / "tuning" / "features")
+        last = None
+        if last_blend is not None:
+            last = folder / "last_blend.json"
+            last.write_text(json.dumps(last_blend))
         fitted, tuned = night.fit_tuned(night.InProcess(), settings, list(names), str(folder / "train.parquet"),
                                         feats, str(folder / "models"), label, tuning=tuning,
-                                        tuning_features=tuning_features, continue_fits=continue_fits)
+                                        tuning_features=tuning_features, continue_fits=continue_fits,
+                                        last_blend=str(last) if last else None)
         models = load_many({name: fit.path for name, fit in fitted.items()})
         tuned_models = (load_many({name: fit.path for name, fit in tuned.items()})
                         if fold is not None and (ablate or ablate_text) else None)  # only the ablations read them
@@ -340,20 +347,25 @@ def protocol_t(frames: Frames, names, settings: Settings, cuts: tuple[float, ...
     averages the nights. Every model is paired against the published one (``hybrid_lift_over_<model>``)."""
     per_cut, tuned = [], []
     started = time.perf_counter()
-    for index, quantile in enumerate(cuts):
+    last_blend = None  # the cuts are nights in time order: each keeps the blend of the one before unless beaten
+    for index, quantile in enumerate(sorted(cuts)):
         split = temporal_cut(frames.interactions, quantile, settings.k_shots)
         seeded = settings.model_copy(update={"seed": index})
         # The baselines of new items too: the known users' next interactions include films nobody had rated.
         fitted = fit_tuned(ItemColdFold.models(list(names)), frames, split.train, seeded,
                            label=f"protocol T, cut at {quantile:.0%}", continue_fits=continue_fits,
-                           tune_als="als" in names, **tuning_shape(seeded))
+                           tune_als="als" in names, last_blend=last_blend if seeded.keep_last_blend else None,
+                           **tuning_shape(seeded))
+        if "hybrid" in fitted:
+            last_blend = {"weights": fitted["hybrid"].weights, "tuning": fitted["hybrid"].tuning}
         models = {name: model for name, model in fitted.items() if name in (*names, "als_tuned")}
         record = {"cut": quantile}
         if "als_tuned" in fitted:
             record["als_tuned"] = fitted["als_tuned"].params
         warm = fitted["hybrid"].tuning.get("warm") if "hybrid" in fitted else None
         if warm:
-            record["warm"] = {key: warm[key] for key in ("users", "weights", "chosen", "ndcg_components")}
+            record["warm"] = {key: warm[key] for key in ("users", "weights", "chosen", "ndcg_components", "last_night")
+                              if key in warm}
         tuned.append(record)
         models.update(fit_peers(list(peers), frames, split.train, index, log))
         new = new_items_after(split)

@@ -91,7 +91,10 @@ def step_options(settings: Settings) -> dict[str, Any]:
     base = settings.home.resolve() / "prefect"
     # TASK_SOURCE: two steps with the same inputs (features and the evaluation split both take the snapshot)
     # are different steps.
-    policy = (TASK_SOURCE + INPUTS - "settings" - "run_id" - "folder" + SettingsThatShape() + ProjectCode()).configure(
+    # last_blend (last night's published blend, which a tuning keeps unless beaten): on an unchanged snapshot the
+    # last publish is the night that computed the cached tuning, so its blend is what the tuning would keep.
+    policy = (TASK_SOURCE + INPUTS - "settings" - "run_id" - "folder" - "last_blend" + SettingsThatShape()
+              + ProjectCode()).configure(
         key_storage=str(base / "cache-keys"))
     return {"cache_policy": policy, "persist_result": True,
             "result_storage": result_storage(base)}

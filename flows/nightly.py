@@ -82,9 +82,9 @@ def segment_defaults(model_path: str, n: int, folder: str) -> str:
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
 def publish_recommendations(settings: Settings, run_id: str, run_date: date, snap: Snapshot, model: str,
                             scored: list[publish.ScoredBlock], defaults: str, metrics_path: str,
-                            new_items: str) -> dict:
+                            new_items: str, model_path: str) -> dict:
     return publish.publish_step(settings, run_id, run_date, snap.frames(), model, scored, defaults, metrics_path,
-                                new_items)
+                                new_items, model_path)
 
 
 class Progress:
@@ -171,6 +171,7 @@ def _train_publish(settings: Settings, run_id: str, day: date, names: list[str],
             print(line)
         runs.start_run(wh, settings, run_id, "train-and-publish", run_date=day,
                        params={"models": names, "publish_model": publish_model})
+        last_blend = publish.last_published_blend(wh, run_id) if settings.keep_last_blend else None
     runner = task_runner(settings)
     with Progress(day, ["snapshot", "features", "evaluate", "train", "publish"],
                   settings.progress_seconds) as progress, runner:
@@ -180,7 +181,7 @@ def _train_publish(settings: Settings, run_id: str, day: date, names: list[str],
         feats = steps.one(night.build_features, settings=settings, run_id=run_id, snap=snap)
         progress.step("features", f"{feats.users:,} users ({feats.users_without_history:,} without history), "
                                   f"{feats.items:,} items")
-        evaluation = night.evaluate_night(steps, settings, run_id, snap, names, publish_model)
+        evaluation = night.evaluate_night(steps, settings, run_id, snap, names, publish_model, last_blend)
         progress.step("evaluate", evaluation.report_html)
         trained = night.train_night(steps, settings, run_id, snap, feats, names, **evaluation.carry)
         progress.step("train", trained.model_dir)
@@ -249,7 +250,7 @@ def publish_night(runner: TaskRunner, settings: Settings, run_id: str, day: date
             for block in range(blocks)], cache=False)
         new_items = rank_new_items(model_path, scored, settings.new_item_users, str(folder))
         return publish_recommendations(settings, run_id, day, snap, model, scored, defaults.result(), metrics_path,
-                                       new_items)
+                                       new_items, model_path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

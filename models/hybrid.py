@@ -107,11 +107,13 @@ class Hybrid(BlendTuning, Recommender):
                         else [])
 
     def compose(self, components: Mapping[str, Recommender], weights: dict | None = None,
-                validation: list | None = None) -> Hybrid:
+                validation: list | None = None, last: dict | None = None) -> Hybrid:
+        """``weights``: a blend tuned elsewhere (a saved hybrid's :meth:`saved_blend`), or ``validation`` cases to
+        tune on, with ``last`` night's published blend (its saved blend) to keep unless tonight's beats it."""
         self.use_components(dict(components))
         if weights is not None:
             return self.use_weights(weights["weights"], weights.get("tuning"))
-        return self.use_validation(validation) if validation is not None else self
+        return self.use_validation(validation, last) if validation is not None else self
 
     def use_components(self, fitted: dict[str, Recommender]) -> Hybrid:
         """The fitted components to blend (fitted on the same interactions the hybrid is fitted on)."""
@@ -126,9 +128,11 @@ class Hybrid(BlendTuning, Recommender):
                              "interactions; use models that read item content (two_tower, content_knn)")
         return self
 
-    def use_validation(self, cases: Sequence[ValidationCase]) -> Hybrid:
-        """Tune the weights on these validation cases when fitted."""
-        self._cases = list(cases)
+    def use_validation(self, cases: Sequence[ValidationCase], last: dict | None = None) -> Hybrid:
+        """Tune the weights on these validation cases when fitted; ``last``: last night's saved blend, whose
+        weights a bucket keeps unless tonight's choice beats them significantly (where it blended the same
+        components)."""
+        self._cases, self._last = list(cases), last
         return self
 
     def use_weights(self, weights: dict[int, list[float]], tuning: dict | None = None) -> Hybrid:
@@ -206,12 +210,19 @@ class Hybrid(BlendTuning, Recommender):
         cases = getattr(self, "_cases", None)
         if cases is not None:
             blend = self._blended_for(components)
+            last = getattr(self, "_last", None)
+            same = last is not None and last.get("tuning", {}).get("blend", {}).get("components") == blend["components"]
+            last_weights = {int(b): w for b, w in last["weights"].items()} if same else None
             self.weights, self.tuning = self._tune({name: components[name] for name in blend["components"]}, cases,
-                                                   seed)
+                                                   seed, last_weights)
             for label, rate in self._new_item_rates(cases).items():
                 if label in self.tuning:
                     self.tuning[label]["new_items"] = rate
             self.tuning["blend"] = blend
+            if last is not None:
+                self.tuning["last_night"] = {"compared": same, "why": (
+                    "each bucket keeps last night's weights unless tonight's choice beats them significantly" if same
+                    else "last night blended other components: tuned afresh")}
         elif not getattr(self, "weights", None):
             raise ValueError("hybrid: call use_validation() or use_weights() before fit()")
         self.audience_scale = self._audience_scale(seed)

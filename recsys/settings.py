@@ -71,6 +71,9 @@ class Settings(BaseSettings):
                                                       "(each validation user's latest 20 %).")
     tuning_window: float = Field(0.3, gt=0.0, lt=1.0, description="The window's share of the evaluation fold's "
                                  "interactions, by time.")
+    keep_last_blend: bool = Field(True, description="Each bucket of the blend keeps the weights of the last "
+                                  "published night unless tonight's choice beats them significantly on tonight's "
+                                  "validation users (false: tuned afresh every night).")
     bootstrap_samples: int = 1000
     max_eval_users: int = Field(5000, description="Users sampled per evaluation slice (bounds cost at scale).")
     metric_tolerance: float = Field(0.10, description="Allowed relative drop of headline metrics vs last publish.")

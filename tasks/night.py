@@ -95,7 +95,7 @@ class InProcess:
 def fit_fold(steps: Steps, settings: Settings, names: list[str], train_path: str, feats: FeatureSet, folder: str,
              fold: str, **shared) -> dict[str, FittedModel]:
     """Each model fitted once on ``train_path``: the single models side by side, then the blends of them.
-    ``shared``: ``validation``, ``weights``, ``warm_from`` (see :func:`tasks.train.fit_arguments`)."""
+    ``shared``: ``validation``, ``weights``, ``warm_from``, ``last_blend`` (see :func:`tasks.train.fit_arguments`)."""
     fitted: dict[str, FittedModel] = {}
     common = {"settings": settings, "train": train_path, "features": feats, "folder": folder, "fold": fold}
     for stage in fit_stages(names):
@@ -104,21 +104,24 @@ def fit_fold(steps: Steps, settings: Settings, names: list[str], train_path: str
     return fitted
 
 
-def fit_evaluation_fold(steps: Steps, settings: Settings, run_id: str, snap: Snapshot,
-                        names: list[str]) -> tuple[EvaluationFold, dict[str, FittedModel]]:
+def fit_evaluation_fold(steps: Steps, settings: Settings, run_id: str, snap: Snapshot, names: list[str],
+                        last_blend: str | None = None) -> tuple[EvaluationFold, dict[str, FittedModel]]:
     """Split once; each model fitted once on the evaluation fold, a blend with the weights tuned on the tuning
-    fold carved from it (its components fitted there first; each fit from scratch)."""
+    fold carved from it (its components fitted there first; each fit from scratch; ``last_blend``: last night's
+    published blend, which the tuning keeps where tonight's is not significantly better)."""
     fold = steps.one(split_for_evaluation, settings=settings, run_id=run_id, snap=snap)
     folder = settings.reports_dir / run_id / "models"
     fitted, _ = fit_tuned(steps, settings, names, fold.train, fold.features, str(folder), "evaluation fold",
-                          tuning=fold.tuning, tuning_features=fold.tuning_features, continue_fits=False)
+                          tuning=fold.tuning, tuning_features=fold.tuning_features, continue_fits=False,
+                          last_blend=last_blend)
     return fold, fitted
 
 
 def evaluate_night(steps: Steps, settings: Settings, run_id: str, snap: Snapshot, names: list[str],
-                   publish_model: str) -> Evaluation:
-    """The evaluation fold's fits and the item-cold fold's; every slice scored by every model; the report."""
-    fold, fitted = fit_evaluation_fold(steps, settings, run_id, snap, names)
+                   publish_model: str, last_blend: str | None = None) -> Evaluation:
+    """The evaluation fold's fits and the item-cold fold's; every slice scored by every model; the report.
+    ``last_blend``: see :func:`fit_evaluation_fold`."""
+    fold, fitted = fit_evaluation_fold(steps, settings, run_id, snap, names, last_blend)
     paths = {name: fit.path for name, fit in fitted.items()}
     folder = settings.reports_dir / run_id
     slices = {name: {name: paths[name] for name in names} for name in fold.slices}
@@ -159,17 +162,20 @@ def train_night(steps: Steps, settings: Settings, run_id: str, snap: Snapshot, f
 
 def fit_tuned(steps: Steps, settings: Settings, names: list[str], train: str, feats: FeatureSet, folder: str,
               fold: str, tuning: str | None = None, tuning_features: FeatureSet | None = None,
-              continue_fits: bool = True) -> tuple[dict[str, FittedModel], dict[str, FittedModel]]:
+              continue_fits: bool = True, last_blend: str | None = None,
+              ) -> tuple[dict[str, FittedModel], dict[str, FittedModel]]:
     """One fold fitted the way the night reaches production: the blends among ``names`` fitted first on a tuning
     fold (``tuning``: a saved :class:`~tasks.split.ValidationFold` carved from ``train``, with its features),
     then every model on ``train`` with what :func:`carry_over` takes from those fits: the tuned blend and, with
-    ``continue_fits``, the fits to continue. For callers with one fold (the quality benchmark's protocols).
+    ``continue_fits``, the fits to continue; ``last_blend``: last night's blend, which the tuning keeps where
+    tonight's is not significantly better. For callers with one fold (the quality benchmark's protocols).
     Returns the fits on ``train`` and the tuning fold's."""
     blends = [name for name in names if components_of(name)]
     tuned: dict[str, FittedModel] = {}
     if blends and tuning is not None and tuning_features is not None:
         tuned = fit_fold(steps, settings, blends, str(ValidationFold.train_path(Path(tuning))), tuning_features,
-                         str(Path(folder) / "tuning"), f"{fold}, tuning fold", validation=tuning)
+                         str(Path(folder) / "tuning"), f"{fold}, tuning fold", validation=tuning,
+                         last_blend=last_blend)
     carried = carry_over({name: fit.path for name, fit in tuned.items()})
     if not continue_fits:
         carried["warm_from"] = {}

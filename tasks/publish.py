@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from models.registry import load, load_encoding
+from models.registry import load, load_encoding, model_class
 from models.serving import merge_best_users, reason_columns
 from models.tiled import use_threads
 from recsys import db, progress, schema
@@ -317,7 +317,7 @@ def metric_regressions(current: pl.DataFrame, previous: pl.DataFrame | None, tol
 
 def publish_step(settings, run_id: str, run_date: date, frames: Frames, model_name: str,
                  scored: list[ScoredBlock], defaults_path: str, metrics_path: str | None,
-                 new_items_path: str | None = None) -> dict:
+                 new_items_path: str | None = None, model_path: str | None = None) -> dict:
     """Gate the scored lists (suite + metric regression) and publish recommendations, new items, defaults and
     metrics.
 
@@ -353,7 +353,8 @@ def publish_step(settings, run_id: str, run_date: date, frames: Frames, model_na
         if reasons:
             wh.run("publish/log_publish", {
                 "run_id": run_id, "run_date": run_date, "model": model_name, "status": "rejected",
-                "reason": "; ".join(reasons), "users": users, "rows": recs.height, "path": None})
+                "reason": "; ".join(reasons), "users": users, "rows": recs.height, "path": None,
+                "model_path": model_path})
             raise PublishGateError(
                 f"publish gate kept the last good partition for {run_date}: " + "; ".join(reasons))
         out = settings.output_dir
@@ -373,11 +374,21 @@ def publish_step(settings, run_id: str, run_date: date, frames: Frames, model_na
         paths = dict(zip(tables, commit_partitions(staged), strict=True))
         wh.run("publish/log_publish", {
             "run_id": run_id, "run_date": run_date, "model": model_name, "status": "published", "reason": None,
-            "users": users, "rows": recs.height, "path": str(paths["recommendations"])})
+            "users": users, "rows": recs.height, "path": str(paths["recommendations"]), "model_path": model_path})
     strategies = dict(recs.group_by("strategy").agg(pl.col(USER_ID).n_unique()).iter_rows())
     return {"paths": {k: str(v) for k, v in paths.items()}, "users": users, "rows": recs.height,
             "strategies": strategies, "reasons": dict(recs.group_by("reason_kind").len().iter_rows()),
             "new_items": new_items[ITEM_ID].n_unique() if new_items is not None else 0}
+
+
+def last_published_blend(wh: db.Warehouse, run_id: str) -> str | None:
+    """The blend file (``weights``, see :meth:`models.base.Recommender.tuned_file`) of the model the newest
+    other publish served, where that model is a blend and its folder is still there; else None."""
+    rows = wh.run("publish/last_published_run", {"run_id": run_id})
+    if not rows or not rows[0][2]:
+        return None
+    tuned = model_class(rows[0][1]).tuned_file(Path(rows[0][2]))
+    return str(tuned) if tuned is not None and tuned.exists() else None
 
 
 def _now():

@@ -50,29 +50,33 @@ def fit_stages(names: list[str] | tuple[str, ...]) -> list[list[str]]:
 
 
 def fit_arguments(name: str, fitted: dict[str, FittedModel], validation: str | None = None,
-                  weights: str | None = None, warm_from: dict[str, str] | None = None) -> dict:
+                  weights: str | None = None, warm_from: dict[str, str] | None = None,
+                  last_blend: str | None = None) -> dict:
     """The :func:`fit_model` arguments of ``name`` that differ between models of a fold."""
     blended = components_of(name)
     return {"name": name, "components": {c: fitted[c].path for c in blended} or None,
             "validation": validation if blended else None, "weights": weights if blended else None,
-            "warm_from": (warm_from or {}).get(name)}
+            "warm_from": (warm_from or {}).get(name),
+            "last_blend": last_blend if blended and validation and last_blend else None}
 
 
 def fit_one(
     name: str, train: pl.DataFrame, user_features: pl.DataFrame, item_features: pl.DataFrame, settings: Settings, *,
     components: dict[str, Recommender] | None = None, validation: list[ValidationCase] | None = None,
-    weights: dict | None = None, warm_from: Recommender | None = None, fold: str = "", log=print,
+    weights: dict | None = None, warm_from: Recommender | None = None, last_blend: dict | None = None,
+    fold: str = "", log=print,
 ) -> Recommender:
     """Fit one model on ``train``. A hybrid blends the fitted ``components`` and tunes its weights on
-    ``validation`` cases, or takes ``weights`` tuned on another fold (the production fit reuses the
-    evaluation fold's). ``warm_from``: another fold's fit of this model to continue from (the two-tower)."""
+    ``validation`` cases (keeping ``last_blend``'s, last night's published blend, where tonight's do not beat
+    them significantly), or takes ``weights`` tuned on another fold (the production fit reuses the evaluation
+    fold's). ``warm_from``: another fold's fit of this model to continue from (the two-tower)."""
     started = time.perf_counter()
     label = f" ({fold})" if fold else ""
     model = build(name, **model_params(name, settings))
     if warm_from is not None:
         model.warm_start(warm_from)
     if components_of(name):
-        model.compose(components or {}, weights=weights, validation=validation)
+        model.compose(components or {}, weights=weights, validation=validation, last=last_blend)
     with progress.activity(f"fitting {name}{label}"):
         model.fit(train, user_features, item_features, seed=settings.seed)
     detail = model.summary()
@@ -93,19 +97,21 @@ class FittedModel:
 
 def fit_model(settings: Settings, name: str, train: str, features: FeatureSet, folder: str, fold: str,
              components: dict[str, str] | None = None, validation: str | None = None, weights: str | None = None,
-             warm_from: str | None = None) -> FittedModel:
+             warm_from: str | None = None, last_blend: str | None = None) -> FittedModel:
     """Fit one model from files and save it under ``folder/name``: the unit of work a task runner spreads.
 
     ``train``: a Parquet file of interactions; ``components``: saved fits a hybrid blends; ``validation``: a
     saved :class:`ValidationFold` folder to tune on, or ``weights``: a JSON file of weights tuned elsewhere;
-    ``warm_from``: a saved fit of this model to continue from."""
+    ``warm_from``: a saved fit of this model to continue from; ``last_blend``: last night's published blend (a
+    JSON file like ``weights``), kept by the tuning where tonight's is not significantly better."""
     use_threads(settings.scoring_threads)
     user_features, item_features = features.read()
     loaded = load_many(components or {})
     model = fit_one(name, pl.read_parquet(train), user_features, item_features, settings, components=loaded,
                     validation=ValidationFold.load_cases(validation) if validation else None,
                     weights=json.loads(Path(weights).read_text()) if weights else None,
-                    warm_from=load(Path(warm_from)) if warm_from else None, fold=fold)
+                    warm_from=load(Path(warm_from)) if warm_from else None,
+                    last_blend=json.loads(Path(last_blend).read_text()) if last_blend else None, fold=fold)
     saved = FittedModel(name, str(model.save(Path(folder) / name)))
     del model, loaded
     release_memory()

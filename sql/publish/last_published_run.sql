@@ -1,5 +1,6 @@
--- The night of the newest successful publish by another run: its metrics are the regression baseline.
-select run_date
+-- The newest successful publish by another run: its night (whose metrics are the regression baseline), and the
+-- model it published (whose blend the next night's tuning keeps unless beaten).
+select run_date, model, model_path
 from publish_log
 where status = 'published' and run_id <> $run_id
 order by published_at desc

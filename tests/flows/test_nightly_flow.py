@@ -18,6 +18,7 @@ from models.base import Recommender
 from recsys.errors import ConfigError, PublishGateError
 from recsys.settings import Settings
 from tasks import features, publish
+from tasks import night as night_steps
 from tasks.query import VIEW_ORDER, named_query, open_views, run_readonly
 from tasks.train import components_of
 
@@ -27,6 +28,7 @@ N = 10
 
 
 FITS: Counter = Counter()  # fits of the module's first night, by model (test_each_model_is_fitted_once_per_fold)
+LAST_BLENDS: list = []  # the last night's blend each night's evaluation was given, in order
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +46,30 @@ def night(prefect_harness, small_synthetic, tmp_path_factory):
         return original(self, *args, **kwargs)
 
     mp.setattr(Recommender, "fit", counting)
+    evaluate = night_steps.evaluate_night
+
+    def recording(*args, **kwargs):
+        LAST_BLENDS.append(kwargs.get("last_blend", args[6] if len(args) > 6 else None))
+        return evaluate(*args, **kwargs)
+
+    mp.setattr(night_steps, "evaluate_night", recording)
     settings = Settings()
     first = nightly_flow(settings=settings, run_date="2026-11-20", source="synthetic", path=str(small_synthetic))
     mp.setattr(Recommender, "fit", original)
     second = nightly_flow(settings=settings, run_date="2026-11-20", source="synthetic", path=str(small_synthetic))
     yield settings, first, second
     mp.undo()
+
+
+def test_each_night_starts_its_tuning_from_the_blend_the_last_night_published(night):
+    """The first night has nothing to keep; the second is given the hybrid the first published (its blend file),
+    found through the publish log."""
+    settings, first, second = night
+    published = first["models"].models["hybrid"]
+    assert LAST_BLENDS == [None, str(Path(published) / "weights.json")]
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        logged = con.sql("select model, model_path from publish_log where status = 'published' order by published_at")
+        assert logged.fetchall() == [("hybrid", published), ("hybrid", second["models"].models["hybrid"])]
 
 
 def test_every_user_gets_exactly_n_including_zero_history(night):

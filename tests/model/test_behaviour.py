@@ -147,6 +147,53 @@ def test_a_blend_replaces_the_best_component_only_where_its_validation_gain_is_s
     assert kept[0.5] > kept[0.001], kept  # the guard bites on a few dozen validation users a bucket
 
 
+def test_last_nights_blend_is_kept_unless_tonights_choice_beats_it_significantly(small_data):
+    """Each bucket starts from last night's weights: tonight's choice replaces them only where it beats them on
+    tonight's validation users by more than the one-sided interval (a bucket whose two best components trade
+    places on noise keeps serving the same lists)."""
+    train, uf, itf, _ = small_data
+    fold = carve_validation(train, 0.25, seed=2)
+    components = {c: fit_model(c, fold.train, uf, itf, seed=2) for c in Hybrid.needed_components()}
+
+    def tuned(alpha, last=None):
+        hybrid = build("hybrid", grid_step=0.25, blend_alpha=alpha).use_components(components)
+        return hybrid.use_validation(fold.cases, last).fit(fold.train, uf, itf, seed=2)
+
+    fresh = tuned(0.05)
+    names = fresh.blended
+    # Last night: each bucket on a component other than tonight's best single one, among those that rank there.
+    last = {}
+    for t in fresh.tuning.values():
+        if "bucket" in t:
+            others = sorted((v, name) for name, v in t["ndcg_components"].items()
+                            if v > 0 and name != t["best_component"])
+            if others:
+                last[t["bucket"]] = [float(name == others[-1][1]) for name in names]
+    last_blend = {"weights": last, "tuning": {"blend": fresh.tuning["blend"]}}
+    outcomes = {}
+    for alpha in (0.5, 0.001):  # 0.5: the point estimate decides; 0.001: a 99.8 % interval must clear zero
+        afresh, sticky = tuned(alpha), tuned(alpha, last_blend)
+        assert sticky.tuning["last_night"]["compared"]
+        for label, t in sticky.tuning.items():
+            if "bucket" not in t:
+                continue
+            b = t["bucket"]
+            if "last_night" not in t:  # nothing to compare: tonight's choice was last night's, or no weights
+                assert b not in last or afresh.weights[b] == last[b], label
+                assert sticky.weights[b] == afresh.weights[b], label
+                continue
+            held = t["last_night"]
+            assert held["weights"] == last[b] and held["kept"] == (held["gain_tonight"]["ci_low"] <= 0), label
+            assert sticky.weights[b] == (last[b] if held["kept"] else afresh.weights[b]), label
+            assert t["chosen"].startswith("last night's") == held["kept"], label
+            outcomes.setdefault(alpha, []).append(held["kept"])
+    assert sum(outcomes[0.001]) > sum(outcomes[0.5]), outcomes  # the guard holds last night's where noise rules
+    assert not all(outcomes[0.5]), outcomes  # and a clear gain replaces it
+    # Last night blended other components: nothing to keep, tuned afresh.
+    other = tuned(0.05, {"weights": last, "tuning": {"blend": {"components": names[::-1]}}})
+    assert not other.tuning["last_night"]["compared"] and other.weights == fresh.weights
+
+
 def test_als_learns_warm_taste_and_folds_in_new_users_from_a_few_items(planted):
     """The factorised model (the catalogue-wide CF model) with its defaults: on warm users' held-out
     interactions and on new users with 5 revealed items (folded in, not refitted) it ranks clearly above
