@@ -103,17 +103,17 @@ class BlendTuning:
             blended = sum(1 for wi in candidates[best] if wi > 0) > 1
             kept = blended and gain[1] > 0
             chosen = candidates[best] if kept or not blended else tuple(float(n == best_single) for n in names)
-            described = "blend" if kept else f"{names[int(np.argmax(chosen))]} alone"
+            described = self._describe(chosen, names)
             previous = (last or {}).get(b)
             held = None
             if self._comparable(previous, chosen, silent):
-                view = (names, singles, zc, rel_c, n_rel)
-                held = self._hold_last(previous, self._blend_per_user(chosen, *view),
-                                       self._blend_per_user(tuple(previous), *view), seed + b)
+                # Tonight's choice as the rule above judged it: the grid's blend, or a component alone.
+                tonight = per_user[best] if kept else singles[names[int(np.argmax(chosen))]]
+                before = self._blend_per_user(tuple(previous), names, singles, zc, rel_c, n_rel)
+                held = self._hold_last(previous, tonight, before, seed + b)
             if held is not None and held["kept"]:
                 chosen = tuple(held["weights"])
-                described = "last night's " + ("blend" if sum(1 for wi in chosen if wi > 0) > 1
-                                               else f"{names[int(np.argmax(chosen))]} alone")
+                described = "last night's " + self._describe(chosen, names)
             weights[b] = list(chosen)
             tuning[label] = {
                 "users": int(len(users)), "weights": dict(zip(names, chosen, strict=True)),
@@ -129,6 +129,10 @@ class BlendTuning:
             if held is not None:
                 tuning[label]["last_night"] = held
         return weights, tuning
+
+    @staticmethod
+    def _describe(weights: tuple[float, ...], names: list[str]) -> str:
+        return "blend" if sum(1 for w in weights if w > 0) > 1 else f"{names[int(np.argmax(weights))]} alone"
 
     @staticmethod
     def _comparable(last: list[float] | None, chosen: tuple[float, ...], silent: list[bool]) -> bool:
