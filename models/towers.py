@@ -57,25 +57,31 @@ class TwoTowerNet(keras.Model):
         self.seeds = keras.random.SeedGenerator(int(seed))
         self.full_softmax = bool(full_softmax)
         self.temperature = float(temperature)
-        self.user_id = keras.layers.Embedding(n_users + 1, dim, name=USER_ID)  # 0 = unknown user
-        self.demo = [keras.layers.Embedding(size, 16, name=f"demo_{k}") for k, size in enumerate(demo_sizes)]
-        self.bag_items = keras.layers.Embedding(n_items + 1, dim, name="bag_items")  # 0 = padding
-        self.user_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
-        self.item_id = keras.layers.Embedding(n_items, dim, name=ITEM_ID)
-        self.decade = keras.layers.Embedding(N_DECADES, 8, name="decade")
-        self.item_mlp = [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(dim)]
-        # A per-item bias outside the cosine: popularity is shared by everyone, and unit vectors alone
-        # spend personalisation capacity to express it.
-        self.item_bias = keras.layers.Embedding(n_items, 1, embeddings_initializer="zeros", name="item_bias")
-        self.bias_from_popularity = keras.layers.Dense(1, name="bias_from_popularity")
-        # The content tower: what an item with no interactions is read with. Its initial weights come from
-        # seeds of their own, so the towers above start (and learn) the same with or without it.
+        # Every initial weight from a seed of the net's own: an unseeded Keras initializer draws its seed from
+        # Python's process-wide `random`, which another thread (Prefect's, a test's) can move while a fit
+        # builds its net, so the same seed gave other weights on a busy machine.
         def own(k):
             return {"embeddings_initializer": keras.initializers.RandomUniform(-0.05, 0.05, seed=seed + k)}
 
         def dense(k):
             return {"kernel_initializer": keras.initializers.GlorotUniform(seed=seed + k)}
 
+        self.user_id = keras.layers.Embedding(n_users + 1, dim, name=USER_ID, **own(10))  # 0 = unknown user
+        self.demo = [keras.layers.Embedding(size, 16, name=f"demo_{k}", **own(20 + k))
+                     for k, size in enumerate(demo_sizes)]
+        self.bag_items = keras.layers.Embedding(n_items + 1, dim, name="bag_items", **own(11))  # 0 = padding
+        self.user_mlp = [keras.layers.Dense(hidden, activation="relu", **dense(12)),
+                         keras.layers.Dense(dim, **dense(13))]
+        self.item_id = keras.layers.Embedding(n_items, dim, name=ITEM_ID, **own(14))
+        self.decade = keras.layers.Embedding(N_DECADES, 8, name="decade", **own(15))
+        self.item_mlp = [keras.layers.Dense(hidden, activation="relu", **dense(16)),
+                         keras.layers.Dense(dim, **dense(17))]
+        # A per-item bias outside the cosine: popularity is shared by everyone, and unit vectors alone
+        # spend personalisation capacity to express it.
+        self.item_bias = keras.layers.Embedding(n_items, 1, embeddings_initializer="zeros", name="item_bias")
+        self.bias_from_popularity = keras.layers.Dense(1, name="bias_from_popularity", **dense(18))
+        # The content tower: what an item with no interactions is read with, from seeds of its own, so the
+        # towers above start (and learn) the same with or without it.
         self.words = keras.layers.Embedding(BUCKETS + 1, 16, name="title_words", **own(1))  # 0 = padding
         self.content_decade = keras.layers.Embedding(N_DECADES, 8, name="content_decade", **own(2))
         self.content_mlp = [keras.layers.Dense(hidden, activation="relu", **dense(3)),

@@ -46,6 +46,24 @@ def test_a_compiled_fit_is_deterministic(small_data):
         assert np.array_equal(a, b)
 
 
+def test_the_nets_initial_weights_come_from_its_seed_alone(small_data):
+    """An unseeded Keras initializer draws its seed from Python's process-wide ``random``, which other threads
+    (Prefect's, an earlier test's) move at any time: on a busy CI machine the same seed built other weights,
+    and two fits meant to share their warm path did not. The net reads nothing from that stream."""
+    import random
+
+    train, uf, itf, _ = small_data
+    model = build("two_tower", **FAST, epochs=1, validation_share=0.0, min_validation_examples=0).fit(
+        train, uf, itf, seed=3)
+    weights = []
+    for moved in (1, 2):
+        random.seed(moved)  # what another thread's draw does to the stream
+        state = random.getstate()
+        weights.append(model._build_net().get_weights())
+        assert random.getstate() == state
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+
+
 def test_a_small_fit_keeps_enough_validation_examples_to_stop_early(small_data):
     """5 % of a small night was under one batch, so it had no validation data and ran every epoch; it now
     keeps at least ``min_validation_examples`` (at most a fifth of the data) and can stop early."""
