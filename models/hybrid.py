@@ -34,6 +34,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -52,6 +53,30 @@ from recsys.schema import USER_ID
 COMPONENTS = ("two_tower", "ease", "item_knn", "segment_popularity", "als")
 # How items with no (or few) interactions are scored: by the models that read an item's content.
 NEW_ITEM_WEIGHTS = {"two_tower": 0.5, "content_knn": 0.5}
+
+
+class MixWeight(NamedTuple):
+    """A component's weight in a block: ``by_user * evidence + by_item`` for each (user, item), kept apart so
+    that it costs no (users, items) array: a weight per user on the items with evidence (most of a catalogue),
+    the whole formula on the few columns without."""
+    by_user: np.ndarray  # (users, 1)
+    evidence: np.ndarray  # (1, items): the item's interactions over item_evidence, at most 1
+    by_item: np.ndarray  # (1, items): the new-item weight, times 1 - evidence
+
+    def item_dependent(self) -> np.ndarray:
+        """The columns whose weight depends on the item (too few interactions, or a new-item weight)."""
+        return np.flatnonzero((self.evidence[0] < 1) | (self.by_item[0] != 0))
+
+    def per_user(self) -> np.ndarray | None:
+        """(users,) where no column's weight depends on the item, else None."""
+        return None if len(self.item_dependent()) else self.by_user.ravel()
+
+    def apply(self, part: np.ndarray) -> None:
+        """``part`` times the weights, in place."""
+        cols = self.item_dependent()
+        few = part[:, cols] * (self.by_user * self.evidence[:, cols] + self.by_item[:, cols])
+        part *= self.by_user
+        part[:, cols] = few
 
 
 class Hybrid(BlendTuning, Recommender):
@@ -299,7 +324,7 @@ class Hybrid(BlendTuning, Recommender):
             by_user = w[:, blended.index(name)][:, None] if name in blended else np.zeros((len(w), 1), np.float32)
             by_item = np.float32(self.params["new_item_weights"].get(name, 0.0)) * (1 - evidence)
             if by_user.any() or by_item.any():
-                yield name, by_user * evidence + by_item
+                yield name, MixWeight(by_user, evidence, by_item)
 
     def score_block(self, users: UserBlock) -> np.ndarray:
         """The blend of the components' z-scores per user bucket, mixed per item with the new-item scorers'
@@ -313,9 +338,13 @@ class Hybrid(BlendTuning, Recommender):
         out = np.zeros((len(users.user_ids), len(self.item_ids)), dtype=np.float32)
         parts: dict[str, np.ndarray] = {}
         for name, weight in self._mix(users):
-            part = standardize_rows(self.components[name].block_scores(users), exclude=users.history)
-            part[np.isneginf(part)] = 0.0  # an item this component cannot score adds nothing
-            part *= weight
+            # An item this component cannot score adds nothing (0); a weight per user alone (every item with
+            # evidence, no new-item weight: most blocks) is applied in the standardising pass itself.
+            per_user = weight.per_user()
+            part = standardize_rows(self.components[name].block_scores(users), exclude=users.history,
+                                    row_weight=per_user, fill=0.0)
+            if per_user is None:
+                weight.apply(part)
             out += part
             if users.shared is not None:
                 parts[name] = part
@@ -405,7 +434,7 @@ class Hybrid(BlendTuning, Recommender):
             part = self.components[name].block_scores(users)[:, columns] - np.float32(mean)
             part *= np.float32(1.0 / std)
             part[~np.isfinite(part)] = 0.0
-            part *= weight
+            weight.apply(part)
             out += part
         out[np.isneginf(scores)] = -np.inf  # seen items stay out
         return out

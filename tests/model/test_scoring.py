@@ -12,6 +12,7 @@ from polars.testing import assert_frame_equal
 
 import models.base
 from models.ease import DEFAULT_MAX_ITEMS, memory_item_cap
+from models.hybrid import MixWeight
 from models.ranking import standardize_rows
 from models.registry import load
 from models.serving import merge_best_users, recommend_together
@@ -91,7 +92,7 @@ def test_a_hybrid_standardises_each_component_over_the_unseen_items_as_its_tunin
         for name, weight in hybrid._mix(block):
             raw = hybrid.components[name].score_block(block).astype(np.float32)
             z = standardize_rows(np.where(seen, -np.inf, raw) if mask_first else raw)
-            out += np.where(np.isneginf(z), 0.0, z) * weight
+            out += np.where(np.isneginf(z), 0.0, z) * (weight.by_user * weight.evidence + weight.by_item)
         return out
 
     served = hybrid.score_block(block)
@@ -99,6 +100,28 @@ def test_a_hybrid_standardises_each_component_over_the_unseen_items_as_its_tunin
     np.testing.assert_allclose(served[~seen], blend(mask_first=True)[~seen], rtol=1e-4, atol=1e-4)
     counting_seen = blend(mask_first=False)
     assert np.abs(counting_seen[~seen] - served[~seen]).max() > 0.05
+
+
+def test_a_blend_weight_is_applied_per_user_and_per_item_only_where_it_depends_on_the_item():
+    """A component's weight is by_user * evidence + by_item; applied as a row scaling plus the whole formula
+    on the columns that need it (few interactions, a new-item weight), and folded into standardising when no
+    column needs it: the same products as the (users, items) weight matrix, for any user's weight, 0 too."""
+    rng = np.random.default_rng(4)
+    part = rng.standard_normal((5, 40)).astype(np.float32)
+    by_user = np.array([[0.5], [0.0], [1.0], [0.25], [0.0]], dtype=np.float32)
+    evidence = np.ones((1, 40), dtype=np.float32)
+    evidence[0, [3, 17]] = [0.0, 1 / 3]
+    by_item = (np.float32(0.5) * (1 - evidence)).astype(np.float32)
+    weight = MixWeight(by_user, evidence, by_item)
+    assert weight.item_dependent().tolist() == [3, 17] and weight.per_user() is None
+    applied = part.copy()
+    weight.apply(applied)
+    np.testing.assert_array_equal(applied, part * (by_user * evidence + by_item))
+    assert applied[1, 3] != 0 and (applied[1, np.r_[0:3, 4:17, 18:40]] == 0).all()  # a new item's weight alone
+    everywhere = MixWeight(by_user, np.ones_like(evidence), np.zeros_like(by_item))
+    assert len(everywhere.item_dependent()) == 0
+    folded = standardize_rows(part, row_weight=everywhere.per_user())
+    np.testing.assert_allclose(folded, standardize_rows(part) * by_user, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("unscorable", [False, True])
