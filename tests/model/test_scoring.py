@@ -15,7 +15,7 @@ from models.ease import DEFAULT_MAX_ITEMS, memory_item_cap
 from models.hybrid import MixWeight
 from models.ranking import standardize_rows
 from models.registry import load
-from models.serving import merge_best_users, recommend_together
+from models.serving import _best_users, _best_users_frame, merge_best_users, recommend_together
 from models.tiled import TILE, TiledMatrix
 from tasks.publish import score_step
 
@@ -122,6 +122,29 @@ def test_a_blend_weight_is_applied_per_user_and_per_item_only_where_it_depends_o
     assert len(everywhere.item_dependent()) == 0
     folded = standardize_rows(part, row_weight=everywhere.per_user())
     np.testing.assert_allclose(folded, standardize_rows(part) * by_user, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("block", [3, 7, 40])
+def test_each_items_best_users_are_kept_exactly_across_blocks(block):
+    """Each new item's best m users, kept block by block: the users a sort of everyone by (score desc, user id
+    asc) ranks first, ties and unscorable (-inf) users included, whatever the blocks."""
+    rng = np.random.default_rng(block)
+    users = np.sort(rng.choice(10_000, size=40, replace=False))
+    scores = rng.integers(0, 6, size=(40, 9)).astype(np.float32)  # few values: ties everywhere
+    scores[rng.random(scores.shape) < 0.2] = -np.inf
+    scores[:, 4] = -np.inf  # an item nobody can be shown
+    items = np.arange(100, 109)
+    best = None
+    for lo in range(0, 40, block):
+        best = _best_users(best, users[lo:lo + block], scores[lo:lo + block], 6)
+    got = _best_users_frame(best, items, 6)
+    long = pl.DataFrame({"item_id": np.repeat(items, 40), "user_id": np.tile(users, 9),
+                         "score": scores.T.ravel()}).filter(pl.col("score").is_finite())
+    expected = (long.sort(["item_id", "score", "user_id"], descending=[False, True, False])
+                .group_by("item_id", maintain_order=True).head(6)
+                .with_columns(rank=(pl.int_range(pl.len()).over("item_id") + 1).cast(pl.Int32)))
+    assert_frame_equal(got, expected.select(got.columns), check_dtypes=False)
+    assert 104 not in got["item_id"].to_list() and got.group_by("item_id").len()["len"].max() == 6
 
 
 @pytest.mark.parametrize("unscorable", [False, True])
