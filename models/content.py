@@ -190,7 +190,7 @@ class GenrePopularity(Recommender):
         per_genre = np.asarray(users.history @ self.item_genres, dtype=np.float32)  # (b, genres)
         totals = per_genre.sum(axis=1, keepdims=True)
         share = np.where(totals > 0, per_genre / np.maximum(totals, 1.0), self.global_share[None, :])
-        return (share @ self.item_profile[columns].T).astype(np.float32)
+        return (share @ self.item_profile[columns].T).astype(np.float32, copy=False)
 
     def _save_state(self, path: Path) -> None:
         np.savez(path / "genres.npz", global_share=self.global_share, item_profile=self.item_profile)

@@ -327,7 +327,10 @@ class TwoTower(Recommender):
         return ops.convert_to_numpy(emb).astype(np.float32)
 
     def score_block(self, users: UserBlock) -> np.ndarray:
-        return self.user_embeddings(users) @ self.item_embeddings.T / self.net.temperature + self.item_biases[None, :]
+        scores = self.user_embeddings(users) @ self.item_embeddings.T
+        scores /= self.net.temperature  # in place: a block is users x catalogue, each pass over it counts
+        scores += self.item_biases[None, :]
+        return scores
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         """With known items, "because you rated <the known item closest to the recommended one in the item
