@@ -119,14 +119,14 @@ def serve_together(
     if items is not None:
         user_ids = np.sort(user_ids)  # block rows in user id order: ties among users break by id
     frames: dict[str, list[pl.DataFrame]] = {name: [] for name in models}
-    by_item: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per model: each item's best users so far
-    audience_items: dict[str, np.ndarray] = {}  # per model: the ids of those items
+    by_item: dict[str, BestUsers] = {}  # per model: each new item's best users so far
     for group in groups:
         lead = models[group[0]]
         top = min(n, len(lead.item_ids))
         extra = lead._history_matrix(user_ids, history)
         columns = _columns_of(lead.item_ids, items)
-        audience_items.update({name: lead.item_ids[columns] for name in group})
+        if len(columns) and users_per_item > 0:
+            by_item.update({name: BestUsers(lead.item_ids[columns], users_per_item) for name in group})
         block = lead.block_users
         for lo in range(0, len(user_ids), block):
             ub = lead._user_block(user_ids[lo:lo + block], extra[lo:lo + block])
@@ -144,12 +144,11 @@ def serve_together(
                 if explain:
                     frame = _with_reasons(models[name], ub, frame)
                 frames[name].append(frame)
-                if len(columns) and users_per_item > 0:
-                    audience = models[name].audience_scores(ub, columns, scores[:, columns])
-                    by_item[name] = _best_users(by_item.get(name), ub.user_ids, audience, users_per_item)
+                if name in by_item:
+                    by_item[name].add(ub.user_ids, models[name].audience_scores(ub, columns, scores[:, columns]))
     empty = pl.DataFrame(schema={**schema.RECOMMENDATION_SCHEMA, **(schema.REASON_SCHEMA if explain else {})})
     return {name: Served(pl.concat(frames[name]) if frames[name] else empty,
-                         _best_users_frame(by_item.get(name), audience_items.get(name), users_per_item))
+                         by_item[name].frame() if name in by_item else pl.DataFrame(schema=schema.BY_ITEM_SCHEMA))
             for name in models}
 
 
@@ -181,40 +180,41 @@ def reason_columns(model: Any, why: dict[str, np.ndarray]) -> list[pl.Series]:
             pl.Series("reason_segment", list(why["segment"]), dtype=pl.String)]
 
 
-def _best_users(best: tuple[np.ndarray, np.ndarray] | None, user_ids: np.ndarray, scores: np.ndarray,
-                m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each column's (item's) best ``m`` users so far: ``best`` (scores and user ids, (items, m), from earlier
-    blocks) with this block's ``scores`` (users x items) of ``user_ids``, by (score desc, user id asc).
+class BestUsers:
+    """Each of ``item_ids``' best ``m`` users over blocks of users scored in user id order, by (score desc,
+    user id asc), as (items, m) arrays of scores and user ids.
 
-    Blocks come in user id order, so a row's place in ``[best, block]`` is its user id's order and the m-th
-    best score of each item settles it: every better row, and of the rows tied with it the first ones. One
-    ``np.partition`` a block, in place of sorting every block's users per item and merging the frames (a
-    third of the new-items slice at 60k items)."""
-    values = np.ascontiguousarray(scores.T, dtype=np.float32)  # (items, users)
-    users = np.broadcast_to(np.asarray(user_ids, dtype=np.int64)[None, :], values.shape)
-    if best is not None:
-        values = np.concatenate([best[0], values], axis=1)
-        users = np.concatenate([best[1], users], axis=1)
-    width = values.shape[1]
-    if width <= m:
-        return values, np.ascontiguousarray(users)
-    nth = np.partition(values, width - m, axis=1)[:, width - m, None]
-    better = values > nth
-    tied = values == nth
-    keep = better | (tied & (np.cumsum(tied, axis=1) <= m - better.sum(axis=1, keepdims=True)))
-    rows = np.nonzero(keep)[1].reshape(len(values), m)  # m a row, in user order
-    return np.take_along_axis(values, rows, axis=1), np.take_along_axis(users, rows, axis=1)
+    A row's place in ``[kept, block]`` is its user id's order, so the m-th best score of each item settles it:
+    every better row, and of the rows tied with it the first ones. One ``np.partition`` a block, in place of
+    sorting every block's users per item and merging the frames (a third of the new-items slice at 60k items).
+    """
 
+    def __init__(self, item_ids: np.ndarray, m: int):
+        self.item_ids, self.m = item_ids, m
+        self.values = np.zeros((len(item_ids), 0), dtype=np.float32)
+        self.users = np.zeros((len(item_ids), 0), dtype=np.int64)
 
-def _best_users_frame(best: tuple[np.ndarray, np.ndarray] | None, item_ids: np.ndarray, m: int) -> pl.DataFrame:
-    """Each item's best users (:func:`_best_users`), finite scores only, ranked (``schema.BY_ITEM_SCHEMA``)."""
-    if best is None:
-        return pl.DataFrame(schema=schema.BY_ITEM_SCHEMA)
-    values, users = best
-    keep = np.isfinite(values)
-    frame = pl.DataFrame({ITEM_ID: np.broadcast_to(item_ids[:, None], values.shape)[keep], USER_ID: users[keep],
-                          "score": values[keep]})
-    return merge_best_users(frame, m)
+    def add(self, user_ids: np.ndarray, scores: np.ndarray) -> None:
+        """A block's ``scores`` (users x items) of ``user_ids``, users after every earlier block's."""
+        values = np.concatenate([self.values, scores.T.astype(np.float32)], axis=1)  # (items, users)
+        users = np.concatenate([self.users, np.broadcast_to(np.asarray(user_ids, dtype=np.int64), scores.T.shape)],
+                               axis=1)
+        width, m = values.shape[1], self.m
+        if width > m:
+            nth = np.partition(values, width - m, axis=1)[:, width - m, None]
+            better = values > nth
+            tied = values == nth
+            keep = better | (tied & (np.cumsum(tied, axis=1) <= m - better.sum(axis=1, keepdims=True)))
+            rows = np.nonzero(keep)[1].reshape(len(values), m)  # m a row, in user order
+            values, users = np.take_along_axis(values, rows, axis=1), np.take_along_axis(users, rows, axis=1)
+        self.values, self.users = values, users
+
+    def frame(self) -> pl.DataFrame:
+        """The best users, finite scores only, ranked (``schema.BY_ITEM_SCHEMA``)."""
+        keep = np.isfinite(self.values)
+        return merge_best_users(pl.DataFrame({
+            ITEM_ID: np.broadcast_to(self.item_ids[:, None], self.values.shape)[keep], USER_ID: self.users[keep],
+            "score": self.values[keep]}), self.m)
 
 
 def merge_best_users(candidates: pl.DataFrame, m: int) -> pl.DataFrame:

@@ -15,7 +15,7 @@ from models.ease import DEFAULT_MAX_ITEMS, memory_item_cap
 from models.hybrid import MixWeight
 from models.ranking import standardize_rows
 from models.registry import load
-from models.serving import _best_users, _best_users_frame, merge_best_users, recommend_together
+from models.serving import BestUsers, merge_best_users, recommend_together
 from models.tiled import TILE, TiledMatrix
 from tasks.publish import score_step
 
@@ -134,10 +134,10 @@ def test_each_items_best_users_are_kept_exactly_across_blocks(block):
     scores[rng.random(scores.shape) < 0.2] = -np.inf
     scores[:, 4] = -np.inf  # an item nobody can be shown
     items = np.arange(100, 109)
-    best = None
+    best = BestUsers(items, 6)
     for lo in range(0, 40, block):
-        best = _best_users(best, users[lo:lo + block], scores[lo:lo + block], 6)
-    got = _best_users_frame(best, items, 6)
+        best.add(users[lo:lo + block], scores[lo:lo + block])
+    got = best.frame()
     long = pl.DataFrame({"item_id": np.repeat(items, 40), "user_id": np.tile(users, 9),
                          "score": scores.T.ravel()}).filter(pl.col("score").is_finite())
     expected = (long.sort(["item_id", "score", "user_id"], descending=[False, True, False])
