@@ -67,10 +67,6 @@ class MixWeight(NamedTuple):
         """The columns whose weight depends on the item (too few interactions, or a new-item weight)."""
         return np.flatnonzero((self.evidence[0] < 1) | (self.by_item[0] != 0))
 
-    def per_user(self) -> np.ndarray | None:
-        """(users,) where no column's weight depends on the item, else None."""
-        return None if len(self.item_dependent()) else self.by_user.ravel()
-
     def apply(self, part: np.ndarray) -> None:
         """``part`` times the weights, in place."""
         cols = self.item_dependent()
@@ -338,13 +334,9 @@ class Hybrid(BlendTuning, Recommender):
         out = np.zeros((len(users.user_ids), len(self.item_ids)), dtype=np.float32)
         parts: dict[str, np.ndarray] = {}
         for name, weight in self._mix(users):
-            # An item this component cannot score adds nothing (0); a weight per user alone (every item with
-            # evidence, no new-item weight: most blocks) is applied in the standardising pass itself.
-            per_user = weight.per_user()
-            part = standardize_rows(self.components[name].block_scores(users), exclude=users.history,
-                                    row_weight=per_user, fill=0.0)
-            if per_user is None:
-                weight.apply(part)
+            # An item this component cannot score adds nothing (0).
+            part = standardize_rows(self.components[name].block_scores(users), exclude=users.history, fill=0.0)
+            weight.apply(part)
             out += part
             if users.shared is not None:
                 parts[name] = part

@@ -35,21 +35,19 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def standardize_rows(scores: np.ndarray, exclude: sp.spmatrix | None = None, row_weight: np.ndarray | None = None,
-                     fill: float = -np.inf) -> np.ndarray:
+def standardize_rows(scores: np.ndarray, exclude: sp.spmatrix | None = None, fill: float = -np.inf) -> np.ndarray:
     """Per-user z-scores over the finite entries, so models on different scales can be blended.
 
     ``exclude`` (sparse, same shape): entries left out of each row's mean and deviation but standardised
     with the rest, e.g. the items a user has seen, which are never ranked: the z-scores of the candidates
     are then the same whether the seen items are masked before (as when the blend is tuned) or after.
-    ``row_weight`` (rows,): each row's z-scores times it, in the same pass (a blend's per-user weight);
     ``fill``: the value of entries that are not finite (an item the model cannot score; a blend adds 0).
 
     It runs on every scoring block of every component, so it makes few passes over the block: the row sums
     say whether every entry is finite (one non-finite entry makes its row's sum so), excluded entries are
     taken back out of the dense row sums (float64 per row, a gather of a few entries; 4x faster than the
-    masked path on a 600 x 26,740 block), each row is scaled by one multiplier (1 / its deviation, times its
-    weight; 0 for a constant row), and the masked path runs only where a row has entries that are not finite.
+    masked path on a 600 x 26,740 block), each row is scaled by one multiplier (1 / its deviation; 0 for a
+    constant row), and the masked path runs only where a row has entries that are not finite.
     """
     scores = np.asarray(scores, dtype=np.float32)
     rows, n = scores.shape
@@ -70,7 +68,7 @@ def standardize_rows(scores: np.ndarray, exclude: sp.spmatrix | None = None, row
         z = scores - mean.astype(np.float32)[:, None]
         square = np.einsum("ij,ij->i", z, z).astype(np.float64)
         square -= np.bincount(row_of, np.square(values - mean[row_of]), minlength=rows)
-        z *= _row_scale(np.sqrt(np.maximum(square, 0.0) / count), row_weight)[:, None]
+        z *= _inverse(np.sqrt(np.maximum(square, 0.0) / count))[:, None]
         return z
     finite = np.isfinite(scores)
     counted = finite.copy()
@@ -80,17 +78,14 @@ def standardize_rows(scores: np.ndarray, exclude: sp.spmatrix | None = None, row
     mean = scores.sum(axis=1, keepdims=True, where=counted) / count
     z = np.where(finite, scores - mean, np.float32(0))
     std = np.sqrt(np.square(z).sum(axis=1, where=counted) / count.ravel())
-    z *= _row_scale(std, row_weight)[:, None]
+    z *= _inverse(std)[:, None]
     z[~finite] = fill
     return z
 
 
-def _row_scale(std: np.ndarray, row_weight: np.ndarray | None) -> np.ndarray:
-    """float32 (rows,): 1 / std (0 for a constant row), times the row's weight."""
-    scale = np.divide(1.0, std, out=np.zeros(len(std)), where=std > 1e-12)
-    if row_weight is not None:
-        scale *= np.asarray(row_weight, dtype=np.float64).ravel()
-    return scale.astype(np.float32)
+def _inverse(std: np.ndarray) -> np.ndarray:
+    """float32 1 / std per row, 0 for a constant row."""
+    return np.divide(1.0, std, out=np.zeros(len(std)), where=std > 1e-12).astype(np.float32)
 
 
 def bootstrap_indices(n_users: int, n_boot: int, seed: int) -> np.ndarray:
