@@ -248,6 +248,7 @@ def top_n(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray
 
 
 CROWDED = 64  # a row with more than this many candidates per list place is settled exactly
+SAMPLE_STEP = 16  # the n-th best score's lower bound is read off every SAMPLE_STEP-th column
 
 
 def _nth_best_at_most(scores: np.ndarray, n: int) -> np.ndarray:
@@ -255,7 +256,7 @@ def _nth_best_at_most(scores: np.ndarray, n: int) -> np.ndarray:
     32 n), or on narrow rows the n-th best itself. Partitioning the sample instead of the row is 16x less
     selection; the extra candidates it lets through (about 16 n a row) are settled by :func:`_at_least_nth`."""
     n_items = scores.shape[1]
-    step = n_items // max(n_items // 16, 32 * n)
+    step = n_items // max(n_items // SAMPLE_STEP, 32 * n)
     if step < 2:
         return np.partition(scores, n_items - n, axis=1)[:, n_items - n]
     sample = scores[:, ::step]
@@ -283,7 +284,10 @@ def _top_n_rows(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.n
     b, n_items = scores.shape
     bound = _nth_best_at_most(scores, n)
     candidate = scores >= bound[:, None]
-    crowded = np.flatnonzero(np.count_nonzero(candidate, axis=1) > CROWDED * n)
+    # Rows are counted one by one only when the block has more candidates than the sample bound lets through
+    # untied (about 16 n a row): one count over the block is a tenth of the time of a count per row.
+    crowded = (np.flatnonzero(np.count_nonzero(candidate, axis=1) > CROWDED * n)
+               if np.count_nonzero(candidate) > 2 * SAMPLE_STEP * n * b else ())
     if len(crowded):  # many items tied with the n-th (or at the bound): the exact n-th, and the n best-ranked ties
         sub = scores[crowded]
         exact = np.partition(sub, n_items - n, axis=1)[:, n_items - n, None]
@@ -296,7 +300,7 @@ def _top_n_rows(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.n
     flat = np.flatnonzero(candidate)  # 10x faster than a 2-d np.nonzero over the block
     rows = flat // n_items
     cols = flat - rows * n_items
-    values = scores[rows, cols]
+    values = scores.ravel()[flat] if scores.flags.c_contiguous else scores[rows, cols]  # 1-d: 4x faster
     rows, cols, values = _at_least_nth(rows, cols, values, b, n)
     order = np.lexsort((tiebreak[cols], -values, rows))
     rows, cols, values = rows[order], cols[order], values[order]
