@@ -28,6 +28,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from models.explain import Explaining
+from models.ranking import standardize_rows
 from models.serving import (
     DEMOGRAPHIC_COLUMNS,
     SCORE_BLOCK_CELLS,
@@ -227,6 +228,13 @@ class Recommender(Explaining, ABC):
         users to show those items to. ``scores``: the block's scores of them, seen items at -inf. Default:
         those scores; a model whose scores are on a per-user scale puts them on a common one."""
         return scores
+
+    def column_z_scores(self, users: UserBlock, columns: np.ndarray) -> np.ndarray:
+        """The block's scores of the catalogue ``columns`` as z-scores over each user's unseen items (what a
+        blend adds, :func:`models.ranking.standardize_rows`; 0 where a score is not finite). Default: the whole
+        catalogue scored and standardised; a model that knows its rows' mean and deviation without scoring
+        every item scores the columns alone."""
+        return standardize_rows(self.block_scores(users), exclude=users.history, fill=0.0)[:, columns]
 
     def block_scores(self, users: UserBlock) -> np.ndarray:
         """:meth:`score_block`, computed once per block where several models share it (a hybrid and its

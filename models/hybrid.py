@@ -334,10 +334,22 @@ class Hybrid(BlendTuning, Recommender):
         out = np.zeros((len(users.user_ids), len(self.item_ids)), dtype=np.float32)
         parts: dict[str, np.ndarray] = {}
         for name, weight in self._mix(users):
-            # An item this component cannot score adds nothing (0).
-            part = standardize_rows(self.components[name].block_scores(users), exclude=users.history, fill=0.0)
-            weight.apply(part)
-            out += part
+            model = self.components[name]
+            if weight.by_user.any():
+                # An item this component cannot score adds nothing (0).
+                part = standardize_rows(model.block_scores(users), exclude=users.history, fill=0.0)
+                weight.apply(part)
+                out += part
+            else:  # weighed only on the items with too few interactions: those columns alone are scored
+                cols = weight.item_dependent()
+                if self.params["audience_model"]:
+                    cols = cols[self.item_popularity[cols] > 0]  # the untaken ones are placed apart, below
+                part = np.zeros_like(out) if users.shared is not None else None
+                few = model.column_z_scores(users, cols)
+                few *= weight.by_item[:, cols]
+                out[:, cols] += few
+                if part is not None:
+                    part[:, cols] = few
             if users.shared is not None:
                 parts[name] = part
         placed = self._place_new_items(users, out)

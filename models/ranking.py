@@ -68,7 +68,7 @@ def standardize_rows(scores: np.ndarray, exclude: sp.spmatrix | None = None, fil
         z = scores - mean.astype(np.float32)[:, None]
         square = np.einsum("ij,ij->i", z, z).astype(np.float64)
         square -= np.bincount(row_of, np.square(values - mean[row_of]), minlength=rows)
-        z *= _inverse(np.sqrt(np.maximum(square, 0.0) / count))[:, None]
+        z *= inverse_deviation(np.sqrt(np.maximum(square, 0.0) / count))[:, None]
         return z
     finite = np.isfinite(scores)
     counted = finite.copy()
@@ -78,12 +78,12 @@ def standardize_rows(scores: np.ndarray, exclude: sp.spmatrix | None = None, fil
     mean = scores.sum(axis=1, keepdims=True, where=counted) / count
     z = np.where(finite, scores - mean, np.float32(0))
     std = np.sqrt(np.square(z).sum(axis=1, where=counted) / count.ravel())
-    z *= _inverse(std)[:, None]
+    z *= inverse_deviation(std)[:, None]
     z[~finite] = fill
     return z
 
 
-def _inverse(std: np.ndarray) -> np.ndarray:
+def inverse_deviation(std: np.ndarray) -> np.ndarray:
     """float32 1 / std per row, 0 for a constant row."""
     return np.divide(1.0, std, out=np.zeros(len(std)), where=std > 1e-12).astype(np.float32)
 

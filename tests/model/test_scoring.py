@@ -102,6 +102,30 @@ def test_a_hybrid_standardises_each_component_over_the_unseen_items_as_its_tunin
     assert np.abs(counting_seen[~seen] - served[~seen]).max() > 0.05
 
 
+@pytest.mark.parametrize("model_name", ["content_knn", "genre_year"])
+def test_content_z_scores_of_a_few_columns_equal_standardising_the_whole_catalogue(small_data, model_name):
+    """The content neighbourhood's z-scores of some columns, from each row's mean and deviation computed off the
+    profile and the content's Gram matrix, equal scoring every item and standardising over the unseen ones:
+    known users, a k-shot user, users with no history (every score 0: no deviation), a user who has seen all
+    but two items; and where the block's full scores are already shared, those are read."""
+    train, uf, itf, cold = small_data
+    model = fit_model(model_name, train, uf, itf, seed=3)
+    users = np.concatenate([np.sort(train["user_id"].unique().to_numpy())[:30], cold[:4]])
+    revealed = train.filter(pl.col("user_id") == users[0]).head(3).with_columns(pl.lit(cold[0]).alias("user_id"))
+    everything = pl.DataFrame({"user_id": np.full(len(model.item_ids) - 2, cold[1]),
+                               "item_id": model.item_ids[2:]}).with_columns(pl.col("user_id").cast(pl.Int64))
+    block = model._user_block(users, model._history_matrix(users, pl.concat([revealed, everything], how="diagonal")))
+    assert block.history_length[30] == 3 and block.history_length[31] == len(model.item_ids) - 2
+    assert (block.history_length[32:] == 0).all()
+    columns = np.flatnonzero(np.arange(len(model.item_ids)) % 3 == 1)
+    whole = standardize_rows(model.score_block(block), exclude=block.history, fill=0.0)
+    few = model.column_z_scores(block, columns)
+    np.testing.assert_allclose(few, whole[:, columns], rtol=1e-4, atol=1e-4)
+    assert (few[32:] == 0).all() and np.abs(few[:30]).max() > 1.0
+    block.shared = {id(model): model.score_block(block)}
+    np.testing.assert_array_equal(model.column_z_scores(block, columns), whole[:, columns])
+
+
 def test_a_blend_weight_is_applied_per_user_and_per_item_only_where_it_depends_on_the_item():
     """A component's weight is by_user * evidence + by_item; applied as a row scaling plus the whole formula
     on the columns that need it (few interactions, a new-item weight): the same products as the (users, items)
