@@ -187,6 +187,8 @@ class BestUsers:
     A row's place in ``[kept, block]`` is its user id's order, so the m-th best score of each item settles it:
     every better row, and of the rows tied with it the first ones. One ``np.partition`` a block, in place of
     sorting every block's users per item and merging the frames (a third of the new-items slice at 60k items).
+    Once m users are kept, only the items some user of the block beats the m-th best of are merged (a block of
+    b users brings about b m / (users so far) entrants an item: late in a night, few items change).
     """
 
     def __init__(self, item_ids: np.ndarray, m: int):
@@ -196,18 +198,38 @@ class BestUsers:
 
     def add(self, user_ids: np.ndarray, scores: np.ndarray) -> None:
         """A block's ``scores`` (users x items) of ``user_ids``, users after every earlier block's."""
-        values = np.concatenate([self.values, scores.T.astype(np.float32)], axis=1)  # (items, users)
-        users = np.concatenate([self.users, np.broadcast_to(np.asarray(user_ids, dtype=np.int64), scores.T.shape)],
-                               axis=1)
-        width, m = values.shape[1], self.m
-        if width > m:
-            nth = np.partition(values, width - m, axis=1)[:, width - m, None]
-            better = values > nth
-            tied = values == nth
-            keep = better | (tied & (np.cumsum(tied, axis=1) <= m - better.sum(axis=1, keepdims=True)))
-            rows = np.nonzero(keep)[1].reshape(len(values), m)  # m a row, in user order
-            values, users = np.take_along_axis(values, rows, axis=1), np.take_along_axis(users, rows, axis=1)
-        self.values, self.users = values, users
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        if self.values.shape[1] < self.m:
+            block = scores.T.astype(np.float32)  # (items, users)
+            self.values, self.users = self._merge(self.values, self.users, block, user_ids)
+            return
+        # A block user enters an item's best only by beating its m-th best (a tie goes to the earlier user).
+        rows = np.flatnonzero((scores > self.values.min(axis=1)[None, :]).any(axis=0))
+        if len(rows):
+            block = scores[:, rows].T.astype(np.float32)
+            merged = self._merge(self.values[rows], self.users[rows], block, user_ids)
+            self.values[rows], self.users[rows] = merged
+
+    def _merge(self, kept: np.ndarray, kept_users: np.ndarray, block: np.ndarray,
+               user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The best m of each row of ``[kept, block]`` in that order (scores, user ids)."""
+        values = np.concatenate([kept, block], axis=1)
+        r, width, m, before = values.shape[0], values.shape[1], self.m, kept.shape[1]
+        if width <= m:
+            return values, np.concatenate([kept_users, np.broadcast_to(user_ids, block.shape)], axis=1)
+        nth = np.partition(values, width - m, axis=1)[:, width - m, None]
+        keep = values >= nth
+        if np.count_nonzero(keep) > r * m:  # some row has more than m at or above its m-th: ties, first ones
+            crowded = np.flatnonzero(np.count_nonzero(keep, axis=1) > m)
+            sub, at = values[crowded], nth[crowded]
+            better, tied = sub > at, sub == at
+            keep[crowded] = better | (tied & (np.cumsum(tied, axis=1) <= m - better.sum(axis=1, keepdims=True)))
+        cols = (np.flatnonzero(keep).reshape(r, m) - (np.arange(r) * width)[:, None])  # m a row, in user order
+        users = user_ids[np.maximum(cols - before, 0)]
+        if before:
+            from_kept = cols < before
+            users[from_kept] = np.take_along_axis(kept_users, np.minimum(cols, before - 1), axis=1)[from_kept]
+        return np.take_along_axis(values, cols, axis=1), users
 
     def frame(self) -> pl.DataFrame:
         """The best users, finite scores only, ranked (``schema.BY_ITEM_SCHEMA``)."""

@@ -145,21 +145,24 @@ def test_a_blend_weight_is_applied_per_user_and_per_item_only_where_it_depends_o
     assert len(MixWeight(by_user, np.ones_like(evidence), np.zeros_like(by_item)).item_dependent()) == 0
 
 
+@pytest.mark.parametrize("n_users", [40, 600])
 @pytest.mark.parametrize("block", [3, 7, 40])
-def test_each_items_best_users_are_kept_exactly_across_blocks(block):
+def test_each_items_best_users_are_kept_exactly_across_blocks(block, n_users):
     """Each new item's best m users, kept block by block: the users a sort of everyone by (score desc, user id
-    asc) ranks first, ties and unscorable (-inf) users included, whatever the blocks."""
+    asc) ranks first, ties and unscorable (-inf) users included, whatever the blocks (and late blocks that
+    change only some items)."""
     rng = np.random.default_rng(block)
-    users = np.sort(rng.choice(10_000, size=40, replace=False))
-    scores = rng.integers(0, 6, size=(40, 9)).astype(np.float32)  # few values: ties everywhere
+    users = np.sort(rng.choice(10_000, size=n_users, replace=False))
+    scores = rng.integers(0, 6, size=(n_users, 9)).astype(np.float32)  # few values: ties everywhere
     scores[rng.random(scores.shape) < 0.2] = -np.inf
     scores[:, 4] = -np.inf  # an item nobody can be shown
+    scores[:, 7] = rng.standard_normal(n_users)  # distinct scores
     items = np.arange(100, 109)
     best = BestUsers(items, 6)
-    for lo in range(0, 40, block):
+    for lo in range(0, n_users, block):
         best.add(users[lo:lo + block], scores[lo:lo + block])
     got = best.frame()
-    long = pl.DataFrame({"item_id": np.repeat(items, 40), "user_id": np.tile(users, 9),
+    long = pl.DataFrame({"item_id": np.repeat(items, n_users), "user_id": np.tile(users, 9),
                          "score": scores.T.ravel()}).filter(pl.col("score").is_finite())
     expected = (long.sort(["item_id", "score", "user_id"], descending=[False, True, False])
                 .group_by("item_id", maintain_order=True).head(6)
