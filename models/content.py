@@ -110,7 +110,8 @@ class ContentKNN(Recommender):
                   + _row_sums(in_sparse.multiply(in_sparse @ gram_sparse))) * scale**2
         seen = users.history.tocoo()
         seen.sum_duplicates()
-        seen_scores = self._pair_scores(in_dense * scale[:, None], sp.diags(scale) @ in_sparse, seen.row, seen.col)
+        profile = (in_dense * scale[:, None], (sp.diags(scale) @ in_sparse).toarray())
+        seen_scores = self._pair_scores(*profile, seen.row, seen.col)
         rows = len(users.user_ids)
         count = np.maximum(len(self.item_ids) - np.bincount(seen.row, minlength=rows), 1)
         mean = (total - np.bincount(seen.row, seen_scores, minlength=rows)) / count
@@ -121,13 +122,20 @@ class ContentKNN(Recommender):
         z *= inverse_deviation(np.sqrt(variance))[:, None]
         return z
 
-    def _pair_scores(self, profile_dense: np.ndarray, profile_sparse: sp.csr_matrix, rows: np.ndarray,
+    def _pair_scores(self, profile_dense: np.ndarray, profile_sparse: np.ndarray, rows: np.ndarray,
                      cols: np.ndarray) -> np.ndarray:
-        """The scores of the (row, item column) pairs from the block's profiles (float64)."""
+        """The scores of the (row, item column) pairs (``rows`` ascending) from the block's profiles: a
+        product of each user's items with their profile (a pair-by-pair float64 product was 25x slower)."""
         dense, sparse = self._scoring_parts()
-        out = np.einsum("ij,ij->i", profile_dense[rows], dense[cols].astype(np.float64))
+        out = np.zeros(len(rows), dtype=np.float64)
+        starts = np.searchsorted(rows, np.arange(profile_dense.shape[0] + 1))
+        for row in np.flatnonzero(np.diff(starts)):
+            pairs = slice(starts[row], starts[row + 1])
+            out[pairs] = dense[cols[pairs]] @ profile_dense[row].astype(np.float32)
         if sparse.nnz:
-            out += _row_sums(profile_sparse[rows].multiply(sparse[cols]))
+            part = sparse[cols]  # a few title words and a year an item
+            pair = np.repeat(np.arange(len(cols)), np.diff(part.indptr))
+            out += np.bincount(pair, part.data * profile_sparse[rows[pair], part.indices], minlength=len(cols))
         return out
 
     def _gram(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, sp.csr_matrix]:
