@@ -76,17 +76,24 @@ class ContentKNN(Recommender):
     def column_scores(self, users: UserBlock, columns: np.ndarray | slice) -> np.ndarray:
         """The block's scores of the catalogue ``columns`` only (a caller that needs a few items, the new
         ones, does not pay for the catalogue): the dense content columns by BLAS, the sparse ones by scipy."""
+        return self._scores(self._profile(users), columns)
+
+    def _profile(self, users: UserBlock) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's profile, the sum of their items' content rows scaled to unit length (zero without any),
+        in the two parts of :meth:`_scoring_parts` (both dense float32)."""
         dense, sparse = self._scoring_parts()
-        # The profile (the sum of the user's items' vectors, unit length) in the same two parts.
         in_dense = np.asarray(users.history @ dense, dtype=np.float32)
         in_sparse = np.asarray((users.history @ sparse).todense(), dtype=np.float32)
         norms = np.sqrt(np.square(in_dense).sum(axis=1, keepdims=True)
                         + np.square(in_sparse).sum(axis=1, keepdims=True))
         scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        return in_dense * scale, in_sparse * scale
+
+    def _scores(self, profile: tuple[np.ndarray, np.ndarray], columns: np.ndarray | slice) -> np.ndarray:
         dense_columns, sparse_columns = self._columns(columns)
-        scores = (in_dense * scale) @ dense_columns.T
-        if sparse.nnz:
-            scores += np.asarray((in_sparse * scale) @ sparse_columns.T, dtype=np.float32)  # row-major: 2x the add
+        scores = profile[0] @ dense_columns.T
+        if sparse_columns.nnz:
+            scores += np.asarray(profile[1] @ sparse_columns.T, dtype=np.float32)  # row-major: 2x the add
         return scores
 
     def _columns(self, columns: np.ndarray | slice) -> tuple[np.ndarray, sp.csr_matrix]:
@@ -116,19 +123,15 @@ class ContentKNN(Recommender):
         already computed (shared with the model scored alone), they are read instead."""
         if users.shared is not None and id(self) in users.shared:
             return super().column_z_scores(users, columns)
-        dense, sparse = self._scoring_parts()
         column_sum_dense, column_sum_sparse, gram_dense, gram_cross, gram_sparse = self._gram()
-        in_dense = np.asarray(users.history @ dense, dtype=np.float64)
-        in_sparse = (users.history @ sparse).tocsr().astype(np.float64)
-        norms = np.sqrt(np.einsum("ij,ij->i", in_dense, in_dense) + _row_sums(in_sparse.multiply(in_sparse)))
-        scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        total = (in_dense @ column_sum_dense + in_sparse @ column_sum_sparse) * scale
+        profile = self._profile(users)
+        p_dense, p_sparse = profile[0].astype(np.float64), sp.csr_matrix(profile[1], dtype=np.float64)
+        total = p_dense @ column_sum_dense + p_sparse @ column_sum_sparse
         # p G p over the parts: dense G dense + 2 sparse G dense + sparse G sparse.
-        square = (np.einsum("ij,ij->i", in_dense @ gram_dense + 2 * (in_sparse @ gram_cross), in_dense)
-                  + _row_sums(in_sparse.multiply(in_sparse @ gram_sparse))) * scale**2
+        square = (np.einsum("ij,ij->i", p_dense @ gram_dense + 2 * (p_sparse @ gram_cross), p_dense)
+                  + _row_sums(p_sparse.multiply(p_sparse @ gram_sparse)))
         seen = users.history.tocoo()
         seen.sum_duplicates()
-        profile = (in_dense * scale[:, None], (sp.diags(scale) @ in_sparse).toarray())
         seen_scores = self._pair_scores(*profile, seen.row, seen.col)
         rows = len(users.user_ids)
         count = np.maximum(len(self.item_ids) - np.bincount(seen.row, minlength=rows), 1)
@@ -136,7 +139,7 @@ class ContentKNN(Recommender):
         variance = (square - np.bincount(seen.row, np.square(seen_scores), minlength=rows)) / count - mean**2
         # A constant row (no profile: every score 0) has no deviation; cancellation leaves ~1e-16 of the square.
         variance[variance <= 1e-10 * np.abs(square / count)] = 0.0
-        z = self.column_scores(users, columns) - mean.astype(np.float32)[:, None]
+        z = self._scores(profile, columns) - mean.astype(np.float32)[:, None]
         z *= inverse_deviation(np.sqrt(variance))[:, None]
         return z
 
@@ -149,7 +152,7 @@ class ContentKNN(Recommender):
         starts = np.searchsorted(rows, np.arange(profile_dense.shape[0] + 1))
         for row in np.flatnonzero(np.diff(starts)):
             pairs = slice(starts[row], starts[row + 1])
-            out[pairs] = dense[cols[pairs]] @ profile_dense[row].astype(np.float32)
+            out[pairs] = dense[cols[pairs]] @ profile_dense[row]
         if sparse.nnz:
             part = sparse[cols]  # a few title words and a year an item
             pair = np.repeat(np.arange(len(cols)), np.diff(part.indptr))
