@@ -341,9 +341,7 @@ class Hybrid(BlendTuning, Recommender):
                 weight.apply(part)
                 out += part
             else:  # weighed only on the items with too few interactions: those columns alone are scored
-                cols = weight.item_dependent()
-                if self.params["audience_model"]:
-                    cols = cols[self.item_popularity[cols] > 0]  # the untaken ones are placed apart, below
+                cols = np.setdiff1d(weight.item_dependent(), self._placed_apart(), assume_unique=True)
                 part = np.zeros_like(out) if users.shared is not None else None
                 few = model.column_z_scores(users, cols)
                 few *= weight.by_item[:, cols]
@@ -366,9 +364,9 @@ class Hybrid(BlendTuning, Recommender):
         just above the first known item of the top ``new_item_rank`` whose rank's hit rate (the user's
         bucket's, from tuning) is below p. Changes ``out`` in place; returns a (users, items) array, 1 where
         an item was placed (None when nothing was)."""
-        slots, audience = int(self.params["new_item_slots"]), self.params["audience_model"]
-        new = np.flatnonzero(self.item_popularity == 0)
-        if not audience or len(new) == 0 or len(users.user_ids) == 0:
+        slots = int(self.params["new_item_slots"])
+        new = self._placed_apart()
+        if len(new) == 0 or len(users.user_ids) == 0:
             return None
         out[:, new] = -np.inf  # an item nobody has taken is listed by the calibrated placement alone
         curves = self.hit_rates
@@ -416,6 +414,13 @@ class Hybrid(BlendTuning, Recommender):
             out[rows[go], cols] = value
             placed[rows[go], cols] = 1.0
         return placed if placed.any() else None
+
+    def _placed_apart(self) -> np.ndarray:
+        """The columns of the items nobody has taken: with an audience model they are out of the blend's
+        ranking, listed by :meth:`_place_new_items` alone (none without one)."""
+        if not self.params["audience_model"]:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self.item_popularity == 0)
 
     def _audience_of(self, users: UserBlock, columns: np.ndarray) -> np.ndarray:
         """The audience model's scores of ``columns`` only: a block lists and explains a few new items, and
