@@ -42,6 +42,20 @@ class ValidationCase:
     as_history: bool
 
 
+@dataclass
+class CaseView:
+    """What the grid search reads of one validation case: each component's z-scores on the candidate columns
+    (``z``) and the truth there (``relevant``), truth items per user (``n_rel``, over the catalogue), each
+    component's per-user nDCG@k over the catalogue (``singles``) and whether it ranks none of the users
+    (``silent``: no finite, non-zero z-score)."""
+
+    z: list[np.ndarray]
+    relevant: np.ndarray
+    n_rel: np.ndarray
+    singles: list[np.ndarray]
+    silent: list[bool]
+
+
 class BlendTuning:
     """The grid search of :class:`models.hybrid.Hybrid` (its ``params``, ``item_ids`` and the scoring of its
     components)."""
@@ -70,32 +84,22 @@ class BlendTuning:
         weights: dict[int, list[float]] = {b: list(default) for b in range(WARM + 1)}
         tuning: dict[str, dict] = {}
         for case in cases:
-            b, label, known, truth = case.bucket, case.label, case.known, case.truth
+            b, label, truth = case.bucket, case.label, case.truth
             users = np.intersect1d(case.users, truth[USER_ID].unique().to_numpy())
             if len(users) == 0:
                 continue
             progress.detail(f"tuning the blend for {label} validation users")
-            history = known if (case.as_history and known.height) else None
-            seen = self._history_mask(users, known if known.height else None)
-            relevant = self._truth_matrix(users, truth)
-            z = []
-            for name in names:
-                model = components[name]
-                scores = self._align(model, model.score_users(users, history))
-                scores[seen] = -np.inf
-                z.append(standardize_rows(scores))
-            n_rel = relevant.sum(axis=1).astype(np.int64)
+            view = self._case_view(components, users, case)
+            zc, rel_c, n_rel, silent = view.z, view.relevant, view.n_rel, view.silent
+            singles = dict(zip(names, view.singles, strict=True))
             # A component that cannot rank these users at all (e.g. CF with no history) gets no weight,
             # so that ties in the grid do not hand it weight that means nothing.
-            silent = [not np.any(np.where(np.isfinite(zi), zi, 0.0)) for zi in z]
             candidates = [w for w in grid if not any(wi > 0 and quiet for wi, quiet in zip(w, silent, strict=True))]
             candidates = candidates or grid
-            zc, rel_c = self._candidate_view(z, relevant)
             per_user = [self._per_user(sum(wi * zi for wi, zi in zip(w, zc, strict=True) if wi > 0), rel_c, n_rel)
                         for w in candidates]
             results = [float(p.mean()) for p in per_user]
             best = int(np.argmax(results))  # first maximum in grid order: deterministic
-            singles = {name: self._per_user(z[i], relevant, n_rel) for i, name in enumerate(names)}
             audible = [name for i, name in enumerate(names) if not silent[i]] or names
             best_single = max(audible, key=lambda name: (float(singles[name].mean()), -names.index(name)))
             gain = one_sided_gain(per_user[best], singles[best_single], float(self.params["blend_alpha"]),
@@ -167,6 +171,33 @@ class BlendTuning:
         depth = min(int(self.params["new_item_rank"]), blend.shape[1])
         hits = np.take_along_axis(relevant, top_k_indices(blend, depth), axis=1).mean(axis=0)
         return [round(float(v), 6) for v in np.minimum.accumulate(hits)]
+
+    def _case_view(self, components: dict, users: np.ndarray, case: ValidationCase) -> CaseView:
+        """Each component's z-scores of one case's ``users`` (the items they have seen masked), reduced to what
+        the tuning reads, a block of users at a time: the candidate view (:meth:`_candidate_view`), each
+        component's per-user nDCG@k over the catalogue and whether it ranks anyone. A block holds
+        ``block_users`` users, so memory is one scoring block per component, not every validation user's
+        catalogue per component (3,000 users x 200k items x 7 components: 17 GB)."""
+        known = case.known
+        history = known if (case.as_history and known.height) else None
+        parts: list[CaseView] = []
+        for start in range(0, len(users), self.block_users):
+            block = users[start:start + self.block_users]
+            seen = self._history_mask(block, known if known.height else None)
+            relevant = self._truth_matrix(block, case.truth)
+            z = []
+            for model in components.values():
+                scores = self._align(model, model.score_users(block, history))
+                scores[seen] = -np.inf
+                z.append(standardize_rows(scores))
+            n_rel = relevant.sum(axis=1).astype(np.int64)
+            zc, rel_c = self._candidate_view(z, relevant)
+            parts.append(CaseView(zc, rel_c, n_rel, [self._per_user(zi, relevant, n_rel) for zi in z],
+                                  [not np.any(np.isfinite(zi) & (zi != 0)) for zi in z]))
+        return CaseView([np.concatenate([p.z[i] for p in parts]) for i in range(len(components))],
+                        np.concatenate([p.relevant for p in parts]), np.concatenate([p.n_rel for p in parts]),
+                        [np.concatenate([p.singles[i] for p in parts]) for i in range(len(components))],
+                        [all(p.silent[i] for p in parts) for i in range(len(components))])
 
     def _candidate_view(self, z: list[np.ndarray], relevant: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         """The grid search's columns: per user, the union of every component's top ``tune_candidates`` items.

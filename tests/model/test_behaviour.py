@@ -243,3 +243,34 @@ def test_where_ease_leaves_items_out_als_joins_the_blend_and_lifts_it(planted, t
         "[]"]["why"]
     lift = paired_lift(per_user["['als']"], per_user["[]"], bootstrap_indices(len(users), 1000, 0))
     assert lift[1] > 0, lift
+
+
+@pytest.mark.parametrize("candidates", [5, 100])
+def test_the_blend_is_tuned_the_same_whatever_the_users_scored_at_once(small_data, monkeypatch, candidates):
+    """The tuning reads its validation users a scoring block at a time, so its memory is one block per component
+    (3,000 users x 200k items x 7 components at once would be 17 GB): the grid's choice, every reported nDCG and
+    the hit rates by rank are those of the users scored at once (100 candidates: every item of the catalogue is
+    a column; 5: the candidate view)."""
+    train, uf, itf, _ = small_data
+    fold = carve_validation(train, 0.25, seed=2)
+    components = {c: fit_model(c, fold.train, uf, itf, seed=2) for c in Hybrid.needed_components()}
+
+    def tuning() -> dict:
+        hybrid = build("hybrid", grid_step=0.25, tune_candidates=candidates).use_components(components)
+        return hybrid.use_validation(fold.cases).fit(fold.train, uf, itf, seed=2).tuning
+
+    at_once = tuning()
+    users = max(len(np.intersect1d(case.users, case.truth["user_id"].unique().to_numpy())) for case in fold.cases)
+    monkeypatch.setattr(Hybrid, "block_users", property(lambda self: 7))
+    assert users > 3 * 7  # the largest case is read in several blocks
+    in_blocks = tuning()
+    assert in_blocks.keys() == at_once.keys()
+    for label, tuned in at_once.items():
+        if label == "blend":
+            assert in_blocks[label] == tuned
+            continue
+        assert in_blocks[label]["weights"] == tuned["weights"], label
+        assert in_blocks[label]["chosen"] == tuned["chosen"], label
+        assert in_blocks[label]["hit_rate_by_rank"] == pytest.approx(tuned["hit_rate_by_rank"], abs=1e-6), label
+        assert in_blocks[label]["ndcg_blend"] == pytest.approx(tuned["ndcg_blend"], abs=1e-6), label
+        assert in_blocks[label]["ndcg_components"] == pytest.approx(tuned["ndcg_components"], abs=1e-6), label
