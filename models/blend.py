@@ -56,6 +56,13 @@ class CaseView:
     silent: list[bool]
 
 
+def _rows_between(frame: pl.DataFrame, low: int, high: int) -> pl.DataFrame:
+    """The rows of ``frame`` (sorted by user) whose user is in [low, high]: a block's rows, read without a scan."""
+    users = frame[USER_ID].to_numpy()
+    start, stop = np.searchsorted(users, low, side="left"), np.searchsorted(users, high, side="right")
+    return frame.slice(int(start), int(stop - start))
+
+
 class BlendTuning:
     """The grid search of :class:`models.hybrid.Hybrid` (its ``params``, ``item_ids`` and the scoring of its
     components)."""
@@ -178,13 +185,14 @@ class BlendTuning:
         component's per-user nDCG@k over the catalogue and whether it ranks anyone. A block holds
         ``block_users`` users, so memory is one scoring block per component, not every validation user's
         catalogue per component (3,000 users x 200k items x 7 components: 17 GB)."""
-        known = case.known
-        history = known if (case.as_history and known.height) else None
+        known, truth = case.known.sort(USER_ID), case.truth.sort(USER_ID)  # each block reads its own rows
         parts: list[CaseView] = []
         for start in range(0, len(users), self.block_users):
             block = users[start:start + self.block_users]
-            seen = self._history_mask(block, known if known.height else None)
-            relevant = self._truth_matrix(block, case.truth)
+            mine = _rows_between(known, block[0], block[-1])
+            history = mine if (case.as_history and mine.height) else None
+            seen = self._history_mask(block, mine if mine.height else None)
+            relevant = self._truth_matrix(block, _rows_between(truth, block[0], block[-1]))
             z = []
             for model in components.values():
                 scores = self._align(model, model.score_users(block, history))
