@@ -28,11 +28,97 @@ def ndcg_at_k(scores: np.ndarray, relevant: np.ndarray, k: int, n_relevant: np.n
 
 
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best scores per row, best first (stable: ties keep column order)."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    """Indices of the k best scores per row, best first, ties in column order: exactly the first k of each row
+    sorted by (score desc, column asc), found as the published top-N finds them (:func:`best_of_rows`), so the
+    blend is tuned on the rankings that are served. A NaN ranks below every number, -inf included."""
+    b, n_items = scores.shape
+    k = min(k, n_items)
+    if b == 0 or k == 0:
+        return np.zeros((b, k), dtype=np.intp)
+    rows, cols, _, rank = best_of_rows(scores, k, np.arange(n_items, dtype=np.int64))
+    if len(rows) < b * k:  # only a row with NaNs has fewer candidates than k: its NaNs ranked last
+        short = np.flatnonzero(np.bincount(rows, minlength=b) < k)
+        out = np.zeros((b, k), dtype=np.intp)
+        done = ~np.isin(rows, short)
+        out[rows[done], rank[done]] = cols[done]
+        for r in short:
+            out[r] = np.lexsort((np.arange(n_items), -np.nan_to_num(scores[r], nan=-np.inf), np.isnan(scores[r])))[:k]
+        return out
+    out = np.empty((b, k), dtype=np.intp)
+    out[rows, rank] = cols
+    return out
+
+
+CROWDED = 64  # a row with more than this many candidates per list place is settled exactly
+SAMPLE_STEP = 16  # the n-th best score's lower bound is read off every SAMPLE_STEP-th column
+
+
+def best_of_rows(scores: np.ndarray, n: int, tiebreak: np.ndarray):
+    """Each row's n best entries ordered exactly by (score desc, ``tiebreak`` asc): ``(rows, cols, values,
+    rank)``, rows ascending and rank 0..n-1 within a row (fewer where a row has NaNs; non-finite scores are
+    entries like any other, the caller drops them if it lists only finite ones).
+
+    ``np.partition`` of a sample of the columns bounds each row's n-th best score from below; every item at or
+    above the bound is a candidate; a row with too many (ties: a row with no signal, e.g. CF for a user without
+    history, ties everywhere) takes its exact n-th best, every item better than it and, of the items tied with
+    it, the n with the best tie-break rank: its candidates stay n, not the catalogue. One ``lexsort`` over the
+    block's candidates orders them by row, score and tie-break rank. Memory stays within the block.
+    """
+    b, n_items = scores.shape
+    bound = _nth_best_at_most(scores, n)
+    candidate = scores >= bound[:, None]
+    # Rows are counted one by one only when the block has more candidates than the sample bound lets through
+    # untied (about 16 n a row): one count over the block is a tenth of the time of a count per row.
+    crowded = (np.flatnonzero(np.count_nonzero(candidate, axis=1) > CROWDED * n)
+               if np.count_nonzero(candidate) > 2 * SAMPLE_STEP * n * b else ())
+    if len(crowded):  # many items tied with the n-th (or at the bound): the exact n-th, and the n best-ranked ties
+        sub = scores[crowded]
+        exact = np.partition(sub, n_items - n, axis=1)[:, n_items - n, None]
+        tied = sub == exact
+        best_tied = np.argpartition(np.where(tied, tiebreak[None, :], np.iinfo(np.int64).max), n - 1, axis=1)[:, :n]
+        keep = sub > exact
+        at = np.arange(len(crowded))[:, None]
+        keep[at, best_tied] |= tied[at, best_tied]
+        candidate[crowded] = keep
+    flat = np.flatnonzero(candidate)  # 10x faster than a 2-d np.nonzero over the block
+    rows = flat // n_items
+    cols = flat - rows * n_items
+    values = scores.ravel()[flat] if scores.flags.c_contiguous else scores[rows, cols]  # 1-d: 4x faster
+    rows, cols, values = _at_least_nth(rows, cols, values, b, n)
+    order = np.lexsort((tiebreak[cols], -values, rows))
+    rows, cols, values = rows[order], cols[order], values[order]
+    starts = np.searchsorted(rows, np.arange(b))
+    rank = np.arange(len(rows)) - starts[rows]
+    keep = rank < n
+    return rows[keep], cols[keep], values[keep], rank[keep]
+
+
+def _nth_best_at_most(scores: np.ndarray, n: int) -> np.ndarray:
+    """Per row, a score at most its n-th best: the n-th best of every k-th column (a sixteenth of them, at least
+    32 n), or on narrow rows the n-th best itself. Partitioning the sample instead of the row is 16x less
+    selection; the extra candidates it lets through (about 16 n a row) are settled by :func:`_at_least_nth`."""
+    n_items = scores.shape[1]
+    step = n_items // max(n_items // SAMPLE_STEP, 32 * n)
+    if step < 2:
+        return np.partition(scores, n_items - n, axis=1)[:, n_items - n]
+    sample = scores[:, ::step]
+    return np.partition(sample, sample.shape[1] - n, axis=1)[:, sample.shape[1] - n]
+
+
+def _at_least_nth(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, b: int, n: int):
+    """The candidates (``rows`` ascending) whose value is at least their row's n-th best candidate value: the
+    candidates' exact bound, found in a (rows x most candidates) matrix, so the sort that follows sees about n a
+    row instead of the sample bound's ~16 n."""
+    starts = np.searchsorted(rows, np.arange(b + 1))
+    counts = np.diff(starts)
+    width = int(counts.max()) if b else 0
+    if width <= 2 * n:
+        return rows, cols, values
+    padded = np.full((b, width), -np.inf, dtype=values.dtype)
+    padded[rows, np.arange(len(rows)) - starts[rows]] = values
+    nth = np.partition(padded, width - n, axis=1)[:, width - n]
+    keep = values >= nth[rows]
+    return rows[keep], cols[keep], values[keep]
 
 
 def standardize_rows(scores: np.ndarray, exclude: sp.spmatrix | None = None, fill: float = -np.inf) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from models.ranking import best_of_rows
 from models.tiled import scoring_pool
 from recsys import progress, schema
 from recsys.schema import ITEM_ID, USER_ID
@@ -248,15 +249,9 @@ def merge_best_users(candidates: pl.DataFrame, m: int) -> pl.DataFrame:
 
 def top_n(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray,
            tiebreak: np.ndarray) -> pl.DataFrame:
-    """The n best items per row, ordered exactly by (score desc, tiebreak asc).
-
-    ``np.partition`` of a sample of the columns bounds each row's n-th best score from below; every item at or
-    above the bound is a candidate; a row with too many (ties: a row with no signal, e.g. CF for a user without
-    history, ties everywhere) takes its exact n-th best, every item better than it and, of the items tied with
-    it, the n with the best tie-break rank: its candidates stay n, not the catalogue. One ``lexsort`` over the block's
-    candidates orders them by row, score and tie-break rank. Halves of a large block run on the scoring
-    threads (numpy releases the GIL). Memory stays within the block.
-    """
+    """The n best items per row, ordered exactly by (score desc, tiebreak asc), as
+    :func:`models.ranking.best_of_rows` finds them; halves of a large block run on the scoring threads (numpy
+    releases the GIL). Non-finite scores (seen items, items a model cannot score) are not listed."""
     b = scores.shape[0]
     n = min(n, scores.shape[1])
     if b == 0 or n == 0:
@@ -269,66 +264,10 @@ def top_n(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray
     return pl.concat(list(parts))
 
 
-CROWDED = 64  # a row with more than this many candidates per list place is settled exactly
-SAMPLE_STEP = 16  # the n-th best score's lower bound is read off every SAMPLE_STEP-th column
-
-
-def _nth_best_at_most(scores: np.ndarray, n: int) -> np.ndarray:
-    """Per row, a score at most its n-th best: the n-th best of every k-th column (a sixteenth of them, at least
-    32 n), or on narrow rows the n-th best itself. Partitioning the sample instead of the row is 16x less
-    selection; the extra candidates it lets through (about 16 n a row) are settled by :func:`_at_least_nth`."""
-    n_items = scores.shape[1]
-    step = n_items // max(n_items // SAMPLE_STEP, 32 * n)
-    if step < 2:
-        return np.partition(scores, n_items - n, axis=1)[:, n_items - n]
-    sample = scores[:, ::step]
-    return np.partition(sample, sample.shape[1] - n, axis=1)[:, sample.shape[1] - n]
-
-
-def _at_least_nth(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, b: int, n: int):
-    """The candidates (``rows`` ascending) whose value is at least their row's n-th best candidate value: the
-    candidates' exact bound, found in a (rows x most candidates) matrix, so the sort that follows sees about n a
-    row instead of the sample bound's ~16 n."""
-    starts = np.searchsorted(rows, np.arange(b + 1))
-    counts = np.diff(starts)
-    width = int(counts.max()) if b else 0
-    if width <= 2 * n:
-        return rows, cols, values
-    padded = np.full((b, width), -np.inf, dtype=values.dtype)
-    padded[rows, np.arange(len(rows)) - starts[rows]] = values
-    nth = np.partition(padded, width - n, axis=1)[:, width - n]
-    keep = values >= nth[rows]
-    return rows[keep], cols[keep], values[keep]
-
-
 def _top_n_rows(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray,
                 tiebreak: np.ndarray) -> pl.DataFrame:
-    b, n_items = scores.shape
-    bound = _nth_best_at_most(scores, n)
-    candidate = scores >= bound[:, None]
-    # Rows are counted one by one only when the block has more candidates than the sample bound lets through
-    # untied (about 16 n a row): one count over the block is a tenth of the time of a count per row.
-    crowded = (np.flatnonzero(np.count_nonzero(candidate, axis=1) > CROWDED * n)
-               if np.count_nonzero(candidate) > 2 * SAMPLE_STEP * n * b else ())
-    if len(crowded):  # many items tied with the n-th (or at the bound): the exact n-th, and the n best-ranked ties
-        sub = scores[crowded]
-        exact = np.partition(sub, n_items - n, axis=1)[:, n_items - n, None]
-        tied = sub == exact
-        best_tied = np.argpartition(np.where(tied, tiebreak[None, :], np.iinfo(np.int64).max), n - 1, axis=1)[:, :n]
-        keep = sub > exact
-        at = np.arange(len(crowded))[:, None]
-        keep[at, best_tied] |= tied[at, best_tied]
-        candidate[crowded] = keep
-    flat = np.flatnonzero(candidate)  # 10x faster than a 2-d np.nonzero over the block
-    rows = flat // n_items
-    cols = flat - rows * n_items
-    values = scores.ravel()[flat] if scores.flags.c_contiguous else scores[rows, cols]  # 1-d: 4x faster
-    rows, cols, values = _at_least_nth(rows, cols, values, b, n)
-    order = np.lexsort((tiebreak[cols], -values, rows))
-    rows, cols, values = rows[order], cols[order], values[order]
-    starts = np.searchsorted(rows, np.arange(b))
-    rank = np.arange(len(rows)) - starts[rows]
-    keep = (rank < n) & np.isfinite(values)  # a user who has seen almost everything gets a shorter list
+    rows, cols, values, rank = best_of_rows(scores, n, tiebreak)
+    keep = np.isfinite(values)  # a user who has seen almost everything gets a shorter list
     return pl.DataFrame({
         USER_ID: user_ids[rows[keep]],
         ITEM_ID: item_ids[cols[keep]],

@@ -170,6 +170,36 @@ def test_top_n_orders_planted_ties_exactly_by_score_then_tiebreak_rank():
 
 
 @pytest.mark.parametrize("n_items", [40, 3_000, 50_000])
+@pytest.mark.parametrize("k", [1, 10, 100])
+def test_top_k_indices_is_the_full_sort_of_each_row_ties_in_column_order(n_items, k):
+    """The tuning's top-k (each component's candidates, every nDCG) is exactly the first k of each row sorted by
+    (score desc, column asc), as served: distinct scores, heavy ties, one tie everywhere, masked items, rows with
+    fewer than k finite scores, and NaNs (below every number, -inf included). argpartition chose among ties at
+    the k-th place as its algorithm happened to leave them."""
+    from models.ranking import top_k_indices
+
+    rng = np.random.default_rng(n_items + k)
+    rows = 40
+    scores = rng.standard_normal((rows, n_items)).astype(np.float32)
+    scores[:, ::7] = -np.inf  # seen items
+    scores[:4] = 0.0  # no signal: ties everywhere
+    scores[4:12] = np.round(scores[4:12] * 2) / 2  # a few distinct values, many tied
+    scores[12:16] = -np.inf
+    scores[12:16, :3] = 1.0  # seen almost everything
+    scores[16:20] = np.where(rng.random((4, n_items)) < 0.9, -np.inf, scores[16:20])
+    scores[20:22, ::3] = np.nan  # a model's NaNs, among numbers
+    scores[22] = np.nan
+    scores[22, 5:7] = -np.inf
+    scores[23, : n_items // 2] = np.nan
+    top = top_k_indices(scores, k)
+    assert top.shape == (rows, min(k, n_items))
+    columns = np.arange(n_items)
+    for r in range(rows):
+        expected = np.lexsort((columns, -np.nan_to_num(scores[r], nan=-np.inf), np.isnan(scores[r])))[:k]
+        assert top[r].tolist() == expected.tolist(), r
+
+
+@pytest.mark.parametrize("n_items", [40, 3_000, 50_000])
 @pytest.mark.parametrize("n", [1, 10, 50])
 @pytest.mark.parametrize("tied_rows", [8, 1])
 def test_top_n_on_wide_rows_is_the_full_sort_of_each_row(n_items, n, tied_rows):
