@@ -191,13 +191,17 @@ class BlendTuning:
             block = users[start:start + self.block_users]
             mine = _rows_between(known, block[0], block[-1])
             history = mine if (case.as_history and mine.height) else None
-            seen = self._history_mask(block, mine if mine.height else None)
+            known_matrix = self._history_matrix(block, mine if mine.height else None)
+            seen = known_matrix.toarray() > 0
             relevant = self._truth_matrix(block, _rows_between(truth, block[0], block[-1]))
             z = []
             for model in components.values():
-                scores = self._align(model, model.score_users(block, history))
-                scores[seen] = -np.inf
-                z.append(standardize_rows(scores))
+                # Standardised as the served blend standardises it (Hybrid.score_block): over the items the
+                # user has not seen, an item the component cannot score at 0; then the seen items masked.
+                zi = standardize_rows(self._align(model, model.score_users(block, history)), exclude=known_matrix,
+                                      fill=0.0)
+                zi[seen] = -np.inf
+                z.append(zi)
             n_rel = relevant.sum(axis=1).astype(np.int64)
             zc, rel_c = self._candidate_view(z, relevant)
             parts.append(CaseView(zc, rel_c, n_rel, [self._per_user(zi, relevant, n_rel) for zi in z],
@@ -230,9 +234,6 @@ class BlendTuning:
     def _per_user(self, z: np.ndarray, relevant: np.ndarray, n_rel: np.ndarray) -> np.ndarray:
         """Each validation user's nDCG@k of the ranking ``z`` (columns aligned with ``relevant``)."""
         return ndcg_at_k(z, relevant, self.params["k"], n_rel)
-
-    def _history_mask(self, users: np.ndarray, history: pl.DataFrame | None) -> np.ndarray:
-        return self._history_matrix(users, history).toarray() > 0
 
     def _truth_matrix(self, users: np.ndarray, truth: pl.DataFrame) -> np.ndarray:
         return self._history_matrix(users, truth).toarray() > 0

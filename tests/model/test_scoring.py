@@ -12,12 +12,13 @@ from polars.testing import assert_frame_equal
 
 import models.base
 from models.ease import DEFAULT_MAX_ITEMS, memory_item_cap
-from models.hybrid import MixWeight
+from models.hybrid import Hybrid, MixWeight
 from models.ranking import standardize_rows
-from models.registry import load
+from models.registry import build, load
 from models.serving import BestUsers, merge_best_users, recommend_together
 from models.tiled import TILE, TiledMatrix
 from tasks.publish import score_step
+from tasks.split import carve_validation
 
 
 @pytest.mark.parametrize("n_cols", [1, 300, 2 * TILE, 2 * TILE + 7])
@@ -77,7 +78,7 @@ def test_a_hybrid_scored_with_its_components_scores_each_once_and_matches(small_
 
 def test_a_hybrid_standardises_each_component_over_the_unseen_items_as_its_tuning_does(small_data):
     """Served scores are the tuned blend of each component's z-scores with the user's seen items left out of
-    the mean and deviation (tuning masks them first); counting them, as CF models score them highest, gives
+    the mean and deviation (as when the blend is tuned); counting them, as CF models score them highest, gives
     other scores and another ranking."""
     train, uf, itf, cold = small_data
     hybrid = fit_model("hybrid", train, uf, itf, seed=3)
@@ -100,6 +101,31 @@ def test_a_hybrid_standardises_each_component_over_the_unseen_items_as_its_tunin
     np.testing.assert_allclose(served[~seen], blend(mask_first=True)[~seen], rtol=1e-4, atol=1e-4)
     counting_seen = blend(mask_first=False)
     assert np.abs(counting_seen[~seen] - served[~seen]).max() > 0.05
+
+
+def test_the_blend_is_tuned_on_the_z_scores_it_is_served_with(small_data):
+    """Each validation case's component z-scores, as the tuning reads them, are bit for bit those the served
+    blend adds (Hybrid.score_block: standardised over the unseen items, 0 where a component cannot score an
+    item), the seen items masked: warm users (their training items seen) and cold users with revealed items.
+    Standardising after masking gave other roundings (and -inf where serving adds 0)."""
+    train, uf, itf, _ = small_data
+    fold = carve_validation(train, 0.25, seed=2)
+    components = {c: fit_model(c, fold.train, uf, itf, seed=2) for c in Hybrid.needed_components()}
+    hybrid = build("hybrid", grid_step=0.5, tune_candidates=10**6).use_components(components)
+    hybrid = hybrid.use_validation(fold.cases).fit(fold.train, uf, itf, seed=2)
+    cases = [case for case in fold.cases if case.truth.height]
+    assert {case.as_history for case in cases} == {True, False}
+    for case in cases:
+        users = np.intersect1d(case.users, case.truth["user_id"].unique().to_numpy())[:30]
+        view = hybrid._case_view(hybrid.components, users, case)
+        known = case.known.filter(pl.col("user_id").is_in(users))
+        block = hybrid._user_block(users, hybrid._history_matrix(users, known if case.as_history else None))
+        seen = hybrid._history_matrix(users, known).toarray() > 0
+        assert np.array_equal(seen, block.history.toarray() > 0), case.label  # warm: the training items
+        for name, z in zip(hybrid.components, view.z, strict=True):
+            served = standardize_rows(hybrid.components[name].block_scores(block), exclude=block.history, fill=0.0)
+            assert np.array_equal(z[~seen], served[~seen]), (case.label, name)
+            assert np.isneginf(z[seen]).all(), (case.label, name)
 
 
 @pytest.mark.parametrize("model_name", ["content_knn", "genre_year"])
