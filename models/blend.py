@@ -204,7 +204,7 @@ class BlendTuning:
                 z.append(zi)
             n_rel = relevant.sum(axis=1).astype(np.int64)
             zc, rel_c = self._candidate_view(z, relevant)
-            parts.append(CaseView(zc, rel_c, n_rel, [self._per_user(zi, relevant, n_rel) for zi in z],
+            parts.append(CaseView(zc, rel_c, n_rel, [self._per_user(zi, relevant, n_rel, self.tiebreak) for zi in z],
                                   [not np.any(np.isfinite(zi) & (zi != 0)) for zi in z]))
         return CaseView([np.concatenate([p.z[i] for p in parts]) for i in range(len(components))],
                         np.concatenate([p.relevant for p in parts]), np.concatenate([p.n_rel for p in parts]),
@@ -212,16 +212,20 @@ class BlendTuning:
                         [all(p.silent[i] for p in parts) for i in range(len(components))])
 
     def _candidate_view(self, z: list[np.ndarray], relevant: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """The grid search's columns: per user, the union of every component's top ``tune_candidates`` items.
+        """The grid search's columns: per user, the union of every component's top ``tune_candidates`` items,
+        in the served tie-break order (more popular first, then the lower id), so that a blend's ties break
+        on these columns as in the published lists.
 
         A blend of z-scores ranks an item in its top k only if some component ranks it high, so the grid
-        runs on a few hundred columns instead of the catalogue (at 27k items, 60x less work a weighting).
-        Columns are in item order, so ties break as in the full search; repeats are masked out.
+        runs on a few hundred columns instead of the catalogue (at 27k items, 60x less work a weighting);
+        a catalogue of fewer items is every column, reordered. Repeats are masked out.
         """
         c = int(self.params["tune_candidates"])
         if c * len(z) >= z[0].shape[1]:
-            return z, relevant
-        cand = np.sort(np.concatenate([top_k_indices(zi, c) for zi in z], axis=1), axis=1)
+            order = np.argsort(self.tiebreak)
+            return [zi[:, order] for zi in z], relevant[:, order]
+        cand = np.concatenate([top_k_indices(zi, c, self.tiebreak) for zi in z], axis=1)
+        cand = np.take_along_axis(cand, np.argsort(self.tiebreak[cand], axis=1, kind="stable"), axis=1)
         repeat = np.zeros(cand.shape, dtype=bool)
         repeat[:, 1:] = cand[:, 1:] == cand[:, :-1]
         zc = []
@@ -231,9 +235,11 @@ class BlendTuning:
             zc.append(view)
         return zc, np.take_along_axis(relevant, cand, axis=1) & ~repeat
 
-    def _per_user(self, z: np.ndarray, relevant: np.ndarray, n_rel: np.ndarray) -> np.ndarray:
-        """Each validation user's nDCG@k of the ranking ``z`` (columns aligned with ``relevant``)."""
-        return ndcg_at_k(z, relevant, self.params["k"], n_rel)
+    def _per_user(self, z: np.ndarray, relevant: np.ndarray, n_rel: np.ndarray,
+                  tiebreak: np.ndarray | None = None) -> np.ndarray:
+        """Each validation user's nDCG@k of the ranking ``z`` (columns aligned with ``relevant``; ties in
+        ``tiebreak`` order, default the columns', which the candidate view puts in the served order)."""
+        return ndcg_at_k(z, relevant, self.params["k"], n_rel, tiebreak)
 
     def _truth_matrix(self, users: np.ndarray, truth: pl.DataFrame) -> np.ndarray:
         return self._history_matrix(users, truth).toarray() > 0

@@ -20,29 +20,32 @@ def ndcg_from_hits(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
     return np.divide(dcg, idcg, out=np.zeros_like(dcg, dtype=np.float64), where=idcg > 0)
 
 
-def ndcg_at_k(scores: np.ndarray, relevant: np.ndarray, k: int, n_relevant: np.ndarray | None = None) -> np.ndarray:
+def ndcg_at_k(scores: np.ndarray, relevant: np.ndarray, k: int, n_relevant: np.ndarray | None = None,
+              tiebreak: np.ndarray | None = None) -> np.ndarray:
     """Per-user nDCG@k of the ranking ``scores`` against the boolean ``relevant`` (same columns);
-    ``n_relevant``: each user's relevant count where ``relevant`` shows only some columns (default its row sums)."""
-    hits = np.take_along_axis(relevant, top_k_indices(scores, k), axis=1).astype(np.float64)
+    ``n_relevant``: each user's relevant count where ``relevant`` shows only some columns (default its row sums);
+    ``tiebreak``: the order of tied scores (:func:`top_k_indices`)."""
+    hits = np.take_along_axis(relevant, top_k_indices(scores, k, tiebreak), axis=1).astype(np.float64)
     return ndcg_from_hits(hits, relevant.sum(axis=1) if n_relevant is None else n_relevant)
 
 
-def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best scores per row, best first, ties in column order: exactly the first k of each row
-    sorted by (score desc, column asc), found as the published top-N finds them (:func:`best_of_rows`), so the
-    blend is tuned on the rankings that are served. A NaN ranks below every number, -inf included."""
+def top_k_indices(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the k best scores per row, best first: exactly the first k of each row sorted by (score desc,
+    ``tiebreak`` asc; default: column order), found as the published top-N finds them (:func:`best_of_rows`),
+    so a blend is tuned on the rankings that are served. A NaN ranks below every number, -inf included."""
     b, n_items = scores.shape
     k = min(k, n_items)
     if b == 0 or k == 0:
         return np.zeros((b, k), dtype=np.intp)
-    rows, cols, _, rank = best_of_rows(scores, k, np.arange(n_items, dtype=np.int64))
+    tiebreak = np.arange(n_items, dtype=np.int64) if tiebreak is None else tiebreak
+    rows, cols, _, rank = best_of_rows(scores, k, tiebreak)
     if len(rows) < b * k:  # only a row with NaNs has fewer candidates than k: its NaNs ranked last
         short = np.flatnonzero(np.bincount(rows, minlength=b) < k)
         out = np.zeros((b, k), dtype=np.intp)
         done = ~np.isin(rows, short)
         out[rows[done], rank[done]] = cols[done]
         for r in short:
-            out[r] = np.lexsort((np.arange(n_items), -np.nan_to_num(scores[r], nan=-np.inf), np.isnan(scores[r])))[:k]
+            out[r] = np.lexsort((tiebreak, -np.nan_to_num(scores[r], nan=-np.inf), np.isnan(scores[r])))[:k]
         return out
     out = np.empty((b, k), dtype=np.intp)
     out[rows, rank] = cols

@@ -107,7 +107,8 @@ def test_the_blend_is_tuned_on_the_z_scores_it_is_served_with(small_data):
     """Each validation case's component z-scores, as the tuning reads them, are bit for bit those the served
     blend adds (Hybrid.score_block: standardised over the unseen items, 0 where a component cannot score an
     item), the seen items masked: warm users (their training items seen) and cold users with revealed items.
-    Standardising after masking gave other roundings (and -inf where serving adds 0)."""
+    Standardising after masking gave other roundings (and -inf where serving adds 0). The columns are in the
+    served tie-break order (more popular first), so the grid's ties break as the published lists' do."""
     train, uf, itf, _ = small_data
     fold = carve_validation(train, 0.25, seed=2)
     components = {c: fit_model(c, fold.train, uf, itf, seed=2) for c in Hybrid.needed_components()}
@@ -122,9 +123,12 @@ def test_the_blend_is_tuned_on_the_z_scores_it_is_served_with(small_data):
         block = hybrid._user_block(users, hybrid._history_matrix(users, known if case.as_history else None))
         seen = hybrid._history_matrix(users, known).toarray() > 0
         assert np.array_equal(seen, block.history.toarray() > 0), case.label  # warm: the training items
+        order = np.argsort(hybrid.tiebreak)  # the view's columns: the served tie-break order
+        assert np.array_equal(view.relevant, (hybrid._history_matrix(users, case.truth).toarray() > 0)[:, order])
+        seen = seen[:, order]
         for name, z in zip(hybrid.components, view.z, strict=True):
             served = standardize_rows(hybrid.components[name].block_scores(block), exclude=block.history, fill=0.0)
-            assert np.array_equal(z[~seen], served[~seen]), (case.label, name)
+            assert np.array_equal(z[~seen], served[:, order][~seen]), (case.label, name)
             assert np.isneginf(z[seen]).all(), (case.label, name)
 
 

@@ -171,11 +171,12 @@ def test_top_n_orders_planted_ties_exactly_by_score_then_tiebreak_rank():
 
 @pytest.mark.parametrize("n_items", [40, 3_000, 50_000])
 @pytest.mark.parametrize("k", [1, 10, 100])
-def test_top_k_indices_is_the_full_sort_of_each_row_ties_in_column_order(n_items, k):
+@pytest.mark.parametrize("ranked_ties", [False, True])
+def test_top_k_indices_is_the_full_sort_of_each_row_ties_in_tiebreak_order(n_items, k, ranked_ties):
     """The tuning's top-k (each component's candidates, every nDCG) is exactly the first k of each row sorted by
-    (score desc, column asc), as served: distinct scores, heavy ties, one tie everywhere, masked items, rows with
-    fewer than k finite scores, and NaNs (below every number, -inf included). argpartition chose among ties at
-    the k-th place as its algorithm happened to leave them."""
+    (score desc, tie-break rank asc; column order by default), as served: distinct scores, heavy ties, one tie
+    everywhere, masked items, rows with fewer than k finite scores, and NaNs (below every number, -inf
+    included). argpartition chose among ties at the k-th place as its algorithm happened to leave them."""
     from models.ranking import top_k_indices
 
     rng = np.random.default_rng(n_items + k)
@@ -191,9 +192,10 @@ def test_top_k_indices_is_the_full_sort_of_each_row_ties_in_column_order(n_items
     scores[22] = np.nan
     scores[22, 5:7] = -np.inf
     scores[23, : n_items // 2] = np.nan
-    top = top_k_indices(scores, k)
+    tiebreak = rng.permutation(n_items).astype(np.int64) if ranked_ties else None
+    top = top_k_indices(scores, k, tiebreak)
     assert top.shape == (rows, min(k, n_items))
-    columns = np.arange(n_items)
+    columns = np.arange(n_items) if tiebreak is None else tiebreak
     for r in range(rows):
         expected = np.lexsort((columns, -np.nan_to_num(scores[r], nan=-np.inf), np.isnan(scores[r])))[:k]
         assert top[r].tolist() == expected.tolist(), r
