@@ -79,14 +79,25 @@ def fit_audience(x: np.ndarray, truth: np.ndarray, l2: float, iterations: int = 
     """Weights of a conditional logit over users, one choice set per item: P(user u | item j) is the softmax
     over users of ``x[j, u] @ w``, each (u, j) taken counted as a draw. This is the likelihood of ranking
     users for an item, so what differs between items (an item's overall appeal) does not pull the weights.
-    ``x``: (items, users, features) float; ``truth``: (items, users) bool. Newton steps, float64."""
+    ``x``: (items, users, features) float; ``truth``: (items, users) bool. Newton steps, float64, each halved
+    until the penalised log-likelihood rises (Armijo): a full Newton step from far away can overshoot, and
+    on skewed features (a few very active users) it did, to weights in the thousands; where the full step
+    rises, which is every step of a well-behaved fit, it is taken unchanged."""
     x = x.astype(np.float64)
     counts = truth.sum(axis=1).astype(np.float64)  # draws per item
     taken = np.einsum("ju,juf->f", truth.astype(np.float64), x)
-    w = np.zeros(x.shape[2])
-    for _ in range(iterations):
+
+    def at(w: np.ndarray) -> tuple[np.ndarray, float]:
+        """The scores, shifted per item by their maximum, and the penalised log-likelihood at ``w``."""
         s = x @ w
-        s -= s.max(axis=1, keepdims=True)
+        top = s.max(axis=1, keepdims=True)
+        s -= top
+        log_norm = np.log(np.exp(s).sum(axis=1)) + top.ravel()
+        return s, float(taken @ w - counts @ log_norm - 0.5 * l2 * (w @ w))
+
+    w = np.zeros(x.shape[2])
+    s, value = at(w)
+    for _ in range(iterations):
         p = np.exp(s)
         p /= p.sum(axis=1, keepdims=True)
         mean = np.einsum("ju,juf->jf", p, x)
@@ -94,9 +105,16 @@ def fit_audience(x: np.ndarray, truth: np.ndarray, l2: float, iterations: int = 
         second = np.einsum("ju,juf,jug->jfg", p, x, x) - np.einsum("jf,jg->jfg", mean, mean)
         hessian = np.einsum("j,jfg->fg", counts, second) + l2 * np.eye(len(w))
         step = np.linalg.solve(hessian, gradient)
-        w += step
         if np.max(np.abs(step)) < 1e-8:
+            w += step
             break
+        rise = float(gradient @ step)  # > 0: the Hessian of the negative log-likelihood is positive definite
+        for _ in range(40):
+            trial_s, trial = at(w + step)
+            if trial >= value + 1e-4 * rise:
+                break
+            step, rise = step / 2, rise / 2
+        w, s, value = w + step, trial_s, trial
     return w
 
 
