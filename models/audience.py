@@ -114,6 +114,8 @@ def fit_audience(x: np.ndarray, truth: np.ndarray, l2: float, iterations: int = 
             if trial >= value + 1e-4 * rise:
                 break
             step, rise = step / 2, rise / 2
+        else:
+            break  # no step along Newton's direction rises the likelihood: w is its maximum to float64's precision
         w, s, value = w + step, trial_s, trial
     return w
 
