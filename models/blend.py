@@ -192,7 +192,7 @@ class BlendTuning:
             mine = _rows_between(known, block[0], block[-1])
             history = mine if (case.as_history and mine.height) else None
             known_matrix = self._history_matrix(block, mine if mine.height else None)
-            seen = known_matrix.toarray() > 0
+            seen = known_matrix.nonzero()  # the seen entries' coordinates: no dense mask per block
             relevant = self._truth_matrix(block, _rows_between(truth, block[0], block[-1]))
             z = []
             for model in components.values():
