@@ -28,7 +28,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from models.explain import Explaining
-from models.ranking import standardize_rows
+from models.ranking import served_z_scores
 from models.serving import (
     DEMOGRAPHIC_COLUMNS,
     SCORE_BLOCK_CELLS,
@@ -231,10 +231,10 @@ class Recommender(Explaining, ABC):
 
     def column_z_scores(self, users: UserBlock, columns: np.ndarray) -> np.ndarray:
         """The block's scores of the catalogue ``columns`` as z-scores over each user's unseen items (what a
-        blend adds, :func:`models.ranking.standardize_rows`; 0 where a score is not finite). Default: the whole
+        blend adds, :func:`models.ranking.served_z_scores`; 0 where a score is not finite). Default: the whole
         catalogue scored and standardised; a model that knows its rows' mean and deviation without scoring
         every item scores the columns alone."""
-        return standardize_rows(self.block_scores(users), exclude=users.history, fill=0.0)[:, columns]
+        return served_z_scores(self.block_scores(users), users.history)[:, columns]
 
     def block_scores(self, users: UserBlock) -> np.ndarray:
         """:meth:`score_block`, computed once per block where several models share it (a hybrid and its

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from models.ranking import ndcg_at_k, one_sided_gain, standardize_rows, top_k_indices
+from models.ranking import ndcg_at_k, one_sided_gain, served_z_scores, top_k_indices
 from recsys import progress
 from recsys.schema import USER_ID
 
@@ -196,10 +196,8 @@ class BlendTuning:
             relevant = self._truth_matrix(block, _rows_between(truth, block[0], block[-1]))
             z = []
             for model in components.values():
-                # Standardised as the served blend standardises it (Hybrid.score_block): over the items the
-                # user has not seen, an item the component cannot score at 0; then the seen items masked.
-                zi = standardize_rows(self._align(model, model.score_users(block, history)), exclude=known_matrix,
-                                      fill=0.0)
+                # Standardised as the served blend standardises it; then the seen items masked.
+                zi = served_z_scores(self._align(model, model.score_users(block, history)), known_matrix)
                 zi[seen] = -np.inf
                 z.append(zi)
             n_rel = relevant.sum(axis=1).astype(np.int64)

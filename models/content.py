@@ -119,7 +119,7 @@ class ContentKNN(Recommender):
         shop catalogue). A score is the profile p (unit length) dotted with an item's content row c_i, so over
         the whole catalogue a row's sum is p . sum_i c_i and its sum of squares p G p with G = C^T C, the
         content's Gram matrix (features x features, kept after the first call); the seen items' own scores are
-        taken back out, as :func:`models.ranking.standardize_rows` does. Where the block's full scores are
+        taken back out, as :func:`models.ranking.served_z_scores` does. Where the block's full scores are
         already computed (shared with the model scored alone), they are read instead."""
         if users.shared is not None and id(self) in users.shared:
             return super().column_z_scores(users, columns)

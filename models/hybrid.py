@@ -42,7 +42,7 @@ import scipy.sparse as sp
 from models.base import Recommender
 from models.blend import BlendTuning, ValidationCase, bucket_of
 from models.explain import replace
-from models.ranking import standardize_rows, top_k_indices
+from models.ranking import served_z_scores, top_k_indices
 from models.serving import UserBlock
 from recsys import schema
 from recsys.schema import USER_ID
@@ -336,8 +336,7 @@ class Hybrid(BlendTuning, Recommender):
         for name, weight in self._mix(users):
             model = self.components[name]
             if weight.by_user.any():
-                # An item this component cannot score adds nothing (0).
-                part = standardize_rows(model.block_scores(users), exclude=users.history, fill=0.0)
+                part = served_z_scores(model.block_scores(users), users.history)
                 weight.apply(part)
                 out += part
             else:  # weighed only on the items with too few interactions: those columns alone are scored

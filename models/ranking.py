@@ -172,6 +172,14 @@ def standardize_rows(scores: np.ndarray, exclude: sp.spmatrix | None = None, fil
     return z
 
 
+def served_z_scores(scores: np.ndarray, seen: sp.spmatrix | None) -> np.ndarray:
+    """A component's scores as the blend adds them, wherever the blend is served, tuned or explained: each
+    user's z-scores over the items they have not seen (``seen``, sparse, left out of the row's mean and
+    deviation but standardised with the rest), and 0 for an item the component cannot score (it adds
+    nothing). One convention, so that the tuned weights meet, bit for bit, the z-scores they are served with."""
+    return standardize_rows(scores, exclude=seen, fill=0.0)
+
+
 def inverse_deviation(std: np.ndarray) -> np.ndarray:
     """float32 1 / std per row, 0 for a constant row."""
     return np.divide(1.0, std, out=np.zeros(len(std)), where=std > 1e-12).astype(np.float32)
