@@ -350,3 +350,37 @@ def test_the_audience_weights_reach_the_likelihoods_maximum_on_skewed_features(s
                 - truth.sum(axis=1) @ np.einsum("ju,juf->jf", p, x) - l2 * w)
     assert np.abs(gradient).max() < 1e-3, gradient
     assert np.abs(w).max() < 50, w
+
+
+def test_a_block_scores_each_new_item_s_audience_once_for_placing_and_publishing(eager, held_out, monkeypatch):
+    """A served block reads the audience model twice: the items nobody has taken (to place them in lists),
+    then every item with few interactions (their audiences). The second read scores only the items the first
+    did not, and both return what scoring them afresh does."""
+    split, _, _ = held_out
+    hybrid = eager
+    audience = hybrid.components[hybrid.params["audience_model"]]
+    users = np.sort(split.train["user_id"].unique().to_numpy())[:80]
+    few = np.flatnonzero(hybrid.item_popularity < 5)
+    untaken = np.flatnonzero(hybrid.item_popularity == 0)
+    assert 0 < len(untaken) < len(few)
+    empty = sp.csr_matrix((len(users), len(hybrid.item_ids)), dtype=np.float32)
+    fresh = hybrid._user_block(users, empty)  # noqa: SLF001
+    expected = audience.column_scores(fresh, few)
+
+    scored: list[np.ndarray] = []
+    original = type(audience).column_scores
+
+    def counted(self, users, columns):
+        scored.append(np.asarray(columns))
+        return original(self, users, columns)
+
+    monkeypatch.setattr(type(audience), "column_scores", counted)
+    block = hybrid._user_block(users, empty)  # noqa: SLF001
+    block.shared = {}
+    scores = hybrid.score_block(block)
+    got = hybrid.audience_scores(block, few, scores[:, few])
+    assert sum(len(c) for c in scored) == len(few)  # each column scored once
+    assert np.array_equal(np.sort(np.concatenate(scored)), few)
+    seen = block.history[:, few].toarray() > 0
+    np.testing.assert_allclose(got[~seen], expected[~seen], rtol=1e-6, atol=1e-6)
+    assert np.isneginf(got[seen]).all()
