@@ -286,13 +286,18 @@ def build_new_items(best: pl.DataFrame, frames: Frames, model: str, run_id: str,
 
 
 def gate_frame(recs: pl.DataFrame, interactions: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
-    """The columns the ``recommendations`` suite checks."""
-    seen = interactions.select(USER_ID, ITEM_ID).unique().with_columns(is_seen=pl.lit(True))
+    """The columns the ``recommendations`` suite checks. Which listed pairs a user has seen is read from the
+    interactions that are listed pairs (a semi-join probing the interactions with the lists' pairs), not
+    from every distinct (user, item) of the warehouse: at 30 M interactions that set was 6 GiB and 15 s of the
+    publish step's peak, the lists' 3 M pairs a few MB."""
+    listed = recs.select(USER_ID, ITEM_ID).unique()
+    seen = (interactions.lazy().select(USER_ID, ITEM_ID).join(listed.lazy(), on=[USER_ID, ITEM_ID], how="semi")
+            .unique().with_columns(is_seen=pl.lit(True)).collect())
     known = items.select(ITEM_ID).unique().with_columns(item_known=pl.lit(True))
     return (recs.select(USER_ID, ITEM_ID, "rank", "score", "model", "strategy", "reason_kind", "reason")
             .with_columns(list_length=pl.len().over(USER_ID).cast(pl.Int64))
-            .join(seen, on=[USER_ID, ITEM_ID], how="left")
-            .join(known, on=ITEM_ID, how="left")
+            .join(seen, on=[USER_ID, ITEM_ID], how="left", maintain_order="left")
+            .join(known, on=ITEM_ID, how="left", maintain_order="left")
             .with_columns(pl.col("is_seen").fill_null(False), pl.col("item_known").fill_null(False))
             .with_columns(pl.col("rank").cast(pl.Int64), pl.col("score").cast(pl.Float64)))
 

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.publish import metric_regressions, partition_path, publish_partition, strategy_of
+from tasks.publish import gate_frame, metric_regressions, partition_path, publish_partition, strategy_of
 
 
 def frame(n: int, marker: int) -> pl.DataFrame:
@@ -89,6 +89,25 @@ def test_readers_never_see_a_partial_partition(tmp_path):
 
 def test_strategy_by_history_length():
     assert strategy_of(np.array([0, 1, 4, 5, 100])).tolist() == ["zero_shot", "k_shot", "k_shot", "warm", "warm"]
+
+
+def test_the_gate_frame_marks_seen_and_unknown_items_row_for_row():
+    """The publish gate's frame: one row per listed row, in the lists' order, whatever the interactions hold
+    (a pair taken three times, pairs nobody lists, users with no list); seen pairs and unknown items marked."""
+    recs = pl.DataFrame({"user_id": [3, 3, 3, 1, 1, 7], "item_id": [10, 11, 12, 10, 99, 11], "rank": [1, 2, 3, 1, 2, 1],
+                         "score": [0.9, 0.8, 0.7, 0.5, 0.4, 0.3], "model": "hybrid", "strategy": "warm",
+                         "reason_kind": "popular", "reason": "popular with all users"},
+                        schema_overrides={"rank": pl.Int32, "score": pl.Float32})
+    interactions = pl.DataFrame({"user_id": [3, 3, 3, 1, 1, 5, 7], "item_id": [11, 11, 11, 12, 13, 10, 12],
+                                 "rating": 1.0, "ts": range(7)})
+    items = pl.DataFrame({"item_id": [10, 11, 12, 13], "title": ["a", "b", "c", "d"]})
+    frame = gate_frame(recs, interactions, items)
+    listed = recs.select("user_id", "item_id", pl.col("rank").cast(pl.Int64))
+    assert frame.select("user_id", "item_id", "rank").equals(listed)
+    assert frame["is_seen"].to_list() == [False, True, False, False, False, False]
+    assert frame["item_known"].to_list() == [True, True, True, True, False, True]
+    assert frame["list_length"].to_list() == [3, 3, 3, 2, 2, 1]
+    assert frame.schema["score"] == pl.Float64
 
 
 def metrics(value: float) -> pl.DataFrame:
