@@ -17,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-from recsys.errors import WarehouseBusyError
+from recsys.errors import ConfigError, WarehouseBusyError
 from recsys.settings import Settings
 
 
@@ -114,6 +114,12 @@ def connect(settings: Settings, read_only: bool = False) -> Warehouse:
             time.sleep(0.5)
     # Epoch seconds and ISO strings mean UTC, whatever the machine's zone.
     con.execute("set TimeZone = 'UTC'")
+    try:
+        con.execute("set memory_limit = $limit", {"limit": settings.warehouse_memory_limit})
+    except duckdb.Error as exc:
+        con.close()
+        raise ConfigError(f"RECSYS_WAREHOUSE_MEMORY_LIMIT={settings.warehouse_memory_limit!r} is not a memory size "
+                          f"DuckDB reads ({str(exc).splitlines()[0][:160]}); write it as 4GB or 512MB") from exc
     wh = Warehouse(con, settings.sql_dir)
     if not read_only:
         migrate(wh)

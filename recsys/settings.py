@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     lock_wait_seconds: float = Field(0.0, description="How long a run waits for another run on the same home.")
     connect_wait_seconds: float = Field(60.0, description="How long a connection waits for a reader to let go.")
 
+    warehouse_memory_limit: str = Field("4GB", description="DuckDB's memory_limit on the warehouse connection: "
+                                        "its buffer pool (cached table blocks, sorts, joins), which spills to "
+                                        "the warehouse's .tmp folder beyond it. DuckDB's own default, 80% of the "
+                                        "machine, let the ingest of 30 M interactions hold 8 GiB beside the "
+                                        "night's arrays in the same process.")
     sql_timeout_seconds: float = Field(60.0, ge=0, description="recsys sql: a query running longer is stopped (0: "
                                        "no limit).")
     sql_memory_limit: str = Field("2GB", description="recsys sql: DuckDB's memory_limit for a query (it does not "

@@ -34,3 +34,24 @@ def test_a_registered_frame_is_visible_inside_the_block_only(con):
         assert con.scalar("select sum(x) from frame") == 6
     with pytest.raises(Exception, match="frame"):
         con.scalar("select sum(x) from frame")
+
+
+def test_the_warehouse_holds_to_its_memory_limit_and_spills_a_larger_sort(tmp_path):
+    """RECSYS_WAREHOUSE_MEMORY_LIMIT bounds DuckDB's buffer pool in the night's process (DuckDB's default is 80%
+    of the machine); a sort larger than it still completes, spilling next to the warehouse; a size DuckDB
+    cannot read stops at connect with the setting's name."""
+    from recsys import db
+    from recsys.errors import ConfigError
+    from recsys.settings import Settings
+
+    settings = Settings(home=tmp_path / "home", warehouse_memory_limit="64MB")
+    with db.warehouse(settings) as wh:
+        assert wh.scalar("select current_setting('memory_limit')") == "61.0 MiB"
+        wh.execute("create table t as select (i * 7919) % 3000017 as x, repeat('v', 40) as pad "
+                   "from range(3000000) r(i)")
+        wh.execute("create table s as select * from t order by x, pad")
+        assert wh.scalar("select count(*) from s") == 3_000_000
+        assert wh.scalar("select count(*) from (select x, lag(x) over (order by rowid) as before from s) "
+                         "where x < before") == 0
+    with pytest.raises(ConfigError, match="RECSYS_WAREHOUSE_MEMORY_LIMIT='lots'"):
+        db.connect(Settings(home=tmp_path / "home", warehouse_memory_limit="lots"))
