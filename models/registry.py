@@ -8,7 +8,7 @@ from pathlib import Path
 
 from models.als import ALS
 from models.audience import NewItemAudience, NewItemAudienceWithoutText
-from models.base import Recommender
+from models.base import Recommender, SharedFiles
 from models.content import Activity, ContentKNN, GenrePopularity, GenreYear, RandomExposure
 from models.ease import EASE
 from models.hybrid import Hybrid
@@ -43,8 +43,8 @@ def build(name: str, **params) -> Recommender:
 
 
 def load(path: Path) -> Recommender:
-    saved = json.loads((Path(path) / "params.json").read_text())
-    return model_class(saved["model"]).load(path, loader=load)
+    """A saved model; a hybrid's components are loaded with it, sharing what they read alike."""
+    return _LoadOnce()(Path(path))
 
 
 def load_encoding(path: Path) -> Recommender:
@@ -66,10 +66,11 @@ class _LoadOnce:
 
     def __init__(self) -> None:
         self.loaded: dict[Path, Recommender] = {}
+        self.files = SharedFiles()  # the training matrix and encoding the models of one fold hold alike
 
     def __call__(self, path: Path) -> Recommender:
         path = Path(path).resolve()
         if path not in self.loaded:
             saved = json.loads((path / "params.json").read_text())
-            self.loaded[path] = model_class(saved["model"]).load(path, loader=self)
+            self.loaded[path] = model_class(saved["model"]).load(path, loader=self, files=self.files)
         return self.loaded[path]

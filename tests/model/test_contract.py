@@ -109,3 +109,33 @@ def test_loaded_models_are_freed_without_the_cyclic_gc(small_data, tmp_path):
     finally:
         gc.enable()
     assert not alive, f"held by a reference cycle after their last reference went: {alive}"
+
+
+def test_models_of_one_fold_loaded_together_hold_one_copy_of_their_training_data(small_data, tmp_path):
+    """Models saved from the same training data hold byte-identical training matrices and encodings; loaded
+    together (a slice's models, a hybrid and its components) they share one copy. A model trained on other
+    data keeps its own, and each scores as it did before saving."""
+    train, uf, itf, _ = small_data
+    components = {c: fit_model(c, train, uf, itf, seed=3) for c in ("ease", "popularity", "content_knn")}
+    hybrid = (build("hybrid", components=["ease", "popularity"], wide_components=[], audience_model="",
+                    new_item_weights={"content_knn": 1.0})
+              .use_components(components).use_weights({b: [0.5, 0.5] for b in range(WARM + 1)})
+              .fit(train, uf, itf, seed=3))
+    other_train = train.filter(pl.col("user_id") != train["user_id"][0])
+    other = fit_model("popularity", other_train, uf, itf, seed=3)
+    paths = {name: model.save(tmp_path / name) for name, model in
+             {**components, "hybrid": hybrid, "other": other}.items()}
+
+    loaded = load_many(paths)
+    first = loaded["ease"]
+    for name in ("popularity", "content_knn", "hybrid"):
+        assert loaded[name].train is first.train, name
+        assert loaded[name].item_text is first.item_text and loaded[name].item_ids is first.item_ids, name
+    assert loaded["other"].train is not first.train
+    assert loaded["other"].train.nnz < first.train.nnz
+
+    alone = load(paths["hybrid"])  # a hybrid loaded by itself shares with its own components
+    assert all(c.train is alone.train for c in alone.components.values())
+    users = warm_users(small_data)
+    for name, model in {**components, "hybrid": hybrid, "other": other}.items():
+        assert loaded[name].recommend(users, n=N).equals(model.recommend(users, n=N)), name
