@@ -75,6 +75,28 @@ class MixWeight(NamedTuple):
         part[:, cols] = few
 
 
+class ColumnPart:
+    """A component's part of a block's blend where it is weighed on a few columns alone: their values, 0 on
+    every other column. It reads like a dense part, at paired (rows, columns) or as ``part[:, columns]``,
+    without a (users, items) array of zeros per such component and block (8 % of a served block's time at
+    60k items)."""
+
+    def __init__(self, columns: np.ndarray, values: np.ndarray):
+        self.columns = columns  # sorted, unique
+        self.values = values  # (users, len(columns))
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        rows, cols = index
+        cols = np.asarray(cols)
+        if len(self.columns) == 0:
+            shape = (len(self.values[rows]), len(cols)) if isinstance(rows, slice) else np.shape(cols)
+            return np.zeros(shape, dtype=np.float32)
+        pos = np.minimum(np.searchsorted(self.columns, cols), len(self.columns) - 1)
+        hit = self.columns[pos] == cols
+        picked = self.values[rows][:, pos] if isinstance(rows, slice) else self.values[rows, pos]
+        return np.where(hit, picked, np.float32(0.0))
+
+
 class Hybrid(BlendTuning, Recommender):
     name = "hybrid"
     SETTINGS = {"new_item_slots": "new_item_slots", "new_item_min_rate": "new_item_min_rate",
@@ -341,12 +363,10 @@ class Hybrid(BlendTuning, Recommender):
                 out += part
             else:  # weighed only on the items with too few interactions: those columns alone are scored
                 cols = np.setdiff1d(weight.item_dependent(), self._placed_apart(), assume_unique=True)
-                part = np.zeros_like(out) if users.shared is not None else None
                 few = model.column_z_scores(users, cols)
                 few *= weight.by_item[:, cols]
                 out[:, cols] += few
-                if part is not None:
-                    part[:, cols] = few
+                part = ColumnPart(cols, few)
             if users.shared is not None:
                 parts[name] = part
         placed = self._place_new_items(users, out)

@@ -12,7 +12,7 @@ from polars.testing import assert_frame_equal
 
 import models.base
 from models.ease import DEFAULT_MAX_ITEMS, memory_item_cap
-from models.hybrid import Hybrid, MixWeight
+from models.hybrid import ColumnPart, Hybrid, MixWeight
 from models.ranking import standardize_rows
 from models.registry import build, load
 from models.serving import BestUsers, merge_best_users, recommend_together
@@ -346,3 +346,21 @@ def test_ease_cap_by_default_is_bounded_by_time_and_a_quarter_of_the_machine_mem
     assert model.catalogue["max_items"] == min(cap, DEFAULT_MAX_ITEMS)
     assert model.catalogue["cap_from"].startswith("the default")
     assert model.catalogue["items_fitted"] == model.catalogue["items_with_interactions"]
+
+
+@pytest.mark.parametrize("n_columns", [0, 1, 7])
+def test_a_column_part_reads_as_its_dense_array_with_zeros_elsewhere(n_columns):
+    """Explaining a blend reads each component's part at the listed (row, column) pairs; a component weighed on
+    a few columns keeps just those, and reads exactly as the dense array it replaces."""
+    rng = np.random.default_rng(n_columns)
+    users, items = 5, 12
+    columns = np.sort(rng.choice(items, n_columns, replace=False))
+    values = rng.normal(size=(users, n_columns)).astype(np.float32)
+    dense = np.zeros((users, items), dtype=np.float32)
+    dense[:, columns] = values
+    part = ColumnPart(columns, values)
+    rows, cols = rng.integers(0, users, 40), rng.integers(0, items, 40)
+    assert np.array_equal(part[rows, cols], dense[rows, cols]) and part[rows, cols].dtype == np.float32
+    some = np.array([11, 0, 3, 3])
+    assert np.array_equal(part[:, some], dense[:, some])
+    assert np.array_equal(part[1:3, some], dense[1:3, some])
