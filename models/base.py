@@ -248,6 +248,28 @@ class Recommender(Explaining, ABC):
             users.shared[key] = np.asarray(self.score_block(users), dtype=np.float32)
         return users.shared[key]
 
+    def block_column_scores(self, users: UserBlock, columns: np.ndarray) -> np.ndarray:
+        """``column_scores`` of a model that scores catalogue columns alone, as :meth:`block_scores` is to
+        :meth:`score_block`: where the block is shared, the columns already scored for it are read back and
+        only the others scored (a served block reads a new-item audience model twice: the untaken items to
+        place them, then every item with few interactions, which include them). A fresh array each call."""
+        if users.shared is None:
+            return self.column_scores(users, columns)
+        key = ("columns", id(self))
+        known, scores = users.shared.get(key, (np.zeros(0, dtype=np.int64), None))
+        columns = np.asarray(columns, dtype=np.int64)
+        missing = np.setdiff1d(columns, known)
+        if len(missing):
+            fresh = np.asarray(self.column_scores(users, missing), dtype=np.float32)
+            merged = np.union1d(known, missing)
+            both = np.empty((len(users.user_ids), len(merged)), dtype=np.float32)
+            both[:, np.searchsorted(merged, missing)] = fresh
+            if scores is not None:
+                both[:, np.searchsorted(merged, known)] = scores
+            known, scores = merged, both
+            users.shared[key] = (known, scores)
+        return scores[:, np.searchsorted(known, columns)]
+
     @property
     def block_users(self) -> int:
         """Users scored per block (a block's scores are ``block_users x items`` floats). A user's scores are

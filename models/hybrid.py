@@ -443,26 +443,8 @@ class Hybrid(BlendTuning, Recommender):
 
     def _audience_of(self, users: UserBlock, columns: np.ndarray) -> np.ndarray:
         """The audience model's scores of ``columns`` only: a block lists and explains a few new items, and
-        scoring the whole catalogue for them doubled the content work of every block. Where the block is
-        shared, the columns already scored for it (the placed new items, then the audiences' items, which
-        include them) are read back and only the others scored."""
-        model = self.components[self.params["audience_model"]]
-        if users.shared is None:
-            return model.column_scores(users, columns)
-        key = ("audience", id(self))
-        known, scores = users.shared.get(key, (np.zeros(0, dtype=np.int64), None))
-        columns = np.asarray(columns, dtype=np.int64)
-        missing = np.setdiff1d(columns, known)
-        if len(missing):
-            fresh = np.asarray(model.column_scores(users, missing), dtype=np.float32)
-            merged = np.union1d(known, missing)
-            both = np.empty((len(users.user_ids), len(merged)), dtype=np.float32)
-            both[:, np.searchsorted(merged, missing)] = fresh
-            if scores is not None:
-                both[:, np.searchsorted(merged, known)] = scores
-            known, scores = merged, both
-            users.shared[key] = (known, scores)
-        return scores[:, np.searchsorted(known, columns)]
+        scoring the whole catalogue for them doubled the content work of every block."""
+        return self.components[self.params["audience_model"]].block_column_scores(users, columns)
 
     def audience_scores(self, users: UserBlock, columns: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """The audience model's scores of these items (seen ones stay out); without one, the same mix as
