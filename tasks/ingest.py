@@ -268,20 +268,27 @@ def _parse(wh: db.Warehouse, spec: FileSpec) -> None:
         mapped = _source_columns(spec, available)
         if len(set(available)) != len(available):
             raise SchemaMismatchError(f"{spec.path}: the header repeats a column name ({', '.join(available)})")
+        # The file's columns are read under positional names (column0, column1, ...): a name from the file never
+        # meets one of this query's own (a column named "rowid" shadowed DuckDB's row number, the rows' place).
+        positional = {name: f"column{i}" for i, name in enumerate(available)}
+        mapped = {canonical: positional[column] for canonical, column in mapped.items()}
+        spec = dataclasses.replace(spec, genre_flags=tuple((positional[c], g) for c, g in spec.genre_flags))
         for table in ("raw_reject_errors", "raw_reject_scans"):
             wh.execute(f"drop table if exists {table}")
         wh.execute(wh.text("ingest/read_csv_raw"), {
             "path": str(spec.path), "header": spec.header, "delimiter": spec.delimiter, "quote": spec.quote,
-            "encoding": spec.encoding, "columns": {name: "VARCHAR" for name in available},
+            "encoding": spec.encoding, "columns": dict.fromkeys(positional.values(), "VARCHAR"),
         })
         wh.execute(wh.text("ingest/structural_rejects"))
-        n_accepted = wh.scalar("select count(*) from raw_file")
-        n_rejected = wh.scalar("select count(*) from structural_rejects")
-        wh.execute(wh.text("ingest/line_map"),
-                    {"first_line": 2 if spec.header else 1, "n_lines": n_accepted + n_rejected})
-        line_expr = "l.line_number"
-        source = "(select rowid as ordinal, * from raw_file) r join line_map l using (ordinal)"
-        raw_columns = available
+        # An accepted row's line: its place among the accepted rows (rowid, in file order) plus the header and
+        # the malformed lines before it; a file without malformed rows (nearly every one) needs no join.
+        first_line = 2 if spec.header else 1
+        line_expr, source = f"r.rowid + {first_line}", "raw_file r"
+        if wh.scalar("select count(*) from structural_rejects"):
+            wh.execute(wh.text("ingest/line_steps"), {"first_line": first_line})
+            line_expr += " + coalesce(s.skipped, 0)"
+            source += " asof left join line_steps s on r.rowid >= s.from_ordinal"
+        raw_columns = tuple(positional.values())
         types = {}
 
     typed = _typed_columns(spec, mapped, types)

@@ -93,6 +93,24 @@ def test_unparsable_rows_are_kept_with_line_and_reason(con, settings, tmp_path):
     assert_identity(con)
 
 
+def test_line_numbers_hold_whatever_the_file_names_its_other_columns(con, settings, tmp_path):
+    """Accepted rows are numbered by their place in the file, not by a column of it: the numbering read a
+    column named ``rowid`` as the row's place (DuckDB's own name for it, shadowed by the file's column), and a
+    column named ``ordinal`` clashed with its own."""
+    f = write(tmp_path / "ratings.csv", "uid,iid,stars,when,rowid,ordinal\n"
+              "1,10,5,881250949,7,x\n"     # 2 good
+              "1,11\n"                       # 3 malformed
+              "1,12\n"                       # 4 malformed
+              "2,13,4,881250949,0,y\n"     # 5 good
+              "3,14\n"                       # 6 malformed
+              "3,15,4,881250949,1,z\n")    # 7 good
+    (result,) = ingest.stage_batch(con, settings, tabular_specs("csv", f, MAPPING), "r1", "csv").files
+    assert (result.status, result.rows_read, result.rows_accepted, result.rows_rejected) == ("staged", 6, 3, 3)
+    assert con.execute("select line_number from rejects order by 1").fetchall() == [(3,), (4,), (6,)]
+    staged = con.execute("select line_number, item_id from staging_interactions order by 1").fetchall()
+    assert staged == [(2, 10), (5, 13), (7, 15)]
+
+
 @pytest.mark.parametrize("bad", ["1.5", "0x10", "1e1", "-3", "0", "+4", "u17", "2.0", "1_000",
                                  "3fa85f64-5717-4562-b3fc-2c963f66afa6", "99999999999999999999"])
 def test_ids_are_exact_digits_or_rejected(con, settings, tmp_path, bad):
