@@ -19,6 +19,18 @@ prior_users as (
     select distinct user_id from interactions
 ),
 
+-- The batch's (user, item, ts) already loaded: a semi join holding the batch's keys, not the warehouse's
+-- (as ingest/plan_interactions finds them).
+loaded as (
+    select distinct
+        i.user_id,
+        i.item_id,
+        i.ts
+    from interactions as i
+    semi join (select user_id, item_id, ts from staging_interactions where run_id = $run_id) as s
+        on i.user_id = s.user_id and i.item_id = s.item_id and i.ts = s.ts
+),
+
 final as (
     select
         b.file_id,
@@ -31,13 +43,11 @@ final as (
         $all_items_known or b.item_id in (select item_id from known_items) as item_known,
         (
             row_number() over (partition by b.user_id, b.item_id, b.ts order by b.file_id, b.line_number) > 1
-            or exists (
-                select 1 from interactions i
-                where i.user_id = b.user_id and i.item_id = b.item_id and i.ts = b.ts
-            )
+            or l.user_id is not null
         )::integer as is_duplicate,
         (b.user_id not in (select user_id from prior_users))::integer as is_new_user
     from batch as b
+    left join loaded as l on b.user_id = l.user_id and b.item_id = l.item_id and b.ts = l.ts
 )
 
 select * from final
