@@ -147,10 +147,11 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _typed_columns(spec: FileSpec, mapped: dict[str, str], types: dict[str, str] | None = None
+def _typed_columns(spec: FileSpec, mapped: dict[str, str], types: dict[str, tuple[str, str]] | None = None
                    ) -> list[tuple[str, str, str | None]]:
-    """(canonical name, typed expression, reason expression or None) for each canonical column. ``types``: the
-    source columns' types where the file has them (Parquet), so a reason can say what a value was stored as."""
+    """(canonical name, typed expression, reason expression or None) for each canonical column. ``mapped``:
+    canonical -> the column read; ``types``: that column's name in the file and type, where the file has types
+    (Parquet), so a reason can say what a value was stored as."""
     out: list[tuple[str, str, str | None]] = []
 
     def text_of(name: str) -> str | None:
@@ -164,10 +165,10 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str], types: dict[str, str]
             out.append((name, f"cast(null as {sql_type})", None))
             return
         typed = f"case when regexp_full_match({raw}, '[0-9]{{1,18}}') then try_cast({raw} as {sql_type}) end"
-        stored = (types or {}).get(mapped[name], "")
+        column, stored = (types or {}).get(mapped[name], (mapped[name], ""))
         if name.endswith("_id") and stored.upper().split("(")[0] in ("FLOAT", "DOUBLE", "DECIMAL", "REAL"):
             typed = f"nullif({typed}, 0)"
-            expected = (f"a positive whole number: the Parquet column {mapped[name][:60]!r} is {stored}, and an "
+            expected = (f"a positive whole number: the Parquet column {column[:60]!r} is {stored}, and an "
                         "id is never a fraction; store ids as an integer type (INT64)").replace("'", "''")
         elif name.endswith("_id"):
             typed = f"nullif({typed}, 0)"
@@ -244,20 +245,33 @@ def _typed_columns(spec: FileSpec, mapped: dict[str, str], types: dict[str, str]
     return out
 
 
+def _positional(spec: FileSpec, available: tuple[str, ...]) -> tuple[FileSpec, dict[str, str], dict[str, str]]:
+    """The file's columns under positional names (column0, column1, ...), so that no name from the file meets one
+    of the ingest's own queries (a column named "rowid" shadowed DuckDB's row number, the rows' place; one named
+    "file_row_number" failed a Parquet file). Returns the spec with its genre flags renamed, the canonical ->
+    positional mapping (checked against the file's own names first) and file name -> positional name."""
+    mapped = _source_columns(spec, available)
+    if len(set(available)) != len(available):
+        raise SchemaMismatchError(f"{spec.path}: the file repeats a column name ({capped(', '.join(available))})")
+    positional = {name: f"column{i}" for i, name in enumerate(available)}
+    spec = dataclasses.replace(spec, genre_flags=tuple((positional[c], g) for c, g in spec.genre_flags))
+    return spec, {canonical: positional[column] for canonical, column in mapped.items()}, positional
+
+
 def _parse(wh: db.Warehouse, spec: FileSpec) -> None:
-    """Fill temp tables ``parsed`` (line_number, raw, canonical columns, reason) and ``structural_rejects``."""
+    """Fill temp tables ``parsed`` (line_number, raw, canonical columns, reason) and ``structural_rejects``.
+    A row's line is its ``rowid`` in ``raw_file`` (file order: the read keeps it) plus what precedes the data."""
     if spec.format == "parquet":
-        wh.execute(wh.text("ingest/read_parquet_raw"), {"path": str(spec.path)})
-        described = dict(wh.execute("select column_name, column_type from (describe raw_file) "
-                                     "where column_name <> 'file_row_number'").fetchall())
-        available = tuple(described)
-        mapped = _source_columns(spec, available)
+        described = wh.execute("select column_name, column_type from (describe select * from read_parquet($path))",
+                               {"path": str(spec.path)}).fetchall()
+        spec, mapped, positional = _positional(spec, tuple(name for name, _ in described))
+        names = ", ".join(positional.values())
+        wh.execute(f"create or replace temp table raw_file as select * from read_parquet($path) as file ({names})",
+                   {"path": str(spec.path)})
         wh.execute("create or replace temp table structural_rejects "
                     "(line_number bigint, raw varchar, reason varchar)")
-        line_expr = "file_row_number + 1"
-        source = "raw_file"
-        raw_columns = available
-        types = described
+        line_expr, source = "r.rowid + 1", "raw_file r"
+        types = {positional[name]: (name, kind) for name, kind in described}
     else:
         available = _read_header(spec) if spec.header else tuple(spec.names or ())
         if not available:
@@ -265,14 +279,7 @@ def _parse(wh: db.Warehouse, spec: FileSpec) -> None:
                 f"{spec.path}: the file has no header line to name its columns; add one, or set header = false "
                 f"and name the columns in the mapping"
             )
-        mapped = _source_columns(spec, available)
-        if len(set(available)) != len(available):
-            raise SchemaMismatchError(f"{spec.path}: the header repeats a column name ({', '.join(available)})")
-        # The file's columns are read under positional names (column0, column1, ...): a name from the file never
-        # meets one of this query's own (a column named "rowid" shadowed DuckDB's row number, the rows' place).
-        positional = {name: f"column{i}" for i, name in enumerate(available)}
-        mapped = {canonical: positional[column] for canonical, column in mapped.items()}
-        spec = dataclasses.replace(spec, genre_flags=tuple((positional[c], g) for c, g in spec.genre_flags))
+        spec, mapped, positional = _positional(spec, available)
         for table in ("raw_reject_errors", "raw_reject_scans"):
             wh.execute(f"drop table if exists {table}")
         wh.execute(wh.text("ingest/read_csv_raw"), {
@@ -280,16 +287,16 @@ def _parse(wh: db.Warehouse, spec: FileSpec) -> None:
             "encoding": spec.encoding, "columns": dict.fromkeys(positional.values(), "VARCHAR"),
         })
         wh.execute(wh.text("ingest/structural_rejects"))
-        # An accepted row's line: its place among the accepted rows (rowid, in file order) plus the header and
-        # the malformed lines before it; a file without malformed rows (nearly every one) needs no join.
+        # An accepted row's line: its place among the accepted rows plus the header and the malformed lines
+        # before it; a file without malformed rows (nearly every one) needs no join.
         first_line = 2 if spec.header else 1
         line_expr, source = f"r.rowid + {first_line}", "raw_file r"
         if wh.scalar("select count(*) from structural_rejects"):
             wh.execute(wh.text("ingest/line_steps"), {"first_line": first_line})
             line_expr += " + coalesce(s.skipped, 0)"
             source += " asof left join line_steps s on r.rowid >= s.from_ordinal"
-        raw_columns = tuple(positional.values())
         types = {}
+    raw_columns = tuple(positional.values())
 
     typed = _typed_columns(spec, mapped, types)
     raw_expr = "concat_ws(" + _literal(spec.delimiter) + ", " + ", ".join(

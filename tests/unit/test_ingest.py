@@ -223,6 +223,21 @@ def test_parquet_reader_with_mapping(con, settings, tmp_path):
     assert count(con, "users") == 2 and count(con, "items") == 2
 
 
+
+def test_a_parquet_file_may_name_its_columns_as_duckdb_names_its_own(con, settings, tmp_path):
+    """Columns named ``file_row_number`` (the row number DuckDB's Parquet reader adds) or ``rowid``: the file
+    failed with a binder error before; its rows are numbered by their place in the file, not by those columns."""
+    table = pa.table({"file_row_number": [9, 9, 9], "rowid": [5, 0, 1], "u": [1, 0, 3], "i": [5, 6, 7],
+                      "r": [4.0, 3.0, 2.0], "t": [100, 200, 300]})
+    pq.write_table(table, tmp_path / "events.parquet")
+    mapping = {"interactions": {"user_id": "u", "item_id": "i", "rating": "r", "timestamp": "t"}}
+    (result,) = ingest.stage_batch(con, settings, tabular_specs("parquet", tmp_path / "events.parquet", mapping),
+                                   "r1", "parquet").files
+    assert (result.status, result.rows_read, result.rows_accepted, result.rows_rejected) == ("staged", 3, 2, 1)
+    assert con.execute("select line_number, raw from rejects").fetchall() == [(2, "9,0,0,6,3.0,200")]  # rows from 1
+    staged = con.execute("select line_number, user_id, item_id from staging_interactions order by 1").fetchall()
+    assert staged == [(1, 1, 5), (3, 3, 7)]
+
 def test_mapping_must_name_required_columns(tmp_path):
     from recsys.errors import ConfigError
 
