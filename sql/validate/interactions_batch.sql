@@ -19,18 +19,6 @@ prior_users as (
     select distinct user_id from interactions
 ),
 
--- The batch's (user, item, ts) already loaded: a semi join holding the batch's keys, not the warehouse's
--- (as ingest/plan_interactions finds them).
-loaded as (
-    select distinct
-        i.user_id,
-        i.item_id,
-        i.ts
-    from interactions as i
-    semi join (select user_id, item_id, ts from staging_interactions where run_id = $run_id) as s
-        on i.user_id = s.user_id and i.item_id = s.item_id and i.ts = s.ts
-),
-
 final as (
     select
         b.file_id,
@@ -47,7 +35,7 @@ final as (
         )::integer as is_duplicate,
         (b.user_id not in (select user_id from prior_users))::integer as is_new_user
     from batch as b
-    left join loaded as l on b.user_id = l.user_id and b.item_id = l.item_id and b.ts = l.ts
+    left join batch_loaded_keys($run_id) as l on b.user_id = l.user_id and b.item_id = l.item_id and b.ts = l.ts
 )
 
 select * from final
