@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import write_results
 from recsys import db
 from recsys.settings import Settings
 
@@ -118,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for loaded in args.loaded:
         results.append(run(loaded, args.batch))
         print(json.dumps(results[-1]), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(format_table(results))
+    write_results(results, args.out, format_table(results))
     return 0
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import polars as pl
 from prefect import flow
 
+from benchmarks import write_results
 from flows.ingest import ingest_flow
 from flows.nightly import peak_rss_gib, train_publish_flow
 from models.registry import load
@@ -204,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(command, check=True)
                 results.append(json.loads(Path(out.name).read_text()))
             print(json.dumps(results[-1]), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(format_table(results))
+    write_results(results, args.out, format_table(results))
     return 0
 
 
