@@ -136,6 +136,7 @@ def warehouse(settings: Settings, read_only: bool = False) -> Iterator[Warehouse
 
 
 def migrate(wh: Warehouse) -> None:
-    """Create every table in ``sql/schema`` that does not exist yet (idempotent)."""
+    """Create every table in ``sql/schema`` that does not exist yet, and the connection's temp macros
+    (idempotent)."""
     for path in sorted((wh.sql_dir / "schema").glob("*.sql")):
         wh.execute(_read_sql(path))
