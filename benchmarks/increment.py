@@ -5,7 +5,7 @@ grows. Memory and time must follow the batch, not the warehouse (the night of a 
 
 For each warehouse size, in a fresh home: ``--loaded`` interactions written straight into the warehouse (SQL,
 not the ingest: this measures the increment), then ``--batch`` rows staged as one run, 1 % of them copies of
-loaded rows. Then, each in a forked process of its own so that its peak RSS is its own, the two statements that
+loaded rows. Then, each in a process of its own so that its peak RSS is its own, the two statements that
 compare the batch with what is loaded: the promotion's plan (``sql/ingest/plan_interactions.sql``: which rows
 are new) and the gate's batch query (``sql/validate/interactions_batch.sql``: the derived columns the
 expectations judge, duplicates and new users among them). Prints a JSON and a table; checks the duplicates
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -66,24 +65,36 @@ def gate_query(wh: db.Warehouse) -> int:
 STEPS = {"connect": lambda wh: 0, "plan (promotion)": plan, "gate batch query": gate_query}
 
 
+def peak_rss_gib() -> float:
+    """This process's own peak RSS: ``VmHWM``, the high-water mark of its address space since its ``exec``.
+    (``ru_maxrss`` would also count the parent's pages at the fork before the ``exec``.)"""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 2**20
+
+
 def _child(settings: Settings, step: str, out) -> None:
     with db.warehouse(settings) as wh:
         started = time.perf_counter()
         found = STEPS[step](wh)
-        out.send((time.perf_counter() - started, found))
+        seconds = time.perf_counter() - started
+    out.send((seconds, found, peak_rss_gib()))
 
 
 def measure(settings: Settings, step: str) -> dict:
-    """One step in a forked process: its wall seconds, its peak RSS and what it found."""
-    receiver, sender = multiprocessing.get_context("fork").Pipe(duplex=False)
-    process = multiprocessing.get_context("fork").Process(target=_child, args=(settings, step, sender))
+    """One step in a fresh process of its own (spawned, not forked: a fork of a process with threads may hang):
+    its wall seconds, its peak RSS and what it found."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(settings, step, sender))
     process.start()
-    seconds, found = receiver.recv()
-    _, status, usage = os.wait4(process.pid, 0)
-    if status:
-        raise RuntimeError(f"step {step} failed ({status})")
-    return {"step": step, "seconds": round(seconds, 2), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
-            "duplicates": int(found or 0)}
+    sender.close()  # the child's copy alone: if it dies without a result, recv raises instead of waiting forever
+    try:
+        seconds, found, peak = receiver.recv()
+    finally:
+        process.join()
+    if process.exitcode:
+        raise RuntimeError(f"step {step} failed (exit code {process.exitcode})")
+    return {"step": step, "seconds": round(seconds, 2), "peak_rss_gib": round(peak, 2), "duplicates": int(found or 0)}
 
 
 def run(loaded: int, batch: int) -> dict:
