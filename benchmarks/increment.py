@@ -23,6 +23,7 @@ from pathlib import Path
 
 from benchmarks import write_results
 from recsys import db
+from recsys.progress import peak_rss_gib
 from recsys.settings import Settings
 
 RUN_ID = "increment"
@@ -63,13 +64,6 @@ def gate_query(wh: db.Warehouse) -> int:
 
 
 STEPS = {"connect": lambda wh: 0, "plan (promotion)": plan, "gate batch query": gate_query}
-
-
-def peak_rss_gib() -> float:
-    """This process's own peak RSS: ``VmHWM``, the high-water mark of its address space since its ``exec``.
-    (``ru_maxrss`` would also count the parent's pages at the fork before the ``exec``.)"""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 2**20
 
 
 def _child(settings: Settings, step: str, out) -> None:

@@ -40,8 +40,9 @@ from prefect import flow
 
 from benchmarks import write_results
 from flows.ingest import ingest_flow
-from flows.nightly import peak_rss_gib, train_publish_flow
+from flows.nightly import train_publish_flow
 from models.registry import load
+from recsys.progress import peak_rss_gib
 from recsys.settings import Settings
 from tasks.generate import SYNTHETIC_FILES, GeneratorConfig, generate
 

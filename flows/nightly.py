@@ -10,7 +10,6 @@ project's code, so a night whose data did not change reuses them (and re-publish
 from __future__ import annotations
 
 import asyncio
-import resource
 import shutil
 import signal
 import time
@@ -33,7 +32,7 @@ from flows.ingest import ingest_flow
 from flows.runners import parallelism, run_all, run_here, task_runner
 from recsys import db, runs
 from recsys.errors import ConfigError
-from recsys.progress import Heartbeat
+from recsys.progress import Heartbeat, peak_rss_gib
 from recsys.settings import Settings
 from tasks import night, publish, snapshot
 from tasks.report import markdown_table
@@ -117,11 +116,6 @@ class Progress:
         update_progress_artifact(self.artifact, 100.0 * self.done / len(self.names))
         print(f"[{self.done}/{len(self.names)}] {name:10} {self.timings[-1]['seconds']:7.1f} s"
               + (f"  {detail}" if detail else ""))
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def query_hint(partition: str) -> str:

@@ -13,6 +13,7 @@ A step shorter than the interval prints nothing extra, so a small night reads as
 from __future__ import annotations
 
 import contextlib
+import resource
 import sys
 import threading
 import time
@@ -88,3 +89,15 @@ class Heartbeat:
             self._thread.join()
         self._step = ""
         doing("")
+
+
+def peak_rss_gib() -> float:
+    """This process's own peak resident memory so far: ``VmHWM``, the high-water mark of its address space
+    since its ``exec``. ``ru_maxrss`` (the fallback where there is no ``/proc``) also counts the parent's pages
+    at the fork before the ``exec``: a worker or benchmark step spawned by a large process reported the
+    parent's size before doing anything."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 2**20
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
