@@ -238,7 +238,7 @@ class NewItemAudience(Recommender):
         return self.content_model.explain(users, rows, cols)
 
     def _save_state(self, path: Path) -> None:
-        sp.save_npz(path / "content.npz", self.content_model.content)
+        sp.save_npz(path / "content.npz", self.content_model.content, compressed=False)
         self.genre_model._save_state(path)
         np.savez(path / "audience.npz", weights=self.weights, mean=self.mean, scale=self.scale,
                  calibration=self.calibration, appeal=self.appeal)

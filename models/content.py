@@ -189,7 +189,7 @@ class ContentKNN(Recommender):
         return self.neighbour_reasons(users, rows, cols, similarity, kind="content")
 
     def _save_state(self, path: Path) -> None:
-        sp.save_npz(path / "content.npz", self.content)
+        sp.save_npz(path / "content.npz", self.content, compressed=False)
 
     def _load_state(self, path: Path) -> None:
         self.content = sp.load_npz(path / "content.npz").tocsr()

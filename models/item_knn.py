@@ -56,7 +56,7 @@ class ItemKNN(Recommender):
                                       lambda known, target: np.asarray(self.similarity[known, target]).ravel())
 
     def _save_state(self, path: Path) -> None:
-        sp.save_npz(path / "similarity.npz", self.similarity)
+        sp.save_npz(path / "similarity.npz", self.similarity, compressed=False)
 
     def _load_state(self, path: Path) -> None:
         self.similarity = sp.load_npz(path / "similarity.npz").tocsr()

@@ -84,6 +84,11 @@ def fit_one(
     return model
 
 
+# Beside a fold's model folders: the files its models share byte for byte (the training matrix, the encoding),
+# one copy each, hard-linked into every model's folder (models.base.write_by_content).
+MODEL_FILES = ".files"
+
+
 @dataclass(frozen=True)
 class FittedModel:
     """One saved fit, by path: what a fit task hands on instead of the model."""
@@ -112,7 +117,7 @@ def fit_model(settings: Settings, name: str, train: str, features: FeatureSet, f
                     weights=json.loads(Path(weights).read_text()) if weights else None,
                     warm_from=load(Path(warm_from)) if warm_from else None,
                     last_blend=json.loads(Path(last_blend).read_text()) if last_blend else None, fold=fold)
-    saved = FittedModel(name, str(model.save(Path(folder) / name)))
+    saved = FittedModel(name, str(model.save(Path(folder) / name, store=Path(folder) / MODEL_FILES)))
     del model, loaded
     release_memory()
     return saved

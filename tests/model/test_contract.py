@@ -139,3 +139,40 @@ def test_models_of_one_fold_loaded_together_hold_one_copy_of_their_training_data
     users = warm_users(small_data)
     for name, model in {**components, "hybrid": hybrid, "other": other}.items():
         assert loaded[name].recommend(users, n=N).equals(model.recommend(users, n=N)), name
+
+
+def test_models_of_one_fold_store_their_shared_files_once_and_each_folder_stays_whole(small_data, tmp_path,
+                                                                                      monkeypatch):
+    """Saved through a fold's store, the training matrix and encoding every model of the fold holds byte for
+    byte are written once and hard-linked into each model's folder; a model of other data has its own. A
+    folder is whole on its own: removing the store or another model loses nothing, and where hard links
+    cannot be made the file is copied."""
+    train, uf, itf, _ = small_data
+    store = tmp_path / "fold" / ".files"
+    models = {c: fit_model(c, train, uf, itf, seed=3) for c in ("popularity", "ease", "content_knn")}
+    models["other"] = fit_model("popularity", train.filter(pl.col("user_id") != train["user_id"][0]), uf, itf,
+                                seed=3)
+    paths = {name: model.save(tmp_path / "fold" / name, store=store) for name, model in models.items()}
+
+    for file in ("train.npz", "encoding.npz"):
+        inodes = {name: (paths[name] / file).stat().st_ino for name in paths}
+        assert inodes["popularity"] == inodes["ease"] == inodes["content_knn"] != inodes["other"], file
+    assert sorted(p.suffix for p in store.iterdir()) == [".npz"] * 4  # two contents of each file, no temp files
+    assert (paths["ease"] / "train.npz").read_bytes() == models["ease"].save(tmp_path / "plain").joinpath(
+        "train.npz").read_bytes()  # the same bytes as a save without a store
+
+    users = warm_users(small_data)
+    before = {name: model.recommend(users, n=N) for name, model in models.items()}
+    for leftover in store.iterdir():
+        leftover.unlink()
+    store.rmdir()
+    for name in ("popularity", "other"):
+        assert load(paths[name]).recommend(users, n=N).equals(before[name]), name
+
+    def no_links(*args):
+        raise OSError("hard links are not supported here")
+
+    monkeypatch.setattr("os.link", no_links)
+    copied = models["ease"].save(tmp_path / "elsewhere" / "ease", store=tmp_path / "elsewhere" / ".files")
+    assert (copied / "train.npz").stat().st_nlink == 1
+    assert load(copied).recommend(users, n=N).equals(before["ease"])
