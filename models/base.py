@@ -453,16 +453,23 @@ class SharedFiles:
     hold the same training matrix and encoding: the item-cold slice's fourteen models held fourteen copies of
     both (at 30 M interactions and 60k items ~0.3 GB a model; at 100 M and 200k items, 1.1 GB), and a loaded
     hybrid one per component. Models never change what they load (a fit builds new arrays), so sharing is
-    safe; the files are told apart by content (sha256), not by path."""
+    safe; the files are told apart by content (sha256), not by path. A fold's models hold hard links to one
+    file (:func:`write_by_content`): a file already read under another name is known by its inode, unread."""
 
     def __init__(self) -> None:
         self._read: dict[tuple[str, bytes], Any] = {}
+        self._inodes: dict[tuple[int, ...], tuple[str, bytes]] = {}
 
     def read(self, file: Path, parse: Callable[[io.BytesIO], Any]) -> Any:
+        stat = file.stat()
+        inode = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if inode in self._inodes:
+            return self._read[self._inodes[inode]]
         data = file.read_bytes()
         key = (file.name, hashlib.sha256(data).digest())
         if key not in self._read:
             self._read[key] = parse(io.BytesIO(data))
+        self._inodes[inode] = key
         return self._read[key]
 
 

@@ -161,8 +161,14 @@ def test_models_of_one_fold_store_their_shared_files_once_and_each_folder_stays_
     assert (paths["ease"] / "train.npz").read_bytes() == models["ease"].save(tmp_path / "plain").joinpath(
         "train.npz").read_bytes()  # the same bytes as a save without a store
 
+    loaded = load_many(paths)  # one file under several names is read once, and held once
+    assert loaded["ease"].train is loaded["popularity"].train is loaded["content_knn"].train
+    assert loaded["ease"].item_ids is loaded["content_knn"].item_ids
+    assert loaded["other"].train is not loaded["popularity"].train
     users = warm_users(small_data)
     before = {name: model.recommend(users, n=N) for name, model in models.items()}
+    assert all(loaded[name].recommend(users, n=N).equals(before[name]) for name in models)
+    del loaded
     for leftover in store.iterdir():
         leftover.unlink()
     store.rmdir()
