@@ -156,8 +156,9 @@ class Recommender(Explaining, ABC):
         items = interactions[ITEM_ID].to_numpy()
         self.item_ids = np.unique(np.concatenate([item_features[ITEM_ID].to_numpy(), distinct_ids(items)])).astype(
             np.int64)
-        self.user_ids, rows = distinct_ids(interactions[USER_ID].to_numpy(), positions=True)
-        cols = positions_of(self.item_ids, items)
+        users = interactions[USER_ID].to_numpy()
+        self.user_ids = distinct_ids(users)
+        rows, cols = positions_of(self.user_ids, users), positions_of(self.item_ids, items)
         train = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
                               shape=(len(self.user_ids), len(self.item_ids)))
         train.sum_duplicates()
@@ -419,27 +420,19 @@ class Recommender(Explaining, ABC):
 ID_TABLE_MAX = 1 << 25
 
 
-def distinct_ids(values: np.ndarray, positions: bool = False):
-    """``np.unique(values)`` as int64 (with ``positions``: and each value's place among them, the
-    ``return_inverse``), by a table over the ids' range where it is narrow (every night's ids: a fit's users
-    and items), else by sorting. A sort of 16 M ids and a binary search of each cost a fit 2-3 s; this is two
-    passes. The same arrays either way."""
+def distinct_ids(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` as int64, by marking each id in a table over the ids' range where it is narrow
+    (every night's ids: a fit's users and items), else by sorting. A sort of 16 M ids and a binary search of
+    each (:func:`positions_of`) cost a fit 2-3 s; through tables they are two passes each. The same arrays."""
     values = np.asarray(values)
     if len(values) == 0:
-        return (np.zeros(0, np.int64), np.zeros(0, np.int64)) if positions else np.zeros(0, np.int64)
+        return np.zeros(0, np.int64)
     lo, hi = int(values.min()), int(values.max())
     if hi - lo >= ID_TABLE_MAX:
-        ids, inverse = np.unique(values, return_inverse=True)
-        return (ids.astype(np.int64), inverse.astype(np.int64)) if positions else ids.astype(np.int64)
-    offset = values - lo if lo else values
+        return np.unique(values).astype(np.int64)
     present = np.zeros(hi - lo + 1, dtype=bool)
-    present[offset] = True
-    ids = np.flatnonzero(present).astype(np.int64) + lo
-    if not positions:
-        return ids
-    table = np.cumsum(present, dtype=np.int32)
-    table -= 1
-    return ids, table[offset].astype(np.int64)
+    present[values - lo] = True
+    return np.flatnonzero(present).astype(np.int64) + lo
 
 
 def positions_of(ids: np.ndarray, values: np.ndarray) -> np.ndarray:

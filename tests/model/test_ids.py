@@ -19,7 +19,8 @@ from models.base import distinct_ids, positions_of
 ], ids=["one", "repeats", "negative", "dense", "hashed", "far-apart"])
 def test_ids_and_positions_are_numpys_unique_and_search(values):
     expected, inverse = np.unique(values, return_inverse=True)
-    ids, places = distinct_ids(values, positions=True)
+    ids = distinct_ids(values)
+    places = positions_of(ids, values)
     assert ids.dtype == np.int64 and places.dtype == np.int64
     assert np.array_equal(ids, expected) and np.array_equal(places, inverse)
     assert np.array_equal(distinct_ids(values), expected)
@@ -29,13 +30,16 @@ def test_ids_and_positions_are_numpys_unique_and_search(values):
 
 def test_the_table_and_the_search_agree_at_the_edge_of_the_table(monkeypatch):
     values = np.random.default_rng(2).integers(0, 1_000, 5_000)
-    ids, places = distinct_ids(values, positions=True)
+    ids = distinct_ids(values)
+    places = positions_of(ids, values)
     monkeypatch.setattr(base, "ID_TABLE_MAX", 10)  # everything searched now
-    searched_ids, searched_places = distinct_ids(values, positions=True)
+    searched_ids = distinct_ids(values)
+    searched_places = positions_of(searched_ids, values)
     assert np.array_equal(ids, searched_ids) and np.array_equal(places, searched_places)
     assert np.array_equal(positions_of(ids, values), places)
 
 
 def test_no_ids():
-    ids, places = distinct_ids(np.zeros(0, dtype=np.int64), positions=True)
+    ids = distinct_ids(np.zeros(0, dtype=np.int64))
+    places = positions_of(ids, np.zeros(0, dtype=np.int64))
     assert len(ids) == len(places) == 0
