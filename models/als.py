@@ -12,17 +12,27 @@ of their vectors with the item factors, so at 200k items it is the cheapest CF m
 Defaults chosen on a validation split inside protocol W's training fold (the quality benchmark's peer
 ``implicit_als``: nDCG@10 0.276 for 24 factors, l2 30, alpha 4, 15 iterations; 64 factors, l2 0.05: 0.211).
 ``implicit`` is MIT-licensed; its CPU solver runs its own threads, so BLAS runs one thread under it.
+
+A warm start (:meth:`ALS.warm_start`: the production fit continuing the evaluation fold's, the evaluation fold's
+continuing the tuning fold's) begins from the earlier fit's factors, carried by id (new users and items start as
+a fit from scratch does), and runs ``warm_iterations`` sweeps instead of ``iterations``. Fifteen sweeps from
+scratch are not converged (the planted test data: nDCG@10 0.535 at 15, 0.542 at 30), so a continuation judged
+against them needs about as many sweeps as its data is new. Continuing a fit on the first 70 % of the training
+by time (the tuning fold's shape): 5 sweeps -1.3 % [-1.9, -0.8] against 15 from scratch, 8 sweeps -0.4 %
+[-0.9, +0.0], 10 sweeps +0.1 % [-0.3, +0.5] (paired over 774 warm users). At 16 M interactions a sweep costs
+2.4 s: 10 sweeps save a third of each continued fit.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from models.base import Recommender
+from models.base import Recommender, carried_rows
 from models.serving import UserBlock
 
 
@@ -32,7 +42,7 @@ class ALS(Recommender):
 
     @classmethod
     def default_params(cls) -> dict:
-        return {"factors": 24, "regularization": 30.0, "alpha": 4.0, "iterations": 15}
+        return {"factors": 24, "regularization": 30.0, "alpha": 4.0, "iterations": 15, "warm_iterations": 10}
 
     def _solver(self, seed: int) -> AlternatingLeastSquares:
         p = self.params
@@ -43,8 +53,40 @@ class ALS(Recommender):
 
     def _fit(self, seed: int) -> None:
         self.solver = self._solver(seed)
+        self.training_ = {"iterations": int(self.params["iterations"]), "warm_started": False}
+        self._continue_from(self.__dict__.pop("_previous", None), seed)
         with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS threads under it slow it down
             self.solver.fit(self.train.tocsr(), show_progress=False)
+
+    def warm_start(self, previous: Recommender) -> None:
+        """Start the next fit from ``previous``'s factors (an ALS fit on an earlier fold with as many factors):
+        the rows of known users and items carried over by id, for ``warm_iterations`` sweeps."""
+        self._previous = previous
+
+    def _continue_from(self, previous: Recommender | None, seed: int) -> None:
+        if not isinstance(previous, ALS) or previous.solver.factors != self.solver.factors:
+            return
+        # New rows drawn as implicit draws a fit from scratch (uniform, times 0.01), from the fit's seed.
+        rng = np.random.default_rng(seed)
+        factors = {}
+        for kind, ids, earlier_ids, earlier in (
+                ("users", self.user_ids, previous.user_ids, previous.solver.user_factors),
+                ("items", self.item_ids, previous.item_ids, previous.solver.item_factors)):
+            rows = carried_rows(ids, earlier_ids)
+            known = rows >= 0
+            factors[kind] = rng.random((len(ids), self.solver.factors), dtype=np.float32) * np.float32(0.01)
+            factors[kind][known] = earlier[rows[known]]
+            self.training_[f"carried_{kind}"] = int(np.count_nonzero(known))
+        self.solver.user_factors, self.solver.item_factors = factors["users"], factors["items"]
+        self.solver.iterations = int(self.params["warm_iterations"])
+        self.training_.update(iterations=self.solver.iterations, warm_started=True)
+
+    def summary(self) -> str:
+        t = getattr(self, "training_", {})
+        if not t.get("warm_started"):
+            return ""
+        return (f"{t['iterations']} sweeps continuing an earlier fit (warm start: {t['carried_users']:,} of "
+                f"{len(self.user_ids):,} users and {t['carried_items']:,} of {len(self.item_ids):,} items carried)")
 
     def user_vectors(self, users: UserBlock) -> np.ndarray:
         """(block, factors): fitted for warm users, folded in from the history for k-shot ones, zero else."""
@@ -69,8 +111,11 @@ class ALS(Recommender):
     def _save_state(self, path: Path) -> None:
         np.save(path / "user_factors.npy", self.solver.user_factors)
         np.save(path / "item_factors.npy", self.solver.item_factors)
+        (path / "training.json").write_text(json.dumps(getattr(self, "training_", {})))
 
     def _load_state(self, path: Path) -> None:
         self.solver = self._solver(self.seed)
         self.solver.user_factors = np.load(path / "user_factors.npy")
         self.solver.item_factors = np.load(path / "item_factors.npy")
+        training = path / "training.json"
+        self.training_ = json.loads(training.read_text()) if training.exists() else {}

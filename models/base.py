@@ -446,6 +446,15 @@ def positions_of(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
     return table[values - lo].astype(np.int64)
 
 
+def carried_rows(ids: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+    """Each id's row in the sorted ``earlier`` ids, or -1 where it is new: what a warm start carries over from
+    an earlier fold's fit (unlike :func:`positions_of`, an id need not be among the earlier ones)."""
+    if len(earlier) == 0:
+        return np.full(len(ids), -1)
+    pos = np.clip(np.searchsorted(earlier, ids), 0, len(earlier) - 1)
+    return np.where(earlier[pos] == ids, pos, -1)
+
+
 def write_by_content(target: Path, write: Callable[[BinaryIO], None], store: Path | None = None) -> None:
     """Write ``target`` with ``write`` (given an open binary file). With a ``store`` folder the bytes are
     kept there once per content (named by their sha256) and ``target`` is a hard link to them (a copy where

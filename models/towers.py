@@ -283,14 +283,6 @@ class TrainingBatches(keras.utils.PyDataset):
         return features, (i if self.full_softmax else np.arange(n, dtype=np.int32))
 
 
-def positions(ids: np.ndarray, earlier: np.ndarray) -> np.ndarray:
-    """Each id's row in the sorted ``earlier`` ids, or -1 where it is new."""
-    if len(earlier) == 0:
-        return np.full(len(ids), -1)
-    pos = np.clip(np.searchsorted(earlier, ids), 0, len(earlier) - 1)
-    return np.where(earlier[pos] == ids, pos, -1)
-
-
 def first_items_by_time(interactions, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
     """Each user's distinct items in the order they were first taken (ties: lower column), laid out like
     the rows of the training CSR (same ``indptr``: a row's items are the same, in time order)."""

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.base import Recommender
+from models.base import Recommender, carried_rows
 from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock, decade_of, padded_rows
 from models.text import MAX_TOKENS
-from models.towers import LazyAdam, TrainingBatches, TwoTowerNet, first_items_by_time, keras, ops, positions
+from models.towers import LazyAdam, TrainingBatches, TwoTowerNet, first_items_by_time, keras, ops
 from recsys import progress
 
 
@@ -223,8 +223,8 @@ class TwoTower(Recommender):
         if not same or previous.vocab != self.vocab or previous._full_softmax() != self._full_softmax():
             return False
         new, old = self.net, previous.net
-        users = positions(self.user_ids, previous.user_ids)
-        items = positions(self.item_ids, previous.item_ids)
+        users = carried_rows(self.user_ids, previous.user_ids)
+        items = carried_rows(self.item_ids, previous.item_ids)
         for layer, before, rows, reserved in ((new.user_id, old.user_id, users, 1),
                                               (new.bag_items, old.bag_items, items, 1),
                                               (new.item_id, old.item_id, items, 0),

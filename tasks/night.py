@@ -107,12 +107,14 @@ def fit_fold(steps: Steps, settings: Settings, names: list[str], train_path: str
 def fit_evaluation_fold(steps: Steps, settings: Settings, run_id: str, snap: Snapshot, names: list[str],
                         last_blend: str | None = None) -> tuple[EvaluationFold, dict[str, FittedModel]]:
     """Split once; each model fitted once on the evaluation fold, a blend with the weights tuned on the tuning
-    fold carved from it (its components fitted there first; each fit from scratch; ``last_blend``: last night's
-    published blend, which the tuning keeps where tonight's is not significantly better)."""
+    fold carved from it (its components fitted there first), as production is fitted: the models that can
+    (the two-tower, ALS) continue the tuning fold's fits, which saw part of the evaluation fold's training and
+    nothing of its truth, as production continues the evaluation fold's (``last_blend``: last night's published
+    blend, which the tuning keeps where tonight's is not significantly better)."""
     fold = steps.one(split_for_evaluation, settings=settings, run_id=run_id, snap=snap)
     folder = settings.reports_dir / run_id / "models"
     fitted, _ = fit_tuned(steps, settings, names, fold.train, fold.features, str(folder), "evaluation fold",
-                          tuning=fold.tuning, tuning_features=fold.tuning_features, continue_fits=False,
+                          tuning=fold.tuning, tuning_features=fold.tuning_features, continue_fits=True,
                           last_blend=last_blend)
     return fold, fitted
 

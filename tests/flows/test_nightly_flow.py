@@ -292,7 +292,8 @@ def test_the_report_opens_with_the_encoder_and_states_the_audience_weights(night
 def test_the_item_cold_fold_is_the_evaluation_folds_training_less_the_new_items(night):
     """The item-cold fold trains on the evaluation fold's training less the held-out items (the same window of
     time and users as the other slices); its truth is every interaction of its users with those items. The
-    evaluation fold's two-tower is fitted from scratch; production continues it."""
+    evaluation fold's two-tower and ALS continue the tuning fold's fits, as production continues theirs; the
+    item-cold fold's start from scratch (the tuning fold saw the held-out items)."""
     _, first, _ = night
     folder = Path(first["evaluation"].folder)
     fold_train = pl.read_parquet(folder / "train.parquet")
@@ -305,9 +306,14 @@ def test_the_item_cold_fold_is_the_evaluation_folds_training_less_the_new_items(
     truth = pl.read_parquet(folder / "slices" / "item_cold" / "truth.parquet")
     assert truth["item_id"].is_in(new_items).all() and truth.height > fold_train["item_id"].is_in(new_items).sum()
 
-    def training(path: Path) -> dict:
+    def training(path: Path, model: str) -> dict:
+        if model == "als":
+            return json.loads((path / "als" / "training.json").read_text())
         return json.loads((path / "two_tower" / "training_history.json").read_text())["training"]
 
-    assert not training(folder / "models")["warm_started"]
-    assert not training(folder / "models-item-cold")["warm_started"]
-    assert training(Path(first["models"].models["two_tower"]).parent)["warm_started"]
+    production = Path(first["models"].models["two_tower"]).parent
+    for model in ("two_tower", "als"):
+        assert not training(folder / "models" / "tuning", model)["warm_started"]
+        assert training(folder / "models", model)["warm_started"]
+        assert not training(folder / "models-item-cold", model)["warm_started"]
+        assert training(production, model)["warm_started"]
