@@ -13,7 +13,9 @@ import os
 import sys
 
 import numpy as np
+import polars as pl
 
+from models.base import positions_of
 from models.serving import N_DECADES
 from models.text import BUCKETS
 from recsys.schema import ITEM_ID, TIMESTAMP, USER_ID
@@ -285,11 +287,14 @@ class TrainingBatches(keras.utils.PyDataset):
 
 def first_items_by_time(interactions, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
     """Each user's distinct items in the order they were first taken (ties: lower column), laid out like
-    the rows of the training CSR (same ``indptr``: a row's items are the same, in time order)."""
-    rows = np.searchsorted(user_ids, interactions[USER_ID].to_numpy())
-    cols = np.searchsorted(item_ids, interactions[ITEM_ID].to_numpy()).astype(np.int64)
-    order = np.lexsort((cols, interactions[TIMESTAMP].to_physical().to_numpy(), rows))
-    key = rows[order].astype(np.int64) * len(item_ids) + cols[order]
-    _, first = np.unique(key, return_index=True)  # a pair's earliest row: its first in time order
-    first.sort()
-    return cols[order][first].astype(np.int32)
+    the rows of the training CSR (same ``indptr``: a row's items are the same, in time order).
+
+    Each (user, item) pair's first time by a hash group-by, then one multithreaded sort of the pairs by (user,
+    first time, item), in Polars: a lexsort of every row and a unique of the pair keys cost a 16 M fit ~10 s."""
+    n_items = len(item_ids)
+    rows = positions_of(user_ids, interactions[USER_ID].to_numpy())
+    cols = positions_of(item_ids, interactions[ITEM_ID].to_numpy())
+    pairs = pl.DataFrame({"pair": rows * n_items + cols, "first": interactions[TIMESTAMP].to_physical()})
+    ordered = (pairs.lazy().group_by("pair").agg(pl.col("first").min())
+               .sort(pl.col("pair") // n_items, "first", "pair").collect())
+    return (ordered["pair"].to_numpy() % n_items).astype(np.int32)

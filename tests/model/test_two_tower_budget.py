@@ -143,3 +143,21 @@ def test_first_items_follow_time_and_the_training_rows():
     # of two), then 30.
     order = first_items_by_time(inter, np.array([3, 7]), np.array([10, 20, 30]))
     assert order.tolist() == [1, 2, 1, 0, 2]
+
+
+def test_first_items_are_the_pairs_earliest_rows_in_time_order_as_a_lexsort_finds_them():
+    """Against the plain definition (every row sorted by user, time and item; each pair's first row kept, in
+    that order), on rows with repeated pairs and tied times; datetimes as the warehouse stores them."""
+    from models.towers import first_items_by_time
+
+    rng = np.random.default_rng(4)
+    n = 20_000
+    users, items = rng.integers(0, 300, n) * 7 + 11, rng.integers(0, 50, n) * 3
+    ts = rng.integers(0, 40, n)  # few distinct times: many ties
+    inter = pl.DataFrame({"user_id": users, "item_id": items, "ts": pl.Series(ts * 1_000_000).cast(pl.Datetime("us"))})
+    user_ids, item_ids = np.unique(users), np.unique(items)
+    rows, cols = np.searchsorted(user_ids, users), np.searchsorted(item_ids, items)
+    order = np.lexsort((cols, ts, rows))
+    _, first = np.unique(rows[order] * len(item_ids) + cols[order], return_index=True)
+    expected = cols[order][np.sort(first)]
+    assert np.array_equal(first_items_by_time(inter, user_ids, item_ids), expected)
