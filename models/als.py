@@ -54,7 +54,7 @@ class ALS(Recommender):
     def _fit(self, seed: int) -> None:
         self.solver = self._solver(seed)
         self.training_ = {"iterations": int(self.params["iterations"]), "warm_started": False}
-        self._continue_from(self.__dict__.pop("_previous", None), seed)
+        self._continue_from(self.__dict__.pop("_previous", None), seed)  # not kept alive by the new fit
         with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS threads under it slow it down
             self.solver.fit(self.train.tocsr(), show_progress=False)
 

@@ -146,7 +146,7 @@ class TwoTower(Recommender):
         n_train = int((~is_val).sum())
         batch = int(min(p["batch_size"], max(2, n_train)))
         self.net = self._build_net()
-        warm = self._continue_from(getattr(self, "_previous", None))
+        warm = self._continue_from(self.__dict__.pop("_previous", None))  # not kept alive by the new fit
         budget = int(min(p["warm_start_budget"] if warm else p["example_budget"], p["passes"] * n_train))
         per_epoch = max(batch, min(n_train, int(p["max_examples_per_epoch"]), budget // 4))
         epochs = max(1, min(int(p["epochs"]), budget // per_epoch))
