@@ -9,6 +9,7 @@ from argparse import Namespace
 import pytest
 
 from benchmarks.quality import ALS_GRID, MSR_ML100K, main
+from models.als import ALS
 
 pytestmark = [pytest.mark.ml100k, pytest.mark.slow]
 
@@ -50,7 +51,7 @@ def test_reduced_quality_benchmark_writes_every_number(ml100k_dir, tmp_path, cap
             "ndcg_lift_over_als_tuned"} <= paired
     # Tuned in the night's shape (a window cut in time); ALS's own hyper-parameters chosen on the same users.
     (tuned,) = result["t"]["tuned"]
-    assert tuned["warm"]["users"] > 50 and tuned["als_tuned"] in [{**p, "iterations": 15} for p in ALS_GRID]
+    assert tuned["warm"]["users"] > 50 and tuned["als_tuned"] in [{**ALS.default_params(), **p} for p in ALS_GRID]
     assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in t_rows if r["metric"] in paired)
     # Films first rated after the cut, in the known users' next interactions: every model and their baselines.
     new_items = {(r["model"], r["metric"]) for r in result["t"]["new_items"]}
