@@ -38,6 +38,7 @@ from models.serving import UserBlock
 
 class ALS(Recommender):
     name = "als"
+    continues_fits = True
     description = "user and item factors of the interaction matrix (implicit's alternating least squares)"
 
     @classmethod
@@ -54,16 +55,13 @@ class ALS(Recommender):
     def _fit(self, seed: int) -> None:
         self.solver = self._solver(seed)
         self.training_ = {"iterations": int(self.params["iterations"]), "warm_started": False}
-        self._continue_from(self.__dict__.pop("_previous", None), seed)  # not kept alive by the new fit
+        self._continue_from(self._earlier_fit(), seed)
         with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS threads under it slow it down
             self.solver.fit(self.train.tocsr(), show_progress=False)
 
-    def warm_start(self, previous: Recommender) -> None:
-        """Start the next fit from ``previous``'s factors (an ALS fit on an earlier fold with as many factors):
-        the rows of known users and items carried over by id, for ``warm_iterations`` sweeps."""
-        self._previous = previous
-
     def _continue_from(self, previous: Recommender | None, seed: int) -> None:
+        """Start from ``previous``'s factors (:meth:`warm_start`: an ALS fit on an earlier fold with as many
+        factors): the rows of known users and items carried over by id, for ``warm_iterations`` sweeps."""
         if not isinstance(previous, ALS) or previous.solver.factors != self.solver.factors:
             return
         # New rows drawn as implicit draws a fit from scratch (uniform, times 0.01), from the fit's seed.

@@ -139,13 +139,22 @@ class Recommender(Explaining, ABC):
         """What a saved fit learned on validation data, for the report, without loading it (None: nothing)."""
         return None
 
+    # Whether a fit can continue an earlier fold's fit of the same model (warm_start): the two-tower, ALS.
+    continues_fits: ClassVar[bool] = False
+
     @classmethod
     def can_warm_start(cls) -> bool:
-        return cls.warm_start is not Recommender.warm_start
+        return cls.continues_fits
 
-    def warm_start(self, previous: Recommender) -> None:  # noqa: B027 - most models have nothing to carry over
+    def warm_start(self, previous: Recommender) -> None:
         """Let the next fit start from ``previous`` (a fit of the same model on an earlier fold), where that
-        is sound. Models that cannot use it ignore it."""
+        is sound: a model that ``continues_fits`` takes it in its fit (:meth:`_earlier_fit`); others ignore it."""
+        if self.continues_fits:
+            self._previous = previous
+
+    def _earlier_fit(self) -> Recommender | None:
+        """The fit :meth:`warm_start` named, handed over once: the new fit does not keep it alive."""
+        return self.__dict__.pop("_previous", None)
 
     @abstractmethod
     def _fit(self, seed: int) -> None:

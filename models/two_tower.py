@@ -41,6 +41,7 @@ class TwoTower(Recommender):
     SETTINGS = {"epochs": "epochs", "batch_size": "batch_size", "verbose": "verbose"}
     description = "a Keras two-tower network over ids, demographics, the user's items and item content"
     scores_new_items = True
+    continues_fits = True
 
     @classmethod
     def default_params(cls) -> dict:
@@ -146,7 +147,7 @@ class TwoTower(Recommender):
         n_train = int((~is_val).sum())
         batch = int(min(p["batch_size"], max(2, n_train)))
         self.net = self._build_net()
-        warm = self._continue_from(self.__dict__.pop("_previous", None))  # not kept alive by the new fit
+        warm = self._continue_from(self._earlier_fit())
         budget = int(min(p["warm_start_budget"] if warm else p["example_budget"], p["passes"] * n_train))
         per_epoch = max(batch, min(n_train, int(p["max_examples_per_epoch"]), budget // 4))
         epochs = max(1, min(int(p["epochs"]), budget // per_epoch))
@@ -211,12 +212,10 @@ class TwoTower(Recommender):
                 f"{' (warm start)' if t['warm_started'] else ''}, loss (both towers) {t['first_loss']:.3f} -> "
                 f"{t['final_loss']:.3f}{val}")
 
-    def warm_start(self, previous: Recommender) -> None:
-        """Start the next fit from ``previous``'s weights (same architecture): rows of known users and items
-        are carried over by id, new ones start fresh. The production fit continues the evaluation fold's."""
-        self._previous = previous
-
     def _continue_from(self, previous: TwoTower | None) -> bool:
+        """Start from ``previous``'s weights (same architecture): rows of known users and items carried over by
+        id, new ones fresh (:meth:`warm_start`; the evaluation fold continues the tuning fold's fit, production
+        the evaluation fold's). False where there is nothing to continue."""
         if previous is None or not isinstance(previous, TwoTower):
             return False
         same = all(previous.params[k] == self.params[k] for k in ("dim", "hidden", "bag_size", "temperature"))
