@@ -23,8 +23,10 @@ ranked by the hybrid's other components (the two-tower, item-kNN), whose memory 
 its square. Unset (0), the cap is ``DEFAULT_MAX_ITEMS`` or what a quarter of this machine's memory holds as one
 float32 square (:func:`memory_item_cap`: ~40k items at 24 GiB), whichever is smaller, so a wide catalogue no
 longer stops the night; the cap used and the items it kept are in the report (``saved_tuning``). The time
-grows as the cube: 388 s a fit at 39.7k items on this 2-core machine (a wide catalogue's night, measured),
-~50 s at 20k, and a night fits EASE three times."""
+grows as the cube: 388 s a fit at 39.7k items on this 2-core machine (a wide catalogue's night, measured,
+with a single-threaded factorisation), ~41 s at 20k (16 M interactions: 7.5 s the Gram matrix's lower
+triangle, 12 s the Cholesky in threaded blocks, 18 s the inverse), and a night fits EASE four times (the
+tuning, evaluation and item-cold folds, production)."""
 
 from __future__ import annotations
 
@@ -34,15 +36,19 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from scipy.linalg import lapack
-from threadpoolctl import threadpool_limits
+from scipy.linalg import blas, lapack
 
 from models.base import Recommender
 from models.serving import UserBlock, item_cooccurrence
 from models.tiled import TiledMatrix
 
-# The default cap on EASE's items: three fits a night of ~50 s each at 20k items (the cube of the items).
+# The default cap on EASE's items: four fits a night of ~41 s each at 20k items (the cube of the items).
 DEFAULT_MAX_ITEMS = 20_000
+
+# The largest matrix handed to OpenBLAS's threaded spotrf at once. Its threaded path (SkylakeX kernels, 0.3.30
+# in scipy's wheel, also 0.3.31 and 0.3.34) segfaults in ssyrk's packing from about 26,300 items on (26,200
+# fine), the size of a 20 M interactions night; larger matrices are factorised in blocks of at most this size.
+THREADED_POTRF_MAX = 16_384
 
 
 class EASE(Recommender):
@@ -76,11 +82,13 @@ class EASE(Recommender):
         gram = np.empty((n, n), dtype=np.float32)
 
         def into_gram(lo: int, rows: np.ndarray) -> None:
-            block = gram[lo:lo + len(rows)]
-            np.multiply(rows, scale[None, :], out=block)
+            block = gram[lo:lo + len(rows), :rows.shape[1]]
+            np.multiply(rows, scale[None, :rows.shape[1]], out=block)
             block *= scale[lo:lo + len(rows), None]
 
-        item_cooccurrence(train, 1024, into_gram)
+        # The lower triangle alone (row-major): what the factorisation and the inverse read (LAPACK's upper
+        # triangle of the Fortran view); 7.5 s instead of 11.8 s at 20k items and 16 M interactions.
+        item_cooccurrence(train, 1024, into_gram, lower=True)
         gram[np.diag_indices_from(gram)] += np.float32(l2)
         inverse = _spd_inverse_in_place(gram)  # in gram's memory
         # B = diag(scale) (I - P / diag(P)), in P's memory: the history is read on the normalised scale
@@ -156,19 +164,16 @@ def memory_item_cap(share: float = 0.25) -> int:
     return max(1, math.isqrt(int(share * memory) // 4))
 
 
-def _spd_inverse_in_place(matrix: np.ndarray, block: int = 1024) -> np.ndarray:
+def _spd_inverse_in_place(matrix: np.ndarray, block: int = 1024, most: int | None = None) -> np.ndarray:
     """The inverse of a symmetric positive definite float32 matrix, in its own memory where LAPACK allows.
 
-    Cholesky (``potrf`` + ``potri``) costs half the flops of an LU inverse (measured 1.6x faster at 4k items,
-    same error against float64). LAPACK sees the C array as its Fortran transpose, the same symmetric
-    matrix, and leaves one triangle; it is mirrored block by block (no n^2 temporaries).
+    Cholesky (:func:`_cholesky_in_place` + ``potri``) costs half the flops of an LU inverse (measured 1.6x
+    faster at 4k items, same error against float64). LAPACK sees the C array as its Fortran transpose, the same
+    symmetric matrix, and leaves one triangle; it is mirrored block by block (no n^2 temporaries). Only the
+    lower triangle of the row-major ``matrix`` is read. ``most``: see :func:`_cholesky_in_place`.
     """
-    # One BLAS thread for the factorisation: OpenBLAS's threaded spotrf (SkylakeX kernels, 0.3.30 in scipy's
-    # wheel, also 0.3.31 and 0.3.34) segfaults from about 26,300 items on (26,200 fine), the size of a 20 M
-    # interactions night; single-threaded it costs 31 s instead of 15 s at 26.7k items. The inverse (potri,
-    # twice the flops) keeps its threads: it does not crash.
-    with threadpool_limits(1, user_api="blas"):
-        factor, info = lapack.spotrf(matrix.T, lower=False, overwrite_a=True, clean=False)
+    factor = matrix.T
+    info = _cholesky_in_place(factor, most or THREADED_POTRF_MAX)
     if info == 0:
         inverse, info = lapack.spotri(factor, lower=False, overwrite_c=True)
     if info != 0:
@@ -181,3 +186,34 @@ def _spd_inverse_in_place(matrix: np.ndarray, block: int = 1024) -> np.ndarray:
         diagonal = inverse[lo:hi, lo:hi]
         inverse[lo:hi, lo:hi] = np.triu(diagonal) + np.triu(diagonal, 1).T
     return np.ascontiguousarray(inverse.T)  # the same memory when LAPACK worked in place
+
+
+def _cholesky_in_place(m: np.ndarray, most: int = THREADED_POTRF_MAX, columns: int = 2048) -> int:
+    """The upper Cholesky factor U (m = U^T U) of the symmetric positive definite Fortran-ordered float32 ``m``,
+    written over its upper triangle (the lower one is left as it was); LAPACK's ``info`` (0: done).
+
+    Up to ``most`` rows it is LAPACK's threaded ``spotrf``; beyond, right-looking by halves: U11 = chol(m11),
+    U12 = U11^-T m12 (``strsm``), then chol(m22 - U12^T U12), the update of the upper triangle alone, a block
+    of ``columns`` at a time (half the flops of the full product, no n^2 temporary). Threaded throughout:
+    one BLAS thread cost 16.4 s at 20k items, this 10.4-11.8 s (2 threads, measured; threaded ``spotrf``
+    on the whole matrix 8.7 s, where it does not crash)."""
+    n = m.shape[0]
+    if n <= most:
+        factor, info = lapack.spotrf(m, lower=False, overwrite_a=True, clean=False)
+        if not np.shares_memory(factor, m):  # a view of a larger matrix: LAPACK worked on a contiguous copy
+            m[...] = factor
+        return int(info)
+    half = n // 2 if n < 2 * most else most
+    info = _cholesky_in_place(m[:half, :half], most, columns)
+    if info:
+        return info
+    panel = np.asfortranarray(m[:half, half:])
+    panel = blas.strsm(1.0, m[:half, :half], panel, side=0, lower=0, trans_a=1, overwrite_b=True)
+    m[:half, half:] = panel
+    rest = m[half:, half:]
+    for lo in range(0, n - half, columns):
+        hi = min(n - half, lo + columns)
+        rest[:hi, lo:hi] -= panel[:, :hi].T @ panel[:, lo:hi]
+    del panel
+    info = _cholesky_in_place(rest, most, columns)
+    return half + info if info else 0

@@ -11,11 +11,11 @@ from model_helpers import fit_model
 from polars.testing import assert_frame_equal
 
 import models.base
-from models.ease import DEFAULT_MAX_ITEMS, memory_item_cap
+from models.ease import DEFAULT_MAX_ITEMS, _cholesky_in_place, _spd_inverse_in_place, memory_item_cap
 from models.hybrid import ColumnPart, Hybrid, MixWeight
 from models.ranking import standardize_rows
 from models.registry import build, load
-from models.serving import BestUsers, merge_best_users, recommend_together
+from models.serving import BestUsers, item_cooccurrence, merge_best_users, recommend_together
 from models.tiled import TILE, TiledMatrix
 from tasks.publish import score_step
 from tasks.split import carve_validation
@@ -50,6 +50,56 @@ def test_ease_weights_are_laid_out_in_the_inverse_memory_and_equal_the_formula(n
     tiled = TiledMatrix.ease_weights_in_place(inverse)
     assert all(np.shares_memory(tile, inverse) for tile in tiled.tiles)  # no second n x n array
     np.testing.assert_allclose(tiled.to_dense(), expected, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("n, most", [(237, 40), (90, 40), (64, 64), (65, 64)])
+def test_cholesky_in_blocks_is_lapacks_factor_and_reads_one_triangle(n, most):
+    """The factorisation in blocks (what a matrix beyond THREADED_POTRF_MAX gets; a small one here) is the
+    Cholesky factor, reading only LAPACK's upper triangle of the Fortran view: the other one may hold
+    anything (the Gram matrix is built as that triangle alone), and is left as it was."""
+    rng = np.random.default_rng(n)
+    x = (rng.random((300, n)) < 0.1).astype(np.float32)
+    gram = (x.T @ x + 5 * np.eye(n)).astype(np.float32)
+    expected = np.linalg.cholesky(gram.astype(np.float64)).T  # upper: gram = U^T U
+    matrix = gram.copy()
+    matrix[np.triu_indices(n, 1)] = np.nan  # row-major upper = the Fortran view's lower: never read
+    assert _cholesky_in_place(matrix.T, most=most, columns=16) == 0
+    np.testing.assert_allclose(np.triu(np.nan_to_num(matrix.T)), expected, rtol=2e-5, atol=2e-5)
+    assert np.isnan(matrix[np.triu_indices(n, 1)]).all()
+
+    inverse = gram.copy()
+    inverse[np.triu_indices(n, 1)] = np.nan
+    if n == 237:  # the whole inverse, through the blocks, equals float64's
+        result = _spd_inverse_in_place(inverse, block=50, most=most)
+        np.testing.assert_allclose(result, np.linalg.inv(gram.astype(np.float64)), rtol=1e-4, atol=1e-6)
+        assert np.shares_memory(result, inverse)
+
+
+def test_cholesky_of_a_matrix_that_is_not_positive_definite_says_where():
+    gram = np.eye(120, dtype=np.float32)
+    gram[100, 100] = -1.0
+    assert _cholesky_in_place(gram.T, most=32) == 101  # LAPACK's 1-based leading minor
+
+
+@pytest.mark.parametrize("step", [1, 7, 64, 200])
+def test_item_cooccurrence_lower_gives_the_lower_triangle_of_every_row_block(step):
+    x = sp.random(80, 61, density=0.15, format="csr", dtype=np.float32, random_state=step)
+    x.data[:] = 1.0
+    full, lower = np.full((61, 61), np.nan, np.float32), np.full((61, 61), np.nan, np.float32)
+
+    def into(target):
+        def on_rows(lo, rows):
+            target[lo:lo + len(rows), :rows.shape[1]] = rows
+        return on_rows
+
+    item_cooccurrence(x, step, into(full))
+    item_cooccurrence(x, step, into(lower), lower=True)
+    expected = (x.T @ x).toarray()
+    assert np.array_equal(full, expected)
+    for lo in range(0, 61, step):
+        hi = min(61, lo + step)
+        assert np.array_equal(lower[lo:hi, :hi], expected[lo:hi, :hi])
+        assert np.isnan(lower[lo:hi, hi:]).all()  # nothing beyond the block's last row
 
 
 def test_a_hybrid_scored_with_its_components_scores_each_once_and_matches(small_data):
