@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import scipy.sparse as sp
 from scipy.linalg import blas, lapack
 
 from models.base import Recommender
@@ -69,6 +70,7 @@ class EASE(Recommender):
         counts = np.diff(self.train.tocsc().indptr)
         cap = int(self.params["max_items"]) or min(DEFAULT_MAX_ITEMS, memory_item_cap())
         self.known = fitted_items(counts, cap)  # None: every item of the catalogue
+        self._position = None
         self.catalogue = {"items_fitted": len(counts) if self.known is None else len(self.known),
                           "items_with_interactions": int(np.count_nonzero(counts)), "catalogue": len(counts),
                           "max_items": cap, "cap_from": "RECSYS_EASE_MAX_ITEMS" if self.params["max_items"]
@@ -97,9 +99,25 @@ class EASE(Recommender):
     def score_block(self, users: UserBlock) -> np.ndarray:
         if self.known is None:
             return self.weights.rmatmul(users.history)
-        scores = np.zeros((users.history.shape[0], len(self.item_ids)), dtype=np.float32)
-        scores[:, self.known] = self.weights.rmatmul(users.history[:, self.known])
-        return scores
+        # The history on the fitted items (positions by a lookup: scipy's column indexing is a sparse product),
+        # scored straight into their columns.
+        history = users.history.tocsr()
+        position = self._positions()[history.indices]
+        kept = position >= 0
+        row = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr))[kept]
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=history.shape[0]))])
+        fitted = sp.csr_matrix((history.data[kept], position[kept], indptr), shape=(history.shape[0], len(self.known)))
+        scores = np.zeros((history.shape[0], len(self.item_ids)), dtype=np.float32)
+        return self.weights.rmatmul(fitted, out=scores, columns=self.known)
+
+    def _positions(self) -> np.ndarray:
+        """Each catalogue column's row in the fitted weights, -1 for an item left out (kept after the first call)."""
+        position = getattr(self, "_position", None)
+        if position is None:
+            position = np.full(len(self.item_ids), -1, dtype=np.int64)
+            position[self.known] = np.arange(len(self.known))
+            self._position = position
+        return position
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         """"because you rated <the known item with the largest weight towards the recommended one>"."""
@@ -109,8 +127,7 @@ class EASE(Recommender):
         """B[rows[i], cols[i]] by catalogue column (0 where either item has no interactions)."""
         if self.known is None:
             return self.weights.take(rows, cols)
-        position = np.full(len(self.item_ids), -1, dtype=np.int64)
-        position[self.known] = np.arange(len(self.known))
+        position = self._positions()
         r, c = position[rows], position[cols]
         both = (r >= 0) & (c >= 0)
         out = np.zeros(len(rows), dtype=np.float32)
@@ -141,6 +158,7 @@ class EASE(Recommender):
         self.weights = TiledMatrix.load(path / "weights.npz")
         known = path / "known_items.npy"
         self.known = np.load(known) if known.exists() else None
+        self._position = None
         self.catalogue = self.saved_tuning(path) or {}
 
 

@@ -119,7 +119,7 @@ class SegmentPopularity(Recommender):
     def _rows(self, demographics: np.ndarray, spec: dict) -> np.ndarray:
         """Each user's row of the tables: their segment's, else their parent segment's, else global."""
         segment = segment_of(self, demographics, spec["segment"])
-        scores = self.segment_scores[np.minimum(segment, len(self.segment_scores) - 1)].copy()
+        scores = self.segment_scores[np.minimum(segment, len(self.segment_scores) - 1)]  # a gather: a new array
         unknown = segment == len(self.segment_scores)
         if len(self.parent_scores) and unknown.any():
             up = segment_of(self, demographics[unknown], list(spec["parent"]))

@@ -102,20 +102,28 @@ class TiledMatrix:
     def to_dense(self) -> np.ndarray:
         return np.concatenate(self.tiles, axis=1)
 
-    def rmatmul(self, rows: sp.spmatrix) -> np.ndarray:
-        """``rows @ self`` as a dense float32 (len(rows), n_cols) array.
+    def rmatmul(self, rows: sp.spmatrix, out: np.ndarray | None = None,
+                columns: np.ndarray | None = None) -> np.ndarray:
+        """``rows @ self`` as a dense float32 (len(rows), n_cols) array; or written into ``out``'s ``columns``
+        (ascending, one for each of this matrix's columns; a model fitted on part of a catalogue), each tile
+        where it lands, on the tile's thread (no second pass over the block to scatter it).
 
         Histories denser than ``DENSE_FROM`` (small catalogues: 11 % at 1.3k items) go through BLAS SGEMM
         tile by tile, which beats any sparse product there; sparser ones through the tiled sparse product.
         """
-        out = np.empty((rows.shape[0], self.n_cols), dtype=np.float32)
+        if out is None:
+            out = np.empty((rows.shape[0], self.n_cols), dtype=np.float32)
         if rows.shape[0] == 0:
             return out
         dense = rows.nnz >= DENSE_FROM * rows.shape[0] * rows.shape[1]
         history = np.asarray(rows.toarray(), dtype=np.float32) if dense else sp.csc_matrix(rows, dtype=np.float32)
 
         def one(t: int) -> None:
-            out[:, self.starts[t]:self.starts[t + 1]] = history @ self.tiles[t]
+            lo, hi = self.starts[t], self.starts[t + 1]
+            if columns is None:
+                out[:, lo:hi] = history @ self.tiles[t]
+            else:
+                out[:, columns[lo:hi]] = history @ self.tiles[t]
 
         if dense:  # BLAS runs its own threads
             for t in range(len(self.tiles)):
@@ -127,9 +135,11 @@ class TiledMatrix:
     def take(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """The elements ``matrix[rows[i], cols[i]]``, tile by tile."""
         out = np.empty(len(rows), dtype=np.float32)
-        tile = np.searchsorted(self.starts, cols, side="right") - 1
-        for t in np.unique(tile):
-            here = tile == t
+        tile = (np.searchsorted(self.starts, cols, side="right") - 1).astype(np.int16)  # < 2^15 tiles
+        order = np.argsort(tile, kind="stable")  # a radix sort of 16-bit keys: the pairs grouped by tile
+        bounds = np.searchsorted(tile[order], np.arange(len(self.tiles) + 1))
+        for t in np.flatnonzero(np.diff(bounds)):
+            here = order[bounds[t]:bounds[t + 1]]
             out[here] = self.tiles[t][rows[here], cols[here] - self.starts[t]]
         return out
 

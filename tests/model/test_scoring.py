@@ -34,6 +34,15 @@ def test_tiled_product_equals_the_plain_product(n_cols, tmp_path):
     tiled = TiledMatrix.from_dense(weights)
     np.testing.assert_allclose(tiled.rmatmul(history), history @ weights, rtol=1e-5, atol=1e-5)
     assert np.array_equal(tiled.to_dense(), weights)
+    # Written into the given columns of a wider array (a model fitted on part of a catalogue), and read back
+    # element by element in any order across tiles.
+    columns = np.sort(rng.choice(n_cols + 50, size=n_cols, replace=False))
+    wide = np.zeros((37, n_cols + 50), dtype=np.float32)
+    assert tiled.rmatmul(history, out=wide, columns=columns) is wide
+    np.testing.assert_array_equal(wide[:, columns], tiled.rmatmul(history))
+    assert not np.delete(wide, columns, axis=1).any()
+    rows, cols = rng.integers(0, n_cols, 500), rng.integers(0, n_cols, 500)
+    assert np.array_equal(tiled.take(rows, cols), weights[rows, cols])
     tiled.save(tmp_path / "w.npz")
     again = TiledMatrix.load(tmp_path / "w.npz")
     assert again.shape == (n_cols, n_cols)
