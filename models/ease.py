@@ -47,9 +47,11 @@ from models.tiled import TiledMatrix
 DEFAULT_MAX_ITEMS = 20_000
 
 # The largest matrix handed to OpenBLAS's threaded spotrf at once. Its threaded path (SkylakeX kernels, 0.3.30
-# in scipy's wheel, also 0.3.31 and 0.3.34) segfaults in ssyrk's packing from about 26,300 items on (26,200
-# fine), the size of a 20 M interactions night; larger matrices are factorised in blocks of at most this size.
-THREADED_POTRF_MAX = 16_384
+# in scipy's wheel, also 0.3.31 and 0.3.34) segfaults in ssyrk's packing from about 26,300 float32 items on
+# (26,200 fine; 20k in float64: the limit moves with the build and the threads), the size of a 20 M interactions
+# night; larger matrices are factorised in blocks of at most this size, a third of the smallest crash seen (at
+# 20k items 8,192 and 16,384 both take 11.6 s).
+THREADED_POTRF_MAX = 8_192
 
 
 class EASE(Recommender):
@@ -213,7 +215,7 @@ def _cholesky_in_place(m: np.ndarray, most: int = THREADED_POTRF_MAX, columns: i
     Up to ``most`` rows it is LAPACK's threaded ``spotrf``; beyond, right-looking by halves: U11 = chol(m11),
     U12 = U11^-T m12 (``strsm``), then chol(m22 - U12^T U12), the update of the upper triangle alone, a block
     of ``columns`` at a time (half the flops of the full product, no n^2 temporary). Threaded throughout:
-    one BLAS thread cost 16.4 s at 20k items, this 10.4-11.8 s (2 threads, measured; threaded ``spotrf``
+    one BLAS thread cost 16.4 s at 20k items, this 11.6 s (2 threads, measured; threaded ``spotrf``
     on the whole matrix 8.7 s, where it does not crash)."""
     n = m.shape[0]
     if n <= most:
