@@ -30,7 +30,7 @@ from tasks import night
 NOT_SHAPING = {"top_n", "metric_tolerance", "sql_dir", "expectations_dir", "timezone", "ml100k_url", "ml100k_dir",
                "publish_model", "verbose", "lock_wait_seconds", "connect_wait_seconds", "task_runner", "dask_address",
                "dask_workers", "text_encoder_model_path", "text_vector_cache",
-               "sql_timeout_seconds", "sql_memory_limit", "warehouse_memory_limit"}
+               "sql_timeout_seconds", "sql_memory_limit", "warehouse_memory_limit", "keep_nights"}
 # Settings only the scoring of slices reads: a night that changes them re-scores and re-reports, and reuses
 # the split, the features and every fit.
 EVALUATION_ONLY = {"bootstrap_samples", "max_eval_users", "ks", "data_docs"}

@@ -34,7 +34,7 @@ from recsys import db, runs
 from recsys.errors import ConfigError
 from recsys.progress import Heartbeat, peak_rss_gib
 from recsys.settings import Settings
-from tasks import night, publish, snapshot
+from tasks import night, publish, retention, snapshot
 from tasks.report import markdown_table
 from tasks.snapshot import Snapshot
 
@@ -184,6 +184,11 @@ def _train_publish(settings: Settings, run_id: str, day: date, names: list[str],
         progress.step("publish", published["paths"]["recommendations"])
     with db.warehouse(settings) as wh:
         runs.finish_run(wh, run_id, "published")
+    # Under the run lock, after the publish. Tonight's records may point into earlier nights (cached steps):
+    # those nights stay, so an unchanged next night still finds them.
+    carried = [evaluation.carry["weights"], *evaluation.carry["warm_from"].values()]
+    pruned = retention.prune_old_nights(settings, run_id, [*trained.models.values(), evaluation.folder,
+                                                           evaluation.metrics, *filter(None, carried)])
 
     heads = list(evaluation.headline)
     create_table_artifact(key="nightly-headline", table=heads,
@@ -191,7 +196,7 @@ def _train_publish(settings: Settings, run_id: str, day: date, names: list[str],
     summary = {
         "run_id": run_id, "run_date": str(day), "fingerprint": snap.fingerprint, "ingest": ingested,
         "snapshot": snap, "features": feats, "evaluation": evaluation, "models": trained, "published": published,
-        "steps": progress.timings,
+        "steps": progress.timings, "pruned": pruned, "keep_nights": settings.keep_nights,
     }
     create_markdown_artifact(key="nightly-summary", markdown=_summary_markdown(summary, heads, publish_model),
                              description=f"nightly {day}")
@@ -265,6 +270,7 @@ def _summary_text(summary: dict, heads: list[dict], model: str) -> str:
              f"  reasons: {summary['published']['reasons']}; new items with users to show them to: "
              f"{summary['published']['new_items']:,}",
              f"  report: {summary['evaluation'].report_html}"]
+    lines.append(f"  {summary['pruned'].line(summary['keep_nights'])}")
     if heads:
         columns = list(heads[0])
         widths = {c: max(len(c), *(len(str(r[c])) for r in heads)) for c in columns}

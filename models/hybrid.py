@@ -514,6 +514,14 @@ class Hybrid(BlendTuning, Recommender):
     def saved_tuning(cls, path: Path) -> dict:
         return cls.saved_blend(path)["tuning"]
 
+    @classmethod
+    def component_folders(cls, path: Path) -> list[Path]:
+        """The folders a saved hybrid loads its components from (none for a folder that is not a hybrid's)."""
+        where = Path(path) / "components.json"
+        if not where.exists():
+            return []
+        return [(Path(path) / relative).resolve() for relative in json.loads(where.read_text()).values()]
+
     def _load_state(self, path: Path) -> None:
         if self._loader is None:
             raise ValueError("a hybrid loads its components by kind: load it with models.registry.load()")

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     keep_last_blend: bool = Field(True, description="Each bucket of the blend keeps the weights of the last "
                                   "published night unless tonight's choice beats them significantly on tonight's "
                                   "validation users (false: tuned afresh every night).")
+    keep_nights: int = Field(3, ge=0, description="Nights whose working files (fitted models, folds, splits: "
+                             "several GB at 20 M interactions) are kept; older nights keep their reports and "
+                             "metrics, and the published model is always kept (0: keep everything).")
     bootstrap_samples: int = 1000
     max_eval_users: int = Field(5000, description="Users sampled per evaluation slice (bounds cost at scale).")
     metric_tolerance: float = Field(0.10, description="Allowed relative drop of headline metrics vs last publish.")

@@ -13,8 +13,9 @@ import polars as pl
 import pytest
 
 from flows.caching import CODE_FOLDERS, code_fingerprint
-from flows.nightly import nightly_flow, train_publish_flow
+from flows.nightly import _summary_text, nightly_flow, train_publish_flow
 from models.base import Recommender
+from models.registry import load
 from recsys.errors import ConfigError, PublishGateError
 from recsys.settings import Settings
 from tasks import features, publish
@@ -317,3 +318,23 @@ def test_the_item_cold_fold_is_the_evaluation_folds_training_less_the_new_items(
         assert training(folder / "models", model)["warm_started"]
         assert not training(folder / "models-item-cold", model)["warm_started"]
         assert training(production, model)["warm_started"]
+
+
+def test_a_night_prunes_older_working_files_and_keeps_what_its_records_read(night):
+    """With keep_nights 1 the night removes older nights' models and folds, keeping every report and the nights
+    its (cached) records point at: the published hybrid and its components still load."""
+    settings = night[0]
+    stray = "nightly-20200101T000000-abcdef"  # an old failed night's leftovers
+    (settings.models_dir / stray / "ease").mkdir(parents=True)
+    (settings.models_dir / stray / "ease" / "params.json").write_text("{}")
+    (settings.reports_dir / stray / "slices").mkdir(parents=True)
+    (settings.reports_dir / stray / "report.html").write_text("<html>")
+    latest = train_publish_flow(settings=settings.model_copy(update={"keep_nights": 1}), run_date="2026-11-20")
+    assert stray in latest["pruned"].nights and latest["pruned"].bytes > 0
+    assert not (settings.models_dir / stray).exists() and not (settings.reports_dir / stray / "slices").exists()
+    assert (settings.reports_dir / stray / "report.html").exists()
+    assert latest["models"].exists() and latest["evaluation"].exists()
+    assert latest["run_id"] not in latest["models"].models["hybrid"]  # cached: it sits in an earlier night
+    hybrid = load(Path(latest["models"].models["hybrid"]))
+    assert set(hybrid.components) >= {"ease", "two_tower"}
+    assert "older nights' removed" in _summary_text(latest, [], "hybrid")

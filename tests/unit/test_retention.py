@@ -1,0 +1,80 @@
+"""Old nights' working files are deleted beyond keep_nights nights; every report, the nights tonight's records
+point at (the published hybrid's components among them) and anything that is not a run's stay."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from recsys.settings import Settings
+from tasks.retention import WORKING_FILES, prune_old_nights
+
+RUNS = [f"nightly-202612{day:02d}T0100{day:02d}-00000{day}" for day in range(1, 7)]  # oldest first
+
+
+def _night(settings: Settings, run: str) -> None:
+    for name in ("ease", "hybrid"):
+        folder = settings.models_dir / run / name
+        folder.mkdir(parents=True)
+        (folder / "params.json").write_text("{}")
+    reports = settings.reports_dir / run
+    reports.mkdir(parents=True)
+    for name in WORKING_FILES:
+        if name.endswith(".parquet"):
+            (reports / name).write_bytes(b"x" * 1000)
+        else:
+            (reports / name).mkdir()
+            (reports / name / "data.bin").write_bytes(b"x" * 1000)
+    (reports / "report.html").write_text("<html>")
+    (reports / "metrics.parquet").write_bytes(b"m")
+
+
+@pytest.fixture
+def home(tmp_path):
+    settings = Settings(home=tmp_path / "var", keep_nights=2)
+    for run in RUNS:
+        _night(settings, run)
+    # Tonight (night 6) published a hybrid whose fit was cached in night 4's folder; it reads a component that
+    # an earlier cached fit left in night 1's.
+    published = settings.models_dir / RUNS[3] / "hybrid"
+    (published / "components.json").write_text(
+        json.dumps({"ease": os.path.relpath(settings.models_dir / RUNS[0] / "ease", published)}))
+    (settings.models_dir / "my-notes").mkdir()  # not a run's: never touched
+    (settings.reports_dir / "nightly-draft").mkdir()
+    # Night 2's fold models hard-link the fold's shared training file: freed once, not once per link.
+    shared = settings.reports_dir / RUNS[1] / "models" / "data.bin"
+    os.link(shared, settings.reports_dir / RUNS[1] / "models" / "linked.bin")
+    return settings, str(published)
+
+
+def test_old_nights_lose_their_working_files_and_keep_their_reports(home):
+    settings, published = home
+    pruned = prune_old_nights(settings, RUNS[5], [published])
+    assert pruned.nights == [RUNS[1], RUNS[2]]  # night 1 and 4 are read by tonight's model; 5 and 6 are the last two
+    for run in (RUNS[0], RUNS[3], RUNS[4], RUNS[5]):
+        assert (settings.models_dir / run / "ease" / "params.json").exists()
+        assert all((settings.reports_dir / run / name).exists() for name in WORKING_FILES)
+    for run in RUNS[1:3]:
+        assert not (settings.models_dir / run).exists()
+        assert not any((settings.reports_dir / run / name).exists() for name in WORKING_FILES)
+        assert (settings.reports_dir / run / "report.html").exists()  # every night keeps its report
+        assert (settings.reports_dir / run / "metrics.parquet").exists()
+    assert (settings.models_dir / "my-notes").is_dir() and (settings.reports_dir / "nightly-draft").is_dir()
+    # Two nights of 7 working entries of 1,000 bytes (night 2's hard link counted once) and 2 x 2 model bytes.
+    assert pruned.bytes == 2 * 7 * 1000 + 2 * 2 * 2
+    assert "2 older nights' removed" in pruned.line(2)
+    again = prune_old_nights(settings, RUNS[5], [published])
+    assert again.nights == [] and again.bytes == 0 and "none older" in again.line(2)
+
+
+def test_keep_nights_zero_keeps_everything_and_the_current_night_is_always_kept(home):
+    settings, _ = home
+    everything = prune_old_nights(settings.model_copy(update={"keep_nights": 0}), RUNS[5], [])
+    assert everything.nights == [] and all((settings.models_dir / run).is_dir() for run in RUNS)
+    assert everything.line(0) == "working files: all kept"
+    # The current night is kept even when it is not among the newest (a run whose clock was behind).
+    one = prune_old_nights(settings.model_copy(update={"keep_nights": 1}), RUNS[2], [])
+    assert one.nights == [RUNS[0], RUNS[1], RUNS[3], RUNS[4]]
+    assert (settings.models_dir / RUNS[2]).is_dir() and (settings.models_dir / RUNS[5]).is_dir()
