@@ -30,12 +30,15 @@ class Pruned:
 
     nights: list[str]
     bytes: int
+    failed: tuple[str, ...] = ()  # what could not be removed, with why (the night is published all the same)
 
     def line(self, keep: int) -> str:
         if not self.nights:
-            return f"working files: the last {keep} nights' kept, none older" if keep else "working files: all kept"
-        return (f"working files: {len(self.nights)} older nights' removed ({self.bytes / 2**30:.1f} GiB), the last "
-                f"{keep} kept; their reports stay")
+            text = f"working files: the last {keep} nights' kept, none older" if keep else "working files: all kept"
+        else:
+            text = (f"working files: {len(self.nights)} older nights' removed ({self.bytes / 2**30:.1f} GiB), the "
+                    f"last {keep} kept; their reports stay")
+        return text + "".join(f"; not removed: {why}" for why in self.failed)
 
 
 def prune_old_nights(settings: Settings, current_run: str, in_use: list[str]) -> Pruned:
@@ -48,20 +51,24 @@ def prune_old_nights(settings: Settings, current_run: str, in_use: list[str]) ->
     runs = sorted({p.name for d in (settings.models_dir, settings.reports_dir) if d.is_dir() for p in d.iterdir()
                    if p.is_dir() and RUN_ID.match(p.name)}, key=lambda run: (RUN_ID.match(run)[1], run))
     kept = set(runs[-keep:]) | {current_run} | _runs_holding(settings, in_use)
-    removed, freed, seen = [], 0, set()
+    removed, freed, seen, failed = [], 0, set(), []
     for run in runs:
         targets = [settings.models_dir / run, *(settings.reports_dir / run / name for name in WORKING_FILES)]
         targets = [target for target in targets if target.exists()]
         if run in kept or not targets:
             continue
         for target in targets:
-            freed += _size(target, seen)
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink()
+            try:
+                size = _size(target, seen)
+                if target.is_dir():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink()
+                freed += size
+            except OSError as exc:  # a file another process holds, a permission: the next night tries again
+                failed.append(f"{target} ({exc.strerror or exc})")
         removed.append(run)
-    return Pruned(removed, freed)
+    return Pruned(removed, freed, tuple(failed))
 
 
 def _runs_holding(settings: Settings, paths: list[str]) -> set[str]:

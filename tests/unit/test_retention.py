@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
+import tasks.retention
 from recsys.settings import Settings
 from tasks.retention import WORKING_FILES, prune_old_nights
 
@@ -78,3 +80,20 @@ def test_keep_nights_zero_keeps_everything_and_the_current_night_is_always_kept(
     one = prune_old_nights(settings.model_copy(update={"keep_nights": 1}), RUNS[2], [])
     assert one.nights == [RUNS[0], RUNS[1], RUNS[3], RUNS[4]]
     assert (settings.models_dir / RUNS[2]).is_dir() and (settings.models_dir / RUNS[5]).is_dir()
+
+
+def test_what_cannot_be_removed_is_named_and_the_rest_goes(home, monkeypatch):
+    settings, published = home
+    real = shutil.rmtree
+
+    def refuse(path, *args, **kwargs):
+        if str(path).endswith(f"{RUNS[1]}/slices"):
+            raise PermissionError(13, "Permission denied")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(tasks.retention.shutil, "rmtree", refuse)
+    pruned = prune_old_nights(settings, RUNS[5], [published])
+    assert pruned.nights == [RUNS[1], RUNS[2]]
+    assert (settings.reports_dir / RUNS[1] / "slices").exists() and not (settings.models_dir / RUNS[1]).exists()
+    assert len(pruned.failed) == 1 and "slices (Permission denied)" in pruned.failed[0]
+    assert "not removed:" in pruned.line(2) and pruned.bytes == 2 * 7 * 1000 + 2 * 2 * 2 - 1000
