@@ -186,9 +186,7 @@ def _train_publish(settings: Settings, run_id: str, day: date, names: list[str],
         runs.finish_run(wh, run_id, "published")
     # Under the run lock, after the publish. Tonight's records may point into earlier nights (cached steps):
     # those nights stay, so an unchanged next night still finds them.
-    carried = [evaluation.carry["weights"], *evaluation.carry["warm_from"].values()]
-    pruned = retention.prune_old_nights(settings, run_id, [*trained.models.values(), evaluation.folder,
-                                                           evaluation.metrics, *filter(None, carried)])
+    pruned = retention.prune_old_nights(settings, run_id, [*trained.models.values(), *evaluation.paths()])
 
     heads = list(evaluation.headline)
     create_table_artifact(key="nightly-headline", table=heads,

@@ -220,7 +220,7 @@ def _cholesky_in_place(m: np.ndarray, most: int = THREADED_POTRF_MAX, columns: i
     n = m.shape[0]
     if n <= most:
         factor, info = lapack.spotrf(m, lower=False, overwrite_a=True, clean=False)
-        if not np.shares_memory(factor, m):  # a view of a larger matrix: LAPACK worked on a contiguous copy
+        if not np.may_share_memory(factor, m):  # a view of a larger matrix: LAPACK worked on a copy
             m[...] = factor
         return int(info)
     half = n // 2 if n < 2 * most else most

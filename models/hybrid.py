@@ -515,19 +515,18 @@ class Hybrid(BlendTuning, Recommender):
         return cls.saved_blend(path)["tuning"]
 
     @classmethod
-    def component_folders(cls, path: Path) -> list[Path]:
-        """The folders a saved hybrid loads its components from (none for a folder that is not a hybrid's)."""
+    def component_folders(cls, path: Path) -> dict[str, Path]:
+        """The folders a saved hybrid loads its components from, by name (none for a folder not a hybrid's)."""
         where = Path(path) / "components.json"
         if not where.exists():
-            return []
-        return [(Path(path) / relative).resolve() for relative in json.loads(where.read_text()).values()]
+            return {}
+        return {name: (Path(path) / relative).resolve() for name, relative in json.loads(where.read_text()).items()}
 
     def _load_state(self, path: Path) -> None:
         if self._loader is None:
             raise ValueError("a hybrid loads its components by kind: load it with models.registry.load()")
-        where = json.loads((path / "components.json").read_text())
-        self.components = {name: self._loader((path / where[name]).resolve())
-                           for name in self.needed_components(self.params)}
+        where = self.component_folders(path)
+        self.components = {name: self._loader(where[name]) for name in self.needed_components(self.params)}
         saved = self.saved_blend(path)
         self.weights = {int(b): w for b, w in saved["weights"].items()}
         self.tuning = saved["tuning"]

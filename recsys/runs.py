@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,10 +20,19 @@ from recsys.settings import Settings
 _held: dict[Path, int] = {}  # lock file -> how many nested holders in this process
 
 
+_RUN_ID = re.compile(r"^[a-z][a-z0-9-]*-(\d{8}T\d{6})-[0-9a-f]{6}$")
+
+
 def new_run_id(flow: str, when: datetime | None = None) -> str:
     """Sortable and unique: ``<flow>-YYYYMMDDTHHMMSS-<6 hex>`` (UTC)."""
     when = when or datetime.now(UTC)
     return f"{flow}-{when:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def run_started(name: str) -> str | None:
+    """The ``YYYYMMDDTHHMMSS`` a :func:`new_run_id` names; None for a name that is not a run id."""
+    match = _RUN_ID.match(name)
+    return match[1] if match else None
 
 
 def start_run(

@@ -260,10 +260,13 @@ class Evaluation:
     carry: dict  # what the production fit takes from the evaluation fold's fits: ``weights``, ``warm_from``
     headline: tuple[dict, ...] = ()  # the report's first table: the published model's answer, a row a question
 
-    def exists(self) -> bool:
+    def paths(self) -> list[str]:
+        """The files and folders this record reads: its metrics and report, the fits production takes over."""
         carried = [self.carry["weights"]] if self.carry["weights"] else []
-        return all(Path(p).exists() for p in (self.metrics, self.report_html, *carried,
-                                              *self.carry["warm_from"].values()))
+        return [self.metrics, self.report_html, *carried, *self.carry["warm_from"].values()]
+
+    def exists(self) -> bool:
+        return all(Path(p).exists() for p in self.paths())
 
 
 def tuning_shape(settings) -> dict:

@@ -11,17 +11,16 @@ id is touched. A Prefect cache record that still points at a deleted folder is r
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from models.hybrid import Hybrid
+from recsys.runs import run_started
 from recsys.settings import Settings
 
 # What a night leaves under reports/<run>/ besides its report: the folds' models, the splits and their features.
 WORKING_FILES = ("models", "models-item-cold", "slices", "tuning", "item_cold", "features", "train.parquet")
-RUN_ID = re.compile(r"^[a-z][a-z0-9-]*-(\d{8}T\d{6})-[0-9a-f]{6}$")  # recsys.runs.new_run_id
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ def prune_old_nights(settings: Settings, current_run: str, in_use: list[str]) ->
     if keep <= 0:
         return Pruned([], 0)
     runs = sorted({p.name for d in (settings.models_dir, settings.reports_dir) if d.is_dir() for p in d.iterdir()
-                   if p.is_dir() and RUN_ID.match(p.name)}, key=lambda run: (RUN_ID.match(run)[1], run))
+                   if p.is_dir() and run_started(p.name)}, key=lambda run: (run_started(run), run))
     kept = set(runs[-keep:]) | {current_run} | _runs_holding(settings, in_use)
     removed, freed, seen, failed = [], 0, set(), []
     for run in runs:
@@ -74,7 +73,7 @@ def prune_old_nights(settings: Settings, current_run: str, in_use: list[str]) ->
 def _runs_holding(settings: Settings, paths: list[str]) -> set[str]:
     """The runs whose folders hold any of ``paths`` or, for a saved hybrid, the components it loads."""
     found = [Path(p).resolve() for p in paths]
-    found += [folder for path in found for folder in Hybrid.component_folders(path)]
+    found += [folder for path in found for folder in Hybrid.component_folders(path).values()]
     runs = set()
     for base in (settings.models_dir.resolve(), settings.reports_dir.resolve()):
         runs |= {path.relative_to(base).parts[0] for path in found if path.is_relative_to(base) and path != base}
