@@ -169,7 +169,7 @@ def _train_publish(settings: Settings, run_id: str, day: date, names: list[str],
     runner = task_runner(settings)
     with Progress(day, ["snapshot", "features", "evaluate", "train", "publish"],
                   settings.progress_seconds) as progress, runner:
-        snap = snapshot_warehouse(settings)
+        snap = snapshot_warehouse(settings, run_id)
         progress.step("snapshot", f"{snap.interactions:,} interactions, {snap.users:,} users, {snap.items:,} items")
         steps = OnPrefect(runner, settings)
         feats = steps.one(night.build_features, settings=settings, run_id=run_id, snap=snap)
@@ -184,9 +184,10 @@ def _train_publish(settings: Settings, run_id: str, day: date, names: list[str],
         progress.step("publish", published["paths"]["recommendations"])
     with db.warehouse(settings) as wh:
         runs.finish_run(wh, run_id, "published")
+        read = runs.snapshots_read(wh)
     # Under the run lock, after the publish. Tonight's records may point into earlier nights (cached steps):
     # those nights stay, so an unchanged next night still finds them.
-    pruned = retention.prune_old_nights(settings, run_id, [*trained.models.values(), *evaluation.paths()])
+    pruned = retention.prune_old_nights(settings, run_id, [*trained.models.values(), *evaluation.paths()], read)
 
     heads = list(evaluation.headline)
     create_table_artifact(key="nightly-headline", table=heads,

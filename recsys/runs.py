@@ -67,6 +67,16 @@ def failed_on_exit(settings: Settings, run_id: str) -> Iterator[None]:
         raise
 
 
+def record_snapshot(wh: db.Warehouse, run_id: str, fingerprint: str) -> None:
+    """The snapshot (the warehouse's content fingerprint) ``run_id`` read."""
+    wh.run("runs/record_snapshot", {"run_id": run_id, "snapshot": fingerprint})
+
+
+def snapshots_read(wh: db.Warehouse) -> dict[str, str | None]:
+    """Every run's snapshot fingerprint (None where none was recorded: a run before the column existed)."""
+    return dict(wh.execute("select run_id, snapshot from runs").fetchall())
+
+
 def run_params(wh: db.Warehouse, run_id: str) -> dict:
     rows = wh.execute("select params from runs where run_id = $run_id", {"run_id": run_id}).fetchall()
     return json.loads(rows[0][0]) if rows and rows[0][0] else {}

@@ -76,7 +76,8 @@ class Settings(BaseSettings):
                                   "validation users (false: tuned afresh every night).")
     keep_nights: int = Field(3, ge=0, description="Nights whose working files (fitted models, folds, splits: "
                              "several GB at 20 M interactions) are kept; older nights keep their reports and "
-                             "metrics, and the published model is always kept (0: keep everything).")
+                             "metrics, and the published model is always kept; snapshots no kept night read go with "
+                             "them (0: keep everything).")
     bootstrap_samples: int = 1000
     max_eval_users: int = Field(5000, description="Users sampled per evaluation slice (bounds cost at scale).")
     metric_tolerance: float = Field(0.10, description="Allowed relative drop of headline metrics vs last publish.")

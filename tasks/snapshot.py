@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys import db
+from recsys import db, runs
 from recsys.errors import EmptyWarehouseError
 from recsys.settings import Settings
 from tasks.features import Frames
@@ -56,15 +57,26 @@ class Snapshot:
         return pl.read_parquet(path) if path.exists() else pl.DataFrame()
 
 
+_FINGERPRINT = re.compile(r"^[0-9a-f]{20}$")
+
+
 def warehouse_fingerprint(wh: db.Warehouse) -> str:
     row = wh.run("snapshot/warehouse_fingerprint")[0]
     return hashlib.sha256("-".join(str(v) for v in row).encode()).hexdigest()[:20]
 
 
-def take_snapshot(settings: Settings) -> Snapshot:
-    """Copy interactions, users and items to ``RECSYS_HOME/snapshots/<fingerprint>/`` (once per content)."""
+def is_fingerprint(name: str) -> bool:
+    """Whether ``name`` is what :func:`warehouse_fingerprint` names a snapshot (not a staging folder)."""
+    return bool(_FINGERPRINT.match(name))
+
+
+def take_snapshot(settings: Settings, run_id: str | None = None) -> Snapshot:
+    """Copy interactions, users and items to ``RECSYS_HOME/snapshots/<fingerprint>/`` (once per content);
+    ``run_id``'s record says which snapshot it read."""
     with db.warehouse(settings) as wh:
         fingerprint = warehouse_fingerprint(wh)
+        if run_id is not None:
+            runs.record_snapshot(wh, run_id, fingerprint)
         counts = {table: wh.scalar(f"select count(*) from {table}") for table in TABLES}
         if counts["interactions"] == 0:
             raise EmptyWarehouseError("the warehouse has no interactions yet; run `recsys ingest` first")

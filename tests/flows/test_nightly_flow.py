@@ -16,6 +16,7 @@ from flows.caching import CODE_FOLDERS, code_fingerprint
 from flows.nightly import _summary_text, nightly_flow, train_publish_flow
 from models.base import Recommender
 from models.registry import load
+from recsys import db, runs
 from recsys.errors import ConfigError, PublishGateError
 from recsys.settings import Settings
 from tasks import features, publish
@@ -329,12 +330,20 @@ def test_a_night_prunes_older_working_files_and_keeps_what_its_records_read(nigh
     (settings.models_dir / stray / "ease" / "params.json").write_text("{}")
     (settings.reports_dir / stray / "slices").mkdir(parents=True)
     (settings.reports_dir / stray / "report.html").write_text("<html>")
+    old_data = "0123456789abcdef0123"  # a snapshot no kept night read, and its features
+    for name in ("snapshots", "features"):
+        (settings.home / name / old_data).mkdir(parents=True)
     latest = train_publish_flow(settings=settings.model_copy(update={"keep_nights": 1}), run_date="2026-11-20")
     assert stray in latest["pruned"].nights and latest["pruned"].bytes > 0
+    assert latest["pruned"].snapshots == (old_data,)
+    assert not any((settings.home / name / old_data).exists() for name in ("snapshots", "features"))
+    assert Path(latest["snapshot"].folder).is_dir() and Path(latest["features"].user_features).exists()
+    with db.warehouse(settings, read_only=True) as wh:
+        assert runs.snapshots_read(wh)[latest["run_id"]] == latest["fingerprint"]
     assert not (settings.models_dir / stray).exists() and not (settings.reports_dir / stray / "slices").exists()
     assert (settings.reports_dir / stray / "report.html").exists()
     assert latest["models"].exists() and latest["evaluation"].exists()
     assert latest["run_id"] not in latest["models"].models["hybrid"]  # cached: it sits in an earlier night
     hybrid = load(Path(latest["models"].models["hybrid"]))
     assert set(hybrid.components) >= {"ease", "two_tower"}
-    assert "older nights' removed" in _summary_text(latest, [], "hybrid")
+    assert "and 1 older snapshot removed" in _summary_text(latest, [], "hybrid")

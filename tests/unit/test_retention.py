@@ -97,3 +97,44 @@ def test_what_cannot_be_removed_is_named_and_the_rest_goes(home, monkeypatch):
     assert (settings.reports_dir / RUNS[1] / "slices").exists() and not (settings.models_dir / RUNS[1]).exists()
     assert len(pruned.failed) == 1 and "slices (Permission denied)" in pruned.failed[0]
     assert "not removed:" in pruned.line(2) and pruned.bytes == 2 * 7 * 1000 + 2 * 2 * 2 - 1000
+
+
+def _data(settings: Settings, fingerprints: list[str]) -> None:
+    for fingerprint in fingerprints:
+        for name in ("snapshots", "features"):
+            (settings.home / name / fingerprint).mkdir(parents=True)
+            (settings.home / name / fingerprint / "interactions.parquet").write_bytes(b"d" * 500)
+
+
+def test_snapshots_no_kept_night_read_go_with_the_nights(home):
+    settings, published = home
+    fingerprints = [f"{day:020x}" for day in range(1, 6)]
+    # Nights 4 and 5 read the same data; night 6 (tonight) new data; nights 2 and 3 data nobody keeps.
+    read = dict(zip(RUNS, [fingerprints[0], fingerprints[1], fingerprints[2], fingerprints[3], fingerprints[3],
+                           fingerprints[4]], strict=True))
+    _data(settings, fingerprints)
+    (settings.home / "snapshots" / "_staging-1a2b3c4d").mkdir()  # a crashed copy's leftovers: not a snapshot
+    pruned = prune_old_nights(settings, RUNS[5], [published], read)
+    assert pruned.nights == [RUNS[1], RUNS[2]]
+    assert pruned.snapshots == (fingerprints[1], fingerprints[2])
+    for name in ("snapshots", "features"):
+        kept = sorted(p.name for p in (settings.home / name).iterdir() if not p.name.startswith("_"))
+        assert kept == [fingerprints[0], fingerprints[3], fingerprints[4]]
+    assert (settings.home / "snapshots" / "_staging-1a2b3c4d").is_dir()
+    assert pruned.bytes == 2 * 7 * 1000 + 2 * 2 * 2 + 2 * 2 * 500
+    assert "2 older nights' and 2 older snapshots removed" in pruned.line(2)
+    again = prune_old_nights(settings, RUNS[5], [published], read)
+    assert again.snapshots == () and "none older" in again.line(2)
+
+
+def test_while_a_kept_nights_snapshot_is_unknown_every_snapshot_stays(home):
+    settings, published = home
+    fingerprints = [f"{day:020x}" for day in range(1, 4)]
+    _data(settings, fingerprints)
+    # Night 5 ran before the runs table recorded snapshots: which one it read is unknown.
+    read = {RUNS[0]: fingerprints[0], RUNS[3]: fingerprints[0], RUNS[4]: None, RUNS[5]: fingerprints[2]}
+    pruned = prune_old_nights(settings, RUNS[5], [published], read)
+    assert pruned.nights == [RUNS[1], RUNS[2]] and pruned.snapshots == ()
+    assert all((settings.home / "snapshots" / fingerprint).is_dir() for fingerprint in fingerprints)
+    # Without the records (a caller that does not pass them) the data is not touched either.
+    assert prune_old_nights(settings, RUNS[5], [published]).snapshots == ()

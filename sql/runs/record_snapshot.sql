@@ -1,0 +1,3 @@
+update runs
+set snapshot = $snapshot
+where run_id = $run_id
