@@ -145,7 +145,7 @@ class EASE(Recommender):
         return self.catalogue["items_with_interactions"] - self.catalogue["items_fitted"]
 
     def _save_state(self, path: Path) -> None:
-        self.weights.save(path / "weights.npz")
+        self.weights.save(path / "weights.npy")
         if self.known is not None:
             np.save(path / "known_items.npy", self.known)
         (path / "catalogue.json").write_text(json.dumps(self.catalogue, indent=2))
@@ -157,9 +157,10 @@ class EASE(Recommender):
         return json.loads(saved.read_text()) if saved.exists() else None
 
     def _load_state(self, path: Path) -> None:
-        self.weights = TiledMatrix.load(path / "weights.npz")
         known = path / "known_items.npy"
         self.known = np.load(known) if known.exists() else None
+        self.weights = TiledMatrix.load(path / "weights.npy", len(self.item_ids) if self.known is None
+                                        else len(self.known))
         self._position = None
         self.catalogue = self.saved_tuning(path) or {}
 

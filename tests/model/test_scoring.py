@@ -43,10 +43,20 @@ def test_tiled_product_equals_the_plain_product(n_cols, tmp_path):
     assert not np.delete(wide, columns, axis=1).any()
     rows, cols = rng.integers(0, n_cols, 500), rng.integers(0, n_cols, 500)
     assert np.array_equal(tiled.take(rows, cols), weights[rows, cols])
-    tiled.save(tmp_path / "w.npz")
-    again = TiledMatrix.load(tmp_path / "w.npz")
-    assert again.shape == (n_cols, n_cols)
+    tiled.save(tmp_path / "w.npy")
+    again = TiledMatrix.load(tmp_path / "w.npy", n_cols)
+    assert again.shape == (n_cols, n_cols) and [t.shape for t in again.tiles] == [t.shape for t in tiled.tiles]
+    assert np.array_equal(again.to_dense(), weights) and not again.tiles[0].flags.writeable  # mapped, read-only
     assert np.array_equal(again.rmatmul(history), tiled.rmatmul(history))
+    assert np.array_equal(again.take(rows, cols), weights[rows, cols])
+    # Saved again over a file a loaded matrix maps: that one keeps its weights (the file is replaced, not
+    # rewritten in place), and a new load reads the new ones.
+    TiledMatrix.from_dense(2 * weights).save(tmp_path / "w.npy")
+    assert np.array_equal(again.to_dense(), weights)
+    assert np.array_equal(TiledMatrix.load(tmp_path / "w.npy", n_cols).to_dense(), 2 * weights)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.npy"]
+    with pytest.raises(ValueError, match="not a matrix of"):
+        TiledMatrix.load(tmp_path / "w.npy", n_cols + 1)
 
 
 @pytest.mark.parametrize("n", [3, 2 * TILE, 2 * TILE + 300])
