@@ -1,12 +1,16 @@
-"""A fit's ids: the sorted distinct ids and each row's place among them, whatever range the ids span."""
+"""A fit's ids: the sorted distinct ids and each row's place among them, whatever range the ids span; and the
+encoding one fold's models share."""
 
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
+import scipy.sparse as sp
 
 from models import base
 from models.base import distinct_ids, positions_of
+from models.registry import build
 
 
 @pytest.mark.parametrize("values", [
@@ -43,3 +47,52 @@ def test_no_ids():
     ids = distinct_ids(np.zeros(0, dtype=np.int64))
     places = positions_of(ids, np.zeros(0, dtype=np.int64))
     assert len(ids) == len(places) == 0
+
+
+def _encoding_equal(a, b) -> bool:
+    for name in a.ENCODING:
+        x, y = getattr(a, name), getattr(b, name)
+        if sp.issparse(x):
+            if x.shape != y.shape or (x != y).nnz:
+                return False
+        elif isinstance(x, np.ndarray):
+            if x.dtype != y.dtype or not np.array_equal(x, y):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def test_models_fitted_on_the_same_data_share_one_encoding_equal_to_their_own(small_data):
+    """A fold's models encode its data once: the next fit on the same interactions and features takes the
+    arrays of the last (shared, the same values as its own encoding), mutable values copied; other data (one
+    interaction less, one title changed) is encoded afresh."""
+    train, uf, itf, _ = small_data
+    base.LAST_ENCODING.keep(None, {})
+    first = build("popularity").fit(train, uf, itf, seed=1)
+    assert set(first.ENCODING) <= set(first.__dict__)
+    again = build("item_knn").fit(train.reverse(), uf, itf.reverse(), seed=1)  # row order does not matter
+    assert again.train is first.train and again.item_ids is first.item_ids and again.tiebreak is first.tiebreak
+    assert again.vocab == first.vocab and again.vocab is not first.vocab
+    base.LAST_ENCODING.keep(None, {})
+    fresh = build("item_knn").fit(train, uf, itf, seed=1)
+    assert fresh.train is not first.train and _encoding_equal(fresh, again)
+    assert np.array_equal(fresh.score_users(fresh.user_ids[:20]), again.score_users(again.user_ids[:20]))
+    less = build("popularity").fit(train.slice(1), uf, itf, seed=1)
+    assert less.train is not fresh.train and less.train.nnz == fresh.train.nnz - 1
+    retitled = itf.with_columns(pl.when(pl.col("item_id") == itf["item_id"][0]).then(pl.lit("Another Title"))
+                                .otherwise(pl.col("title")).alias("title"))
+    other = build("popularity").fit(train.slice(1), uf, retitled, seed=1)
+    assert other.item_tokens is not less.item_tokens and (other.item_tokens != less.item_tokens).nnz
+
+
+def test_the_data_fingerprint_is_of_the_pairs_whatever_their_order():
+    pairs = pl.DataFrame({"user_id": [1, 1, 2, 3], "item_id": [10, 11, 10, 12], "rating": [5.0, 4.0, 3.0, 1.0]})
+    fingerprint = base.data_fingerprint(pairs)
+    assert base.data_fingerprint(pairs.reverse()) == fingerprint
+    assert base.data_fingerprint(pairs.with_columns(pl.col("rating") * 0)) == fingerprint  # only the pairs count
+    crossed = pairs.with_columns(pl.Series("item_id", [10, 10, 11, 12]))  # (1,11),(2,10) become (1,10),(2,11)
+    others = [crossed, pairs.slice(1), pairs.vstack(pairs.slice(0, 1)),
+              pairs.with_columns(pl.col("user_id").replace(3, 4)), pairs.rename({"user_id": "item_id", "item_id":
+                                                                                  "user_id"})]
+    assert len({fingerprint, *(base.data_fingerprint(frame) for frame in others)}) == 1 + len(others)
