@@ -170,9 +170,11 @@ ACCURACY_METRICS = ("precision", "recall", "ndcg", "map_at_k", "map", "hit_rate"
 def _coverage_values(listed: np.ndarray, n_items: int, resamples: np.ndarray) -> np.ndarray:
     """Catalogue coverage of each bootstrap resample, all at once.
 
-    An item is covered in a resample if any user who lists it was drawn: a boolean matrix of drawn users
-    (resamples x users), its columns gathered in item order (one per list entry), and an OR per item with
-    ``np.logical_or.reduceat``. Work is resamples x list entries booleans (1,000 x 50,000 at 5,000 users).
+    An item is covered in a resample if any user who lists it was drawn. Each user's draws are a row of bits
+    (one per resample, packed eight to a byte); the rows of an item's users are gathered in item order (one per
+    list entry) and OR-ed per item with ``np.bitwise_or.reduceat``, then the covered items are counted per
+    resample. Work is list entries x resamples bits: 50,000 x 1,000 at 5,000 users, 6 MB (a boolean per bit
+    was 50 MB, 4x the time: 18 s of a 20 M night's evaluation).
     """
     rows, cols = np.nonzero(listed >= 0)
     items = listed[rows, cols]
@@ -181,10 +183,11 @@ def _coverage_values(listed: np.ndarray, n_items: int, resamples: np.ndarray) ->
     order = np.argsort(items, kind="stable")
     users_by_item, items_sorted = rows[order], items[order]
     starts = np.flatnonzero(np.r_[True, items_sorted[1:] != items_sorted[:-1]])
-    drawn = np.zeros((resamples.shape[0], listed.shape[0]), dtype=bool)
-    drawn[np.arange(resamples.shape[0])[:, None], resamples] = True
-    covered = np.logical_or.reduceat(drawn[:, users_by_item], starts, axis=1)
-    return covered.sum(axis=1) / max(n_items, 1)
+    n_resamples = resamples.shape[0]
+    drawn = np.zeros((listed.shape[0], n_resamples), dtype=bool)  # user x resample
+    drawn[resamples, np.arange(n_resamples)[:, None]] = True
+    covered = np.bitwise_or.reduceat(np.packbits(drawn, axis=1)[users_by_item], starts, axis=0)
+    return np.unpackbits(covered, axis=1, count=n_resamples).sum(axis=0) / max(n_items, 1)
 
 
 def aggregate(metric: str, values: np.ndarray, resamples: np.ndarray, n_items: int) -> tuple[float, float, float]:

@@ -11,6 +11,7 @@ import pytest
 from models.ranking import paired_lift
 from tasks.metrics import (
     Catalog,
+    _coverage_values,
     aggregate,
     coverage,
     diversity,
@@ -145,9 +146,10 @@ def test_ties_are_broken_deterministically():
 def test_vectorised_coverage_bootstrap_equals_one_resample_at_a_time():
     rng = np.random.default_rng(3)
     listed = rng.integers(-1, 40, size=(60, 5))  # -1: a shorter list
-    resamples = rng.integers(0, 60, size=(200, 60))
+    resamples = rng.integers(0, 60, size=(203, 60))  # not a multiple of the 8 resamples a byte packs
     _, lo, hi = aggregate("coverage", listed, resamples, 50)
     by_hand = np.array([len(np.unique(listed[r][listed[r] >= 0])) / 50 for r in resamples])
+    assert np.array_equal(_coverage_values(listed, 50, resamples), by_hand)
     assert (lo, hi) == pytest.approx(tuple(np.percentile(by_hand, [2.5, 97.5])))
 
 
