@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from models.ranking import ndcg_at_k, one_sided_gain, served_z_scores, top_k_indices
+from models.ranking import ndcg_at_k, ndcg_from_hits, one_sided_gain, served_z_scores, top_k_indices
+from models.tiled import scoring_pool
 from recsys import progress
 from recsys.schema import USER_ID
 
@@ -201,28 +202,43 @@ class BlendTuning:
                 zi[seen] = -np.inf
                 z.append(zi)
             n_rel = relevant.sum(axis=1).astype(np.int64)
-            zc, rel_c = self._candidate_view(z, relevant)
-            parts.append(CaseView(zc, rel_c, n_rel, [self._per_user(zi, relevant, n_rel, self.tiebreak) for zi in z],
-                                  [not np.any(np.isfinite(zi) & (zi != 0)) for zi in z]))
+            tops = self._candidates(z)
+            zc, rel_c = self._candidate_view(z, relevant, tops)
+            k = int(self.params["k"])
+            if tops is None or tops[0].shape[1] < k:
+                singles = [self._per_user(zi, relevant, n_rel, self.tiebreak) for zi in z]
+            else:  # a component's own top k are the first k of its candidates (the same order, ties and all)
+                singles = [ndcg_from_hits(np.take_along_axis(relevant, top[:, :k], axis=1).astype(np.float64), n_rel)
+                           for top in tops]
+            parts.append(CaseView(zc, rel_c, n_rel, singles, [not np.any(np.isfinite(zi) & (zi != 0)) for zi in z]))
         return CaseView([np.concatenate([p.z[i] for p in parts]) for i in range(len(components))],
                         np.concatenate([p.relevant for p in parts]), np.concatenate([p.n_rel for p in parts]),
                         [np.concatenate([p.singles[i] for p in parts]) for i in range(len(components))],
                         [all(p.silent[i] for p in parts) for i in range(len(components))])
 
-    def _candidate_view(self, z: list[np.ndarray], relevant: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """The grid search's columns: per user, the union of every component's top ``tune_candidates`` items,
-        in the served tie-break order (more popular first, then the lower id), so that a blend's ties break
-        on these columns as in the published lists.
+    def _candidates(self, z: list[np.ndarray]) -> list[np.ndarray] | None:
+        """Per component, each user's top ``tune_candidates`` columns in the served order (:func:`top_k_indices`
+        with the served tie-break), one component a thread (numpy's selections release the GIL); None where
+        the components' candidates would cover the catalogue (:meth:`_candidate_view` takes every column)."""
+        c = int(self.params["tune_candidates"])
+        if c * len(z) >= z[0].shape[1]:
+            return None
+        return list(scoring_pool().map(lambda zi: top_k_indices(zi, c, self.tiebreak), z))
+
+    def _candidate_view(self, z: list[np.ndarray], relevant: np.ndarray,
+                        tops: list[np.ndarray] | None) -> tuple[list[np.ndarray], np.ndarray]:
+        """The grid search's columns: per user, the union of every component's top ``tune_candidates`` items
+        (``tops``, from :meth:`_candidates`), in the served tie-break order (more popular first, then the lower
+        id), so that a blend's ties break on these columns as in the published lists.
 
         A blend of z-scores ranks an item in its top k only if some component ranks it high, so the grid
         runs on a few hundred columns instead of the catalogue (at 27k items, 60x less work a weighting);
-        a catalogue of fewer items is every column, reordered. Repeats are masked out.
+        a catalogue of fewer items (``tops`` None) is every column, reordered. Repeats are masked out.
         """
-        c = int(self.params["tune_candidates"])
-        if c * len(z) >= z[0].shape[1]:
+        if tops is None:
             order = np.argsort(self.tiebreak)
             return [zi[:, order] for zi in z], relevant[:, order]
-        cand = np.concatenate([top_k_indices(zi, c, self.tiebreak) for zi in z], axis=1)
+        cand = np.concatenate(tops, axis=1)
         cand = np.take_along_axis(cand, np.argsort(self.tiebreak[cand], axis=1, kind="stable"), axis=1)
         repeat = np.zeros(cand.shape, dtype=bool)
         repeat[:, 1:] = cand[:, 1:] == cand[:, :-1]
