@@ -94,7 +94,6 @@ class Recommender(Explaining, ABC):
     ) -> Self:
         started = time.perf_counter()
         self.seed = int(seed)
-        self._fingerprint = data_fingerprint(interactions)
         self._encode(interactions, user_features, item_features)
         self._fit(seed)
         self.fitted = True
@@ -168,6 +167,7 @@ class Recommender(Explaining, ABC):
         """Learn from ``self.train`` (users x items CSR) and the encoded side features."""
 
     def _encode(self, interactions: pl.DataFrame, user_features: pl.DataFrame, item_features: pl.DataFrame) -> None:
+        self._fingerprint = data_fingerprint(interactions)
         key = (self._fingerprint, frame_fingerprint(user_features), frame_fingerprint(item_features))
         if LAST_ENCODING.restore(key, self):
             return
