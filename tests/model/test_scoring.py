@@ -375,6 +375,10 @@ def test_ease_fitted_on_the_items_with_interactions_equals_the_whole_catalogue_f
     again = load(model.save(tmp_path / "ease"))
     assert np.array_equal(again.score_users(users), scores)
     assert_frame_equal(again.serve(users, n=10).top, model.serve(users, n=10).top)
+    # A model saved before the weights were one mapped .npy (its tiles in an npz) still loads, the same.
+    (tmp_path / "ease" / "weights.npy").unlink()
+    np.savez(tmp_path / "ease" / "weights.npz", **{f"tile_{t:05d}": tile for t, tile in enumerate(model.weights.tiles)})
+    assert np.array_equal(load(tmp_path / "ease").score_users(users), scores)
     known = np.flatnonzero(model.train[rows[0]].toarray()[0])
     column = int(np.flatnonzero(np.isin(model.item_ids, new))[0])
     assert model._weight(known[:1], np.array([column]))[0] == 0.0
