@@ -584,6 +584,10 @@ class LastEncoding:
         with self._lock:
             self._key, self._values = key, values
 
+    def forget(self) -> None:
+        """Let go of the kept encoding (the night's fits are over: at 100 M interactions it is ~1 GB)."""
+        self.keep(None, {})
+
 
 LAST_ENCODING = LastEncoding()
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from models.base import LAST_ENCODING
 from models.registry import model_class
 from recsys.settings import Settings
 from tasks.evaluate import (
@@ -159,6 +160,7 @@ def train_night(steps: Steps, settings: Settings, run_id: str, snap: Snapshot, f
                       "production", weights=weights, warm_from=warm_from)
     paths = {name: fitted[name].path for name in needed(names)}
     print(format_training(paths))
+    LAST_ENCODING.forget()  # the night's last fit is done: publishing does not carry the fold's encoding
     return TrainedModels(str(Path(paths[names[-1]]).parent), paths)
 
 

@@ -68,13 +68,13 @@ def test_models_fitted_on_the_same_data_share_one_encoding_equal_to_their_own(sm
     arrays of the last (shared, the same values as its own encoding), mutable values copied; other data (one
     interaction less, one title changed) is encoded afresh."""
     train, uf, itf, _ = small_data
-    base.LAST_ENCODING.keep(None, {})
+    base.LAST_ENCODING.forget()
     first = build("popularity").fit(train, uf, itf, seed=1)
     assert set(first.ENCODING) <= set(first.__dict__)
     again = build("item_knn").fit(train.reverse(), uf, itf.reverse(), seed=1)  # row order does not matter
     assert again.train is first.train and again.item_ids is first.item_ids and again.tiebreak is first.tiebreak
     assert again.vocab == first.vocab and again.vocab is not first.vocab
-    base.LAST_ENCODING.keep(None, {})
+    base.LAST_ENCODING.forget()
     fresh = build("item_knn").fit(train, uf, itf, seed=1)
     assert fresh.train is not first.train and _encoding_equal(fresh, again)
     assert np.array_equal(fresh.score_users(fresh.user_ids[:20]), again.score_users(again.user_ids[:20]))
