@@ -28,7 +28,7 @@ from tasks.evaluate import (
     write_evaluation_step,
 )
 from tasks.features import FeatureSet, production_features
-from tasks.snapshot import Snapshot
+from tasks.snapshot import FEATURES, Snapshot, data_folder
 from tasks.split import ValidationFold
 from tasks.train import (
     FittedModel,
@@ -49,7 +49,7 @@ R = TypeVar("R")
 
 def build_features(settings: Settings, run_id: str, snap: Snapshot) -> FeatureSet:
     """The production features (everything loaded), stored by the snapshot's fingerprint and in the warehouse."""
-    return production_features(settings, run_id, snap.frames(), settings.home / "features" / snap.fingerprint)
+    return production_features(settings, run_id, snap.frames(), data_folder(settings, FEATURES, snap.fingerprint))
 
 
 def split_for_evaluation(settings: Settings, run_id: str, snap: Snapshot) -> EvaluationFold:

@@ -24,12 +24,10 @@ from pathlib import Path
 from models.hybrid import Hybrid
 from recsys.runs import run_started
 from recsys.settings import Settings
-from tasks.snapshot import is_fingerprint
+from tasks.snapshot import DATA_FOLDERS, data_folder, is_fingerprint
 
 # What a night leaves under reports/<run>/ besides its report: the folds' models, the splits and their features.
 WORKING_FILES = ("models", "models-item-cold", "slices", "tuning", "item_cold", "features", "train.parquet")
-# The folders under RECSYS_HOME that hold one folder per snapshot fingerprint: the snapshot, its features.
-DATA_FOLDERS = ("snapshots", "features")
 
 
 @dataclass(frozen=True)
@@ -82,7 +80,7 @@ def prune_old_nights(settings: Settings, current_run: str, in_use: list[str],
     if snapshots is not None and None not in read:
         for fingerprint in sorted({p.name for name in DATA_FOLDERS if (settings.home / name).is_dir()
                                    for p in (settings.home / name).iterdir() if is_fingerprint(p.name)} - read):
-            freed += _remove([settings.home / name / fingerprint for name in DATA_FOLDERS], seen, failed)
+            freed += _remove([data_folder(settings, name, fingerprint) for name in DATA_FOLDERS], seen, failed)
             gone.append(fingerprint)
     return Pruned(removed, freed, tuple(failed), tuple(gone))
 

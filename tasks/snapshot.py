@@ -58,6 +58,14 @@ class Snapshot:
 
 
 _FINGERPRINT = re.compile(r"^[0-9a-f]{20}$")
+# The folders under RECSYS_HOME that hold one folder per snapshot fingerprint: the snapshot, its features.
+SNAPSHOTS, FEATURES = "snapshots", "features"
+DATA_FOLDERS = (SNAPSHOTS, FEATURES)
+
+
+def data_folder(settings: Settings, kind: str, fingerprint: str) -> Path:
+    """Where the data of ``kind`` (one of :data:`DATA_FOLDERS`) read from the snapshot ``fingerprint`` is kept."""
+    return settings.home / kind / fingerprint
 
 
 def warehouse_fingerprint(wh: db.Warehouse) -> str:
@@ -80,7 +88,7 @@ def take_snapshot(settings: Settings, run_id: str | None = None) -> Snapshot:
         counts = {table: wh.scalar(f"select count(*) from {table}") for table in TABLES}
         if counts["interactions"] == 0:
             raise EmptyWarehouseError("the warehouse has no interactions yet; run `recsys ingest` first")
-        folder = settings.home / "snapshots" / fingerprint
+        folder = data_folder(settings, SNAPSHOTS, fingerprint)
         snapshot = Snapshot(str(folder), fingerprint, counts["interactions"], counts["users"], counts["items"],
                             settings.text_encoder)
         if not all(snapshot.path(table).exists() for table in TABLES):
@@ -90,7 +98,7 @@ def take_snapshot(settings: Settings, run_id: str | None = None) -> Snapshot:
 
 def _copy_tables(wh: db.Warehouse, settings: Settings, folder: Path) -> None:
     """The tables, written aside and renamed into ``folder``: a folder is complete or absent."""
-    staging = settings.home / "snapshots" / f"_staging-{uuid.uuid4().hex[:8]}"
+    staging = data_folder(settings, SNAPSHOTS, f"_staging-{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
     try:
         for table in (*TABLES, "validation_results"):
