@@ -159,12 +159,8 @@ class EASE(Recommender):
     def _load_state(self, path: Path) -> None:
         known = path / "known_items.npy"
         self.known = np.load(known) if known.exists() else None
-        if (path / "weights.npy").exists() or not (path / "weights.npz").exists():
-            self.weights = TiledMatrix.load(path / "weights.npy", len(self.item_ids) if self.known is None
-                                            else len(self.known))
-        else:  # saved before 2026-12-04: the tiles in an npz, read into memory
-            with np.load(path / "weights.npz") as saved:
-                self.weights = TiledMatrix([saved[key] for key in sorted(saved.files)])
+        self.weights = TiledMatrix.load(path / "weights.npy", len(self.item_ids) if self.known is None
+                                        else len(self.known))
         self._position = None
         self.catalogue = self.saved_tuning(path) or {}
 

@@ -163,7 +163,12 @@ class TiledMatrix:
     @classmethod
     def load(cls, path: Path, n_rows: int) -> TiledMatrix:
         """The matrix :meth:`save` wrote, of ``n_rows`` rows, mapped read-only from the file (the page cache
-        holds it once for every process that scores with it; nothing is read until a tile is used)."""
+        holds it once for every process that scores with it; nothing is read until a tile is used). A matrix
+        saved before 2026-12-04 (its tiles in an ``.npz`` beside ``path``) is read into memory instead."""
+        path, legacy = Path(path), Path(path).with_suffix(".npz")
+        if not path.exists() and legacy.exists():
+            with np.load(legacy) as saved:
+                return cls([saved[key] for key in sorted(saved.files)])
         flat = np.asarray(np.load(path, mmap_mode="r"))
         if n_rows <= 0 or flat.size % n_rows:
             raise ValueError(f"{path}: {flat.size:,} weights are not a matrix of {n_rows:,} rows")
