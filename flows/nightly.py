@@ -63,9 +63,10 @@ class OnPrefect:
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only,
       task_run_name="score-block-{block}")
 def score_users(model_path: str, users: str, block: int, blocks: int, n: int, folder: str,
-                new_item_max_interactions: int, users_per_item: int, threads: int) -> publish.ScoredBlock:
+                new_item_max_interactions: int, users_per_item: int, threads: int,
+                keep_freed_memory: bool = True) -> publish.ScoredBlock:
     return publish.score_step(model_path, users, block, blocks, n, folder, new_item_max_interactions, users_per_item,
-                              threads)
+                              threads, keep_freed_memory)
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
@@ -244,7 +245,8 @@ def publish_night(runner: TaskRunner, settings: Settings, run_id: str, day: date
             {"model_path": model_path, "users": str(snap.path("users")), "block": block, "blocks": blocks,
              "n": settings.top_n, "folder": str(folder),
              "new_item_max_interactions": settings.new_item_max_interactions,
-             "users_per_item": settings.new_item_users, "threads": settings.scoring_threads}
+             "users_per_item": settings.new_item_users, "threads": settings.scoring_threads,
+             "keep_freed_memory": settings.keep_freed_memory}
             for block in range(blocks)], cache=False)
         new_items = rank_new_items(model_path, scored, settings.new_item_users, str(folder))
         return publish_recommendations(settings, run_id, day, snap, model, scored, defaults.result(), metrics_path,

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from recsys import memory
+
 TILE = 1024  # columns per tile: an output tile of one scoring block (600 users) stays within the cache
 # Above this share of known items per user, a dense SGEMM of the block is faster than the sparse product
 # (SGEMM ~150 GFLOP/s of which this share is useful, against ~14 GFLOP/s for the sparse product).
@@ -30,10 +32,13 @@ DENSE_FROM = 0.06
 _THREADS = {"wanted": 0}
 
 
-def use_threads(threads: int) -> None:
-    """How many threads this process's blockwise work uses from now on (``RECSYS_SCORING_THREADS``; 0: every
-    core the process may use). Set by each step that fits or scores, from its settings."""
+def use_threads(threads: int, keep_freed_memory: bool = True) -> None:
+    """How this process's blockwise work runs from now on: on how many threads (``RECSYS_SCORING_THREADS``; 0:
+    every core the process may use), and whether the blocks it frees are kept for the next block
+    (``RECSYS_KEEP_FREED_MEMORY``, :func:`recsys.memory.keep_freed_memory`). Set by each step that fits or
+    scores, from its settings."""
     _THREADS["wanted"] = threads
+    memory.keep_freed_memory(keep_freed_memory)
 
 
 def thread_count() -> int:

@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     batch_size: int = 1024
     scoring_threads: int = Field(0, ge=0, description="Threads of blockwise scoring and top-N selection (0: every "
                                  "core this process may use).")
+    keep_freed_memory: bool = Field(True, description="Keep the large blocks a step frees for its next blocks "
+                                    "instead of giving them back to the system at once (recsys.memory: 20-40 % "
+                                    "of scoring on this machine; false: glibc's default).")
     progress_seconds: float = Field(10.0, ge=0, description="A heartbeat line at most this often while a step "
                                     "runs (0: none).")
 

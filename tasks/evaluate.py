@@ -329,7 +329,7 @@ def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
 def evaluate_slice(settings, run_id: str, fold: EvaluationFold, slice_name: str, models: dict[str, str],
                         folder: str) -> SliceMetrics:
     """Every model in ``models`` (saved fits, by path) on one slice of ``fold``, in one blockwise pass."""
-    use_threads(settings.scoring_threads)
+    use_threads(settings.scoring_threads, settings.keep_freed_memory)
     loaded = load_many(models)
     ablation = (ENCODER_ABLATION,) if all(name in loaded for name in ENCODER_ABLATION) else ()
     metrics = evaluate_models(loaded, [fold.slice(slice_name)], settings.ks, settings.seed,

@@ -58,7 +58,8 @@ def text_vectors(items: pl.DataFrame, settings: Settings, log=print) -> pl.DataF
     missing = texts.filter(~pl.col("key").is_in(cached["key"].implode())).unique("key").sort("key")
     if missing.height:
         started = time.perf_counter()
-        use_threads(settings.scoring_threads)  # the same vectors on any number of threads (tested)
+        # The same vectors on any number of threads (tested).
+        use_threads(settings.scoring_threads, settings.keep_freed_memory)
         with progress.activity(f"embedding {missing.height:,} item texts with {spec.name}"):
             vectors = TextEncoder(spec, settings.text_encoder_model_path, threads=thread_count()).encode(
                 missing["text"].to_list())

@@ -172,7 +172,8 @@ def new_item_ids(model, max_interactions: int) -> np.ndarray:
 
 
 def score_step(model_path: str, users: str, block: int, blocks: int, n: int, folder: str,
-               new_item_max_interactions: int = 5, users_per_item: int = 100, threads: int = 0) -> ScoredBlock:
+               new_item_max_interactions: int = 5, users_per_item: int = 100, threads: int = 0,
+               keep_freed_memory: bool = True) -> ScoredBlock:
     """Top-``n`` of the saved model, with each row's reason, for block ``block`` of ``blocks`` of the users
     in ``users`` (a Parquet file with ``user_id``), and the block's best ``users_per_item`` users for each item
     with fewer than ``new_item_max_interactions`` interactions, all in one blockwise pass, written to
@@ -180,8 +181,9 @@ def score_step(model_path: str, users: str, block: int, blocks: int, n: int, fol
 
     Blocks are contiguous runs of the sorted user ids cut at multiples of the model's own scoring block, so
     every user is scored in the same company whatever the number of blocks: the rows published are the
-    same, bit for bit, from one process or many. ``threads``: RECSYS_SCORING_THREADS."""
-    use_threads(threads)
+    same, bit for bit, from one process or many. ``threads``, ``keep_freed_memory``: RECSYS_SCORING_THREADS,
+    RECSYS_KEEP_FREED_MEMORY."""
+    use_threads(threads, keep_freed_memory)
     model = load(Path(model_path))
     user_ids = np.sort(pl.read_parquet(users, columns=[USER_ID])[USER_ID].to_numpy())
     per, chunks = model.block_users, -(-len(user_ids) // model.block_users)  # the model's blocks, rounded up

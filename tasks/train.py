@@ -109,7 +109,7 @@ def fit_model(settings: Settings, name: str, train: str, features: FeatureSet, f
     saved :class:`ValidationFold` folder to tune on, or ``weights``: a JSON file of weights tuned elsewhere;
     ``warm_from``: a saved fit of this model to continue from; ``last_blend``: last night's published blend (a
     JSON file like ``weights``), kept by the tuning where tonight's is not significantly better."""
-    use_threads(settings.scoring_threads)
+    use_threads(settings.scoring_threads, settings.keep_freed_memory)
     user_features, item_features = features.read()
     loaded = load_many(components or {})
     model = fit_one(name, pl.read_parquet(train), user_features, item_features, settings, components=loaded,
