@@ -46,8 +46,8 @@ def _mallopt():
 
 def keep_freed_memory(keep: bool = True) -> bool:
     """From now on, this process keeps (``keep``) the large blocks it frees for its next allocations, or gives
-    them back at once as glibc does by default (restored only where this process changed it). Returns whether
-    freed memory is kept now."""
+    them back at once as glibc does by default (restored only where this process changed it, and what it kept
+    until then given back with ``malloc_trim``). Returns whether freed memory is kept now."""
     if keep == _STATE["kept"]:
         return keep
     mallopt = _mallopt()
@@ -57,4 +57,6 @@ def keep_freed_memory(keep: bool = True) -> bool:
         if not mallopt(option, value):
             return _STATE["kept"]
     _STATE["kept"] = keep
+    if not keep:
+        ctypes.CDLL(None).malloc_trim(0)
     return keep
