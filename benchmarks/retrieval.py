@@ -121,6 +121,7 @@ def judge_slice(hybrid: Recommender, train: pl.DataFrame, truth: pl.DataFrame, h
             own = aligned_scores(hybrid.components[source], item_ids, block, known)
             own[seen.row, seen.col] = -np.inf
             tops[source] = top_k_indices(own, max(depths), tiebreak)
+        listed = np.isfinite(np.take_along_axis(scores, full, axis=1))  # the full lists' items
         for c in depths:
             for name, members in sets.items():
                 candidate = np.zeros(scores.shape, dtype=bool)
@@ -129,7 +130,6 @@ def judge_slice(hybrid: Recommender, train: pl.DataFrame, truth: pl.DataFrame, h
                     np.put_along_axis(candidate, tops[source][:, :c], True, axis=1)
                 candidate[seen.row, seen.col] = False
                 reranked = top_k_indices(np.where(candidate, scores, -np.inf), n, tiebreak)
-                listed = np.isfinite(np.take_along_axis(scores, full, axis=1))
                 kept = np.take_along_axis(candidate, full, axis=1) & listed
                 totals[name][c] += [
                     (kept.sum(axis=1) / np.maximum(listed.sum(axis=1), 1)).sum(),

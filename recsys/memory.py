@@ -32,16 +32,16 @@ GLIBC_DEFAULTS = {M_MMAP_MAX: 65536, M_TRIM_THRESHOLD: 128 * 1024}
 _STATE = {"kept": False}
 
 
-def _mallopt():
-    """glibc's ``mallopt``, or None where there is none (not Linux, or a libc without it, e.g. musl)."""
+def _libc():
+    """glibc, where it has ``mallopt`` (Linux with glibc); None elsewhere (another system, or musl)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     except (OSError, AttributeError):
         return None
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return mallopt
+    return libc
 
 
 def keep_freed_memory(keep: bool = True) -> bool:
@@ -50,13 +50,13 @@ def keep_freed_memory(keep: bool = True) -> bool:
     until then given back with ``malloc_trim``). Returns whether freed memory is kept now."""
     if keep == _STATE["kept"]:
         return keep
-    mallopt = _mallopt()
-    if mallopt is None:
+    libc = _libc()
+    if libc is None:
         return False
     for option, value in (KEPT if keep else GLIBC_DEFAULTS).items():
-        if not mallopt(option, value):
+        if not libc.mallopt(option, value):
             return _STATE["kept"]
     _STATE["kept"] = keep
     if not keep:
-        ctypes.CDLL(None).malloc_trim(0)
+        libc.malloc_trim(0)
     return keep

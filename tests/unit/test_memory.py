@@ -50,7 +50,7 @@ def restore_policy():
     memory.keep_freed_memory(kept)
 
 
-@pytest.mark.skipif(memory._mallopt() is None, reason="glibc's mallopt is not here")
+@pytest.mark.skipif(memory._libc() is None, reason="glibc's mallopt is not here")
 def test_a_freed_block_is_kept_or_given_back_as_told():
     kept, returned = freed_block_returned_mib(keep=False)
     assert not kept and returned > 48  # unmapped at once: the next block is faulted in again
@@ -62,7 +62,7 @@ def test_steps_set_the_policy_from_their_settings(restore_policy):
     use_threads(0, keep_freed_memory=False)
     assert memory._STATE["kept"] is False
     use_threads(0)
-    assert memory._STATE["kept"] is (memory._mallopt() is not None)
+    assert memory._STATE["kept"] is (memory._libc() is not None)
 
 
 def test_elsewhere_nothing_changes(monkeypatch, restore_policy):
