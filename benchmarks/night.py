@@ -113,6 +113,33 @@ def factor_scoring_gflops(model_dir: Path, model: str = "als", users: int = 20_0
     return scoring, thin
 
 
+def two_stage_agreement(model_dir: Path, recommendations: str, users: int = 4000, seed: int = 0) -> dict | None:
+    """Where the published hybrid served its catalogue in two stages (:meth:`models.hybrid.Hybrid.candidate_scores`),
+    what that changed in the published lists: for a seeded sample of the published users, the same hybrid's
+    full ranking of the whole catalogue against their published lists (the users whose list is the same item
+    for item and in order; the published rows the full lists hold), and the full ranking's seconds a million
+    users. None where the night ranked the whole catalogue."""
+    hybrid = load(model_dir / "hybrid")
+    depth, widest = int(hybrid.params["retrieval_depth"]), int(hybrid.params["retrieval_min_items"])
+    if depth <= 0 or len(hybrid.item_ids) < widest:
+        return None
+    published = pl.read_parquet(recommendations, columns=["user_id", "item_id", "rank"])
+    ids = published["user_id"].unique().sort().to_numpy()
+    sample = np.sort(np.random.default_rng(seed).choice(ids, size=min(users, len(ids)), replace=False))
+    mine = published.filter(pl.col("user_id").is_in(pl.Series(sample).implode())).sort("user_id", "rank")
+    hybrid.params["retrieval_depth"] = 0
+    started = time.perf_counter()
+    full = hybrid.recommend(sample, n=int(mine["rank"].max())).sort("user_id", "rank")
+    seconds = time.perf_counter() - started
+    lists = [f.group_by("user_id", maintain_order=True).agg("item_id") for f in (mine, full)]
+    both = lists[0].join(lists[1], on="user_id", how="left")
+    kept = mine.join(full, on=["user_id", "item_id"], how="semi").height
+    return {"users": int(len(sample)), "depth": depth,
+            "same_lists": round(float((both["item_id"] == both["item_id_right"]).mean()), 4),
+            "rows_kept": round(kept / max(mine.height, 1), 4),
+            "full_ranking_s_per_million_users": round(seconds * 1e6 / max(len(sample), 1), 1)}
+
+
 def published_hash(path: str) -> str:
     """The content of a published partition, sorted, without its run id: equal for equal answers."""
     frame = pl.read_parquet(path).drop("run_id").sort("user_id", "rank")
@@ -142,6 +169,7 @@ def run_size(n: int, home: Path, epochs: int, models: list[str] | None, runner: 
     gemm = sgemm_gflops()
     scoring = scoring_gflops(Path(night["models"].model_dir))
     factor_scoring, thin_gemm = factor_scoring_gflops(Path(night["models"].model_dir))
+    agreement = two_stage_agreement(Path(night["models"].model_dir), night["published"]["paths"]["recommendations"])
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     return {"interactions": n, "shape": shape_name, "runner": runner,
             "workers": dask_workers if runner == "dask" else 0, "users": n_users, "items": n_items,
@@ -149,6 +177,7 @@ def run_size(n: int, home: Path, epochs: int, models: list[str] | None, runner: 
             "total_seconds": round(ingest_seconds + night_seconds, 1), "peak_rss_gib": round(peak_rss_gib(), 2),
             "peak_rss_child_gib": round(children, 2),
             "published_hash": published_hash(night["published"]["paths"]["recommendations"]),
+            "two_stage": agreement,
             "ingest_rows_per_s": round(rows / ingest_seconds), "raw_read_csv_rows_per_s": round(raw),
             "ingest_vs_raw": round(rows / ingest_seconds / raw, 3),
             "scoring_gflops": round(scoring, 2), "sgemm_gflops": round(gemm, 1),
@@ -172,6 +201,12 @@ def format_table(results: list[dict]) -> str:
     for key in ("users", "items", "generate_seconds", "total_seconds", "peak_rss_gib", "peak_rss_child_gib",
                 "published_hash", "ingest_vs_raw", "scoring_vs_sgemm", "als_scoring_vs_sgemm"):
         lines.append(f"{key:34}" + "".join(f"{r.get(key, '-')!s:>18}" for r in results))
+    for r in results:
+        if t := r.get("two_stage"):
+            lines.append(f"served in two stages at {r['interactions'] / 1e6:.0f} M (top {t['depth']} a component): "
+                         f"against the full ranking of {t['users']:,} sampled users, same lists {t['same_lists']:.4f}, "
+                         f"published rows kept {t['rows_kept']:.4f} (full ranking "
+                         f"{t['full_ranking_s_per_million_users']:,.0f} s a million users)")
     return "\n".join(lines)
 
 

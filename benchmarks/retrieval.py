@@ -42,11 +42,12 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+import models.base
 from benchmarks.night import shape
 from benchmarks.quality import fit_tuned, load_ml100k, load_synthetic, ml100k_dir, write_result
 from models.base import Recommender, positions_of
 from models.ranking import ndcg_from_hits, top_k_indices
-from models.serving import SCORE_BLOCK_CELLS
+from models.serving import SCORE_BLOCK_CELLS, serve_together
 from recsys.schema import ITEM_ID, USER_ID
 from recsys.settings import Settings
 from tasks.evaluate import tuning_shape
@@ -146,6 +147,52 @@ def judge_slice(hybrid: Recommender, train: pl.DataFrame, truth: pl.DataFrame, h
                             for c, t in by_depth.items()} for name, by_depth in totals.items()}}
 
 
+def served_slice(hybrid: Recommender, train: pl.DataFrame, truth: pl.DataFrame, history: pl.DataFrame | None,
+                 n: int, depth: int) -> dict:
+    """The product's own two-stage serving (:meth:`models.hybrid.Hybrid.candidate_scores`, forced here whatever
+    the catalogue's width: ``retrieval_min_items`` 0, ``retrieval_depth`` ``depth``) against its full ranking,
+    both as the publish step serves them (with reasons) in blocks of ``STAGE_TWO_USERS`` users, the product's
+    block at 200k items (on these catalogues its own blocks hold thousands of users, whose candidates together
+    are the whole catalogue: nothing would be judged): the users whose published list is the same item for item
+    and in order, the full lists' rows kept, the same reasons, nDCG@``n`` of both against what the users did
+    next, and the seconds of each pass on this machine."""
+    item_ids = hybrid.item_ids
+    users = np.sort(truth.filter(pl.col(ITEM_ID).is_in(pl.Series(item_ids).implode()))[USER_ID].unique().to_numpy())
+    relevant = users_history(truth, None, users, item_ids).toarray() > 0
+    seen = users_history(train, history, users, item_ids).tocoo()
+    relevant[seen.row, seen.col] = False
+
+    def serve() -> tuple[pl.DataFrame, float]:
+        started = time.perf_counter()
+        top = serve_together({"hybrid": hybrid}, users, n, history=history, explain=True)["hybrid"].top
+        return top.sort(USER_ID, "rank"), time.perf_counter() - started
+
+    def ndcg(top: pl.DataFrame) -> float:
+        rows, cols = np.searchsorted(users, top[USER_ID].to_numpy()), positions_of(item_ids, top[ITEM_ID].to_numpy())
+        hits = np.zeros((len(users), n))
+        hits[rows, top["rank"].to_numpy() - 1] = relevant[rows, cols]
+        return float(ndcg_from_hits(hits, relevant.sum(axis=1)).mean())
+
+    kept, cells = dict(hybrid.params), models.base.SCORE_BLOCK_CELLS
+    models.base.SCORE_BLOCK_CELLS = STAGE_TWO_USERS * len(item_ids)  # what block_users reads
+    try:
+        full, full_seconds = serve()
+        hybrid.params.update(retrieval_min_items=0, retrieval_depth=depth)
+        two, two_seconds = serve()
+    finally:
+        hybrid.params.update(kept)
+        models.base.SCORE_BLOCK_CELLS = cells
+    lists = [top.group_by(USER_ID, maintain_order=True).agg(ITEM_ID, "reason_kind") for top in (full, two)]
+    both = lists[0].join(lists[1], on=USER_ID, how="left")
+    rows = full.join(two, on=[USER_ID, ITEM_ID], how="left")
+    return {"users": int(len(users)), "depth": depth,
+            "same_lists": round(float((both[ITEM_ID] == both[f"{ITEM_ID}_right"]).mean()), 4),
+            "rows_kept": round(float(rows["rank_right"].is_not_null().mean()), 4),
+            "same_reasons": round(float((rows["reason_kind"] == rows["reason_kind_right"]).mean()), 4),
+            "ndcg_full": round(ndcg(full), 4), "ndcg_two_stage": round(ndcg(two), 4),
+            "seconds_full": round(full_seconds, 2), "seconds_two_stage": round(two_seconds, 2)}
+
+
 def judge(frames: Frames, label: str, settings: Settings, cut: float, n: int, depths: tuple[int, ...],
           k_shots: tuple[int, ...], log=print) -> dict:
     """Fit the night's hybrid on the log before ``cut`` and judge the candidate sets on its warm and k-shot users."""
@@ -155,12 +202,15 @@ def judge(frames: Frames, label: str, settings: Settings, cut: float, n: int, de
                        **tuning_shape(settings))["hybrid"]
     log(f"  {label}: hybrid fitted on {split.train.height:,} interactions before the cut in "
         f"{time.perf_counter() - started:.0f} s; {len(hybrid.item_ids):,} items")
-    slices = {"warm": judge_slice(hybrid, split.train, split.warm, None, n, depths)}
-    for k in k_shots:
-        if k > 0 and split.cold.truth.get(k) is not None and split.cold.truth[k].height:
-            slices[f"k={k}"] = judge_slice(hybrid, split.train, split.cold.truth[k], split.cold.history[k], n, depths)
+    cases = {"warm": (split.warm, None)}
+    cases.update({f"k={k}": (split.cold.truth[k], split.cold.history[k]) for k in k_shots
+                  if k > 0 and split.cold.truth.get(k) is not None and split.cold.truth[k].height})
+    slices = {name: judge_slice(hybrid, split.train, truth, history, n, depths)
+              for name, (truth, history) in cases.items()}
+    served = {name: served_slice(hybrid, split.train, truth, history, n, settings.retrieval_depth)
+              for name, (truth, history) in cases.items()}
     return {"dataset": label, "cut": cut, "items": int(len(hybrid.item_ids)), "train": split.train.height,
-            "slices": slices, "seconds": round(time.perf_counter() - started, 1)}
+            "slices": slices, "served": served, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def stage_one_seconds(items: int, depths: tuple[int, ...], users: int = 4096, factors: int = 24,
@@ -212,6 +262,14 @@ def format_table(result: dict) -> str:
                 for c, v in by_depth.items():
                     lines.append(f"    {set_name:34} {c:>4} {v['candidates']:>9,.0f} {v['list_recall']:>12.4f} "
                                  f"{v['same_lists']:>11.4f} {v['ndcg']:>7.4f} {v['block_columns']:>14,.0f}")
+    for data in result["datasets"]:
+        for name, v in data.get("served", {}).items():
+            lines.append(f"{data['dataset']} {name:6} served in two stages (top {v['depth']} a component) against "
+                         f"the full ranking, {v['users']:,} users in blocks of {STAGE_TWO_USERS}: same lists "
+                         f"{v['same_lists']:.4f}, rows kept "
+                         f"{v['rows_kept']:.4f}, same reasons {v['same_reasons']:.4f}, nDCG@{result['n']} "
+                         f"{v['ndcg_two_stage']:.4f} / {v['ndcg_full']:.4f}, {v['seconds_two_stage']} s / "
+                         f"{v['seconds_full']} s")
     for s in result.get("stage_one", []):
         lines.append(f"stage one at {s['items']:,} items ({s['block_users']} users a block), top {s['depth']}: "
                      f"{s['s_per_million_users_fresh']} s a million users with a fresh block "

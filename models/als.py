@@ -33,6 +33,7 @@ from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
 from models.base import Recommender, carried_rows
+from models.ranking import Stage, factor_moments, factor_stage
 from models.serving import UserBlock
 
 
@@ -99,6 +100,15 @@ class ALS(Recommender):
 
     def score_block(self, users: UserBlock) -> np.ndarray:
         return self.user_vectors(users) @ self.solver.item_factors.T
+
+    def first_stage(self, users: UserBlock, depth: int) -> Stage:
+        """The block's best ``depth`` a user from one product with the item factors; the rows' moments from
+        the factors' sums and Gram matrix (:class:`models.ranking.FactorMoments`), kept for the fitted factors."""
+        if self._block_is_scored(users):
+            return super().first_stage(users, depth)
+        factors = self.solver.item_factors
+        return factor_stage(self.user_vectors(users), factors, factor_moments(self, factors), None, users.history,
+                            depth, self.tiebreak)
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         """"because you rated <the known item whose factors are closest to the recommended one's>"."""

@@ -35,7 +35,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from models.explain import Explaining
-from models.ranking import served_z_scores
+from models.ranking import Stage, served_z_scores
 from models.serving import (
     DEMOGRAPHIC_COLUMNS,
     SCORE_BLOCK_CELLS,
@@ -265,6 +265,23 @@ class Recommender(Explaining, ABC):
         catalogue scored and standardised; a model that knows its rows' mean and deviation without scoring
         every item scores the columns alone."""
         return served_z_scores(self.block_scores(users), users.history)[:, columns]
+
+    def first_stage(self, users: UserBlock, depth: int) -> Stage:
+        """The first stage of two-stage serving (:class:`models.ranking.Stage`): each user's best ``depth`` unseen
+        items by this model and its z-scores of any columns. Default: from the block's whole scores, exact; a
+        model that finds its best items and its rows' moments without a dense block of z-scores overrides it
+        (and defers here where the block's whole scores are already shared, :meth:`_block_is_scored`)."""
+        return Stage.of_scores(self.block_scores(users), users.history, depth, self.tiebreak)
+
+    def _block_is_scored(self, users: UserBlock) -> bool:
+        """Whether the block's whole scores are already computed and shared (another reader scored it)."""
+        return users.shared is not None and id(self) in users.shared
+
+    def candidate_scores(self, users: UserBlock, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Two-stage serving: the catalogue columns this model scores for the block (sorted, ``keep`` among
+        them) and its scores of them, or None: it ranks the whole catalogue (:meth:`block_scores`). Default:
+        None; the hybrid serves a wide catalogue in two stages."""
+        return None
 
     def block_scores(self, users: UserBlock) -> np.ndarray:
         """:meth:`score_block`, computed once per block where several models share it (a hybrid and its

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import Recommender
-from models.ranking import inverse_deviation
+from models.ranking import unseen_moments
 from models.serving import N_DECADES, UserBlock, decade_of
 
 FIRST_YEAR, LAST_YEAR = 1880, 2040  # exact release years one-hot; others (and unknown) have no year part
@@ -135,15 +135,10 @@ class ContentKNN(Recommender):
                   + _row_sums(p_sparse.multiply(p_sparse @ gram_sparse)))
         seen = users.history.tocoo()
         seen.sum_duplicates()
-        seen_scores = self._pair_scores(*profile, seen.row, seen.col)
-        rows = len(users.user_ids)
-        count = np.maximum(len(self.item_ids) - np.bincount(seen.row, minlength=rows), 1)
-        mean = (total - np.bincount(seen.row, seen_scores, minlength=rows)) / count
-        variance = (square - np.bincount(seen.row, np.square(seen_scores), minlength=rows)) / count - mean**2
-        # A constant row (no profile: every score 0) has no deviation; cancellation leaves ~1e-16 of the square.
-        variance[variance <= 1e-10 * np.abs(square / count)] = 0.0
+        mean, inverse = unseen_moments(total, square, len(self.item_ids), seen.row,
+                                       self._pair_scores(*profile, seen.row, seen.col))
         z = self._scores(profile, columns) - mean.astype(np.float32)[:, None]
-        z *= inverse_deviation(np.sqrt(variance))[:, None]
+        z *= inverse[:, None]
         return z
 
     def _pair_scores(self, profile_dense: np.ndarray, profile_sparse: sp.csr_matrix, rows: np.ndarray,

@@ -40,6 +40,7 @@ import scipy.sparse as sp
 from scipy.linalg import blas, lapack
 
 from models.base import Recommender
+from models.ranking import Stage, unseen_moments, unseen_top
 from models.serving import UserBlock, item_cooccurrence
 from models.tiled import TiledMatrix
 
@@ -101,16 +102,47 @@ class EASE(Recommender):
     def score_block(self, users: UserBlock) -> np.ndarray:
         if self.known is None:
             return self.weights.rmatmul(users.history)
-        # The history on the fitted items (positions by a lookup: scipy's column indexing is a sparse product),
-        # scored straight into their columns.
+        scores = np.zeros((len(users.user_ids), len(self.item_ids)), dtype=np.float32)
+        return self.weights.rmatmul(self._fitted_history(users), out=scores, columns=self.known)
+
+    def _fitted_history(self, users: UserBlock) -> sp.csr_matrix:
+        """The block's history on the fitted items' columns (positions by a lookup: scipy's column indexing
+        is a sparse product)."""
         history = users.history.tocsr()
         position = self._positions()[history.indices]
         kept = position >= 0
         row = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr))[kept]
         indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=history.shape[0]))])
-        fitted = sp.csr_matrix((history.data[kept], position[kept], indptr), shape=(history.shape[0], len(self.known)))
-        scores = np.zeros((history.shape[0], len(self.item_ids)), dtype=np.float32)
-        return self.weights.rmatmul(fitted, out=scores, columns=self.known)
+        return sp.csr_matrix((history.data[kept], position[kept], indptr), shape=(history.shape[0], len(self.known)))
+
+    def first_stage(self, users: UserBlock, depth: int) -> Stage:
+        """Scored on the fitted items alone (beyond the memory cap every item scores 0, and none is a
+        candidate): the block's best ``depth`` a user and its rows' moments from that dense block."""
+        if self._block_is_scored(users) or self.known is None:
+            return super().first_stage(users, depth)
+        fitted = self._fitted_history(users)
+        scores = self.weights.rmatmul(fitted)  # (users, fitted items)
+        seen = sp.csr_matrix(users.history)
+        seen.sum_duplicates()
+        seen = seen.tocoo()
+        position = self._positions()[seen.col]
+        on_fitted = position >= 0
+        seen_scores = np.zeros(seen.nnz)  # an item beyond the cap scores 0
+        seen_scores[on_fitted] = scores[seen.row[on_fitted], position[on_fitted]]
+        mean, inverse = unseen_moments(scores.sum(axis=1, dtype=np.float64),
+                                       np.einsum("ij,ij->i", scores, scores, dtype=np.float64), len(self.item_ids),
+                                       seen.row, seen_scores)
+        top = unseen_top(scores, fitted, depth, self.tiebreak[self.known])
+        top = np.where(top >= 0, self.known[np.maximum(top, 0)], -1)
+
+        def scores_at(columns: np.ndarray) -> np.ndarray:
+            position = self._positions()[columns]
+            fitted_columns = position >= 0
+            out = np.zeros((len(users.user_ids), len(columns)), dtype=np.float32)
+            out[:, fitted_columns] = scores[:, position[fitted_columns]]
+            return out
+
+        return Stage(top, scores_at, mean=mean, inverse=inverse)
 
     def _positions(self) -> np.ndarray:
         """Each catalogue column's row in the fitted weights, -1 for an item left out (kept after the first call)."""

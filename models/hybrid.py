@@ -42,7 +42,7 @@ import scipy.sparse as sp
 from models.base import Recommender
 from models.blend import BlendTuning, ValidationCase, bucket_of
 from models.explain import replace
-from models.ranking import served_z_scores, top_k_indices
+from models.ranking import Stage, served_z_scores, top_k_indices
 from models.serving import UserBlock
 from recsys import schema
 from recsys.schema import USER_ID
@@ -100,7 +100,8 @@ class ColumnPart:
 class Hybrid(BlendTuning, Recommender):
     name = "hybrid"
     SETTINGS = {"new_item_slots": "new_item_slots", "new_item_min_rate": "new_item_min_rate",
-                "new_item_users": "new_item_users"}
+                "new_item_users": "new_item_users", "retrieval_depth": "retrieval_depth",
+                "retrieval_min_items": "retrieval_min_items"}
     description = ("the two-tower, EASE, item-kNN, segment popularity and ALS blended with weights tuned per "
                    "history length on validation users; new items placed by the audience model")
 
@@ -137,6 +138,10 @@ class Hybrid(BlendTuning, Recommender):
             # item, not to whoever the item is likeliest for (on a variant of MovieLens-100k whose films lost
             # their ratings: 3x random exposure given the film, against 1.4-1.7x ungated).
             "new_item_users": 100,
+            # Two-stage serving (:meth:`candidate_scores`): catalogues of at least ``retrieval_min_items`` items
+            # are served from each component's best ``retrieval_depth`` a user (0: the whole catalogue ranked).
+            "retrieval_depth": 50,
+            "retrieval_min_items": 50_000,
         }
 
     @classmethod
@@ -353,48 +358,90 @@ class Hybrid(BlendTuning, Recommender):
         CF models score a user's own items highest, and counting them in the mean and deviation would
         shrink every candidate's z-score by a different factor per component and user (measured on protocol
         W: 0.4870 counting them, 0.4936 not, with the same weights)."""
-        out = np.zeros((len(users.user_ids), len(self.item_ids)), dtype=np.float32)
-        parts: dict[str, np.ndarray] = {}
-        for name, weight in self._mix(users):
+        return self._blend(users)
+
+    def candidate_scores(self, users: UserBlock, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Two-stage serving of a wide catalogue (``retrieval_min_items`` items or more; None below: the
+        whole catalogue is ranked). First stage: each blended component's best ``retrieval_depth`` unseen
+        items a user (:meth:`Recommender.first_stage`, each by its own cheapest route). Second stage: the
+        blend, the new items' placement and the reasons of :meth:`score_block`, on the union of the block's
+        candidates, the items with fewer than ``item_evidence`` interactions (scored apart at any scale, as in
+        full ranking) and ``keep``; each component still standardised over all of a user's unseen items, as
+        when the blend was tuned (the same z-scores to float rounding: a stage's mean and deviation are
+        summed in float64 from the item side). Judged before it was built (``benchmarks/retrieval.py``): the
+        top 50 of each component held every published list of 11.4k users but one."""
+        depth = int(self.params["retrieval_depth"])
+        if depth <= 0 or len(self.item_ids) < int(self.params["retrieval_min_items"]):
+            return None
+        stages = {name: self.components[name].first_stage(users, depth)
+                  for name, weight in self._mix(users) if weight.by_user.any()}
+        few = np.flatnonzero(self.item_popularity < float(self.params["item_evidence"]))
+        columns = np.unique(np.concatenate([stage.top[stage.top >= 0] for stage in stages.values()]
+                                           + [few, np.asarray(keep, dtype=np.int64)]))
+        return columns, self._blend(users, columns, stages)
+
+    def _blend(self, users: UserBlock, columns: np.ndarray | None = None,
+               stages: Mapping[str, Stage] | None = None) -> np.ndarray:
+        """:meth:`score_block` on the catalogue ``columns`` (default: all), each component's z-scores read
+        from its first stage (``stages``) where given. ``columns`` must hold every item with fewer than
+        ``item_evidence`` interactions (those whose weight depends on the item)."""
+        width = len(self.item_ids) if columns is None else len(columns)
+        out = np.zeros((len(users.user_ids), width), dtype=np.float32)
+        parts: dict[str, np.ndarray | ColumnPart] = {}
+        apart = self._local(self._placed_apart(), columns)
+        for name, weight in self._mix(users, slice(None) if columns is None else columns):
             model = self.components[name]
             if weight.by_user.any():
-                part = served_z_scores(model.block_scores(users), users.history)
+                part = (served_z_scores(model.block_scores(users), users.history) if stages is None
+                        else stages[name].z_at(columns))
                 weight.apply(part)
                 out += part
+                if columns is not None:
+                    part = ColumnPart(columns, part)
             else:  # weighed only on the items with too few interactions: those columns alone are scored
-                cols = np.setdiff1d(weight.item_dependent(), self._placed_apart(), assume_unique=True)
+                local = np.setdiff1d(weight.item_dependent(), apart, assume_unique=True)
+                cols = local if columns is None else columns[local]
                 few = model.column_z_scores(users, cols)
-                few *= weight.by_item[:, cols]
-                out[:, cols] += few
+                few *= weight.by_item[:, local]
+                out[:, local] += few
                 part = ColumnPart(cols, few)
             if users.shared is not None:
                 parts[name] = part
-        placed = self._place_new_items(users, out)
+        placed = self._place_new_items(users, out, columns)
         if users.shared is not None:
             if placed is not None:
                 # The reason of a placed item is the audience model's (content), and of no other item.
-                parts[self.params["audience_model"]] = np.where(placed > 0, np.float32(np.inf), np.float32(-np.inf))
+                mark = np.where(placed > 0, np.float32(np.inf), np.float32(-np.inf))
+                parts[self.params["audience_model"]] = mark if columns is None else ColumnPart(columns, mark)
             users.shared[("parts", id(self))] = parts
         return out
 
-    def _place_new_items(self, users: UserBlock, out: np.ndarray) -> np.ndarray | None:
+    @staticmethod
+    def _local(catalogue_columns: np.ndarray, columns: np.ndarray | None) -> np.ndarray:
+        """The places of ``catalogue_columns`` (all among ``columns``) in a block scored on ``columns``."""
+        return catalogue_columns if columns is None else np.searchsorted(columns, catalogue_columns)
+
+    def _place_new_items(self, users: UserBlock, out: np.ndarray,
+                         columns: np.ndarray | None = None) -> np.ndarray | None:
         """Items nobody has taken, placed on the known items' scale. They are out of the blend's ranking;
         per user, the best (at most ``new_item_slots``) by the audience model's calibrated probability p go
         just above the first known item of the top ``new_item_rank`` whose rank's hit rate (the user's
-        bucket's, from tuning) is below p. Changes ``out`` in place; returns a (users, items) array, 1 where
-        an item was placed (None when nothing was)."""
+        bucket's, from tuning) is below p. ``out``: the block's scores of the catalogue ``columns`` (default
+        all), changed in place; returns an array of its shape, 1 where an item was placed (None when nothing
+        was)."""
         slots = int(self.params["new_item_slots"])
-        new = self._placed_apart()
-        if len(new) == 0 or len(users.user_ids) == 0:
+        catalogue_new = self._placed_apart()
+        if len(catalogue_new) == 0 or len(users.user_ids) == 0:
             return None
+        new = self._local(catalogue_new, columns)
         out[:, new] = -np.inf  # an item nobody has taken is listed by the calibrated placement alone
         curves = self.hit_rates
         buckets = bucket_of(users.history_length, users.train_rows >= 0)
         rows = np.flatnonzero(np.isin(buckets, list(curves)))
         if slots <= 0 or len(rows) == 0:
             return None
-        history = users.history.tocsr()
-        logit = self._audience_of(users, new)[rows].astype(np.float64)
+        history = users.history.tocsr() if columns is None else users.history.tocsr()[:, columns]
+        logit = self._audience_of(users, catalogue_new)[rows].astype(np.float64)
         seen_new = history[rows][:, new].tocoo()
         logit[seen_new.row, seen_new.col] = -np.inf
         logit[logit < self.audience_floor[None, :]] = -np.inf  # only for the users it is published to

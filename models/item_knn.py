@@ -8,6 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import Recommender
+from models.ranking import Stage, unseen_moments
 from models.serving import UserBlock, item_cooccurrence
 
 
@@ -49,6 +50,51 @@ class ItemKNN(Recommender):
 
     def score_block(self, users: UserBlock) -> np.ndarray:
         return np.asarray((users.history @ self.similarity).todense(), dtype=np.float32)
+
+    def first_stage(self, users: UserBlock, depth: int) -> Stage:
+        """From the sparse rows of history @ similarity, never densified: a user's candidates are their best
+        ``depth`` unseen items with a score (every other item scores 0), the moments the rows' sums less the
+        seen items' entries, and the second stage reads the columns it asks for out of the sparse rows."""
+        if self._block_is_scored(users):
+            return super().first_stage(users, depth)
+        scores = sp.csr_matrix(users.history @ self.similarity, dtype=np.float32)
+        scores.sum_duplicates()
+        n_rows, n_items = scores.shape
+        row = np.repeat(np.arange(n_rows), np.diff(scores.indptr))
+        data = scores.data.astype(np.float64)
+        history = sp.csr_matrix(users.history)
+        history.sum_duplicates()
+        on_seen_rows = sp.csr_matrix(scores.multiply(history))  # the seen items' non-zero scores
+        seen, on_seen = history.tocoo(), on_seen_rows.tocoo()  # row-major, as the keys below
+        seen_scores = np.zeros(seen.nnz)
+        keys = seen.row.astype(np.int64) * n_items + seen.col
+        seen_scores[np.searchsorted(keys, on_seen.row.astype(np.int64) * n_items + on_seen.col)] = on_seen.data
+        mean, inverse = unseen_moments(np.bincount(row, data, minlength=n_rows),
+                                       np.bincount(row, data * data, minlength=n_rows), n_items, seen.row,
+                                       seen_scores)
+        # Each row's best entries among the unseen ones with a score, ordered as a served list.
+        unseen = (scores - on_seen_rows).tocsr()
+        unseen.eliminate_zeros()
+        keep = np.flatnonzero(unseen.data > 0)
+        r = np.repeat(np.arange(n_rows), np.diff(unseen.indptr))[keep]
+        c, v = unseen.indices[keep], unseen.data[keep]
+        order = np.lexsort((self.tiebreak[c], -v, r))
+        r, c = r[order], c[order]
+        rank = np.arange(len(r)) - np.searchsorted(r, r)
+        top = np.full((n_rows, min(depth, n_items)), -1, dtype=np.int64)
+        listed = rank < top.shape[1]
+        top[r[listed], rank[listed]] = c[listed]
+
+        def scores_at(columns: np.ndarray) -> np.ndarray:
+            position = np.full(n_items, -1, dtype=np.int64)
+            position[columns] = np.arange(len(columns))
+            out = np.zeros((n_rows, len(columns)), dtype=np.float32)
+            at = position[scores.indices]
+            asked = at >= 0
+            out[row[asked], at[asked]] = scores.data[asked]
+            return out
+
+        return Stage(top, scores_at, mean=mean, inverse=inverse)
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         """"because you rated <the known item most similar to the recommended one>"."""

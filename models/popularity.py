@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from models.base import Recommender
 from models.explain import replace
-from models.ranking import ndcg_at_k, one_sided_gain
+from models.ranking import Stage, ndcg_at_k, one_sided_gain, top_k_indices, unseen_moments
 from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock
 from recsys import schema
 
@@ -118,20 +118,84 @@ class SegmentPopularity(Recommender):
 
     def _rows(self, demographics: np.ndarray, spec: dict) -> np.ndarray:
         """Each user's row of the tables: their segment's, else their parent segment's, else global."""
-        segment = segment_of(self, demographics, spec["segment"])
-        scores = self.segment_scores[np.minimum(segment, len(self.segment_scores) - 1)]  # a gather: a new array
-        unknown = segment == len(self.segment_scores)
-        if len(self.parent_scores) and unknown.any():
-            up = segment_of(self, demographics[unknown], list(spec["parent"]))
-            known = up < len(self.parent_scores)
-            rows = np.flatnonzero(unknown)
-            scores[rows[known]] = self.parent_scores[up[known]]
-            unknown[rows[known]] = False
-        scores[unknown] = self.global_scores  # unknown demographics
+        keys = self._row_keys(demographics, spec)
+        scores = np.empty((len(keys), len(self.item_ids)), dtype=np.float32)
+        for key in np.unique(keys):
+            scores[keys == key] = self._table_row(key)
         return scores
+
+    def _row_keys(self, demographics: np.ndarray, spec: dict) -> np.ndarray:
+        """Each user's row as one key: their segment (< segments), else segments + their parent segment, else
+        segments + parents (global)."""
+        n_segments, n_parents = len(self.segment_scores), len(self.parent_scores)
+        keys = segment_of(self, demographics, spec["segment"])
+        unknown = np.flatnonzero(keys == n_segments)
+        if n_parents and len(unknown):
+            up = segment_of(self, demographics[unknown], list(spec["parent"]))
+            keys[unknown] = n_segments + up  # up == n_parents where the parent is unknown too: global
+        else:
+            keys[unknown] = n_segments + n_parents
+        return keys
+
+    def _table_row(self, key: int) -> np.ndarray:
+        n_segments, n_parents = len(self.segment_scores), len(self.parent_scores)
+        if key < n_segments:
+            return self.segment_scores[key]
+        return self.parent_scores[key - n_segments] if key < n_segments + n_parents else self.global_scores
 
     def score_block(self, users: UserBlock) -> np.ndarray:
         return self._rows(users.demographics, self.chosen)
+
+    def first_stage(self, users: UserBlock, depth: int) -> Stage:
+        """A block's users share a few rows of the tables: each row's sums and its best items are found once
+        (kept for the fitted tables), a user's best ``depth`` are the row's best less the items they have seen,
+        and the second stage gathers the columns it asks for."""
+        if self._block_is_scored(users):
+            return super().first_stage(users, depth)
+        keys = self._row_keys(users.demographics, self.chosen)
+        history = sp.csr_matrix(users.history)
+        history.sum_duplicates()
+        seen = history.tocoo()
+        lengths = np.diff(history.indptr)
+        n_rows, n_items = len(keys), len(self.item_ids)
+        total, square = np.zeros(n_rows), np.zeros(n_rows)
+        seen_scores = np.zeros(seen.nnz)
+        top = np.full((n_rows, min(depth, n_items)), -1, dtype=np.int64)
+        for key in np.unique(keys):
+            mine = np.flatnonzero(keys == key)
+            row = self._table_row(key)
+            sums, best = self._row_summary(key, top.shape[1] + int(lengths[mine].max()))
+            total[mine], square[mine] = sums
+            at = np.isin(seen.row, mine)
+            seen_scores[at] = row[seen.col[at]]
+            # The row's best less each user's seen items: the first ``depth`` unseen of its best.
+            taken = history[mine][:, best].toarray() > 0
+            rank = np.cumsum(~taken, axis=1) - 1
+            r, c = np.nonzero(~taken & (rank < top.shape[1]))
+            top[mine[r], rank[r, c]] = best[c]
+        mean, inverse = unseen_moments(total, square, n_items, seen.row, seen_scores)
+
+        def scores_at(columns: np.ndarray) -> np.ndarray:
+            out = np.empty((n_rows, len(columns)), dtype=np.float32)
+            for key in np.unique(keys):
+                out[keys == key] = self._table_row(key)[columns]
+            return out
+
+        return Stage(top, scores_at, mean=mean, inverse=inverse)
+
+    def _row_summary(self, key: int, depth: int) -> tuple[tuple[float, float], np.ndarray]:
+        """A row's (sum, sum of squares) in float64 and its best ``depth`` items ordered as a served list, kept
+        per row for the fitted tables (the longest asked for)."""
+        tables = (self.segment_scores, self.parent_scores, self.global_scores)
+        kept = self.__dict__.get("_summaries")
+        if kept is None or any(a is not b for a, b in zip(kept[0], tables, strict=True)):
+            kept = self._summaries = (tables, {})
+        entry = kept[1].get(key)
+        if entry is None or len(entry[1]) < min(depth, len(self.item_ids)):
+            row = self._table_row(key).astype(np.float64)
+            best = top_k_indices(self._table_row(key)[None, :], depth, self.tiebreak)[0]
+            entry = kept[1][key] = ((float(row.sum()), float(row @ row)), best)
+        return entry[0], entry[1][:depth]
 
     def summary(self) -> str:
         s = getattr(self, "selection", {})

@@ -224,3 +224,127 @@ def one_sided_gain(values: np.ndarray, base_values: np.ndarray, alpha: float, n_
     interval: its lower end above zero is a gain significant at one-sided level ``alpha``. How a model picks
     an option over its default on validation users (a blend over one component, a finer segment)."""
     return paired_lift(values, base_values, bootstrap_indices(len(values), n_boot, seed), level=100.0 * (1 - 2 * alpha))
+
+
+# -- two-stage serving -------------------------------------------------------------------------------------------
+
+
+class Stage:
+    """One component's first stage on a block of users (two-stage serving,
+    :meth:`models.hybrid.Hybrid.candidate_scores`): each user's best ``depth`` unseen catalogue columns by the
+    component (``top``, best first, -1 where a user has fewer), and what the second stage reads: its served
+    z-scores (:func:`served_z_scores`) of any columns.
+
+    Either from the block's whole scores (``z``: the served z-scores themselves, bit for bit what a full ranking
+    adds) or from each user's mean and 1 / deviation over their unseen items, known without scoring every item
+    (``mean``, ``inverse``; see :func:`unseen_moments`), with ``scores_at`` scoring the columns asked for."""
+
+    def __init__(self, top: np.ndarray, scores_at, z: np.ndarray | None = None, mean: np.ndarray | None = None,
+                 inverse: np.ndarray | None = None):
+        self.top, self._scores_at, self._z, self.mean, self.inverse = top, scores_at, z, mean, inverse
+
+    @classmethod
+    def of_scores(cls, scores: np.ndarray, seen: sp.spmatrix, depth: int, tiebreak: np.ndarray) -> Stage:
+        """The stage of a block's whole scores (not changed: it may be shared with other readers)."""
+        return cls(unseen_top(scores, seen, depth, tiebreak), lambda columns: scores[:, columns],
+                   z=served_z_scores(scores, seen))
+
+    def z_at(self, columns: np.ndarray) -> np.ndarray:
+        """(users, len(columns)) float32 z-scores over each user's unseen items, 0 where a score is not finite."""
+        if self._z is not None:
+            return self._z[:, columns]
+        z = np.asarray(self._scores_at(columns), dtype=np.float32) - self.mean.astype(np.float32)[:, None]
+        z *= self.inverse[:, None]
+        z[~np.isfinite(z)] = 0.0
+        return z
+
+
+def unseen_top(scores: np.ndarray, seen: sp.spmatrix, depth: int, tiebreak: np.ndarray,
+               in_place: bool = False) -> np.ndarray:
+    """Each row's best ``depth`` columns of ``scores`` that ``seen`` does not hold, ordered as a served list
+    (:func:`top_k_indices`), -1 past a row's unseen finite scores. ``scores`` is not changed unless
+    ``in_place`` (its seen entries are then -inf)."""
+    masked = scores if in_place else np.array(scores, dtype=np.float32, copy=True)
+    seen = seen.tocoo()
+    masked[seen.row, seen.col] = -np.inf
+    top = top_k_indices(masked, depth, tiebreak)
+    top[~np.isfinite(np.take_along_axis(masked, top, axis=1))] = -1
+    return top
+
+
+def unseen_moments(total: np.ndarray, square: np.ndarray, n_items: int, seen_rows: np.ndarray,
+                   seen_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's mean (float64) and 1 / deviation (float32, 0 for a constant row) over its unseen items, from
+    the sums of its scores and of their squares over the whole catalogue (``total``, ``square``, float64) and
+    the scores of its seen items (``seen_scores`` at ``seen_rows``, one entry a distinct seen item), taken back
+    out: what :func:`served_z_scores` computes from the whole row, without scoring every item."""
+    rows = len(total)
+    count = np.maximum(n_items - np.bincount(seen_rows, minlength=rows), 1)
+    mean = (total - np.bincount(seen_rows, seen_scores, minlength=rows)) / count
+    variance = (square - np.bincount(seen_rows, np.square(seen_scores), minlength=rows)) / count - mean**2
+    # A constant row has no deviation; cancellation leaves ~1e-16 of the square.
+    variance[variance <= 1e-10 * np.abs(square / count)] = 0.0
+    return mean, inverse_deviation(np.sqrt(np.maximum(variance, 0.0)))
+
+
+def factor_moments(model, factors: np.ndarray, divisor: float = 1.0,
+                   bias: np.ndarray | None = None) -> FactorMoments:
+    """``model``'s :class:`FactorMoments` of ``factors``, computed once per factors array (a refit or a load
+    makes a new array, and new moments)."""
+    kept = model.__dict__.get("_factor_moments")
+    if kept is None or kept[0] is not factors:
+        kept = model._factor_moments = (factors, FactorMoments(factors, divisor, bias))
+    return kept[1]
+
+
+class FactorMoments:
+    """Sums over a catalogue scored as ``(u . e_i) / divisor + b_i`` (factor models: ALS, the two-tower), in
+    float64: with s = 1 / divisor, a user's sum of scores is ``s u . sum_i e_i + sum_i b_i`` and sum of squares
+    ``s^2 u G u + 2 s u . sum_i b_i e_i + sum_i b_i^2`` with G = E^T E, so the moments of a row cost
+    O(factors^2), not O(items)."""
+
+    def __init__(self, factors: np.ndarray, divisor: float = 1.0, bias: np.ndarray | None = None):
+        e = np.asarray(factors, dtype=np.float64)
+        b = np.zeros(len(e)) if bias is None else np.asarray(bias, dtype=np.float64)
+        self.divisor, self.scale, self.n_items = float(divisor), 1.0 / float(divisor), len(e)
+        self.column_sum, self.gram, self.bias_sum = e.sum(axis=0), e.T @ e, b @ e
+        self.bias_total, self.bias_square = float(b.sum()), float(b @ b)
+
+    def sums(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(total, square) of each vector's row of scores over the whole catalogue."""
+        u = np.asarray(vectors, dtype=np.float64)
+        s = self.scale
+        total = s * (u @ self.column_sum) + self.bias_total
+        square = s * s * np.einsum("ij,ij->i", u @ self.gram, u) + 2 * s * (u @ self.bias_sum) + self.bias_square
+        return total, square
+
+
+def factor_stage(vectors: np.ndarray, factors: np.ndarray, moments: FactorMoments, bias: np.ndarray | None,
+                 seen: sp.spmatrix, depth: int, tiebreak: np.ndarray) -> Stage:
+    """The first stage of a factor model: the block's scores (``vectors @ factors.T / divisor + bias``, the
+    operations of the model's own :meth:`score_block`, so the same floats) give each user's best ``depth``; the
+    moments come from :class:`FactorMoments` and the seen items' scores, and the second stage scores its
+    columns from the vectors (a sliver of the SGEMM)."""
+    divisor = moments.divisor
+
+    def scores_at(columns) -> np.ndarray:
+        scores = vectors @ factors[columns].T
+        if divisor != 1:
+            scores /= divisor
+        if bias is not None:
+            scores += bias[columns][None, :]
+        return scores
+
+    scores = scores_at(slice(None))
+    seen = seen.tocoo()
+    seen.sum_duplicates()
+    top = unseen_top(scores, seen, depth, tiebreak, in_place=True)
+    del scores
+    # The seen items' scores in float64, as the sums are: a user who has seen most of the catalogue keeps a
+    # few unseen items' worth of the row, which float32 scores would drown in rounding.
+    seen_scores = np.einsum("ij,ij->i", vectors[seen.row].astype(np.float64), factors[seen.col].astype(np.float64))
+    seen_scores *= moments.scale
+    if bias is not None:
+        seen_scores += bias[seen.col]
+    mean, inverse = unseen_moments(*moments.sums(vectors), moments.n_items, seen.row, seen_scores)
+    return Stage(top, scores_at, mean=mean, inverse=inverse)

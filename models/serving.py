@@ -142,19 +142,26 @@ def serve_together(
             if len(group) > 1 or explain or (len(columns) and users_per_item > 0):
                 ub.shared = {}  # scores computed once per block, whoever reads them (audiences, reasons)
             progress.detail(f"{lo:,} of {len(user_ids):,} users scored")
-            seen = ub.history.tocoo() if exclude_seen else None
             for name in group:
-                scores = models[name].block_scores(ub)
+                # Two-stage serving where the model does it (a wide catalogue): its scores of some columns.
+                found = models[name].candidate_scores(ub, columns)
+                if found is None:
+                    scored, scores = slice(None), models[name].block_scores(ub)
+                    history, asked = ub.history, columns
+                else:
+                    scored, scores = found
+                    history, asked = ub.history.tocsr()[:, scored], np.searchsorted(scored, columns)
+                seen = history.tocoo() if exclude_seen else None
                 if seen is not None and seen.nnz:
-                    if ub.shared is not None:
+                    if found is None and ub.shared is not None:
                         scores = scores.copy()  # the other models of the block read it too
                     scores[seen.row, seen.col] = -np.inf
-                frame = top_n(ub.user_ids, scores, top, lead.item_ids, lead.tiebreak)
+                frame = top_n(ub.user_ids, scores, top, lead.item_ids[scored], lead.tiebreak[scored])
                 if explain:
                     frame = _with_reasons(models[name], ub, frame)
                 frames[name].append(frame)
                 if name in by_item:
-                    by_item[name].add(ub.user_ids, models[name].audience_scores(ub, columns, scores[:, columns]))
+                    by_item[name].add(ub.user_ids, models[name].audience_scores(ub, columns, scores[:, asked]))
     empty = pl.DataFrame(schema={**schema.RECOMMENDATION_SCHEMA, **(schema.REASON_SCHEMA if explain else {})})
     return {name: Served(pl.concat(frames[name]) if frames[name] else empty,
                          by_item[name].frame() if name in by_item else pl.DataFrame(schema=schema.BY_ITEM_SCHEMA))

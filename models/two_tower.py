@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from models.base import Recommender, carried_rows
+from models.ranking import Stage, factor_moments, factor_stage
 from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock, decade_of, padded_rows
 from models.text import MAX_TOKENS
 from models.towers import LazyAdam, TrainingBatches, TwoTowerNet, first_items_by_time, keras, ops
@@ -330,6 +331,16 @@ class TwoTower(Recommender):
         scores /= self.net.temperature  # in place: a block is users x catalogue, each pass over it counts
         scores += self.item_biases[None, :]
         return scores
+
+    def first_stage(self, users: UserBlock, depth: int) -> Stage:
+        """The block's best ``depth`` a user from the towers' product as :meth:`score_block` computes it; the
+        rows' moments from the item vectors' sums and Gram matrix (:class:`models.ranking.FactorMoments`: a
+        score is affine in the user's vector), kept for the fitted factors."""
+        if self._block_is_scored(users):
+            return super().first_stage(users, depth)
+        moments = factor_moments(self, self.item_embeddings, self.net.temperature, self.item_biases)
+        return factor_stage(self.user_embeddings(users), self.item_embeddings, moments, self.item_biases,
+                            users.history, depth, self.tiebreak)
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         """With known items, "because you rated <the known item closest to the recommended one in the item

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
                                      "tonight's untaken items are arrivals the window cannot have seen (1: as the "
                                      "audience model calibrates them on items held out of training); 0 trusts "
                                      "the window.")
+    retrieval_depth: int = Field(50, ge=0, description="Wide catalogues are served in two stages: each of the "
+                                 "hybrid's components names its best this many unseen items a user, and the "
+                                 "blend ranks their union (0: the whole catalogue ranked at any width).")
+    retrieval_min_items: int = Field(50_000, ge=0, description="Catalogues of at least this many items are served "
+                                     "in two stages (below it a block's candidates are a large share of the "
+                                     "catalogue, and ranking all of it costs about as much).")
     batch_size: int = 1024
     scoring_threads: int = Field(0, ge=0, description="Threads of blockwise scoring and top-N selection (0: every "
                                  "core this process may use).")

@@ -47,6 +47,17 @@ def test_fewer_candidates_hold_at_most_what_more_do_and_unions_what_their_member
     assert warm["als"]["3"]["list_recall"] < 1.0  # three candidates cannot hold a list of ten
 
 
+def test_the_products_two_stage_serving_is_judged_against_its_full_ranking(judged):
+    """The served comparison runs the product's own path: on a catalogue this small a block's candidates are
+    nearly all of it, so the published lists, rows and reasons must be the full ranking's."""
+    for name, served in judged["served"].items():
+        assert served["users"] == judged["slices"][name]["users"] and served["depth"] == 50
+        assert served["same_lists"] == 1.0 and served["rows_kept"] == 1.0 and served["same_reasons"] == 1.0
+        assert abs(served["ndcg_two_stage"] - served["ndcg_full"]) < 1e-4
+        assert served["ndcg_full"] == pytest.approx(judged["slices"][name]["full_ndcg"], abs=1e-4)
+        assert served["seconds_full"] > 0 and served["seconds_two_stage"] > 0
+
+
 def test_stage_one_is_timed_in_the_products_blocks():
     rows = stage_one_seconds(items=2000, depths=(5, 50), users=64)
     assert [r["depth"] for r in rows] == [5, 50]
