@@ -35,7 +35,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from models.explain import Explaining
-from models.ranking import Stage, served_z_scores
+from models.ranking import Stage
 from models.serving import (
     DEMOGRAPHIC_COLUMNS,
     SCORE_BLOCK_CELLS,
@@ -261,10 +261,11 @@ class Recommender(Explaining, ABC):
 
     def column_z_scores(self, users: UserBlock, columns: np.ndarray) -> np.ndarray:
         """The block's scores of the catalogue ``columns`` as z-scores over each user's unseen items (what a
-        blend adds, :func:`models.ranking.served_z_scores`; 0 where a score is not finite). Default: the whole
-        catalogue scored and standardised; a model that knows its rows' mean and deviation without scoring
-        every item scores the columns alone."""
-        return served_z_scores(self.block_scores(users), users.history)[:, columns]
+        blend adds, :func:`models.ranking.served_z_scores`; 0 where a score is not finite): its first stage's,
+        with no candidates asked for. By default that is the whole catalogue scored and standardised; a model
+        whose first stage knows its rows' mean and deviation without scoring every item (the factor models)
+        scores the columns alone."""
+        return self.first_stage(users, 0).z_at(columns)
 
     def first_stage(self, users: UserBlock, depth: int) -> Stage:
         """The first stage of two-stage serving (:class:`models.ranking.Stage`): each user's best ``depth`` unseen

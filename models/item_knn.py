@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import Recommender
-from models.ranking import Stage, unseen_moments
+from models.ranking import Stage, ranked_entries, unseen_moments
 from models.serving import UserBlock, item_cooccurrence
 
 
@@ -76,14 +76,12 @@ class ItemKNN(Recommender):
         unseen = (scores - on_seen_rows).tocsr()
         unseen.eliminate_zeros()
         keep = np.flatnonzero(unseen.data > 0)
-        r = np.repeat(np.arange(n_rows), np.diff(unseen.indptr))[keep]
-        c, v = unseen.indices[keep], unseen.data[keep]
-        order = np.lexsort((self.tiebreak[c], -v, r))
-        r, c = r[order], c[order]
-        rank = np.arange(len(r)) - np.searchsorted(r, r)
         top = np.full((n_rows, min(depth, n_items)), -1, dtype=np.int64)
-        listed = rank < top.shape[1]
-        top[r[listed], rank[listed]] = c[listed]
+        if top.shape[1]:
+            r, c, _, rank = ranked_entries(np.repeat(np.arange(n_rows), np.diff(unseen.indptr))[keep],
+                                           unseen.indices[keep], unseen.data[keep], n_rows, top.shape[1],
+                                           self.tiebreak)
+            top[r, rank] = c
 
         def scores_at(columns: np.ndarray) -> np.ndarray:
             position = np.full(n_items, -1, dtype=np.int64)

@@ -154,31 +154,36 @@ class SegmentPopularity(Recommender):
             return super().first_stage(users, depth)
         keys = self._row_keys(users.demographics, self.chosen)
         history = sp.csr_matrix(users.history)
-        history.sum_duplicates()
+        history.sum_duplicates()  # canonical: each row's columns ascending
         seen = history.tocoo()
+        seen_keys = seen.row.astype(np.int64) * len(self.item_ids) + seen.col  # ascending
         lengths = np.diff(history.indptr)
         n_rows, n_items = len(keys), len(self.item_ids)
         total, square = np.zeros(n_rows), np.zeros(n_rows)
         seen_scores = np.zeros(seen.nnz)
         top = np.full((n_rows, min(depth, n_items)), -1, dtype=np.int64)
-        for key in np.unique(keys):
-            mine = np.flatnonzero(keys == key)
+        rows_of = _groups(keys)  # each row's users, and each row's seen entries
+        entries_of = _groups(keys[seen.row])
+        for key, mine in rows_of.items():
             row = self._table_row(key)
             sums, best = self._row_summary(key, top.shape[1] + int(lengths[mine].max()))
             total[mine], square[mine] = sums
-            at = np.isin(seen.row, mine)
-            seen_scores[at] = row[seen.col[at]]
-            # The row's best less each user's seen items: the first ``depth`` unseen of its best.
-            taken = history[mine][:, best].toarray() > 0
-            rank = np.cumsum(~taken, axis=1) - 1
-            r, c = np.nonzero(~taken & (rank < top.shape[1]))
+            if key in entries_of:
+                seen_scores[entries_of[key]] = row[seen.col[entries_of[key]]]
+            # The row's best less each user's seen items (looked up among the block's sorted seen keys): the
+            # first ``depth`` unseen of its best.
+            wanted = mine[:, None].astype(np.int64) * n_items + best[None, :]
+            at = np.minimum(np.searchsorted(seen_keys, wanted), max(len(seen_keys) - 1, 0))
+            unseen = seen_keys[at] != wanted if len(seen_keys) else np.ones(wanted.shape, dtype=bool)
+            rank = np.cumsum(unseen, axis=1) - 1
+            r, c = np.nonzero(unseen & (rank < top.shape[1]))
             top[mine[r], rank[r, c]] = best[c]
         mean, inverse = unseen_moments(total, square, n_items, seen.row, seen_scores)
 
         def scores_at(columns: np.ndarray) -> np.ndarray:
             out = np.empty((n_rows, len(columns)), dtype=np.float32)
-            for key in np.unique(keys):
-                out[keys == key] = self._table_row(key)[columns]
+            for key, mine in rows_of.items():
+                out[mine] = self._table_row(key)[columns]
             return out
 
         return Stage(top, scores_at, mean=mean, inverse=inverse)
@@ -239,6 +244,13 @@ def held_out_ndcg(scores_of, truth: sp.csr_matrix, k: int, block: int = 1024) ->
         rows = np.arange(lo, min(lo + block, truth.shape[0]))
         out[rows] = ndcg_at_k(scores_of(rows), truth[rows].toarray() > 0, k)
     return out
+
+
+def _groups(values: np.ndarray) -> dict[int, np.ndarray]:
+    """The positions of each distinct value, ascending within a group."""
+    order = np.argsort(values, kind="stable")
+    cuts = np.flatnonzero(np.diff(values[order])) + 1
+    return {int(values[group[0]]): group for group in np.split(order, cuts)} if len(values) else {}
 
 
 def segment_of(model: Recommender, demographics: np.ndarray, columns: list[str]) -> np.ndarray:

@@ -87,6 +87,13 @@ def best_of_rows(scores: np.ndarray, n: int, tiebreak: np.ndarray):
     rows = flat // n_items
     cols = flat - rows * n_items
     values = scores.ravel()[flat] if scores.flags.c_contiguous else scores[rows, cols]  # 1-d: 4x faster
+    return ranked_entries(rows, cols, values, b, n, tiebreak)
+
+
+def ranked_entries(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, b: int, n: int, tiebreak: np.ndarray):
+    """Each row's n best of some entries (``rows`` ascending, ``b`` rows) ordered exactly by (value desc,
+    ``tiebreak`` of the column asc): ``(rows, cols, values, rank)`` as :func:`best_of_rows` returns them. The
+    entries below a row's n-th best are dropped first (:func:`_at_least_nth`), so one sort sees about n a row."""
     rows, cols, values = _at_least_nth(rows, cols, values, b, n)
     order = np.lexsort((tiebreak[cols], -values, rows))
     rows, cols, values = rows[order], cols[order], values[order]
@@ -264,6 +271,8 @@ def unseen_top(scores: np.ndarray, seen: sp.spmatrix, depth: int, tiebreak: np.n
     """Each row's best ``depth`` columns of ``scores`` that ``seen`` does not hold, ordered as a served list
     (:func:`top_k_indices`), -1 past a row's unseen finite scores. ``scores`` is not changed unless
     ``in_place`` (its seen entries are then -inf)."""
+    if depth <= 0:
+        return np.zeros((len(scores), 0), dtype=np.intp)
     masked = scores if in_place else np.array(scores, dtype=np.float32, copy=True)
     seen = seen.tocoo()
     masked[seen.row, seen.col] = -np.inf
@@ -322,9 +331,9 @@ class FactorMoments:
 def factor_stage(vectors: np.ndarray, factors: np.ndarray, moments: FactorMoments, bias: np.ndarray | None,
                  seen: sp.spmatrix, depth: int, tiebreak: np.ndarray) -> Stage:
     """The first stage of a factor model: the block's scores (``vectors @ factors.T / divisor + bias``, the
-    operations of the model's own :meth:`score_block`, so the same floats) give each user's best ``depth``; the
-    moments come from :class:`FactorMoments` and the seen items' scores, and the second stage scores its
-    columns from the vectors (a sliver of the SGEMM)."""
+    operations of the model's own :meth:`score_block`, so the same floats) give each user's best ``depth``
+    (none computed for ``depth`` 0); the moments come from :class:`FactorMoments` and the seen items' scores,
+    and the second stage scores its columns from the vectors (a sliver of the SGEMM)."""
     divisor = moments.divisor
 
     def scores_at(columns) -> np.ndarray:
@@ -335,11 +344,10 @@ def factor_stage(vectors: np.ndarray, factors: np.ndarray, moments: FactorMoment
             scores += bias[columns][None, :]
         return scores
 
-    scores = scores_at(slice(None))
     seen = seen.tocoo()
     seen.sum_duplicates()
-    top = unseen_top(scores, seen, depth, tiebreak, in_place=True)
-    del scores
+    # With no candidates asked for (``Recommender.column_z_scores``), no product with the catalogue at all.
+    top = unseen_top(scores_at(slice(None)) if depth > 0 else vectors[:, :0], seen, depth, tiebreak, in_place=True)
     # The seen items' scores in float64, as the sums are: a user who has seen most of the catalogue keeps a
     # few unseen items' worth of the row, which float32 scores would drown in rounding.
     seen_scores = np.einsum("ij,ij->i", vectors[seen.row].astype(np.float64), factors[seen.col].astype(np.float64))

@@ -36,7 +36,8 @@ def test_a_first_stage_lists_each_users_best_unseen_items_and_standardises_as_th
     """Each model's first stage (its own route: factor products with Gram moments, item-kNN's sparse rows,
     capped EASE's fitted columns, segment tables, or the whole block by default) gives each user's best unseen
     items as the full ranking orders them, and z-scores of any columns equal to standardising the whole
-    catalogue's scores over the user's unseen items; where the block's full scores are shared, those are read."""
+    catalogue's scores over the user's unseen items (also what :meth:`column_z_scores` gives); where the
+    block's full scores are shared, those are read."""
     train, uf, itf, cold = small_data
     model = fit_model(model_name, train, uf, itf, seed=3, params=CAPPED_EASE if model_name == "ease" else None)
     block = block_of(model, train, cold)
@@ -53,6 +54,10 @@ def test_a_first_stage_lists_each_users_best_unseen_items_and_standardises_as_th
     row = whole[31].astype(np.float64)
     exact = (row - row[:2].mean()) / row[:2].std() if row[:2].std() > 0 else np.zeros_like(row)
     np.testing.assert_allclose(z[31], exact[columns], rtol=1e-3, atol=1e-3)
+    # The columns' z-scores alone (a component weighed only on the items with too little evidence) are the
+    # first stage's with no candidates: for the factor models, no product with the catalogue at all.
+    # (ALS folds a k-shot user in afresh on each call: its vector agrees to ~1e-6.)
+    np.testing.assert_allclose(model.column_z_scores(block, columns), z, rtol=1e-4, atol=1e-4)
     assert np.abs(z[:30]).max() > 1.0
     if model_name not in ("two_tower", "segment_popularity"):  # those read demographics: the rest see nothing
         assert (stage.z_at(np.arange(len(model.item_ids)))[32:] == 0).all()
