@@ -1,5 +1,6 @@
-"""Two-stage retrieval, judged before it is built: would the published lists survive if the hybrid reranked only
-a few hundred candidates a user instead of scoring the whole catalogue?
+"""Two-stage retrieval, judged before it was built and as built: would the published lists survive if the hybrid
+reranked only a few hundred candidates a user instead of scoring the whole catalogue, and do they survive the
+product's own two-stage serving (:meth:`models.hybrid.Hybrid.candidate_scores`, ``served`` in the result)?
 
     python -m benchmarks.retrieval --datasets ml-100k synthetic shop --out var/benchmarks/retrieval.json
 
@@ -25,12 +26,11 @@ candidates. So the numbers isolate what the candidate cut loses:
 - ``block_columns``: the columns a second stage would score for a block of 80 users (the union of their
   candidates), against the catalogue: what it would cost against today's whole rows.
 
-Not measured here: how the z-scores' per-user mean and deviation would be had without scoring every item
-(exactly for the factor models, from the item factors' sum and Gram matrix; for item-kNN, from its sparse
-row; for EASE, from its dense scores on the items it holds), which a built second stage also needs. The
-first stage's cost at a shop's width is ``--stage-one-items``: ALS-shaped factors (random, 24 dimensions) in
-the product's scoring blocks against that many items, top-``C`` per user by the product's own selection,
-seconds per million users.
+``served``: the product's two-stage serving against its full ranking, both as the publish step serves them
+(:func:`served_slice`): there each component's mean and deviation come from its own first stage, not from the
+whole row. The first stage's cost at a shop's width is ``--stage-one-items``: ALS-shaped factors (random, 24
+dimensions) in the product's scoring blocks against that many items, top-``C`` per user by the product's own
+selection, seconds per million users.
 """
 
 from __future__ import annotations
