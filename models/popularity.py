@@ -118,10 +118,9 @@ class SegmentPopularity(Recommender):
 
     def _rows(self, demographics: np.ndarray, spec: dict) -> np.ndarray:
         """Each user's row of the tables: their segment's, else their parent segment's, else global."""
-        keys = self._row_keys(demographics, spec)
-        scores = np.empty((len(keys), len(self.item_ids)), dtype=np.float32)
-        for key in np.unique(keys):
-            scores[keys == key] = self._table_row(key)
+        scores = np.empty((len(demographics), len(self.item_ids)), dtype=np.float32)
+        for key, mine in _groups(self._row_keys(demographics, spec)).items():
+            scores[mine] = self._table_row(key)
         return scores
 
     def _row_keys(self, demographics: np.ndarray, spec: dict) -> np.ndarray:
