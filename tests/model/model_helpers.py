@@ -1,14 +1,16 @@
-"""Helpers shared by the model tests: fast hyper-parameters and synthetic data loading."""
+"""Helpers shared by the model tests: fast hyper-parameters, synthetic data loading and a block of every kind of user."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 import polars as pl
 
 from models.base import Recommender
 from models.hybrid import Hybrid
 from models.registry import build
+from models.serving import UserBlock
 from tasks import features
 from tasks.split import carve_validation
 
@@ -65,3 +67,13 @@ def featurize(inter, users, items, text_vectors=None):
             features.build_item_features(items.lazy(), inter.lazy(), text_vectors))
 
 
+def block_of(model: Recommender, train: pl.DataFrame, cold) -> UserBlock:
+    """Known users, a k-shot user, users with no history (zero-shot) and a user who has seen all but two items."""
+    users = np.concatenate([np.sort(train["user_id"].unique().to_numpy())[:30], cold[:4]])
+    revealed = train.filter(pl.col("user_id") == users[0]).head(3).with_columns(pl.lit(cold[0]).alias("user_id"))
+    everything = pl.DataFrame({"user_id": np.full(len(model.item_ids) - 2, cold[1]),
+                               "item_id": model.item_ids[2:]}).with_columns(pl.col("user_id").cast(pl.Int64))
+    block = model._user_block(users, model._history_matrix(users, pl.concat([revealed, everything], how="diagonal")))
+    assert block.history_length[30] == 3 and block.history_length[31] == len(model.item_ids) - 2
+    assert (block.history_length[32:] == 0).all()
+    return block

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from model_helpers import fit_model
+from model_helpers import block_of, fit_model
 
 import models.base
 from benchmarks.night import two_stage_agreement
@@ -16,18 +16,6 @@ from models.registry import build
 from models.serving import serve_together
 
 CAPPED_EASE = {"l2": 50.0, "max_items": 60}  # fitted on half the catalogue: the other half scores 0
-
-
-def block_of(model, train, cold):
-    """Known users, a k-shot user, users with no history (zero-shot) and a user who has seen all but two items."""
-    users = np.concatenate([np.sort(train["user_id"].unique().to_numpy())[:30], cold[:4]])
-    revealed = train.filter(pl.col("user_id") == users[0]).head(3).with_columns(pl.lit(cold[0]).alias("user_id"))
-    everything = pl.DataFrame({"user_id": np.full(len(model.item_ids) - 2, cold[1]),
-                               "item_id": model.item_ids[2:]}).with_columns(pl.col("user_id").cast(pl.Int64))
-    block = model._user_block(users, model._history_matrix(users, pl.concat([revealed, everything], how="diagonal")))
-    assert block.history_length[30] == 3 and block.history_length[31] == len(model.item_ids) - 2
-    assert (block.history_length[32:] == 0).all()
-    return block
 
 
 @pytest.mark.parametrize("model_name", ["als", "two_tower", "item_knn", "ease", "segment_popularity", "content_knn"])

@@ -7,7 +7,7 @@ import polars as pl
 import psutil
 import pytest
 import scipy.sparse as sp
-from model_helpers import fit_model
+from model_helpers import block_of, fit_model
 from polars.testing import assert_frame_equal
 
 import models.base
@@ -209,13 +209,7 @@ def test_content_z_scores_of_a_few_columns_equal_standardising_the_whole_catalog
     but two items; and where the block's full scores are already shared, those are read."""
     train, uf, itf, cold = small_data
     model = fit_model(model_name, train, uf, itf, seed=3)
-    users = np.concatenate([np.sort(train["user_id"].unique().to_numpy())[:30], cold[:4]])
-    revealed = train.filter(pl.col("user_id") == users[0]).head(3).with_columns(pl.lit(cold[0]).alias("user_id"))
-    everything = pl.DataFrame({"user_id": np.full(len(model.item_ids) - 2, cold[1]),
-                               "item_id": model.item_ids[2:]}).with_columns(pl.col("user_id").cast(pl.Int64))
-    block = model._user_block(users, model._history_matrix(users, pl.concat([revealed, everything], how="diagonal")))
-    assert block.history_length[30] == 3 and block.history_length[31] == len(model.item_ids) - 2
-    assert (block.history_length[32:] == 0).all()
+    block = block_of(model, train, cold)
     columns = np.flatnonzero(np.arange(len(model.item_ids)) % 3 == 1)
     whole = standardize_rows(model.score_block(block), exclude=block.history, fill=0.0)
     few = model.column_z_scores(block, columns)
