@@ -1,4 +1,5 @@
-"""Helpers shared by the model tests: fast hyper-parameters, synthetic data loading and a block of every kind of user."""
+"""Helpers shared by the model tests: fast hyper-parameters, synthetic data loading, a block of every kind of
+user."""
 
 from __future__ import annotations
 
