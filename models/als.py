@@ -107,7 +107,7 @@ class ALS(Recommender):
         if self._block_is_scored(users):
             return super().first_stage(users, depth)
         factors = self.solver.item_factors
-        return factor_stage(self.user_vectors(users), factors, factor_moments(self, factors), None, users.history,
+        return factor_stage(self.user_vectors(users), factors, factor_moments(self, factors), None, users.seen,
                             depth, self.tiebreak)
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:

@@ -133,8 +133,7 @@ class ContentKNN(Recommender):
         # p G p over the parts: dense G dense + 2 sparse G dense + sparse G sparse.
         square = (np.einsum("ij,ij->i", p_dense @ gram_dense + 2 * (p_sparse @ gram_cross), p_dense)
                   + _row_sums(p_sparse.multiply(p_sparse @ gram_sparse)))
-        seen = users.history.tocoo()
-        seen.sum_duplicates()
+        seen = users.seen.tocoo()
         mean, inverse = unseen_moments(total, square, len(self.item_ids), seen.row,
                                        self._pair_scores(*profile, seen.row, seen.col))
         z = self._scores(profile, columns) - mean.astype(np.float32)[:, None]

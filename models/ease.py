@@ -122,9 +122,7 @@ class EASE(Recommender):
             return super().first_stage(users, depth)
         fitted = self._fitted_history(users)
         scores = self.weights.rmatmul(fitted)  # (users, fitted items)
-        seen = sp.csr_matrix(users.history)
-        seen.sum_duplicates()
-        seen = seen.tocoo()
+        seen = users.seen.tocoo()
         position = self._positions()[seen.col]
         on_fitted = position >= 0
         seen_scores = np.zeros(seen.nnz)  # an item beyond the cap scores 0

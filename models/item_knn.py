@@ -62,8 +62,7 @@ class ItemKNN(Recommender):
         n_rows, n_items = scores.shape
         row = np.repeat(np.arange(n_rows), np.diff(scores.indptr))
         data = scores.data.astype(np.float64)
-        history = sp.csr_matrix(users.history)
-        history.sum_duplicates()
+        history = users.seen
         on_seen_rows = sp.csr_matrix(scores.multiply(history))  # the seen items' non-zero scores
         seen, on_seen = history.tocoo(), on_seen_rows.tocoo()  # row-major, as the keys below
         seen_scores = np.zeros(seen.nnz)

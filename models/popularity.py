@@ -152,8 +152,7 @@ class SegmentPopularity(Recommender):
         if self._block_is_scored(users):
             return super().first_stage(users, depth)
         keys = self._row_keys(users.demographics, self.chosen)
-        history = sp.csr_matrix(users.history)
-        history.sum_duplicates()  # canonical: each row's columns ascending
+        history = users.seen  # canonical: each row's columns ascending
         seen = history.tocoo()
         seen_keys = seen.row.astype(np.int64) * len(self.item_ids) + seen.col  # ascending
         lengths = np.diff(history.indptr)

@@ -344,8 +344,7 @@ def factor_stage(vectors: np.ndarray, factors: np.ndarray, moments: FactorMoment
             scores += bias[columns][None, :]
         return scores
 
-    seen = seen.tocoo()
-    seen.sum_duplicates()
+    seen = seen.tocoo()  # canonical (``UserBlock.seen``)
     # With no candidates asked for (``Recommender.column_z_scores``), no product with the catalogue at all.
     top = unseen_top(scores_at(slice(None)) if depth > 0 else vectors[:, :0], seen, depth, tiebreak, in_place=True)
     # The seen items' scores in float64, as the sums are: a user who has seen most of the catalogue keeps a

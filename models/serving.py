@@ -7,6 +7,7 @@ methods; the contract itself is in ``models/base.py``, the reasons in ``models/e
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,14 @@ class UserBlock:
     @property
     def history_length(self) -> np.ndarray:
         return np.diff(self.history.indptr)
+
+    @functools.cached_property
+    def seen(self) -> sp.csr_matrix:
+        """The block's known items, each (user, item) once and each row's columns ascending: a canonical copy of
+        ``history`` (left as it is), made once for every first stage and standardisation of the block."""
+        seen = sp.csr_matrix(self.history, dtype=np.float32, copy=True)
+        seen.sum_duplicates()
+        return seen
 
 
 
