@@ -497,6 +497,20 @@ def carried_rows(ids: np.ndarray, earlier: np.ndarray) -> np.ndarray:
     return np.where(earlier[pos] == ids, pos, -1)
 
 
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser of unsigned 64-bit words (wrapping arithmetic): a hash whose value for one word
+    does not depend on any other (seeded by adding a salt first: :class:`~models.content.RandomExposure`'s
+    scores, the evaluation's user sample). A ``uint64`` array is hashed in place (pass a copy to keep it)."""
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # wrapping multiplication is the point
+        x ^= x >> np.uint64(31)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
 def write_by_content(target: Path, write: Callable[[BinaryIO], None], store: Path | None = None) -> None:
     """Write ``target`` with ``write`` (given an open binary file). With a ``store`` folder the bytes are
     kept there once per content (named by their sha256) and ``target`` is a hard link to them (a copy where

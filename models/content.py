@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import Recommender
+from models.base import Recommender, mix64
 from models.ranking import unseen_moments
 from models.serving import N_DECADES, UserBlock, decade_of
 
@@ -305,13 +305,8 @@ class RandomExposure(Recommender):
 
     def score_block(self, users: UserBlock) -> np.ndarray:
         with np.errstate(over="ignore"):
-            x = (users.user_ids.astype(np.uint64)[:, None] * np.uint64(0xD1B54A32D192ED03)
-                 + self.item_ids.astype(np.uint64)[None, :] * np.uint64(0xABC98388FB8FAC03) + self.salt)
-            x ^= x >> np.uint64(31)  # splitmix64's finaliser
-            x *= np.uint64(0xBF58476D1CE4E5B9)
-            x ^= x >> np.uint64(27)
-            x *= np.uint64(0x94D049BB133111EB)
-            x ^= x >> np.uint64(31)
+            x = mix64(users.user_ids.astype(np.uint64)[:, None] * np.uint64(0xD1B54A32D192ED03)
+                      + self.item_ids.astype(np.uint64)[None, :] * np.uint64(0xABC98388FB8FAC03) + self.salt)
         return ((x >> np.uint64(40)).astype(np.float32) / np.float32(2**24))
 
     def _save_state(self, path: Path) -> None:

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
                              "them (0: keep everything).")
     bootstrap_samples: int = 1000
     max_eval_users: int = Field(5000, description="Users sampled per evaluation slice (bounds cost at scale).")
+    evaluation_max_interactions: int = Field(20_000_000, ge=0, description="The night's evaluation (its tuning, "
+                                             "evaluation and item-cold folds, their fits and slices) is carved "
+                                             "from the users first in a seeded order (the same users night after "
+                                             "night) whose interactions come to at most this many; production "
+                                             "fits and serves every user (0: evaluate on every user).")
     metric_tolerance: float = Field(0.10, description="Allowed relative drop of headline metrics vs last publish.")
 
     # Models.

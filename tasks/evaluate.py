@@ -32,7 +32,14 @@ from tasks.metrics import (
     ranked_lists,
 )
 from tasks.report import HISTORY_NIGHTS, answer_table, write_report
-from tasks.split import WARM_TRUTH_SHARE, carve_validation, cold_user_split, item_cold_split, temporal_split
+from tasks.split import (
+    WARM_TRUTH_SHARE,
+    carve_validation,
+    cold_user_split,
+    item_cold_split,
+    temporal_split,
+    user_sample,
+)
 from tasks.train import release_memory
 from tasks.validate import docs_index
 
@@ -284,7 +291,8 @@ def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
     shape of ``settings.tuning_shape``: by default a window cut in time, :func:`tasks.split.carve_validation`).
     """
     folder = Path(folder)
-    cold = cold_user_split(frames.interactions, settings.cold_user_fraction, settings.k_shots, settings.seed)
+    interactions = user_sample(frames.interactions, settings.evaluation_max_interactions, settings.seed)
+    cold = cold_user_split(interactions, settings.cold_user_fraction, settings.k_shots, settings.seed)
     warm = temporal_split(cold.train, test_share=0.2)
     folder.mkdir(parents=True, exist_ok=True)
     warm.train.write_parquet(folder / "train.parquet")
@@ -299,7 +307,7 @@ def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
     if settings.item_cold_fraction > 0:
         # Drawn from the evaluation fold's training: the item-cold fold sees the same window of time and users as
         # the other slices, less the held-out items (and its fits are smaller than on everything).
-        held = item_cold_split(warm.train, settings.item_cold_fraction, settings.seed, everything=frames.interactions)
+        held = item_cold_split(warm.train, settings.item_cold_fraction, settings.seed, everything=interactions)
         where = folder / "item_cold"
         where.mkdir(parents=True, exist_ok=True)
         held.train.write_parquet(where / "train.parquet")
@@ -319,11 +327,25 @@ def split_step(settings, frames: Frames, folder: Path) -> EvaluationFold:
                                                       "warm": int(len(tuning.warm_users))},
         "ks": list(settings.ks), "seed": settings.seed, "bootstrap_samples": settings.bootstrap_samples,
         "max_eval_users_per_slice": settings.max_eval_users,
+        **sample_protocol(frames.interactions, interactions),
         "train_interactions": warm.train.height, "tuning_train_interactions": tuning.train.height,
         "warm_test_interactions": warm.test.height, **item_protocol,
     }
     return EvaluationFold(str(folder), features, tuning_features, tuple(s.save(folder / "slices") for s in slices),
                           protocol, item_cold)
+
+
+def sample_protocol(everything: pl.DataFrame, sample: pl.DataFrame) -> dict:
+    """What the protocol records of :func:`tasks.split.user_sample`: nothing where every user is evaluated."""
+    if sample.height == everything.height:
+        return {}
+    users, of = sample[USER_ID].n_unique(), everything[USER_ID].n_unique()
+    return {"evaluation_sample": f"{users:,} of {of:,} users ({sample.height:,} of {everything.height:,} "
+                                 "interactions), the first in a seeded order kept from night to night "
+                                 "(RECSYS_EVALUATION_MAX_INTERACTIONS): every fold, fit and slice below is "
+                                 "theirs, so the models evaluated learned from fewer users than the "
+                                 "published ones, which are fitted on everyone",
+            "evaluation_sample_users": users, "evaluation_sample_interactions": sample.height}
 
 
 def evaluate_slice(settings, run_id: str, fold: EvaluationFold, slice_name: str, models: dict[str, str],

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from models.base import mix64
 from models.blend import BUCKET_EDGES, WARM, ValidationCase
 from recsys.schema import ITEM_ID, TIMESTAMP, USER_ID
 
@@ -57,6 +58,22 @@ def item_cold_split(interactions: pl.DataFrame, share: float, seed: int,
     held = everything.filter(is_new)
     truth = held.filter(pl.col(USER_ID).is_in(train[USER_ID].unique()))
     return ItemColdSplit(train, new, truth, held[USER_ID].n_unique() - truth[USER_ID].n_unique())
+
+
+def user_sample(interactions: pl.DataFrame, max_interactions: int, seed: int) -> pl.DataFrame:
+    """The rows of the users first in a seeded order, as many users as keep their rows within
+    ``max_interactions`` (every row where that is 0 or they all fit). A user's place in the order is a hash of
+    their id and ``seed`` alone, so the sample is the same users from night to night as the log grows (new users
+    join it at their own places). What the nightly evaluation is carved from at scale: its fits, tuning and
+    slices then cost what this many interactions cost, whatever the warehouse holds."""
+    if max_interactions <= 0 or interactions.height <= max_interactions:
+        return interactions
+    counts = interactions.group_by(USER_ID).len().sort(USER_ID)
+    ids, rows = counts[USER_ID].to_numpy(), counts["len"].to_numpy()
+    place = mix64(ids.astype(np.uint64) + mix64(np.array([seed % 2**64], dtype=np.uint64))[0])
+    order = np.lexsort((ids, place))
+    taken = max(1, int(np.searchsorted(np.cumsum(rows[order]), max_interactions, side="right")))
+    return interactions.filter(pl.col(USER_ID).is_in(np.sort(ids[order[:taken]])))
 
 
 @dataclass

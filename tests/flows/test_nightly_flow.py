@@ -22,6 +22,7 @@ from recsys.settings import Settings
 from tasks import features, publish
 from tasks import night as night_steps
 from tasks.query import VIEW_ORDER, named_query, open_views, run_readonly
+from tasks.split import user_sample
 from tasks.train import components_of
 
 pytestmark = pytest.mark.slow
@@ -347,3 +348,27 @@ def test_a_night_prunes_older_working_files_and_keeps_what_its_records_read(nigh
     hybrid = load(Path(latest["models"].models["hybrid"]))
     assert set(hybrid.components) >= {"ease", "two_tower"}
     assert "and 1 older snapshot removed" in _summary_text(latest, [], "hybrid")
+
+
+def test_at_scale_the_evaluation_is_a_fixed_sample_of_users_and_production_fits_everyone(night):
+    """RECSYS_EVALUATION_MAX_INTERACTIONS: every fold, fit and slice of the evaluation is the sampled users'
+    (the report's protocol says how many), while production fits and serves every user."""
+    settings = night[0]
+    # Less than half of the fixture's interactions: the evaluated models learn from fewer users than the last
+    # night's did, so their metrics drop and the publish gate would (rightly) keep the last partition.
+    changed = settings.model_copy(update={"evaluation_max_interactions": 4000, "metric_tolerance": 1.0})
+    capped = train_publish_flow(settings=changed, run_date="2026-11-20")
+    everything = pl.read_parquet(capped["snapshot"].path("interactions"))
+    sampled = set(user_sample(everything, 4000, settings.seed)["user_id"].to_list())
+    protocol = capped["evaluation"].protocol
+    assert 0 < protocol["evaluation_sample_interactions"] <= 4000
+    assert protocol["evaluation_sample_users"] == len(sampled) < everything["user_id"].n_unique()
+    folder = Path(capped["evaluation"].folder)
+    read = [folder / "train.parquet", folder / "item_cold" / "train.parquet", folder / "tuning" / "train.parquet",
+            *(folder / "slices").glob("*/truth.parquet")]
+    assert len(read) >= 10
+    for path in read:
+        assert set(pl.read_parquet(path)["user_id"].unique().to_list()) <= sampled, path
+    assert "evaluation_sample" in Path(capped["evaluation"].report_markdown).read_text()
+    production = load(Path(capped["models"].models["als"]))
+    assert len(production.user_ids) == everything["user_id"].n_unique()

@@ -8,7 +8,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.split import carve_validation, cold_user_split, stratified_split, temporal_cut, temporal_split
+from tasks.split import (
+    carve_validation,
+    cold_user_split,
+    stratified_split,
+    temporal_cut,
+    temporal_split,
+    user_sample,
+)
 
 
 def interactions(n_users=50, per_user=12, seed=0):
@@ -49,6 +56,30 @@ def test_cold_split_is_seeded():
     b = cold_user_split(data, 0.2, (0,), seed=3)
     c = cold_user_split(data, 0.2, (0,), seed=4)
     assert a.cold_users.tolist() == b.cold_users.tolist() != c.cold_users.tolist()
+
+
+def test_the_evaluation_sample_is_whole_users_within_the_cap_and_the_same_users_as_the_log_grows():
+    rng = np.random.default_rng(5)
+    per_user = rng.integers(1, 30, size=400)
+    data = pl.DataFrame({"user_id": np.repeat(np.arange(400) * 7 + 3, per_user),
+                         "item_id": rng.integers(0, 50, size=int(per_user.sum())), "rating": 1.0,
+                         "ts": datetime(2024, 1, 1)})
+    assert user_sample(data, 0, seed=1) is data and user_sample(data, data.height, seed=1) is data
+    sample = user_sample(data, 1000, seed=1)
+    kept = set(sample["user_id"].to_list())
+    assert 1000 - 30 < sample.height <= 1000 and sample["user_id"].is_sorted()
+    assert sample.height == data.filter(pl.col("user_id").is_in(sorted(kept))).height  # whole users only
+    assert user_sample(data, 1000, seed=1).equals(sample)
+    assert set(user_sample(data, 1000, seed=2)["user_id"].to_list()) != kept
+    # Each user's place is their own (id and seed): as new users arrive and old ones add rows, the old users
+    # in any sample of the grown log are a prefix of the same order, so one sample holds the other's.
+    newcomers = pl.DataFrame({"user_id": np.repeat(np.arange(400, 600) * 7 + 3, 5), "item_id": 1, "rating": 1.0,
+                              "ts": datetime(2024, 2, 1)})
+    grown = pl.concat([data, data.head(300).with_columns(ts=pl.lit(datetime(2024, 2, 2))), newcomers],
+                      how="vertical_relaxed")
+    for cap in (500, 1000, 1500, 3000):
+        old = set(user_sample(grown, cap, seed=1)["user_id"].to_list()) & set(data["user_id"].to_list())
+        assert old <= kept or kept <= old
 
 
 def test_stratified_split_per_user_75_25_without_overlap():
