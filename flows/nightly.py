@@ -262,6 +262,13 @@ def _ingest_line(totals: dict | None) -> str:
             f"{totals['rows_rejected']:,} rejected, {totals['rows_duplicate']:,} duplicate; gate passed")
 
 
+def _sample_note(protocol: dict) -> str:
+    if "evaluation_sample_users" not in protocol:
+        return ""
+    return (f" (evaluated on a fixed sample of {protocol['evaluation_sample_users']:,} users, "
+            f"{protocol['evaluation_sample_interactions']:,} interactions: RECSYS_EVALUATION_MAX_INTERACTIONS)")
+
+
 def _summary_text(summary: dict, heads: list[dict], model: str) -> str:
     """What a person reads at the end of a night: what was loaded and served, then the published model's
     answer (the report's first table) as aligned text."""
@@ -270,7 +277,7 @@ def _summary_text(summary: dict, heads: list[dict], model: str) -> str:
              f"  users served: {summary['published']['users']:,} {summary['published']['strategies']}",
              f"  reasons: {summary['published']['reasons']}; new items with users to show them to: "
              f"{summary['published']['new_items']:,}",
-             f"  report: {summary['evaluation'].report_html}"]
+             f"  report: {summary['evaluation'].report_html}{_sample_note(summary['evaluation'].protocol)}"]
     lines.append(f"  {summary['pruned'].line(summary['keep_nights'])}")
     if heads:
         columns = list(heads[0])

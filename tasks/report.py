@@ -467,6 +467,13 @@ def gate_section(gate: pl.DataFrame | None, docs: str | None = None) -> list[str
                        "styles from the internet)." if docs else ""), "", *markdown_table(view), ""]
 
 
+def sample_sentence(protocol: dict) -> list[str]:
+    """Where the evaluation was a sample of users (:func:`tasks.split.user_sample`), the report says so first."""
+    if "evaluation_sample" not in protocol:
+        return []
+    return [f"**Evaluated on a sample of users:** {protocol['evaluation_sample']}.", ""]
+
+
 def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dict, tuning: dict,
                  k: int = schema.DEFAULT_K, gate: pl.DataFrame | None = None, docs: str | None = None,
                  published: str = "hybrid", history: pl.DataFrame | None = None, night: str = "",
@@ -495,7 +502,8 @@ def write_report(metrics: pl.DataFrame, folder: Path, run_id: str, protocol: dic
                           .pivot(on="metric", index="model", values="value"), published)
     md = [f"# Nightly report {night or run_id}", "", f"Run `{run_id}`. Values are means over users with their 95% "
           "bootstrap confidence interval as ±.", "",
-          *answer_first(metrics, published, history, k, night, answer), *encoder_sentence(metrics),
+          *sample_sentence(protocol), *answer_first(metrics, published, history, k, night, answer),
+          *encoder_sentence(metrics),
           *placement_sentence(tuning, new_item_min_rate),
           *history_section(history),
           "## Every model", "", *headlines(metrics, k, published=published), "",

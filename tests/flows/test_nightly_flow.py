@@ -369,6 +369,8 @@ def test_at_scale_the_evaluation_is_a_fixed_sample_of_users_and_production_fits_
     assert len(read) >= 10
     for path in read:
         assert set(pl.read_parquet(path)["user_id"].unique().to_list()) <= sampled, path
-    assert "evaluation_sample" in Path(capped["evaluation"].report_markdown).read_text()
+    report = Path(capped["evaluation"].report_markdown).read_text()
+    assert f"**Evaluated on a sample of users:** {len(sampled):,} of " in report.split("## Every model")[0]
+    assert f"evaluated on a fixed sample of {len(sampled):,} users" in _summary_text(capped, [], "hybrid")
     production = load(Path(capped["models"].models["als"]))
     assert len(production.user_ids) == everything["user_id"].n_unique()
