@@ -11,6 +11,8 @@ from models.base import Recommender
 from models.ranking import Stage, ranked_entries, unseen_moments
 from models.serving import UserBlock, item_cooccurrence
 
+BLOCK_CELLS = 8_000_000  # item rows of the co-occurrence product at a time: at most this many cells a block
+
 
 class ItemKNN(Recommender):
     """sim(i, j) = |U_i & U_j| / (sqrt(|U_i| |U_j|) + shrinkage), pruned to each item's k neighbours.
@@ -29,21 +31,25 @@ class ItemKNN(Recommender):
     def _fit(self, seed: int) -> None:
         norms = np.sqrt(np.asarray(self.train.astype(np.float32).sum(axis=0)).ravel())
         k = int(self.params["neighbours"])
-        shrink = float(self.params["shrinkage"])
+        shrink = np.float32(self.params["shrinkage"])
         n = self.train.shape[1]
         kk = min(k, n - 1) if n > 1 else 1
         parts: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-        def neighbours(lo: int, dense: np.ndarray) -> None:  # one block of items' co-occurrence rows
-            hi = lo + dense.shape[0]
-            dense /= (norms[lo:hi, None] * norms[None, :] + shrink)
-            dense[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
-            top = np.argpartition(-dense, kk - 1, axis=1)[:, :kk]
-            top_vals = np.take_along_axis(dense, top, axis=1)
-            keep = (top_vals > 0).ravel()
-            parts[lo] = (np.repeat(np.arange(lo, hi), kk)[keep], top.ravel()[keep], top_vals.ravel()[keep])
+        def neighbours(lo: int, block: sp.csr_matrix) -> None:  # one block of items' co-occurrence rows
+            # Only the pairs some user shares (the rest score 0 and are no neighbour): at a shop's 200k items
+            # the rows are mostly empty, and a dense row block cost items^2 whatever the data.
+            block.sum_duplicates()
+            rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+            cols = block.indices.astype(np.int64)
+            values = block.data / (norms[rows + lo] * norms[cols] + shrink)
+            keep = (cols != rows + lo) & (values > 0)
+            # Each item's kk most similar, ties at the last place to the more popular (the model's tie-break).
+            rows, cols, values, _ = ranked_entries(rows[keep], cols[keep], values[keep], block.shape[0], kk,
+                                                   self.tiebreak)
+            parts[lo] = (rows + lo, cols, values)
 
-        item_cooccurrence(self.train, 8_000_000 // max(n, 1), neighbours)
+        item_cooccurrence(self.train, max(1, BLOCK_CELLS // max(n, 1)), neighbours, dense=False)
         rows, cols, vals = (np.concatenate([parts[lo][i] for lo in sorted(parts)]) for i in range(3))
         # similarity[i, j]: j is among i's neighbours; scoring uses history @ similarity.
         self.similarity = sp.csr_matrix((vals, (rows, cols)), shape=(n, n), dtype=np.float32)

@@ -124,9 +124,15 @@ def _at_least_nth(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, b: int
     width = int(counts.max()) if b else 0
     if width <= 2 * n:
         return rows, cols, values
-    padded = np.full((b, width), -np.inf, dtype=values.dtype)
-    padded[rows, np.arange(len(rows)) - starts[rows]] = values
-    nth = np.partition(padded, width - n, axis=1)[:, width - n]
+    if b * width <= 4 * len(rows):  # rows of like lengths: one partition of the padded matrix
+        padded = np.full((b, width), -np.inf, dtype=values.dtype)
+        padded[rows, np.arange(len(rows)) - starts[rows]] = values
+        nth = np.partition(padded, width - n, axis=1)[:, width - n]
+    else:  # ragged rows (an item-kNN block: a popular item's row beside rare ones): each long row on its own
+        nth = np.full(b, -np.inf, dtype=values.dtype)
+        for row in np.flatnonzero(counts > n):
+            own = values[starts[row]:starts[row + 1]]
+            nth[row] = np.partition(own, len(own) - n)[len(own) - n]
     keep = values >= nth[rows]
     return rows[keep], cols[keep], values[keep]
 

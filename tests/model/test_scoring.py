@@ -11,6 +11,7 @@ from model_helpers import block_of, fit_model
 from polars.testing import assert_frame_equal
 
 import models.base
+import models.item_knn
 from models.ease import DEFAULT_MAX_ITEMS, _cholesky_in_place, _spd_inverse_in_place, memory_item_cap
 from models.hybrid import ColumnPart, Hybrid, MixWeight
 from models.ranking import standardize_rows
@@ -119,6 +120,39 @@ def test_item_cooccurrence_lower_gives_the_lower_triangle_of_every_row_block(ste
         hi = min(61, lo + step)
         assert np.array_equal(lower[lo:hi, :hi], expected[lo:hi, :hi])
         assert np.isnan(lower[lo:hi, hi:]).all()  # nothing beyond the block's last row
+
+
+@pytest.mark.parametrize("block_cells", [10**9, 40 * 61])
+def test_item_knn_keeps_each_items_k_most_similar_ties_to_the_more_popular(small_data, monkeypatch, block_cells):
+    """The formula, dense, in the test: sim(i, j) = co(i, j) / (sqrt(n_i n_j) + shrinkage) for j != i with a user
+    in common, each item's k largest kept, ties at the k-th place to the more popular item (the model's
+    tie-break); in one block of items or in blocks of a few rows. Binary histories make ties common."""
+    monkeypatch.setattr(models.item_knn, "BLOCK_CELLS", block_cells)
+    train, uf, itf, _ = small_data
+    # Ten rounds, each dealing 60 items to 12 users 5 apiece: every item taken by 10 users, so similarities
+    # are shared counts over one denominator, and the tie-break (here the item id) decides many places.
+    users, items = np.sort(uf["user_id"].to_numpy())[:120], np.sort(itf["item_id"].to_numpy())[:60]
+    rng = np.random.default_rng(0)
+    dealt = np.concatenate([rng.permutation(60) for _ in range(10)])
+    train = pl.DataFrame({"user_id": np.repeat(users, 5), "item_id": items[dealt]}).join(
+        train.select("rating", "ts").head(1), how="cross")
+    model = fit_model("item_knn", train, uf, itf, seed=0, params={"neighbours": 7, "shrinkage": 10.0})
+    x = model.train.astype(np.float32)
+    co = (x.T @ x).toarray()
+    norms = np.sqrt(co.diagonal())
+    sim = co / (norms[:, None] * norms[None, :] + np.float32(model.params["shrinkage"]))
+    np.fill_diagonal(sim, 0.0)
+    got = model.similarity.tocsr()
+    ties = 0
+    for i in range(sim.shape[0]):
+        positive = np.flatnonzero(sim[i] > 0)
+        order = positive[np.lexsort((model.tiebreak[positive], -sim[i, positive]))][:7]
+        ranked = np.sort(sim[i, positive])[::-1]
+        ties += len(ranked) > 7 and ranked[6] == ranked[7]  # the 7th and 8th alike: the tie-break chose
+        row = slice(got.indptr[i], got.indptr[i + 1])
+        assert set(got.indices[row]) == set(order), i
+        np.testing.assert_array_equal(np.sort(got.data[row]), np.sort(sim[i, order]))
+    assert ties > 10  # the tie-break decided some rows
 
 
 def test_a_hybrid_scored_with_its_components_scores_each_once_and_matches(small_data):
