@@ -83,7 +83,7 @@ def segment_defaults(model_path: str, n: int, folder: str) -> str:
 def publish_recommendations(settings: Settings, run_id: str, run_date: date, snap: Snapshot, model: str,
                             scored: list[publish.ScoredBlock], defaults: str, metrics_path: str,
                             new_items: str, model_path: str) -> dict:
-    return publish.publish_step(settings, run_id, run_date, snap.frames(), model, scored, defaults, metrics_path,
+    return publish.publish_step(settings, run_id, run_date, snap, model, scored, defaults, metrics_path,
                                 new_items, model_path)
 
 

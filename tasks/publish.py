@@ -18,12 +18,15 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from models.registry import load, load_encoding, model_class
 from models.serving import merge_best_users, reason_columns
@@ -31,10 +34,11 @@ from models.tiled import use_threads
 from recsys import db, progress, schema
 from recsys.errors import PublishGateError
 from recsys.schema import ITEM_ID, USER_ID
-from tasks.features import Frames
-from tasks.validate import GxRunner, suite_outcomes, suite_parameters
+from tasks.snapshot import Snapshot
+from tasks.validate import GATE_CHUNK_ROWS, GxRunner, merge_chunks, suite_outcomes, suite_parameters
 
 PARTITION_FILE = "data.parquet"
+ROW_GROUP_ROWS = 262_144  # a published file's row groups: a reader's `where user_id = ...` skips the others
 KEEP_VERSIONS = 2  # the newest, and the one before it for readers that started before the switch
 K_SHOT_MAX = 4  # users with 1..4 known interactions are served as k-shot, more as warm
 
@@ -77,19 +81,47 @@ class StagedPartition:
     final: Path
 
 
+class PartitionWriter:
+    """A new version of the ``run_date`` partition of ``root``, written frame by frame under
+    ``root/_staging`` (``version``: the night's shared stamp; a new one by default) and invisible to readers:
+    :meth:`close` gives the :class:`StagedPartition` to commit, :meth:`discard` drops it. A table too large to
+    hold at once (the night's lists at 100 M interactions) is written a few users at a time."""
+
+    def __init__(self, root: Path, run_date: date, version: str | None = None):
+        version = version or new_version()
+        self.staging = Path(root) / "_staging" / version
+        self.final = partition_dir(root, run_date) / f"version={version}"
+        self.staging.mkdir(parents=True)
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        table = frame.drop("run_date", strict=False).to_arrow(compat_level=pl.CompatLevel.oldest())
+        if self._writer is None:  # the first frame's schema is the file's
+            self._writer = pq.ParquetWriter(self.staging / PARTITION_FILE, table.schema, compression="zstd")
+        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+
+    def close(self) -> StagedPartition:
+        if self._writer is None:
+            raise ValueError(f"{self.staging}: nothing was written, not even an empty frame with the table's columns")
+        self._writer.close()
+        return StagedPartition(self.staging, self.final)
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
 def stage_partition(frame: pl.DataFrame, root: Path, run_date: date, version: str | None = None) -> StagedPartition:
     """Write ``frame`` as a new version of the ``run_date`` partition of ``root``, under ``root/_staging``
     (``version``: the night's shared stamp; a new one by default)."""
-    root = Path(root)
-    version = version or new_version()
-    staging = root / "_staging" / version
-    staging.mkdir(parents=True)
+    writer = PartitionWriter(root, run_date, version)
     try:
-        frame.drop("run_date", strict=False).write_parquet(staging / PARTITION_FILE, statistics=True)
+        writer.write(frame)
+        return writer.close()
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        writer.discard()
         raise
-    return StagedPartition(staging, partition_dir(root, run_date) / f"version={version}")
 
 
 def commit_partitions(staged: list[StagedPartition], grace_seconds: float = 600.0) -> list[Path]:
@@ -264,12 +296,12 @@ def with_reasons(frame: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
             .with_columns(reason=reason_text()).drop("reason_title"))
 
 
-def build_recommendations(recs: pl.DataFrame, frames: Frames, model: str, run_id: str,
-                          run_date: date) -> pl.DataFrame:
-    """The published rows of scored top-n lists, with the strategy that served each user and the reason for
-    each item."""
-    counts = frames.interactions.group_by(USER_ID).agg(history=pl.len())
-    recs = with_reasons(recs.sort(USER_ID, "rank"), frames.items).join(
+def build_recommendations(recs: pl.DataFrame, interactions: pl.DataFrame, items: pl.DataFrame, model: str,
+                          run_id: str, run_date: date) -> pl.DataFrame:
+    """The published rows of scored top-n lists, with the strategy that served each user (from the user's
+    rows in ``interactions``, which must hold all of them) and the reason for each item."""
+    counts = interactions.group_by(USER_ID).agg(history=pl.len())
+    recs = with_reasons(recs.sort(USER_ID, "rank"), items).join(
         counts, on=USER_ID, how="left", maintain_order="left").with_columns(pl.col("history").fill_null(0))
     return recs.select(
         pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), USER_ID, ITEM_ID,
@@ -279,12 +311,39 @@ def build_recommendations(recs: pl.DataFrame, frames: Frames, model: str, run_id
     )
 
 
-def build_new_items(best: pl.DataFrame, frames: Frames, model: str, run_id: str, run_date: date) -> pl.DataFrame:
+def build_new_items(best: pl.DataFrame, items: pl.DataFrame, model: str, run_id: str, run_date: date) -> pl.DataFrame:
     """The published rows of ``new_items``: per item with few interactions, the users to show it to."""
-    return with_reasons(best.sort(ITEM_ID, "rank"), frames.items).select(
+    return with_reasons(best.sort(ITEM_ID, "rank"), items).select(
         pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), ITEM_ID, "title",
         pl.col("interactions").cast(pl.Int64), USER_ID, pl.col("rank").cast(pl.Int32), "score",
         pl.lit(model).alias("model"), "reason_kind", "reason", "reason_item_id", "reason_segment")
+
+
+def scored_chunks(scored: list[ScoredBlock], rows: int) -> Iterator[pl.DataFrame]:
+    """The scored lists of ``scored``'s blocks about ``rows`` rows at a time (more than any one list holds),
+    in user id order, each user's whole list in one chunk: what the publish gate judges at once. A block's rows
+    come in user id order (:meth:`Recommender.serve` sorts the users it serves with new items); the blocks'
+    users follow one another. At least one chunk, empty where nobody was scored."""
+    last, sent = None, False
+    for block in scored:
+        lazy = pl.scan_parquet(block.top)
+        total, start = lazy.select(pl.len()).collect().item(), 0
+        while start < total:
+            chunk = lazy.slice(start, rows).collect()
+            users = chunk[USER_ID].to_numpy()
+            if np.any(np.diff(users) < 0) or (last is not None and users[0] <= last):
+                raise RuntimeError(f"{block.top}: the scored rows are not in user id order after user {last}: "
+                                   "every user must be served once, by one block")
+            if start + chunk.height < total:  # the last user's list may go on in the next rows
+                chunk = chunk.head(int(np.searchsorted(users, users[-1])))
+                if chunk.height == 0:
+                    raise ValueError(f"chunks of {rows} rows cannot hold user {users[-1]}'s whole list")
+            start += chunk.height
+            last, sent = int(users[chunk.height - 1]), True
+            yield chunk
+    if not sent:
+        yield pl.read_parquet(scored[0].top) if scored else pl.DataFrame(schema={
+            **schema.RECOMMENDATION_SCHEMA, **schema.REASON_SCHEMA})
 
 
 def gate_frame(recs: pl.DataFrame, interactions: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
@@ -322,17 +381,23 @@ def metric_regressions(current: pl.DataFrame, previous: pl.DataFrame | None, tol
             + f": {r['now']:.4f} < {r['before']:.4f} - {tolerance:.0%}" for r in bad.iter_rows(named=True)]
 
 
-def publish_step(settings, run_id: str, run_date: date, frames: Frames, model_name: str,
+def publish_step(settings, run_id: str, run_date: date, snap: Snapshot, model_name: str,
                  scored: list[ScoredBlock], defaults_path: str, metrics_path: str | None,
-                 new_items_path: str | None = None, model_path: str | None = None) -> dict:
+                 new_items_path: str | None = None, model_path: str | None = None,
+                 chunk_rows: int = GATE_CHUNK_ROWS) -> dict:
     """Gate the scored lists (suite + metric regression) and publish recommendations, new items, defaults and
     metrics.
 
     ``scored``: the blocks of :func:`score_step`, which together must serve every user exactly once;
-    ``new_items_path``: what :func:`new_items_step` made of their new-item candidates."""
-    recs = build_recommendations(pl.concat([pl.read_parquet(b.top) for b in scored]), frames, model_name,
-                                 run_id, run_date)
-    new_items = build_new_items(pl.read_parquet(new_items_path), frames, model_name, run_id, run_date) \
+    ``new_items_path``: what :func:`new_items_step` made of their new-item candidates. The lists are read,
+    given their reasons, judged and written to staging about ``chunk_rows`` rows (a few thousand whole users)
+    at a time, each chunk with only its users' interactions from the snapshot (sorted by user: a range read):
+    memory follows the chunk, not the night (at 100 M interactions the whole night's 50 M rows beside the
+    interactions was more than the machine). The suite's results are merged over the chunks
+    (:func:`tasks.validate.merge_chunks`: every list whole in one chunk, so uniqueness per user merges as a
+    count); nothing is visible until every table is staged, the gate has passed and the night commits."""
+    items = pl.read_parquet(snap.path("items"))
+    new_items = build_new_items(pl.read_parquet(new_items_path), items, model_name, run_id, run_date) \
         if new_items_path else None
     defaults = pl.read_parquet(defaults_path).select(
         pl.lit(run_date).alias("run_date"), pl.lit(run_id).alias("run_id"), "gender", "age_bucket", ITEM_ID,
@@ -341,51 +406,83 @@ def publish_step(settings, run_id: str, run_date: date, frames: Frames, model_na
         metrics = pl.read_parquet(metrics_path).with_columns(run_id=pl.lit(run_id)) if metrics_path else None
         previous_publish = wh.run("publish/last_published_run", {"run_id": run_id})
         params = suite_parameters(wh, settings, run_id, _now())
-
     previous = None
     if previous_publish:
         previous_path = partition_path(settings.output_dir / "metrics", previous_publish[0][0])
         previous = pl.read_parquet(previous_path) if previous_path.exists() else None
-    frame = gate_frame(recs, frames.interactions, frames.items)
-    outcomes = suite_outcomes("recommendations", GxRunner(settings).run(
-        "recommendations", frame.to_pandas(), params, run_id, [USER_ID, "rank"]), settings)
-    reasons = [f"suite 'recommendations', expectation {o.label}: observed {o.observed_text()}"
-               + (f"; e.g. {o.failing_rows[:2]}" if o.failing_rows else "")
-               for o in outcomes if not o.success and o.severity == "critical"]
-    if metrics is not None:
-        reasons += metric_regressions(metrics, previous, settings.metric_tolerance, model_name,
-                                      k=min(settings.ks))
-    users = recs[USER_ID].n_unique()
+
+    out = settings.output_dir
+    tables = {"recommendations": None, "segment_defaults": defaults, "new_items": new_items, "metrics": metrics}
+    tables = {name: frame for name, frame in tables.items() if frame is not None or name == "recommendations"}
+    for leftover in clear_staging([out / name for name in tables]):
+        print(f"removed {leftover}: a publish that was killed before it finished left it")
+    version = new_version()  # one stamp for the night's tables: one commit marker makes them visible
+    writer = PartitionWriter(out / "recommendations", run_date, version)
+    staged: list[StagedPartition] = []
+    try:
+        with progress.activity("judging and staging the lists"):
+            gate, tally = _stream_recommendations(settings, writer, scored, snap.path("interactions"), items,
+                                                  model_name, run_id, run_date, params, chunk_rows)
+        staged.append(writer.close())
+        reasons = [f"suite 'recommendations', expectation {o.label}: observed {o.observed_text()}"
+                   + (f"; e.g. {o.failing_rows[:2]}" if o.failing_rows else "")
+                   for o in gate if not o.success and o.severity == "critical"]
+        if metrics is not None:
+            reasons += metric_regressions(metrics, previous, settings.metric_tolerance, model_name,
+                                          k=min(settings.ks))
+        if not reasons:
+            for name, frame in tables.items():
+                if frame is not None:
+                    staged.append(stage_partition(frame, out / name, run_date, version))
+    except BaseException:
+        writer.discard()
+        for part in staged:
+            shutil.rmtree(part.staging, ignore_errors=True)
+        raise
     with db.warehouse(settings) as wh:
         if reasons:
+            for part in staged:
+                shutil.rmtree(part.staging, ignore_errors=True)
             wh.run("publish/log_publish", {
                 "run_id": run_id, "run_date": run_date, "model": model_name, "status": "rejected",
-                "reason": "; ".join(reasons), "users": users, "rows": recs.height, "path": None,
+                "reason": "; ".join(reasons), "users": tally["users"], "rows": tally["rows"], "path": None,
                 "model_path": model_path})
             raise PublishGateError(
                 f"publish gate kept the last good partition for {run_date}: " + "; ".join(reasons))
-        out = settings.output_dir
-        tables = {"recommendations": recs, "segment_defaults": defaults, "new_items": new_items, "metrics": metrics}
-        tables = {name: frame for name, frame in tables.items() if frame is not None}
-        for leftover in clear_staging([out / name for name in tables]):
-            print(f"removed {leftover}: a publish that was killed before it finished left it")
-        staged: list[StagedPartition] = []
-        version = new_version()  # one stamp for the night's tables: one commit marker makes them visible
-        try:
-            for name, frame in tables.items():
-                staged.append(stage_partition(frame, out / name, run_date, version))
-        except BaseException:
-            for part in staged:
-                shutil.rmtree(part.staging, ignore_errors=True)
-            raise
         paths = dict(zip(tables, commit_partitions(staged), strict=True))
         wh.run("publish/log_publish", {
             "run_id": run_id, "run_date": run_date, "model": model_name, "status": "published", "reason": None,
-            "users": users, "rows": recs.height, "path": str(paths["recommendations"]), "model_path": model_path})
-    strategies = dict(recs.group_by("strategy").agg(pl.col(USER_ID).n_unique()).iter_rows())
-    return {"paths": {k: str(v) for k, v in paths.items()}, "users": users, "rows": recs.height,
-            "strategies": strategies, "reasons": dict(recs.group_by("reason_kind").len().iter_rows()),
+            "users": tally["users"], "rows": tally["rows"], "path": str(paths["recommendations"]),
+            "model_path": model_path})
+    return {"paths": {k: str(v) for k, v in paths.items()}, **tally,
             "new_items": new_items[ITEM_ID].n_unique() if new_items is not None else 0}
+
+
+def _stream_recommendations(settings, writer: PartitionWriter, scored: list[ScoredBlock], interactions: Path,
+                            items: pl.DataFrame, model_name: str, run_id: str, run_date: date, params: dict,
+                            chunk_rows: int) -> tuple[list, dict]:
+    """:func:`publish_step`'s pass over the lists: each chunk's published rows built, judged by the
+    ``recommendations`` suite and written to ``writer``; the suite's results merged over the chunks, and what
+    was written counted (users, rows, users per strategy, rows per reason)."""
+    runner, taken = GxRunner(settings), pl.scan_parquet(interactions).select(USER_ID, ITEM_ID)
+    judged, nonnull = [], []
+    users, rows, strategies, reasons = 0, 0, Counter(), Counter()
+    for chunk in scored_chunks(scored, max(chunk_rows, 2 * settings.top_n)):
+        ids = chunk[USER_ID]
+        theirs = (taken.filter(pl.col(USER_ID).is_between(ids.min(), ids.max())).collect()
+                  if chunk.height else taken.head(0).collect())
+        recs = build_recommendations(chunk, theirs, items, model_name, run_id, run_date)
+        frame = gate_frame(recs, theirs, items).to_pandas()
+        judged.append(suite_outcomes("recommendations", runner.run(
+            "recommendations", frame, params, run_id, [USER_ID, "rank"]), settings))
+        nonnull.append(frame.count().to_dict())
+        writer.write(recs)
+        users, rows = users + recs[USER_ID].n_unique(), rows + recs.height
+        strategies.update(dict(recs.group_by("strategy").agg(pl.col(USER_ID).n_unique()).iter_rows()))
+        reasons.update(dict(recs.group_by("reason_kind").len().iter_rows()))
+        progress.detail(f"{users:,} users' lists judged and staged")
+    return merge_chunks(judged, nonnull, whole=USER_ID), {
+        "users": users, "rows": rows, "strategies": dict(strategies), "reasons": dict(reasons)}
 
 
 def last_published_blend(wh: db.Warehouse, run_id: str) -> str | None:

@@ -292,16 +292,20 @@ def chunk_rule(expectation_type: str) -> str | None:
         return None
 
 
-def merge_chunks(chunks: list[list[Outcome]], nonnull: list[dict[str, int]]) -> list[Outcome]:
+def merge_chunks(chunks: list[list[Outcome]], nonnull: list[dict[str, int]], whole: str | None = None) -> list[Outcome]:
     """One suite's outcomes over a whole batch from its outcomes over consecutive chunks (``nonnull``: each
     chunk's non-null count per column, which a mean is weighted by). Same verdicts as GX on the whole batch:
     a map expectation's ``mostly`` on the summed counts (rows considered: all rows, less the nulls it does
-    not judge), bounds on the summed rows and the weighted mean; failing rows in batch order."""
+    not judge), bounds on the summed rows and the weighted mean; failing rows in batch order. ``whole``: a
+    column whose every value has all its rows in one chunk (the publish gate's chunks hold whole users), so
+    a uniqueness over columns that include it is judged within chunks and merges as a map."""
     if len(chunks) == 1:
         return chunks[0]
     merged = []
     for parts in zip(*chunks, strict=True):
         first, rule = parts[0], chunk_rule(parts[0].expectation)
+        if rule is None and whole is not None and whole in (first.kwargs.get("column_list") or ()):
+            rule = "map"
         out = Outcome(**{**first.__dict__, "failing_rows": [row for p in parts for row in p.failing_rows]})
         if rule == "map":
             out.element_count = sum(p.element_count or 0 for p in parts)

@@ -200,12 +200,45 @@ def test_regressed_run_keeps_the_last_good_partition(night, tmp_path):
     scored = [publish.score_step(model, str(second["snapshot"].path("users")), 0, 1, N, str(tmp_path / "scored"))]
     defaults = publish.segment_defaults_step(model, N, str(tmp_path / "scored"))
     with pytest.raises(PublishGateError, match="kept the last good partition"):
-        publish.publish_step(settings, "regressed-run", date(2026, 11, 20), second["snapshot"].frames(), "hybrid",
+        publish.publish_step(settings, "regressed-run", date(2026, 11, 20), second["snapshot"], "hybrid",
                              scored, defaults, str(worse_path))
     assert path.read_bytes() == before
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         status = con.sql("select status, reason from publish_log where run_id = 'regressed-run'").fetchall()
     assert status[0][0] == "rejected" and "ndcg@10" in status[0][1]
+
+
+def test_the_lists_are_judged_and_written_a_few_users_at_a_time_with_the_whole_nights_verdict(night, tmp_path):
+    """Publishing in chunks of whole users (three lists a chunk, over four scoring blocks) writes exactly the rows
+    the night published at once, and the gate judges the whole night: one seen item planted in the last chunk
+    is caught with the night's row count, and nothing of that night becomes visible."""
+    settings, _, second = night
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(settings.warehouse_path, home / settings.warehouse_path.name)
+    copy = settings.model_copy(update={"home": home})
+    assert copy.warehouse_path == home / settings.warehouse_path.name
+    model, snap = second["models"].models["hybrid"], second["snapshot"]
+    users = str(snap.path("users"))
+    scored = [publish.score_step(model, users, block, 4, N, str(tmp_path / "scored")) for block in range(4)]
+    defaults = publish.segment_defaults_step(model, N, str(tmp_path / "scored"))
+    done = publish.publish_step(copy, "chunked-run", date(2026, 11, 21), snap, "hybrid", scored, defaults, None,
+                                chunk_rows=3 * N)
+    published = pl.read_parquet(publish.partition_path(settings.output_dir / "recommendations", date(2026, 11, 20)))
+    chunked = pl.read_parquet(done["paths"]["recommendations"])
+    assert chunked.drop("run_id").equals(published.drop("run_id"))
+    assert done["users"] == published["user_id"].n_unique() and done["rows"] == published.height
+
+    last = pl.read_parquet(scored[-1].top)
+    user = last["user_id"][-1]
+    taken = pl.read_parquet(snap.path("interactions")).filter(pl.col("user_id") == user)["item_id"][0]
+    last.with_columns(pl.when(pl.int_range(pl.len()) == last.height - 1).then(taken).otherwise(pl.col("item_id"))
+                      .alias("item_id")).write_parquet(scored[-1].top)
+    with pytest.raises(PublishGateError, match=rf"is_seen\): observed 1 of {published.height} rows"):
+        publish.publish_step(copy, "seen-run", date(2026, 11, 22), snap, "hybrid", scored, defaults, None,
+                             chunk_rows=3 * N)
+    assert not (copy.output_dir / "recommendations" / "run_date=2026-11-22").exists()
+    assert not list((copy.output_dir / "recommendations" / "_staging").glob("*"))
 
 
 def test_a_changed_setting_recomputes_evaluation(night, small_synthetic):

@@ -202,3 +202,39 @@ def test_nights_published_before_commit_markers_stay_visible(tmp_path):
     publish.commit_partitions([publish.stage_partition(frame(5, 8), out / "metrics", date(2026, 1, 2))])
     assert (out / "_commits" / f"run_date={night}" / legacy.name).exists()  # adopted, not hidden
     assert pl.read_parquet(publish.partition_path(out / "recommendations", night))["item_id"].to_list()[0] == 7
+
+
+def test_the_publish_suite_judged_a_few_users_at_a_time_gives_the_whole_nights_verdicts(settings):
+    """The publish gate's suite over chunks of whole users, merged, says what it says of all the lists at once:
+    uniqueness per user (a rank twice, an item twice), list lengths and seen items planted in later chunks are
+    counted over the night, not judged by the first chunk."""
+    from tasks.validate import GxRunner, merge_chunks, suite_outcomes
+
+    n, users = 3, np.repeat(np.arange(1, 9), 3)
+    recs = pl.DataFrame({"user_id": users, "item_id": np.tile([10, 11, 12], 8), "rank": np.tile([1, 2, 3], 8),
+                         "score": 1.0, "model": "hybrid", "strategy": "warm", "reason_kind": "popular",
+                         "reason": "popular with all users"}, schema_overrides={"rank": pl.Int32})
+    row = pl.int_range(pl.len())
+    recs = recs.with_columns(pl.when(row == 19).then(1).otherwise(pl.col("rank")).alias("rank"),  # user 7
+                             pl.when(row == 23).then(10).otherwise(pl.col("item_id")).alias("item_id"))  # user 8
+    recs = recs.filter(row != 14)  # user 5 lists two
+    interactions = pl.DataFrame({"user_id": [2, 6, 6], "item_id": [11, 10, 12], "rating": 1.0, "ts": range(3)})
+    items = pl.DataFrame({"item_id": [10, 11, 12], "title": ["a", "b", "c"]})
+    params = {"top_n": n, "list_lengths": [n]}
+    runner = GxRunner(settings)
+
+    def judged(frame: pl.DataFrame):
+        pandas = gate_frame(frame, interactions, items).to_pandas()
+        outcomes = suite_outcomes("recommendations", runner.run("recommendations", pandas, params, "run",
+                                                                ["user_id", "rank"]), settings)
+        return outcomes, pandas.count().to_dict()
+
+    whole, _ = judged(recs)
+    parts = [judged(recs.filter(pl.col("user_id").is_between(lo, hi))) for lo, hi in ((1, 3), (4, 6), (7, 8))]
+    merged = merge_chunks([p[0] for p in parts], [p[1] for p in parts], whole="user_id")
+    facts = [(o.label, o.success, o.unexpected_count, o.element_count) for o in whole]
+    assert [(o.label, o.success, o.unexpected_count, o.element_count) for o in merged] == facts
+    failed = sorted((label, count) for label, success, count, _ in facts if not success)
+    assert failed == [("expect_column_values_to_be_in_set(is_seen)", 3),
+                      ("expect_column_values_to_be_in_set(list_length)", 2),
+                      ("expect_compound_columns_to_be_unique", 2), ("expect_compound_columns_to_be_unique", 2)]
