@@ -11,8 +11,8 @@ them for Great Expectations. The step now reads, judges and writes a few thousan
 DuckDB instead of two hours of night: a snapshot of ``--users`` x ``--per-user`` interactions sorted by user,
 ``--items`` titled items, and the scoring blocks' top-``--top-n`` lists with reasons of every kind (what
 :func:`tasks.publish.score_step` writes), split into ``--blocks`` files. The step runs in a child process
-(its wall seconds and peak RSS are its own), once per ``--chunk-rows`` asked (a chunk larger than a scoring block's rows: one block at a
-time). Prints a JSON line per run and a table.
+(its wall seconds and peak RSS are its own), once per ``--chunk-rows`` asked (a chunk larger than a scoring
+block's rows: one block at a time). Prints a JSON line per run and a table.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from tasks.snapshot import Snapshot
 from tasks.validate import GATE_CHUNK_ROWS, GxRunner, merge_chunks, suite_outcomes, suite_parameters
 
 PARTITION_FILE = "data.parquet"
+SCORE_CALL_USERS = 50_000  # users a scoring task serves at a time (its lists written before the next call)
 ROW_GROUP_ROWS = 262_144  # a published file's row groups: a reader's `where user_id = ...` skips the others
 KEEP_VERSIONS = 2  # the newest, and the one before it for readers that started before the switch
 K_SHOT_MAX = 4  # users with 1..4 known interactions are served as k-shot, more as warm
@@ -81,6 +82,30 @@ class StagedPartition:
     final: Path
 
 
+class ParquetAppender:
+    """A Parquet file written frame by frame, each frame's columns cast to the first one's (zstd, row groups of
+    :data:`ROW_GROUP_ROWS`): a table written as it is made, never held whole."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self._writer.write_table(table.cast(self._writer.schema), row_group_size=ROW_GROUP_ROWS)
+
+    def close(self) -> None:
+        if self._writer is None:
+            raise ValueError(f"{self.path}: nothing was written, not even an empty frame with the table's columns")
+        self._writer.close()
+
+    def abandon(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
 class PartitionWriter:
     """A new version of the ``run_date`` partition of ``root``, written frame by frame under
     ``root/_staging`` (``version``: the night's shared stamp; a new one by default) and invisible to readers:
@@ -92,23 +117,17 @@ class PartitionWriter:
         self.staging = Path(root) / "_staging" / version
         self.final = partition_dir(root, run_date) / f"version={version}"
         self.staging.mkdir(parents=True)
-        self._writer: pq.ParquetWriter | None = None
+        self._file = ParquetAppender(self.staging / PARTITION_FILE)
 
     def write(self, frame: pl.DataFrame) -> None:
-        table = frame.drop("run_date", strict=False).to_arrow(compat_level=pl.CompatLevel.oldest())
-        if self._writer is None:  # the first frame's schema is the file's
-            self._writer = pq.ParquetWriter(self.staging / PARTITION_FILE, table.schema, compression="zstd")
-        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self._file.write(frame.drop("run_date", strict=False))
 
     def close(self) -> StagedPartition:
-        if self._writer is None:
-            raise ValueError(f"{self.staging}: nothing was written, not even an empty frame with the table's columns")
-        self._writer.close()
+        self._file.close()
         return StagedPartition(self.staging, self.final)
 
     def discard(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        self._file.abandon()
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
@@ -205,7 +224,7 @@ def new_item_ids(model, max_interactions: int) -> np.ndarray:
 
 def score_step(model_path: str, users: str, block: int, blocks: int, n: int, folder: str,
                new_item_max_interactions: int = 5, users_per_item: int = 100, threads: int = 0,
-               keep_freed_memory: bool = True) -> ScoredBlock:
+               keep_freed_memory: bool = True, users_per_call: int = SCORE_CALL_USERS) -> ScoredBlock:
     """Top-``n`` of the saved model, with each row's reason, for block ``block`` of ``blocks`` of the users
     in ``users`` (a Parquet file with ``user_id``), and the block's best ``users_per_item`` users for each item
     with fewer than ``new_item_max_interactions`` interactions, all in one blockwise pass, written to
@@ -213,22 +232,38 @@ def score_step(model_path: str, users: str, block: int, blocks: int, n: int, fol
 
     Blocks are contiguous runs of the sorted user ids cut at multiples of the model's own scoring block, so
     every user is scored in the same company whatever the number of blocks: the rows published are the
-    same, bit for bit, from one process or many. ``threads``, ``keep_freed_memory``: RECSYS_SCORING_THREADS,
+    same, bit for bit, from one process or many. The block is served about ``users_per_call`` users at a time
+    (cut at the same multiples), each call's lists written before the next, and the new items' best users
+    merged over the calls (:func:`models.serving.merge_best_users`, exact): the task's memory follows the call,
+    not its users (one task served a 100 M night's million users: 50 M rows with reasons, held twice while
+    they were concatenated). ``threads``, ``keep_freed_memory``: RECSYS_SCORING_THREADS,
     RECSYS_KEEP_FREED_MEMORY."""
     use_threads(threads, keep_freed_memory)
     model = load(Path(model_path))
     user_ids = np.sort(pl.read_parquet(users, columns=[USER_ID])[USER_ID].to_numpy())
     per, chunks = model.block_users, -(-len(user_ids) // model.block_users)  # the model's blocks, rounded up
     user_ids = user_ids[chunks * block // blocks * per:chunks * (block + 1) // blocks * per]
-    with progress.activity(f"scoring {len(user_ids):,} users with {model.name}"
-                           + (f" (block {block + 1}/{blocks})" if blocks > 1 else "")):
-        served = model.serve(user_ids, n, explain=True, items=new_item_ids(model, new_item_max_interactions),
-                             users_per_item=users_per_item)
+    step = per * max(1, users_per_call // per)
     where = Path(folder)
     where.mkdir(parents=True, exist_ok=True)
     top, new = where / f"block-{block:05d}.parquet", where / f"new-items-{block:05d}.parquet"
-    served.top.write_parquet(top)
-    served.by_item.write_parquet(new)
+    lists, best = ParquetAppender(top), []
+    try:
+        for lo in range(0, max(len(user_ids), 1), step):  # one call at least: an empty block has columns
+            with progress.activity(f"scoring {len(user_ids):,} users with {model.name}"
+                                   + (f" (block {block + 1}/{blocks})" if blocks > 1 else "")
+                                   + (f", users {lo + 1:,}-{min(lo + step, len(user_ids)):,}"
+                                      if len(user_ids) > step else "")):
+                served = model.serve(user_ids[lo:lo + step], n, explain=True,
+                                     items=new_item_ids(model, new_item_max_interactions),
+                                     users_per_item=users_per_item)
+            lists.write(served.top)
+            best.append(served.by_item)
+        lists.close()
+    except BaseException:
+        lists.abandon()
+        raise
+    merge_best_users(pl.concat(best), users_per_item).write_parquet(new)
     return ScoredBlock(str(top), str(new))
 
 

@@ -241,6 +241,21 @@ def test_the_lists_are_judged_and_written_a_few_users_at_a_time_with_the_whole_n
     assert not list((copy.output_dir / "recommendations" / "_staging").glob("*"))
 
 
+def test_a_scoring_task_serves_its_users_a_few_blocks_at_a_time_with_the_same_rows(night, tmp_path, monkeypatch):
+    """A scoring task writes its lists call by call (a few scoring blocks a call) and merges the new items' best
+    users over the calls: the same rows, bit for bit, as serving all its users in one call."""
+    import models.base
+
+    _, _, second = night
+    model, users = second["models"].models["hybrid"], str(second["snapshot"].path("users"))
+    monkeypatch.setattr(models.base, "SCORE_BLOCK_CELLS", 7 * len(load(model).item_ids))  # blocks of 7 users
+    once = publish.score_step(model, users, 0, 1, N, str(tmp_path / "once"), 40, users_per_call=10**9)
+    calls = publish.score_step(model, users, 0, 1, N, str(tmp_path / "calls"), 40, users_per_call=20)
+    assert pl.read_parquet(calls.top).equals(pl.read_parquet(once.top))
+    assert pl.read_parquet(calls.new_items).equals(pl.read_parquet(once.new_items))
+    assert pl.read_parquet(once.new_items).height > 0 and pl.read_parquet(once.top)["user_id"].n_unique() > 100
+
+
 def test_a_changed_setting_recomputes_evaluation(night, small_synthetic):
     settings, _, second = night
     changed = settings.model_copy(update={"bootstrap_samples": 60})
