@@ -247,7 +247,7 @@ def score_step(model_path: str, users: str, block: int, blocks: int, n: int, fol
     where = Path(folder)
     where.mkdir(parents=True, exist_ok=True)
     top, new = where / f"block-{block:05d}.parquet", where / f"new-items-{block:05d}.parquet"
-    lists, best = ParquetAppender(top), []
+    lists, best, new_ids = ParquetAppender(top), [], new_item_ids(model, new_item_max_interactions)
     try:
         for lo in range(0, max(len(user_ids), 1), step):  # one call at least: an empty block has columns
             with progress.activity(f"scoring {len(user_ids):,} users with {model.name}"
@@ -255,8 +255,7 @@ def score_step(model_path: str, users: str, block: int, blocks: int, n: int, fol
                                    + (f", users {lo + 1:,}-{min(lo + step, len(user_ids)):,}"
                                       if len(user_ids) > step else "")):
                 served = model.serve(user_ids[lo:lo + step], n, explain=True,
-                                     items=new_item_ids(model, new_item_max_interactions),
-                                     users_per_item=users_per_item)
+                                     items=new_ids, users_per_item=users_per_item)
             lists.write(served.top)
             best.append(served.by_item)
         lists.close()
@@ -447,9 +446,10 @@ def publish_step(settings, run_id: str, run_date: date, snap: Snapshot, model_na
         previous = pl.read_parquet(previous_path) if previous_path.exists() else None
 
     out = settings.output_dir
-    tables = {"recommendations": None, "segment_defaults": defaults, "new_items": new_items, "metrics": metrics}
-    tables = {name: frame for name, frame in tables.items() if frame is not None or name == "recommendations"}
-    for leftover in clear_staging([out / name for name in tables]):
+    small = {name: frame for name, frame in
+             {"segment_defaults": defaults, "new_items": new_items, "metrics": metrics}.items() if frame is not None}
+    names = ["recommendations", *small]  # the staged tables, in this order
+    for leftover in clear_staging([out / name for name in names]):
         print(f"removed {leftover}: a publish that was killed before it finished left it")
     version = new_version()  # one stamp for the night's tables: one commit marker makes them visible
     writer = PartitionWriter(out / "recommendations", run_date, version)
@@ -466,9 +466,7 @@ def publish_step(settings, run_id: str, run_date: date, snap: Snapshot, model_na
             reasons += metric_regressions(metrics, previous, settings.metric_tolerance, model_name,
                                           k=min(settings.ks))
         if not reasons:
-            for name, frame in tables.items():
-                if frame is not None:
-                    staged.append(stage_partition(frame, out / name, run_date, version))
+            staged += [stage_partition(frame, out / name, run_date, version) for name, frame in small.items()]
     except BaseException:
         writer.discard()
         for part in staged:
@@ -484,7 +482,7 @@ def publish_step(settings, run_id: str, run_date: date, snap: Snapshot, model_na
                 "model_path": model_path})
             raise PublishGateError(
                 f"publish gate kept the last good partition for {run_date}: " + "; ".join(reasons))
-        paths = dict(zip(tables, commit_partitions(staged), strict=True))
+        paths = dict(zip(names, commit_partitions(staged), strict=True))
         wh.run("publish/log_publish", {
             "run_id": run_id, "run_date": run_date, "model": model_name, "status": "published", "reason": None,
             "users": tally["users"], "rows": tally["rows"], "path": str(paths["recommendations"]),
@@ -501,7 +499,7 @@ def _stream_recommendations(settings, writer: PartitionWriter, scored: list[Scor
     was written counted (users, rows, users per strategy, rows per reason)."""
     runner, taken = GxRunner(settings), pl.scan_parquet(interactions).select(USER_ID, ITEM_ID)
     judged, nonnull = [], []
-    users, rows, strategies, reasons = 0, 0, Counter(), Counter()
+    rows, strategies, reasons = 0, Counter(), Counter()
     for chunk in scored_chunks(scored, max(chunk_rows, 2 * settings.top_n)):
         ids = chunk[USER_ID]
         theirs = (taken.filter(pl.col(USER_ID).is_between(ids.min(), ids.max())).collect()
@@ -512,12 +510,12 @@ def _stream_recommendations(settings, writer: PartitionWriter, scored: list[Scor
             "recommendations", frame, params, run_id, [USER_ID, "rank"]), settings))
         nonnull.append(frame.count().to_dict())
         writer.write(recs)
-        users, rows = users + recs[USER_ID].n_unique(), rows + recs.height
+        rows += recs.height
         strategies.update(dict(recs.group_by("strategy").agg(pl.col(USER_ID).n_unique()).iter_rows()))
         reasons.update(dict(recs.group_by("reason_kind").len().iter_rows()))
-        progress.detail(f"{users:,} users' lists judged and staged")
-    return merge_chunks(judged, nonnull, whole=USER_ID), {
-        "users": users, "rows": rows, "strategies": dict(strategies), "reasons": dict(reasons)}
+        progress.detail(f"{sum(strategies.values()):,} users' lists judged and staged")
+    return merge_chunks(judged, nonnull, whole=USER_ID), {  # every user in one chunk, with one strategy
+        "users": sum(strategies.values()), "rows": rows, "strategies": dict(strategies), "reasons": dict(reasons)}
 
 
 def last_published_blend(wh: db.Warehouse, run_id: str) -> str | None:
