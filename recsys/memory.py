@@ -17,6 +17,15 @@ The cost: memory a step freed stays with the process for its next allocations fr
 allocators (DuckDB's and Polars' own), so a process that frees a large scoring working set and then loads a
 large table can peak higher. ``RECSYS_KEEP_FREED_MEMORY=false`` restores glibc's behaviour. Only on glibc
 (Linux); elsewhere nothing changes.
+
+What a step kept is given back when the step ends (:func:`give_back`, from ``tasks.train.release_memory``):
+the blocks are reused within a step, and the next step starts from what is alive, not from the last step's
+largest working set. The local night runs its steps in one process, one after another. Replaying a 30 M
+shop night's production fits in one process (300k users x 60k items, the night's own files, 2026-12-05):
+without it the resident memory between fits climbed 2.5 -> 2.9 -> 3.7 -> 4.7 -> 5.0 -> 5.1 GiB and the
+two-tower's fit peaked at 7.84 GiB on top of it; with it the fits start from 1.6-2.1 GiB and the peak is
+6.07 GiB (the same fits, 301 s -> 297 s). What stays after a two-tower fit (~1.5 GiB at 30 M) is
+TensorFlow's own, alive, not a free heap.
 """
 
 from __future__ import annotations
@@ -60,3 +69,13 @@ def keep_freed_memory(keep: bool = True) -> bool:
     if not keep:
         libc.malloc_trim(0)
     return keep
+
+
+def give_back() -> None:
+    """Give the free memory of every heap of this process back to the system now (glibc's ``malloc_trim(0)``:
+    the free top of each heap, and the whole free pages inside it), whether or not freed blocks are kept.
+    For the end of a step: the next step's arrays are faulted in afresh (a fraction of a second a GiB), and
+    the process's resident memory is what is alive. Only on glibc; elsewhere nothing happens."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

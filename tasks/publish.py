@@ -35,6 +35,7 @@ from recsys import db, progress, schema
 from recsys.errors import PublishGateError
 from recsys.schema import ITEM_ID, USER_ID
 from tasks.snapshot import Snapshot
+from tasks.train import release_memory
 from tasks.validate import GATE_CHUNK_ROWS, GxRunner, merge_chunks, suite_outcomes, suite_parameters
 
 PARTITION_FILE = "data.parquet"
@@ -263,6 +264,8 @@ def score_step(model_path: str, users: str, block: int, blocks: int, n: int, fol
         lists.abandon()
         raise
     merge_best_users(pl.concat(best), users_per_item).write_parquet(new)
+    del model, best, served
+    release_memory()  # the model and the blocks kept for the next call: the gate that follows has its own
     return ScoredBlock(str(top), str(new))
 
 

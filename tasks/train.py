@@ -14,7 +14,7 @@ from models.base import Recommender
 from models.blend import ValidationCase
 from models.registry import build, load, load_many, model_class
 from models.tiled import use_threads
-from recsys import progress
+from recsys import memory, progress
 from recsys.settings import Settings
 from tasks.features import FeatureSet
 from tasks.split import ValidationFold
@@ -132,9 +132,13 @@ def release_memory() -> None:
     What survives the collection (the libraries' modules, TensorFlow's registries: 600k objects) is then
     frozen out of later collections (``gc.freeze``): a full collection over them cost ~0.4 s a task, ~15 s
     of a small night. Only cycles alive now and dropped later would escape the collector: the flow's own
-    records, not a model (the task deleted its models before calling this)."""
+    records, not a model (the task deleted its models before calling this).
+
+    Last, what the task freed and the process kept for its next block (:mod:`recsys.memory`) is given back
+    (:func:`recsys.memory.give_back`): the next task starts from what is alive."""
     gc.collect()
     gc.freeze()
+    memory.give_back()
 
 
 def format_training(paths: dict[str, Path | str]) -> str:
