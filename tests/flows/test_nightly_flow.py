@@ -12,6 +12,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from benchmarks import fits as fits_benchmark
 from flows.caching import CODE_FOLDERS, code_fingerprint
 from flows.nightly import _summary_text, nightly_flow, train_publish_flow
 from models.base import Recommender
@@ -23,7 +24,7 @@ from tasks import features, publish
 from tasks import night as night_steps
 from tasks.query import VIEW_ORDER, named_query, open_views, run_readonly
 from tasks.split import user_sample
-from tasks.train import components_of
+from tasks.train import components_of, needed
 
 pytestmark = pytest.mark.slow
 
@@ -321,6 +322,19 @@ def test_each_model_is_fitted_once_per_fold(night):
     assert FITS == Counter({**{name: 3 + (name in blended) for name in Settings().models}, "random": 1,
                             "new_item_audience": 4, "genre_popularity": 1, "genre_year": 1, "activity": 1,
                             "new_item_audience_without_text": 1}), FITS
+
+
+def test_the_fits_benchmark_replays_the_nights_production_fits_one_by_one(night):
+    """``benchmarks.fits`` on a night's home: every model the production fit fits, in its order, each with its
+    seconds and resident memory; its scratch folder removed after."""
+    settings = night[0]
+    result = fits_benchmark.replay(Path(settings.home), give_back=True)
+    assert (settings.models_dir / result["night"] / settings.publish_model / "params.json").exists()
+    assert [f["model"] for f in result["fits"]] == needed([*settings.models, settings.publish_model])
+    assert all(f["seconds"] >= 0 and 0 < f["start_gib"] <= f["peak_gib"] and f["after_gib"] > 0
+               for f in result["fits"])
+    assert result["peak_gib"] == max(f["peak_gib"] for f in result["fits"])
+    assert not list(Path(settings.home).glob("fits-benchmark-*"))
 
 
 def test_the_report_opens_with_the_encoder_and_states_the_audience_weights(night):
