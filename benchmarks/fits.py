@@ -6,11 +6,11 @@ step peaks and what each fit leaves behind for the next are read off one table.
     python -m benchmarks.fits --home HOME --give-back yes no
 
 ``--home``: a night's home (``RECSYS_HOME``) with its snapshot, features, the evaluation fold's fits (the tuned
-blend and the fits the production fit continues) and its production models; the most recent night is replayed
-from the most recent snapshot, into a scratch folder under the home (removed after). ``--give-back no`` replays
-the same fits with :func:`recsys.memory.give_back` switched off (each task then leaves the memory it freed to
-the process, as before 01cf000). Each mode runs in a fresh child process; RSS is sampled every 0.1 s. Prints a
-JSON line per mode and a table.
+blend and the fits the production fit continues) and its production models; the most recent night that kept
+both is replayed on the most recent snapshot, into a scratch folder under the home (removed after).
+``--give-back no`` replays the same fits with :func:`recsys.memory.give_back` switched off (each task then
+leaves the memory it freed to the process, as before 01cf000). Each mode runs in a fresh child process; RSS
+is sampled every 0.1 s. Prints a JSON line per mode and a table.
 """
 
 from __future__ import annotations
@@ -81,9 +81,13 @@ def replay(home: Path, give_back: bool) -> dict:
     if not give_back:
         memory.give_back = lambda: None  # the policy before: what a task freed stays with the process
     settings = Settings(home=home)
-    runs = sorted(p for p in settings.models_dir.iterdir() if (p / settings.publish_model / "params.json").exists())
+    # A night that kept both its production models and its evaluation fold's fits (an older night's report
+    # folder may be pruned, a cached night's models are an earlier night's).
+    runs = sorted(p for p in settings.models_dir.iterdir() if (p / settings.publish_model / "params.json").exists()
+                  and (home / "reports" / p.name / "models").is_dir())
     if not runs:
-        raise SystemExit(f"{home}: no night's production models under {settings.models_dir}; run a night first")
+        raise SystemExit(f"{home}: no night with its production models under {settings.models_dir} and its "
+                         "evaluation fits under reports/; run a night first")
     evaluation = home / "reports" / runs[-1].name / "models"
     fitted = {p.name: str(p) for p in evaluation.iterdir() if (p / "params.json").exists()}
     snapshot = max((p for p in (home / "snapshots").iterdir() if (p / "interactions.parquet").exists()),
