@@ -26,6 +26,7 @@ from pathlib import Path
 
 from benchmarks import write_results
 from recsys import memory
+from recsys.progress import status_gib
 from recsys.settings import Settings
 from tasks import night
 from tasks.features import FeatureSet
@@ -35,8 +36,7 @@ SAMPLE_SECONDS = 0.1
 
 
 def resident_gib() -> float:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 2**20
+    return status_gib("VmRSS")
 
 
 class Sampled:

@@ -97,7 +97,12 @@ def peak_rss_gib() -> float:
     at the fork before the ``exec``: a worker or benchmark step spawned by a large process reported the
     parent's size before doing anything."""
     try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 2**20
+        return status_gib("VmHWM")
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def status_gib(field: str) -> float:
+    """A memory field of this process's ``/proc/self/status`` (``VmHWM``, ``VmRSS``), in GiB."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:")) / 2**20

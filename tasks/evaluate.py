@@ -16,6 +16,7 @@ from models.registry import load_many, model_class
 from models.serving import Served, serve_together
 from models.tiled import use_threads
 from recsys import db, progress
+from recsys.memory import release_memory
 from recsys.schema import ITEM_ID, USER_ID
 from tasks.features import FeatureSet, Frames, read_table, store_features
 from tasks.metrics import (
@@ -40,7 +41,6 @@ from tasks.split import (
     temporal_split,
     user_sample,
 )
-from tasks.train import release_memory
 from tasks.validate import docs_index
 
 # ---------------------------------------------------------------------------------------------------------

@@ -33,9 +33,9 @@ from models.serving import merge_best_users, reason_columns
 from models.tiled import use_threads
 from recsys import db, progress, schema
 from recsys.errors import PublishGateError
+from recsys.memory import release_memory
 from recsys.schema import ITEM_ID, USER_ID
 from tasks.snapshot import Snapshot
-from tasks.train import release_memory
 from tasks.validate import GATE_CHUNK_ROWS, GxRunner, merge_chunks, suite_outcomes, suite_parameters
 
 PARTITION_FILE = "data.parquet"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import time
 from dataclasses import dataclass
@@ -14,7 +13,8 @@ from models.base import Recommender
 from models.blend import ValidationCase
 from models.registry import build, load, load_many, model_class
 from models.tiled import use_threads
-from recsys import memory, progress
+from recsys import progress
+from recsys.memory import release_memory
 from recsys.settings import Settings
 from tasks.features import FeatureSet
 from tasks.split import ValidationFold
@@ -121,24 +121,6 @@ def fit_model(settings: Settings, name: str, train: str, features: FeatureSet, f
     del model, loaded
     release_memory()
     return saved
-
-
-def release_memory() -> None:
-    """Free a task's models before the next task loads its own. Keras models are reference cycles (layers and
-    their graph point at each other), which reference counting never frees: without a collection here, a
-    two-tower and what it holds (its training histories: 160 MB at 20 M interactions) would stay until the
-    cyclic GC happened to run, one per slice or fit.
-
-    What survives the collection (the libraries' modules, TensorFlow's registries: 600k objects) is then
-    frozen out of later collections (``gc.freeze``): a full collection over them cost ~0.4 s a task, ~15 s
-    of a small night. Only cycles alive now and dropped later would escape the collector: the flow's own
-    records, not a model (the task deleted its models before calling this).
-
-    Last, what the task freed and the process kept for its next block (:mod:`recsys.memory`) is given back
-    (:func:`recsys.memory.give_back`): the next task starts from what is alive."""
-    gc.collect()
-    gc.freeze()
-    memory.give_back()
 
 
 def format_training(paths: dict[str, Path | str]) -> str:

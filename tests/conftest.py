@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def pytest_sessionfinish(session, exitstatus):
     """Collect what tests left in reference cycles (a caught error's frames holding a closed DuckDB connection)
     while DuckDB is still loaded: otherwise its nanobind bindings list them as leaked instances at exit.
-    (Objects the steps froze out of collections, ``tasks.train.release_memory``, are collectable again.)"""
+    (Objects the steps froze out of collections, ``recsys.memory.release_memory``, are collectable again.)"""
     gc.unfreeze()
     gc.collect()
     if SESSION_VECTOR_CACHE:
