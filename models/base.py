@@ -37,6 +37,7 @@ import scipy.sparse as sp
 from models.explain import Explaining
 from models.ranking import Stage
 from models.serving import (
+    COLUMN_BLOCK_MAX_USERS,
     DEMOGRAPHIC_COLUMNS,
     SCORE_BLOCK_CELLS,
     Served,
@@ -322,6 +323,14 @@ class Recommender(Explaining, ABC):
         bit-for-bit the same whenever the blocks are the same: callers that split users among processes cut
         at multiples of this (BLAS may round a row differently inside a block of another shape)."""
         return max(1, SCORE_BLOCK_CELLS // max(1, len(self.item_ids)))
+
+    def column_block_users(self, n_columns: int) -> int:
+        """Users a block where only ``n_columns`` catalogue columns are scored (:meth:`column_scores` of the
+        items nobody has taken, for their audiences): as many as keep the block's scores within
+        ``SCORE_BLOCK_CELLS``, at most ``COLUMN_BLOCK_MAX_USERS`` and never fewer than :attr:`block_users`. At
+        200k items a catalogue-wide block is 80 users, and a pass over a million users in such blocks paid
+        each block's fixed costs (its history rows, profiles and selection) 12,500 times."""
+        return max(self.block_users, min(COLUMN_BLOCK_MAX_USERS, SCORE_BLOCK_CELLS // max(1, n_columns)))
 
     def same_encoding(self, other: Recommender) -> bool:
         """Fitted on the same interactions with the same catalogue: a user block of one serves the other."""

@@ -235,8 +235,9 @@ class Hybrid(BlendTuning, Recommender):
         for case in cases:
             users = np.intersect1d(case.users, case.truth[USER_ID].unique().to_numpy())
             taken = expected = 0.0
-            for lo in range(0, len(users) if len(new) else 0, model.block_users):
-                block_users = users[lo:lo + model.block_users]
+            step = model.column_block_users(len(new))
+            for lo in range(0, len(users) if len(new) else 0, step):
+                block_users = users[lo:lo + step]
                 known = model._history_matrix(block_users, case.known if case.known.height else None)
                 # Cold users' known items are their history; warm users are in training, known only masks.
                 block = model._user_block(block_users, known if case.as_history else sp.csr_matrix(known.shape))
@@ -309,7 +310,8 @@ class Hybrid(BlendTuning, Recommender):
     def _audience_floor(self) -> np.ndarray:
         """Per item nobody has taken (in item order), the audience model's log-odds of its ``new_item_users``-th
         likeliest training user: a new item is placed only in the lists of users at or above it, the users it
-        is published to. Blockwise over users, keeping the best ``new_item_users`` per item."""
+        is published to. Blockwise over users (blocks as wide as those few columns allow,
+        :meth:`Recommender.column_block_users`), keeping the best ``new_item_users`` per item."""
         new = np.flatnonzero(self.item_popularity == 0)
         audience = self.params["audience_model"]
         size = min(int(self.params["new_item_users"]), len(self.user_ids))
@@ -317,8 +319,9 @@ class Hybrid(BlendTuning, Recommender):
             return np.full(len(new), np.inf, dtype=np.float32)  # no new item is placed anywhere
         model = self.components[audience]
         best = np.full((0, len(new)), -np.inf, dtype=np.float32)
-        for start in range(0, len(self.user_ids), model.block_users):
-            users = self.user_ids[start:start + model.block_users]
+        step = model.column_block_users(len(new))
+        for start in range(0, len(self.user_ids), step):
+            users = self.user_ids[start:start + step]
             block = model._user_block(users, model._history_matrix(users, None))
             best = np.concatenate([best, model.column_scores(block, new)])
             if len(best) > size:

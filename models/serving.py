@@ -23,6 +23,9 @@ from recsys.schema import ITEM_ID, USER_ID
 
 # Memory bound of one scoring block: users x items float32 scores.
 SCORE_BLOCK_CELLS = 16_000_000
+# Users in a block that scores a few columns (new items' audiences): a block's histories and profiles grow with its
+# users whatever the columns, so it stops here even where the cells would allow more.
+COLUMN_BLOCK_MAX_USERS = 8192
 DEMOGRAPHIC_COLUMNS = ("gender", "age_bucket", "occupation", "zip_region")
 N_DECADES = 16  # 0 = unknown, 1 = before 1910 ... 15 = 2030s
 

@@ -166,3 +166,36 @@ def agreement_of(hybrid, folder, users, published: pl.DataFrame) -> dict | None:
     path = folder / "recommendations.parquet"
     published.write_parquet(path)
     return two_stage_agreement(folder, str(path), users=50)
+
+
+def test_the_audience_floor_is_each_new_items_nth_likeliest_user_in_blocks_of_its_few_columns(
+        hybrid_with_new_items, monkeypatch):
+    """The floor under a new item's audience is the audience model's ``new_item_users``-th highest log-odds
+    over every training user, the same as one block of everyone gives it; its pass reads blocks as wide as the
+    new items' columns allow (:meth:`column_block_users`), not the catalogue-wide blocks that made a million
+    users 12,500 blocks at 200k items."""
+    hybrid = hybrid_with_new_items
+    audience = hybrid.components[hybrid.params["audience_model"]]
+    new = np.flatnonzero(hybrid.item_popularity == 0)
+    size = int(hybrid.params["new_item_users"])
+    users = hybrid.user_ids
+    assert 0 < len(new) < len(hybrid.item_ids) // 4 and size < len(users)
+    everyone = audience.column_scores(audience._user_block(users, audience._history_matrix(users, None)), new)
+    expected = np.sort(everyone, axis=0)[len(users) - size]
+    monkeypatch.setattr(models.base, "SCORE_BLOCK_CELLS", 6 * len(hybrid.item_ids))  # 6-user catalogue blocks
+    assert audience.block_users == 6
+    step = audience.column_block_users(len(new))
+    assert step == 6 * len(hybrid.item_ids) // len(new) > 4 * audience.block_users
+    blocks = []
+    original = type(audience).column_scores
+
+    def counted(self, block, columns):
+        blocks.append(len(block.user_ids))
+        return original(self, block, columns)
+
+    monkeypatch.setattr(type(audience), "column_scores", counted)
+    floor = hybrid._audience_floor()
+    np.testing.assert_allclose(floor, expected, atol=2e-5)  # float32 products of another block shape
+    assert max(blocks) == step and len(blocks) == -(-len(users) // step)
+    monkeypatch.setattr(models.base, "COLUMN_BLOCK_MAX_USERS", 10)  # the users' side bounds a block too
+    assert audience.column_block_users(len(new)) == 10 and audience.column_block_users(10**9) == 6
