@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from models.ranking import ndcg_at_k, ndcg_from_hits, one_sided_gain, served_z_scores, top_k_indices
 from models.tiled import scoring_pool
@@ -187,6 +188,7 @@ class BlendTuning:
         ``block_users`` users, so memory is one scoring block per component, not every validation user's
         catalogue per component (3,000 users x 200k items x 7 components: 17 GB)."""
         known, truth = case.known.sort(USER_ID), case.truth.sort(USER_ID)  # each block reads its own rows
+        staged = self._tunes_in_stages(components)
         parts: list[CaseView] = []
         for start in range(0, len(users), self.block_users):
             block = users[start:start + self.block_users]
@@ -195,6 +197,9 @@ class BlendTuning:
             known_matrix = self._history_matrix(block, mine if mine.height else None)
             seen = known_matrix.nonzero()  # the seen entries' coordinates: no dense mask per block
             relevant = self._truth_matrix(block, _rows_between(truth, block[0], block[-1]))
+            if staged:
+                parts.append(self._staged_view(components, block, known_matrix, case.as_history, relevant))
+                continue
             z = []
             for model in components.values():
                 # Standardised as the served blend standardises it; then the seen items masked.
@@ -215,6 +220,73 @@ class BlendTuning:
                         np.concatenate([p.relevant for p in parts]), np.concatenate([p.n_rel for p in parts]),
                         [np.concatenate([p.singles[i] for p in parts]) for i in range(len(components))],
                         [all(p.silent[i] for p in parts) for i in range(len(components))])
+
+    def _tunes_in_stages(self, components: dict) -> bool:
+        """Whether the grid's columns come from each component's first stage (a catalogue of
+        ``retrieval_min_items`` items or more, served in two stages, whose components share its catalogue) rather
+        than from each component's z-scores of every item."""
+        c = int(self.params["tune_candidates"])
+        return (len(self.item_ids) >= int(self.params["retrieval_min_items"]) and int(self.params["k"]) <= c
+                and c * len(components) < len(self.item_ids)
+                and all(np.array_equal(model.item_ids, self.item_ids) for model in components.values()))
+
+    def _staged_view(self, components: dict, block: np.ndarray, known: sp.csr_matrix, as_history: bool,
+                     relevant: np.ndarray) -> CaseView:
+        """One block's :class:`CaseView` from the components' first stages (:meth:`Recommender.first_stage`, each
+        by its own route: a factor model's product and Gram moments, item-kNN's sparse rows, capped EASE's
+        fitted columns), as two-stage serving reads them: each component's best ``tune_candidates`` unseen items
+        a user and its z-scores of the block's candidates alone, standardised over all of a user's unseen items
+        as the served blend is. At 200k items the dense route standardised and selected over every item, for
+        every component and validation user (on a 200k-item catalogue, the tuning fit's time). A user's
+        candidates are those of :meth:`_candidate_view` but for the items a component cannot score at all
+        (the dense route listed them with z-score 0 where a user had fewer than ``tune_candidates`` others)."""
+        c, k = int(self.params["tune_candidates"]), int(self.params["k"])
+        extra = known if as_history else sp.csr_matrix(known.shape, dtype=np.float32)
+        users = self._user_block(block, extra)
+        users.history = (users.history + known).tocsr()  # what the case masks: the known items, seen or not
+        users.history.data[:] = 1.0
+        stages = [model.first_stage(users, c) for model in components.values()]
+        columns = np.unique(np.concatenate([stage.top[stage.top >= 0] for stage in stages]))
+        cand = np.concatenate([stage.top for stage in stages], axis=1)
+        missing = cand < 0
+        order = np.where(missing, len(self.item_ids), self.tiebreak[np.where(missing, 0, cand)])
+        by = np.argsort(order, axis=1, kind="stable")
+        cand, missing = np.take_along_axis(cand, by, axis=1), np.take_along_axis(missing, by, axis=1)
+        repeat = missing.copy()
+        repeat[:, 1:] |= cand[:, 1:] == cand[:, :-1]
+        at = np.searchsorted(columns, np.where(missing, columns[0] if len(columns) else 0, cand))
+        zc = []
+        for stage in stages:
+            view = np.take_along_axis(stage.z_at(columns), at, axis=1) if len(columns) else np.zeros(cand.shape,
+                                                                                                     np.float32)
+            view[repeat] = -np.inf
+            zc.append(view)
+        rel_c = np.take_along_axis(relevant, np.where(missing, 0, cand), axis=1) & ~repeat
+        n_rel = relevant.sum(axis=1).astype(np.int64)
+        singles = []
+        for stage in stages:
+            top = self._filled(stage.top[:, :k], users.history)
+            hits = np.take_along_axis(relevant, np.maximum(top, 0), axis=1) & (top >= 0)
+            singles.append(ndcg_from_hits(hits.astype(np.float64), n_rel))
+        # A component that ranks anyone gives each such user positive z-scores on its own best items.
+        silent = [not np.any(np.isfinite(z) & (z != 0)) for z in zc]
+        return CaseView(zc, rel_c, n_rel, singles, silent)
+
+    def _filled(self, top: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
+        """A first stage's lists (``top``, -1 past the items its route scores) completed as the whole
+        catalogue's ranking completes them: with the user's other unseen items in the served tie-break order
+        (a component that scores nothing of a user, item-kNN for one with no history, ranks the catalogue
+        by that order; its items all score alike)."""
+        top = top.copy()
+        short = np.flatnonzero((top < 0).any(axis=1))
+        order = np.argsort(self.tiebreak) if len(short) else None
+        for row in short:
+            have = top[row][top[row] >= 0]
+            skip = np.union1d(have, seen.indices[seen.indptr[row]:seen.indptr[row + 1]])
+            head = order[:top.shape[1] + len(skip)]
+            fill = head[~np.isin(head, skip)][:top.shape[1] - len(have)]
+            top[row] = np.concatenate([have, fill, np.full(top.shape[1] - len(have) - len(fill), -1)])
+        return top
 
     def _candidates(self, z: list[np.ndarray]) -> list[np.ndarray] | None:
         """Per component, each user's top ``tune_candidates`` columns in the served order (:func:`top_k_indices`

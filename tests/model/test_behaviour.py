@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 from model_helpers import FAST_PARAMS, featurize, fit_model, load_synthetic
 
+import models.blend
 from models.blend import WARM
 from models.hybrid import COMPONENTS, Hybrid
 from models.ranking import bootstrap_indices, paired_lift
@@ -319,3 +320,46 @@ def test_the_blend_is_tuned_the_same_whatever_the_users_scored_at_once(small_dat
         assert in_blocks[label]["hit_rate_by_rank"] == pytest.approx(tuned["hit_rate_by_rank"], abs=1e-6), label
         assert in_blocks[label]["ndcg_blend"] == pytest.approx(tuned["ndcg_blend"], abs=1e-6), label
         assert in_blocks[label]["ndcg_components"] == pytest.approx(tuned["ndcg_components"], abs=1e-6), label
+
+
+def test_a_wide_catalogues_blend_is_tuned_from_the_components_first_stages_with_the_same_result(small_data,
+                                                                                              monkeypatch):
+    """From ``retrieval_min_items`` items on (forced here on 120), the grid's columns come from each component's
+    first stage, as two-stage serving reads them, and no component's z-scores of the whole catalogue are
+    computed: every bucket's choice, reported nDCG, gain and hit rate by rank are the dense route's (item-kNN
+    scores nothing of a user with no history, and is judged on the tie-break order as the full ranking lists
+    it)."""
+    train, uf, itf, _ = small_data
+    fold = carve_validation(train, 0.25, seed=2)
+    components = {c: fit_model(c, fold.train, uf, itf, seed=2) for c in Hybrid.needed_components()}
+
+    def tuning(**params) -> dict:
+        # 10 candidates a component: each one's top 10 (nDCG@10) is its first stage's; 5 x 10 of 120 columns.
+        hybrid = build("hybrid", grid_step=0.25, tune_candidates=10, **params).use_components(components)
+        return hybrid.use_validation(fold.cases).fit(fold.train, uf, itf, seed=2).tuning
+
+    dense = tuning()
+    staged_blocks = []
+    original = Hybrid._staged_view
+
+    def staged_view(self, *args):
+        staged_blocks.append(len(args[1]))
+        return original(self, *args)
+
+    def whole_catalogue(*_args, **_kwargs):
+        raise AssertionError("a component's z-scores of the whole catalogue computed")
+
+    monkeypatch.setattr(Hybrid, "_staged_view", staged_view)
+    monkeypatch.setattr(models.blend, "served_z_scores", whole_catalogue)
+    staged = tuning(retrieval_min_items=0)
+    assert sum(staged_blocks) >= sum(tuned["users"] for label, tuned in dense.items() if label != "blend")
+    assert staged.keys() == dense.keys()
+    assert dense["0"]["ndcg_components"]["item_knn"] > 0  # zero-shot users: the tie-break order, not nothing
+    for label, tuned in dense.items():
+        if label == "blend":
+            assert staged[label] == tuned
+            continue
+        for field in ("weights", "chosen", "grid_best", "best_component"):
+            assert staged[label][field] == tuned[field], (label, field)
+        for field in ("ndcg_blend", "ndcg_components", "blend_gain", "hit_rate_by_rank"):
+            assert staged[label][field] == pytest.approx(tuned[field], abs=1e-9), (label, field)
