@@ -279,7 +279,10 @@ class BlendTuning:
         by that order; its items all score alike)."""
         top = top.copy()
         short = np.flatnonzero((top < 0).any(axis=1))
-        order = np.argsort(self.tiebreak) if len(short) else None
+        if len(short) == 0:
+            return top
+        order = np.empty(len(self.tiebreak), dtype=np.int64)  # the items in tie-break order (its inverse)
+        order[self.tiebreak] = np.arange(len(self.tiebreak))
         for row in short:
             have = top[row][top[row] >= 0]
             skip = np.union1d(have, seen.indices[seen.indptr[row]:seen.indptr[row + 1]])
