@@ -195,11 +195,11 @@ class BlendTuning:
             mine = _rows_between(known, block[0], block[-1])
             history = mine if (case.as_history and mine.height) else None
             known_matrix = self._history_matrix(block, mine if mine.height else None)
-            seen = known_matrix.nonzero()  # the seen entries' coordinates: no dense mask per block
             relevant = self._truth_matrix(block, _rows_between(truth, block[0], block[-1]))
             if staged:
                 parts.append(self._staged_view(components, block, known_matrix, case.as_history, relevant))
                 continue
+            seen = known_matrix.nonzero()  # the seen entries' coordinates: no dense mask per block
             z = []
             for model in components.values():
                 # Standardised as the served blend standardises it; then the seen items masked.
