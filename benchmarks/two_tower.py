@@ -57,7 +57,7 @@ def input_only(inter, user_features, item_features, examples: int) -> dict:
     model = build("two_tower")
     model._encode(inter, user_features, item_features)
     batch = model.params["batch_size"]
-    batches = iter(model._dataset(*model._examples(), batch, 0, shuffle=True, steps=examples // batch))
+    batches = iter(model._dataset(model._examples(0)[0], batch, 0, shuffle=True, steps=examples // batch))
     started = time.perf_counter()
     next(batches)
     first = time.perf_counter()

@@ -20,6 +20,8 @@ from models.serving import N_DECADES
 from models.text import BUCKETS
 from recsys.schema import ITEM_ID, TIMESTAMP, USER_ID
 
+HELD_OUT_CHUNK = 1 << 22  # uniform draws at a time when choosing the validation examples (32 MiB)
+
 
 @contextlib.contextmanager
 def _native_stderr_discarded():
@@ -225,27 +227,66 @@ class LazyAdam(keras.optimizers.Adam):
         return {**super().get_config(), "lazy_rows": self.lazy_rows}
 
 
+class Examples:
+    """The two-tower's examples, the (user row, item column) pairs stored in the training CSR, addressed by their
+    position in its order without being materialised: a fit reads at most its budget of them (2 M) however many
+    there are; at 100 M interactions every pair's row and column, their compacted copies and tensors were ~5-6 GB
+    of a fit's peak. ``held_out`` are the sorted positions kept for validation: the training examples are the
+    others (``training=True``), the validation examples those alone."""
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, held_out: np.ndarray, training: bool):
+        self.indptr, self.indices, self.held_out, self.training = indptr, indices, held_out, training
+        self._before = held_out - np.arange(len(held_out))  # training examples before each held-out one
+
+    @classmethod
+    def split(cls, indptr: np.ndarray, indices: np.ndarray, share: float, seed: int) -> tuple[Examples, Examples]:
+        """(training, validation): each pair held out with probability ``share`` by one uniform draw in the CSR's
+        order (``default_rng(seed).random(n) < share``, drawn in chunks: the same positions, no n-long array)."""
+        rng, n = np.random.default_rng(seed), len(indices)
+        held = [lo + np.flatnonzero(rng.random(min(HELD_OUT_CHUNK, n - lo)) < share)
+                for lo in range(0, n, HELD_OUT_CHUNK)]
+        held_out = np.concatenate(held) if held else np.zeros(0, np.int64)
+        return cls(indptr, indices, held_out, True), cls(indptr, indices, held_out, False)
+
+    def __len__(self) -> int:
+        return len(self.indices) - len(self.held_out) if self.training else len(self.held_out)
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The user rows and item columns of the examples at ``rows`` (0 .. len - 1)."""
+        rows = np.asarray(rows, np.int64)
+        if self.training:
+            positions = rows + np.searchsorted(self._before, rows, side="right")
+        else:
+            positions = self.held_out[rows]
+        users = np.searchsorted(self.indptr, positions, side="right") - 1
+        return users.astype(np.int32), self.indices[positions].astype(np.int32)
+
+    def all(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.take(np.arange(len(self)))
+
+
 class TrainingBatches(keras.utils.PyDataset):
     """The two-tower's training (or validation) batches in NumPy, for a backend without ``tf.data`` (JAX on a
     GPU machine, where TensorFlow is not installed): the same examples as the ``tf.data`` pipeline of
-    ``TwoTower._dataset``, by the same rules (a fresh permutation each epoch, its first ``steps`` batches;
+    ``TwoTower._dataset``, by the same rules (each epoch ``steps`` batches of distinct examples in random order;
     bags sampled from the history or the user's first items; DropoutNet-style id and bag dropout; the target
     never in its own bag), from NumPy random streams seeded by (seed, epoch, step), so the same seed gives
     the same batches. The random numbers differ from ``tf.data``'s: the two paths train alike, not bit for bit.
 
-    ``indptr``/``indices``/``first_items`` are the training CSR and its rows in time order, ``demographics`` the
-    codes the user tower reads per training user; ``steps`` batches an epoch (0: every full batch, in order).
+    ``examples`` are the pairs (:class:`Examples`), ``indptr``/``indices``/``first_items`` the training CSR and its
+    rows in time order, ``demographics`` the codes the user tower reads per training user; ``steps`` batches an
+    epoch (0: every full batch, in order).
     """
 
-    def __init__(self, users, items, indptr, indices, first_items, demographics, params: dict, batch: int,
+    def __init__(self, examples: Examples, indptr, indices, first_items, demographics, params: dict, batch: int,
                  seed: int, full_softmax: bool, shuffle: bool, steps: int = 0):
         super().__init__(workers=1, use_multiprocessing=False)
-        self.users, self.items = np.asarray(users, np.int64), np.asarray(items, np.int32)
+        self.examples = examples
         self.indptr, self.indices = np.asarray(indptr, np.int64), np.asarray(indices, np.int32)
         self.first_items, self.demographics = np.asarray(first_items, np.int32), np.asarray(demographics, np.int32)
         self.params, self.batch, self.seed = params, int(batch), int(seed)
         self.full_softmax, self.shuffle = bool(full_softmax), bool(shuffle)
-        self.steps = int(steps) if shuffle else len(self.users) // self.batch
+        self.steps = int(steps) if shuffle else len(examples) // self.batch
         self.epoch, self._order = 0, None
 
     def __len__(self) -> int:
@@ -257,9 +298,9 @@ class TrainingBatches(keras.utils.PyDataset):
     def _rows(self, step: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(step * self.batch, (step + 1) * self.batch)
-        if self._order is None:  # this epoch's permutation: only the rows its steps read
-            order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.users))
-            self._order = order[:self.steps * self.batch]
+        if self._order is None:  # this epoch's rows: distinct, in random order (no permutation of them all)
+            self._order = np.random.default_rng((self.seed, self.epoch)).choice(
+                len(self.examples), self.steps * self.batch, replace=False)
         return self._order[step * self.batch:(step + 1) * self.batch]
 
     def __getitem__(self, step: int):
@@ -267,7 +308,7 @@ class TrainingBatches(keras.utils.PyDataset):
             raise IndexError(step)  # the end of an epoch, for a plain ``for batch in batches``
         p, n, bag_size = self.params, self.batch, int(self.params["bag_size"])
         rows = self._rows(int(step))
-        u, i = self.users[rows], self.items[rows]
+        u, i = self.examples.take(rows)
         rng = np.random.default_rng((self.seed, self.epoch, int(step)))
         start = self.indptr[u]
         degree = self.indptr[u + 1] - start

@@ -33,7 +33,7 @@ from models.base import Recommender, carried_rows
 from models.ranking import Stage, factor_moments, factor_stage
 from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock, decade_of, padded_rows
 from models.text import MAX_TOKENS
-from models.towers import LazyAdam, TrainingBatches, TwoTowerNet, first_items_by_time, keras, ops
+from models.towers import Examples, LazyAdam, TrainingBatches, TwoTowerNet, first_items_by_time, keras, ops
 from recsys import progress
 
 
@@ -126,26 +126,25 @@ class TwoTower(Recommender):
         used = [c in self.params["user_demographics"] for c in DEMOGRAPHIC_COLUMNS]
         return np.where(np.array(used)[None, :], demographics, 0).astype(np.int32)
 
-    def _examples(self) -> tuple[np.ndarray, np.ndarray]:
-        """(user row, item column) of every training interaction, with the demographics the user tower reads
-        set for the training users: what :meth:`_dataset` makes batches of."""
+    def _examples(self, seed: int) -> tuple[Examples, Examples]:
+        """(training, validation) examples: the pairs of the training CSR (:class:`models.towers.Examples`, by
+        position, not materialised), with the demographics the user tower reads set for the training users.
+        Held out for early stopping: a share, at least min_validation_examples (a small night's 5 % was under one
+        batch, so it never stopped early and ran every epoch), at most a fifth of the data and
+        max_validation_examples (validation stays cheap at 20 M)."""
+        p = self.params
         self.train_demographics = self._tower_demographics(self.demographics_of(self.user_ids))
-        coo = self.train.tocoo()
-        return coo.row.astype(np.int32), coo.col.astype(np.int32)
+        n = self.train.nnz
+        wanted = min(max(p["validation_share"] * n, p["min_validation_examples"]), 0.2 * n,
+                     p["max_validation_examples"])
+        return Examples.split(self.train.indptr, self.train.indices, wanted / max(n, 1), seed)
 
     def _fit(self, seed: int) -> None:
         keras.utils.set_random_seed(seed)  # with seeded ops, and XLA or TensorFlow's CPU kernels: same weights
         p = self.params
-        users, items = self._examples()
-        rng = np.random.default_rng(seed)
-        # Held-out examples for early stopping: a share, at least min_validation_examples (a small night's 5 %
-        # was under one batch, so it never stopped early and ran every epoch), at most a fifth of the data and
-        # max_validation_examples (validation stays cheap at 20 M).
-        wanted = min(max(p["validation_share"] * len(users), p["min_validation_examples"]), 0.2 * len(users),
-                     p["max_validation_examples"])
-        is_val = rng.random(len(users)) < wanted / max(len(users), 1)
+        examples, held_out = self._examples(seed)
 
-        n_train = int((~is_val).sum())
+        n_train = len(examples)
         batch = int(min(p["batch_size"], max(2, n_train)))
         self.net = self._build_net()
         warm = self._continue_from(self._earlier_fit())
@@ -156,8 +155,7 @@ class TwoTower(Recommender):
         jit = (keras.backend.backend() == "jax"  # JAX runs op by op without jit: every fit compiles there
                or p["jit_compile"] is True
                or (p["jit_compile"] == "auto" and epochs * per_epoch >= p["jit_min_examples"]))
-        train_ds = self._dataset(users[~is_val], items[~is_val], batch, seed, shuffle=True, epochs=epochs,
-                                 steps=steps)
+        train_ds = self._dataset(examples, batch, seed, shuffle=True, epochs=epochs, steps=steps)
         last = {"loss": ""}
         clock = {"started": time.perf_counter()}  # the first step (tracing, compiling) apart from the rest
 
@@ -177,8 +175,8 @@ class TwoTower(Recommender):
         callbacks = [keras.callbacks.LambdaCallback(on_train_batch_end=batch_ended, on_epoch_begin=epoch_started,
                                                     on_epoch_end=epoch_ended, on_train_end=training_ended)]
         val_ds = None
-        if is_val.sum() >= min(batch, 256):
-            val_ds = self._dataset(users[is_val], items[is_val], int(min(batch, is_val.sum())), seed + 1, shuffle=False)
+        if len(held_out) >= min(batch, 256):
+            val_ds = self._dataset(held_out, int(min(batch, len(held_out))), seed + 1, shuffle=False)
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss",
                                                            patience=p["warm_patience" if warm else "patience"],
                                                            min_delta=p["min_delta"], restore_best_weights=True))
@@ -243,24 +241,24 @@ class TwoTower(Recommender):
             layer.set_weights(before.get_weights())
         return True
 
-    def _dataset(self, users: np.ndarray, items: np.ndarray, batch: int, seed: int, shuffle: bool,
-                 epochs: int = 1, steps: int = 0):
+    def _dataset(self, examples: Examples, batch: int, seed: int, shuffle: bool, epochs: int = 1, steps: int = 0):
         """(user, item) pairs -> batches with sampled bags and DropoutNet-style id/bag dropout: ``tf.data`` under
         TensorFlow, NumPy batches (``TrainingBatches``) elsewhere or when ``input`` is "numpy".
 
         Training batches come from a fresh random permutation each epoch (the first ``steps`` batches of
         it), drawn by a stateless index shuffle: no shuffle buffer, so memory does not grow with the data
-        (a 4 M-element buffer held several GiB at 5 M interactions).
+        (a 4 M-element buffer held several GiB at 5 M interactions). The shuffle is stateless, so the rows every
+        epoch reads are drawn before training and only their pairs are made tensors (at most the fit's budget).
         """
         if self.params["input"] == "numpy" or keras.backend.backend() != "tensorflow":
-            return TrainingBatches(users, items, self.train.indptr, self.train.indices, self.first_items,
+            return TrainingBatches(examples, self.train.indptr, self.train.indices, self.first_items,
                                    self.train_demographics, self.params, batch, seed, self._full_softmax(),
                                    shuffle, steps)
         import tensorflow as tf  # the backend in use (checked above): its input pipeline
 
         p = self.params
         indptr = tf.constant(self.train.indptr.astype(np.int64))
-        indices = tf.constant(self.train.indices.astype(np.int32))
+        indices = tf.constant(self.train.indices.astype(np.int32, copy=False))
         first_indices = tf.constant(self.first_items)
         demo_table = tf.constant(self.train_demographics)
         bag_size = int(p["bag_size"])
@@ -288,17 +286,17 @@ class TwoTower(Recommender):
             return features, (i if full else tf.range(n))
 
         if not shuffle:
-            ds = tf.data.Dataset.from_tensor_slices((users, items))
+            ds = tf.data.Dataset.from_tensor_slices(examples.all())
             return ds.batch(batch, drop_remainder=True).map(featurize).prefetch(2)
-        all_users, all_items = tf.constant(users), tf.constant(items)
-        last = tf.constant(len(users) - 1, dtype=tf.int64)
+        per_epoch = steps * batch
+        rows = np.concatenate([tf.random.experimental.index_shuffle(
+            tf.range(per_epoch, dtype=tf.int64), seed=tf.constant([seed, epoch], tf.int64),
+            max_index=len(examples) - 1).numpy() for epoch in range(epochs)])
+        read_users, read_items = (tf.constant(a) for a in examples.take(rows))  # in the order they are read
 
         def batch_of(epoch, step):
-            positions = tf.range(step * batch, (step + 1) * batch, dtype=tf.int64)
-            rows = tf.random.experimental.index_shuffle(
-                positions, seed=tf.stack([tf.constant(seed, tf.int64), epoch]),
-                max_index=last)
-            return featurize(tf.gather(all_users, rows), tf.gather(all_items, rows))
+            at = tf.range(epoch * per_epoch + step * batch, epoch * per_epoch + (step + 1) * batch, dtype=tf.int64)
+            return featurize(tf.gather(read_users, at), tf.gather(read_items, at))
 
         ds = tf.data.Dataset.range(epochs).flat_map(
             lambda epoch: tf.data.Dataset.range(steps).map(lambda step: batch_of(epoch, step)))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models import towers
 from models.registry import build
 
 FAST = {"dim": 8, "hidden": 16, "batch_size": 128}
@@ -26,8 +27,10 @@ def fitted(small_data):
 
 def _batches(model, source: str, epochs: int, steps: int, seed: int = 11):
     model.params["input"] = source
-    users, items = model._examples()
-    data = model._dataset(users, items, 128, seed, shuffle=True, epochs=epochs, steps=steps)
+    examples, held_out = model._examples(seed)
+    assert len(held_out) == 0
+    users, items = examples.all()
+    data = model._dataset(examples, 128, seed, shuffle=True, epochs=epochs, steps=steps)
     if source == "numpy":
         out = []
         for _ in range(epochs):
@@ -43,7 +46,7 @@ def test_numpy_batches_follow_the_pipelines_rules(fitted):
     history = {u: set(fitted.train.indices[fitted.train.indptr[u]:fitted.train.indptr[u + 1]]) for u in range(
         len(fitted.user_ids))}
     pairs = set(zip(users.tolist(), items.tolist(), strict=True))
-    data = fitted._dataset(users, items, 128, 11, shuffle=True, epochs=2, steps=20)
+    data = fitted._dataset(fitted._examples(11)[0], 128, 11, shuffle=True, epochs=2, steps=20)
     epochs = []
     for _ in range(2):  # each epoch: the first 20 batches of a fresh permutation, no example twice
         rows = np.concatenate([data._rows(k) for k in range(len(data))])
@@ -69,6 +72,38 @@ def test_numpy_batches_follow_the_pipelines_rules(fitted):
     again = _batches(fitted, "numpy", epochs=2, steps=20)[2]
     for (a, _), (b, _) in zip(batches, again, strict=True):
         assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_the_examples_are_the_training_pairs_by_position_and_only_those_read_become_tensors(fitted, monkeypatch):
+    """:class:`models.towers.Examples` addresses the CSR's pairs without materialising them: the training
+    examples are every stored pair but the held-out ones, in the CSR's order; the held-out ones are those drawn
+    by ``default_rng(seed).random(n) < share`` (in chunks: the same draw). The ``tf.data`` batches are each
+    epoch's first batches of a stateless shuffle of all training examples, as when every pair was a tensor."""
+    import tensorflow as tf  # the backend this suite runs (heavy: imported where a test reads its shuffle)
+
+    monkeypatch.setattr(towers, "HELD_OUT_CHUNK", 97)  # many chunks on a small CSR
+    csr = fitted.train
+    coo = csr.tocoo()
+    training, held_out = towers.Examples.split(csr.indptr, csr.indices, 0.1, seed=5)
+    drawn = np.random.default_rng(5).random(csr.nnz) < 0.1
+    assert np.array_equal(held_out.all()[0], coo.row[drawn]) and np.array_equal(held_out.all()[1], coo.col[drawn])
+    assert np.array_equal(training.all()[0], coo.row[~drawn]) and np.array_equal(training.all()[1], coo.col[~drawn])
+    assert len(training) + len(held_out) == csr.nnz and 0 < len(held_out) < 0.2 * csr.nnz
+    rows = np.array([0, 3, len(training) - 1, 3])
+    assert np.array_equal(np.stack(training.take(rows)), np.stack([coo.row[~drawn][rows], coo.col[~drawn][rows]]))
+
+    fitted.params["input"] = "tf.data"
+    data = list(fitted._dataset(training, 128, 11, shuffle=True, epochs=2, steps=5))
+    users, items = coo.row[~drawn], coo.col[~drawn]
+    for epoch in range(2):
+        order = tf.random.experimental.index_shuffle(tf.range(5 * 128, dtype=tf.int64), seed=[11, epoch],
+                                                     max_index=len(training) - 1).numpy()
+        for step in range(5):
+            x, _ = data[epoch * 5 + step]
+            rows = order[step * 128:(step + 1) * 128]
+            assert np.array_equal(x["item"].numpy(), items[rows])
+            read = x["user"].numpy()
+            assert np.array_equal(read[read > 0] - 1, users[rows][read > 0])  # ids not dropped
 
 
 def test_numpy_and_tf_data_batches_agree_in_distribution(fitted):
