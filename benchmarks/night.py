@@ -4,6 +4,7 @@
     python -m benchmarks.night --sizes 5000000 --runners local dask   # the same night, side by side
     python -m benchmarks.night --shape shop --sizes 10000000 30000000 100000000
     python -m benchmarks.night --shape shop --sizes 2000000 --items 100000   # a wide catalogue
+    python -m benchmarks.night --shape shop --sizes 30000000 --keep var/nights   # then benchmarks.fits --home
 
 Shapes: ``ml20m`` (6,925 users and 1,337 items a million interactions, ML-20M's at 20 M) and ``shop`` (100
 interactions a user, 2,000 items a million: 10 M -> 100k users x 20k items, 100 M -> 1 M x 200k; popularity
@@ -22,6 +23,7 @@ GFLOP/s are reported. Prints a JSON and a table. Targets (20 M): <= 30 min, <= 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import resource
@@ -232,13 +234,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="task runners to run each size with, one after the other (RECSYS_TASK_RUNNER)")
     parser.add_argument("--dask-workers", type=int, default=2, help="worker processes of the dask runner's cluster")
     parser.add_argument("--out", default="var/benchmarks/night.json")
+    parser.add_argument("--keep", help="keep each night's home under this folder (for benchmarks.fits), "
+                                       "not in a temporary folder removed after it")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: one size, this process
     args = parser.parse_args(argv)
     if args.one:  # a child: one size in a fresh process, so its peak RSS is its own
-        with tempfile.TemporaryDirectory(prefix=f"night-{args.sizes[0]}-") as tmp:
-            Path(args.out).write_text(json.dumps(run_size(args.sizes[0], Path(tmp), args.epochs, args.models,
-                                                          args.runners[0], args.dask_workers, args.shape,
-                                                          args.items)))
+        with contextlib.ExitStack() as stack:
+            if args.keep:
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+                tmp = tempfile.mkdtemp(prefix=f"night-{args.sizes[0]}-{args.runners[0]}-", dir=args.keep)
+            else:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"night-{args.sizes[0]}-"))
+            Path(args.out).write_text(json.dumps({**run_size(args.sizes[0], Path(tmp), args.epochs, args.models,
+                                                             args.runners[0], args.dask_workers, args.shape,
+                                                             args.items),
+                                                  **({"home": tmp} if args.keep else {})}))
         return 0
     results = []
     for n in args.sizes:
@@ -248,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                            str(args.epochs), "--out", out.name, "--runners", runner, "--dask-workers",
                            str(args.dask_workers), "--shape", args.shape,
                            *(["--items", str(args.items)] if args.items else []),
+                           *(["--keep", args.keep] if args.keep else []),
                            *(["--models", *args.models] if args.models else [])]
                 subprocess.run(command, check=True)
                 results.append(json.loads(Path(out.name).read_text()))
