@@ -10,7 +10,9 @@ blend and the fits the production fit continues) and its production models; the 
 both is replayed on the most recent snapshot, into a scratch folder under the home (removed after).
 ``--give-back no`` replays the same fits with :func:`recsys.memory.give_back` switched off (each task then
 leaves the memory it freed to the process, as before 01cf000). Each mode runs in a fresh child process; RSS
-is sampled every 0.1 s. Prints a JSON line per mode and a table.
+is sampled every 0.1 s. After each fit also the anonymous memory (``RssAnon``) and what glibc's allocator holds in
+use and free (``mallinfo2``): anonymous memory glibc does not hold is another allocator's (Polars', TensorFlow's,
+DuckDB's). Prints a JSON line per mode and a table.
 """
 
 from __future__ import annotations
@@ -70,9 +72,12 @@ class Measured:
         for call in calls:
             start, started = self.sampled.restart(), time.perf_counter()
             out.append(step(**call))
+            heap = memory.heap_gib() or {"in_use": float("nan"), "free": float("nan")}
             self.fits.append({"model": call["name"], "seconds": round(time.perf_counter() - started, 1),
                               "start_gib": round(start, 2), "peak_gib": round(self.sampled.peak, 2),
-                              "after_gib": round(resident_gib(), 2)})
+                              "after_gib": round(resident_gib(), 2), "anon_after_gib": round(status_gib("RssAnon"), 2),
+                              "glibc_in_use_after_gib": round(heap["in_use"], 2),
+                              "glibc_free_after_gib": round(heap["free"], 2)})
         return out
 
 
@@ -105,16 +110,19 @@ def replay(home: Path, give_back: bool) -> dict:
 
 
 def format_table(results: list[dict]) -> str:
-    head = f"{'fit':20}" + "".join(f"{'give back ' + ('yes' if r['give_back'] else 'no'):>34}" for r in results)
-    sub = f"{'':20}" + "".join(f"{'s':>7} {'start':>8} {'peak':>8} {'after':>8}" for _ in results)
+    columns = ("start", "peak", "after", "anon", "glibc")
+    head = f"{'fit':20}" + "".join(f"{'give back ' + ('yes' if r['give_back'] else 'no'):>52}" for r in results)
+    sub = f"{'':20}" + "".join(f"{'s':>7}" + "".join(f"{c:>9}" for c in columns) for _ in results)
     lines = [head, sub]
     for i, fit in enumerate(results[0]["fits"]):
-        cells = "".join(f"{r['fits'][i]['seconds']:7.1f} {r['fits'][i]['start_gib']:8.2f} "
-                        f"{r['fits'][i]['peak_gib']:8.2f} {r['fits'][i]['after_gib']:8.2f}" for r in results)
+        cells = "".join(f"{f['seconds']:7.1f} {f['start_gib']:8.2f} {f['peak_gib']:8.2f} {f['after_gib']:8.2f} "
+                        f"{f['anon_after_gib']:8.2f} {f['glibc_in_use_after_gib']:8.2f}"
+                        for f in (r["fits"][i] for r in results))
         lines.append(f"{fit['model']:20}{cells}")
-    lines.append(f"{'all fits':20}" + "".join(f"{r['seconds']:7.1f} {'':8} {r['peak_gib']:8.2f} {'':8}"
+    lines.append(f"{'all fits':20}" + "".join(f"{r['seconds']:7.1f} {'':8} {r['peak_gib']:8.2f}" + " " * 27
                                               for r in results))
-    return "\n".join(lines) + "\n(GiB resident: at the fit's start, its peak, after it)"
+    return "\n".join(lines) + ("\n(GiB resident: at the fit's start, its peak, after it; after it, the anonymous "
+                               "part and what glibc's allocator holds in use)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,6 +82,24 @@ def give_back() -> None:
         libc.malloc_trim(0)
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_gib() -> dict[str, float] | None:
+    """What glibc's allocator holds now, over all its arenas (``mallinfo2``), in GiB: ``in_use`` (allocated
+    blocks, mapped ones included) and ``free`` (freed, kept in its heaps). The rest of a process's anonymous
+    memory is other allocators' (Polars' jemalloc, TensorFlow's, DuckDB's) or the interpreter's arenas. None
+    where glibc is not the allocator or is older than 2.33."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _Mallinfo2
+    info = libc.mallinfo2()
+    return {"in_use": (info.uordblks + info.hblkhd) / 2**30, "free": info.fordblks / 2**30}
+
+
 def release_memory() -> None:
     """Free a task's models before the next task loads its own. Keras models are reference cycles (layers and
     their graph point at each other), which reference counting never frees: without a collection here, a

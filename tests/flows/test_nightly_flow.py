@@ -333,6 +333,9 @@ def test_the_fits_benchmark_replays_the_nights_production_fits_one_by_one(night)
     assert [f["model"] for f in result["fits"]] == needed([*settings.models, settings.publish_model])
     assert all(f["seconds"] >= 0 and 0 < f["start_gib"] <= f["peak_gib"] and f["after_gib"] > 0
                for f in result["fits"])
+    # After each fit: its anonymous part, and glibc's share of it (in use; the rest is other allocators').
+    assert all(0 < f["glibc_in_use_after_gib"] < f["anon_after_gib"] <= f["after_gib"] for f in result["fits"])
+    assert "glibc" in fits_benchmark.format_table([result])
     assert result["peak_gib"] == max(f["peak_gib"] for f in result["fits"])
     assert not list(Path(settings.home).glob("fits-benchmark-*"))
 
