@@ -35,6 +35,7 @@ from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock, decade_of, padded_row
 from models.text import MAX_TOKENS
 from models.towers import Examples, LazyAdam, TrainingBatches, TwoTowerNet, first_items_by_time, keras, ops
 from recsys import progress
+from recsys.schema import ITEM_ID, TIMESTAMP, USER_ID
 
 
 class TwoTower(Recommender):
@@ -119,7 +120,8 @@ class TwoTower(Recommender):
 
     def _encode(self, interactions, user_features, item_features) -> None:
         super()._encode(interactions, user_features, item_features)
-        self.first_items = first_items_by_time(interactions, self.user_ids, self.item_ids)
+        self.first_items = first_items_by_time(interactions.lazy().select(USER_ID, ITEM_ID, TIMESTAMP).collect(),
+                                               self.user_ids, self.item_ids)
 
     def _tower_demographics(self, demographics: np.ndarray) -> np.ndarray:
         """The demographic codes the user tower reads: columns not in ``user_demographics`` read as unknown."""

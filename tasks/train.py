@@ -61,15 +61,17 @@ def fit_arguments(name: str, fitted: dict[str, FittedModel], validation: str | N
 
 
 def fit_one(
-    name: str, train: pl.DataFrame, user_features: pl.DataFrame, item_features: pl.DataFrame, settings: Settings, *,
+    name: str, train: pl.DataFrame | pl.LazyFrame, user_features: pl.DataFrame, item_features: pl.DataFrame,
+    settings: Settings, *,
     components: dict[str, Recommender] | None = None, validation: list[ValidationCase] | None = None,
     weights: dict | None = None, warm_from: Recommender | None = None, last_blend: dict | None = None,
     fold: str = "", log=print,
 ) -> Recommender:
-    """Fit one model on ``train``. A hybrid blends the fitted ``components`` and tunes its weights on
-    ``validation`` cases (keeping ``last_blend``'s, last night's published blend, where tonight's do not beat
-    them significantly), or takes ``weights`` tuned on another fold (the production fit reuses the evaluation
-    fold's). ``warm_from``: another fold's fit of this model to continue from (the two-tower)."""
+    """Fit one model on ``train`` (a frame, or a scan the fit collects only what it reads of). A hybrid blends
+    the fitted ``components`` and tunes its weights on ``validation`` cases (keeping ``last_blend``'s, last
+    night's published blend, where tonight's do not beat them significantly), or takes ``weights`` tuned on
+    another fold (the production fit reuses the evaluation fold's). ``warm_from``: another fold's fit of this
+    model to continue from (the two-tower)."""
     started = time.perf_counter()
     label = f" ({fold})" if fold else ""
     model = build(name, **model_params(name, settings))
@@ -112,7 +114,7 @@ def fit_model(settings: Settings, name: str, train: str, features: FeatureSet, f
     use_threads(settings.scoring_threads, settings.keep_freed_memory)
     user_features, item_features = features.read()
     loaded = load_many(components or {})
-    model = fit_one(name, pl.read_parquet(train), user_features, item_features, settings, components=loaded,
+    model = fit_one(name, pl.scan_parquet(train), user_features, item_features, settings, components=loaded,
                     validation=ValidationFold.load_cases(validation) if validation else None,
                     weights=json.loads(Path(weights).read_text()) if weights else None,
                     warm_from=load(Path(warm_from)) if warm_from else None,

@@ -96,3 +96,20 @@ def test_the_data_fingerprint_is_of_the_pairs_whatever_their_order():
               pairs.with_columns(pl.col("user_id").replace(3, 4)), pairs.rename({"user_id": "item_id", "item_id":
                                                                                   "user_id"})]
     assert len({fingerprint, *(base.data_fingerprint(frame) for frame in others)}) == 1 + len(others)
+
+
+def test_a_fit_on_a_scan_collects_only_the_columns_its_model_reads_and_fits_the_same(small_data):
+    """The night's fits read their fold's file as a lazy scan: the encoding collects the pairs (the two-tower also
+    their times) and nothing else, and the fit is the frame's fit."""
+    train, uf, itf, _ = small_data
+
+    def never_read(batch):
+        raise AssertionError("a column no model reads was collected")
+
+    scan = train.lazy().with_columns(rating=pl.col("rating").map_batches(never_read, return_dtype=pl.Float64))
+    for name, params in (("item_knn", {"neighbours": 20}),
+                         ("two_tower", {"dim": 8, "hidden": 16, "batch_size": 128, "epochs": 1})):
+        lazy, eager = (build(name, **params).fit(frame, uf, itf, seed=3) for frame in (scan, train))
+        assert lazy._fingerprint == eager._fingerprint and (lazy.train != eager.train).nnz == 0
+        users = eager.user_ids[:25]
+        assert np.array_equal(lazy.score_users(users), eager.score_users(users))
