@@ -161,3 +161,9 @@ def test_first_items_are_the_pairs_earliest_rows_in_time_order_as_a_lexsort_find
     _, first = np.unique(rows[order] * len(item_ids) + cols[order], return_index=True)
     expected = cols[order][np.sort(first)]
     assert np.array_equal(first_items_by_time(inter, user_ids, item_ids), expected)
+    # Ordered for users of ~chunk_rows interactions at a time: the same, whether the rows come by user (as a
+    # snapshot's do: each chunk a slice) or in any order.
+    by_user = inter.sort("user_id", maintain_order=True)
+    for chunk_rows in (1, 997, 5_000):
+        assert np.array_equal(first_items_by_time(inter, user_ids, item_ids, chunk_rows), expected)
+        assert np.array_equal(first_items_by_time(by_user, user_ids, item_ids, chunk_rows), expected)
