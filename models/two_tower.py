@@ -33,7 +33,17 @@ from models.base import Recommender, carried_rows
 from models.ranking import Stage, factor_moments, factor_stage
 from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock, decade_of, padded_rows
 from models.text import MAX_TOKENS
-from models.towers import Examples, LazyAdam, TrainingBatches, TwoTowerNet, first_items_by_time, keras, ops
+from models.towers import (
+    Examples,
+    LazyAdam,
+    TrainingBatches,
+    TwoTowerNet,
+    first_items_by_time,
+    keras,
+    numpy_tensor,
+    ops,
+    unserialised,
+)
 from recsys import progress
 from recsys.schema import ITEM_ID, TIMESTAMP, USER_ID
 
@@ -251,6 +261,9 @@ class TwoTower(Recommender):
         it), drawn by a stateless index shuffle: no shuffle buffer, so memory does not grow with the data
         (a 4 M-element buffer held several GiB at 5 M interactions). The shuffle is stateless, so the rows every
         epoch reads are drawn before training and only their pairs are made tensors (at most the fit's budget).
+        The tables the batches read (every user's items, the training CSR) are TensorFlow tensors over NumPy's
+        memory, and the pipeline is not serialised for tf.data's graph rewrites, which copies what its functions
+        capture: see :func:`models.towers.numpy_tensor`.
         """
         if self.params["input"] == "numpy" or keras.backend.backend() != "tensorflow":
             return TrainingBatches(examples, self.train.indptr, self.train.indices, self.first_items,
@@ -259,10 +272,10 @@ class TwoTower(Recommender):
         import tensorflow as tf  # the backend in use (checked above): its input pipeline
 
         p = self.params
-        indptr = tf.constant(self.train.indptr.astype(np.int64))
-        indices = tf.constant(self.train.indices.astype(np.int32, copy=False))
-        first_indices = tf.constant(self.first_items)
-        demo_table = tf.constant(self.train_demographics)
+        indptr = numpy_tensor(self.train.indptr.astype(np.int64))
+        indices = numpy_tensor(self.train.indices)
+        first_indices = numpy_tensor(self.first_items)
+        demo_table = numpy_tensor(self.train_demographics)
         bag_size = int(p["bag_size"])
         full = self._full_softmax()
 
@@ -289,12 +302,12 @@ class TwoTower(Recommender):
 
         if not shuffle:
             ds = tf.data.Dataset.from_tensor_slices(examples.all())
-            return ds.batch(batch, drop_remainder=True).map(featurize).prefetch(2)
+            return ds.batch(batch, drop_remainder=True).map(featurize).prefetch(2).with_options(unserialised())
         per_epoch = steps * batch
         rows = np.concatenate([tf.random.experimental.index_shuffle(
             tf.range(per_epoch, dtype=tf.int64), seed=tf.constant([seed, epoch], tf.int64),
             max_index=len(examples) - 1).numpy() for epoch in range(epochs)])
-        read_users, read_items = (tf.constant(a) for a in examples.take(rows))  # in the order they are read
+        read_users, read_items = (numpy_tensor(a) for a in examples.take(rows))  # in the order they are read
 
         def batch_of(epoch, step):
             at = tf.range(epoch * per_epoch + step * batch, epoch * per_epoch + (step + 1) * batch, dtype=tf.int64)
@@ -302,7 +315,7 @@ class TwoTower(Recommender):
 
         ds = tf.data.Dataset.range(epochs).flat_map(
             lambda epoch: tf.data.Dataset.range(steps).map(lambda step: batch_of(epoch, step)))
-        return ds.prefetch(2)
+        return ds.prefetch(2).with_options(unserialised())
 
     # -- serving -------------------------------------------------------------------------------------------
 
