@@ -273,7 +273,7 @@ class TwoTower(Recommender):
 
         p = self.params
         indptr = numpy_tensor(self.train.indptr.astype(np.int64))
-        indices = numpy_tensor(self.train.indices)
+        indices = numpy_tensor(self.train.indices.astype(np.int32, copy=False))
         first_indices = numpy_tensor(self.first_items)
         demo_table = numpy_tensor(self.train_demographics)
         bag_size = int(p["bag_size"])
