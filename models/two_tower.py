@@ -129,9 +129,10 @@ class TwoTower(Recommender):
         return padded_rows(self.item_tokens, MAX_TOKENS)
 
     def _encode(self, interactions, user_features, item_features) -> None:
+        # The pairs and their times read once: the encoding selects the pairs from them without a copy.
+        interactions = interactions.lazy().select(USER_ID, ITEM_ID, TIMESTAMP).collect()
         super()._encode(interactions, user_features, item_features)
-        self.first_items = first_items_by_time(interactions.lazy().select(USER_ID, ITEM_ID, TIMESTAMP).collect(),
-                                               self.user_ids, self.item_ids)
+        self.first_items = first_items_by_time(interactions, self.user_ids, self.item_ids)
 
     def _tower_demographics(self, demographics: np.ndarray) -> np.ndarray:
         """The demographic codes the user tower reads: columns not in ``user_demographics`` read as unknown."""
