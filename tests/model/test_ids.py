@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from models import base
 from models.base import distinct_ids, positions_of
-from models.registry import build
+from models.registry import build, load_many
 
 
 @pytest.mark.parametrize("values", [
@@ -84,6 +84,31 @@ def test_models_fitted_on_the_same_data_share_one_encoding_equal_to_their_own(sm
                                 .otherwise(pl.col("title")).alias("title"))
     other = build("popularity").fit(train.slice(1), uf, retitled, seed=1)
     assert other.item_tokens is not less.item_tokens and (other.item_tokens != less.item_tokens).nnz
+
+
+def test_a_training_file_saved_from_the_kept_encoding_loads_as_that_encodings_matrix(small_data, tmp_path):
+    """The hybrid's production fit loads its components right after the fits that saved them, in the process
+    that keeps their fold's encoding: their training file is that encoding's matrix, not a second copy. The
+    same content saved from other data, or loaded once the encoding is let go, is read from the file."""
+    train, uf, itf, _ = small_data
+    base.LAST_ENCODING.forget()
+    fits = {name: build(name).fit(train, uf, itf, seed=1) for name in ("popularity", "item_knn")}
+    store = tmp_path / "fold" / ".files"
+    paths = {name: model.save(tmp_path / "fold" / name, store=store) for name, model in fits.items()}
+    kept = fits["item_knn"].train
+    loaded = load_many(paths)
+    assert loaded["popularity"].train is kept and loaded["item_knn"].train is kept
+    users = fits["item_knn"].user_ids[:25]
+    assert loaded["item_knn"].recommend(users, n=10).equals(fits["item_knn"].recommend(users, n=10))
+
+    other = build("popularity").fit(train.slice(1), uf, itf, seed=1)  # now the kept encoding is other data's
+    other_path = other.save(tmp_path / "fold" / "other", store=store)
+    again = load_many({**paths, "other": other_path})
+    assert again["other"].train is other.train
+    assert again["item_knn"].train is not kept and again["item_knn"].train is again["popularity"].train
+    assert (again["item_knn"].train != kept).nnz == 0 and again["item_knn"].train.dtype == kept.dtype
+    base.LAST_ENCODING.forget()
+    assert load_many({"other": other_path})["other"].train is not other.train
 
 
 def test_the_data_fingerprint_is_of_the_pairs_whatever_their_order():
