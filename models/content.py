@@ -28,6 +28,8 @@ FIRST_YEAR, LAST_YEAR = 1880, 2040  # exact release years one-hot; others (and u
 # vector: every item; genres): scipy's single-threaded sparse x dense product over them was 57 % of scoring
 # the published hybrid at 5 M interactions. The rest (title words, years) stays sparse.
 DENSE_COLUMN_SHARE = 0.05
+# The sparse part's scores are added to the dense part's this many at a time (float32: 1 MB, in cache).
+CONTENT_ADD_VALUES = 1 << 18
 
 
 def _unit_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
@@ -98,8 +100,14 @@ class ContentKNN(Recommender):
         if sparse_columns.nnz:
             # The sum is dense (users x columns) anyway: the sparse columns times the profile's few thousand word and
             # year columns densified, in one pass, instead of a sparse product that built a CSR of nearly every
-            # pair before densifying it (an 80-user block of 200k items: 0.171 s -> 0.024 s).
-            scores += (sparse_columns @ profile[1].toarray().T).T
+            # pair before densifying it (an 80-user block of 200k items: 0.171 s -> 0.024 s). Added in column
+            # chunks whose transposed product stays in cache (~1 MB): added whole, the transposed read of a
+            # catalogue-wide product was most of the sum (an 80-user block of 200k items: 0.10 s -> 0.06 s).
+            # Each score is the same product, summed in the same order.
+            words = profile[1].toarray().T
+            step = max(1, CONTENT_ADD_VALUES // max(1, words.shape[1]))
+            for lo in range(0, sparse_columns.shape[0], step):
+                scores[:, lo:lo + step] += (sparse_columns[lo:lo + step] @ words).T
         return scores
 
     def _columns(self, columns: np.ndarray | slice) -> tuple[np.ndarray, sp.csr_matrix]:

@@ -11,6 +11,7 @@ from model_helpers import block_of, fit_model
 from polars.testing import assert_frame_equal
 
 import models.base
+import models.content
 import models.item_knn
 from models.ease import DEFAULT_MAX_ITEMS, _cholesky_in_place, _spd_inverse_in_place, memory_item_cap
 from models.hybrid import ColumnPart, Hybrid, MixWeight
@@ -251,6 +252,26 @@ def test_content_z_scores_of_a_few_columns_equal_standardising_the_whole_catalog
     assert (few[32:] == 0).all() and np.abs(few[:30]).max() > 1.0
     block.shared = {id(model): model.score_block(block)}
     np.testing.assert_array_equal(model.column_z_scores(block, columns), whole[:, columns])
+
+
+@pytest.mark.parametrize("values", [1, 97, 1 << 30])  # one column a chunk, ragged chunks, one chunk
+def test_content_scores_added_in_column_chunks_are_the_whole_sum_bit_for_bit(small_data, monkeypatch, values):
+    """The sparse part's scores are added to the dense part's a cache-sized chunk of columns at a time: each
+    score is the same product summed in the same order, so the catalogue and a few columns score the same bits
+    whatever the chunk, and as the profile dotted with each item's content row."""
+    train, uf, itf, cold = small_data
+    model = fit_model("content_knn", train, uf, itf, seed=3)
+    block = block_of(model, train, cold)
+    columns = np.flatnonzero(np.arange(len(model.item_ids)) % 3 == 1)
+    whole, few = model.score_block(block), model.column_scores(block, columns)
+    monkeypatch.setattr(models.content, "CONTENT_ADD_VALUES", values)
+    np.testing.assert_array_equal(model.score_block(block), whole)
+    np.testing.assert_array_equal(model.column_scores(block, columns), few)
+    assert np.abs(whole).max() > 0
+    dense, sparse = model._profile(block)
+    profile = np.hstack([dense, sparse.toarray()]).astype(np.float64)
+    content = np.hstack([p.toarray() if sp.issparse(p) else p for p in model._scoring_parts()]).astype(np.float64)
+    np.testing.assert_allclose(whole, profile @ content.T, rtol=1e-4, atol=1e-5)
 
 
 def test_a_blend_weight_is_applied_per_user_and_per_item_only_where_it_depends_on_the_item():
