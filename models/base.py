@@ -584,11 +584,11 @@ class SharedFiles:
                 return self._read[self._inodes[inode]]
             key = (file.name, hashlib.file_digest(f, "sha256").digest())
             if key not in self._read:
-                kept = LAST_ENCODING.saved_array(*key)
-                if kept is None:
+                value = LAST_ENCODING.saved_array(*key)
+                if value is None:
                     f.seek(0)
-                    kept = parse(f)
-                self._read[key] = kept
+                    value = parse(f)
+                self._read[key] = value
         self._inodes[inode] = key
         return self._read[key]
 
