@@ -101,6 +101,9 @@ class ALS(Recommender):
     def score_block(self, users: UserBlock) -> np.ndarray:
         return self.user_vectors(users) @ self.solver.item_factors.T
 
+    def candidate_scores(self, users: UserBlock, keep: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        return self.own_candidates(users, keep, n)
+
     def first_stage(self, users: UserBlock, depth: int) -> Stage:
         """The block's best ``depth`` a user from one product with the item factors; the rows' moments from
         the factors' sums and Gram matrix (:class:`models.ranking.FactorMoments`), kept for the fitted factors."""

@@ -34,7 +34,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from models.explain import Explaining
-from models.ranking import Stage
+from models.ranking import Stage, factor_tile_width
 from models.serving import (
     COLUMN_BLOCK_MAX_USERS,
     DEMOGRAPHIC_COLUMNS,
@@ -283,11 +283,36 @@ class Recommender(Explaining, ABC):
         """Whether the block's whole scores are already computed and shared (another reader scored it)."""
         return users.shared is not None and id(self) in users.shared
 
-    def candidate_scores(self, users: UserBlock, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Two-stage serving: the catalogue columns this model scores for the block (sorted, ``keep`` among
-        them) and its scores of them, or None: it ranks the whole catalogue (:meth:`block_scores`). Default:
-        None; the hybrid serves a wide catalogue in two stages."""
+    def candidate_scores(self, users: UserBlock, keep: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Two-stage serving of the block's top ``n`` unseen items: the catalogue columns this model scores for
+        the block (sorted, ``keep`` among them) and its scores of them, or None: it ranks the whole catalogue
+        (:meth:`block_scores`). Default: None; the hybrid serves a wide catalogue in two stages, and a factor
+        model its own lists (:meth:`own_candidates`)."""
         return None
+
+    def own_candidates(self, users: UserBlock, keep: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`candidate_scores` of a model whose first stage finds its best items a tile at a time
+        (:func:`models.ranking.factor_top`): the union of the block's users' best ``n`` unseen items and
+        ``keep``, scored by the stage. Each user's best ``n`` are among them, so the top ``n`` of these columns
+        is the full ranking's. None where the block's whole scores are already computed (another reader
+        scored it) or the catalogue is scored whole (:func:`models.ranking.factor_tile_width`)."""
+        if (n <= 0 or self._block_is_scored(users)
+                or factor_tile_width(len(users.user_ids), len(self.item_ids)) is None):
+            return None
+        stage = self.stage_of(users, n)
+        columns = np.union1d(stage.top[stage.top >= 0], np.asarray(keep, dtype=np.int64))
+        return columns, stage.scores_at(columns)
+
+    def stage_of(self, users: UserBlock, depth: int) -> Stage:
+        """:meth:`first_stage`, found once per shared block: a model served beside a hybrid that blends it
+        (evaluation) lists its own best items from the stage the hybrid reads (the deeper of the two asks)."""
+        if users.shared is None:
+            return self.first_stage(users, depth)
+        key = ("stage", id(self))
+        kept = users.shared.get(key)
+        if kept is None or kept.top.shape[1] < depth:
+            kept = users.shared[key] = self.first_stage(users, depth)
+        return kept.shallower(depth)
 
     def block_scores(self, users: UserBlock) -> np.ndarray:
         """:meth:`score_block`, computed once per block where several models share it (a hybrid and its
@@ -327,6 +352,13 @@ class Recommender(Explaining, ABC):
         bit-for-bit the same whenever the blocks are the same: callers that split users among processes cut
         at multiples of this (BLAS may round a row differently inside a block of another shape)."""
         return max(1, SCORE_BLOCK_CELLS // max(1, len(self.item_ids)))
+
+    @property
+    def serving_block_users(self) -> int:
+        """Users a block where this model is served alone (:func:`models.serving.serve_together`; the publish
+        cuts its users at multiples of it): :attr:`block_users`, unless its serving holds less than the
+        catalogue a user (a hybrid served in two stages)."""
+        return self.block_users
 
     def column_block_users(self, n_columns: int) -> int:
         """Users a block where only ``n_columns`` catalogue columns are scored (:meth:`column_scores` of the

@@ -150,7 +150,7 @@ def serve_together(
         columns = _columns_of(lead.item_ids, items)
         if len(columns) and users_per_item > 0:
             by_item.update({name: BestUsers(lead.item_ids[columns], users_per_item) for name in group})
-        block = lead.block_users
+        block = lead.serving_block_users if len(group) == 1 else lead.block_users
         for lo in range(0, len(user_ids), block):
             ub = lead._user_block(user_ids[lo:lo + block], extra[lo:lo + block])
             if len(group) > 1 or explain or (len(columns) and users_per_item > 0):
@@ -158,7 +158,7 @@ def serve_together(
             progress.detail(f"{lo:,} of {len(user_ids):,} users scored")
             for name in group:
                 # Two-stage serving where the model does it (a wide catalogue): its scores of some columns.
-                found = models[name].candidate_scores(ub, columns)
+                found = models[name].candidate_scores(ub, columns, top) if exclude_seen else None
                 if found is None:
                     scored, scores = slice(None), models[name].block_scores(ub)
                     history, asked = ub.history, columns

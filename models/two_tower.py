@@ -346,6 +346,9 @@ class TwoTower(Recommender):
         scores += self.item_biases[None, :]
         return scores
 
+    def candidate_scores(self, users: UserBlock, keep: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        return self.own_candidates(users, keep, n)
+
     def first_stage(self, users: UserBlock, depth: int) -> Stage:
         """The block's best ``depth`` a user from the towers' product as :meth:`score_block` computes it; the
         rows' moments from the item vectors' sums and Gram matrix (:class:`models.ranking.FactorMoments`: a

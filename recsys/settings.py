@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     retrieval_min_items: int = Field(50_000, ge=0, description="Catalogues of at least this many items are served "
                                      "in two stages (below it a block's candidates are a large share of the "
                                      "catalogue, and ranking all of it costs about as much).")
+    retrieval_block_users: int = Field(320, ge=1, description="Users a block when a hybrid serves a wide "
+                                       "catalogue in two stages (at least its catalogue-wide block): a block "
+                                       "holds its users' candidates, not the catalogue, and fewer blocks cost "
+                                       "less of the fixed work of each (new items' audiences, the towers' calls).")
     batch_size: int = 1024
     scoring_threads: int = Field(0, ge=0, description="Threads of blockwise scoring and top-N selection (0: every "
                                  "core this process may use).")

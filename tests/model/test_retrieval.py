@@ -6,14 +6,18 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 from model_helpers import block_of, fit_model
+from polars.testing import assert_frame_equal
 
 import models.base
+import models.ranking
 from benchmarks.night import two_stage_agreement
 from models.hybrid import Hybrid
-from models.ranking import served_z_scores, unseen_top
+from models.ranking import factor_scores, factor_top, served_z_scores, unseen_top
 from models.registry import build
 from models.serving import serve_together
+from tasks.publish import score_step
 
 CAPPED_EASE = {"l2": 50.0, "max_items": 60}  # fitted on half the catalogue: the other half scores 0
 
@@ -67,6 +71,85 @@ def test_a_first_stage_lists_each_users_best_unseen_items_and_standardises_as_th
     np.testing.assert_array_equal(shared.top, unseen_top(whole, block.history, depth, model.tiebreak))
 
 
+@pytest.mark.parametrize("divisor,with_bias", [(1.0, False), (0.7, True)])
+def test_a_factor_models_best_items_found_a_tile_at_a_time_are_the_whole_rankings(monkeypatch, divisor, with_bias):
+    """:func:`factor_top` scores a 20k-item catalogue in 1,024-column tiles from a sampled bound and lists the
+    same columns in the same order as ranking each user's whole row: ordinary users, users whose scores tie
+    everywhere (a zero vector), a user who has seen all but three items, a user who has seen a tenth of them
+    (the sample's seen items masked), a NaN row, items with identical factors (ties broken by the tie-break
+    rank), a depth wider than a tile's share."""
+    rng = np.random.default_rng(7)
+    n_items, factors = 20_000, 16
+    items = rng.standard_normal((n_items, factors), dtype=np.float32)
+    items[17] *= 4
+    items[5000:5400] = items[17]  # 401 items tied with item 17 for every user
+    vectors = rng.standard_normal((40, factors), dtype=np.float32)
+    vectors[3] = 0.0
+    vectors[9] = items[17] * 3  # item 17 and its 400 twins are this user's best
+    vectors[11] = np.nan
+    bias = rng.standard_normal(n_items).astype(np.float32) if with_bias else None
+    tiebreak = rng.permutation(n_items).astype(np.int64)
+    rows = [np.full(n_items - 3, 5), np.full(2000, 6), rng.integers(0, 40, 3000)]
+    cols = [np.arange(3, n_items), rng.choice(n_items, 2000, replace=False), rng.integers(0, n_items, 3000)]
+    seen = sp.csr_matrix((np.ones(sum(map(len, rows)), dtype=np.float32), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=(40, n_items))
+    seen.sum_duplicates()
+    monkeypatch.setattr(models.ranking, "FACTOR_TILE_CELLS", 40 * 1024)
+    assert models.ranking.factor_tile_width(40, n_items) == 1024
+    for depth in (10, 50, 700):
+        whole = factor_scores(vectors, items, divisor, bias, slice(None))
+        expected = unseen_top(whole, seen, depth, tiebreak)
+        found = factor_top(vectors, items, divisor, bias, seen, depth, tiebreak)
+        np.testing.assert_array_equal(found, expected, err_msg=str(depth))
+    assert (found[5, 3:] == -1).all() and set(found[5, :3]) == {0, 1, 2}
+    assert (found[11] == -1).all()
+    twins = {17, *range(5000, 5400)} - set(seen[9].indices)
+    assert 390 < len(twins) and (set(found[9, :len(twins)]) == twins or with_bias)
+
+
+@pytest.mark.parametrize("model_name", ["als", "two_tower"])
+def test_a_factor_model_serves_its_own_lists_in_two_stages_as_its_full_ranking(small_data, model_name, monkeypatch):
+    """Where its catalogue is tiled (forced here: 8-column tiles of a 120-item catalogue), a factor model
+    serves alone from its first stage's best items (:meth:`Recommender.own_candidates`): the same lists, order
+    and scores as ranking every item, for warm, k-shot and zero-shot users and a user who has seen all but two
+    items; with reasons; and beside other models (a shared block: evaluation), where its stage is found once a
+    block for every reader (here the same model under two names)."""
+    train, uf, itf, cold = small_data
+    model = fit_model(model_name, train, uf, itf, seed=3)
+    other = fit_model("popularity", train, uf, itf, seed=3)
+    block = block_of(model, train, cold)
+    users = np.concatenate([np.sort(train["user_id"].unique().to_numpy()), cold])
+    full = model.recommend(users, n=10)
+    full_served = model.serve(users, n=10)
+    expected_top = model.first_stage(block, 10).top
+    monkeypatch.setattr(models.ranking, "FACTOR_TILE_CELLS", 8)
+    monkeypatch.setattr(models.ranking, "FACTOR_TILE_MIN_COLUMNS", 8)
+    np.testing.assert_array_equal(model.first_stage(block, 10).top, expected_top)
+    widths, stages = [], []
+    original, first_stage = type(model).candidate_scores, type(model).first_stage
+
+    def spied(self, users, keep, n):
+        found = original(self, users, keep, n)
+        widths.append(None if found is None else len(found[0]))
+        return found
+
+    def counted(self, users, depth):
+        stages.append(depth)
+        return first_stage(self, users, depth)
+
+    monkeypatch.setattr(type(model), "candidate_scores", spied)
+    monkeypatch.setattr(type(model), "first_stage", counted)
+    assert model.recommend(users, n=10).equals(full)
+    assert widths and all(w is not None and w < len(model.item_ids) for w in widths)
+    widths.clear()
+    assert_frame_equal(model.serve(users, n=10).top, full_served.top)  # reasons too
+    assert widths and all(w is not None for w in widths)
+    stages.clear()
+    beside = serve_together({"one": model, "popularity": other, "two": model}, users, 10)
+    assert beside["one"].top.equals(full) and beside["two"].top.equals(full)
+    assert len(stages) == -(-len(users) // model.block_users)  # one stage a block for both names
+
+
 @pytest.fixture(scope="module")
 def hybrid_with_new_items(small_data):
     """The night's hybrid on the fixture with a tenth of the items held out of training (items nobody has
@@ -95,8 +178,8 @@ def test_a_hybrid_served_in_two_stages_publishes_the_full_rankings_lists(small_d
     widths = []
     original = Hybrid.candidate_scores
 
-    def spied(self, users, keep):
-        found = original(self, users, keep)
+    def spied(self, users, keep, n):
+        found = original(self, users, keep, n)
         if found is not None:
             widths.append(len(found[0]))
         return found
@@ -107,7 +190,7 @@ def test_a_hybrid_served_in_two_stages_publishes_the_full_rankings_lists(small_d
     new = hybrid.item_ids[hybrid.item_popularity == 0]
     few = hybrid.item_ids[hybrid.item_popularity < 5]
     block = hybrid._user_block(users[:8], hybrid._history_matrix(users[:8], None))
-    assert hybrid.candidate_scores(block, np.zeros(0, dtype=np.int64)) is None
+    assert hybrid.candidate_scores(block, np.zeros(0, dtype=np.int64), 10) is None
 
     def serve(model, **others):
         return serve_together({"hybrid": model, **others}, users, 10, history=revealed, explain=True, items=few,
@@ -118,13 +201,14 @@ def test_a_hybrid_served_in_two_stages_publishes_the_full_rankings_lists(small_d
     assert placed.height > 0 and (placed["reason_kind"] == "content").all()
     for depth in (len(hybrid.item_ids), 10):
         widths.clear()
-        hybrid.params.update(retrieval_min_items=0, retrieval_depth=depth)
+        # Its own blocks as large as the catalogue's: float32 rows are rounded by the block's shape.
+        hybrid.params.update(retrieval_min_items=0, retrieval_depth=depth, retrieval_block_users=6)
         try:
             two = serve(hybrid)
             beside = serve(hybrid, **hybrid.components)
         finally:
-            hybrid.params.update(retrieval_min_items=build("hybrid").params["retrieval_min_items"],
-                                 retrieval_depth=build("hybrid").params["retrieval_depth"])
+            hybrid.params.update({name: build("hybrid").params[name] for name in (
+                "retrieval_min_items", "retrieval_depth", "retrieval_block_users")})
         for served in (two, beside):
             assert lists_of(served.top).equals(lists_of(full.top)), depth
             joined = full.top.join(served.top, on=["user_id", "item_id"])
@@ -134,6 +218,60 @@ def test_a_hybrid_served_in_two_stages_publishes_the_full_rankings_lists(small_d
                 "item_id", "user_id", "rank"))
         if depth == 10:
             assert np.mean(widths) < 0.8 * len(hybrid.item_ids), np.mean(widths)
+
+
+def test_a_hybrid_served_in_two_stages_serves_and_publishes_in_its_own_larger_blocks(
+        small_data, hybrid_with_new_items, monkeypatch, tmp_path):
+    """Served alone in two stages, a hybrid's blocks are ``retrieval_block_users`` users (its second stage
+    holds the block's candidates, not the catalogue): the same lists, order, reasons and audiences as in its
+    catalogue-wide blocks; beside its components (evaluation, whose blocks are shared whole) and in one stage it
+    keeps those. The publish cuts its users at multiples of the larger block: split in 1 or 3 tasks, the same
+    rows bit for bit."""
+    train, uf, itf, _ = small_data
+    hybrid = hybrid_with_new_items
+    monkeypatch.setattr(models.base, "SCORE_BLOCK_CELLS", 6 * len(hybrid.item_ids))  # 6-user catalogue blocks
+    users = np.sort(train["user_id"].unique().to_numpy())
+    few = hybrid.item_ids[hybrid.item_popularity < 5]
+    assert hybrid.block_users == hybrid.serving_block_users == 6  # 120 items: one stage
+    blocks = []
+    original = type(hybrid)._user_block
+
+    def counted(self, user_ids, history):
+        blocks.append(len(user_ids))
+        return original(self, user_ids, history)
+
+    monkeypatch.setattr(type(hybrid), "_user_block", counted)
+    forced = ("retrieval_min_items", "retrieval_depth", "retrieval_block_users")
+    defaults = {name: hybrid.params[name] for name in forced}
+    served = {}
+    try:
+        for label, block in (("catalogue blocks", 6), ("own blocks", 40)):
+            hybrid.params.update(retrieval_min_items=0, retrieval_depth=10, retrieval_block_users=block)
+            assert hybrid.serving_block_users == block
+            blocks.clear()
+            served[label] = hybrid.serve(users, 10, explain=True, items=few, users_per_item=15)
+            assert max(blocks) == block and len(blocks) == -(-len(users) // block)
+        blocks.clear()
+        serve_together({"hybrid": hybrid, **hybrid.components}, users[:30], 10)
+        assert max(blocks) == 6
+        hybrid.save(tmp_path / "hybrid")
+        path = tmp_path / "users.parquet"
+        pl.DataFrame({"user_id": users}).write_parquet(path)
+        whole = score_step(str(tmp_path / "hybrid"), str(path), 0, 1, 10, str(tmp_path / "one"), 5, 15)
+        parts = [score_step(str(tmp_path / "hybrid"), str(path), b, 3, 10, str(tmp_path / "three"), 5, 15)
+                 for b in range(3)]
+    finally:
+        hybrid.params.update(defaults)
+    # The same lists to float32 rounding, which a block's shape changes (near-ties may swap places).
+    own, catalogue = (lists_of(served[label].top) for label in ("own blocks", "catalogue blocks"))
+    assert own["user_id"].equals(catalogue["user_id"])
+    assert (own["item_id"] == catalogue["item_id"]).mean() > 0.95
+    joined = served["catalogue blocks"].top.join(served["own blocks"].top, on=["user_id", "item_id"])
+    assert joined.height > 0.99 * served["catalogue blocks"].top.height
+    np.testing.assert_allclose(joined["score_right"].to_numpy(), joined["score"].to_numpy(), atol=1e-4)
+    sizes = [pl.read_parquet(part.top)["user_id"].n_unique() for part in parts]
+    assert all(size % 40 == 0 for size in sizes[:-1]) and sum(sizes) == len(users)
+    assert_frame_equal(pl.concat([pl.read_parquet(part.top) for part in parts]), pl.read_parquet(whole.top))
 
 
 def test_the_night_benchmark_judges_the_published_lists_against_the_full_ranking(small_data, hybrid_with_new_items,
