@@ -34,7 +34,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from models.explain import Explaining
-from models.ranking import Stage, factor_tile_width
+from models.ranking import Stage, tile_width
 from models.serving import (
     COLUMN_BLOCK_MAX_USERS,
     DEMOGRAPHIC_COLUMNS,
@@ -287,17 +287,18 @@ class Recommender(Explaining, ABC):
         """Two-stage serving of the block's top ``n`` unseen items: the catalogue columns this model scores for
         the block (sorted, ``keep`` among them) and its scores of them, or None: it ranks the whole catalogue
         (:meth:`block_scores`). Default: None; the hybrid serves a wide catalogue in two stages, and a factor
-        model its own lists (:meth:`own_candidates`)."""
+        model or the content neighbourhood its own lists (:meth:`own_candidates`)."""
         return None
 
     def own_candidates(self, users: UserBlock, keep: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray] | None:
         """:meth:`candidate_scores` of a model whose first stage finds its best items a tile at a time
-        (:func:`models.ranking.factor_top`): the union of the block's users' best ``n`` unseen items and
-        ``keep``, scored by the stage. Each user's best ``n`` are among them, so the top ``n`` of these columns
-        is the full ranking's. None where the block's whole scores are already computed (another reader
-        scored it) or the catalogue is scored whole (:func:`models.ranking.factor_tile_width`)."""
+        (:func:`models.ranking.tiled_top`: the factor models, the content neighbourhood): the union of the
+        block's users' best ``n`` unseen items and ``keep``, scored by the stage. Each user's best ``n`` are
+        among them, so the top ``n`` of these columns is the full ranking's. None where the block's whole
+        scores are already computed (another reader scored it) or the catalogue is scored whole
+        (:func:`models.ranking.tile_width`)."""
         if (n <= 0 or self._block_is_scored(users)
-                or factor_tile_width(len(users.user_ids), len(self.item_ids)) is None):
+                or tile_width(len(users.user_ids), len(self.item_ids)) is None):
             return None
         stage = self.stage_of(users, n)
         columns = np.union1d(stage.top[stage.top >= 0], np.asarray(keep, dtype=np.int64))

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import Recommender, mix64
-from models.ranking import unseen_moments
+from models.ranking import Stage, tiled_top, unseen_moments
 from models.serving import N_DECADES, UserBlock, decade_of
 
 FIRST_YEAR, LAST_YEAR = 1880, 2040  # exact release years one-hot; others (and unknown) have no year part
@@ -127,16 +127,20 @@ class ContentKNN(Recommender):
             kept[key] = entry
         return entry[1], entry[2]
 
-    def column_z_scores(self, users: UserBlock, columns: np.ndarray) -> np.ndarray:
-        """The z-scores of ``columns`` over each user's unseen items, without scoring the catalogue (a blend
-        weighs the content neighbourhood only on the items with too few interactions: a sixth of a 60k-item
-        shop catalogue). A score is the profile p (unit length) dotted with an item's content row c_i, so over
-        the whole catalogue a row's sum is p . sum_i c_i and its sum of squares p G p with G = C^T C, the
+    def candidate_scores(self, users: UserBlock, keep: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        return self.own_candidates(users, keep, n)
+
+    def first_stage(self, users: UserBlock, depth: int) -> Stage:
+        """Each user's best ``depth`` unseen items from the block's profiles a tile of the catalogue at a time
+        (:func:`models.ranking.tiled_top`), and the rows' moments without scoring the catalogue (a blend weighs
+        the content neighbourhood only on the items with too few interactions: a sixth of a 60k-item shop
+        catalogue). A score is the profile p (unit length) dotted with an item's content row c_i, so over the
+        whole catalogue a row's sum is p . sum_i c_i and its sum of squares p G p with G = C^T C, the
         content's Gram matrix (features x features, kept after the first call); the seen items' own scores are
         taken back out, as :func:`models.ranking.served_z_scores` does. Where the block's full scores are
         already computed (shared with the model scored alone), they are read instead."""
-        if users.shared is not None and id(self) in users.shared:
-            return super().column_z_scores(users, columns)
+        if self._block_is_scored(users):
+            return super().first_stage(users, depth)
         column_sum_dense, column_sum_sparse, gram_dense, gram_cross, gram_sparse = self._gram()
         profile = self._profile(users)
         p_dense, p_sparse = profile[0].astype(np.float64), profile[1].astype(np.float64)
@@ -147,9 +151,12 @@ class ContentKNN(Recommender):
         seen = users.seen.tocoo()
         mean, inverse = unseen_moments(total, square, len(self.item_ids), seen.row,
                                        self._pair_scores(*profile, seen.row, seen.col))
-        z = self._scores(profile, columns) - mean.astype(np.float32)[:, None]
-        z *= inverse[:, None]
-        return z
+
+        def scores_at(columns, rows=slice(None)) -> np.ndarray:
+            return self._scores((profile[0][rows], profile[1][rows]), columns)
+
+        top = tiled_top(scores_at, len(users.user_ids), len(self.item_ids), seen, depth, self.tiebreak)
+        return Stage(top, scores_at, mean=mean, inverse=inverse)
 
     def _pair_scores(self, profile_dense: np.ndarray, profile_sparse: sp.csr_matrix, rows: np.ndarray,
                      cols: np.ndarray) -> np.ndarray:

@@ -357,36 +357,41 @@ def factor_scores(vectors: np.ndarray, factors: np.ndarray, divisor: float, bias
     return scores
 
 
-# A tile of a block's factor scores (4 MB) is selected from while it is in cache: an 80-user block of a 200k-item
+# A tile of a block's scores (4 MB) is selected from while it is in cache: an 80-user block of a 200k-item
 # catalogue is 64 MB, and each pass of a selection over it (mask, bound, compare, gather) read it from memory.
-FACTOR_TILE_CELLS = 1 << 20
-FACTOR_TILE_MIN_COLUMNS = 1024
+TILE_CELLS = 1 << 20
+TILE_MIN_COLUMNS = 1024
 
 
-def factor_tile_width(n_users: int, n_items: int) -> int | None:
-    """Columns of a tile of ``n_users`` users' factor scores (:func:`factor_top`), or None: a catalogue within
-    two tiles is scored whole."""
-    width = max(FACTOR_TILE_MIN_COLUMNS, FACTOR_TILE_CELLS // max(n_users, 1))
+def tile_width(n_users: int, n_items: int) -> int | None:
+    """Columns of a tile of ``n_users`` users' scores (:func:`tiled_top`), or None: a catalogue within two
+    tiles is scored whole."""
+    width = max(TILE_MIN_COLUMNS, TILE_CELLS // max(n_users, 1))
     return width if n_items > 2 * width else None
 
 
-def factor_top(vectors: np.ndarray, factors: np.ndarray, divisor: float, bias: np.ndarray | None,
-               seen: sp.spmatrix, depth: int, tiebreak: np.ndarray) -> np.ndarray:
-    """``unseen_top`` of the block's factor scores (:func:`factor_scores` of every column), the same columns in
-    the same order, without the block's whole scores: a product with every ``step``-th item's factors (seen
-    items masked) bounds each row's ``depth``-th best unseen score from below, as :func:`best_of_rows` does;
-    then the catalogue is scored a tile at a time (:data:`FACTOR_TILE_CELLS`) and only the entries at or above
-    the bound leave the tile. A row the bound does not settle (many ties at it: a zero vector; fewer than
-    ``depth`` unseen candidates: a user who has seen most of the catalogue; NaN) is ranked from its whole row.
-    At 200k items the SGEMM's own time is most of the block's (38 -> 60 GFLOP/s on 80 users, measured)."""
+def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: int,
+              tiebreak: np.ndarray) -> np.ndarray:
+    """``unseen_top`` of a block's scores, the same columns in the same order, without the block's whole
+    scores. ``scores_at(columns, rows)``: a fresh float32 array of the scores of the catalogue ``columns`` (a
+    slice) for the block's ``rows`` (a slice or indices), each entry computed by the same operations however
+    the columns and rows are cut (a product of row vectors with item vectors).
+
+    The scores of every ``step``-th column (seen items masked) bound each row's ``depth``-th best unseen score
+    from below, as :func:`best_of_rows` does; then the catalogue is scored a tile at a time
+    (:data:`TILE_CELLS`) and only the entries at or above the bound leave the tile. A row the bound does not
+    settle (many ties at it: a zero vector; fewer than ``depth`` unseen candidates: a user who has seen most of
+    the catalogue; NaN) is ranked from its whole row. At 200k items an 80-user block of ALS took 51 -> 35 ms,
+    the SGEMM alone ~27."""
     seen = seen.tocoo()
-    b, n_items = len(vectors), len(factors)
-    width = factor_tile_width(b, n_items)
-    if depth <= 0 or width is None:
-        whole = factor_scores(vectors, factors, divisor, bias, slice(None)) if depth > 0 else vectors[:, :0]
-        return unseen_top(whole, seen, depth, tiebreak, in_place=True)
+    b = n_users
+    width = tile_width(b, n_items)
+    if depth <= 0:
+        return np.zeros((b, 0), dtype=np.intp)
+    if width is None:
+        return unseen_top(scores_at(slice(None), slice(None)), seen, depth, tiebreak, in_place=True)
     step = max(1, n_items // max(n_items // SAMPLE_STEP, 32 * depth))
-    sample = factor_scores(vectors, factors, divisor, bias, slice(0, None, step))
+    sample = scores_at(slice(0, None, step), slice(None))
     on_sample = seen.col % step == 0
     sample[seen.row[on_sample], seen.col[on_sample] // step] = -np.inf
     m = sample.shape[1]
@@ -397,7 +402,7 @@ def factor_top(vectors: np.ndarray, factors: np.ndarray, divisor: float, bias: n
     counts, parts = np.zeros(b, dtype=np.int64), []
     for lo in range(0, n_items, width):
         hi = min(lo + width, n_items)
-        tile = factor_scores(vectors, factors, divisor, bias, slice(lo, hi))
+        tile = scores_at(slice(lo, hi), slice(None))
         inside = slice(*np.searchsorted(seen_cols, [lo, hi]))
         tile[seen_rows[inside], seen_cols[inside] - lo] = -np.inf
         flat = np.flatnonzero(tile >= bound[:, None])  # NaN >= anything is False: a NaN bound takes no more
@@ -417,10 +422,15 @@ def factor_top(vectors: np.ndarray, factors: np.ndarray, divisor: float, bias: n
     top = np.full((b, depth), -1, dtype=np.intp)
     top[rows, rank] = np.where(np.isfinite(values), cols, -1)
     if len(exact):
-        mine = seen.tocsr()[exact]
-        whole = factor_scores(vectors[exact], factors, divisor, bias, slice(None))
-        top[exact] = unseen_top(whole, mine, depth, tiebreak, in_place=True)
+        top[exact] = unseen_top(scores_at(slice(None), exact), seen.tocsr()[exact], depth, tiebreak, in_place=True)
     return top
+
+
+def factor_top(vectors: np.ndarray, factors: np.ndarray, divisor: float, bias: np.ndarray | None,
+               seen: sp.spmatrix, depth: int, tiebreak: np.ndarray) -> np.ndarray:
+    """:func:`tiled_top` of a factor model's scores (:func:`factor_scores`)."""
+    return tiled_top(lambda columns, rows: factor_scores(vectors[rows], factors, divisor, bias, columns),
+                     len(vectors), len(factors), seen, depth, tiebreak)
 
 
 def factor_stage(vectors: np.ndarray, factors: np.ndarray, moments: FactorMoments, bias: np.ndarray | None,

@@ -94,8 +94,8 @@ def test_a_factor_models_best_items_found_a_tile_at_a_time_are_the_whole_ranking
     seen = sp.csr_matrix((np.ones(sum(map(len, rows)), dtype=np.float32), (np.concatenate(rows), np.concatenate(cols))),
                          shape=(40, n_items))
     seen.sum_duplicates()
-    monkeypatch.setattr(models.ranking, "FACTOR_TILE_CELLS", 40 * 1024)
-    assert models.ranking.factor_tile_width(40, n_items) == 1024
+    monkeypatch.setattr(models.ranking, "TILE_CELLS", 40 * 1024)
+    assert models.ranking.tile_width(40, n_items) == 1024
     for depth in (10, 50, 700):
         whole = factor_scores(vectors, items, divisor, bias, slice(None))
         expected = unseen_top(whole, seen, depth, tiebreak)
@@ -107,7 +107,7 @@ def test_a_factor_models_best_items_found_a_tile_at_a_time_are_the_whole_ranking
     assert 390 < len(twins) and (set(found[9, :len(twins)]) == twins or with_bias)
 
 
-@pytest.mark.parametrize("model_name", ["als", "two_tower"])
+@pytest.mark.parametrize("model_name", ["als", "two_tower", "content_knn"])
 def test_a_factor_model_serves_its_own_lists_in_two_stages_as_its_full_ranking(small_data, model_name, monkeypatch):
     """Where its catalogue is tiled (forced here: 8-column tiles of a 120-item catalogue), a factor model
     serves alone from its first stage's best items (:meth:`Recommender.own_candidates`): the same lists, order
@@ -122,8 +122,8 @@ def test_a_factor_model_serves_its_own_lists_in_two_stages_as_its_full_ranking(s
     full = model.recommend(users, n=10)
     full_served = model.serve(users, n=10)
     expected_top = model.first_stage(block, 10).top
-    monkeypatch.setattr(models.ranking, "FACTOR_TILE_CELLS", 8)
-    monkeypatch.setattr(models.ranking, "FACTOR_TILE_MIN_COLUMNS", 8)
+    monkeypatch.setattr(models.ranking, "TILE_CELLS", 8)
+    monkeypatch.setattr(models.ranking, "TILE_MIN_COLUMNS", 8)
     np.testing.assert_array_equal(model.first_stage(block, 10).top, expected_top)
     widths, stages = [], []
     original, first_stage = type(model).candidate_scores, type(model).first_stage
