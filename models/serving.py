@@ -138,6 +138,7 @@ def serve_together(
             groups.append([name])
         else:
             group.append(name)
+    groups = [_readers_first(models, group) for group in groups]
     user_ids = np.asarray(user_ids, dtype=np.int64)
     if items is not None:
         user_ids = np.sort(user_ids)  # block rows in user id order: ties among users break by id
@@ -180,6 +181,19 @@ def serve_together(
     return {name: Served(pl.concat(frames[name]) if frames[name] else empty,
                          by_item[name].frame() if name in by_item else pl.DataFrame(schema=schema.BY_ITEM_SCHEMA))
             for name in models}
+
+
+def _readers_first(models: Mapping[str, Any], group: list[str]) -> list[str]:
+    """The group with the models that read others of it (a hybrid and its components) first, in order otherwise:
+    a reader decides how each component's block is computed (whole, or a first stage in two-stage serving), and
+    the component served after it reads the same, instead of computing its own beside it."""
+    members = {id(models[name]) for name in group}
+
+    def reads_others(name: str) -> bool:
+        components = getattr(models[name], "components", None) or {}
+        return any(id(component) in members for component in components.values())
+
+    return sorted(group, key=lambda name: not reads_others(name))
 
 
 def _columns_of(item_ids: np.ndarray, items: np.ndarray | None) -> np.ndarray:

@@ -274,6 +274,51 @@ def test_a_hybrid_served_in_two_stages_serves_and_publishes_in_its_own_larger_bl
     assert_frame_equal(pl.concat([pl.read_parquet(part.top) for part in parts]), pl.read_parquet(whole.top))
 
 
+def test_a_hybrid_served_after_its_components_still_decides_how_their_blocks_are_computed(
+        small_data, hybrid_with_new_items, monkeypatch):
+    """Evaluation lists the hybrid after its components. With the catalogue tiled (forced), a factor model or
+    the content neighbourhood beside its hybrid gets each block's scores one way only, whole (the hybrid reads
+    the blocks of the components it weighs, in one stage) or as a first stage (its own lists; in two stages
+    the one the hybrid read): the hybrid is served first in the pass. (A stage of depth 0, the moments and a
+    few columns' z-scores the hybrid reads for items with little evidence, scores no catalogue and is not
+    counted.) The lists are those served alone."""
+    train, _, _, _ = small_data
+    hybrid = hybrid_with_new_items
+    users = np.sort(train["user_id"].unique().to_numpy())[:40]
+    tiled = ("als", "two_tower", "content_knn")
+    alone = {name: model.recommend(users, n=10) for name, model in hybrid.components.items()}
+    monkeypatch.setattr(models.ranking, "TILE_CELLS", 8)
+    monkeypatch.setattr(models.ranking, "TILE_MIN_COLUMNS", 8)
+    calls = {(name, method): 0 for name in tiled for method in ("score_block", "first_stage")}
+    for name in tiled:
+        model = hybrid.components[name]
+        for method in ("score_block", "first_stage"):
+            original = getattr(type(model), method)
+
+            def counted(self, *args, _original=original, _key=(name, method), _model=model):
+                if self is _model and (len(args) == 1 or args[1] > 0):  # depth 0: no product with the catalogue
+                    calls[_key] += 1
+                return _original(self, *args)
+
+            monkeypatch.setattr(type(model), method, counted)
+    blocks = -(-len(users) // hybrid.block_users)
+    # Every blended component weighed for every user, the tiled ones among them.
+    monkeypatch.setattr(hybrid, "weights", {b: [1.0] * len(w) for b, w in hybrid.weights.items()})
+    assert set(tiled) & set(hybrid.blended)
+    for params in ({}, {"retrieval_min_items": 0, "retrieval_depth": 10}):
+        calls.update(dict.fromkeys(calls, 0))
+        hybrid.params.update(params)
+        try:
+            served = serve_together({**hybrid.components, "hybrid": hybrid}, users, 10)
+        finally:
+            hybrid.params.update({name: build("hybrid").params[name] for name in params})
+        for name in tiled:
+            assert calls[(name, "score_block")] + calls[(name, "first_stage")] == blocks, (name, params, calls)
+            assert served[name].top.equals(alone[name]), (name, params)
+        whole = {name for name in tiled if calls[(name, "score_block")]}
+        assert whole == (set() if params else set(tiled) & set(hybrid.blended)), (whole, params)
+
+
 def test_the_night_benchmark_judges_the_published_lists_against_the_full_ranking(small_data, hybrid_with_new_items,
                                                                                  tmp_path):
     """``benchmarks.night`` re-ranks a sample of the published users with the whole catalogue: lists served in
