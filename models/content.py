@@ -141,22 +141,24 @@ class ContentKNN(Recommender):
         already computed (shared with the model scored alone), they are read instead."""
         if self._block_is_scored(users):
             return super().first_stage(users, depth)
-        column_sum_dense, column_sum_sparse, gram_dense, gram_cross, gram_sparse = self._gram()
         profile = self._profile(users)
-        p_dense, p_sparse = profile[0].astype(np.float64), profile[1].astype(np.float64)
-        total = p_dense @ column_sum_dense + p_sparse @ column_sum_sparse
-        # p G p over the parts: dense G dense + 2 sparse G dense + sparse G sparse.
-        square = (np.einsum("ij,ij->i", p_dense @ gram_dense + 2 * (p_sparse @ gram_cross), p_dense)
-                  + _row_sums(p_sparse.multiply(p_sparse @ gram_sparse)))
         seen = users.seen.tocoo()
-        mean, inverse = unseen_moments(total, square, len(self.item_ids), seen.row,
-                                       self._pair_scores(*profile, seen.row, seen.col))
+
+        def unseen() -> tuple[np.ndarray, np.ndarray]:
+            column_sum_dense, column_sum_sparse, gram_dense, gram_cross, gram_sparse = self._gram()
+            p_dense, p_sparse = profile[0].astype(np.float64), profile[1].astype(np.float64)
+            total = p_dense @ column_sum_dense + p_sparse @ column_sum_sparse
+            # p G p over the parts: dense G dense + 2 sparse G dense + sparse G sparse.
+            square = (np.einsum("ij,ij->i", p_dense @ gram_dense + 2 * (p_sparse @ gram_cross), p_dense)
+                      + _row_sums(p_sparse.multiply(p_sparse @ gram_sparse)))
+            return unseen_moments(total, square, len(self.item_ids), seen.row,
+                                  self._pair_scores(*profile, seen.row, seen.col))
 
         def scores_at(columns, rows=slice(None)) -> np.ndarray:
             return self._scores((profile[0][rows], profile[1][rows]), columns)
 
         top = tiled_top(scores_at, len(users.user_ids), len(self.item_ids), seen, depth, self.tiebreak)
-        return Stage(top, scores_at, mean=mean, inverse=inverse)
+        return Stage(top, scores_at, moments=unseen)
 
     def _pair_scores(self, profile_dense: np.ndarray, profile_sparse: sp.csr_matrix, rows: np.ndarray,
                      cols: np.ndarray) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -108,11 +110,16 @@ def _nth_best_at_most(scores: np.ndarray, n: int) -> np.ndarray:
     32 n), or on narrow rows the n-th best itself. Partitioning the sample instead of the row is 16x less
     selection; the extra candidates it lets through (about 16 n a row) are settled by :func:`_at_least_nth`."""
     n_items = scores.shape[1]
-    step = n_items // max(n_items // SAMPLE_STEP, 32 * n)
+    step = _sample_step(n_items, n)
     if step < 2:
         return np.partition(scores, n_items - n, axis=1)[:, n_items - n]
     sample = scores[:, ::step]
     return np.partition(sample, sample.shape[1] - n, axis=1)[:, sample.shape[1] - n]
+
+
+def _sample_step(n_items: int, n: int) -> int:
+    """Every how many columns a row's n-th best is bounded from: a sixteenth of them, at least 32 n (1: all)."""
+    return max(1, n_items // max(n_items // SAMPLE_STEP, 32 * n))
 
 
 def _at_least_nth(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, b: int, n: int):
@@ -253,8 +260,19 @@ class Stage:
     (``mean``, ``inverse``; see :func:`unseen_moments`), with ``scores_at`` scoring the columns asked for."""
 
     def __init__(self, top: np.ndarray, scores_at, z: np.ndarray | None = None, mean: np.ndarray | None = None,
-                 inverse: np.ndarray | None = None):
-        self.top, self._scores_at, self._z, self.mean, self.inverse = top, scores_at, z, mean, inverse
+                 inverse: np.ndarray | None = None, moments=None):
+        """``moments``: instead of ``mean`` and ``inverse``, a function giving them, called when the z-scores are
+        first read (a model serving its own lists from the stage never reads them)."""
+        self.top, self._scores_at, self._z = top, scores_at, z
+        self._moments = cache(moments) if moments is not None else (lambda: (mean, inverse))
+
+    @property
+    def mean(self) -> np.ndarray | None:
+        return self._moments()[0]
+
+    @property
+    def inverse(self) -> np.ndarray | None:
+        return self._moments()[1]
 
     @classmethod
     def of_scores(cls, scores: np.ndarray, seen: sp.spmatrix, depth: int, tiebreak: np.ndarray) -> Stage:
@@ -267,7 +285,7 @@ class Stage:
         ``depth``)."""
         if depth >= self.top.shape[1]:
             return self
-        return Stage(self.top[:, :depth], self._scores_at, self._z, self.mean, self.inverse)
+        return Stage(self.top[:, :depth], self._scores_at, self._z, moments=self._moments)
 
     def scores_at(self, columns: np.ndarray) -> np.ndarray:
         """(users, len(columns)) the component's own scores of the columns."""
@@ -390,7 +408,7 @@ def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: i
         return np.zeros((b, 0), dtype=np.intp)
     if width is None:
         return unseen_top(scores_at(slice(None), slice(None)), seen, depth, tiebreak, in_place=True)
-    step = max(1, n_items // max(n_items // SAMPLE_STEP, 32 * depth))
+    step = _sample_step(n_items, depth)
     sample = scores_at(slice(0, None, step), slice(None))
     on_sample = seen.col % step == 0
     sample[seen.row[on_sample], seen.col[on_sample] // step] = -np.inf
@@ -446,11 +464,15 @@ def factor_stage(vectors: np.ndarray, factors: np.ndarray, moments: FactorMoment
     seen = seen.tocoo()  # canonical (``UserBlock.seen``)
     # With no candidates asked for (``Recommender.column_z_scores``), no product with the catalogue at all.
     top = factor_top(vectors, factors, divisor, bias, seen, depth, tiebreak)
-    # The seen items' scores in float64, as the sums are: a user who has seen most of the catalogue keeps a
-    # few unseen items' worth of the row, which float32 scores would drown in rounding.
-    seen_scores = np.einsum("ij,ij->i", vectors[seen.row].astype(np.float64), factors[seen.col].astype(np.float64))
-    seen_scores *= moments.scale
-    if bias is not None:
-        seen_scores += bias[seen.col]
-    mean, inverse = unseen_moments(*moments.sums(vectors), moments.n_items, seen.row, seen_scores)
-    return Stage(top, scores_at, mean=mean, inverse=inverse)
+
+    def unseen() -> tuple[np.ndarray, np.ndarray]:
+        # The seen items' scores in float64, as the sums are: a user who has seen most of the catalogue keeps a
+        # few unseen items' worth of the row, which float32 scores would drown in rounding.
+        seen_scores = np.einsum("ij,ij->i", vectors[seen.row].astype(np.float64),
+                                factors[seen.col].astype(np.float64))
+        seen_scores *= moments.scale
+        if bias is not None:
+            seen_scores += bias[seen.col]
+        return unseen_moments(*moments.sums(vectors), moments.n_items, seen.row, seen_scores)
+
+    return Stage(top, scores_at, moments=unseen)
