@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_limits
 
 from models.base import Recommender, carried_rows
 from models.ranking import Stage, factor_moments, factor_stage
-from models.serving import UserBlock
+from models.serving import OwnList, UserBlock
 
 
 class ALS(Recommender):
@@ -101,8 +101,8 @@ class ALS(Recommender):
     def score_block(self, users: UserBlock) -> np.ndarray:
         return self.user_vectors(users) @ self.solver.item_factors.T
 
-    def candidate_scores(self, users: UserBlock, keep: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        return self.own_candidates(users, keep, n)
+    def own_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
+        return self.stage_list(users, keep, n)
 
     def first_stage(self, users: UserBlock, depth: int) -> Stage:
         """The block's best ``depth`` a user from one product with the item factors; the rows' moments from

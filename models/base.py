@@ -39,6 +39,7 @@ from models.serving import (
     COLUMN_BLOCK_MAX_USERS,
     DEMOGRAPHIC_COLUMNS,
     SCORE_BLOCK_CELLS,
+    OwnList,
     Served,
     UserBlock,
     recommend_together,
@@ -286,23 +287,36 @@ class Recommender(Explaining, ABC):
     def candidate_scores(self, users: UserBlock, keep: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Two-stage serving of the block's top ``n`` unseen items: the catalogue columns this model scores for
         the block (sorted, ``keep`` among them) and its scores of them, or None: it ranks the whole catalogue
-        (:meth:`block_scores`). Default: None; the hybrid serves a wide catalogue in two stages, and a factor
-        model or the content neighbourhood its own lists (:meth:`own_candidates`)."""
+        (:meth:`block_scores`). Default: None; the hybrid serves a wide catalogue in two stages (a factor model
+        and the content neighbourhood serve their own lists from their first stage, :meth:`own_list`)."""
         return None
 
-    def own_candidates(self, users: UserBlock, keep: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """:meth:`candidate_scores` of a model whose first stage finds its best items a tile at a time
-        (:func:`models.ranking.tiled_top`: the factor models, the content neighbourhood): the union of the
-        block's users' best ``n`` unseen items and ``keep``, scored by the stage. Each user's best ``n`` are
-        among them, so the top ``n`` of these columns is the full ranking's. None where the block's whole
-        scores are already computed (another reader scored it) or the catalogue is scored whole
-        (:func:`models.ranking.tile_width`)."""
+    def own_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
+        """The block's top ``n`` unseen items already ranked, without a (users, items) array, or None: the
+        model is served from its :meth:`candidate_scores` or whole block. Default: None; a model whose first
+        stage finds its best items a tile at a time (the factor models, the content neighbourhood) returns
+        :meth:`stage_list`."""
+        return None
+
+    def stage_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
+        """:meth:`own_list` from the first stage (:func:`models.ranking.tiled_top`): each user's best ``n``
+        unseen items in the full ranking's order, with the scores the stage found them by, and the scores of
+        the ``keep`` columns (seen items at -inf). None where the block's whole scores are already computed
+        (another reader scored it), the catalogue is scored whole (:func:`models.ranking.tile_width`), or the
+        stage found its items from whole scores. Before, the union of the block's lists was scored again and
+        ranked as a dense array (at 60k items and 24 factors that cost more than the tiles saved)."""
         if (n <= 0 or self._block_is_scored(users)
                 or tile_width(len(users.user_ids), len(self.item_ids)) is None):
             return None
         stage = self.stage_of(users, n)
-        columns = np.union1d(stage.top[stage.top >= 0], np.asarray(keep, dtype=np.int64))
-        return columns, stage.scores_at(columns)
+        if stage.best is None:
+            return None
+        keep = np.asarray(keep, dtype=np.int64)
+        asked = stage.scores_at(keep) if len(keep) else np.zeros((len(users.user_ids), 0), dtype=np.float32)
+        if len(keep):
+            seen = users.history.tocsr()[:, keep].tocoo()
+            asked[seen.row, seen.col] = -np.inf
+        return OwnList(stage.top, stage.best, asked)
 
     def stage_of(self, users: UserBlock, depth: int) -> Stage:
         """:meth:`first_stage`, found once per shared block: a model served beside a hybrid that blends it

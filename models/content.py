@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from models.base import Recommender, mix64
 from models.ranking import Stage, tiled_top, unseen_moments
-from models.serving import N_DECADES, UserBlock, decade_of
+from models.serving import N_DECADES, OwnList, UserBlock, decade_of
 
 FIRST_YEAR, LAST_YEAR = 1880, 2040  # exact release years one-hot; others (and unknown) have no year part
 # Content columns set in at least this share of items are scored as one dense BLAS product (the encoder's text
@@ -95,8 +95,13 @@ class ContentKNN(Recommender):
         return in_dense, in_sparse
 
     def _scores(self, profile: tuple[np.ndarray, sp.csr_matrix], columns: np.ndarray | slice) -> np.ndarray:
+        return self._scores_of(profile[0], _words_of(profile[1]), columns)
+
+    def _scores_of(self, dense_profile: np.ndarray, words: np.ndarray, columns: np.ndarray | slice) -> np.ndarray:
+        """The scores of ``columns`` from a block's profile: its dense part and its sparse part densified,
+        transposed (:func:`_words_of`; a tiled first stage densifies it once, not once a tile)."""
         dense_columns, sparse_columns = self._columns(columns)
-        scores = profile[0] @ dense_columns.T
+        scores = dense_profile @ dense_columns.T
         if sparse_columns.nnz:
             # The sum is dense (users x columns) anyway: the sparse columns times the profile's few thousand word and
             # year columns densified, in one pass, instead of a sparse product that built a CSR of nearly every
@@ -104,7 +109,6 @@ class ContentKNN(Recommender):
             # chunks whose transposed product stays in cache (~1 MB): added whole, the transposed read of a
             # catalogue-wide product was most of the sum (an 80-user block of 200k items: 0.10 s -> 0.06 s).
             # Each score is the same product, summed in the same order.
-            words = profile[1].toarray().T
             step = max(1, CONTENT_ADD_VALUES // max(1, words.shape[1]))
             for lo in range(0, sparse_columns.shape[0], step):
                 scores[:, lo:lo + step] += (sparse_columns[lo:lo + step] @ words).T
@@ -127,8 +131,8 @@ class ContentKNN(Recommender):
             kept[key] = entry
         return entry[1], entry[2]
 
-    def candidate_scores(self, users: UserBlock, keep: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        return self.own_candidates(users, keep, n)
+    def own_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
+        return self.stage_list(users, keep, n)
 
     def first_stage(self, users: UserBlock, depth: int) -> Stage:
         """Each user's best ``depth`` unseen items from the block's profiles a tile of the catalogue at a time
@@ -154,11 +158,13 @@ class ContentKNN(Recommender):
             return unseen_moments(total, square, len(self.item_ids), seen.row,
                                   self._pair_scores(*profile, seen.row, seen.col))
 
-        def scores_at(columns, rows=slice(None)) -> np.ndarray:
-            return self._scores((profile[0][rows], profile[1][rows]), columns)
+        words = _words_of(profile[1])
 
-        top = tiled_top(scores_at, len(users.user_ids), len(self.item_ids), seen, depth, self.tiebreak)
-        return Stage(top, scores_at, moments=unseen)
+        def scores_at(columns, rows=slice(None)) -> np.ndarray:
+            return self._scores_of(profile[0][rows], words[:, rows], columns)
+
+        top, best = tiled_top(scores_at, len(users.user_ids), len(self.item_ids), seen, depth, self.tiebreak)
+        return Stage(top, scores_at, moments=unseen, best=best)
 
     def _pair_scores(self, profile_dense: np.ndarray, profile_sparse: sp.csr_matrix, rows: np.ndarray,
                      cols: np.ndarray) -> np.ndarray:
@@ -218,6 +224,12 @@ class ContentKNN(Recommender):
     def _load_state(self, path: Path) -> None:
         self.content = sp.load_npz(path / "content.npz").tocsr()
         self._scoring = self._gram_parts = self._kept_columns = None
+
+
+def _words_of(profile_sparse: sp.csr_matrix) -> np.ndarray:
+    """A block's sparse profile part (users x year and word columns) densified and transposed, as the sparse
+    content columns' product reads it."""
+    return profile_sparse.toarray().T
 
 
 def _row_sums(matrix: sp.spmatrix) -> np.ndarray:

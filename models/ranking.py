@@ -257,13 +257,15 @@ class Stage:
 
     Either from the block's whole scores (``z``: the served z-scores themselves, bit for bit what a full ranking
     adds) or from each user's mean and 1 / deviation over their unseen items, known without scoring every item
-    (``mean``, ``inverse``; see :func:`unseen_moments`), with ``scores_at`` scoring the columns asked for."""
+    (``mean``, ``inverse``; see :func:`unseen_moments`), with ``scores_at`` scoring the columns asked for.
+    A stage found a tile at a time (:func:`tiled_top`) also keeps its best items' own scores (``best``, aligned
+    with ``top``, -inf past a row's list): the model's own list, served without scoring its columns again."""
 
     def __init__(self, top: np.ndarray, scores_at, z: np.ndarray | None = None, mean: np.ndarray | None = None,
-                 inverse: np.ndarray | None = None, moments=None):
+                 inverse: np.ndarray | None = None, moments=None, best: np.ndarray | None = None):
         """``moments``: instead of ``mean`` and ``inverse``, a function giving them, called when the z-scores are
         first read (a model serving its own lists from the stage never reads them)."""
-        self.top, self._scores_at, self._z = top, scores_at, z
+        self.top, self.best, self._scores_at, self._z = top, best, scores_at, z
         self._moments = cache(moments) if moments is not None else (lambda: (mean, inverse))
 
     @property
@@ -285,7 +287,8 @@ class Stage:
         ``depth``)."""
         if depth >= self.top.shape[1]:
             return self
-        return Stage(self.top[:, :depth], self._scores_at, self._z, moments=self._moments)
+        return Stage(self.top[:, :depth], self._scores_at, self._z, moments=self._moments,
+                     best=None if self.best is None else self.best[:, :depth])
 
     def scores_at(self, columns: np.ndarray) -> np.ndarray:
         """(users, len(columns)) the component's own scores of the columns."""
@@ -389,11 +392,12 @@ def tile_width(n_users: int, n_items: int) -> int | None:
 
 
 def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: int,
-              tiebreak: np.ndarray) -> np.ndarray:
+              tiebreak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``unseen_top`` of a block's scores, the same columns in the same order, without the block's whole
-    scores. ``scores_at(columns, rows)``: a fresh float32 array of the scores of the catalogue ``columns`` (a
-    slice) for the block's ``rows`` (a slice or indices), each entry computed by the same operations however
-    the columns and rows are cut (a product of row vectors with item vectors).
+    scores; and those columns' scores (float32, -inf past a row's list). ``scores_at(columns, rows)``: a fresh
+    float32 array of the scores of the catalogue ``columns`` (a slice) for the block's ``rows`` (a slice or
+    indices), each entry computed by the same operations however the columns and rows are cut (a product of row
+    vectors with item vectors; BLAS may still round a tiny tile's sums in another order).
 
     The scores of every ``step``-th column (seen items masked) bound each row's ``depth``-th best unseen score
     from below, as :func:`best_of_rows` does; then the catalogue is scored a tile at a time
@@ -405,9 +409,9 @@ def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: i
     b = n_users
     width = tile_width(b, n_items)
     if depth <= 0:
-        return np.zeros((b, 0), dtype=np.intp)
+        return np.zeros((b, 0), dtype=np.intp), np.zeros((b, 0), dtype=np.float32)
     if width is None:
-        return unseen_top(scores_at(slice(None), slice(None)), seen, depth, tiebreak, in_place=True)
+        return _whole_rows_top(scores_at(slice(None), slice(None)), seen, depth, tiebreak)
     step = _sample_step(n_items, depth)
     sample = scores_at(slice(0, None, step), slice(None))
     on_sample = seen.col % step == 0
@@ -437,15 +441,27 @@ def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: i
     if len(exact):
         rows, cols, values = (a[~np.isin(rows, exact)] for a in (rows, cols, values))
     rows, cols, values, rank = ranked_entries(rows, cols, values, b, depth, tiebreak)
-    top = np.full((b, depth), -1, dtype=np.intp)
-    top[rows, rank] = np.where(np.isfinite(values), cols, -1)
+    top, best = np.full((b, depth), -1, dtype=np.intp), np.full((b, depth), -np.inf, dtype=np.float32)
+    listed = np.isfinite(values)
+    top[rows[listed], rank[listed]] = cols[listed]
+    best[rows[listed], rank[listed]] = values[listed]
     if len(exact):
-        top[exact] = unseen_top(scores_at(slice(None), exact), seen.tocsr()[exact], depth, tiebreak, in_place=True)
-    return top
+        top[exact], best[exact] = _whole_rows_top(scores_at(slice(None), exact), seen.tocsr()[exact], depth,
+                                                  tiebreak)
+    return top, best
+
+
+def _whole_rows_top(scores: np.ndarray, seen: sp.spmatrix, depth: int,
+                    tiebreak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`unseen_top` of whole rows (changed in place) and the scores of the columns it lists."""
+    top = unseen_top(scores, seen, depth, tiebreak, in_place=True)
+    best = np.take_along_axis(scores, np.maximum(top, 0), axis=1).astype(np.float32)
+    best[top < 0] = -np.inf
+    return top, best
 
 
 def factor_top(vectors: np.ndarray, factors: np.ndarray, divisor: float, bias: np.ndarray | None,
-               seen: sp.spmatrix, depth: int, tiebreak: np.ndarray) -> np.ndarray:
+               seen: sp.spmatrix, depth: int, tiebreak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`tiled_top` of a factor model's scores (:func:`factor_scores`)."""
     return tiled_top(lambda columns, rows: factor_scores(vectors[rows], factors, divisor, bias, columns),
                      len(vectors), len(factors), seen, depth, tiebreak)
@@ -463,7 +479,7 @@ def factor_stage(vectors: np.ndarray, factors: np.ndarray, moments: FactorMoment
 
     seen = seen.tocoo()  # canonical (``UserBlock.seen``)
     # With no candidates asked for (``Recommender.column_z_scores``), no product with the catalogue at all.
-    top = factor_top(vectors, factors, divisor, bias, seen, depth, tiebreak)
+    top, best = factor_top(vectors, factors, divisor, bias, seen, depth, tiebreak)
 
     def unseen() -> tuple[np.ndarray, np.ndarray]:
         # The seen items' scores in float64, as the sums are: a user who has seen most of the catalogue keeps a
@@ -475,4 +491,4 @@ def factor_stage(vectors: np.ndarray, factors: np.ndarray, moments: FactorMoment
             seen_scores += bias[seen.col]
         return unseen_moments(*moments.sums(vectors), moments.n_items, seen.row, seen_scores)
 
-    return Stage(top, scores_at, moments=unseen)
+    return Stage(top, scores_at, moments=unseen, best=best)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -78,6 +78,15 @@ class Served:
 
     top: pl.DataFrame
     by_item: pl.DataFrame
+
+
+class OwnList(NamedTuple):
+    """A block's top-n already ranked by the model (``Recommender.own_list``): ``top`` (users, n) catalogue
+    columns, best first, -1 past a user's list; ``best`` their scores; ``asked`` (users, columns asked for) the
+    scores of the columns whose audiences are wanted, seen items at -inf."""
+    top: np.ndarray
+    best: np.ndarray
+    asked: np.ndarray
 
 
 def item_cooccurrence(train: sp.csr_matrix, rows_per_block: int,
@@ -158,29 +167,40 @@ def serve_together(
                 ub.shared = {}  # scores computed once per block, whoever reads them (audiences, reasons)
             progress.detail(f"{lo:,} of {len(user_ids):,} users scored")
             for name in group:
-                # Two-stage serving where the model does it (a wide catalogue): its scores of some columns.
-                found = models[name].candidate_scores(ub, columns, top) if exclude_seen else None
-                if found is None:
-                    scored, scores = slice(None), models[name].block_scores(ub)
-                    history, asked = ub.history, columns
-                else:
-                    scored, scores = found
-                    history, asked = ub.history.tocsr()[:, scored], np.searchsorted(scored, columns)
-                seen = history.tocoo() if exclude_seen else None
-                if seen is not None and seen.nnz:
-                    if found is None and ub.shared is not None:
-                        scores = scores.copy()  # the other models of the block read it too
-                    scores[seen.row, seen.col] = -np.inf
-                frame = top_n(ub.user_ids, scores, top, lead.item_ids[scored], lead.tiebreak[scored])
+                frame, asked = _block_top(models[name], ub, columns, top, exclude_seen)
                 if explain:
                     frame = _with_reasons(models[name], ub, frame)
                 frames[name].append(frame)
                 if name in by_item:
-                    by_item[name].add(ub.user_ids, models[name].audience_scores(ub, columns, scores[:, asked]))
+                    by_item[name].add(ub.user_ids, models[name].audience_scores(ub, columns, asked))
     empty = pl.DataFrame(schema={**schema.RECOMMENDATION_SCHEMA, **(schema.REASON_SCHEMA if explain else {})})
     return {name: Served(pl.concat(frames[name]) if frames[name] else empty,
                          by_item[name].frame() if name in by_item else pl.DataFrame(schema=schema.BY_ITEM_SCHEMA))
             for name in models}
+
+
+def _block_top(model: Any, ub: UserBlock, columns: np.ndarray, n: int,
+               exclude_seen: bool) -> tuple[pl.DataFrame, np.ndarray]:
+    """One model's top-``n`` frame of a block and its scores of the ``columns`` whose audiences are wanted
+    (seen items at -inf where ``exclude_seen``): from the model's own ranked list where it serves one (a tiled
+    first stage), from its scores of some columns where it serves in two stages (the hybrid at a wide
+    catalogue), from the block's whole scores otherwise."""
+    listed = model.own_list(ub, columns, n) if exclude_seen else None
+    if listed is not None:
+        return ranked_frame(ub.user_ids, listed.top, listed.best, model.item_ids), listed.asked
+    found = model.candidate_scores(ub, columns, n) if exclude_seen else None
+    if found is None:
+        scored, scores = slice(None), model.block_scores(ub)
+        seen, asked = ub.history, columns
+    else:
+        scored, scores = found
+        seen, asked = ub.history.tocsr()[:, scored], np.searchsorted(scored, columns)
+    seen = seen.tocoo() if exclude_seen else None
+    if seen is not None and seen.nnz:
+        if found is None and ub.shared is not None:
+            scores = scores.copy()  # the other models of the block read it too
+        scores[seen.row, seen.col] = -np.inf
+    return top_n(ub.user_ids, scores, n, model.item_ids[scored], model.tiebreak[scored]), scores[:, asked]
 
 
 def _readers_first(models: Mapping[str, Any], group: list[str]) -> list[str]:
@@ -305,6 +325,18 @@ def top_n(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray
     parts = scoring_pool().map(lambda rows: _top_n_rows(user_ids[rows], scores[rows], n, item_ids, tiebreak),
                                [slice(0, half), slice(half, b)])
     return pl.concat(list(parts))
+
+
+def ranked_frame(user_ids: np.ndarray, top: np.ndarray, best: np.ndarray, item_ids: np.ndarray) -> pl.DataFrame:
+    """:func:`top_n`'s frame of lists already ranked: ``top`` (users, n) columns best first, -1 past a list,
+    ``best`` their scores (only finite ones listed)."""
+    rows, rank = np.nonzero((top >= 0) & np.isfinite(best))  # rows ascending, rank ascending within a row
+    return pl.DataFrame({
+        USER_ID: user_ids[rows],
+        ITEM_ID: item_ids[top[rows, rank]],
+        "rank": (rank + 1).astype(np.int32),
+        "score": best[rows, rank].astype(np.float32),
+    }, schema=schema.RECOMMENDATION_SCHEMA)
 
 
 def _top_n_rows(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray,

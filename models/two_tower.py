@@ -31,7 +31,7 @@ import numpy as np
 
 from models.base import Recommender, carried_rows
 from models.ranking import Stage, factor_moments, factor_stage
-from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock, decade_of, padded_rows
+from models.serving import DEMOGRAPHIC_COLUMNS, OwnList, UserBlock, decade_of, padded_rows
 from models.text import MAX_TOKENS
 from models.towers import (
     Examples,
@@ -346,8 +346,8 @@ class TwoTower(Recommender):
         scores += self.item_biases[None, :]
         return scores
 
-    def candidate_scores(self, users: UserBlock, keep: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        return self.own_candidates(users, keep, n)
+    def own_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
+        return self.stage_list(users, keep, n)
 
     def first_stage(self, users: UserBlock, depth: int) -> Stage:
         """The block's best ``depth`` a user from the towers' product as :meth:`score_block` computes it; the

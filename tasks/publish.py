@@ -242,8 +242,8 @@ def score_step(model_path: str, users: str, block: int, blocks: int, n: int, fol
     use_threads(threads, keep_freed_memory)
     model = load(Path(model_path))
     user_ids = np.sort(pl.read_parquet(users, columns=[USER_ID])[USER_ID].to_numpy())
-    per = model.serving_block_users  # the model's blocks, rounded up
-    chunks = -(-len(user_ids) // per)
+    per = model.serving_block_users
+    chunks = -(-len(user_ids) // per)  # the model's blocks, rounded up: each task cuts at their edges
     user_ids = user_ids[chunks * block // blocks * per:chunks * (block + 1) // blocks * per]
     step = per * max(1, users_per_call // per)
     where = Path(folder)

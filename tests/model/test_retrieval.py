@@ -99,8 +99,11 @@ def test_a_factor_models_best_items_found_a_tile_at_a_time_are_the_whole_ranking
     for depth in (10, 50, 700):
         whole = factor_scores(vectors, items, divisor, bias, slice(None))
         expected = unseen_top(whole, seen, depth, tiebreak)
-        found = factor_top(vectors, items, divisor, bias, seen, depth, tiebreak)
+        found, best = factor_top(vectors, items, divisor, bias, seen, depth, tiebreak)
         np.testing.assert_array_equal(found, expected, err_msg=str(depth))
+        # The listed items' scores, as the whole row has them (-inf past a list: the NaN row, the user with 3).
+        np.testing.assert_array_equal(best, np.where(found >= 0, np.take_along_axis(whole, np.maximum(found, 0), 1),
+                                                     -np.inf), err_msg=str(depth))
     assert (found[5, 3:] == -1).all() and set(found[5, :3]) == {0, 1, 2}
     assert (found[11] == -1).all()
     twins = {17, *range(5000, 5400)} - set(seen[9].indices)
@@ -110,40 +113,45 @@ def test_a_factor_models_best_items_found_a_tile_at_a_time_are_the_whole_ranking
 @pytest.mark.parametrize("model_name", ["als", "two_tower", "content_knn"])
 def test_a_factor_model_serves_its_own_lists_in_two_stages_as_its_full_ranking(small_data, model_name, monkeypatch):
     """Where its catalogue is tiled (forced here: 8-column tiles of a 120-item catalogue), a factor model
-    serves alone from its first stage's best items (:meth:`Recommender.own_candidates`): the same lists, order
-    and scores as ranking every item, for warm, k-shot and zero-shot users and a user who has seen all but two
-    items; with reasons; and beside other models (a shared block: evaluation), where its stage is found once a
-    block for every reader (here the same model under two names)."""
+    serves alone from its first stage's ranked lists (:meth:`Recommender.own_list`, no dense array of their
+    columns): the same lists, order and scores as ranking every item, for warm, k-shot and zero-shot users and a
+    user who has seen all but two items; with reasons and new items' audiences; and beside other models (a
+    shared block: evaluation), where its stage is found once a block for every reader (here the same model
+    under two names)."""
     train, uf, itf, cold = small_data
     model = fit_model(model_name, train, uf, itf, seed=3)
     other = fit_model("popularity", train, uf, itf, seed=3)
     block = block_of(model, train, cold)
     users = np.concatenate([np.sort(train["user_id"].unique().to_numpy()), cold])
     full = model.recommend(users, n=10)
-    full_served = model.serve(users, n=10)
+    asked = model.item_ids[::7]
+    full_served = model.serve(users, n=10, items=asked, users_per_item=6)
     expected_top = model.first_stage(block, 10).top
     monkeypatch.setattr(models.ranking, "TILE_CELLS", 8)
     monkeypatch.setattr(models.ranking, "TILE_MIN_COLUMNS", 8)
     np.testing.assert_array_equal(model.first_stage(block, 10).top, expected_top)
     widths, stages = [], []
-    original, first_stage = type(model).candidate_scores, type(model).first_stage
+    original, first_stage = type(model).own_list, type(model).first_stage
 
     def spied(self, users, keep, n):
         found = original(self, users, keep, n)
-        widths.append(None if found is None else len(found[0]))
+        widths.append(None if found is None else found.top.shape[1])
         return found
 
     def counted(self, users, depth):
         stages.append(depth)
         return first_stage(self, users, depth)
 
-    monkeypatch.setattr(type(model), "candidate_scores", spied)
+    monkeypatch.setattr(type(model), "own_list", spied)
     monkeypatch.setattr(type(model), "first_stage", counted)
     assert model.recommend(users, n=10).equals(full)
-    assert widths and all(w is not None and w < len(model.item_ids) for w in widths)
+    assert widths and all(w == 10 for w in widths)
     widths.clear()
-    assert_frame_equal(model.serve(users, n=10).top, full_served.top)  # reasons too
-    assert widths and all(w is not None for w in widths)
+    served = model.serve(users, n=10, items=asked, users_per_item=6)
+    assert_frame_equal(served.top, full_served.top)  # reasons too
+    assert_frame_equal(served.by_item, full_served.by_item)
+    assert len(served.by_item) == 6 * len(asked)
+    assert widths and all(w == 10 for w in widths)
     stages.clear()
     beside = serve_together({"one": model, "popularity": other, "two": model}, users, 10)
     assert beside["one"].top.equals(full) and beside["two"].top.equals(full)
@@ -314,7 +322,10 @@ def test_a_hybrid_served_after_its_components_still_decides_how_their_blocks_are
             hybrid.params.update({name: build("hybrid").params[name] for name in params})
         for name in tiled:
             assert calls[(name, "score_block")] + calls[(name, "first_stage")] == blocks, (name, params, calls)
-            assert served[name].top.equals(alone[name]), (name, params)
+            # The same lists; the scores to float32 rounding: a component's own list carries the scores its tiles
+            # found it by, and BLAS may sum an 8-column tile's entries in another order than the whole row's.
+            assert served[name].top.drop("score").equals(alone[name].drop("score")), (name, params)
+            np.testing.assert_allclose(served[name].top["score"], alone[name]["score"], rtol=1e-5, err_msg=name)
         whole = {name for name in tiled if calls[(name, "score_block")]}
         assert whole == (set() if params else set(tiled) & set(hybrid.blended)), (whole, params)
 
