@@ -17,6 +17,7 @@ from models.hybrid import Hybrid
 from models.ranking import factor_scores, factor_top, served_z_scores, unseen_top
 from models.registry import build
 from models.serving import serve_together
+from models.tiled import scoring_pool, use_threads
 from tasks.publish import score_step
 
 CAPPED_EASE = {"l2": 50.0, "max_items": 60}  # fitted on half the catalogue: the other half scores 0
@@ -108,6 +109,35 @@ def test_a_factor_models_best_items_found_a_tile_at_a_time_are_the_whole_ranking
     assert (found[11] == -1).all()
     twins = {17, *range(5000, 5400)} - set(seen[9].indices)
     assert 390 < len(twins) and (set(found[9, :len(twins)]) == twins or with_bias)
+
+
+def test_the_tiles_run_side_by_side_with_the_same_lists_on_any_number_of_threads(monkeypatch):
+    """The tiles are found in one run per scoring thread (each product on one BLAS thread): one, two or five
+    runs give the same lists and scores, bit for bit, a row crowded in one run included; called from a
+    scoring thread (a caller already on the pool), the runs go inline instead of waiting on the pool."""
+    rng = np.random.default_rng(11)
+    n_items = 12_000
+    items = rng.standard_normal((n_items, 8), dtype=np.float32)
+    items[9000:] = items[9000] * 4  # 3,000 twins: the last runs' tiles crowd the rows that like them
+    vectors = rng.standard_normal((24, 8), dtype=np.float32)
+    vectors[4] = items[9000]
+    seen = sp.random(24, n_items, density=0.01, format="csr", random_state=3, dtype=np.float32)
+    tiebreak = rng.permutation(n_items).astype(np.int64)
+    monkeypatch.setattr(models.ranking, "TILE_CELLS", 24 * 1024)
+    found = {}
+    try:
+        for threads in (1, 2, 5):
+            use_threads(threads)
+            found[threads] = factor_top(vectors, items, 1.0, None, seen, 30, tiebreak)
+        found["on the pool"] = scoring_pool().submit(factor_top, vectors, items, 1.0, None, seen, 30,
+                                                     tiebreak).result(timeout=600)
+    finally:
+        use_threads(0)
+    expected = unseen_top(factor_scores(vectors, items, 1.0, None, slice(None)), seen, 30, tiebreak)
+    for key, (top, best) in found.items():
+        np.testing.assert_array_equal(top, expected, err_msg=str(key))
+        np.testing.assert_array_equal(best, found[1][1], err_msg=str(key))
+    assert set(found[1][0][4]) <= set(range(9000, n_items))
 
 
 @pytest.mark.parametrize("model_name", ["als", "two_tower", "content_knn"])
