@@ -77,9 +77,16 @@ def one_blas_thread() -> Iterator[None]:
     """BLAS on one thread for the block: many small products (a tile of a block's scores, ~1 MB), each spread
     over every core, paid a wake and a join a call; on a busy machine a call waited for a core each time. The
     tiles run side by side instead (:func:`on_scoring_threads`). 266 users x 60k items x 24 factors a block:
-    248-262 ms with BLAS's own threads on a busy machine, 59-88 ms on one."""
-    with _blas_controller().limit(limits=1, user_api="blas"):
+    248-262 ms with BLAS's own threads on a busy machine, 59-88 ms on one.
+
+    OpenBLAS's thread count is the process's: sections from several threads take turns (threadpoolctl lets one
+    thread set it at a time, and two overlapping sections, each restoring what it found, left BLAS on one thread
+    for good). A section inside another in the same thread is free."""
+    with _BLAS_TURN, _blas_controller().limit(limits=1, user_api="blas"):
         yield
+
+
+_BLAS_TURN = threading.RLock()
 
 
 @cache

@@ -17,7 +17,7 @@ from models.hybrid import Hybrid
 from models.ranking import factor_scores, factor_top, served_z_scores, unseen_top
 from models.registry import build
 from models.serving import serve_together
-from models.tiled import scoring_pool, use_threads
+from models.tiled import one_blas_thread, scoring_pool, use_threads
 from tasks.publish import score_step
 
 CAPPED_EASE = {"l2": 50.0, "max_items": 60}  # fitted on half the catalogue: the other half scores 0
@@ -138,6 +138,42 @@ def test_the_tiles_run_side_by_side_with_the_same_lists_on_any_number_of_threads
         np.testing.assert_array_equal(top, expected, err_msg=str(key))
         np.testing.assert_array_equal(best, found[1][1], err_msg=str(key))
     assert set(found[1][0][4]) <= set(range(9000, n_items))
+
+
+def test_blas_on_one_thread_holds_inside_every_section_and_is_given_back_after_sections_from_many_threads():
+    """BLAS is on one thread inside each section (:func:`models.tiled.one_blas_thread`), entered from the main
+    thread, from the scoring pool's threads, from threads that overlap and one inside another, and on its own
+    count after them all: threadpoolctl lets one thread set OpenBLAS's count at a time, and overlapping sections
+    that each restored what they found left it on one thread for good."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    def section() -> set[int]:
+        with one_blas_thread():
+            with one_blas_thread():
+                inner = blas_threads()
+            return inner | blas_threads()
+
+    before = blas_threads()
+    seen = [section(), *scoring_pool().map(lambda _: section(), range(4)), section()]
+    start = threading.Barrier(3)
+
+    def overlapping():
+        start.wait(60)
+        for _ in range(20):
+            seen.append(section())
+
+    threads = [threading.Thread(target=overlapping) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(seen) == 66 and all(inside == {1} for inside in seen), seen
+    assert blas_threads() == before
 
 
 @pytest.mark.parametrize("model_name", ["als", "two_tower", "content_knn"])
