@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from models.base import Recommender
 from models.ranking import Stage, ranked_entries, unseen_moments
-from models.serving import UserBlock, item_cooccurrence
+from models.serving import OwnList, UserBlock, item_cooccurrence
 
 BLOCK_CELLS = 8_000_000  # item rows of the co-occurrence product at a time: at most this many cells a block
 
@@ -82,11 +82,12 @@ class ItemKNN(Recommender):
         unseen.eliminate_zeros()
         keep = np.flatnonzero(unseen.data > 0)
         top = np.full((n_rows, min(depth, n_items)), -1, dtype=np.int64)
+        best = np.full(top.shape, -np.inf, dtype=np.float32)
         if top.shape[1]:
-            r, c, _, rank = ranked_entries(np.repeat(np.arange(n_rows), np.diff(unseen.indptr))[keep],
+            r, c, v, rank = ranked_entries(np.repeat(np.arange(n_rows), np.diff(unseen.indptr))[keep],
                                            unseen.indices[keep], unseen.data[keep], n_rows, top.shape[1],
                                            self.tiebreak)
-            top[r, rank] = c
+            top[r, rank], best[r, rank] = c, v
 
         def scores_at(columns: np.ndarray) -> np.ndarray:
             position = np.full(n_items, -1, dtype=np.int64)
@@ -97,7 +98,40 @@ class ItemKNN(Recommender):
             out[row[asked], at[asked]] = scores.data[asked]
             return out
 
-        return Stage(top, scores_at, mean=mean, inverse=inverse)
+        return Stage(top, scores_at, mean=mean, inverse=inverse, best=best)
+
+    def own_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
+        """The block's lists from the sparse first stage, as the full ranking orders them: the items with a
+        score first, then, where a user has fewer than ``n``, every other unseen item at score 0 by the
+        tie-break (a user without history: the most taken items). Similarities are positive, so are the
+        scores of a history without negative weights; with one, 0 would not be the bottom: None."""
+        if users.history.nnz and users.history.data.min() < 0:
+            return None
+        listed = self.stage_list(users, keep, n)
+        if listed is None:
+            return None
+        short = np.flatnonzero(listed.top[:, -1] < 0) if listed.top.shape[1] else np.zeros(0, dtype=np.int64)
+        if not len(short):
+            return listed
+        top, best = listed.top.copy(), listed.best.copy()
+        taken = users.seen.tocsr()[short]
+        order = self._by_tiebreak()
+        for i, row in enumerate(short):  # few: cold users, and users whose items have few neighbours
+            have = top[row] >= 0
+            excluded = np.union1d(taken.indices[taken.indptr[i]:taken.indptr[i + 1]], top[row][have])
+            wanted = top.shape[1] - int(have.sum())
+            head = order[:wanted + len(excluded)]  # enough: at most len(excluded) of them are excluded
+            filler = head[~np.isin(head, excluded)][:wanted]
+            top[row, have.sum():have.sum() + len(filler)] = filler
+            best[row, have.sum():have.sum() + len(filler)] = 0.0
+        return OwnList(top, best, listed.asked)
+
+    def _by_tiebreak(self) -> np.ndarray:
+        """The catalogue's columns in tie-break order (the order of items that score alike), kept."""
+        kept = self.__dict__.get("_tiebreak_order")
+        if kept is None or kept[0] is not self.tiebreak:
+            kept = self._tiebreak_order = (self.tiebreak, np.argsort(self.tiebreak, kind="stable"))
+        return kept[1]
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         """"because you rated <the known item most similar to the recommended one>"."""

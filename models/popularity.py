@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from models.base import Recommender
 from models.explain import replace
 from models.ranking import Stage, ndcg_at_k, one_sided_gain, top_k_indices, unseen_moments
-from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock
+from models.serving import DEMOGRAPHIC_COLUMNS, OwnList, UserBlock
 from recsys import schema
 
 
@@ -26,6 +26,26 @@ class Popularity(Recommender):
 
     def score_block(self, users: UserBlock) -> np.ndarray:
         return np.broadcast_to(self.scores, (len(users.user_ids), len(self.scores))).copy()
+
+    def first_stage(self, users: UserBlock, depth: int) -> Stage:
+        """Everyone's one row (:func:`table_stage`): a user's best are the catalogue's best less what they have
+        seen, without a (users, items) block."""
+        if self._block_is_scored(users):
+            return super().first_stage(users, depth)
+        return table_stage(users, np.zeros(len(users.user_ids), dtype=np.int64), lambda _: self.scores,
+                           self._row_summary, depth)
+
+    def own_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
+        return self.stage_list(users, keep, n)
+
+    def _row_summary(self, key: int, depth: int) -> tuple[tuple[float, float], np.ndarray]:
+        """The row's (sum, sum of squares) and its best ``depth`` items, kept for the fitted scores."""
+        kept = self.__dict__.get("_summary")
+        if kept is None or kept[0] is not self.scores or len(kept[2]) < min(depth, len(self.scores)):
+            row = self.scores.astype(np.float64)
+            kept = self._summary = (self.scores, (float(row.sum()), float(row @ row)),
+                                    top_k_indices(self.scores[None, :], depth, self.tiebreak)[0])
+        return kept[1], kept[2][:depth]
 
     def _save_state(self, path: Path) -> None:
         np.save(path / "scores.npy", self.scores)
@@ -146,45 +166,14 @@ class SegmentPopularity(Recommender):
         return self._rows(users.demographics, self.chosen)
 
     def first_stage(self, users: UserBlock, depth: int) -> Stage:
-        """A block's users share a few rows of the tables: each row's sums and its best items are found once
-        (kept for the fitted tables), a user's best ``depth`` are the row's best less the items they have seen,
-        and the second stage gathers the columns it asks for."""
+        """A block's users share a few rows of the tables (:func:`table_stage`)."""
         if self._block_is_scored(users):
             return super().first_stage(users, depth)
-        keys = self._row_keys(users.demographics, self.chosen)
-        history = users.seen  # canonical: each row's columns ascending
-        seen = history.tocoo()
-        seen_keys = seen.row.astype(np.int64) * len(self.item_ids) + seen.col  # ascending
-        lengths = np.diff(history.indptr)
-        n_rows, n_items = len(keys), len(self.item_ids)
-        total, square = np.zeros(n_rows), np.zeros(n_rows)
-        seen_scores = np.zeros(seen.nnz)
-        top = np.full((n_rows, min(depth, n_items)), -1, dtype=np.int64)
-        rows_of = _groups(keys)  # each row's users, and each row's seen entries
-        entries_of = _groups(keys[seen.row])
-        for key, mine in rows_of.items():
-            row = self._table_row(key)
-            sums, best = self._row_summary(key, top.shape[1] + int(lengths[mine].max()))
-            total[mine], square[mine] = sums
-            if key in entries_of:
-                seen_scores[entries_of[key]] = row[seen.col[entries_of[key]]]
-            # The row's best less each user's seen items (looked up among the block's sorted seen keys): the
-            # first ``depth`` unseen of its best.
-            wanted = mine[:, None].astype(np.int64) * n_items + best[None, :]
-            at = np.minimum(np.searchsorted(seen_keys, wanted), max(len(seen_keys) - 1, 0))
-            unseen = seen_keys[at] != wanted if len(seen_keys) else np.ones(wanted.shape, dtype=bool)
-            rank = np.cumsum(unseen, axis=1) - 1
-            r, c = np.nonzero(unseen & (rank < top.shape[1]))
-            top[mine[r], rank[r, c]] = best[c]
-        mean, inverse = unseen_moments(total, square, n_items, seen.row, seen_scores)
+        return table_stage(users, self._row_keys(users.demographics, self.chosen), self._table_row,
+                           self._row_summary, depth)
 
-        def scores_at(columns: np.ndarray) -> np.ndarray:
-            out = np.empty((n_rows, len(columns)), dtype=np.float32)
-            for key, mine in rows_of.items():
-                out[mine] = self._table_row(key)[columns]
-            return out
-
-        return Stage(top, scores_at, mean=mean, inverse=inverse)
+    def own_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
+        return self.stage_list(users, keep, n)
 
     def _row_summary(self, key: int, depth: int) -> tuple[tuple[float, float], np.ndarray]:
         """A row's (sum, sum of squares) in float64 and its best ``depth`` items ordered as a served list, kept
@@ -242,6 +231,49 @@ def held_out_ndcg(scores_of, truth: sp.csr_matrix, k: int, block: int = 1024) ->
         rows = np.arange(lo, min(lo + block, truth.shape[0]))
         out[rows] = ndcg_at_k(scores_of(rows), truth[rows].toarray() > 0, k)
     return out
+
+
+def table_stage(users: UserBlock, keys: np.ndarray, table_row, row_summary, depth: int) -> Stage:
+    """The first stage of a model whose users share a few rows of scores (``keys``: each user's row;
+    ``table_row(key)``: the row; ``row_summary(key, depth)``: its float64 (sum, sum of squares) and its best
+    ``depth`` items ordered as a served list, kept by the model): each row's sums and best items are found once,
+    a user's best ``depth`` are the row's best less the items they have seen, with their scores (the user's own
+    list, :meth:`Recommender.own_list`), and the second stage gathers the columns it asks for."""
+    history = users.seen  # canonical: each row's columns ascending
+    n_rows, n_items = len(keys), history.shape[1]
+    seen = history.tocoo()
+    seen_keys = seen.row.astype(np.int64) * n_items + seen.col  # ascending
+    lengths = np.diff(history.indptr)
+    total, square = np.zeros(n_rows), np.zeros(n_rows)
+    seen_scores = np.zeros(seen.nnz)
+    top = np.full((n_rows, min(depth, n_items)), -1, dtype=np.int64)
+    best_scores = np.full(top.shape, -np.inf, dtype=np.float32)
+    rows_of = _groups(keys)  # each row's users, and each row's seen entries
+    entries_of = _groups(keys[seen.row])
+    for key, mine in rows_of.items():
+        row = table_row(key)
+        sums, best = row_summary(key, top.shape[1] + int(lengths[mine].max()))
+        total[mine], square[mine] = sums
+        if key in entries_of:
+            seen_scores[entries_of[key]] = row[seen.col[entries_of[key]]]
+        # The row's best less each user's seen items (looked up among the block's sorted seen keys): the
+        # first ``depth`` unseen of its best.
+        wanted = mine[:, None].astype(np.int64) * n_items + best[None, :]
+        at = np.minimum(np.searchsorted(seen_keys, wanted), max(len(seen_keys) - 1, 0))
+        unseen = seen_keys[at] != wanted if len(seen_keys) else np.ones(wanted.shape, dtype=bool)
+        rank = np.cumsum(unseen, axis=1) - 1
+        r, c = np.nonzero(unseen & (rank < top.shape[1]))
+        top[mine[r], rank[r, c]] = best[c]
+        best_scores[mine[r], rank[r, c]] = row[best[c]]
+    mean, inverse = unseen_moments(total, square, n_items, seen.row, seen_scores)
+
+    def scores_at(columns: np.ndarray) -> np.ndarray:
+        out = np.empty((n_rows, len(columns)), dtype=np.float32)
+        for key, mine in rows_of.items():
+            out[mine] = table_row(key)[columns]
+        return out
+
+    return Stage(top, scores_at, mean=mean, inverse=inverse, best=best_scores)
 
 
 def _groups(values: np.ndarray) -> dict[int, np.ndarray]:
