@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from models.base import Recommender
 from models.explain import replace
-from models.ranking import Stage, ndcg_at_k, one_sided_gain, top_k_indices, unseen_moments
+from models.ranking import Stage, first_unseen, ndcg_at_k, one_sided_gain, top_k_indices, unseen_moments
 from models.serving import DEMOGRAPHIC_COLUMNS, OwnList, UserBlock
 from recsys import schema
 
@@ -256,15 +256,10 @@ def table_stage(users: UserBlock, keys: np.ndarray, table_row, row_summary, dept
         total[mine], square[mine] = sums
         if key in entries_of:
             seen_scores[entries_of[key]] = row[seen.col[entries_of[key]]]
-        # The row's best less each user's seen items (looked up among the block's sorted seen keys): the
-        # first ``depth`` unseen of its best.
-        wanted = mine[:, None].astype(np.int64) * n_items + best[None, :]
-        at = np.minimum(np.searchsorted(seen_keys, wanted), max(len(seen_keys) - 1, 0))
-        unseen = seen_keys[at] != wanted if len(seen_keys) else np.ones(wanted.shape, dtype=bool)
-        rank = np.cumsum(unseen, axis=1) - 1
-        r, c = np.nonzero(unseen & (rank < top.shape[1]))
-        top[mine[r], rank[r, c]] = best[c]
-        best_scores[mine[r], rank[r, c]] = row[best[c]]
+        # The row's best less each user's seen items: the first ``depth`` unseen of its best.
+        r, c, rank = first_unseen(best, mine, seen_keys, n_items, top.shape[1])
+        top[mine[r], rank] = best[c]
+        best_scores[mine[r], rank] = row[best[c]]
     mean, inverse = unseen_moments(total, square, n_items, seen.row, seen_scores)
 
     def scores_at(columns: np.ndarray) -> np.ndarray:

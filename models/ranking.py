@@ -321,6 +321,19 @@ def unseen_top(scores: np.ndarray, seen: sp.spmatrix, depth: int, tiebreak: np.n
     return top
 
 
+def first_unseen(order: np.ndarray, rows: np.ndarray, seen_keys: np.ndarray, n_items: int,
+                 depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of the block ``rows``, the first ``depth`` columns of ``order`` it has not seen: ``(r, c,
+    rank)``, the r-th of ``rows`` lists ``order[c]`` at ``rank``. ``seen_keys``: the block's seen entries as
+    row * n_items + column, ascending. ``order`` must run ``depth`` past the most seen of it a row has."""
+    wanted = rows[:, None].astype(np.int64) * n_items + order[None, :]
+    at = np.minimum(np.searchsorted(seen_keys, wanted), max(len(seen_keys) - 1, 0))
+    unseen = seen_keys[at] != wanted if len(seen_keys) else np.ones(wanted.shape, dtype=bool)
+    rank = np.cumsum(unseen, axis=1) - 1
+    r, c = np.nonzero(unseen & (rank < depth))
+    return r, c, rank[r, c]
+
+
 def unseen_moments(total: np.ndarray, square: np.ndarray, n_items: int, seen_rows: np.ndarray,
                    seen_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row's mean (float64) and 1 / deviation (float32, 0 for a constant row) over its unseen items, from

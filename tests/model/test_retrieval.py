@@ -177,17 +177,18 @@ def test_blas_on_one_thread_holds_inside_every_section_and_is_given_back_after_s
 
 
 @pytest.mark.parametrize("model_name", ["als", "two_tower", "content_knn", "popularity", "segment_popularity",
-                                        "item_knn"])
+                                        "item_knn", "ease"])
 def test_a_factor_model_serves_its_own_lists_in_two_stages_as_its_full_ranking(small_data, model_name, monkeypatch):
     """Where its catalogue is tiled (forced here: 8-column tiles of a 120-item catalogue), a factor model serves
     alone from its first stage's ranked lists (:meth:`Recommender.own_list`, no dense array of their columns);
-    so do the popularity tables (each row's best less the user's seen items) and item-kNN (its scored items,
-    then the rest at 0 by the tie-break): the same lists, order and scores as ranking every item, for warm,
+    so do the popularity tables (each row's best less the user's seen items), item-kNN (its scored items, then
+    the rest at 0 by the tie-break) and capped EASE (its fitted items' best merged with the items beyond the
+    cap at 0, above its negative scores): the same lists, order and scores as ranking every item, for warm,
     k-shot and zero-shot users and a user who has seen all but two items; with reasons and new items'
     audiences; and beside other models (a shared block: evaluation), where its stage is found once a block for
     every reader (here the same model under two names)."""
     train, uf, itf, cold = small_data
-    model = fit_model(model_name, train, uf, itf, seed=3)
+    model = fit_model(model_name, train, uf, itf, seed=3, params=CAPPED_EASE if model_name == "ease" else None)
     other = fit_model("popularity", train, uf, itf, seed=3)
     block = block_of(model, train, cold)
     users = np.concatenate([np.sort(train["user_id"].unique().to_numpy()), cold])
@@ -395,6 +396,8 @@ def test_a_hybrid_served_after_its_components_still_decides_how_their_blocks_are
             # found it by, and BLAS may sum an 8-column tile's entries in another order than the whole row's.
             assert served[name].top.drop("score").equals(alone[name].drop("score")), (name, params)
             np.testing.assert_allclose(served[name].top["score"], alone[name]["score"], rtol=1e-5, err_msg=name)
+        for name in hybrid.components:  # the ones served from their own stages too (popularity tables, kNN)
+            assert served[name].top.drop("score").equals(alone[name].drop("score")), (name, params)
         whole = {name for name in tiled if calls[(name, "score_block")]}
         assert whole == (set() if params else set(tiled) & set(hybrid.blended)), (whole, params)
 
