@@ -34,11 +34,12 @@ from threadpoolctl import threadpool_limits
 
 from models.base import Recommender, carried_rows
 from models.ranking import Stage, factor_moments, factor_stage
-from models.serving import OwnList, UserBlock
+from models.serving import UserBlock
 
 
 class ALS(Recommender):
     name = "als"
+    lists_from_stage = True
     continues_fits = True
     description = "user and item factors of the interaction matrix (implicit's alternating least squares)"
 
@@ -101,8 +102,6 @@ class ALS(Recommender):
     def score_block(self, users: UserBlock) -> np.ndarray:
         return self.user_vectors(users) @ self.solver.item_factors.T
 
-    def own_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
-        return self.stage_list(users, keep, n)
 
     def first_stage(self, users: UserBlock, depth: int) -> Stage:
         """The block's best ``depth`` a user from one product with the item factors; the rows' moments from

@@ -55,6 +55,9 @@ class Recommender(Explaining, ABC):
     name: ClassVar[str]
     # What the model is, in one line for people (the report's headline names the published model with it).
     description: ClassVar[str] = ""
+    # Whether the model's first stage holds its own list, ranked as the full ranking ranks it (``Stage.best``):
+    # at a wide catalogue it is served from the stage (:meth:`own_list`), never as a users x items block.
+    lists_from_stage: ClassVar[bool] = False
     # Scores an item from its content, so an item with no interactions gets a real score (not a CF zero).
     scores_new_items: ClassVar[bool] = False
 
@@ -293,30 +296,30 @@ class Recommender(Explaining, ABC):
 
     def own_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
         """The block's top ``n`` unseen items already ranked, without a (users, items) array, or None: the
-        model is served from its :meth:`candidate_scores` or whole block. Default: None; a model whose first
-        stage finds its best items a tile at a time (the factor models, the content neighbourhood) returns
-        :meth:`stage_list`."""
-        return None
-
-    def stage_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
-        """:meth:`own_list` from the first stage (:func:`models.ranking.tiled_top`): each user's best ``n``
-        unseen items in the full ranking's order, with the scores the stage found them by, and the scores of
-        the ``keep`` columns (seen items at -inf). None where the block's whole scores are already computed
-        (another reader scored it), the catalogue is scored whole (:func:`models.ranking.tile_width`), or the
-        stage found its items from whole scores. Before, the union of the block's lists was scored again and
-        ranked as a dense array (at 60k items and 24 factors that cost more than the tiles saved)."""
-        if (n <= 0 or self._block_is_scored(users)
+        model is served from its :meth:`candidate_scores` or whole block. For a model whose first stage holds
+        its own list (:attr:`lists_from_stage`) at a catalogue wide enough to be tiled
+        (:func:`models.ranking.tile_width`): each user's best ``n`` unseen items in the full ranking's order with
+        the scores the stage found them by, and the scores of the ``keep`` columns (seen items at -inf). None
+        where the block's whole scores are already computed (another reader scored it)."""
+        if (not self.lists_from_stage or n <= 0 or self._block_is_scored(users)
                 or tile_width(len(users.user_ids), len(self.item_ids)) is None):
             return None
         stage = self.stage_of(users, n)
-        if stage.best is None:
+        if stage.best is None:  # found from the block's whole scores after all
             return None
         keep = np.asarray(keep, dtype=np.int64)
-        asked = stage.scores_at(keep) if len(keep) else np.zeros((len(users.user_ids), 0), dtype=np.float32)
-        if len(keep):
-            seen = users.history.tocsr()[:, keep].tocoo()
-            asked[seen.row, seen.col] = -np.inf
+        asked = stage.scores_at(keep)
+        seen = users.history.tocsr()[:, keep].tocoo()
+        asked[seen.row, seen.col] = -np.inf
         return OwnList(stage.top, stage.best, asked)
+
+    def by_tiebreak(self) -> np.ndarray:
+        """The catalogue's columns in tie-break order (how items that score alike are ranked), kept for the
+        fitted encoding."""
+        kept = self.__dict__.get("_by_tiebreak")
+        if kept is None or kept[0] is not self.tiebreak:
+            kept = self._by_tiebreak = (self.tiebreak, np.argsort(self.tiebreak, kind="stable"))
+        return kept[1]
 
     def stage_of(self, users: UserBlock, depth: int) -> Stage:
         """:meth:`first_stage`, found once per shared block: a model served beside a hybrid that blends it

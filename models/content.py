@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from models.base import Recommender, mix64
 from models.ranking import Stage, tiled_top, unseen_moments
-from models.serving import N_DECADES, OwnList, UserBlock, decade_of
+from models.serving import N_DECADES, UserBlock, decade_of
 
 FIRST_YEAR, LAST_YEAR = 1880, 2040  # exact release years one-hot; others (and unknown) have no year part
 # Content columns set in at least this share of items are scored as one dense BLAS product (the encoder's text
@@ -40,6 +40,7 @@ def _unit_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
 
 class ContentKNN(Recommender):
     name = "content_knn"
+    lists_from_stage = True
     description = "items whose genres, year and text (pretrained encoder) are like the user's"
     scores_new_items = True
 
@@ -131,8 +132,6 @@ class ContentKNN(Recommender):
             kept[key] = entry
         return entry[1], entry[2]
 
-    def own_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
-        return self.stage_list(users, keep, n)
 
     def first_stage(self, users: UserBlock, depth: int) -> Stage:
         """Each user's best ``depth`` unseen items from the block's profiles a tile of the catalogue at a time

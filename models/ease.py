@@ -40,7 +40,7 @@ import scipy.sparse as sp
 from scipy.linalg import blas, lapack
 
 from models.base import Recommender
-from models.ranking import Stage, first_unseen, ranked_entries, unseen_moments, unseen_top
+from models.ranking import Stage, unseen_moments, unseen_top, with_unscored_items
 from models.serving import OwnList, UserBlock, item_cooccurrence
 from models.tiled import TiledMatrix
 
@@ -57,6 +57,7 @@ THREADED_POTRF_MAX = 8_192
 
 class EASE(Recommender):
     name = "ease"
+    lists_from_stage = True
     description = "a linear item-to-item autoencoder (EASE) over the user's history"
 
     @classmethod
@@ -147,34 +148,19 @@ class EASE(Recommender):
         """The block's lists from the first stage on the fitted items, as the full ranking orders them: each
         user's best fitted items merged with the items beyond the cap, which all score 0 (the first ``n`` of
         them the user has not seen, by the tie-break): above a negative score, below a positive one."""
-        listed = self.stage_list(users, keep, n) if self.known is not None else None
+        listed = super().own_list(users, keep, n) if self.known is not None else None
         if listed is None:
             return None
-        b, depth = listed.top.shape
-        n_items = len(self.item_ids)
-        seen = users.seen.tocoo()
-        beyond = ~np.isin(seen.col, self.known)
-        seen_keys = seen.row[beyond].astype(np.int64) * n_items + seen.col[beyond]  # ascending
-        most = int(np.bincount(seen.row[beyond], minlength=b).max()) if beyond.any() else 0
-        r, c, _ = first_unseen(self._beyond_by_tiebreak()[:depth + most], np.arange(b), seen_keys, n_items, depth)
-        order = self._beyond_by_tiebreak()
-        have = listed.top >= 0
-        rows = np.concatenate([np.nonzero(have)[0], r])
-        cols = np.concatenate([listed.top[have], order[c]])
-        values = np.concatenate([listed.best[have], np.zeros(len(r), dtype=np.float32)])
-        by_row = np.argsort(rows, kind="stable")
-        rows, cols, values, rank = ranked_entries(rows[by_row], cols[by_row], values[by_row], b, depth,
-                                                  self.tiebreak)
-        top, best = np.full((b, depth), -1, dtype=np.intp), np.full((b, depth), -np.inf, dtype=np.float32)
-        top[rows, rank], best[rows, rank] = cols, values
+        top, best = with_unscored_items(listed.top, listed.best, self._beyond_by_tiebreak(), users.seen,
+                                        self.tiebreak)
         return OwnList(top, best, listed.asked)
 
     def _beyond_by_tiebreak(self) -> np.ndarray:
         """The catalogue's columns beyond the cap in tie-break order (kept)."""
         kept = self.__dict__.get("_beyond")
         if kept is None or kept[0] is not self.known:
-            beyond = np.setdiff1d(np.arange(len(self.item_ids)), self.known)
-            kept = self._beyond = (self.known, beyond[np.argsort(self.tiebreak[beyond], kind="stable")])
+            order = self.by_tiebreak()
+            kept = self._beyond = (self.known, order[self._positions()[order] < 0])
         return kept[1]
 
     def _positions(self) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import Recommender
-from models.ranking import Stage, ranked_entries, unseen_moments
+from models.ranking import Stage, ranked_entries, unseen_moments, with_unscored_items
 from models.serving import OwnList, UserBlock, item_cooccurrence
 
 BLOCK_CELLS = 8_000_000  # item rows of the co-occurrence product at a time: at most this many cells a block
@@ -22,6 +22,7 @@ class ItemKNN(Recommender):
     """
 
     name = "item_knn"
+    lists_from_stage = True
     description = "items taken by the same users as the user's items"
 
     @classmethod
@@ -107,31 +108,14 @@ class ItemKNN(Recommender):
         scores of a history without negative weights; with one, 0 would not be the bottom: None."""
         if users.history.nnz and users.history.data.min() < 0:
             return None
-        listed = self.stage_list(users, keep, n)
+        listed = super().own_list(users, keep, n)
         if listed is None:
             return None
-        short = np.flatnonzero(listed.top[:, -1] < 0) if listed.top.shape[1] else np.zeros(0, dtype=np.int64)
-        if not len(short):
+        if not listed.top.shape[1] or (listed.top[:, -1] >= 0).all():  # every list full of scored items
             return listed
-        top, best = listed.top.copy(), listed.best.copy()
-        taken = users.seen.tocsr()[short]
-        order = self._by_tiebreak()
-        for i, row in enumerate(short):  # few: cold users, and users whose items have few neighbours
-            have = top[row] >= 0
-            excluded = np.union1d(taken.indices[taken.indptr[i]:taken.indptr[i + 1]], top[row][have])
-            wanted = top.shape[1] - int(have.sum())
-            head = order[:wanted + len(excluded)]  # enough: at most len(excluded) of them are excluded
-            filler = head[~np.isin(head, excluded)][:wanted]
-            top[row, have.sum():have.sum() + len(filler)] = filler
-            best[row, have.sum():have.sum() + len(filler)] = 0.0
+        # A user with fewer scored items than ``n`` has all of them listed; the rest of the catalogue scores 0.
+        top, best = with_unscored_items(listed.top, listed.best, self.by_tiebreak(), users.seen, self.tiebreak)
         return OwnList(top, best, listed.asked)
-
-    def _by_tiebreak(self) -> np.ndarray:
-        """The catalogue's columns in tie-break order (the order of items that score alike), kept."""
-        kept = self.__dict__.get("_tiebreak_order")
-        if kept is None or kept[0] is not self.tiebreak:
-            kept = self._tiebreak_order = (self.tiebreak, np.argsort(self.tiebreak, kind="stable"))
-        return kept[1]
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         """"because you rated <the known item most similar to the recommended one>"."""

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from models.base import Recommender
 from models.explain import replace
 from models.ranking import Stage, first_unseen, ndcg_at_k, one_sided_gain, top_k_indices, unseen_moments
-from models.serving import DEMOGRAPHIC_COLUMNS, OwnList, UserBlock
+from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock
 from recsys import schema
 
 
@@ -19,6 +19,7 @@ class Popularity(Recommender):
     """Global popularity: the same ranking (most interacted items first) for everyone."""
 
     name = "popularity"
+    lists_from_stage = True
     description = 'the same most-taken items for everyone'
 
     def _fit(self, seed: int) -> None:
@@ -32,20 +33,8 @@ class Popularity(Recommender):
         seen, without a (users, items) block."""
         if self._block_is_scored(users):
             return super().first_stage(users, depth)
-        return table_stage(users, np.zeros(len(users.user_ids), dtype=np.int64), lambda _: self.scores,
-                           self._row_summary, depth)
-
-    def own_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
-        return self.stage_list(users, keep, n)
-
-    def _row_summary(self, key: int, depth: int) -> tuple[tuple[float, float], np.ndarray]:
-        """The row's (sum, sum of squares) and its best ``depth`` items, kept for the fitted scores."""
-        kept = self.__dict__.get("_summary")
-        if kept is None or kept[0] is not self.scores or len(kept[2]) < min(depth, len(self.scores)):
-            row = self.scores.astype(np.float64)
-            kept = self._summary = (self.scores, (float(row.sum()), float(row @ row)),
-                                    top_k_indices(self.scores[None, :], depth, self.tiebreak)[0])
-        return kept[1], kept[2][:depth]
+        return table_stage(self, (self.scores,), lambda _: self.scores, users,
+                           np.zeros(len(users.user_ids), dtype=np.int64), depth)
 
     def _save_state(self, path: Path) -> None:
         np.save(path / "scores.npy", self.scores)
@@ -74,6 +63,7 @@ class SegmentPopularity(Recommender):
     """
 
     name = "segment_popularity"
+    lists_from_stage = True
     description = "the most-taken items of the user's demographic segment"
 
     @classmethod
@@ -169,25 +159,8 @@ class SegmentPopularity(Recommender):
         """A block's users share a few rows of the tables (:func:`table_stage`)."""
         if self._block_is_scored(users):
             return super().first_stage(users, depth)
-        return table_stage(users, self._row_keys(users.demographics, self.chosen), self._table_row,
-                           self._row_summary, depth)
-
-    def own_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
-        return self.stage_list(users, keep, n)
-
-    def _row_summary(self, key: int, depth: int) -> tuple[tuple[float, float], np.ndarray]:
-        """A row's (sum, sum of squares) in float64 and its best ``depth`` items ordered as a served list, kept
-        per row for the fitted tables (the longest asked for)."""
-        tables = (self.segment_scores, self.parent_scores, self.global_scores)
-        kept = self.__dict__.get("_summaries")
-        if kept is None or any(a is not b for a, b in zip(kept[0], tables, strict=True)):
-            kept = self._summaries = (tables, {})
-        entry = kept[1].get(key)
-        if entry is None or len(entry[1]) < min(depth, len(self.item_ids)):
-            row = self._table_row(key).astype(np.float64)
-            best = top_k_indices(self._table_row(key)[None, :], depth, self.tiebreak)[0]
-            entry = kept[1][key] = ((float(row.sum()), float(row @ row)), best)
-        return entry[0], entry[1][:depth]
+        return table_stage(self, (self.segment_scores, self.parent_scores, self.global_scores), self._table_row,
+                           users, self._row_keys(users.demographics, self.chosen), depth)
 
     def summary(self) -> str:
         s = getattr(self, "selection", {})
@@ -233,10 +206,25 @@ def held_out_ndcg(scores_of, truth: sp.csr_matrix, k: int, block: int = 1024) ->
     return out
 
 
-def table_stage(users: UserBlock, keys: np.ndarray, table_row, row_summary, depth: int) -> Stage:
-    """The first stage of a model whose users share a few rows of scores (``keys``: each user's row;
-    ``table_row(key)``: the row; ``row_summary(key, depth)``: its float64 (sum, sum of squares) and its best
-    ``depth`` items ordered as a served list, kept by the model): each row's sums and best items are found once,
+def row_summary(model: Recommender, tables: tuple[np.ndarray, ...], key: int, row: np.ndarray,
+                depth: int) -> tuple[tuple[float, float], np.ndarray]:
+    """A table row's (sum, sum of squares) in float64 and its best ``depth`` items ordered as a served list,
+    kept on ``model`` per row for its fitted ``tables`` (the longest asked for; forgotten when a table changes)."""
+    kept = model.__dict__.get("_summaries")
+    if kept is None or len(kept[0]) != len(tables) or any(a is not b for a, b in zip(kept[0], tables, strict=True)):
+        kept = model._summaries = (tables, {})
+    entry = kept[1].get(key)
+    if entry is None or len(entry[1]) < min(depth, len(row)):
+        wide = row.astype(np.float64)
+        entry = kept[1][key] = ((float(wide.sum()), float(wide @ wide)),
+                                top_k_indices(row[None, :], depth, model.tiebreak)[0])
+    return entry[0], entry[1][:depth]
+
+
+def table_stage(model: Recommender, tables: tuple[np.ndarray, ...], table_row, users: UserBlock, keys: np.ndarray,
+                depth: int) -> Stage:
+    """The first stage of a model whose users share a few rows of its ``tables`` (``keys``: each user's row;
+    ``table_row(key)``: the row): each row's sums and best items are found once (:func:`row_summary`),
     a user's best ``depth`` are the row's best less the items they have seen, with their scores (the user's own
     list, :meth:`Recommender.own_list`), and the second stage gathers the columns it asks for."""
     history = users.seen  # canonical: each row's columns ascending
@@ -252,7 +240,7 @@ def table_stage(users: UserBlock, keys: np.ndarray, table_row, row_summary, dept
     entries_of = _groups(keys[seen.row])
     for key, mine in rows_of.items():
         row = table_row(key)
-        sums, best = row_summary(key, top.shape[1] + int(lengths[mine].max()))
+        sums, best = row_summary(model, tables, key, row, top.shape[1] + int(lengths[mine].max()))
         total[mine], square[mine] = sums
         if key in entries_of:
             seen_scores[entries_of[key]] = row[seen.col[entries_of[key]]]

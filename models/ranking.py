@@ -334,6 +334,32 @@ def first_unseen(order: np.ndarray, rows: np.ndarray, seen_keys: np.ndarray, n_i
     return r, c, rank[r, c]
 
 
+def with_unscored_items(top: np.ndarray, best: np.ndarray, zeros: np.ndarray, seen: sp.spmatrix,
+                        tiebreak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lists of a model's scored candidates (``top``, ``best``: best first, -1 past a list) merged with the
+    items it scores 0 for everyone (``zeros``, in tie-break order), as ranking each user's whole row would:
+    each user's first unseen, unlisted ``depth`` of ``zeros`` ranked with the candidates by (score desc,
+    tie-break asc). Items beyond capped EASE's fitted ones, the items without a neighbour in a user's
+    item-kNN row."""
+    b, depth = top.shape
+    n_items = len(tiebreak)
+    seen = seen.tocoo()
+    have = top >= 0
+    listed_rows = np.nonzero(have)[0]
+    keys = np.union1d(seen.row.astype(np.int64) * n_items + seen.col,
+                      listed_rows.astype(np.int64) * n_items + top[have])  # ascending: row, then column
+    most = int(np.bincount(keys // n_items, minlength=b).max()) if len(keys) else 0
+    r, c, _ = first_unseen(zeros[:depth + most], np.arange(b), keys, n_items, depth)
+    rows = np.concatenate([listed_rows, r])
+    cols = np.concatenate([top[have], zeros[c]])
+    values = np.concatenate([best[have], np.zeros(len(r), dtype=np.float32)])
+    by_row = np.argsort(rows, kind="stable")
+    rows, cols, values, rank = ranked_entries(rows[by_row], cols[by_row], values[by_row], b, depth, tiebreak)
+    merged, scores = np.full((b, depth), -1, dtype=np.intp), np.full((b, depth), -np.inf, dtype=np.float32)
+    merged[rows, rank], scores[rows, rank] = cols, values
+    return merged, scores
+
+
 def unseen_moments(total: np.ndarray, square: np.ndarray, n_items: int, seen_rows: np.ndarray,
                    seen_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row's mean (float64) and 1 / deviation (float32, 0 for a constant row) over its unseen items, from

@@ -330,19 +330,20 @@ def top_n(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray
 def ranked_frame(user_ids: np.ndarray, top: np.ndarray, best: np.ndarray, item_ids: np.ndarray) -> pl.DataFrame:
     """:func:`top_n`'s frame of lists already ranked: ``top`` (users, n) columns best first, -1 past a list,
     ``best`` their scores (only finite ones listed)."""
-    rows, rank = np.nonzero((top >= 0) & np.isfinite(best))  # rows ascending, rank ascending within a row
-    return pl.DataFrame({
-        USER_ID: user_ids[rows],
-        ITEM_ID: item_ids[top[rows, rank]],
-        "rank": (rank + 1).astype(np.int32),
-        "score": best[rows, rank].astype(np.float32),
-    }, schema=schema.RECOMMENDATION_SCHEMA)
+    rows, rank = np.nonzero(top >= 0)  # rows ascending, rank ascending within a row
+    return _list_frame(user_ids, item_ids, rows, top[rows, rank], best[rows, rank], rank)
 
 
 def _top_n_rows(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray,
                 tiebreak: np.ndarray) -> pl.DataFrame:
-    rows, cols, values, rank = best_of_rows(scores, n, tiebreak)
-    keep = np.isfinite(values)  # a user who has seen almost everything gets a shorter list
+    return _list_frame(user_ids, item_ids, *best_of_rows(scores, n, tiebreak))
+
+
+def _list_frame(user_ids: np.ndarray, item_ids: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                rank: np.ndarray) -> pl.DataFrame:
+    """Ranked entries (block rows, catalogue columns, scores, 0-based ranks) as a top-n frame, finite scores
+    only (a user who has seen almost everything gets a shorter list)."""
+    keep = np.isfinite(values)
     return pl.DataFrame({
         USER_ID: user_ids[rows[keep]],
         ITEM_ID: item_ids[cols[keep]],

@@ -31,7 +31,7 @@ import numpy as np
 
 from models.base import Recommender, carried_rows
 from models.ranking import Stage, factor_moments, factor_stage
-from models.serving import DEMOGRAPHIC_COLUMNS, OwnList, UserBlock, decade_of, padded_rows
+from models.serving import DEMOGRAPHIC_COLUMNS, UserBlock, decade_of, padded_rows
 from models.text import MAX_TOKENS
 from models.towers import (
     Examples,
@@ -50,6 +50,7 @@ from recsys.schema import ITEM_ID, TIMESTAMP, USER_ID
 
 class TwoTower(Recommender):
     name = "two_tower"
+    lists_from_stage = True
     SETTINGS = {"epochs": "epochs", "batch_size": "batch_size", "verbose": "verbose"}
     description = "a Keras two-tower network over ids, demographics, the user's items and item content"
     scores_new_items = True
@@ -346,8 +347,6 @@ class TwoTower(Recommender):
         scores += self.item_biases[None, :]
         return scores
 
-    def own_list(self, users: UserBlock, keep: np.ndarray, n: int) -> OwnList | None:
-        return self.stage_list(users, keep, n)
 
     def first_stage(self, users: UserBlock, depth: int) -> Stage:
         """The block's best ``depth`` a user from the towers' product as :meth:`score_block` computes it; the

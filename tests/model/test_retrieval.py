@@ -3,12 +3,15 @@ catalogue does, and a hybrid served from them publishes the full ranking's lists
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import polars as pl
 import pytest
 import scipy.sparse as sp
 from model_helpers import block_of, fit_model
 from polars.testing import assert_frame_equal
+from threadpoolctl import threadpool_info
 
 import models.base
 import models.ranking
@@ -145,10 +148,6 @@ def test_blas_on_one_thread_holds_inside_every_section_and_is_given_back_after_s
     thread, from the scoring pool's threads, from threads that overlap and one inside another, and on its own
     count after them all: threadpoolctl lets one thread set OpenBLAS's count at a time, and overlapping sections
     that each restored what they found left it on one thread for good."""
-    import threading
-
-    from threadpoolctl import threadpool_info
-
     def blas_threads() -> set[int]:
         return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
 
