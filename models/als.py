@@ -102,7 +102,6 @@ class ALS(Recommender):
     def score_block(self, users: UserBlock) -> np.ndarray:
         return self.user_vectors(users) @ self.solver.item_factors.T
 
-
     def first_stage(self, users: UserBlock, depth: int) -> Stage:
         """The block's best ``depth`` a user from one product with the item factors; the rows' moments from
         the factors' sums and Gram matrix (:class:`models.ranking.FactorMoments`), kept for the fitted factors."""

@@ -132,7 +132,6 @@ class ContentKNN(Recommender):
             kept[key] = entry
         return entry[1], entry[2]
 
-
     def first_stage(self, users: UserBlock, depth: int) -> Stage:
         """Each user's best ``depth`` unseen items from the block's profiles a tile of the catalogue at a time
         (:func:`models.ranking.tiled_top`), and the rows' moments without scoring the catalogue (a blend weighs

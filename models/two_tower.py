@@ -347,7 +347,6 @@ class TwoTower(Recommender):
         scores += self.item_biases[None, :]
         return scores
 
-
     def first_stage(self, users: UserBlock, depth: int) -> Stage:
         """The block's best ``depth`` a user from the towers' product as :meth:`score_block` computes it; the
         rows' moments from the item vectors' sums and Gram matrix (:class:`models.ranking.FactorMoments`: a

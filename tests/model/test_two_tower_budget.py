@@ -3,6 +3,9 @@ tower that serves new items leaves the warm path alone."""
 
 from __future__ import annotations
 
+import random
+import threading
+
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
@@ -50,9 +53,6 @@ def test_the_nets_initial_weights_come_from_its_seed_alone(small_data, monkeypat
     """An unseeded Keras initializer draws its seed from Python's process-wide ``random``, which other threads
     (Prefect's, an earlier test's) move at any time: on a busy CI machine the same seed built other weights,
     and two fits meant to share their warm path did not. The net reads nothing from that stream."""
-    import random
-    import threading
-
     train, uf, itf, _ = small_data
     model = build("two_tower", **FAST, epochs=1, validation_share=0.0, min_validation_examples=0).fit(
         train, uf, itf, seed=3)
@@ -60,6 +60,7 @@ def test_the_nets_initial_weights_come_from_its_seed_alone(small_data, monkeypat
     # and after raced with those other threads: under load a thread an earlier test left in the worker moved it
     # in between (the suite failed so once), whatever the net did.
     me, draws = threading.get_ident(), []
+
     def counted(name: str):
         original = getattr(random, name)
 
