@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 
 from models.registry import build
 
@@ -77,3 +78,19 @@ def test_with_too_few_users_to_tell_the_configured_segment_is_kept(small_data):
     assert model.chosen["segment"] == PARENT and model.selection["chosen"] == "as configured"
     assert "choose_min_users" in model.selection["why"]
     np.testing.assert_array_equal(model.segment_scores, fitted(small_data).segment_scores)
+
+
+def test_held_out_users_sharing_a_row_get_the_ndcg_of_ranking_each_of_them():
+    from models.popularity import shared_rows_ndcg
+    from models.ranking import ndcg_at_k
+
+    rng = np.random.default_rng(3)
+    n_users, n_items = 300, 500
+    # Rows with ties (a coarse grid of values), users on 7 of them, truth with explicit zeros stored.
+    table = rng.integers(0, 40, size=(9, n_items)).astype(np.float32) / 40
+    keys = rng.integers(1, 8, size=n_users)
+    truth = sp.random(n_users, n_items, density=0.03, random_state=4, format="csr", dtype=np.float32)
+    truth.data[::5] = 0.0
+    dense = ndcg_at_k(table[keys], truth.toarray() > 0, 10)
+    np.testing.assert_array_equal(shared_rows_ndcg(keys, lambda key: table[key], truth, 10), dense)
+    assert dense.min() == 0.0 and dense.max() > 0.0
