@@ -161,7 +161,9 @@ class ContentKNN(Recommender):
         def scores_at(columns, rows=slice(None)) -> np.ndarray:
             return self._scores_of(profile[0][rows], words[:, rows], columns)
 
-        top, best = tiled_top(scores_at, len(users.user_ids), len(self.item_ids), seen, depth, self.tiebreak)
+        # A profile without any content (a user without history) scores every item 0.
+        zero = ~profile[0].any(axis=1) & (np.diff(profile[1].indptr) == 0)
+        top, best = tiled_top(scores_at, len(users.user_ids), len(self.item_ids), seen, depth, self.tiebreak, zero)
         return Stage(top, scores_at, moments=unseen, best=best)
 
     def _pair_scores(self, profile_dense: np.ndarray, profile_sparse: sp.csr_matrix, rows: np.ndarray,

@@ -433,7 +433,7 @@ def tile_width(n_users: int, n_items: int) -> int | None:
 
 
 def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: int,
-              tiebreak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+              tiebreak: np.ndarray, zero_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``unseen_top`` of a block's scores, the same columns in the same order, without the block's whole
     scores; and those columns' scores (float32, -inf past a row's list). ``scores_at(columns, rows)``: a fresh
     float32 array of the scores of the catalogue ``columns`` (a slice) for the block's ``rows`` (a slice or
@@ -446,12 +446,20 @@ def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: i
     settle (many ties at it: a zero vector; fewer than ``depth`` unseen candidates: a user who has seen most of
     the catalogue; NaN) is ranked from its whole row. At 200k items an 80-user block of ALS took 51 -> 35 ms,
     the SGEMM alone ~27. The tiles run in as many runs as there are scoring threads, each product on one BLAS
-    thread (:func:`models.tiled.one_blas_thread`)."""
+    thread (:func:`models.tiled.one_blas_thread`).
+
+    ``zero_rows`` (a mask): rows the caller knows score every item 0 (a zero vector without a bias: a user
+    without history). Every item ties, so such a row lists its first ``depth`` unseen items in tie-break order
+    (:func:`_tied_rows_top`) instead of being scored, bounded and ranked whole: cold users at k=0 cost the
+    content neighbourhood three times a known user's block."""
     seen = seen.tocoo()
     b = n_users
     width = tile_width(b, n_items)
     if depth <= 0:
         return np.zeros((b, 0), dtype=np.intp), np.zeros((b, 0), dtype=np.float32)
+    zero = np.flatnonzero(zero_rows) if zero_rows is not None else np.zeros(0, dtype=np.intp)
+    if len(zero) == b:
+        return _tied_rows_top(scores_at, zero, seen, depth, tiebreak)
     if width is None:
         return _whole_rows_top(scores_at(slice(None), slice(None)), seen, depth, tiebreak)
     step = _sample_step(n_items, depth)
@@ -481,6 +489,7 @@ def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: i
         m = sample.shape[1]
         bound = np.partition(sample, m - depth, axis=1)[:, m - depth] if m >= depth else np.full(b, -np.inf)
         bound = bound.astype(np.float32)
+        bound[zero] = np.nan  # listed below: no tile takes anything of theirs
         runs = on_scoring_threads(above, [tiles[k * len(tiles) // threads:(k + 1) * len(tiles) // threads]
                                           for k in range(threads)])
     counts = np.sum([run[0] for run in runs], axis=0)
@@ -489,7 +498,9 @@ def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: i
     keep = ~crowded[rows]
     order = np.flatnonzero(keep)[np.argsort(rows[keep], kind="stable")]  # rows ascending, columns ascending
     rows, cols, values = rows[order], cols[order], values[order]
-    exact = np.flatnonzero(crowded | (np.bincount(rows, minlength=b) < depth))
+    short = np.bincount(rows, minlength=b) < depth
+    short[zero] = False
+    exact = np.flatnonzero(crowded | short)
     if len(exact):
         rows, cols, values = (a[~np.isin(rows, exact)] for a in (rows, cols, values))
     rows, cols, values, rank = ranked_entries(rows, cols, values, b, depth, tiebreak)
@@ -498,8 +509,36 @@ def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: i
     top[rows[listed], rank[listed]] = cols[listed]
     best[rows[listed], rank[listed]] = values[listed]
     if len(exact):
+        # The zero rows are ranked whole beside them, as before they were told apart: the same rows in the
+        # product give its other rows the same floats (BLAS rounds a product of fewer rows its own way).
+        exact = np.union1d(exact, zero)
         top[exact], best[exact] = _whole_rows_top(scores_at(slice(None), exact), seen.tocsr()[exact], depth,
                                                   tiebreak)
+    elif len(zero):
+        top[zero], best[zero] = _tied_rows_top(scores_at, zero, seen, depth, tiebreak)
+    return top, best
+
+
+def _tied_rows_top(scores_at, rows: np.ndarray, seen: sp.spmatrix, depth: int,
+                   tiebreak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`tiled_top` of the block's ``rows`` whose every score is the same: each one's first ``depth`` unseen
+    columns in tie-break order (as ranking the whole row orders ties), their scores read back from ``scores_at``
+    for the few columns listed, so the floats are the model's own."""
+    seen = seen.tocsr()[rows].tocoo()  # canonical: keys ascending
+    n_items = len(tiebreak)
+    wanted = min(n_items, depth + (int(np.bincount(seen.row).max()) if seen.nnz else 0))
+    order = np.argpartition(tiebreak, wanted - 1)[:wanted] if wanted < n_items else np.arange(n_items)
+    order = order[np.argsort(tiebreak[order], kind="stable")]
+    r, c, rank = first_unseen(order, np.arange(len(rows)), seen.row.astype(np.int64) * n_items + seen.col,
+                              n_items, depth)
+    top = np.full((len(rows), depth), -1, dtype=np.intp)
+    best = np.full((len(rows), depth), -np.inf, dtype=np.float32)
+    listed = np.unique(order[c])
+    values = scores_at(listed, rows)
+    if not np.isfinite(values).all():  # not one number after all (a non-finite factor): ranked whole
+        return _whole_rows_top(scores_at(slice(None), rows), seen, depth, tiebreak)
+    top[r, rank] = order[c]
+    best[r, rank] = values[r, np.searchsorted(listed, order[c])]
     return top, best
 
 
@@ -515,8 +554,9 @@ def _whole_rows_top(scores: np.ndarray, seen: sp.spmatrix, depth: int,
 def factor_top(vectors: np.ndarray, factors: np.ndarray, divisor: float, bias: np.ndarray | None,
                seen: sp.spmatrix, depth: int, tiebreak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`tiled_top` of a factor model's scores (:func:`factor_scores`)."""
+    zero = ~vectors.any(axis=1) if bias is None else None  # no history, no signal: every item scores 0
     return tiled_top(lambda columns, rows: factor_scores(vectors[rows], factors, divisor, bias, columns),
-                     len(vectors), len(factors), seen, depth, tiebreak)
+                     len(vectors), len(factors), seen, depth, tiebreak, zero)
 
 
 def factor_stage(vectors: np.ndarray, factors: np.ndarray, moments: FactorMoments, bias: np.ndarray | None,
