@@ -185,9 +185,9 @@ def skip_decimal_scan_of_numeric_arrays() -> None:
     column holds ``decimal.Decimal`` objects, testing every value in a Python loop
     (``great_expectations.util.does_ndarray_contain_decimal_dtype``, GX 1.24): ~0.1 us a value, three means
     over every row, ~3 s of a 10 M ingest's ~40 s and ~30 s at 100 M (a profiler made it look seven times
-    larger: it times each step of the loop). A numpy array of a numeric,
-    boolean or datetime dtype cannot hold a Decimal, so for those the answer is False without the loop; an
-    object array still gets GX's own test. The answers are the same (tested); only the loop is skipped."""
+    larger: it times each step of the loop). A numpy array of a numeric, boolean or datetime dtype cannot hold
+    a Decimal, so for those the answer is False without the loop; an object array still gets GX's own test.
+    The answers are the same (tested); only the loop is skipped."""
     from great_expectations import util  # GX is heavy to import: loaded with the runner, as elsewhere here
 
     scan = util.does_ndarray_contain_decimal_dtype
