@@ -8,6 +8,8 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
+from models.popularity import shared_rows_ndcg
+from models.ranking import ndcg_at_k
 from models.registry import build
 
 FINE = ["gender", "age_bucket", "occupation"]
@@ -81,9 +83,6 @@ def test_with_too_few_users_to_tell_the_configured_segment_is_kept(small_data):
 
 
 def test_held_out_users_sharing_a_row_get_the_ndcg_of_ranking_each_of_them():
-    from models.popularity import shared_rows_ndcg
-    from models.ranking import ndcg_at_k
-
     rng = np.random.default_rng(3)
     n_users, n_items = 300, 500
     # Rows with ties (a coarse grid of values), users on 7 of them, truth with explicit zeros stored.
