@@ -146,6 +146,25 @@ def _at_least_nth(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, b: int
     return rows[keep], cols[keep], values[keep]
 
 
+SQUARE_CHUNK = 256  # columns a float32 partial sum of squares covers before it is added up in float64
+
+
+def row_squares(z: np.ndarray) -> np.ndarray:
+    """Each row's sum of squares (float64) of a float32 (rows, columns) block, at float32 rounding. One einsum
+    over the row accumulates it in float32 lanes, whose error grows with the row: at 200k items a row's
+    deviation was 2.5e-4 off (measured against float64: EASE's z-scores up to 0.02 off at z ~77), enough to
+    reorder near-tied items of a blend and to part the full ranking from the two stages' float64 moments.
+    Partial sums of SQUARE_CHUNK columns each, added up in float64, cost the same (4.3-4.9 ms an 80 x 200k
+    block, as one einsum) and stay within 3e-8 of the float64 sum; float64 throughout cost 3x."""
+    rows, n = z.shape
+    whole = n - n % SQUARE_CHUNK
+    chunks = z[:, :whole].reshape(rows, whole // SQUARE_CHUNK, SQUARE_CHUNK)
+    square = np.einsum("ijk,ijk->ij", chunks, chunks).sum(axis=1, dtype=np.float64)
+    if whole < n:
+        square += np.einsum("ij,ij->i", z[:, whole:], z[:, whole:])
+    return square
+
+
 def standardize_rows(scores: np.ndarray, exclude: sp.spmatrix | None = None, fill: float = -np.inf) -> np.ndarray:
     """Per-user z-scores over the finite entries, so models on different scales can be blended.
 
@@ -177,7 +196,7 @@ def standardize_rows(scores: np.ndarray, exclude: sp.spmatrix | None = None, fil
             count = np.maximum(n - np.bincount(row_of, minlength=rows), 1)
         mean = (total.astype(np.float64) - np.bincount(row_of, values, minlength=rows)) / count
         z = scores - mean.astype(np.float32)[:, None]
-        square = np.einsum("ij,ij->i", z, z).astype(np.float64)
+        square = row_squares(z)
         square -= np.bincount(row_of, np.square(values - mean[row_of]), minlength=rows)
         z *= inverse_deviation(np.sqrt(np.maximum(square, 0.0) / count))[:, None]
         return z
@@ -186,9 +205,9 @@ def standardize_rows(scores: np.ndarray, exclude: sp.spmatrix | None = None, fil
     if excluded is not None:
         counted[excluded.row, excluded.col] = False
     count = np.maximum(counted.sum(axis=1, keepdims=True), 1)
-    mean = scores.sum(axis=1, keepdims=True, where=counted) / count
+    mean = scores.sum(axis=1, keepdims=True, where=counted, dtype=np.float64) / count
     z = np.where(finite, scores - mean, np.float32(0))
-    std = np.sqrt(np.square(z).sum(axis=1, where=counted) / count.ravel())
+    std = np.sqrt(np.square(z).sum(axis=1, where=counted, dtype=np.float64) / count.ravel())
     z *= inverse_deviation(std)[:, None]
     z[~finite] = fill
     return z

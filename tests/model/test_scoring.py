@@ -347,6 +347,25 @@ def test_standardising_with_excluded_entries_equals_masking_them_first(unscorabl
     assert np.array_equal(standardize_rows(scores, exclude=sp.csr_matrix(scores.shape)), standardize_rows(scores))
 
 
+def test_a_wide_rows_deviation_keeps_its_many_small_scores():
+    """A 200k-item row as a CF model scores it: a few items far above a long tail of small scores. Summed in
+    float32 lanes, the tail's squares fell below the lanes' rounding once the top items were in (2.5e-4 of a
+    real EASE row's deviation); the z-scores must stay at float32 rounding of the exact ones, with a seen item
+    left out or not, and with an item the model cannot score (the masked path)."""
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.0, 0.06, size=(3, 200_000)).astype(np.float32)
+    scores[:, :64] = rng.uniform(90.0, 110.0, size=(3, 64))  # in every lane of the first pass
+    scores[2, 5] = -np.inf  # this row alone: one such row sends its whole block down the masked path
+    exclude = sp.csr_matrix(([1.0], ([1], [70])), shape=scores.shape)
+    z = np.vstack([standardize_rows(scores[:2], exclude=exclude[:2]), standardize_rows(scores[2:])])
+    for row in range(3):
+        values = scores[row].astype(np.float64)
+        counted = np.isfinite(values) & (exclude[row].toarray().ravel() == 0)
+        exact = (values - values[counted].mean()) / values[counted].std()
+        finite = np.isfinite(values)
+        np.testing.assert_allclose(z[row, finite], exact[finite], rtol=2e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize("users_per_block", [None, 7])
 @pytest.mark.parametrize("blocks", [2, 3, 50])
 def test_scoring_in_any_number_of_blocks_publishes_the_same_rows(small_data, tmp_path, monkeypatch, blocks,
