@@ -126,24 +126,33 @@ def _sample_step(n_items: int, n: int) -> int:
 
 def _at_least_nth(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, b: int, n: int):
     """The candidates (``rows`` ascending) whose value is at least their row's n-th best candidate value: the
-    candidates' exact bound, found in a (rows x most candidates) matrix, so the sort that follows sees about n a
-    row instead of the sample bound's ~16 n."""
+    candidates' exact bound (:func:`nth_best_in_rows`), so the sort that follows sees about n a row instead of
+    the sample bound's ~16 n."""
     starts = np.searchsorted(rows, np.arange(b + 1))
-    counts = np.diff(starts)
-    width = int(counts.max()) if b else 0
-    if width <= 2 * n:
+    if not len(rows) or int(np.diff(starts).max()) <= 2 * n:
         return rows, cols, values
-    if b * width <= 4 * len(rows):  # rows of like lengths: one partition of the padded matrix
-        padded = np.full((b, width), -np.inf, dtype=values.dtype)
-        padded[rows, np.arange(len(rows)) - starts[rows]] = values
-        nth = np.partition(padded, width - n, axis=1)[:, width - n]
-    else:  # ragged rows (an item-kNN block: a popular item's row beside rare ones): each long row on its own
-        nth = np.full(b, -np.inf, dtype=values.dtype)
-        for row in np.flatnonzero(counts > n):
-            own = values[starts[row]:starts[row + 1]]
-            nth[row] = np.partition(own, len(own) - n)[len(own) - n]
-    keep = values >= nth[rows]
+    keep = values >= nth_best_in_rows(values, starts, n)[rows]
     return rows[keep], cols[keep], values[keep]
+
+
+def nth_best_in_rows(values: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
+    """Each row's n-th best value, row r being ``values[starts[r]:starts[r + 1]]`` (a CSR matrix's data and
+    indptr); -inf for a row of fewer than n. Found in a (rows x longest row) matrix, or, where the rows are
+    ragged (an item-kNN block: a popular item's row beside rare ones), each long row on its own."""
+    counts = np.diff(starts)
+    b, width = len(counts), int(counts.max()) if len(counts) else 0
+    nth = np.full(b, -np.inf, dtype=values.dtype)
+    if width < n:
+        return nth
+    if b * width <= 4 * (starts[-1] - starts[0]):  # rows of like lengths: one partition of the padded matrix
+        rows = np.repeat(np.arange(b), counts)
+        padded = np.full((b, width), -np.inf, dtype=values.dtype)
+        padded[rows, np.arange(starts[0], starts[-1]) - starts[rows]] = values[starts[0]:starts[-1]]
+        return np.partition(padded, width - n, axis=1)[:, width - n]
+    for row in np.flatnonzero(counts >= n):
+        own = values[starts[row]:starts[row + 1]]
+        nth[row] = np.partition(own, len(own) - n)[len(own) - n]
+    return nth
 
 
 SQUARE_CHUNK = 256  # columns a float32 partial sum of squares covers before it is added up in float64

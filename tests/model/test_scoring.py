@@ -15,7 +15,7 @@ import models.content
 import models.item_knn
 from models.ease import DEFAULT_MAX_ITEMS, _cholesky_in_place, _spd_inverse_in_place, memory_item_cap
 from models.hybrid import ColumnPart, Hybrid, MixWeight
-from models.ranking import standardize_rows
+from models.ranking import nth_best_in_rows, standardize_rows
 from models.registry import build, load
 from models.serving import BestUsers, item_cooccurrence, merge_best_users, recommend_together
 from models.tiled import TILE, TiledMatrix
@@ -154,6 +154,20 @@ def test_item_knn_keeps_each_items_k_most_similar_ties_to_the_more_popular(small
         assert set(got.indices[row]) == set(order), i
         np.testing.assert_array_equal(np.sort(got.data[row]), np.sort(sim[i, order]))
     assert ties > 10  # the tie-break decided some rows
+
+
+@pytest.mark.parametrize("lengths", [[30, 28, 31, 0, 29], [2000, 3, 0, 40, 12, 7]], ids=["like", "ragged"])
+def test_the_nth_best_of_each_row_is_read_off_the_rows_own_values(lengths):
+    """Item-kNN bounds each co-occurrence row by its (k + 1)-th best similarity in the product's own layout:
+    rows of like lengths in one padded partition, ragged rows (a popular item's beside rare ones) one by one;
+    a row shorter than n has no bound. Many values tie, as shared counts do."""
+    rng = np.random.default_rng(1)
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    values = rng.integers(0, 6, size=starts[-1]).astype(np.float32)
+    nth = nth_best_in_rows(values, starts, 10)
+    for row, length in enumerate(lengths):
+        own = np.sort(values[starts[row]:starts[row + 1]])[::-1]
+        assert nth[row] == (own[9] if length >= 10 else -np.inf), row
 
 
 def test_a_hybrid_scored_with_its_components_scores_each_once_and_matches(small_data):
