@@ -13,7 +13,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from models.ranking import ndcg_at_k, ndcg_from_hits, one_sided_gain, served_z_scores, top_k_indices
-from models.tiled import scoring_pool
+from models.tiled import on_scoring_threads
 from recsys import progress
 from recsys.schema import USER_ID
 
@@ -298,7 +298,7 @@ class BlendTuning:
         c = int(self.params["tune_candidates"])
         if c * len(z) >= z[0].shape[1]:
             return None
-        return list(scoring_pool().map(lambda zi: top_k_indices(zi, c, self.tiebreak), z))
+        return on_scoring_threads(lambda zi: top_k_indices(zi, c, self.tiebreak), z)
 
     def _candidate_view(self, z: list[np.ndarray], relevant: np.ndarray,
                         tops: list[np.ndarray] | None) -> tuple[list[np.ndarray], np.ndarray]:

@@ -17,7 +17,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from models.ranking import best_of_rows
-from models.tiled import scoring_pool
+from models.tiled import on_scoring_threads, side_by_side
 from recsys import progress, schema
 from recsys.schema import ITEM_ID, USER_ID
 
@@ -112,7 +112,7 @@ def item_cooccurrence(train: sp.csr_matrix, rows_per_block: int,
         # The block's columns of the rows above it, transposed: only the block itself changes format.
         return (by_item[:hi] @ by_item[lo:hi].T.tocsr()).T.toarray()
 
-    list(scoring_pool().map(lambda lo: on_rows(lo, block(lo)), range(0, x.shape[1], step)))
+    on_scoring_threads(lambda lo: on_rows(lo, block(lo)), list(range(0, x.shape[1], step)))
 
 
 def recommend_together(
@@ -161,26 +161,44 @@ def serve_together(
         if len(columns) and users_per_item > 0:
             by_item.update({name: BestUsers(lead.item_ids[columns], users_per_item) for name in group})
         block = lead.serving_block_users if len(group) == 1 else lead.block_users
-        for lo in range(0, len(user_ids), block):
-            ub = lead._user_block(user_ids[lo:lo + block], extra[lo:lo + block])
-            if len(group) > 1 or explain or (len(columns) and users_per_item > 0):
-                ub.shared = {}  # scores computed once per block, whoever reads them (audiences, reasons)
-            progress.detail(f"{lo:,} of {len(user_ids):,} users scored")
-            for name in group:
-                frame, asked = _block_top(models[name], ub, columns, top, exclude_seen)
-                if explain:
-                    frame = _with_reasons(models[name], ub, frame)
+        serve_block = functools.partial(_served_block, models, group, user_ids, extra, block, columns, top,
+                                        exclude_seen, explain, {name for name in group if name in by_item})
+        # Blocks side by side (BLAS on one thread throughout: the same floats however they overlap), their
+        # lists and audiences taken in block order: every frame and every item's best users as one by one.
+        starts = range(0, len(user_ids), block)
+        for lo, (block_users, served) in zip(starts, side_by_side(serve_block, starts), strict=True):
+            progress.detail(f"{lo + len(block_users):,} of {len(user_ids):,} users scored")
+            for name, (frame, audience) in served.items():
                 frames[name].append(frame)
-                if name in by_item:
-                    by_item[name].add(ub.user_ids, models[name].audience_scores(ub, columns, asked))
-            # Dropped now, not by the cyclic collector: a first stage kept here reads its columns back through
-            # the block (a closure over it), so block and scores are a cycle. Left to the collector, the blocks
-            # of a pass piled up: the 100 M night's item-cold slice (14 models, 200k items) grew by GiBs.
-            ub.shared = None
+                if audience is not None:
+                    by_item[name].add(block_users, audience)
     empty = pl.DataFrame(schema={**schema.RECOMMENDATION_SCHEMA, **(schema.REASON_SCHEMA if explain else {})})
     return {name: Served(pl.concat(frames[name]) if frames[name] else empty,
                          by_item[name].frame() if name in by_item else pl.DataFrame(schema=schema.BY_ITEM_SCHEMA))
             for name in models}
+
+
+def _served_block(models: Mapping[str, Any], group: list[str], user_ids: np.ndarray, extra: sp.csr_matrix,
+                  block: int, columns: np.ndarray, n: int, exclude_seen: bool, explain: bool, audiences: set[str],
+                  lo: int) -> tuple[np.ndarray, dict[str, tuple[pl.DataFrame, np.ndarray | None]]]:
+    """One block of :func:`serve_together` (users ``lo`` to ``lo + block``), scored by the models of one
+    encoding ``group``: the block's users, and per model its list frame (with reasons where ``explain``) and, for
+    the models in ``audiences``, its scores of the ``columns`` whose best users are wanted (else None)."""
+    lead = models[group[0]]
+    ub = lead._user_block(user_ids[lo:lo + block], extra[lo:lo + block])
+    if len(group) > 1 or explain or (len(columns) and audiences):
+        ub.shared = {}  # scores computed once per block, whoever reads them (audiences, reasons)
+    served = {}
+    for name in group:
+        frame, asked = _block_top(models[name], ub, columns, n, exclude_seen)
+        if explain:
+            frame = _with_reasons(models[name], ub, frame)
+        served[name] = (frame, models[name].audience_scores(ub, columns, asked) if name in audiences else None)
+    # Dropped now, not by the cyclic collector: a first stage kept here reads its columns back through the block
+    # (a closure over it), so block and scores are a cycle. Left to the collector, the blocks of a pass piled
+    # up: the 100 M night's item-cold slice (14 models, 200k items) grew by GiBs.
+    ub.shared = None
+    return ub.user_ids, served
 
 
 def _block_top(model: Any, ub: UserBlock, columns: np.ndarray, n: int,
@@ -326,9 +344,9 @@ def top_n(user_ids: np.ndarray, scores: np.ndarray, n: int, item_ids: np.ndarray
     if b < 64:
         return _top_n_rows(user_ids, scores, n, item_ids, tiebreak)
     half = b // 2
-    parts = scoring_pool().map(lambda rows: _top_n_rows(user_ids[rows], scores[rows], n, item_ids, tiebreak),
+    parts = on_scoring_threads(lambda rows: _top_n_rows(user_ids[rows], scores[rows], n, item_ids, tiebreak),
                                [slice(0, half), slice(half, b)])
-    return pl.concat(list(parts))
+    return pl.concat(parts)
 
 
 def ranked_frame(user_ids: np.ndarray, top: np.ndarray, best: np.ndarray, item_ids: np.ndarray) -> pl.DataFrame:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -81,12 +82,55 @@ def one_blas_thread() -> Iterator[None]:
 
     OpenBLAS's thread count is the process's: sections from several threads take turns (threadpoolctl lets one
     thread set it at a time, and two overlapping sections, each restoring what it found, left BLAS on one thread
-    for good). A section inside another in the same thread is free."""
+    for good). A section inside another in the same thread is free, and so is one inside a part of
+    :func:`side_by_side`, whose caller holds BLAS on one thread for the whole pass."""
+    if getattr(_PASS, "pinned", False):
+        yield
+        return
     with _BLAS_TURN, _blas_controller().limit(limits=1, user_api="blas"):
         yield
 
 
 _BLAS_TURN = threading.RLock()
+_PASS = threading.local()  # .pinned: this thread runs a part of a side_by_side pass
+
+
+def side_by_side(work: Callable[[Any], Any], parts: Sequence[Any]) -> Iterator[Any]:
+    """``work`` of each part side by side on the scoring threads, the results yielded in the parts' order, with
+    BLAS on one thread throughout, set once by the caller's thread: a product's floats depend on OpenBLAS's
+    thread count (7 of 8 shapes measured), so it must not change with what another part is doing; and a count
+    set from a scoring thread did not always take (measured: after the caller's own section, a pool thread's
+    left BLAS on two), while the caller's holds for the pool. A part starts once the one a thread count before it
+    is taken, so a few results are held at a time, not all. Work inside a part that would use the scoring
+    threads runs inline on the part's thread (:func:`on_scoring_threads`). One by one, in the caller's thread,
+    with one thread or where the caller is a scoring thread itself."""
+    with one_blas_thread():
+        threads = thread_count()
+        if threads < 2 or len(parts) < 2 or threading.current_thread().name.startswith(_POOL_PREFIX):
+            yield from (work(part) for part in parts)
+            return
+
+        def pinned(part: Any) -> Any:
+            _PASS.pinned = True
+            try:
+                return work(part)
+            finally:
+                _PASS.pinned = False
+
+        started = deque()
+        try:
+            for part in parts:
+                started.append(scoring_pool().submit(pinned, part))
+                if len(started) > threads:
+                    yield started.popleft().result()
+            while started:
+                yield started.popleft().result()
+        finally:  # the caller stopped early (an error): what has not started does not, what has is waited for
+            for future in started:
+                future.cancel()
+            for future in started:
+                if not future.cancelled():
+                    future.exception()
 
 
 @cache
@@ -172,7 +216,7 @@ class TiledMatrix:
             for t in range(len(self.tiles)):
                 one(t)
         else:
-            list(scoring_pool().map(one, range(len(self.tiles))))
+            on_scoring_threads(one, list(range(len(self.tiles))))
         return out
 
     def take(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

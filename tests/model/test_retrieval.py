@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 
 import numpy as np
 import polars as pl
@@ -16,12 +17,13 @@ from threadpoolctl import threadpool_info
 
 import models.base
 import models.ranking
+import models.serving
 from benchmarks.night import two_stage_agreement
 from models.hybrid import Hybrid
 from models.ranking import factor_scores, factor_top, served_z_scores, unseen_top
 from models.registry import build
 from models.serving import UserBlock, serve_together
-from models.tiled import one_blas_thread, scoring_pool, use_threads
+from models.tiled import one_blas_thread, scoring_pool, side_by_side, use_threads
 from tasks.publish import score_step
 
 CAPPED_EASE = {"l2": 50.0, "max_items": 60}  # fitted on half the catalogue: the other half scores 0
@@ -407,6 +409,70 @@ def test_a_hybrid_served_in_two_stages_serves_and_publishes_in_its_own_larger_bl
     sizes = [pl.read_parquet(part.top)["user_id"].n_unique() for part in parts]
     assert all(size % 40 == 0 for size in sizes[:-1]) and sum(sizes) == len(users)
     assert_frame_equal(pl.concat([pl.read_parquet(part.top) for part in parts]), pl.read_parquet(whole.top))
+
+
+@pytest.mark.parametrize("depth", [0, 10], ids=["whole catalogue", "two stages"])
+def test_blocks_served_side_by_side_give_what_one_by_one_gives(small_data, hybrid_with_new_items, monkeypatch,
+                                                               depth):
+    """A hybrid beside its components, with reasons and new items' audiences, in 6-user blocks: served on two
+    scoring threads (blocks side by side, BLAS on one thread throughout) and on one, the same lists, scores,
+    reasons and best users, bit for bit; the blocks did run on the scoring threads."""
+    train, _, _, _ = small_data
+    hybrid = hybrid_with_new_items
+    monkeypatch.setattr(models.base, "SCORE_BLOCK_CELLS", 6 * len(hybrid.item_ids))
+    for name, value in {"retrieval_min_items": 0, "retrieval_depth": depth, "retrieval_block_users": 6}.items():
+        monkeypatch.setitem(hybrid.params, name, value)
+    users = np.sort(train["user_id"].unique().to_numpy())[:60]
+    few = hybrid.item_ids[hybrid.item_popularity < 5]
+    threads = []
+    original = models.serving._served_block
+
+    def spied(*args):
+        threads.append(threading.current_thread().name)
+        return original(*args)
+
+    monkeypatch.setattr(models.serving, "_served_block", spied)
+    served = {}
+    try:
+        for count in (1, 2):
+            use_threads(count)
+            served[count] = serve_together({"hybrid": hybrid, **hybrid.components}, users, 10, explain=True,
+                                           items=few, users_per_item=15)
+    finally:
+        use_threads(0)
+    assert len(threads) == 20 and any(name.startswith("recsys-scoring") for name in threads[10:])
+    assert not any(name.startswith("recsys-scoring") for name in threads[:10])
+    for name in served[1]:
+        assert_frame_equal(served[2][name].top, served[1][name].top)
+        assert_frame_equal(served[2][name].by_item, served[1][name].by_item)
+    assert served[1]["hybrid"].by_item.height > 0
+
+
+def test_parts_side_by_side_come_back_in_order_with_blas_on_one_thread_in_each():
+    """:func:`models.tiled.side_by_side` yields each part's result in the parts' order, every part's products
+    computed on one BLAS thread (a product of this shape rounds by the thread count on some CPUs: each part's
+    equals the one-thread product), BLAS's own count given back after, and a part's error raised."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 200, 200)).astype(np.float32)
+    with one_blas_thread():
+        alone = a @ b
+
+    def part(k: int) -> tuple[int, bool, str]:
+        time.sleep(0.01 * (k % 3))  # parts finish out of order
+        return k, np.array_equal(a @ b, alone), threading.current_thread().name
+
+    before = {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+    try:
+        use_threads(2)
+        results = list(side_by_side(part, list(range(9))))
+        with pytest.raises(ZeroDivisionError):
+            list(side_by_side(lambda k: 1 // (k - 4), list(range(9))))
+    finally:
+        use_threads(0)
+    assert [k for k, _, _ in results] == list(range(9))
+    assert all(same for _, same, _ in results)
+    assert any(name.startswith("recsys-scoring") for _, _, name in results)
+    assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == before
 
 
 def test_a_served_blocks_shared_scores_go_with_the_block_not_with_the_cyclic_collector(
