@@ -70,6 +70,12 @@ class MixWeight(NamedTuple):
     def apply(self, part: np.ndarray) -> None:
         """``part`` times the weights, in place."""
         cols = self.item_dependent()
+        if 2 * len(cols) >= part.shape[1]:
+            # Most columns depend on the item (a wide catalogue's second stage, whose columns are mostly the
+            # items with little evidence): one product with the whole weight instead of gathering and scattering
+            # them. The same floats: elsewhere the weight is by_user * 1 + 0.
+            part *= self.by_user * self.evidence + self.by_item
+            return
         few = part[:, cols] * (self.by_user * self.evidence[:, cols] + self.by_item[:, cols])
         part *= self.by_user
         part[:, cols] = few

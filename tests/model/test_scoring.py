@@ -295,22 +295,29 @@ def test_content_scores_added_in_column_chunks_are_the_whole_sum_bit_for_bit(sma
     np.testing.assert_allclose(whole, profile @ content.T, rtol=1e-4, atol=1e-5)
 
 
-def test_a_blend_weight_is_applied_per_user_and_per_item_only_where_it_depends_on_the_item():
+@pytest.mark.parametrize("dependent", [[3, 17], list(range(0, 40, 2)) + [17, 33, 39]])
+def test_a_blend_weight_is_applied_per_user_and_per_item_only_where_it_depends_on_the_item(dependent):
     """A component's weight is by_user * evidence + by_item; applied as a row scaling plus the whole formula
-    on the columns that need it (few interactions, a new-item weight): the same products as the (users, items)
-    weight matrix, for any user's weight, 0 too."""
+    on the columns that need it (few interactions, a new-item weight), or as one product where those are most
+    of the columns (a wide catalogue's second stage): the same products as the (users, items) weight matrix,
+    bit for bit, for any user's weight, 0 too."""
     rng = np.random.default_rng(4)
     part = rng.standard_normal((5, 40)).astype(np.float32)
+    part[2, 5] = -np.inf  # a seen item's score
     by_user = np.array([[0.5], [0.0], [1.0], [0.25], [0.0]], dtype=np.float32)
     evidence = np.ones((1, 40), dtype=np.float32)
-    evidence[0, [3, 17]] = [0.0, 1 / 3]
+    evidence[0, dependent] = rng.choice([0.0, 1 / 3, 2 / 3], size=len(dependent))
+    evidence[0, 3] = 0.0
     by_item = (np.float32(0.5) * (1 - evidence)).astype(np.float32)
     weight = MixWeight(by_user, evidence, by_item)
-    assert weight.item_dependent().tolist() == [3, 17]
+    assert weight.item_dependent().tolist() == sorted(set(dependent) | {3})
     applied = part.copy()
     weight.apply(applied)
-    np.testing.assert_array_equal(applied, part * (by_user * evidence + by_item))
-    assert applied[1, 3] != 0 and (applied[1, np.r_[0:3, 4:17, 18:40]] == 0).all()  # a new item's weight alone
+    expected = part * (by_user * evidence + by_item)
+    np.testing.assert_array_equal(applied, expected)
+    assert np.array_equal(np.signbit(applied), np.signbit(expected))
+    independent = np.setdiff1d(np.arange(40), dependent + [3])
+    assert applied[1, 3] != 0 and (applied[1, independent] == 0).all()  # a new item's weight alone
     assert len(MixWeight(by_user, np.ones_like(evidence), np.zeros_like(by_item)).item_dependent()) == 0
 
 
