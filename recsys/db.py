@@ -114,6 +114,10 @@ def connect(settings: Settings, read_only: bool = False) -> Warehouse:
             time.sleep(0.5)
     # Epoch seconds and ISO strings mean UTC, whatever the machine's zone.
     con.execute("set TimeZone = 'UTC'")
+    # DuckDB's Python client draws a progress bar on stdout for a query over 2 s wherever it thinks the session
+    # interactive (`python -c`, a notebook, a worker started so): a night's log carried one from the increment's
+    # duplicate check against 100 M rows. Progress is the flow's to say.
+    con.execute("set enable_progress_bar = false")
     try:
         con.execute("set memory_limit = $limit", {"limit": settings.warehouse_memory_limit})
     except duckdb.Error as exc:

@@ -45,6 +45,7 @@ def open_views(settings: Settings) -> duckdb.DuckDBPyConnection:
                 raise
             # Nothing published for this view yet: leave it undefined (run_readonly says so).
     con.execute("set temp_directory = ''")  # no spilling: nothing outside the output folder is touched
+    con.execute("set enable_progress_bar = false")  # the answer alone on stdout, in a notebook or `python -c` too
     con.execute("set memory_limit = $limit", {"limit": settings.sql_memory_limit})
     con.execute("set allowed_directories = $dirs", {"dirs": [root.rstrip("/") + "/"]})
     con.execute("set enable_external_access = false")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -55,3 +60,27 @@ def test_the_warehouse_holds_to_its_memory_limit_and_spills_a_larger_sort(tmp_pa
                          "where x < before") == 0
     with pytest.raises(ConfigError, match="RECSYS_WAREHOUSE_MEMORY_LIMIT='lots'"):
         db.connect(Settings(home=tmp_path / "home", warehouse_memory_limit="lots"))
+
+
+def test_no_progress_bar_is_drawn_where_duckdb_would_draw_one(tmp_path):
+    """DuckDB's Python client turns its progress bar on where it thinks the session interactive (`python -c` is
+    one): a long query then drew a bar into the night's log. The warehouse and the SQL sandbox turn it off."""
+    script = textwrap.dedent(f"""
+        import duckdb
+        from recsys import db
+        from recsys.settings import Settings
+        from tasks.query import open_views
+
+        def shown(con):
+            return con.execute("select current_setting('enable_progress_bar')").fetchone()[0]
+
+        settings = Settings(home={str(tmp_path / "home")!r})
+        settings.ensure_dirs()
+        plain = duckdb.connect()
+        with db.warehouse(settings) as wh, open_views(settings) as views:
+            print(shown(plain), shown(wh.con), shown(views))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False", "False"]  # on by default here, off in both of ours
