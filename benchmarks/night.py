@@ -5,6 +5,7 @@
     python -m benchmarks.night --shape shop --sizes 10000000 30000000 100000000
     python -m benchmarks.night --shape shop --sizes 2000000 --items 100000   # a wide catalogue
     python -m benchmarks.night --shape shop --sizes 30000000 --keep var/nights   # then benchmarks.fits --home
+    python -m benchmarks.night --shape shop --sizes 10000000 --later-night 0.01   # and the night after it
 
 Shapes: ``ml20m`` (6,925 users and 1,337 items a million interactions, ML-20M's at 20 M) and ``shop`` (100
 interactions a user, 2,000 items a million: 10 M -> 100k users x 20k items, 100 M -> 1 M x 200k; popularity
@@ -17,22 +18,26 @@ largest child process (a Dask worker, or Prefect's temporary API server) and the
 published, which must be the local run's. Next to them, in the
 same run and on the same files: DuckDB's raw ``read_csv`` of the interactions (the ingest ceiling) and a
 numpy float32 SGEMM (the scoring ceiling), against which ingest rows/s and the production EASE's and ALS's scoring
-GFLOP/s are reported. Prints a JSON and a table. Targets (20 M): <= 30 min, <= 12 GiB peak RSS.
+GFLOP/s are reported. With ``--later-night``, the night after it on the same warehouse, as a schedule runs it:
+the next day's interactions of the same users and items loaded as an increment, the texts already embedded
+(a first night pays for loading everything and embedding every text; the nights after do not), in a fresh process
+of its own. Prints a JSON and a table. Targets (20 M): <= 30 min, <= 12 GiB peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import hashlib
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
@@ -50,6 +55,7 @@ from tasks.generate import SYNTHETIC_FILES, GeneratorConfig, generate
 
 # Users and items a million interactions. ML-20M: 138,493 users and 26,744 items rated at 20 M interactions.
 SHAPES = {"ml20m": (6_925, 1_337), "shop": (10_000, 2_000)}
+FIRST_NIGHT = date(2026, 11, 23)  # the run date the first night publishes under; a later night the day after
 
 
 def shape(n_interactions: int, name: str = "ml20m", items: int | None = None) -> tuple[int, int]:
@@ -164,7 +170,7 @@ def run_size(n: int, home: Path, epochs: int, models: list[str] | None, runner: 
     n_users, n_items = shape(n, shape_name, items)
     started = time.perf_counter()
     landing = home / "generated"  # a --path source, outside the landing area
-    generate(landing, GeneratorConfig(n_users=n_users, n_items=n_items, n_interactions=n, seed=1))
+    generate(landing, first_night_data(n_users, n_items, n))
     generate_seconds = time.perf_counter() - started
     raw = raw_read_csv_rows_per_s(landing / SYNTHETIC_FILES["interactions"])
     warm_up()
@@ -174,7 +180,7 @@ def run_size(n: int, home: Path, epochs: int, models: list[str] | None, runner: 
     ingest_seconds = time.perf_counter() - started
     rows = ingested["totals"]["rows_read"]
     started = time.perf_counter()
-    night = train_publish_flow(settings=settings, run_date=str(date(2026, 11, 23)), models=models,
+    night = train_publish_flow(settings=settings, run_date=str(FIRST_NIGHT), models=models,
                                ingested=ingested["totals"])
     night_seconds = time.perf_counter() - started
     steps = [{"step": "ingest (stage + gate + promote)", "seconds": round(ingest_seconds, 1),
@@ -199,9 +205,51 @@ def run_size(n: int, home: Path, epochs: int, models: list[str] | None, runner: 
             "als_scoring_vs_sgemm": round(factor_scoring / gemm, 3)}
 
 
+def first_night_data(n_users: int, n_items: int, n: int) -> GeneratorConfig:
+    """The generator's settings of a benchmark night's data: ``n`` interactions of ``n_users`` and ``n_items``."""
+    return GeneratorConfig(n_users=n_users, n_items=n_items, n_interactions=n, seed=1)
+
+
+def next_day_data(first: GeneratorConfig, share: float) -> GeneratorConfig:
+    """The day after ``first``'s window: the same users and items (drawn first from the same seed, so their files
+    are byte for byte the first night's and the ingest's ledger skips them) taking about ``share`` of the first
+    night's interactions again, all within that one day (each user who takes anything takes at least 5, as the
+    generator draws them)."""
+    start = date.fromisoformat(first.start) + timedelta(days=first.days)
+    return dataclasses.replace(first, n_interactions=max(1, round(first.n_interactions * share)),
+                               start=start.isoformat(), days=1)
+
+
+def run_later_night(n: int, home: Path, epochs: int, models: list[str] | None, runner: str = "local",
+                    dask_workers: int = 2, shape_name: str = "ml20m", items: int | None = None,
+                    share: float = 0.01) -> dict:
+    """The night after :func:`run_size`'s on its warehouse, as a schedule runs it: the next day's interactions
+    (:func:`next_day_data`) ingested into the loaded warehouse, then the train-and-publish flow, the item texts
+    already embedded. Each step's wall seconds, this process's peak RSS (its own: run in a fresh process) and
+    the published hash."""
+    n_users, n_items = shape(n, shape_name, items)
+    landing = home / "generated-next-day"
+    generate(landing, next_day_data(first_night_data(n_users, n_items, n), share))
+    warm_up()
+    settings = Settings(home=home, epochs=epochs, task_runner=runner, dask_workers=dask_workers)
+    started = time.perf_counter()
+    ingested = ingest_flow(settings=settings, source="synthetic", path=str(landing))
+    ingest_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    night = train_publish_flow(settings=settings, run_date=str(FIRST_NIGHT + timedelta(days=1)), models=models,
+                               ingested=ingested["totals"])
+    night_seconds = time.perf_counter() - started
+    totals = ingested["totals"]
+    return {"rows_read": totals["rows_read"], "rows_accepted": totals["rows_accepted"],
+            "steps": [{"step": "ingest (stage + gate + promote)", "seconds": round(ingest_seconds, 1),
+                       "peak_rss_gib": None}, *night["steps"]],
+            "total_seconds": round(ingest_seconds + night_seconds, 1), "peak_rss_gib": round(peak_rss_gib(), 2),
+            "published_hash": published_hash(night["published"]["paths"]["recommendations"])}
+
+
 def format_table(results: list[dict]) -> str:
     names = list(dict.fromkeys(s["step"] for r in results for s in r["steps"]))
-    head = f"{'step':34}" + "".join(f"{r['interactions'] / 1e6:>4.0f} M {r.get('runner', 'local'):>5} s  {'GiB':>5}"
+    head = f"{'step':34}" + "".join(f"{r['interactions'] / 1e6:>4g} M {r.get('runner', 'local'):>5} s  {'GiB':>5}"
                                     for r in results)
     lines = [head]
     for name in names:
@@ -215,8 +263,13 @@ def format_table(results: list[dict]) -> str:
                 "published_hash", "ingest_vs_raw", "scoring_vs_sgemm", "als_scoring_vs_sgemm"):
         lines.append(f"{key:34}" + "".join(f"{r.get(key, '-')!s:>18}" for r in results))
     for r in results:
+        if later := r.get("later_night"):
+            steps = ", ".join(f"{s['step'].split(' (')[0]} {s['seconds']:,.1f}" for s in later["steps"])
+            lines.append(f"the night after at {r['interactions'] / 1e6:g} M (+{later['rows_read']:,} rows read): "
+                         f"{later['total_seconds']:,.1f} s ({steps}), peak {later['peak_rss_gib']} GiB, "
+                         f"hash {later['published_hash']}")
         if t := r.get("two_stage"):
-            lines.append(f"served in two stages at {r['interactions'] / 1e6:.0f} M (top {t['depth']} a component): "
+            lines.append(f"served in two stages at {r['interactions'] / 1e6:g} M (top {t['depth']} a component): "
                          f"against the full ranking of {t['users']:,} sampled users, same lists {t['same_lists']:.4f}, "
                          f"published rows kept {t['rows_kept']:.4f} (full ranking "
                          f"{t['full_ranking_s_per_million_users']:,.0f} s a million users)")
@@ -236,35 +289,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="var/benchmarks/night.json")
     parser.add_argument("--keep", help="keep each night's home under this folder (for benchmarks.fits), "
                                        "not in a temporary folder removed after it")
+    parser.add_argument("--later-night", type=float, default=0.0, metavar="SHARE",
+                        help="then the night after on the same warehouse, as a schedule runs it: the next day's "
+                             "interactions (about SHARE of the first night's; each active user takes at least 5) "
+                             "ingested and the night run again, its texts already embedded (default: none)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: one size, this process
+    parser.add_argument("--next-day", action="store_true", help=argparse.SUPPRESS)  # internal: its night after
+    parser.add_argument("--home", help=argparse.SUPPRESS)  # internal: the child's home, made by the parent
     args = parser.parse_args(argv)
-    if args.one:  # a child: one size in a fresh process, so its peak RSS is its own
-        with contextlib.ExitStack() as stack:
-            if args.keep:
-                Path(args.keep).mkdir(parents=True, exist_ok=True)
-                tmp = tempfile.mkdtemp(prefix=f"night-{args.sizes[0]}-{args.runners[0]}-", dir=args.keep)
-            else:
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"night-{args.sizes[0]}-"))
-            Path(args.out).write_text(json.dumps({**run_size(args.sizes[0], Path(tmp), args.epochs, args.models,
-                                                             args.runners[0], args.dask_workers, args.shape,
-                                                             args.items),
-                                                  **({"home": tmp} if args.keep else {})}))
+    shape_args = (args.epochs, args.models, args.runners[0], args.dask_workers, args.shape, args.items)
+    if args.one:  # a child: one night in a fresh process, so its peak RSS is its own
+        home = Path(args.home)
+        if args.next_day:
+            result = run_later_night(args.sizes[0], home, *shape_args, share=args.later_night)
+        else:
+            result = run_size(args.sizes[0], home, *shape_args)
+        Path(args.out).write_text(json.dumps(result))
         return 0
     results = []
     for n in args.sizes:
         for runner in args.runners:
-            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            if args.keep:
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+            home = tempfile.mkdtemp(prefix=f"night-{n}-{runner}-", dir=args.keep)
+            try:
                 command = [sys.executable, "-m", "benchmarks.night", "--one", "--sizes", str(n), "--epochs",
-                           str(args.epochs), "--out", out.name, "--runners", runner, "--dask-workers",
-                           str(args.dask_workers), "--shape", args.shape,
+                           str(args.epochs), "--runners", runner, "--dask-workers", str(args.dask_workers),
+                           "--shape", args.shape, "--home", home,
                            *(["--items", str(args.items)] if args.items else []),
-                           *(["--keep", args.keep] if args.keep else []),
                            *(["--models", *args.models] if args.models else [])]
-                subprocess.run(command, check=True)
-                results.append(json.loads(Path(out.name).read_text()))
+                result = _child(command)
+                if args.later_night > 0:
+                    result["later_night"] = _child([*command, "--next-day", "--later-night", str(args.later_night)])
+            finally:
+                if not args.keep:
+                    shutil.rmtree(home, ignore_errors=True)
+            results.append({**result, **({"home": home} if args.keep else {})})
             print(json.dumps(results[-1]), flush=True)
     write_results(results, args.out, format_table(results))
     return 0
+
+
+def _child(command: list[str]) -> dict:
+    """One night in a fresh process (its peak RSS its own): what it wrote to ``--out``."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([*command, "--out", out.name], check=True)
+        return json.loads(Path(out.name).read_text())
 
 
 if __name__ == "__main__":
