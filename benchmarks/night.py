@@ -165,6 +165,21 @@ def published_hash(path: str, rows: int = 1_000_000) -> str:
     return digest.hexdigest()[:16]
 
 
+def timed_night(settings: Settings, landing: Path, run_date: date,
+                models: list[str] | None) -> tuple[dict, dict, list[dict], float, float]:
+    """The ingest flow on ``landing``, then the train-and-publish flow for ``run_date``, each timed: what they
+    returned, every step's seconds and peak RSS (the ingest's first), and the two flows' seconds."""
+    started = time.perf_counter()
+    ingested = ingest_flow(settings=settings, source="synthetic", path=str(landing))
+    ingest_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    night = train_publish_flow(settings=settings, run_date=str(run_date), models=models, ingested=ingested["totals"])
+    night_seconds = time.perf_counter() - started
+    steps = [{"step": "ingest (stage + gate + promote)", "seconds": round(ingest_seconds, 1), "peak_rss_gib": None},
+             *night["steps"]]
+    return ingested, night, steps, ingest_seconds, night_seconds
+
+
 def run_size(n: int, home: Path, epochs: int, models: list[str] | None, runner: str = "local",
              dask_workers: int = 2, shape_name: str = "ml20m", items: int | None = None) -> dict:
     n_users, n_items = shape(n, shape_name, items)
@@ -174,17 +189,9 @@ def run_size(n: int, home: Path, epochs: int, models: list[str] | None, runner: 
     generate_seconds = time.perf_counter() - started
     raw = raw_read_csv_rows_per_s(landing / SYNTHETIC_FILES["interactions"])
     warm_up()
-    started = time.perf_counter()
     settings = Settings(home=home, epochs=epochs, task_runner=runner, dask_workers=dask_workers)
-    ingested = ingest_flow(settings=settings, source="synthetic", path=str(landing))
-    ingest_seconds = time.perf_counter() - started
+    ingested, night, steps, ingest_seconds, night_seconds = timed_night(settings, landing, FIRST_NIGHT, models)
     rows = ingested["totals"]["rows_read"]
-    started = time.perf_counter()
-    night = train_publish_flow(settings=settings, run_date=str(FIRST_NIGHT), models=models,
-                               ingested=ingested["totals"])
-    night_seconds = time.perf_counter() - started
-    steps = [{"step": "ingest (stage + gate + promote)", "seconds": round(ingest_seconds, 1),
-              "peak_rss_gib": None}, *night["steps"]]
     gemm = sgemm_gflops()
     scoring = scoring_gflops(Path(night["models"].model_dir))
     factor_scoring, thin_gemm = factor_scoring_gflops(Path(night["models"].model_dir))
@@ -232,17 +239,10 @@ def run_later_night(n: int, home: Path, epochs: int, models: list[str] | None, r
     generate(landing, next_day_data(first_night_data(n_users, n_items, n), share))
     warm_up()
     settings = Settings(home=home, epochs=epochs, task_runner=runner, dask_workers=dask_workers)
-    started = time.perf_counter()
-    ingested = ingest_flow(settings=settings, source="synthetic", path=str(landing))
-    ingest_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    night = train_publish_flow(settings=settings, run_date=str(FIRST_NIGHT + timedelta(days=1)), models=models,
-                               ingested=ingested["totals"])
-    night_seconds = time.perf_counter() - started
+    ingested, night, steps, ingest_seconds, night_seconds = timed_night(
+        settings, landing, FIRST_NIGHT + timedelta(days=1), models)
     totals = ingested["totals"]
-    return {"rows_read": totals["rows_read"], "rows_accepted": totals["rows_accepted"],
-            "steps": [{"step": "ingest (stage + gate + promote)", "seconds": round(ingest_seconds, 1),
-                       "peak_rss_gib": None}, *night["steps"]],
+    return {"rows_read": totals["rows_read"], "rows_accepted": totals["rows_accepted"], "steps": steps,
             "total_seconds": round(ingest_seconds + night_seconds, 1), "peak_rss_gib": round(peak_rss_gib(), 2),
             "published_hash": published_hash(night["published"]["paths"]["recommendations"])}
 
