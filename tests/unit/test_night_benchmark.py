@@ -3,11 +3,15 @@ ingest's ledger skips their files, as on a scheduled night), with interactions i
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
+import pytest
 
+from benchmarks import night
 from benchmarks.night import first_night_data, format_table, next_day_data
+from recsys.errors import PublishGateError
+from recsys.settings import Settings
 from tasks.generate import SYNTHETIC_FILES, generate
 
 
@@ -34,3 +38,25 @@ def test_the_table_says_what_the_night_after_took():
                               "peak_rss_gib": 1.2, "published_hash": "abc"}}
     assert "the night after at 1 M (+12,345 rows read): 9.0 s (ingest 1.5), peak 1.2 GiB, hash abc" in format_table(
         [result])
+
+
+def test_a_night_the_gate_holds_is_a_result_of_the_night_after_and_an_error_of_the_first(monkeypatch, tmp_path):
+    """The product's gate holding a later night (exit 5: the last good partition stays) is what a schedule
+    sees, so the benchmark records it and goes on; on a first night, with nothing published before, it stops."""
+    def held(**_):
+        raise PublishGateError("publish gate kept the last good partition for 2026-11-24: hybrid ndcg dropped")
+
+    monkeypatch.setattr(night, "ingest_flow", lambda **_: {"totals": {"rows_read": 7, "rows_accepted": 7}})
+    monkeypatch.setattr(night, "train_publish_flow", held)
+    settings = Settings(home=tmp_path)
+    _, result, steps, _, _ = night.timed_night(settings, tmp_path, date(2026, 11, 24), None, may_hold=True)
+    assert result["held"].startswith("publish gate kept the last good partition")
+    assert [s["step"] for s in steps] == ["ingest (stage + gate + promote)", "snapshot to publish (gate held)"]
+    with pytest.raises(PublishGateError):
+        night.timed_night(settings, tmp_path, date(2026, 11, 23), None)
+    step = {"step": "ingest (stage + gate + promote)", "seconds": 1.5, "peak_rss_gib": None}
+    line = format_table([{"interactions": 1_000_000, "runner": "local", "steps": [step],
+                          "later_night": {"rows_read": 5, "rows_accepted": 5, "steps": [step], "total_seconds": 2.0,
+                                          "peak_rss_gib": 1.0, "published_hash": None,
+                                          "gate_held": result["held"]}}])
+    assert "peak 1.0 GiB, not published: publish gate kept the last good partition" in line
