@@ -96,13 +96,24 @@ def warm_up() -> None:
 
 
 def scoring_gflops(model_dir: Path, model: str = "ease", users: int = 20_000) -> float:
-    """Blockwise scoring of the production EASE: 2 * known interactions * items flops per user."""
+    """Blockwise scoring of the production EASE, its useful flops (:func:`ease_scoring_flops`) a second."""
     fitted = load(model_dir / model)
     ids = fitted.user_ids[:users]
-    nnz = fitted.train[: len(ids)].nnz
+    flops = ease_scoring_flops(fitted, len(ids))
     started = time.perf_counter()
     fitted.recommend(ids, n=50)
-    return 2 * nnz * len(fitted.item_ids) / (time.perf_counter() - started) / 1e9
+    return flops / (time.perf_counter() - started) / 1e9
+
+
+def ease_scoring_flops(fitted, users: int) -> float:
+    """EASE's scoring of its first ``users`` users: a sparse history times the dense weights, 2 flops for each
+    known interaction with a fitted item and each fitted item. Past the memory cap (``fitted.known``) the
+    other items are not multiplied: counting the whole catalogue and every interaction overstated the rate by
+    more than the catalogue's width over the cap (10x at 200k items)."""
+    history = fitted.train[:users]
+    if fitted.known is not None:
+        history = history[:, fitted.known]
+    return 2.0 * history.nnz * history.shape[1]
 
 
 def factor_scoring_gflops(model_dir: Path, model: str = "als", users: int = 20_000) -> tuple[float, float]:

@@ -4,12 +4,15 @@ ingest's ledger skips their files, as on a scheduled night), with interactions i
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from types import SimpleNamespace
 
+import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 
 from benchmarks import night
-from benchmarks.night import first_night_data, format_table, next_day_data
+from benchmarks.night import ease_scoring_flops, first_night_data, format_table, next_day_data
 from recsys.errors import PublishGateError
 from recsys.settings import Settings
 from tasks.generate import SYNTHETIC_FILES, generate
@@ -60,3 +63,12 @@ def test_a_night_the_gate_holds_is_a_result_of_the_night_after_and_an_error_of_t
                                           "peak_rss_gib": 1.0, "published_hash": None,
                                           "gate_held": result["held"]}}])
     assert "peak 1.0 GiB, not published: publish gate kept the last good partition" in line
+
+
+def test_eases_scoring_rate_counts_the_fitted_items_alone():
+    """A capped EASE multiplies only its fitted items' columns: 2 flops a known interaction with a fitted
+    item a fitted item (the 100 M night's rate was overstated tenfold by counting the whole catalogue)."""
+    train = sp.csr_matrix(np.array([[1, 1, 0, 1, 0, 1], [0, 1, 1, 0, 0, 0], [1, 0, 0, 0, 1, 0]], dtype=np.float32))
+    capped = SimpleNamespace(train=train, known=np.array([1, 3]))
+    assert ease_scoring_flops(capped, 2) == 2 * 3 * 2  # user 0 took items 1 and 3, user 1 item 1
+    assert ease_scoring_flops(SimpleNamespace(train=train, known=None), 3) == 2 * 8 * 6
