@@ -98,11 +98,13 @@ class ContentKNN(Recommender):
     def _scores(self, profile: tuple[np.ndarray, sp.csr_matrix], columns: np.ndarray | slice) -> np.ndarray:
         return self._scores_of(profile[0], _words_of(profile[1]), columns)
 
-    def _scores_of(self, dense_profile: np.ndarray, words: np.ndarray, columns: np.ndarray | slice) -> np.ndarray:
+    def _scores_of(self, dense_profile: np.ndarray, words: np.ndarray, columns: np.ndarray | slice,
+                   out: np.ndarray | None = None) -> np.ndarray:
         """The scores of ``columns`` from a block's profile: its dense part and its sparse part densified,
-        transposed (:func:`_words_of`; a tiled first stage densifies it once, not once a tile)."""
+        transposed (:func:`_words_of`; a tiled first stage densifies it once, not once a tile); written into
+        ``out`` where one is given (:func:`models.ranking.tiled_top`)."""
         dense_columns, sparse_columns = self._columns(columns)
-        scores = dense_profile @ dense_columns.T
+        scores = np.matmul(dense_profile, dense_columns.T, out=out)
         if sparse_columns.nnz:
             # The sum is dense (users x columns) anyway: the sparse columns times the profile's few thousand word and
             # year columns densified, in one pass, instead of a sparse product that built a CSR of nearly every
@@ -158,8 +160,8 @@ class ContentKNN(Recommender):
 
         words = _words_of(profile[1])
 
-        def scores_at(columns, rows=slice(None)) -> np.ndarray:
-            return self._scores_of(profile[0][rows], words[:, rows], columns)
+        def scores_at(columns, rows=slice(None), out=None) -> np.ndarray:
+            return self._scores_of(profile[0][rows], words[:, rows], columns, out)
 
         # A profile without any content (a user without history) scores every item 0.
         zero = ~profile[0].any(axis=1) & (np.diff(profile[1].indptr) == 0)

@@ -108,15 +108,41 @@ def ranked_entries(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, b: in
 
 
 def _nth_best_at_most(scores: np.ndarray, n: int) -> np.ndarray:
-    """Per row, a score at most its n-th best: the n-th best of every k-th column (a sixteenth of them, at least
-    32 n), or on narrow rows the n-th best itself. Partitioning the sample instead of the row is 16x less
-    selection; the extra candidates it lets through (about 16 n a row) are settled by :func:`_at_least_nth`."""
+    """Per row, a score at most its n-th best: a bound on the n-th best of every k-th column (a sixteenth of
+    them, at least 32 n; :func:`nth_best_of_sample_at_most`), or on narrow rows the n-th best itself. The sample
+    instead of the row is 16x less to select from; the extra candidates it lets through (about 16 n a row) are
+    settled by :func:`_at_least_nth`."""
     n_items = scores.shape[1]
     step = _sample_step(n_items, n)
     if step < 2:
         return np.partition(scores, n_items - n, axis=1)[:, n_items - n]
-    sample = scores[:, ::step]
-    return np.partition(sample, sample.shape[1] - n, axis=1)[:, sample.shape[1] - n]
+    return nth_best_of_sample_at_most(scores[:, ::step], n)
+
+
+GROUPS_PER_PLACE = 8  # a sample's n-th best is bounded by the n-th best of the maxima of 8 n groups of its columns
+
+
+def nth_best_of_sample_at_most(sample: np.ndarray, n: int) -> np.ndarray:
+    """Per row of ``sample``, a value at most its n-th best (-inf for a row of fewer than n columns): the n-th best
+    of the maxima of ``GROUPS_PER_PLACE`` n disjoint groups of its columns (column j in group j mod 8 n). The n
+    groups with the best maxima hold n distinct values at least as high, so the row does. A NaN is a group's
+    maximum and ranks above every number, as in ``np.partition``: a bound raised by NaNs lets fewer than n
+    numbers through, and the callers settle such a row exactly. Where the sample is narrower than two columns a
+    group, its n-th best itself.
+
+    One elementwise maximum over the sample and a selection among 8 n values a row, instead of a selection among
+    all of them: at 200k items an 82-user block's sample (12.5k columns) took 0.21 ms against ``np.partition``'s
+    5.5 ms, a fifth of the block's ALS scoring, and let 7 % more of the sample through (53.6 values a row for n
+    50), which the candidates' exact bound (:func:`_at_least_nth`) settles."""
+    b, m = sample.shape
+    if m < n:
+        return np.full(b, -np.inf, dtype=sample.dtype)
+    groups = GROUPS_PER_PLACE * n
+    width = m // groups
+    if width < 2:
+        return np.partition(sample, m - n, axis=1)[:, m - n]
+    maxima = sample[:, :groups * width].reshape(b, width, groups).max(axis=1)  # a view: only the rows are strided
+    return np.partition(maxima, groups - n, axis=1)[:, groups - n]
 
 
 def _sample_step(n_items: int, n: int) -> int:
@@ -425,6 +451,9 @@ class FactorMoments:
         self.divisor, self.scale, self.n_items = float(divisor), 1.0 / float(divisor), len(e)
         self.column_sum, self.gram, self.bias_sum = e.sum(axis=0), e.T @ e, b @ e
         self.bias_total, self.bias_square = float(b.sum()), float(b @ b)
+        # The factors factor-major (factors x items, C order), the layout BLAS multiplies a tile of the catalogue
+        # from fastest (:func:`factor_scores`): an 82-user block at 200k items, 11.2 -> 10.2 ms.
+        self.by_factor = np.ascontiguousarray(np.asarray(factors, dtype=np.float32).T)
 
     def sums(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(total, square) of each vector's row of scores over the whole catalogue."""
@@ -436,10 +465,16 @@ class FactorMoments:
 
 
 def factor_scores(vectors: np.ndarray, factors: np.ndarray, divisor: float, bias: np.ndarray | None,
-                  columns) -> np.ndarray:
+                  columns, out: np.ndarray | None = None, by_factor: np.ndarray | None = None) -> np.ndarray:
     """A factor model's scores of the catalogue ``columns`` (a slice or indices): ``vectors @ factors.T /
-    divisor + bias``, the operations of the models' own ``score_block`` in their order, so the same floats."""
-    scores = vectors @ factors[columns].T
+    divisor + bias``, the operations of the models' own ``score_block`` in their order, so the same floats;
+    written into ``out`` where one is given (:func:`tiled_top`). ``by_factor``: the factors transposed, C order
+    (:attr:`FactorMoments.by_factor`), read for a run of consecutive columns (BLAS packs either layout into the
+    same panels: the same sums)."""
+    if by_factor is not None and isinstance(columns, slice) and columns.step in (None, 1):
+        scores = np.matmul(vectors, by_factor[:, columns], out=out)
+    else:
+        scores = np.matmul(vectors, factors[columns].T, out=out)
     if divisor != 1:
         scores /= divisor
     if bias is not None:
@@ -463,10 +498,13 @@ def tile_width(n_users: int, n_items: int) -> int | None:
 def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: int,
               tiebreak: np.ndarray, zero_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``unseen_top`` of a block's scores, the same columns in the same order, without the block's whole
-    scores; and those columns' scores (float32, -inf past a row's list). ``scores_at(columns, rows)``: a fresh
-    float32 array of the scores of the catalogue ``columns`` (a slice) for the block's ``rows`` (a slice or
-    indices), each entry computed by the same operations however the columns and rows are cut (a product of row
-    vectors with item vectors; BLAS may still round a tiny tile's sums in another order).
+    scores; and those columns' scores (float32, -inf past a row's list). ``scores_at(columns, rows, out=None)``:
+    a float32 array of the scores of the catalogue ``columns`` (a slice) for the block's ``rows`` (a slice or
+    indices), fresh, or ``out`` (C-contiguous, rows x columns) written over where one is given; each entry
+    computed by the same operations however the columns and rows are cut (a product of row vectors with item
+    vectors; BLAS may still round a tiny tile's sums in another order). The tiles of a run share one buffer:
+    a fresh 4 MB array a tile was mapped and faulted in anew each time (at 200k items an 82-user block's
+    products took 15.3 ms in fresh arrays, 11.2 in one).
 
     The scores of every ``step``-th column (seen items masked) bound each row's ``depth``-th best unseen score
     from below, as :func:`best_of_rows` does; then the catalogue is scored a tile at a time
@@ -499,8 +537,9 @@ def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: i
     def above(chunk: list[tuple[int, int]]) -> tuple[np.ndarray, list]:
         """One run of tiles: each tile's entries at or above the bound (a bound of its own, crowded rows cut)."""
         cut, counts, found = bound.copy(), np.zeros(b, dtype=np.int64), []
+        buffer = np.empty(b * width, dtype=np.float32)  # each tile written into the run's one buffer
         for lo, hi in chunk:
-            tile = scores_at(slice(lo, hi), slice(None))
+            tile = scores_at(slice(lo, hi), slice(None), out=buffer[:b * (hi - lo)].reshape(b, hi - lo))
             inside = slice(*np.searchsorted(seen_cols, [lo, hi]))
             tile[seen_rows[inside], seen_cols[inside] - lo] = -np.inf
             flat = np.flatnonzero(tile >= cut[:, None])  # NaN >= anything is False: a NaN bound takes no more
@@ -514,9 +553,7 @@ def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: i
         sample = scores_at(slice(0, None, step), slice(None))
         on_sample = seen.col % step == 0
         sample[seen.row[on_sample], seen.col[on_sample] // step] = -np.inf
-        m = sample.shape[1]
-        bound = np.partition(sample, m - depth, axis=1)[:, m - depth] if m >= depth else np.full(b, -np.inf)
-        bound = bound.astype(np.float32)
+        bound = nth_best_of_sample_at_most(sample, depth).astype(np.float32)
         bound[zero] = np.nan  # listed below: no tile takes anything of theirs
         runs = on_scoring_threads(above, [tiles[k * len(tiles) // threads:(k + 1) * len(tiles) // threads]
                                           for k in range(threads)])
@@ -580,11 +617,15 @@ def _whole_rows_top(scores: np.ndarray, seen: sp.spmatrix, depth: int,
 
 
 def factor_top(vectors: np.ndarray, factors: np.ndarray, divisor: float, bias: np.ndarray | None,
-               seen: sp.spmatrix, depth: int, tiebreak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               seen: sp.spmatrix, depth: int, tiebreak: np.ndarray,
+               by_factor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`tiled_top` of a factor model's scores (:func:`factor_scores`)."""
     zero = ~vectors.any(axis=1) if bias is None else None  # no history, no signal: every item scores 0
-    return tiled_top(lambda columns, rows: factor_scores(vectors[rows], factors, divisor, bias, columns),
-                     len(vectors), len(factors), seen, depth, tiebreak, zero)
+
+    def scores_at(columns, rows, out=None) -> np.ndarray:
+        return factor_scores(vectors[rows], factors, divisor, bias, columns, out, by_factor)
+
+    return tiled_top(scores_at, len(vectors), len(factors), seen, depth, tiebreak, zero)
 
 
 def factor_stage(vectors: np.ndarray, factors: np.ndarray, moments: FactorMoments, bias: np.ndarray | None,
@@ -595,11 +636,11 @@ def factor_stage(vectors: np.ndarray, factors: np.ndarray, moments: FactorMoment
     divisor = moments.divisor
 
     def scores_at(columns) -> np.ndarray:
-        return factor_scores(vectors, factors, divisor, bias, columns)
+        return factor_scores(vectors, factors, divisor, bias, columns, by_factor=moments.by_factor)
 
     seen = seen.tocoo()  # canonical (``UserBlock.seen``)
     # With no candidates asked for (``Recommender.column_z_scores``), no product with the catalogue at all.
-    top, best = factor_top(vectors, factors, divisor, bias, seen, depth, tiebreak)
+    top, best = factor_top(vectors, factors, divisor, bias, seen, depth, tiebreak, moments.by_factor)
 
     def unseen() -> tuple[np.ndarray, np.ndarray]:
         # The seen items' scores in float64, as the sums are: a user who has seen most of the catalogue keeps a

@@ -83,14 +83,18 @@ def whole_numbers(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarra
     return rng.integers(-8, 9, size=shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("divisor,with_bias", [(1.0, False), (0.7, True)])
-def test_a_factor_models_best_items_found_a_tile_at_a_time_are_the_whole_rankings(monkeypatch, divisor, with_bias):
+@pytest.mark.parametrize("divisor,with_bias,factor_major", [(1.0, False, False), (0.7, True, False), (1.0, False, True),
+                                                            (0.7, True, True)])
+def test_a_factor_models_best_items_found_a_tile_at_a_time_are_the_whole_rankings(monkeypatch, divisor, with_bias,
+                                                                                  factor_major):
     """:func:`factor_top` scores a 20k-item catalogue in 1,024-column tiles from a sampled bound and lists the
     same columns in the same order as ranking each user's whole row: ordinary users, users whose scores tie
     everywhere (a zero vector), a user who has seen all but three items, a user who has seen a tenth of them
     (the sample's seen items masked), a NaN row, items with identical factors (ties broken by the tie-break
-    rank), a depth wider than a tile's share. The factors are small whole numbers, so every product is exact
-    whatever BLAS kernel sums it (on some CPUs a row's floats depend on the rows and columns beside it)."""
+    rank), a depth wider than a tile's share; with the tiles read from the factors factor-major
+    (:attr:`models.ranking.FactorMoments.by_factor`) as the models score them, or item-major. The factors are
+    small whole numbers, so every product is exact whatever BLAS kernel sums it (on some CPUs a row's floats
+    depend on the rows and columns beside it)."""
     rng = np.random.default_rng(7)
     n_items, factors = 20_000, 16
     items = whole_numbers(rng, (n_items, factors))
@@ -112,7 +116,8 @@ def test_a_factor_models_best_items_found_a_tile_at_a_time_are_the_whole_ranking
     for depth in (10, 50, 700):
         whole = factor_scores(vectors, items, divisor, bias, slice(None))
         expected = unseen_top(whole, seen, depth, tiebreak)
-        found, best = factor_top(vectors, items, divisor, bias, seen, depth, tiebreak)
+        found, best = factor_top(vectors, items, divisor, bias, seen, depth, tiebreak,
+                                 np.ascontiguousarray(items.T) if factor_major else None)
         np.testing.assert_array_equal(found, expected, err_msg=str(depth))
         # The listed items' scores, as the whole row has them (-inf past a list: the NaN row, the user with 3).
         np.testing.assert_array_equal(best, np.where(found >= 0, np.take_along_axis(whole, np.maximum(found, 0), 1),
@@ -145,13 +150,13 @@ def test_users_without_signal_list_the_tie_break_order_without_scoring_the_catal
     whole = factor_scores(vectors, items, 1.0, None, slice(None))
     wide = []  # the rows of each call that scored the whole catalogue
 
-    def scores(columns, rows):
-        return factor_scores(vectors[rows], items, 1.0, None, columns)
+    def scores(columns, rows, out=None):
+        return factor_scores(vectors[rows], items, 1.0, None, columns, out)
 
-    def counted(columns, rows):
+    def counted(columns, rows, out=None):
         if isinstance(columns, slice) and columns == slice(None):
             wide.append(np.arange(40)[rows])
-        return scores(columns, rows)
+        return scores(columns, rows, out)
 
     zero = ~vectors.any(axis=1)
     for depth in (10, 60):
