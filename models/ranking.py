@@ -57,7 +57,12 @@ def top_k_indices(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None
 
 
 CROWDED = 64  # a row with more than this many candidates per list place is settled exactly
-SAMPLE_STEP = 16  # the n-th best score's lower bound is read off every SAMPLE_STEP-th column
+# A tiled ranking bounds each row's n-th best from a sample of the columns, scored first: a wider sample costs its
+# share of the product and lets through fewer candidates to sort (about n x items / width a row), so the width
+# that balances the two grows as sqrt(n x items): SAMPLE_BALANCE times it. ALS, 20k users, n 50: at 20k items
+# every 16th column 1.07-1.24 s, every 4th (this width) 0.79-0.81; at 200k items every 4th 3.40-3.93 s against
+# every 16th's 3.26-3.59, side by side.
+SAMPLE_BALANCE = 5
 
 
 def best_of_rows(scores: np.ndarray, n: int, tiebreak: np.ndarray):
@@ -65,19 +70,20 @@ def best_of_rows(scores: np.ndarray, n: int, tiebreak: np.ndarray):
     rank)``, rows ascending and rank 0..n-1 within a row (fewer where a row has NaNs; non-finite scores are
     entries like any other, the caller drops them if it lists only finite ones).
 
-    ``np.partition`` of a sample of the columns bounds each row's n-th best score from below; every item at or
-    above the bound is a candidate; a row with too many (ties: a row with no signal, e.g. CF for a user without
-    history, ties everywhere) takes its exact n-th best, every item better than it and, of the items tied with
-    it, the n with the best tie-break rank: its candidates stay n, not the catalogue. One ``lexsort`` over the
-    block's candidates orders them by row, score and tie-break rank. Memory stays within the block.
+    The maxima of groups of the columns bound each row's n-th best score from below (:func:`nth_best_at_most`);
+    every item at or above the bound is a candidate; a row with too many (ties: a row with no signal, e.g. CF
+    for a user without history, ties everywhere) takes its exact n-th best, every item better than it and, of
+    the items tied with it, the n with the best tie-break rank: its candidates stay n, not the catalogue. One
+    ``lexsort`` over the block's candidates orders them by row, score and tie-break rank. Memory stays within
+    the block.
     """
     b, n_items = scores.shape
-    bound = _nth_best_at_most(scores, n)
+    bound = nth_best_at_most(scores, n)
     candidate = scores >= bound[:, None]
-    # Rows are counted one by one only when the block has more candidates than the sample bound lets through
-    # untied (about 16 n a row): one count over the block is a tenth of the time of a count per row.
+    # Rows are counted one by one only when the block has many more candidates than the bound lets through
+    # untied (about n a row): one count over the block is a tenth of the time of a count per row.
     crowded = (np.flatnonzero(np.count_nonzero(candidate, axis=1) > CROWDED * n)
-               if np.count_nonzero(candidate) > 2 * SAMPLE_STEP * n * b else ())
+               if np.count_nonzero(candidate) > CROWDED // 2 * n * b else ())
     if len(crowded):  # many items tied with the n-th (or at the bound): the exact n-th, and the n best-ranked ties
         sub = scores[crowded]
         exact = np.partition(sub, n_items - n, axis=1)[:, n_items - n, None]
@@ -107,53 +113,45 @@ def ranked_entries(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, b: in
     return rows[keep], cols[keep], values[keep], rank[keep]
 
 
-def _nth_best_at_most(scores: np.ndarray, n: int) -> np.ndarray:
-    """Per row, a score at most its n-th best: a bound on the n-th best of every k-th column (a sixteenth of
-    them, at least 32 n; :func:`nth_best_of_sample_at_most`), or on narrow rows the n-th best itself. The sample
-    instead of the row is 16x less to select from; the extra candidates it lets through (about 16 n a row) are
-    settled by :func:`_at_least_nth`."""
-    n_items = scores.shape[1]
-    step = _sample_step(n_items, n)
-    if step < 2:
-        return np.partition(scores, n_items - n, axis=1)[:, n_items - n]
-    return nth_best_of_sample_at_most(scores[:, ::step], n)
+GROUPS_PER_PLACE = 8  # a row's n-th best is bounded by the n-th best of the maxima of 8 n groups of its columns
 
 
-GROUPS_PER_PLACE = 8  # a sample's n-th best is bounded by the n-th best of the maxima of 8 n groups of its columns
+def nth_best_at_most(values: np.ndarray, n: int) -> np.ndarray:
+    """Per row of ``values``, a number at most its n-th best number (-inf for a row of fewer than n columns): the
+    n-th best of the maxima of ``GROUPS_PER_PLACE`` n disjoint groups of its columns (column j in group j mod
+    8 n; the last few columns past a whole number of groups left out). The n groups with the best maxima hold
+    n distinct values at least as high, so the row does. A group's maximum passes over its NaNs
+    (``np.fmax``); a group of NaNs alone has a NaN maximum, which ``np.partition`` ranks above every number: a
+    bound so raised lets fewer than n numbers through, and the callers settle such a row exactly. Where the row
+    is narrower than two columns a group, its n-th best itself (``np.partition``: NaN above every number).
 
-
-def nth_best_of_sample_at_most(sample: np.ndarray, n: int) -> np.ndarray:
-    """Per row of ``sample``, a value at most its n-th best (-inf for a row of fewer than n columns): the n-th best
-    of the maxima of ``GROUPS_PER_PLACE`` n disjoint groups of its columns (column j in group j mod 8 n). The n
-    groups with the best maxima hold n distinct values at least as high, so the row does. A NaN is a group's
-    maximum and ranks above every number, as in ``np.partition``: a bound raised by NaNs lets fewer than n
-    numbers through, and the callers settle such a row exactly. Where the sample is narrower than two columns a
-    group, its n-th best itself.
-
-    One elementwise maximum over the sample and a selection among 8 n values a row, instead of a selection among
-    all of them: at 200k items an 82-user block's sample (12.5k columns) took 0.21 ms against ``np.partition``'s
-    5.5 ms, a fifth of the block's ALS scoring, and let 7 % more of the sample through (53.6 values a row for n
-    50), which the candidates' exact bound (:func:`_at_least_nth`) settles."""
-    b, m = sample.shape
+    One elementwise maximum over the row and a selection among 8 n values, instead of a selection among all of
+    them, and a bound that lets about 1.07 n values through, where a sixteenth of the columns partitioned let
+    through about 16 n: :func:`best_of_rows` of an 800-user block of 20k items took 22.8 ms against 65.1, of an
+    82-user block of 200k items 12.3 against 16.5 (n 50). On a tile's sampled columns (:func:`tiled_top`) at
+    200k items an 82-user block's sample took 0.21 ms against ``np.partition``'s 5.5."""
+    b, m = values.shape
     if m < n:
-        return np.full(b, -np.inf, dtype=sample.dtype)
+        return np.full(b, -np.inf, dtype=values.dtype)
     groups = GROUPS_PER_PLACE * n
     width = m // groups
     if width < 2:
-        return np.partition(sample, m - n, axis=1)[:, m - n]
-    maxima = sample[:, :groups * width].reshape(b, width, groups).max(axis=1)  # a view: only the rows are strided
+        return np.partition(values, m - n, axis=1)[:, m - n]
+    # A view whatever the column stride: only the last axis is split.
+    maxima = np.fmax.reduce(values[:, :groups * width].reshape(b, width, groups), axis=1)
     return np.partition(maxima, groups - n, axis=1)[:, groups - n]
 
 
 def _sample_step(n_items: int, n: int) -> int:
-    """Every how many columns a row's n-th best is bounded from: a sixteenth of them, at least 32 n (1: all)."""
-    return max(1, n_items // max(n_items // SAMPLE_STEP, 32 * n))
+    """Every how many columns a tiled ranking (:func:`tiled_top`) scores first, to bound each row's n-th best:
+    :data:`SAMPLE_BALANCE` sqrt(n x items) of them, at least 32 n (1: all)."""
+    return max(1, n_items // max(int(SAMPLE_BALANCE * np.sqrt(n * n_items)), 32 * n))
 
 
 def _at_least_nth(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, b: int, n: int):
     """The candidates (``rows`` ascending) whose value is at least their row's n-th best candidate value: the
     candidates' exact bound (:func:`nth_best_in_rows`), so the sort that follows sees about n a row instead of
-    the sample bound's ~16 n."""
+    the sampled bound's several n (:func:`tiled_top`)."""
     starts = np.searchsorted(rows, np.arange(b + 1))
     if not len(rows) or int(np.diff(starts).max()) <= 2 * n:
         return rows, cols, values
@@ -453,7 +451,7 @@ class FactorMoments:
         self.bias_total, self.bias_square = float(b.sum()), float(b @ b)
         # The factors factor-major (factors x items, C order), the layout BLAS multiplies a tile of the catalogue
         # from fastest (:func:`factor_scores`): an 82-user block at 200k items, 11.2 -> 10.2 ms.
-        self.by_factor = np.ascontiguousarray(np.asarray(factors, dtype=np.float32).T)
+        self.by_factor = np.ascontiguousarray(np.asarray(factors).T)
 
     def sums(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(total, square) of each vector's row of scores over the whole catalogue."""
@@ -506,8 +504,8 @@ def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: i
     a fresh 4 MB array a tile was mapped and faulted in anew each time (at 200k items an 82-user block's
     products took 15.3 ms in fresh arrays, 11.2 in one).
 
-    The scores of every ``step``-th column (seen items masked) bound each row's ``depth``-th best unseen score
-    from below, as :func:`best_of_rows` does; then the catalogue is scored a tile at a time
+    The scores of every ``step``-th column (:func:`_sample_step`; seen items masked) bound each row's
+    ``depth``-th best unseen score from below (:func:`nth_best_at_most`); then the catalogue is scored a tile at a time
     (:data:`TILE_CELLS`) and only the entries at or above the bound leave the tile. A row the bound does not
     settle (many ties at it: a zero vector; fewer than ``depth`` unseen candidates: a user who has seen most of
     the catalogue; NaN) is ranked from its whole row. At 200k items an 80-user block of ALS took 51 -> 35 ms,
@@ -553,7 +551,7 @@ def tiled_top(scores_at, n_users: int, n_items: int, seen: sp.spmatrix, depth: i
         sample = scores_at(slice(0, None, step), slice(None))
         on_sample = seen.col % step == 0
         sample[seen.row[on_sample], seen.col[on_sample] // step] = -np.inf
-        bound = nth_best_of_sample_at_most(sample, depth).astype(np.float32)
+        bound = nth_best_at_most(sample, depth).astype(np.float32)
         bound[zero] = np.nan  # listed below: no tile takes anything of theirs
         runs = on_scoring_threads(above, [tiles[k * len(tiles) // threads:(k + 1) * len(tiles) // threads]
                                           for k in range(threads)])

@@ -15,7 +15,7 @@ import models.content
 import models.item_knn
 from models.ease import DEFAULT_MAX_ITEMS, _cholesky_in_place, _spd_inverse_in_place, memory_item_cap
 from models.hybrid import ColumnPart, Hybrid, MixWeight
-from models.ranking import nth_best_in_rows, nth_best_of_sample_at_most, standardize_rows
+from models.ranking import nth_best_at_most, nth_best_in_rows, standardize_rows
 from models.registry import build, load
 from models.serving import BestUsers, item_cooccurrence, merge_best_users, recommend_together
 from models.tiled import TILE, TiledMatrix
@@ -171,32 +171,38 @@ def test_the_nth_best_of_each_row_is_read_off_the_rows_own_values(lengths):
 
 
 @pytest.mark.parametrize("n", [1, 10, 50])
-def test_a_samples_nth_best_is_bounded_from_below_by_its_groups_maxima(n):
-    """The bound that lets a row's candidates through (:func:`nth_best_of_sample_at_most`) is never above the
-    sample's n-th best, counting NaN as the highest value as ``np.partition`` does: rows of distinct scores,
-    heavy ties, one value everywhere, masked entries (-inf), NaNs among numbers, and a row of fewer numbers than
-    n; and it is tight: on rows of distinct scores it lets through fewer than twice n of the sample's values
-    (the n-th best of the maxima of 8 n groups), where -inf would let through all of them."""
+def test_a_rows_nth_best_is_bounded_from_below_by_its_groups_maxima(n):
+    """The bound that lets a row's candidates through (:func:`nth_best_at_most`) keeps every one of the row's n
+    best numbers, or lets fewer than n numbers through (the callers then rank that row whole): rows of distinct
+    scores, heavy ties, one value everywhere, masked entries (-inf), NaNs among numbers, a group of NaNs alone,
+    a row of NaNs and a row of fewer numbers than n above -inf; and it is tight: on rows of distinct scores it
+    lets through fewer than twice n values, where -inf would let through all of them."""
     rng = np.random.default_rng(n)
-    rows, width = 12, 64 * n + 37  # not a whole number of groups: the columns past them are left out
-    sample = rng.standard_normal((rows, width)).astype(np.float32)
-    sample[1] = np.round(sample[1] * 2) / 2  # a few values, many tied
-    sample[2] = 0.0  # no signal
-    sample[3, ::3] = -np.inf  # seen
-    sample[4, rng.choice(width, 3 * n, replace=False)] = np.nan
-    sample[5] = -np.inf
-    sample[5, : n // 2] = 1.0  # fewer than n numbers above -inf
-    bound = nth_best_of_sample_at_most(sample, n)
-    exact = np.partition(sample, width - n, axis=1)[:, width - n]  # NaN sorts last: the highest
+    rows, width = 14, 64 * n + 37  # not a whole number of groups: the columns past them are left out
+    values = rng.standard_normal((rows, width)).astype(np.float32)
+    values[1] = np.round(values[1] * 2) / 2  # a few values, many tied
+    values[2] = 0.0  # no signal
+    values[3, ::3] = -np.inf  # seen
+    values[4, rng.choice(width, 3 * n, replace=False)] = np.nan
+    values[5] = -np.inf
+    values[5, : n // 2] = 1.0  # fewer than n numbers above -inf
+    values[6, :: 8 * n] = np.nan  # the first group: NaNs alone
+    values[7, ::3] = np.nan
+    values[8] = np.nan
+    bound = nth_best_at_most(values, n)
     for r in range(rows):
-        assert np.isnan(exact[r]) or bound[r] <= exact[r], r
-    through = np.count_nonzero(sample[[0, 6, 7, 8, 9, 10, 11]] >= bound[[0, 6, 7, 8, 9, 10, 11], None], axis=1)
+        numbers = np.sort(values[r][~np.isnan(values[r])])[::-1]
+        through = np.count_nonzero(values[r] >= bound[r])
+        assert through < n or (len(numbers) >= n and numbers[n - 1] >= bound[r]), r
+    distinct = [0, 9, 10, 11, 12, 13]
+    through = np.count_nonzero(values[distinct] >= bound[distinct, None], axis=1)
     assert (through >= n).all() and through.mean() < 2 * n, through
-    narrow = sample[:, : 16 * n - 1]  # narrower than two columns a group: the n-th best itself
-    np.testing.assert_array_equal(nth_best_of_sample_at_most(narrow, n),
+    assert (np.count_nonzero(values[[4, 7]] >= bound[[4, 7], None], axis=1) >= n).all()  # NaNs passed over
+    narrow = values[:, : 16 * n - 1]  # narrower than two columns a group: the n-th best itself
+    np.testing.assert_array_equal(nth_best_at_most(narrow, n),
                                   np.partition(narrow, narrow.shape[1] - n, axis=1)[:, narrow.shape[1] - n])
     if n > 1:  # fewer columns than n: no bound
-        assert (nth_best_of_sample_at_most(sample[:, : n - 1], n) == -np.inf).all()
+        assert (nth_best_at_most(values[:, : n - 1], n) == -np.inf).all()
 
 
 def test_a_hybrid_scored_with_its_components_scores_each_once_and_matches(small_data):

@@ -207,10 +207,11 @@ def test_top_k_indices_is_the_full_sort_of_each_row_ties_in_tiebreak_order(n_ite
 @pytest.mark.parametrize("n", [1, 10, 50])
 @pytest.mark.parametrize("tied_rows", [8, 1])
 def test_top_n_on_wide_rows_is_the_full_sort_of_each_row(n_items, n, tied_rows):
-    """On rows wide enough for the sampled bound (a sixteenth of the columns), every row's list is exactly the
-    first n of the whole row sorted by (score desc, tiebreak asc): rows of distinct scores, heavy ties, one tie
-    everywhere, masked items, and rows with fewer than n scorable items. One tied row among many leaves the
-    block's candidates few enough that rows are not counted one by one: the lists are exact all the same."""
+    """On rows wide enough for the bound from groups' maxima (:func:`models.ranking.nth_best_at_most`), every
+    row's list is exactly the first n of the whole row sorted by (score desc, tiebreak asc): rows of distinct
+    scores, heavy ties, one tie everywhere, masked items, and rows with fewer than n scorable items. One tied row
+    among many leaves the block's candidates few enough that rows are not counted one by one: the lists are
+    exact all the same."""
     from models.serving import top_n
 
     rng = np.random.default_rng(n_items + n)
