@@ -357,26 +357,31 @@ def test_a_blend_weight_is_applied_per_user_and_per_item_only_where_it_depends_o
 
 
 @pytest.mark.parametrize("n_users", [40, 600])
+@pytest.mark.parametrize("width", [None, 1, 5, 6, 13])
 @pytest.mark.parametrize("block", [3, 7, 40])
-def test_each_items_best_users_are_kept_exactly_across_blocks(block, n_users):
+def test_each_items_best_users_are_kept_exactly_across_blocks(block, width, n_users):
     """Each new item's best m users, kept block by block: the users a sort of everyone by (score desc, user id
-    asc) ranks first, ties and unscorable (-inf) users included, whatever the blocks (and late blocks that
-    change only some items)."""
+    asc) ranks first, ties and unscorable (-inf) users included, whatever the blocks and however many users are
+    gathered before a merge (fewer than a block, fewer than m, spanning blocks; late merges that change only
+    some items, from their few entrants alone)."""
     rng = np.random.default_rng(block)
     users = np.sort(rng.choice(10_000, size=n_users, replace=False))
     scores = rng.integers(0, 6, size=(n_users, 9)).astype(np.float32)  # few values: ties everywhere
     scores[rng.random(scores.shape) < 0.2] = -np.inf
     scores[:, 4] = -np.inf  # an item nobody can be shown
     scores[:, 7] = rng.standard_normal(n_users)  # distinct scores
+    scores[:, 8] = -np.inf  # fewer scorable users than m, the last ones: entrants beside -inf kept ones
+    scores[-3:, 8] = [-1.0, 2.0, -5.0]
+    scores[0, 7] = np.inf  # not finite: never shown, and the ranks count the shown users only
     items = np.arange(100, 109)
-    best = BestUsers(items, 6)
+    best = BestUsers(items, 6, width)
     for lo in range(0, n_users, block):
         best.add(users[lo:lo + block], scores[lo:lo + block])
     got = best.frame()
     long = pl.DataFrame({"item_id": np.repeat(items, n_users), "user_id": np.tile(users, 9),
-                         "score": scores.T.ravel()}).filter(pl.col("score").is_finite())
+                         "score": scores.T.ravel()})
     expected = (long.sort(["item_id", "score", "user_id"], descending=[False, True, False])
-                .group_by("item_id", maintain_order=True).head(6)
+                .group_by("item_id", maintain_order=True).head(6).filter(pl.col("score").is_finite())
                 .with_columns(rank=(pl.int_range(pl.len()).over("item_id") + 1).cast(pl.Int32)))
     assert_frame_equal(got, expected.select(got.columns), check_dtypes=False)
     assert 104 not in got["item_id"].to_list() and got.group_by("item_id").len()["len"].max() == 6
