@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import Recommender
+from models.base import Recommender, distinct_ids
 from models.blend import BlendTuning, ValidationCase, bucket_of
 from models.explain import replace
 from models.ranking import Stage, served_z_scores, top_k_indices
@@ -404,8 +404,8 @@ class Hybrid(BlendTuning, Recommender):
         stages = {name: self.components[name].stage_of(users, depth)
                   for name, weight in self._mix(users) if weight.by_user.any()}
         few = np.flatnonzero(self.item_popularity < float(self.params["item_evidence"]))
-        columns = np.unique(np.concatenate([stage.top[stage.top >= 0] for stage in stages.values()]
-                                           + [few, np.asarray(keep, dtype=np.int64)]))
+        columns = distinct_ids(np.concatenate([stage.top[stage.top >= 0] for stage in stages.values()]
+                                              + [few, np.asarray(keep, dtype=np.int64)]))
         return columns, self._blend(users, columns, stages)
 
     def _blend(self, users: UserBlock, columns: np.ndarray | None = None,

@@ -628,3 +628,29 @@ def test_the_audience_floor_is_each_new_items_nth_likeliest_user_in_blocks_of_it
     assert max(blocks) == step and len(blocks) == -(-len(users) // step)
     monkeypatch.setattr(models.base, "COLUMN_BLOCK_MAX_USERS", 10)  # the users' side bounds a block too
     assert audience.column_block_users(len(new)) == 10 and audience.column_block_users(10**9) == 6
+
+
+def test_a_shared_blocks_columns_are_scored_once_and_read_back_in_any_order(hybrid_with_new_items, monkeypatch):
+    """A block several readers share scores an audience model's columns once: a second ask (other columns,
+    overlapping, unsorted, repeated) scores only the ones not yet scored, and every answer is the model's own
+    scores of exactly the columns asked, in the order asked."""
+    hybrid = hybrid_with_new_items
+    audience = hybrid.components[hybrid.params["audience_model"]]
+    users = hybrid.user_ids[:7]
+    block = audience._user_block(users, audience._history_matrix(users, None))
+    block.shared = {}
+    n = len(audience.item_ids)
+    first = np.array([n - 1, 3, 0, 9, 3])
+    second = np.array([9, 12, 1, n - 1, 5, 12])
+    asked = []
+    original = type(audience).column_scores
+
+    def counted(self, ub, columns):
+        asked.append(np.asarray(columns).copy())
+        return original(self, ub, columns)
+
+    monkeypatch.setattr(type(audience), "column_scores", counted)
+    for columns in (first, second, second[::-1]):
+        np.testing.assert_allclose(audience.block_column_scores(block, columns),
+                                   original(audience, block, columns), rtol=1e-5, atol=1e-6)
+    assert [a.tolist() for a in asked] == [[0, 3, 9, n - 1], [1, 5, 12]]
