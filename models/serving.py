@@ -285,7 +285,7 @@ class BestUsers:
         self.item_ids, self.m = item_ids, m
         self.values = np.zeros((len(item_ids), 0), dtype=np.float32)
         self.users = np.zeros((len(item_ids), 0), dtype=np.int64)
-        self.width = max(1, width or max(m, PENDING_CELLS // max(len(item_ids), 1)))
+        self.width = width or max(m, PENDING_CELLS // max(len(item_ids), 1))
         self._pending: np.ndarray | None = None  # (items, width): the gathered blocks' scores, users in order
         self._pending_users: list[np.ndarray] = []
         self._filled = 0
@@ -331,10 +331,10 @@ class BestUsers:
             entrants[at_row, slot] = block[rows[at_row], at_col]
             entrant_users = np.zeros((len(rows), widest), dtype=np.int64)
             entrant_users[at_row, slot] = user_ids[at_col]
-            merged = self._merge(self.values[rows], self.users[rows], entrants, entrant_users)
+            block, user_ids = entrants, entrant_users
         else:
-            merged = self._merge(self.values[rows], self.users[rows], block[rows], user_ids)
-        self.values[rows], self.users[rows] = merged
+            block = block[rows]
+        self.values[rows], self.users[rows] = self._merge(self.values[rows], self.users[rows], block, user_ids)
 
     def _merge(self, kept: np.ndarray, kept_users: np.ndarray, block: np.ndarray,
                user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
