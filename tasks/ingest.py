@@ -438,11 +438,15 @@ def stage_batch(
 
 def promote_batch(
     wh: db.Warehouse, run_id: str,
-    register_unknown_users: bool = False, register_unknown_items: bool = False,
+    register_unknown_users: bool = False, register_unknown_items: bool = False, duplicates_found: bool = False,
 ) -> None:
-    """Move a staged (and validated) batch into the final tables in one transaction."""
+    """Move a staged (and validated) batch into the final tables in one transaction. ``duplicates_found``: the
+    batch's duplicate interactions (``ingest/batch_duplicates``) were found on this connection since its
+    staged rows last changed (the gate finds them); otherwise they are found here."""
     params = {"run_id": run_id}
     with wh.transaction():
+        if not duplicates_found:
+            wh.run("ingest/batch_duplicates", params)
         for kind in ("users", "items", "interactions"):
             wh.run(f"ingest/plan_{kind}", params)
             if kind == "interactions":

@@ -1,7 +1,8 @@
 -- The (user, item, ts) keys of a staged batch that are already loaded: a semi join that holds the batch's keys
 -- and reads the warehouse once (an EXISTS against `interactions` held a hash table of the whole warehouse:
--- 4.13 GiB to check 100k new rows against 100 M loaded ones, 0.37 GiB this way). The promotion's plan and the
--- gate's batch query both mark duplicates with it. A connection's own (temp) macro: nothing is stored.
+-- 4.13 GiB to check 100k new rows against 100 M loaded ones, 0.37 GiB this way). The batch's duplicates
+-- (ingest/batch_duplicates), which the gate and the promotion read, are marked with it. A connection's own
+-- (temp) macro: nothing is stored.
 create or replace temp macro batch_loaded_keys(batch_run_id) as table
 select distinct
     i.user_id,

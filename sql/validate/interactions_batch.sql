@@ -1,22 +1,15 @@
--- The staged interactions of one run, with the derived columns the expectations look at.
+-- One chunk of the staged interactions of one run (file $file_id, lines $first_line to $last_line), in line
+-- order, with the derived columns the expectations look at. What it compares the batch with (known users and
+-- items, users with history, rows that repeat a key) is prepared once a batch
+-- (validate/gate_*, ingest/batch_duplicates).
 with batch as (
-    select * from staging_interactions where run_id = $run_id
+    select *
+    from staging_interactions
+    where run_id = $run_id and file_id = $file_id and line_number between $first_line and $last_line
 ),
 
-known_users as (
-    select user_id from users
-    union
-    select user_id from staging_users where run_id = $run_id
-),
-
-known_items as (
-    select item_id from items
-    union
-    select item_id from staging_items where run_id = $run_id
-),
-
-prior_users as (
-    select distinct user_id from interactions
+duplicates as (
+    select line_number from batch_duplicates where file_id = $file_id
 ),
 
 final as (
@@ -27,16 +20,12 @@ final as (
         b.item_id,
         b.rating,
         epoch(b.ts)::double as ts_epoch,
-        $all_users_known or b.user_id in (select user_id from known_users) as user_known,
-        $all_items_known or b.item_id in (select item_id from known_items) as item_known,
-        (
-            row_number() over (partition by b.user_id, b.item_id, b.ts order by b.file_id, b.line_number) > 1
-            or l.user_id is not null
-        )::integer as is_duplicate,
-        (b.user_id not in (select user_id from prior_users))::integer as is_new_user
+        $all_users_known or b.user_id in (select user_id from gate_known_users) as user_known,
+        $all_items_known or b.item_id in (select item_id from gate_known_items) as item_known,
+        (b.line_number in (select line_number from duplicates))::integer as is_duplicate,
+        (b.user_id not in (select user_id from gate_prior_users))::integer as is_new_user
     from batch as b
-    left join batch_loaded_keys($run_id) as l on b.user_id = l.user_id and b.item_id = l.item_id and b.ts = l.ts
 )
 
 select * from final
-order by file_id, line_number
+order by line_number

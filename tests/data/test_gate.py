@@ -168,3 +168,22 @@ def test_an_expectation_that_cannot_be_judged_in_chunks_is_refused_at_load(tmp_p
     (settings.expectations_dir / "interactions.json").write_text(json.dumps(suite))
     with pytest.raises(ConfigError, match="expect_compound_columns_to_be_unique cannot be judged chunk by chunk"):
         validate.load_suite(settings, "interactions")
+
+
+def test_a_key_whose_first_copy_the_gate_rejects_is_loaded_from_its_next_copy(con, settings, tmp_path):
+    """The batch's duplicates are found once, by the gate, and read by the promotion: where the gate moves a
+    key's first copy to rejects (a rating out of scale), the key's next copy is no duplicate and is loaded, and
+    a key copied twice still loads once."""
+    key = (1, 1, GOOD_TS + 5_000)
+    rows = [(key[0], key[1], 9.0, key[2]), *good_rows(100), (key[0], key[1], 3.0, key[2]),
+            (2, 2, 4.0, GOOD_TS + 6_000), (2, 2, 4.0, GOOD_TS + 6_000)]
+    specs = landing(tmp_path, rows)
+    report = ingest.stage_batch(con, settings, specs, "r1", "synthetic")
+    result = validate.gate_and_promote(con, settings, "r1", {spec.kind for spec in specs})
+    assert result.passed and result.duplicates_found and result.rows_rejected == 1
+    loaded = con.execute("select rating from interactions where user_id = 1 and item_id = 1 and ts = "
+                         "to_timestamp($ts)::timestamp", {"ts": key[2]}).fetchall()
+    assert loaded == [(3.0,)]
+    assert con.scalar("select count(*) from interactions") == 102
+    (file,) = [f for f in ingest.batch_report(con, report).files if f.kind == "interactions"]
+    assert (file.rows_read, file.rows_accepted, file.rows_rejected, file.rows_duplicate) == (104, 102, 1, 1)
