@@ -60,13 +60,9 @@ def plan(wh: db.Warehouse) -> int:
 
 
 def gate_query(wh: db.Warehouse) -> int:
-    # Every column the gate reads is summed, so none of the query is optimised away.
+    # The chunks are read whole into frames, as the gate reads them: no column of the query is left out.
     params = {"run_id": RUN_ID, "all_users_known": True, "all_items_known": True}
-    found = 0
-    for frame in batch_chunks(wh, "interactions", params, GATE_CHUNK_ROWS):
-        found += int(frame["is_duplicate"].sum()) + 0 * (int(frame["is_new_user"].sum()) + frame["user_known"].count()
-                                                         + frame["item_known"].count())
-    return found
+    return sum(int(frame["is_duplicate"].sum()) for frame in batch_chunks(wh, "interactions", params, GATE_CHUNK_ROWS))
 
 
 STEPS = {"connect": lambda wh: 0, "plan (promotion)": plan, "gate batch query": gate_query}

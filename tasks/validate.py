@@ -86,7 +86,6 @@ class GateResult:
     docs_path: str | None = None
     reject_reasons: list[tuple[str, int]] = field(default_factory=list)  # (kind of reason, rows), most first
     files_failed: int = 0
-    duplicates_found: bool = False  # the batch's duplicate interactions (ingest/batch_duplicates) are current
 
     @property
     def rows_rejected_in_batch(self) -> int:
@@ -103,6 +102,12 @@ class GateResult:
     @property
     def warnings(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.severity == "warning" and not o.success]
+
+    @property
+    def duplicates_found(self) -> bool:
+        """The batch's duplicate interactions (``ingest/batch_duplicates``) are current on the gate's connection:
+        made with the interactions' chunks, and again after the gate moved any of them to rejects."""
+        return any(o.suite == "interactions" for o in self.outcomes)
 
     @property
     def passed(self) -> bool:
@@ -472,7 +477,6 @@ def validate_batch(
                 wh.run("ingest/batch_duplicates", {"run_id": run_id})  # a rejected row's later copy is the first
         outcomes.extend(found)
     result = GateResult(run_id=run_id, outcomes=outcomes, docs_path=runner.docs_path(),
-                        duplicates_found=any(o.suite == "interactions" for o in outcomes),
                         reject_reasons=[(r, int(n)) for r, n in wh.run("validate/batch_rejects",
                                                                        {"run_id": run_id})],
                         files_failed=int(wh.run("validate/failed_files", {"run_id": run_id})[0][0]))
