@@ -91,10 +91,9 @@ class OwnList(NamedTuple):
 
 
 def item_cooccurrence(train: sp.csr_matrix, rows_per_block: int,
-                      on_rows: Callable[[int, Any], None], lower: bool = False, dense: bool = True) -> None:
+                      on_rows: Callable[[int, Any], None], lower: bool = False) -> None:
     """X^T X (item x item co-occurrence counts, float32) a block of item rows at a time: ``on_rows(lo, rows)``
-    gets rows lo..lo+len(rows), densified (``dense=False``: as the product's CSR, whose cost follows the pairs
-    of items users share, not items^2); with ``lower``, only their columns up to the block's last row (the
+    gets rows lo..lo+len(rows), densified; with ``lower``, only their columns up to the block's last row (the
     lower triangle and the diagonal block: what a symmetric factorisation reads, half the products).
 
     Never the whole product as one sparse matrix (12 bytes per non-zero: about 8 GB at 20 M interactions and
@@ -107,8 +106,7 @@ def item_cooccurrence(train: sp.csr_matrix, rows_per_block: int,
 
     def block(lo: int) -> np.ndarray:
         if not lower:
-            product = by_item[lo:lo + step] @ x
-            return product.toarray() if dense else product.tocsr()
+            return (by_item[lo:lo + step] @ x).toarray()
         hi = min(x.shape[1], lo + step)
         # The block's columns of the rows above it, transposed: only the block itself changes format.
         return (by_item[:hi] @ by_item[lo:hi].T.tocsr()).T.toarray()

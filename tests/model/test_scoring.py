@@ -123,12 +123,18 @@ def test_item_cooccurrence_lower_gives_the_lower_triangle_of_every_row_block(ste
         assert np.isnan(lower[lo:hi, hi:]).all()  # nothing beyond the block's last row
 
 
-@pytest.mark.parametrize("block_cells", [10**9, 40 * 61])
-def test_item_knn_keeps_each_items_k_most_similar_ties_to_the_more_popular(small_data, monkeypatch, block_cells):
+@pytest.mark.parametrize(("rows_per_block", "dense_from"), [(256, 1.0), (7, 1.0), (256, 0.0), (7, 0.0)],
+                         ids=["one-block", "blocks", "one-block-dense", "blocks-dense"])
+@pytest.mark.parametrize("catalogue", ["dealt", "whole"])
+def test_item_knn_keeps_each_items_k_most_similar_ties_to_the_more_popular(small_data, monkeypatch, rows_per_block,
+                                                                           dense_from, catalogue):
     """The formula, dense, in the test: sim(i, j) = co(i, j) / (sqrt(n_i n_j) + shrinkage) for j != i with a user
     in common, each item's k largest kept, ties at the k-th place to the more popular item (the model's
-    tie-break); in one block of items or in blocks of a few rows. Binary histories make ties common."""
-    monkeypatch.setattr(models.item_knn, "BLOCK_CELLS", block_cells)
+    tie-break); in one block of items or in blocks of a few rows, each item's counts listed as they are touched
+    or (``dense``) read back from the whole row; in a catalogue of the dealt items alone (the least popular
+    taken too) or of every item (most never taken). Binary histories make ties common."""
+    monkeypatch.setattr(models.item_knn, "ROWS_PER_BLOCK", rows_per_block)
+    monkeypatch.setattr(models.item_knn, "DENSE_FROM", dense_from)
     train, uf, itf, _ = small_data
     # Ten rounds, each dealing 60 items to 12 users 5 apiece: every item taken by 10 users, so similarities
     # are shared counts over one denominator, and the tie-break (here the item id) decides many places.
@@ -137,6 +143,8 @@ def test_item_knn_keeps_each_items_k_most_similar_ties_to_the_more_popular(small
     dealt = np.concatenate([rng.permutation(60) for _ in range(10)])
     train = pl.DataFrame({"user_id": np.repeat(users, 5), "item_id": items[dealt]}).join(
         train.select("rating", "ts").head(1), how="cross")
+    if catalogue == "dealt":
+        itf = itf.filter(pl.col("item_id").is_in(items))
     model = fit_model("item_knn", train, uf, itf, seed=0, params={"neighbours": 7, "shrinkage": 10.0})
     x = model.train.astype(np.float32)
     co = (x.T @ x).toarray()
