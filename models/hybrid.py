@@ -43,7 +43,7 @@ from models.base import Recommender, distinct_ids
 from models.blend import BlendTuning, ValidationCase, bucket_of
 from models.explain import replace
 from models.ranking import Stage, served_z_scores, top_k_indices
-from models.serving import UserBlock
+from models.serving import BestUsers, UserBlock
 from recsys import schema
 from recsys.schema import USER_ID
 
@@ -321,22 +321,20 @@ class Hybrid(BlendTuning, Recommender):
         """Per item nobody has taken (in item order), the audience model's log-odds of its ``new_item_users``-th
         likeliest training user: a new item is placed only in the lists of users at or above it, the users it
         is published to. Blockwise over users (blocks as wide as those few columns allow,
-        :meth:`Recommender.column_block_users`), keeping the best ``new_item_users`` per item."""
+        :meth:`Recommender.column_block_users`), keeping the best ``new_item_users`` per item
+        (:class:`models.serving.BestUsers`)."""
         new = np.flatnonzero(self.item_popularity == 0)
         audience = self.params["audience_model"]
         size = min(int(self.params["new_item_users"]), len(self.user_ids))
         if not audience or len(new) == 0 or size == 0 or int(self.params["new_item_slots"]) <= 0:
             return np.full(len(new), np.inf, dtype=np.float32)  # no new item is placed anywhere
         model = self.components[audience]
-        best = np.full((0, len(new)), -np.inf, dtype=np.float32)
+        best = BestUsers(self.item_ids[new], size)
         step = model.column_block_users(len(new))
         for start in range(0, len(self.user_ids), step):
             users = self.user_ids[start:start + step]
-            block = model._user_block(users, model._history_matrix(users, None))
-            best = np.concatenate([best, model.column_scores(block, new)])
-            if len(best) > size:
-                best = -np.partition(-best, size - 1, axis=0)[:size]
-        return best.min(axis=0).astype(np.float32)
+            best.add(users, model.column_scores(model._user_block(users, model._history_matrix(users, None)), new))
+        return best.nth_best()
 
     def _align(self, model: Recommender, scores: np.ndarray) -> np.ndarray:
         if np.array_equal(model.item_ids, self.item_ids):

@@ -272,11 +272,13 @@ class BestUsers:
     A row's place in ``[kept, pending]`` is its user id's order, so the m-th best score of each item settles it:
     every better row, and of the rows tied with it the first ones. One ``np.partition`` a merge, in place of
     sorting every block's users per item and merging the frames (a third of the new-items slice at 60k items).
-    Blocks are gathered in a buffer ``width`` users wide (at least m, about ``PENDING_CELLS`` cells) and merged
-    when it is full: merged block by block, a block of ~80 users re-partitioned the m kept beside it each time
-    (2.2x the new scores' cells at m = 100) and copied them twice, most of a 200k-item night's item-cold slice.
-    Once m users are kept, only the items some pending user beats the m-th best of are merged (late in a night,
-    few items change).
+    Until m users are kept, blocks are gathered in a buffer ``width`` users wide (at least m, about
+    ``PENDING_CELLS`` cells) and merged when it is full. Once m users are kept, each block is compared with each
+    item's m-th best in its own layout and only its entrants (the users above it: about m x block / users seen an
+    item, a falling share) are gathered, as (user, item, score) triples, until they number a quarter of the kept
+    cells or some item has m; then each item they entered is merged from its entrants alone. The transposed copy
+    of every block into the buffer and a merge of the kept m of every item it touched were most of the pass (a
+    million users' audiences of 40k new items: 147 ms a 400-user block, the m kept re-partitioned each time).
     """
 
     def __init__(self, item_ids: np.ndarray, m: int, width: int | None = None):
@@ -287,10 +289,17 @@ class BestUsers:
         self._pending: np.ndarray | None = None  # (items, width): the gathered blocks' scores, users in order
         self._pending_users: list[np.ndarray] = []
         self._filled = 0
+        self._floor = np.full(len(item_ids), -np.inf, dtype=np.float32)  # each item's m-th best at the last merge
+        self._entrants: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (users, items, scores), users in order
+        self._entering = np.zeros(len(item_ids), dtype=np.int64)  # the gathered entrants of each item
 
     def add(self, user_ids: np.ndarray, scores: np.ndarray) -> None:
         """A block's ``scores`` (users x items) of ``user_ids``, users after every earlier block's."""
         user_ids = np.asarray(user_ids, dtype=np.int64)
+        if self.values.shape[1] >= self.m:
+            self._drain()  # the rest of a block that filled the m, gathered first: its users come first
+            self._gather(user_ids, scores)
+            return
         if self._pending is None:
             self._pending = np.empty((len(self.item_ids), self.width), dtype=np.float32)
         lo = 0
@@ -304,35 +313,70 @@ class BestUsers:
                 self._flush()
 
     def _flush(self) -> None:
+        self._drain()
+        self._merge_entrants()
+
+    def _drain(self) -> None:
+        """The buffer's users merged (fewer than m kept) or gathered as entrants."""
         if not self._filled:
             return
         block, user_ids = self._pending[:, :self._filled], np.concatenate(self._pending_users)
         self._pending_users, self._filled = [], 0
         if self.values.shape[1] < self.m:
             self.values, self.users = self._merge(self.values, self.users, block, user_ids)
-            return
-        # A pending user enters an item's best only by beating its m-th best (a tie goes to the earlier user):
-        # only the items some pending user enters are merged, and where the entrants are few (as they are once
-        # a few hundred users are kept), each item's entrants alone, in user order, padded with -inf (a pad is
-        # never among the m best: the m kept and at least one entrant are better or earlier).
-        entering = block > self.values.min(axis=1)[:, None]
-        counts = np.count_nonzero(entering, axis=1)
-        rows = np.flatnonzero(counts)
-        if not len(rows):
-            return
-        counts = counts[rows]
-        widest = int(counts.max())
-        if 2 * widest < block.shape[1]:
-            at_row, at_col = np.nonzero(entering[rows])  # row by row, each row's in user order
-            slot = np.arange(len(at_col)) - np.repeat(np.cumsum(counts) - counts, counts)
-            entrants = np.full((len(rows), widest), -np.inf, dtype=np.float32)
-            entrants[at_row, slot] = block[rows[at_row], at_col]
-            entrant_users = np.zeros((len(rows), widest), dtype=np.int64)
-            entrant_users[at_row, slot] = user_ids[at_col]
-            block, user_ids = entrants, entrant_users
+            if self.values.shape[1] >= self.m:
+                self._floor = self.values.min(axis=1)
         else:
-            block = block[rows]
-        self.values[rows], self.users[rows] = self._merge(self.values[rows], self.users[rows], block, user_ids)
+            self._gather(user_ids, np.ascontiguousarray(block.T))
+
+    def _gather(self, user_ids: np.ndarray, scores: np.ndarray) -> None:
+        """A block (users x items, users after every kept one) once m users are kept: its entrants, the entries
+        above their item's m-th best at the last merge (a tie goes to the earlier user, and a NaN never
+        enters). A block that some item's users nearly all enter (the first blocks past m) is merged whole."""
+        width = scores.shape[1]
+        flat = np.flatnonzero(scores > self._floor)  # row-major: each item's entrants in user order
+        if not len(flat):
+            return
+        at_user, at_item = np.divmod(flat, width)
+        counts = np.bincount(at_item, minlength=width)
+        if 2 * int(counts.max()) >= len(user_ids):
+            self._merge_entrants()
+            rows = np.flatnonzero(counts)
+            self.values[rows], self.users[rows] = self._merge(self.values[rows], self.users[rows],
+                                                              np.ascontiguousarray(scores[:, rows].T), user_ids)
+            self._floor[rows] = self.values[rows].min(axis=1)
+            return
+        self._entrants.append((user_ids[at_user], at_item, scores.ravel()[flat] if scores.flags.c_contiguous
+                               else scores[at_user, at_item]))
+        self._entering += counts
+        if 4 * sum(len(e[0]) for e in self._entrants) >= self.values.size or self._entering.max() >= self.m:
+            self._merge_entrants()
+
+    def _merge_entrants(self) -> None:
+        """Each item the gathered entrants entered, merged from its entrants alone (in user order, padded with
+        -inf: a pad is never among the m best, the m kept and at least one entrant being better or earlier)."""
+        if not self._entrants:
+            return
+        users, items, values = (np.concatenate(part) for part in zip(*self._entrants, strict=True))
+        counts = self._entering
+        self._entrants, self._entering = [], np.zeros(len(self.item_ids), dtype=np.int64)
+        order = np.argsort(items, kind="stable")  # by item, each item's in user order
+        rows = np.flatnonzero(counts)
+        counts = counts[rows]
+        place = np.repeat(np.arange(len(rows)), counts)
+        slot = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
+        entrants = np.full((len(rows), int(counts.max())), -np.inf, dtype=np.float32)
+        entrants[place, slot] = values[order]
+        entrant_users = np.zeros(entrants.shape, dtype=np.int64)
+        entrant_users[place, slot] = users[order]
+        self.values[rows], self.users[rows] = self._merge(self.values[rows], self.users[rows], entrants,
+                                                          entrant_users)
+        self._floor[rows] = self.values[rows].min(axis=1)
+
+    def nth_best(self) -> np.ndarray:
+        """Each item's m-th best score so far (-inf where fewer than m users were added)."""
+        self._flush()
+        return self._floor.copy()
 
     def _merge(self, kept: np.ndarray, kept_users: np.ndarray, block: np.ndarray,
                user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -385,13 +385,16 @@ def test_each_items_best_users_are_kept_exactly_across_blocks(block, width, n_us
     best = BestUsers(items, 6, width)
     for lo in range(0, n_users, block):
         best.add(users[lo:lo + block], scores[lo:lo + block])
-    got = best.frame()
+    got, nth = best.frame(), best.nth_best()
     long = pl.DataFrame({"item_id": np.repeat(items, n_users), "user_id": np.tile(users, 9),
                          "score": scores.T.ravel()})
-    expected = (long.sort(["item_id", "score", "user_id"], descending=[False, True, False])
-                .group_by("item_id", maintain_order=True).head(6).filter(pl.col("score").is_finite())
+    ordered = (long.sort(["item_id", "score", "user_id"], descending=[False, True, False])
+               .group_by("item_id", maintain_order=True).head(6))
+    expected = (ordered.filter(pl.col("score").is_finite())
                 .with_columns(rank=(pl.int_range(pl.len()).over("item_id") + 1).cast(pl.Int32)))
     assert_frame_equal(got, expected.select(got.columns), check_dtypes=False)
+    np.testing.assert_array_equal(nth, ordered.group_by("item_id", maintain_order=True).agg(pl.col("score").min())
+                                  ["score"].to_numpy())  # each item's 6th best: -inf with fewer scorable users
     assert 104 not in got["item_id"].to_list() and got.group_by("item_id").len()["len"].max() == 6
 
 
