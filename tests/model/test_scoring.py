@@ -374,19 +374,23 @@ def test_each_items_best_users_are_kept_exactly_across_blocks(block, width, n_us
     some items, from their few entrants alone)."""
     rng = np.random.default_rng(block)
     users = np.sort(rng.choice(10_000, size=n_users, replace=False))
-    scores = rng.integers(0, 6, size=(n_users, 9)).astype(np.float32)  # few values: ties everywhere
+    scores = rng.integers(0, 6, size=(n_users, 11)).astype(np.float32)  # few values: ties everywhere
     scores[rng.random(scores.shape) < 0.2] = -np.inf
     scores[:, 4] = -np.inf  # an item nobody can be shown
     scores[:, 7] = rng.standard_normal(n_users)  # distinct scores
     scores[:, 8] = -np.inf  # fewer scorable users than m, the last ones: entrants beside -inf kept ones
     scores[-3:, 8] = [-1.0, 2.0, -5.0]
     scores[0, 7] = np.inf  # not finite: never shown, and the ranks count the shown users only
-    items = np.arange(100, 109)
+    place = np.arange(n_users, dtype=np.float32)
+    scores[:, 9] = np.where(place < n_users // 5, place, -np.inf)  # every early user enters: whole blocks merged
+    # Kept scores below 0 and a riser every 7th user: entrants few beside other items' (a pad is never kept).
+    scores[:, 10] = np.where(place % 7 == 3, -1.0 - 1.0 / (place + 1), -10.0 - rng.random(n_users))
+    items = np.arange(100, 111)
     best = BestUsers(items, 6, width)
     for lo in range(0, n_users, block):
         best.add(users[lo:lo + block], scores[lo:lo + block])
     got, nth = best.frame(), best.nth_best()
-    long = pl.DataFrame({"item_id": np.repeat(items, n_users), "user_id": np.tile(users, 9),
+    long = pl.DataFrame({"item_id": np.repeat(items, n_users), "user_id": np.tile(users, len(items)),
                          "score": scores.T.ravel()})
     ordered = (long.sort(["item_id", "score", "user_id"], descending=[False, True, False])
                .group_by("item_id", maintain_order=True).head(6))
