@@ -342,14 +342,12 @@ class BestUsers:
         if 2 * int(counts.max()) >= len(user_ids):
             self._merge_entrants()
             rows = np.flatnonzero(counts)
-            self.values[rows], self.users[rows] = self._merge(self.values[rows], self.users[rows],
-                                                              np.ascontiguousarray(scores[:, rows].T), user_ids)
-            self._floor[rows] = self.values[rows].min(axis=1)
+            self._merge_rows(rows, np.ascontiguousarray(scores[:, rows].T), user_ids)
             return
         self._entrants.append((user_ids[at_user], at_item, scores.ravel()[flat] if scores.flags.c_contiguous
                                else scores[at_user, at_item]))
         self._entering += counts
-        if 4 * sum(len(e[0]) for e in self._entrants) >= self.values.size or self._entering.max() >= self.m:
+        if 4 * int(self._entering.sum()) >= self.values.size or self._entering.max() >= self.m:
             self._merge_entrants()
 
     def _merge_entrants(self) -> None:
@@ -369,8 +367,12 @@ class BestUsers:
         entrants[place, slot] = values[order]
         entrant_users = np.zeros(entrants.shape, dtype=np.int64)
         entrant_users[place, slot] = users[order]
-        self.values[rows], self.users[rows] = self._merge(self.values[rows], self.users[rows], entrants,
-                                                          entrant_users)
+        self._merge_rows(rows, entrants, entrant_users)
+
+    def _merge_rows(self, rows: np.ndarray, block: np.ndarray, user_ids: np.ndarray) -> None:
+        """The kept ``rows`` (items) merged with ``block`` (those items x users, :meth:`_merge`), their floors
+        updated."""
+        self.values[rows], self.users[rows] = self._merge(self.values[rows], self.users[rows], block, user_ids)
         self._floor[rows] = self.values[rows].min(axis=1)
 
     def nth_best(self) -> np.ndarray:
