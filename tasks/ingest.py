@@ -259,19 +259,20 @@ def _positional(spec: FileSpec, available: tuple[str, ...]) -> tuple[FileSpec, d
 
 
 def _parse(wh: db.Warehouse, spec: FileSpec) -> None:
-    """Fill temp tables ``parsed`` (line_number, raw, canonical columns, reason) and ``structural_rejects``.
-    A row's line is its ``rowid`` in ``raw_file`` (file order: the read keeps it) plus what precedes the data."""
+    """Fill the temp table ``parsed_rows`` (raw, canonical columns, reason) and ``structural_rejects``, and the
+    temp view ``parsed`` over them that adds each row's line. The file is read and typed in one statement, so no
+    table of its text is kept (at 100 M rows that table was 15 s of writing and spilled past the warehouse's
+    memory). A row's line is its ``rowid`` in ``parsed_rows`` (file order: the statement keeps it, as
+    ``preserve_insertion_order`` promises) plus what precedes the data: the header, and the malformed lines
+    before it."""
     if spec.format == "parquet":
         described = wh.execute("select column_name, column_type from (describe select * from read_parquet($path))",
                                {"path": str(spec.path)}).fetchall()
         spec, mapped, positional = _positional(spec, tuple(name for name, _ in described))
         names = ", ".join(positional.values())
-        wh.execute(f"create or replace temp table raw_file as select * from read_parquet($path) as file ({names})",
-                   {"path": str(spec.path)})
-        wh.execute("create or replace temp table structural_rejects "
-                    "(line_number bigint, raw varchar, reason varchar)")
-        line_expr, source = "r.rowid + 1", "raw_file r"
+        source, params = f"read_parquet($path) as file ({names})", {"path": str(spec.path)}
         types = {positional[name]: (name, kind) for name, kind in described}
+        first_line = 1
     else:
         available = _read_header(spec) if spec.header else tuple(spec.names or ())
         if not available:
@@ -282,20 +283,11 @@ def _parse(wh: db.Warehouse, spec: FileSpec) -> None:
         spec, mapped, positional = _positional(spec, available)
         for table in ("raw_reject_errors", "raw_reject_scans"):
             wh.execute(f"drop table if exists {table}")
-        wh.execute(wh.text("ingest/read_csv_raw"), {
-            "path": str(spec.path), "header": spec.header, "delimiter": spec.delimiter, "quote": spec.quote,
-            "encoding": spec.encoding, "columns": dict.fromkeys(positional.values(), "VARCHAR"),
-        })
-        wh.execute(wh.text("ingest/structural_rejects"))
-        # An accepted row's line: its place among the accepted rows plus the header and the malformed lines
-        # before it; a file without malformed rows (nearly every one) needs no join.
-        first_line = 2 if spec.header else 1
-        line_expr, source = f"r.rowid + {first_line}", "raw_file r"
-        if wh.scalar("select count(*) from structural_rejects"):
-            wh.execute(wh.text("ingest/line_steps"), {"first_line": first_line})
-            line_expr += " + coalesce(s.skipped, 0)"
-            source += " asof left join line_steps s on r.rowid >= s.from_ordinal"
+        source = f"(\n{wh.text('ingest/read_csv_raw')}\n) as file"
+        params = {"path": str(spec.path), "header": spec.header, "delimiter": spec.delimiter, "quote": spec.quote,
+                  "encoding": spec.encoding, "columns": dict.fromkeys(positional.values(), "VARCHAR")}
         types = {}
+        first_line = 2 if spec.header else 1
     raw_columns = tuple(positional.values())
 
     typed = _typed_columns(spec, mapped, types)
@@ -305,14 +297,25 @@ def _parse(wh: db.Warehouse, spec: FileSpec) -> None:
     reasons = [reason for _, _, reason in typed if reason]
     reason_expr = "nullif(concat_ws('; ', " + ", ".join(reasons) + "), '')" if reasons else "cast(null as varchar)"
     wh.execute(f"""
-        create or replace temp table parsed as
+        create or replace temp table parsed_rows as
         select
-            {line_expr} as line_number,
             {raw_expr} as raw,
             {selects},
             {reason_expr} as reason
         from {source}
-    """)
+    """, params)
+    if spec.format == "parquet":
+        wh.execute("create or replace temp table structural_rejects (line_number bigint, raw varchar, reason varchar)")
+    else:
+        wh.execute(wh.text("ingest/structural_rejects"))
+    # An accepted row's line: its place among the accepted rows plus the header and the malformed lines
+    # before it; a file without malformed rows (nearly every one) needs no join.
+    line_expr, rows = f"p.rowid + {first_line:d}", "parsed_rows p"
+    if wh.scalar("select count(*) from structural_rejects"):
+        wh.execute(wh.text("ingest/line_steps"), {"first_line": first_line})
+        line_expr += " + coalesce(s.skipped, 0)"
+        rows += " asof left join line_steps s on p.rowid >= s.from_ordinal"
+    wh.execute(f"create or replace temp view parsed as select {line_expr} as line_number, p.* from {rows}")
 
 
 # ---------------------------------------------------------------------------------------------------------

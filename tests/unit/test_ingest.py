@@ -111,6 +111,31 @@ def test_line_numbers_hold_whatever_the_file_names_its_other_columns(con, settin
     assert staged == [(2, 10), (5, 13), (7, 15)]
 
 
+def test_line_numbers_hold_in_a_file_read_in_parallel_pieces(con, settings, tmp_path):
+    """The file is read and typed in one statement, in pieces on every thread, and each row's line is its place
+    in what that statement kept: on a file of many pieces, with malformed lines (which the read drops) and
+    unparsable values (which it keeps) spread through it, every staged row and every reject keeps its own line.
+    Each good row's user id is its line number, so a row numbered by another's place is seen."""
+    lines, malformed, unparsable = ["uid,iid,stars,when"], [], []
+    for line in range(2, 600_002):
+        if line % 50_021 == 0 or line == 600_001:
+            lines.append(f"{line},7")  # a column short
+            malformed.append(line)
+        elif line % 70_001 == 0:
+            lines.append(f"{line},x{line},4,881250949")  # an item id that is not one
+            unparsable.append(line)
+        else:
+            lines.append(f"{line},{line % 97 + 1},4,881250949")
+    f = write(tmp_path / "ratings.csv", "\n".join(lines) + "\n")
+    (result,) = ingest.stage_batch(con, settings, tabular_specs("csv", f, MAPPING), "r1", "csv").files
+    good = 600_000 - len(malformed) - len(unparsable)
+    assert (result.rows_read, result.rows_accepted, result.rows_rejected) == (600_000, good, 600_000 - good)
+    assert con.execute("select count(*), count(*) filter (where line_number = user_id) "
+                       "from staging_interactions").fetchall() == [(good, good)]
+    rejects = con.execute("select line_number, raw from rejects order by 1").fetchall()
+    assert [line for line, _ in rejects] == sorted(malformed + unparsable)
+    assert all(raw.startswith(f"{line},") for line, raw in rejects)
+
 @pytest.mark.parametrize("bad", ["1.5", "0x10", "1e1", "-3", "0", "+4", "u17", "2.0", "1_000",
                                  "3fa85f64-5717-4562-b3fc-2c963f66afa6", "99999999999999999999"])
 def test_ids_are_exact_digits_or_rejected(con, settings, tmp_path, bad):
