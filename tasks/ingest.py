@@ -261,8 +261,8 @@ def _positional(spec: FileSpec, available: tuple[str, ...]) -> tuple[FileSpec, d
 def _parse(wh: db.Warehouse, spec: FileSpec) -> None:
     """Fill the temp table ``parsed_rows`` (raw, canonical columns, reason) and ``structural_rejects``, and the
     temp view ``parsed`` over them that adds each row's line. The file is read and typed in one statement, so no
-    table of its text is kept (at 100 M rows that table was 15 s of writing and spilled past the warehouse's
-    memory). A row's line is its ``rowid`` in ``parsed_rows`` (file order: the statement keeps it, as
+    table of its text is kept (at 100 M rows, writing that table took 11-15 s, past the warehouse's memory).
+    A row's line is its ``rowid`` in ``parsed_rows`` (file order: the statement keeps it, as
     ``preserve_insertion_order`` promises) plus what precedes the data: the header, and the malformed lines
     before it."""
     if spec.format == "parquet":
