@@ -273,6 +273,8 @@ def _parse(wh: db.Warehouse, spec: FileSpec) -> None:
         source, params = f"read_parquet($path) as file ({names})", {"path": str(spec.path)}
         types = {positional[name]: (name, kind) for name, kind in described}
         first_line = 1
+        # A Parquet file has no malformed rows: whatever it holds is read as rows.
+        structural = "create or replace temp table structural_rejects (line_number bigint, raw varchar, reason varchar)"
     else:
         available = _read_header(spec) if spec.header else tuple(spec.names or ())
         if not available:
@@ -288,6 +290,7 @@ def _parse(wh: db.Warehouse, spec: FileSpec) -> None:
                   "encoding": spec.encoding, "columns": dict.fromkeys(positional.values(), "VARCHAR")}
         types = {}
         first_line = 2 if spec.header else 1
+        structural = wh.text("ingest/structural_rejects")  # from the reject tables the read fills
     raw_columns = tuple(positional.values())
 
     typed = _typed_columns(spec, mapped, types)
@@ -304,10 +307,7 @@ def _parse(wh: db.Warehouse, spec: FileSpec) -> None:
             {reason_expr} as reason
         from {source}
     """, params)
-    if spec.format == "parquet":
-        wh.execute("create or replace temp table structural_rejects (line_number bigint, raw varchar, reason varchar)")
-    else:
-        wh.execute(wh.text("ingest/structural_rejects"))
+    wh.execute(structural)
     # An accepted row's line: its place among the accepted rows plus the header and the malformed lines
     # before it; a file without malformed rows (nearly every one) needs no join.
     line_expr, rows = f"p.rowid + {first_line:d}", "parsed_rows p"
@@ -408,8 +408,8 @@ def _stage_copy(wh: db.Warehouse, spec: FileSpec, run_id: str, source: str,
                                                         "message": result.message})
         return result
 
-    n_good = wh.scalar("select count(*) from parsed where reason is null")
-    n_bad = wh.scalar("select count(*) from parsed where reason is not null")
+    n_good, n_bad = wh.execute("select count(*) filter (where reason is null), count(*) filter (where reason is not "
+                               "null) from parsed_rows").fetchone()
     n_structural = wh.scalar("select count(*) from structural_rejects")
     result.rows_read = n_good + n_bad + n_structural
     result.rows_accepted = n_good

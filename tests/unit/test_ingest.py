@@ -136,6 +136,7 @@ def test_line_numbers_hold_in_a_file_read_in_parallel_pieces(con, settings, tmp_
     assert [line for line, _ in rejects] == sorted(malformed + unparsable)
     assert all(raw.startswith(f"{line},") for line, raw in rejects)
 
+
 @pytest.mark.parametrize("bad", ["1.5", "0x10", "1e1", "-3", "0", "+4", "u17", "2.0", "1_000",
                                  "3fa85f64-5717-4562-b3fc-2c963f66afa6", "99999999999999999999"])
 def test_ids_are_exact_digits_or_rejected(con, settings, tmp_path, bad):
