@@ -109,7 +109,7 @@ class ALS(Recommender):
             return super().first_stage(users, depth)
         factors = self.solver.item_factors
         return factor_stage(self.user_vectors(users), factors, factor_moments(self, factors), None, users.seen,
-                            depth, self.tiebreak)
+                            depth)
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         """"because you rated <the known item whose factors are closest to the recommended one's>"."""

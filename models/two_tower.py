@@ -355,7 +355,7 @@ class TwoTower(Recommender):
             return super().first_stage(users, depth)
         moments = factor_moments(self, self.item_embeddings, self.net.temperature, self.item_biases)
         return factor_stage(self.user_embeddings(users), self.item_embeddings, moments, self.item_biases,
-                            users.seen, depth, self.tiebreak)
+                            users.seen, depth)
 
     def explain(self, users: UserBlock, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         """With known items, "because you rated <the known item closest to the recommended one in the item

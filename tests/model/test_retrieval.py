@@ -20,7 +20,7 @@ import models.ranking
 import models.serving
 from benchmarks.night import two_stage_agreement
 from models.hybrid import Hybrid
-from models.ranking import factor_scores, factor_top, served_z_scores, unseen_top
+from models.ranking import FactorCatalogue, factor_scores, factor_top, served_z_scores, unseen_top
 from models.registry import build
 from models.serving import UserBlock, serve_together
 from models.tiled import one_blas_thread, scoring_pool, side_by_side, use_threads
@@ -83,22 +83,24 @@ def whole_numbers(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarra
     return rng.integers(-8, 9, size=shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("divisor,with_bias,factor_major", [(1.0, False, False), (0.7, True, False), (1.0, False, True),
-                                                            (0.7, True, True)])
+@pytest.mark.parametrize("divisor,with_bias,long_tail", [(1.0, False, False), (0.7, True, False), (1.0, False, True),
+                                                         (0.7, True, True)])
 def test_a_factor_models_best_items_found_a_tile_at_a_time_are_the_whole_rankings(monkeypatch, divisor, with_bias,
-                                                                                  factor_major):
-    """:func:`factor_top` scores a 20k-item catalogue in 1,024-column tiles from a sampled bound and lists the
-    same columns in the same order as ranking each user's whole row: ordinary users, users whose scores tie
+                                                                                  long_tail):
+    """:func:`factor_top` scores a 20k-item catalogue in 1,024-column tiles from a bound and lists the same
+    columns in the same order as ranking each user's whole row: ordinary users, users whose scores tie
     everywhere (a zero vector), a user who has seen all but three items, a user who has seen a tenth of them
     (the sample's seen items masked), a NaN row, items with identical factors (ties broken by the tie-break
-    rank), a depth wider than a tile's share; with the tiles read from the factors factor-major
-    (:attr:`models.ranking.FactorMoments.by_factor`) as the models score them, or item-major. The factors are
-    small whole numbers, so every product is exact whatever BLAS kernel sums it (on some CPUs a row's floats
-    depend on the rows and columns beside it)."""
+    rank), a depth wider than a tile's share; with factors of like lengths, or a long tail of short ones (most
+    tiles then below every bound). The factors are small whole numbers (times a power of two), so every
+    product is exact whatever BLAS kernel sums it (on some CPUs a row's floats depend on the rows and columns
+    beside it)."""
     rng = np.random.default_rng(7)
     n_items, factors = 20_000, 16
     items = whole_numbers(rng, (n_items, factors))
-    items[17] *= 4
+    if long_tail:
+        items[rng.random(n_items) < 0.9] *= 2.0 ** -6
+    items[17] = whole_numbers(rng, (1, factors)) * 4
     items[5000:5400] = items[17]  # 401 items tied with item 17 for every user
     vectors = whole_numbers(rng, (40, factors))
     vectors[3] = 0.0
@@ -116,8 +118,7 @@ def test_a_factor_models_best_items_found_a_tile_at_a_time_are_the_whole_ranking
     for depth in (10, 50, 700):
         whole = factor_scores(vectors, items, divisor, bias, slice(None))
         expected = unseen_top(whole, seen, depth, tiebreak)
-        found, best = factor_top(vectors, items, divisor, bias, seen, depth, tiebreak,
-                                 np.ascontiguousarray(items.T) if factor_major else None)
+        found, best = factor_top(vectors, FactorCatalogue(items, divisor, bias, tiebreak), seen, depth)
         np.testing.assert_array_equal(found, expected, err_msg=str(depth))
         # The listed items' scores, as the whole row has them (-inf past a list: the NaN row, the user with 3).
         np.testing.assert_array_equal(best, np.where(found >= 0, np.take_along_axis(whole, np.maximum(found, 0), 1),
@@ -126,6 +127,77 @@ def test_a_factor_models_best_items_found_a_tile_at_a_time_are_the_whole_ranking
     assert (found[11] == -1).all()
     twins = {17, *range(5000, 5400)} - set(seen[9].indices)
     assert 390 < len(twins) and (set(found[9, :len(twins)]) == twins or with_bias)
+
+
+@pytest.mark.parametrize("divisor,with_bias", [(1.0, False), (0.05, True)])
+def test_a_runs_ceiling_is_at_least_every_score_in_it(divisor, with_bias):
+    """:meth:`FactorCatalogue.ceilings` bounds from above every float32 score the model computes in each run of
+    the ordered catalogue (what skipping a tile relies on), also for a user whose vector is an item's own (the
+    score is then the ceiling itself, up to rounding) and a user with a zero vector (each item scores its bias),
+    tightly for both; +inf where a factor or the user is NaN."""
+    rng = np.random.default_rng(17)
+    n_items, factors = 5000, 24
+    items = (rng.standard_normal((n_items, factors)) * rng.lognormal(0, 1.5, (n_items, 1))).astype(np.float32)
+    items[4321, 3] = np.nan
+    bias = rng.standard_normal(n_items).astype(np.float32) if with_bias else None
+    catalogue = FactorCatalogue(items, divisor, bias, rng.permutation(n_items).astype(np.int64))
+    vectors = (rng.standard_normal((30, factors)) * rng.lognormal(0, 1, (30, 1))).astype(np.float32)
+    vectors[:10] = items[catalogue.items[:1000:100]] * 3  # aligned with the items leading ten runs
+    vectors[28] = 0.0  # scores each item its bias: the run's ceiling is its highest bias
+    vectors[29] = np.nan
+    starts = np.arange(0, n_items, 100)
+    ceiling = catalogue.ceilings(vectors)(starts)
+    scores = catalogue.scores_at(vectors)(slice(None), slice(None))
+    assert np.isnan(scores[:, -1]).all() and catalogue.items[-1] == 4321  # the NaN item is ordered last
+    run_best = np.fmax.reduceat(np.nan_to_num(scores, nan=-np.inf), starts, axis=1)
+    assert (ceiling >= run_best).all()
+    assert np.isposinf(ceiling[29]).all() and np.isposinf(ceiling[:, -1]).all()
+    np.testing.assert_allclose(ceiling[28, :-1], run_best[28, :-1], rtol=1e-3)
+    aligned = run_best[np.arange(10), np.arange(10)]
+    if not with_bias:  # the best of those runs is the item the vector copies: the ceiling within 1e-3 of it
+        np.testing.assert_allclose(ceiling[np.arange(10), np.arange(10)], aligned, rtol=1e-3)
+
+
+@pytest.mark.parametrize("divisor,with_bias", [(1.0, False), (0.7, True)])
+def test_a_long_tail_catalogue_is_scored_only_in_the_tiles_a_row_can_reach(monkeypatch, divisor, with_bias):
+    """Where most items' factors are short (a long tail), a block scores the tiles of the catalogue ordered by
+    ceiling (:class:`FactorCatalogue`) that can hold one of its rows' best, and lists exactly what ranking the
+    whole rows lists: here under a third of the catalogue, though an item with a NaN factor (no ceiling: its
+    tile is scored) and a NaN user (no bound: ranked whole) are in it. Without the tail every tile is scored."""
+    rng = np.random.default_rng(13)
+    n_items, factors = 20_000, 16
+    items = whole_numbers(rng, (n_items, factors))
+    tail = rng.random(n_items) < 0.9
+    items[tail] *= 2.0 ** -6
+    items[123, 4] = np.nan
+    vectors = whole_numbers(rng, (40, factors))
+    vectors[7] = np.nan
+    bias = (rng.integers(-4, 5, n_items) / 8).astype(np.float32) if with_bias else None
+    tiebreak = rng.permutation(n_items).astype(np.int64)
+    seen = sp.random(40, n_items, density=0.005, format="csr", random_state=5, dtype=np.float32)
+    monkeypatch.setattr(models.ranking, "TILE_CELLS", 40 * 1024)
+    scored = []
+    product = models.ranking.factor_scores
+
+    def counted(vectors_, factors_, divisor_, bias_, columns, out=None):
+        scores = product(vectors_, factors_, divisor_, bias_, columns, out)
+        scored.append(scores.size)
+        return scores
+
+    monkeypatch.setattr(models.ranking, "factor_scores", counted)
+    whole = product(vectors, items, divisor, bias, slice(None))
+    for depth in (10, 50):
+        scored.clear()
+        found, best = factor_top(vectors, FactorCatalogue(items, divisor, bias, tiebreak), seen, depth)
+        np.testing.assert_array_equal(found, unseen_top(whole, seen, depth, tiebreak), err_msg=str(depth))
+        np.testing.assert_array_equal(best, np.where(found >= 0, np.take_along_axis(whole, np.maximum(found, 0), 1),
+                                                     -np.inf), err_msg=str(depth))
+        assert (found[7] == -1).all() and 123 not in found
+        assert sum(scored) < 0.3 * whole.size, (depth, sum(scored) / whole.size)
+    items[tail] *= 2.0 ** 6  # no tail: every tile can hold someone's best
+    scored.clear()
+    factor_top(vectors, FactorCatalogue(items, divisor, bias, tiebreak), seen, 50)
+    assert sum(scored) > whole.size
 
 
 @pytest.mark.parametrize("zero_users", [3, 40])
@@ -189,13 +261,13 @@ def test_the_tiles_run_side_by_side_with_the_same_lists_on_any_number_of_threads
     seen = sp.random(24, n_items, density=0.01, format="csr", random_state=3, dtype=np.float32)
     tiebreak = rng.permutation(n_items).astype(np.int64)
     monkeypatch.setattr(models.ranking, "TILE_CELLS", 24 * 1024)
+    catalogue = FactorCatalogue(items, 1.0, None, tiebreak)
     found = {}
     try:
         for threads in (1, 2, 5):
             use_threads(threads)
-            found[threads] = factor_top(vectors, items, 1.0, None, seen, 30, tiebreak)
-        found["on the pool"] = scoring_pool().submit(factor_top, vectors, items, 1.0, None, seen, 30,
-                                                     tiebreak).result(timeout=600)
+            found[threads] = factor_top(vectors, catalogue, seen, 30)
+        found["on the pool"] = scoring_pool().submit(factor_top, vectors, catalogue, seen, 30).result(timeout=600)
     finally:
         use_threads(0)
     expected = unseen_top(factor_scores(vectors, items, 1.0, None, slice(None)), seen, 30, tiebreak)
