@@ -117,10 +117,12 @@ def ease_scoring_flops(fitted, users: int) -> float:
 
 
 def factor_scoring_gflops(model_dir: Path, model: str = "als", users: int = 20_000) -> tuple[float, float]:
-    """The production factor model's whole recommend path (per block: the user vectors times the item factors
-    in one SGEMM, seen items masked, top-N by ``np.partition``) in GFLOP/s (2 * users * items * factors), and
-    numpy's SGEMM of the same thin shape (users x factors times factors x items), whose output, not its
-    arithmetic, is the cost."""
+    """The production factor model's whole recommend path (per block: a bound on each user's n-th best from the
+    first columns of the catalogue ordered by ceiling, the user vectors times the item factors of the tiles that
+    can reach it, seen items masked, top-N of the entries above the bound; :func:`models.ranking.factor_top`) in
+    GFLOP/s of the product a dense scoring computes (2 * users * items * factors): the rate at which exact lists
+    come, which passes the SGEMM's own where the skipped tiles outweigh the selection; and numpy's SGEMM of the
+    same thin shape (users x factors times factors x items), whose output, not its arithmetic, is the cost."""
     fitted = load(model_dir / model)
     ids = fitted.user_ids[:users]
     factors = fitted.solver.item_factors
