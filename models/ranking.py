@@ -119,11 +119,12 @@ GROUPS_PER_PLACE = 8  # a row's n-th best is bounded by the n-th best of the max
 def nth_best_at_most(values: np.ndarray, n: int) -> np.ndarray:
     """Per row of ``values``, a number at most its n-th best number (-inf for a row of fewer than n columns): the
     n-th best of the maxima of ``GROUPS_PER_PLACE`` n disjoint groups of its columns (column j in group j mod
-    8 n). The n groups with the best maxima hold
-    n distinct values at least as high, so the row does. A group's maximum passes over its NaNs
-    (``np.fmax``); a group of NaNs alone has a NaN maximum, which ``np.partition`` ranks above every number: a
-    bound so raised lets fewer than n numbers through, and the callers settle such a row exactly. Where the row
-    is narrower than two columns a group, its n-th best itself (``np.partition``: NaN above every number).
+    8 n, every column counted: in a catalogue ordered by ceiling, :class:`FactorCatalogue`, the last can be the
+    best). The n groups with the best maxima hold n distinct values at least as high, so the row does. A group's
+    maximum passes over its NaNs (``np.fmax``); a group of NaNs alone has a NaN maximum, which ``np.partition``
+    ranks above every number: a bound so raised lets fewer than n numbers through, and the callers settle such a
+    row exactly. Where the row is narrower than two columns a group, its n-th best itself (``np.partition``: NaN
+    above every number).
 
     One elementwise maximum over the row and a selection among 8 n values, instead of a selection among all of
     them, and a bound that lets about 1.07 n values through, where a sixteenth of the columns partitioned let

@@ -184,9 +184,11 @@ def test_a_rows_nth_best_is_bounded_from_below_by_its_groups_maxima(n):
     best numbers, or lets fewer than n numbers through (the callers then rank that row whole): rows of distinct
     scores, heavy ties, one value everywhere, masked entries (-inf), NaNs among numbers, a group of NaNs alone,
     a row of NaNs and a row of fewer numbers than n above -inf; and it is tight: on rows of distinct scores it
-    lets through fewer than twice n values, where -inf would let through all of them."""
+    lets through fewer than twice n values, where -inf would let through all of them, and on a row whose best
+    lie in the columns past a whole number of groups (a catalogue ordered by ceiling, worst last or best last)
+    it is their n-th best."""
     rng = np.random.default_rng(n)
-    rows, width = 14, 64 * n + 37  # not a whole number of groups: the columns past them are left out
+    rows, width = 15, 64 * n + 37  # not a whole number of groups: the columns past them join the first groups
     values = rng.standard_normal((rows, width)).astype(np.float32)
     values[1] = np.round(values[1] * 2) / 2  # a few values, many tied
     values[2] = 0.0  # no signal
@@ -197,7 +199,11 @@ def test_a_rows_nth_best_is_bounded_from_below_by_its_groups_maxima(n):
     values[6, :: 8 * n] = np.nan  # the first group: NaNs alone
     values[7, ::3] = np.nan
     values[8] = np.nan
+    values[14, : 64 * n] = -1.0
+    values[14, 64 * n:] = np.arange(37, dtype=np.float32)  # the best last
     bound = nth_best_at_most(values, n)
+    if n <= 37:
+        assert bound[14] == 37 - n
     for r in range(rows):
         numbers = np.sort(values[r][~np.isnan(values[r])])[::-1]
         through = np.count_nonzero(values[r] >= bound[r])
